@@ -1,0 +1,113 @@
+//! One frame through the model, and optionally through a CAM: what `classify`,
+//! `explain` and the daemon share.
+
+use std::time::Instant;
+
+use image::RgbImage;
+use serde::Serialize;
+use tract_onnx::prelude::tract_ndarray::{Array3, Axis, Ix3};
+
+use crate::cam::{self, CamParams, Explanation};
+use crate::error::{Error, Result};
+use crate::model::{softmax, top_k, Classifier};
+
+/// A class with its softmax probability.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ClassScore {
+    pub index: usize,
+    pub label: String,
+    pub score: f64,
+}
+
+/// Milliseconds spent per stage.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Latency {
+    pub preprocess: f64,
+    pub inference: f64,
+}
+
+/// A classified frame, with what a CAM needs to explain it later.
+pub struct Analysis {
+    pub frame: RgbImage,
+    /// The preprocessed input `[3,S,S]`.
+    pub input: Array3<f32>,
+    pub logits: Vec<f32>,
+    pub probabilities: Vec<f64>,
+    /// CAM-layer activations `[C,h,w]`, from the same forward pass.
+    pub activations: Option<Array3<f32>>,
+    pub latency: Latency,
+}
+
+impl Analysis {
+    /// Preprocesses and classifies one frame (one forward pass).
+    pub fn of_frame(classifier: &Classifier, frame: RgbImage) -> Result<Self> {
+        let t0 = Instant::now();
+        let input = classifier.preprocess().tensor(&frame);
+        let t1 = Instant::now();
+        let forward = classifier.forward(input.view().insert_axis(Axis(0)))?;
+        let t2 = Instant::now();
+        let logits = forward.logits.index_axis(Axis(0), 0).to_vec();
+        let activations = forward
+            .activations
+            .map(|a| a.index_axis_move(Axis(0), 0).into_dimensionality::<Ix3>())
+            .transpose()
+            .map_err(|e| Error::Inference(e.to_string()))?;
+        Ok(Analysis {
+            frame,
+            input,
+            probabilities: softmax(&logits),
+            logits,
+            activations,
+            latency: Latency {
+                preprocess: ms(t1 - t0),
+                inference: ms(t2 - t1),
+            },
+        })
+    }
+
+    /// The `k` most probable classes.
+    pub fn top(&self, classifier: &Classifier, k: usize) -> Vec<ClassScore> {
+        top_k(&self.probabilities, k)
+            .into_iter()
+            .map(|i| self.class_score(classifier, i))
+            .collect()
+    }
+
+    pub fn class_score(&self, classifier: &Classifier, index: usize) -> ClassScore {
+        ClassScore {
+            index,
+            label: classifier.labels().name(index),
+            score: self.probabilities[index],
+        }
+    }
+
+    /// Explains `class` (default: the top-1 class) with the given CAM.
+    pub fn explain(
+        &self,
+        classifier: &Classifier,
+        class: Option<usize>,
+        params: &CamParams,
+        threads: usize,
+    ) -> Result<Explanation> {
+        let activations = self.activations.as_ref().ok_or_else(|| {
+            Error::model(
+                classifier.path(),
+                "has no CAM layer to explain with (set --cam-layer)",
+            )
+        })?;
+        let class = class.unwrap_or_else(|| top_k(&self.probabilities, 1)[0]);
+        cam::explain(
+            classifier,
+            &self.input,
+            &self.logits,
+            activations.view(),
+            class,
+            params,
+            threads,
+        )
+    }
+}
+
+pub(crate) fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}

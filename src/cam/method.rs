@@ -1,0 +1,195 @@
+use crate::error::{Error, Result};
+
+/// Largest `steps` accepted: N·K masked passes must stay within what a device can do.
+pub const MAX_STEPS: usize = 1000;
+/// Largest masked batch accepted.
+pub const MAX_BATCH: usize = 256;
+
+/// How channel weights are computed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Method {
+    /// `α_k = p(x ⊙ M_k)`.
+    ScoreCam,
+    /// Mean over `steps` noisy masks `M_k + ε`, `ε ~ N(0, σ²)` from a seeded RNG.
+    SsCam { steps: usize, sigma: f32 },
+    /// Mean over `steps` cumulatively integrated masked inputs (the seed's rule).
+    IsCam { steps: usize },
+}
+
+impl Method {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Method::ScoreCam => "scorecam",
+            Method::SsCam { .. } => "sscam",
+            Method::IsCam { .. } => "iscam",
+        }
+    }
+}
+
+/// How scores become the weights α.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Weighting {
+    /// α = softmax probability of the class (the authors' code).
+    #[default]
+    Prob,
+    /// α = softmax over channels of the logit increase (torchcam).
+    LogitSoftmax,
+}
+
+impl Weighting {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Weighting::Prob => "prob",
+            Weighting::LogitSoftmax => "logit-softmax",
+        }
+    }
+}
+
+impl std::str::FromStr for Weighting {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "prob" => Ok(Weighting::Prob),
+            "logit-softmax" => Ok(Weighting::LogitSoftmax),
+            _ => Err(Error::invalid(
+                "weighting",
+                format!("{s:?} (expected prob or logit-softmax)"),
+            )),
+        }
+    }
+}
+
+/// Everything that defines a map besides the image and the class.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CamParams {
+    pub method: Method,
+    /// Top-K channels by activation variance; 0 = all non-constant channels.
+    pub channels: usize,
+    pub weighting: Weighting,
+    /// Masked inputs per forward pass.
+    pub batch: usize,
+    /// Seed of SS-CAM's noise.
+    pub seed: u64,
+}
+
+impl CamParams {
+    /// The method's defaults: reduced-N IS-CAM is 4 steps on the top 32 channels
+    /// (provisional until `iscamd eval` measures better ones), SS-CAM 35 steps with σ = 2
+    /// on all channels, Score-CAM all channels.
+    pub fn new(method_name: &str, steps: Option<usize>, channels: Option<usize>) -> Result<Self> {
+        let (method, default_channels) = match method_name {
+            "scorecam" => {
+                if let Some(s) = steps.filter(|&s| s != 1) {
+                    return Err(Error::invalid("steps", format!("{s}: scorecam takes one mask per channel (use sscam or iscam for steps)")));
+                }
+                (Method::ScoreCam, 0)
+            }
+            "sscam" => (
+                Method::SsCam {
+                    steps: steps.unwrap_or(35),
+                    sigma: 2.0,
+                },
+                0,
+            ),
+            "iscam" => (
+                Method::IsCam {
+                    steps: steps.unwrap_or(4),
+                },
+                32,
+            ),
+            other => {
+                return Err(Error::invalid(
+                    "method",
+                    format!("{other:?} (expected scorecam, sscam or iscam)"),
+                ));
+            }
+        };
+        Ok(CamParams {
+            method,
+            channels: channels.unwrap_or(default_channels),
+            weighting: Weighting::Prob,
+            batch: 1,
+            seed: 0,
+        })
+    }
+
+    /// Masked inputs per channel.
+    pub fn steps(&self) -> usize {
+        match self.method {
+            Method::ScoreCam => 1,
+            Method::SsCam { steps, .. } | Method::IsCam { steps } => steps,
+        }
+    }
+
+    /// Checks the parameters against a CAM layer of `layer_channels` channels.
+    pub fn validate(&self, layer_channels: usize) -> Result<()> {
+        let steps = self.steps();
+        if !(1..=MAX_STEPS).contains(&steps) {
+            return Err(Error::invalid(
+                "steps",
+                format!("{steps} (expected 1..={MAX_STEPS})"),
+            ));
+        }
+        if self.channels > layer_channels {
+            return Err(Error::invalid(
+                "channels",
+                format!(
+                    "{} is more than the CAM layer's {layer_channels} channels (0 = all)",
+                    self.channels
+                ),
+            ));
+        }
+        if !(1..=MAX_BATCH).contains(&self.batch) {
+            return Err(Error::invalid(
+                "batch",
+                format!("{} (expected 1..={MAX_BATCH})", self.batch),
+            ));
+        }
+        if let Method::SsCam { sigma, .. } = self.method {
+            if !(sigma.is_finite() && sigma >= 0.0) {
+                return Err(Error::invalid(
+                    "sigma",
+                    format!("{sigma} (expected a finite value ≥ 0)"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_refusals() {
+        let p = CamParams::new("iscam", None, None).unwrap();
+        assert_eq!((p.steps(), p.channels), (4, 32));
+        assert_eq!(CamParams::new("sscam", None, None).unwrap().steps(), 35);
+        assert!(CamParams::new("gradcam", None, None)
+            .unwrap_err()
+            .to_string()
+            .contains("gradcam"));
+        assert!(CamParams::new("scorecam", Some(3), None).is_err());
+        let e = CamParams::new("iscam", Some(0), None)
+            .unwrap()
+            .validate(512)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("steps") && e.contains('0'), "{e}");
+        assert!(CamParams::new("iscam", Some(1_000_000), None)
+            .unwrap()
+            .validate(512)
+            .is_err());
+        let e = CamParams::new("iscam", None, Some(513))
+            .unwrap()
+            .validate(512)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("513") && e.contains("512"), "{e}");
+        assert!(CamParams::new("iscam", None, Some(512))
+            .unwrap()
+            .validate(512)
+            .is_ok());
+    }
+}

@@ -1,0 +1,155 @@
+//! Gradient-free class activation maps (DESIGN.md §4): Score-CAM, SS-CAM and IS-CAM,
+//! all channels or the top-K by variance, scored in batches of masked inputs on all
+//! cores, from the activations of the prediction pass.
+
+pub mod display;
+pub mod masks;
+mod method;
+mod score;
+
+use std::time::Instant;
+
+use tract_onnx::prelude::tract_ndarray::{Array2, Array3, ArrayView3, Axis};
+
+pub use method::{CamParams, Method, Weighting};
+
+use crate::error::{Error, Result};
+use crate::model::{softmax, Classifier};
+
+/// A map and how it was made.
+#[derive(Clone, Debug)]
+pub struct Explanation {
+    /// The class explained.
+    pub class: usize,
+    pub params: CamParams,
+    /// Channels that received a mask (constant ones and those outside the top-K do not).
+    pub channels_used: Vec<usize>,
+    /// Masked forward passes run for this map (the prediction pass is not counted).
+    pub passes: usize,
+    /// Per layer channel, mean over steps of `p_c(masked)`; 0 for unused channels.
+    pub prob_scores: Vec<f64>,
+    /// Per layer channel, mean over steps of `logit_c(masked) − logit_c(x)`; 0 for unused.
+    pub logit_diff_scores: Vec<f64>,
+    /// The weights α applied to the activations (per the weighting mode).
+    pub weights: Vec<f64>,
+    /// `L = ReLU(Σ α_k A_k)` at the CAM layer's resolution, unnormalised.
+    pub map: Array2<f32>,
+    pub millis: f64,
+}
+
+/// Computes the map for `class` of the preprocessed input `x` (`[3,S,S]`), from the
+/// `logits` and CAM-layer `activations` (`[C,h,w]`) of its own forward pass.
+pub fn explain(
+    classifier: &Classifier,
+    x: &Array3<f32>,
+    logits: &[f32],
+    activations: ArrayView3<f32>,
+    class: usize,
+    params: &CamParams,
+    threads: usize,
+) -> Result<Explanation> {
+    let started = Instant::now();
+    let layer = classifier
+        .cam_layer()
+        .ok_or_else(|| Error::model(classifier.path(), "has no CAM layer (set --cam-layer)"))?;
+    params.validate(layer.channels)?;
+    if class >= logits.len() {
+        return Err(Error::invalid(
+            "class",
+            format!("{class} (the model has classes 0..{})", logits.len() - 1),
+        ));
+    }
+    let channels = masks::select_channels(activations, params.channels);
+    let scores = score::score_masks(
+        classifier,
+        x,
+        activations,
+        &channels,
+        class,
+        logits[class],
+        params,
+        threads,
+    )?;
+
+    let k_all = activations.len_of(Axis(0));
+    let mut prob_scores = vec![0.0; k_all];
+    let mut logit_diff_scores = vec![0.0; k_all];
+    for (&k, s) in channels.iter().zip(&scores) {
+        prob_scores[k] = s.prob;
+        logit_diff_scores[k] = s.logit_diff;
+    }
+    let weights = weights(
+        params.weighting,
+        &channels,
+        &prob_scores,
+        &logit_diff_scores,
+    );
+    let map = weighted_map(activations, &weights);
+    Ok(Explanation {
+        class,
+        params: params.clone(),
+        passes: channels.len() * params.steps(),
+        channels_used: channels,
+        prob_scores,
+        logit_diff_scores,
+        weights,
+        map,
+        millis: started.elapsed().as_secs_f64() * 1e3,
+    })
+}
+
+/// The weights α per layer channel from per-channel scores (0 outside `channels`).
+pub fn weights(
+    weighting: Weighting,
+    channels: &[usize],
+    prob_scores: &[f64],
+    logit_diff_scores: &[f64],
+) -> Vec<f64> {
+    let mut alpha = vec![0.0; prob_scores.len()];
+    match weighting {
+        Weighting::Prob => {
+            for &k in channels {
+                alpha[k] = prob_scores[k];
+            }
+        }
+        Weighting::LogitSoftmax => {
+            // Softmax over the channels used, of the step-averaged logit differences:
+            // what torchcam computes (checked against ../shared/reference).
+            let diffs: Vec<f32> = channels
+                .iter()
+                .map(|&k| logit_diff_scores[k] as f32)
+                .collect();
+            for (&k, a) in channels.iter().zip(softmax(&diffs)) {
+                alpha[k] = a;
+            }
+        }
+    }
+    alpha
+}
+
+impl Explanation {
+    /// The same map under another weighting (the scores are shared: no new passes).
+    pub fn reweighted(&self, activations: ArrayView3<f32>, weighting: Weighting) -> Array2<f32> {
+        weighted_map(
+            activations,
+            &weights(
+                weighting,
+                &self.channels_used,
+                &self.prob_scores,
+                &self.logit_diff_scores,
+            ),
+        )
+    }
+}
+
+/// `ReLU(Σ_k α_k A_k)`, accumulated in f64.
+pub fn weighted_map(activations: ArrayView3<f32>, weights: &[f64]) -> Array2<f32> {
+    let (_, h, w) = activations.dim();
+    let mut acc = Array2::<f64>::zeros((h, w));
+    for (a, &alpha) in activations.axis_iter(Axis(0)).zip(weights) {
+        if alpha != 0.0 {
+            acc.zip_mut_with(&a, |s, &v| *s += alpha * v as f64);
+        }
+    }
+    acc.mapv(|v| v.max(0.0) as f32)
+}

@@ -1,0 +1,179 @@
+//! Batched scoring of masked inputs: the expensive part of every method.
+//! Workers (one per thread) take batches of (channel, step) jobs in order, build the
+//! masked inputs and run them through the model.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Normal};
+use tract_onnx::prelude::tract_ndarray::{Array3, Array4, ArrayView3, Axis};
+use tract_onnx::prelude::Tensor;
+
+use super::masks::{normalise, Upsampler};
+use super::{CamParams, Method};
+use crate::error::{Error, Result};
+use crate::model::{softmax, Classifier};
+
+/// Per channel, averaged over its steps.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct ChannelScore {
+    pub prob: f64,
+    pub logit_diff: f64,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn score_masks(
+    classifier: &Classifier,
+    x: &Array3<f32>,
+    activations: ArrayView3<f32>,
+    channels: &[usize],
+    class: usize,
+    clean_logit: f32,
+    params: &CamParams,
+    threads: usize,
+) -> Result<Vec<ChannelScore>> {
+    let steps = params.steps();
+    let jobs = channels.len() * steps;
+    let (_, s, _) = x.dim();
+    let (_, h, w) = activations.dim();
+    let upsampler = Upsampler::new(h, w, s, s);
+    let noise = match params.method {
+        Method::SsCam { steps, sigma } => noise(steps, x.dim(), sigma, params.seed),
+        _ => Vec::new(),
+    };
+    let builder = MaskedInputs {
+        x,
+        activations,
+        channels,
+        steps,
+        method: params.method,
+        upsampler,
+        noise,
+    };
+
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<(usize, f64, f64)>> = Mutex::new(Vec::with_capacity(jobs));
+    let failure: Mutex<Option<Error>> = Mutex::new(None);
+    let worker = || {
+        let mut mask_cache: Option<(usize, Vec<f32>)> = None;
+        loop {
+            let start = next.fetch_add(params.batch, Ordering::Relaxed);
+            if start >= jobs || failure.lock().expect("poisoned").is_some() {
+                return;
+            }
+            let end = (start + params.batch).min(jobs);
+            let input = builder.batch(start..end, &mut mask_cache);
+            match classifier.forward_tensor(input, end - start) {
+                Ok(out) => {
+                    let mut local = Vec::with_capacity(end - start);
+                    for (i, row) in out.logits.axis_iter(Axis(0)).enumerate() {
+                        let row = row.to_vec();
+                        local.push((
+                            start + i,
+                            softmax(&row)[class],
+                            (row[class] - clean_logit) as f64,
+                        ));
+                    }
+                    results.lock().expect("poisoned").extend(local);
+                }
+                Err(e) => {
+                    failure.lock().expect("poisoned").get_or_insert(e);
+                    return;
+                }
+            }
+        }
+    };
+    std::thread::scope(|scope| {
+        for _ in 1..threads.max(1) {
+            scope.spawn(worker);
+        }
+        worker();
+    });
+    if let Some(e) = failure.into_inner().expect("poisoned") {
+        return Err(e);
+    }
+    let mut scores = vec![ChannelScore::default(); channels.len()];
+    for (job, prob, diff) in results.into_inner().expect("poisoned") {
+        let s = &mut scores[job / steps];
+        s.prob += prob / steps as f64;
+        s.logit_diff += diff / steps as f64;
+    }
+    Ok(scores)
+}
+
+/// SS-CAM's noise: one `[3,S,S]` draw per step, shared by all channels (as torchcam).
+fn noise(steps: usize, dim: (usize, usize, usize), sigma: f32, seed: u64) -> Vec<Array3<f32>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let normal = Normal::new(0.0f32, sigma).expect("sigma validated as finite and ≥ 0");
+    (0..steps)
+        .map(|_| Array3::from_shape_simple_fn(dim, || normal.sample(&mut rng)))
+        .collect()
+}
+
+struct MaskedInputs<'a> {
+    x: &'a Array3<f32>,
+    activations: ArrayView3<'a, f32>,
+    channels: &'a [usize],
+    steps: usize,
+    method: Method,
+    upsampler: Upsampler,
+    noise: Vec<Array3<f32>>,
+}
+
+impl MaskedInputs<'_> {
+    /// The masked inputs of jobs `range` (job = channel index × steps + step) as one batch.
+    fn batch(
+        &self,
+        range: std::ops::Range<usize>,
+        cache: &mut Option<(usize, Vec<f32>)>,
+    ) -> Tensor {
+        let (c, s, _) = self.x.dim();
+        let plane = s * s;
+        let len = range.len();
+        let mut data = vec![0.0f32; len * c * plane];
+        let x = self.x.as_slice().expect("input is contiguous");
+        for (slot, job) in range.enumerate() {
+            let (ci, step) = (job / self.steps, job % self.steps);
+            let channel = self.channels[ci];
+            if cache.as_ref().is_none_or(|(k, _)| *k != channel) {
+                let mut mask = vec![0.0; plane];
+                let normalised = normalise(self.activations.index_axis(Axis(0), channel))
+                    .expect("selected channels are not constant");
+                self.upsampler.apply_into(normalised.view(), &mut mask);
+                *cache = Some((channel, mask));
+            }
+            let mask = &cache.as_ref().expect("just filled").1;
+            let out = &mut data[slot * c * plane..][..c * plane];
+            match self.method {
+                Method::ScoreCam => {
+                    for (o, (xv, m)) in out.iter_mut().zip(x.iter().zip(mask.iter().cycle())) {
+                        *o = xv * m;
+                    }
+                }
+                Method::IsCam { steps } => {
+                    // X_i = x ⊙ M · i(i+1)/(2N) for step i = 1..N.
+                    let i = (step + 1) as f32;
+                    let scale = i * (i + 1.0) / (2.0 * steps as f32);
+                    for (o, (xv, m)) in out.iter_mut().zip(x.iter().zip(mask.iter().cycle())) {
+                        *o = xv * m * scale;
+                    }
+                }
+                Method::SsCam { .. } => {
+                    let eps = self.noise[step].as_slice().expect("noise is contiguous");
+                    for ((o, (xv, m)), e) in out
+                        .iter_mut()
+                        .zip(x.iter().zip(mask.iter().cycle()))
+                        .zip(eps)
+                    {
+                        *o = xv * (m + e);
+                    }
+                }
+            }
+        }
+        Array4::from_shape_vec((len, c, s, s), data)
+            .expect("batch shape")
+            .into()
+    }
+}

@@ -1,0 +1,252 @@
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use iscamd::analyse::{Analysis, ClassScore};
+use iscamd::cam::{display, CamParams, Explanation, Method, Weighting};
+use iscamd::model::Classifier;
+use iscamd::source::{decode_image, expand_inputs};
+use serde::Serialize;
+
+use super::{Format, ModelArgs, Tally};
+
+/// Longest side of the overlay images written by `--out`.
+const OVERLAY_MAX_SIDE: u32 = 1024;
+
+#[derive(Args, Debug)]
+pub struct ExplainArgs {
+    /// Image files, or directories of them (not recursive).
+    #[arg(required = true, value_name = "IMAGE|DIR")]
+    pub inputs: Vec<PathBuf>,
+    /// scorecam, sscam (smoothed) or iscam (integrated).
+    #[arg(long, default_value = "iscam")]
+    pub method: String,
+    /// Masks per channel: iscam's integration steps (default 4), sscam's noise samples (default 35).
+    #[arg(long, value_name = "N")]
+    pub steps: Option<usize>,
+    /// Use the K channels with the largest activation variance; 0 = all. Default: 32 for iscam, all otherwise.
+    #[arg(long, value_name = "K")]
+    pub channels: Option<usize>,
+    /// prob (α = class probability) or logit-softmax (α = softmax of logit increase, as torchcam).
+    #[arg(long, default_value = "prob", value_parser = parse_weighting)]
+    pub weighting: Weighting,
+    /// Masked inputs per forward pass.
+    #[arg(long, default_value_t = 1, value_name = "B")]
+    pub batch: usize,
+    /// Class index to explain. Default: the top-1 class of each image.
+    #[arg(long, value_name = "C")]
+    pub class: Option<usize>,
+    /// Seed of sscam's noise (same seed, same map).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Noise standard deviation of sscam.
+    #[arg(long, default_value_t = 2.0)]
+    pub sigma: f32,
+    /// Write NAME.heatmap.png (overlay) and NAME.heatmap.json per image into this directory.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+fn parse_weighting(s: &str) -> Result<Weighting, String> {
+    s.parse().map_err(|e: iscamd::Error| e.to_string())
+}
+
+/// The JSON object printed per image and written as NAME.heatmap.json.
+#[derive(Serialize)]
+pub struct Record<'a> {
+    pub image: &'a Path,
+    pub class: ClassScore,
+    pub method: MethodRecord,
+    pub passes: usize,
+    pub channels_used: usize,
+    pub latency_ms: Latency,
+    pub map: MapRecord,
+}
+
+#[derive(Serialize)]
+pub struct MethodRecord {
+    pub name: &'static str,
+    pub steps: usize,
+    pub channels: usize,
+    pub weighting: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sigma: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+}
+
+#[derive(Serialize)]
+pub struct Latency {
+    pub decode: f64,
+    pub preprocess: f64,
+    pub inference: f64,
+    pub cam: f64,
+    pub total: f64,
+}
+
+#[derive(Serialize)]
+pub struct MapRecord {
+    pub width: usize,
+    pub height: usize,
+    /// `L` row-major, unnormalised.
+    pub values: Vec<f32>,
+}
+
+impl MethodRecord {
+    pub fn of(params: &CamParams) -> Self {
+        let (sigma, seed) = match params.method {
+            Method::SsCam { sigma, .. } => (Some(sigma), Some(params.seed)),
+            _ => (None, None),
+        };
+        MethodRecord {
+            name: params.method.name(),
+            steps: params.steps(),
+            channels: params.channels,
+            weighting: params.weighting.name(),
+            sigma,
+            seed,
+        }
+    }
+}
+
+pub fn run(args: ExplainArgs) -> Result<ExitCode> {
+    let mut params = CamParams::new(&args.method, args.steps, args.channels)?;
+    if let Method::SsCam { ref mut sigma, .. } = params.method {
+        *sigma = args.sigma;
+    }
+    params.weighting = args.weighting;
+    params.batch = args.batch;
+    params.seed = args.seed;
+    let classifier = args.model.load()?;
+    let layer = classifier
+        .cam_layer()
+        .context("the model has no CAM layer: give one with --cam-layer NAME")?;
+    params.validate(layer.channels)?;
+    if let Some(c) = args.class.filter(|&c| c >= classifier.classes()) {
+        anyhow::bail!(
+            "--class {c}: the model has classes 0..{}",
+            classifier.classes() - 1
+        );
+    }
+    if let Some(dir) = &args.out {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create output directory {}", dir.display()))?;
+    }
+    let threads = args.model.threads();
+    let mut tally = Tally::default();
+    let mut stdout = std::io::stdout().lock();
+    for input in expand_inputs(&args.inputs) {
+        let result = input.and_then(|path| {
+            let t0 = Instant::now();
+            let frame = decode_image(&path)?;
+            let decoded = t0.elapsed().as_secs_f64() * 1e3;
+            let analysis = Analysis::of_frame(&classifier, frame)?;
+            let explanation = analysis.explain(&classifier, args.class, &params, threads)?;
+            let total = t0.elapsed().as_secs_f64() * 1e3;
+            Ok((path, analysis, explanation, decoded, total))
+        });
+        let (path, analysis, explanation, decoded, total) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                tally.fail(e);
+                continue;
+            }
+        };
+        let record = record(&path, &classifier, &analysis, &explanation, decoded, total);
+        let mut written = None;
+        if let Some(dir) = &args.out {
+            match write_outputs(dir, &path, &classifier, &analysis, &explanation, &record) {
+                Ok(png) => written = Some(png),
+                Err(e) => {
+                    tally.fail(format!("{}: {e:#}", path.display()));
+                    continue;
+                }
+            }
+        }
+        match args.format {
+            Format::Json => writeln!(stdout, "{}", serde_json::to_string(&record)?)?,
+            Format::Text => {
+                write!(
+                    stdout,
+                    "{}: {} [{}] {:.1}% — {} N={} K={}: {} passes, {:.0} ms",
+                    path.display(),
+                    record.class.label,
+                    record.class.index,
+                    record.class.score * 100.0,
+                    record.method.name,
+                    record.method.steps,
+                    record.channels_used,
+                    record.passes,
+                    record.latency_ms.total
+                )?;
+                match written {
+                    Some(png) => writeln!(stdout, " → {}", png.display())?,
+                    None => writeln!(stdout)?,
+                }
+            }
+        }
+        tally.ok += 1;
+    }
+    Ok(tally.finish())
+}
+
+fn record<'a>(
+    path: &'a Path,
+    classifier: &Classifier,
+    analysis: &Analysis,
+    explanation: &Explanation,
+    decoded: f64,
+    total: f64,
+) -> Record<'a> {
+    let (height, width) = explanation.map.dim();
+    Record {
+        image: path,
+        class: analysis.class_score(classifier, explanation.class),
+        method: MethodRecord::of(&explanation.params),
+        passes: explanation.passes,
+        channels_used: explanation.channels_used.len(),
+        latency_ms: Latency {
+            decode: decoded,
+            preprocess: analysis.latency.preprocess,
+            inference: analysis.latency.inference,
+            cam: explanation.millis,
+            total,
+        },
+        map: MapRecord {
+            width,
+            height,
+            values: explanation.map.iter().copied().collect(),
+        },
+    }
+}
+
+/// Writes NAME.heatmap.png and NAME.heatmap.json; returns the PNG's path.
+fn write_outputs(
+    dir: &Path,
+    image: &Path,
+    classifier: &Classifier,
+    analysis: &Analysis,
+    explanation: &Explanation,
+    record: &Record,
+) -> Result<PathBuf> {
+    let stem = image
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "image".into());
+    let png = dir.join(format!("{stem}.heatmap.png"));
+    let json = dir.join(format!("{stem}.heatmap.json"));
+    let crop = classifier.preprocess().crop_region();
+    display::overlay(&analysis.frame, &explanation.map, crop, OVERLAY_MAX_SIDE)
+        .save(&png)
+        .with_context(|| format!("cannot write {}", png.display()))?;
+    std::fs::write(&json, serde_json::to_vec(record)?)
+        .with_context(|| format!("cannot write {}", json.display()))?;
+    Ok(png)
+}

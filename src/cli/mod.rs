@@ -1,0 +1,189 @@
+//! Flag definitions and the commands behind them.
+
+mod bench;
+mod classify;
+mod explain;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use iscamd::model::{BatchPlan, ChannelOrder, Classifier, ModelOptions, PreprocessOverrides};
+
+/// Classify camera frames with SqueezeNet on tract, and explain each decision with a
+/// Score-CAM / SS-CAM / IS-CAM heatmap.
+#[derive(Parser, Debug)]
+#[command(name = "iscamd", version, propagate_version = true)]
+pub struct Cli {
+    /// More log output (-v: debug, -vv: trace). RUST_LOG overrides it.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Top-5 classes of each image: the model as the daemon sees it.
+    Classify(classify::ClassifyArgs),
+    /// Heatmaps that show which part of each image made the model decide.
+    Explain(explain::ExplainArgs),
+    /// Forward-pass throughput and heatmap latency on this machine.
+    Bench(bench::BenchArgs),
+}
+
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Classify(a) => classify::run(a),
+        Command::Explain(a) => explain::run(a),
+        Command::Bench(a) => bench::run(a),
+    }
+}
+
+pub fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("iscamd={level},tract=warn"))
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// The model file used when `--model` is not given.
+pub const DEFAULT_MODEL: &str = "squeezenet1.0-dc.onnx";
+
+/// Which model to run and how to feed it.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// ONNX classifier. Default: squeezenet1.0-dc.onnx in $ISCAMD_MODEL_DIR, else in ./models.
+    #[arg(long, env = "ISCAMD_MODEL", value_name = "PATH")]
+    pub model: Option<PathBuf>,
+    /// Labels file, one class per line (`WNID name` or `name`). Default: the one beside the model.
+    #[arg(long, value_name = "PATH")]
+    pub labels: Option<PathBuf>,
+    /// Tensor whose activations feed the CAM. Default: the model's `cam_layer` metadata.
+    #[arg(long, value_name = "NAME")]
+    pub cam_layer: Option<String>,
+    /// Side of the square model input. Default: metadata `input_size`.
+    #[arg(long, value_name = "PIXELS")]
+    pub input_size: Option<u32>,
+    /// Side of the square resize before the centre crop. Default: metadata `resize`.
+    #[arg(long, value_name = "PIXELS")]
+    pub resize: Option<u32>,
+    /// Channel order of the input tensor, RGB or BGR. Default: metadata `channel_order`.
+    #[arg(long, value_name = "ORDER", value_parser = parse_channel_order)]
+    pub channel_order: Option<ChannelOrder>,
+    /// Per-channel mean subtracted, "A,B,C" in tensor channel order. Default: metadata `mean`.
+    #[arg(long, value_name = "A,B,C", value_parser = parse_triplet)]
+    pub mean: Option<[f32; 3]>,
+    /// Per-channel divisor, "A,B,C". Default: metadata `std`.
+    #[arg(long, value_name = "A,B,C", value_parser = parse_triplet)]
+    pub std: Option<[f32; 3]>,
+    /// CPU threads for inference. Default: all cores.
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+}
+
+impl ModelArgs {
+    pub fn model_path(&self) -> Result<PathBuf> {
+        if let Some(p) = &self.model {
+            return Ok(p.clone());
+        }
+        let mut tried = Vec::new();
+        if let Some(dir) = std::env::var_os("ISCAMD_MODEL_DIR") {
+            tried.push(PathBuf::from(dir).join(DEFAULT_MODEL));
+        }
+        tried.push(PathBuf::from("models").join(DEFAULT_MODEL));
+        if let Some(p) = tried.iter().find(|p| p.is_file()) {
+            return Ok(p.clone());
+        }
+        let list = tried
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        bail!("no model found (looked for {list}): pass --model PATH or set ISCAMD_MODEL_DIR; models/README.md says how to get one")
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .max(1)
+    }
+
+    pub fn load(&self) -> Result<Classifier> {
+        self.load_path(&self.model_path()?, BatchPlan::PerSize)
+    }
+
+    pub fn load_path(&self, path: &std::path::Path, batch_plan: BatchPlan) -> Result<Classifier> {
+        let options = ModelOptions {
+            path: path.to_owned(),
+            labels: self.labels.clone(),
+            cam_layer: self.cam_layer.clone(),
+            preprocess: PreprocessOverrides {
+                input_size: self.input_size,
+                resize: self.resize,
+                channel_order: self.channel_order,
+                mean: self.mean,
+                std: self.std,
+                pixel_max: None,
+            },
+            batch_plan,
+        };
+        Classifier::load(&options).context("cannot load the model")
+    }
+}
+
+fn parse_channel_order(s: &str) -> Result<ChannelOrder, String> {
+    s.parse().map_err(|e: iscamd::Error| e.to_string())
+}
+
+fn parse_triplet(s: &str) -> Result<[f32; 3], String> {
+    let v: Vec<f32> = s
+        .split(',')
+        .map(|p| p.trim().parse::<f32>())
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    v.try_into()
+        .map_err(|_| format!("{s:?}: expected three comma-separated numbers"))
+}
+
+/// Output format of per-image results.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Format {
+    /// Lines for people.
+    #[default]
+    Text,
+    /// One JSON object per image per line (JSON Lines).
+    Json,
+}
+
+/// Counts failures over a multi-image run and turns them into the exit code.
+#[derive(Default)]
+pub struct Tally {
+    pub ok: usize,
+    pub failed: usize,
+}
+
+impl Tally {
+    pub fn fail(&mut self, e: impl std::fmt::Display) {
+        eprintln!("error: {e}");
+        self.failed += 1;
+    }
+
+    pub fn finish(self) -> ExitCode {
+        if self.failed == 0 {
+            ExitCode::SUCCESS
+        } else {
+            eprintln!("{} of {} inputs failed", self.failed, self.failed + self.ok);
+            ExitCode::FAILURE
+        }
+    }
+}

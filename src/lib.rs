@@ -1,0 +1,14 @@
+//! iscamd: classify camera frames with an ONNX model on tract and explain the decisions
+//! with gradient-free class activation maps (Score-CAM, SS-CAM, IS-CAM).
+//!
+//! Data flows `source → model → cam`: [`source`] decodes frames, [`model`] runs the
+//! classifier (logits and CAM-layer activations from one pass), [`cam`] turns those
+//! activations into heatmaps, and [`analyse`] ties them together for one frame.
+
+pub mod analyse;
+pub mod cam;
+pub mod error;
+pub mod model;
+pub mod source;
+
+pub use error::{Error, Result};

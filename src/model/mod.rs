@@ -1,0 +1,378 @@
+//! The classifier: an ONNX model run by tract, returning in one forward pass both the
+//! class logits and the activations of the CAM layer.
+
+mod labels;
+mod preprocess;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use tract_onnx::prelude::tract_ndarray::{Array2, Array4, ArrayView4, Axis, Ix2, Ix4};
+use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::infer::Factoid;
+
+pub use labels::Labels;
+pub use preprocess::{ChannelOrder, Preprocess, PreprocessMetadata, PreprocessOverrides};
+
+use crate::error::{Error, Result};
+
+type Plan = Arc<TypedRunnableModel>;
+
+/// How the model is made runnable for different batch sizes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum BatchPlan {
+    /// One optimised plan per batch size, built on first use (fastest in our measurements).
+    #[default]
+    PerSize,
+    /// A single plan with a symbolic batch dimension.
+    Symbolic,
+}
+
+/// What to load and how to read it; `None` fields come from the model's metadata.
+#[derive(Clone, Debug, Default)]
+pub struct ModelOptions {
+    pub path: PathBuf,
+    pub labels: Option<PathBuf>,
+    /// Tensor name of the CAM layer (metadata key `cam_layer`).
+    pub cam_layer: Option<String>,
+    pub preprocess: PreprocessOverrides,
+    pub batch_plan: BatchPlan,
+}
+
+/// Shape of the CAM layer's activations for one image.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct CamLayer {
+    pub name: String,
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+/// The result of one forward pass over a batch.
+#[derive(Clone, Debug)]
+pub struct Forward {
+    /// `[batch, classes]`, as the model outputs them (pre-softmax for SqueezeNet).
+    pub logits: Array2<f32>,
+    /// `[batch, channels, h, w]` of the CAM layer, when the model has one.
+    pub activations: Option<Array4<f32>>,
+}
+
+/// A loaded model, ready to run from several threads at once.
+pub struct Classifier {
+    path: PathBuf,
+    /// Parsed graph with outputs selected, input fact not yet fixed.
+    graph: InferenceModel,
+    plans: Mutex<HashMap<usize, Plan>>,
+    symbolic: Option<Plan>,
+    preprocess: Preprocess,
+    labels: Labels,
+    cam: Option<CamLayer>,
+    classes: usize,
+    /// The output holds probabilities (metadata `output_kind=probabilities`): logits
+    /// are recovered as their logarithm, so that softmax gives them back.
+    output_is_probability: bool,
+    metadata: HashMap<String, String>,
+}
+
+impl Classifier {
+    /// Loads and optimises the model, reads its preprocessing and labels, and checks
+    /// that the CAM layer exists and has a `[N, C, h, w]` shape.
+    pub fn load(options: &ModelOptions) -> Result<Self> {
+        let path = options.path.clone();
+        if !path.is_file() {
+            return Err(Error::model(
+                &path,
+                "no such file (give the model with --model PATH)",
+            ));
+        }
+        let mut graph = tract_onnx::onnx()
+            .with_ignore_value_info(true)
+            .model_for_path(&path)
+            .map_err(|e| {
+                Error::model(&path, format!("not a model tract can load: {}", chain(&e)))
+            })?;
+        let metadata: HashMap<String, String> = graph
+            .properties
+            .iter()
+            .filter_map(|(k, v)| {
+                let key = k.strip_prefix("onnx.metadata_props.")?;
+                Some((
+                    key.to_string(),
+                    v.as_plain_ram()?.to_scalar::<String>().ok()?.clone(),
+                ))
+            })
+            .collect();
+        if graph.inputs.len() != 1 {
+            return Err(Error::model(
+                &path,
+                format!(
+                    "has {} inputs; an image classifier has one",
+                    graph.inputs.len()
+                ),
+            ));
+        }
+        let logits_name = match metadata.get("output_name") {
+            Some(n) => n.clone(),
+            None => {
+                let outlet = graph
+                    .outputs
+                    .first()
+                    .ok_or_else(|| Error::model(&path, "has no output"))?;
+                graph
+                    .outlet_label(*outlet)
+                    .map(str::to_string)
+                    .unwrap_or_else(|| graph.node(outlet.node).name.clone())
+            }
+        };
+        let cam_name = options
+            .cam_layer
+            .clone()
+            .or_else(|| metadata.get("cam_layer").cloned());
+        let mut outputs = vec![logits_name.clone()];
+        outputs.extend(cam_name.clone());
+        graph.select_outputs_by_name(&outputs).map_err(|_| {
+            let missing = outputs.iter().find(|n| graph.clone().select_outputs_by_name([n]).is_err());
+            match missing {
+                Some(n) if Some(n) == cam_name.as_ref() => Error::model(
+                    &path,
+                    format!("has no tensor named {n:?} for the CAM layer (set --cam-layer to a conv/concat output of shape [N,C,h,w])"),
+                ),
+                Some(n) => Error::model(&path, format!("has no output tensor named {n:?}")),
+                None => Error::model(&path, "cannot select its outputs"),
+            }
+        })?;
+
+        let graph_size = graph
+            .input_fact(0)
+            .ok()
+            .and_then(|f| {
+                f.shape
+                    .dims()
+                    .nth(3)
+                    .and_then(|d| d.concretize())
+                    .and_then(|d| d.as_i64())
+            })
+            .map(|d| d as u32);
+        let meta = |k: &str| metadata.get(k).cloned();
+        let preprocess = Preprocess::resolve(
+            &PreprocessMetadata {
+                input_size: meta("input_size"),
+                resize: meta("resize"),
+                channel_order: meta("channel_order"),
+                mean: meta("mean"),
+                std: meta("std"),
+                pixel_range: meta("pixel_range"),
+            },
+            &options.preprocess,
+            graph_size,
+        )
+        .map_err(|e| Error::model(&path, e))?;
+
+        let mut classifier = Classifier {
+            path: path.clone(),
+            graph,
+            plans: Mutex::new(HashMap::new()),
+            symbolic: None,
+            preprocess,
+            labels: Labels::numbered(0),
+            cam: None,
+            classes: 0,
+            output_is_probability: metadata
+                .get("output_kind")
+                .is_some_and(|k| k == "probabilities"),
+            metadata,
+        };
+        let plan = classifier.plan(1)?;
+        let model = plan.model();
+        let fact_shape = |i: usize| -> Result<Vec<usize>> {
+            let fact = model.output_fact(i).map_err(|e| Error::model(&path, e))?;
+            let shape = fact
+                .shape
+                .as_concrete()
+                .ok_or_else(|| Error::model(&path, format!("output {i} has no concrete shape")))?;
+            Ok(shape.to_vec())
+        };
+        let logits_shape = fact_shape(0)?;
+        classifier.classes = match logits_shape.as_slice() {
+            [1, n] => *n,
+            other => {
+                return Err(Error::model(
+                    &path,
+                    format!("output {logits_name:?} has shape {other:?}; expected [N, classes]"),
+                ))
+            }
+        };
+        if let Some(name) = cam_name {
+            classifier.cam =
+                match fact_shape(1)?.as_slice() {
+                    [1, c, h, w] => Some(CamLayer {
+                        name,
+                        channels: *c,
+                        height: *h,
+                        width: *w,
+                    }),
+                    other => return Err(Error::model(
+                        &path,
+                        format!(
+                            "CAM layer {name:?} has shape {other:?}; expected [N, channels, h, w]"
+                        ),
+                    )),
+                };
+        }
+        if options.batch_plan == BatchPlan::Symbolic {
+            classifier.symbolic = Some(classifier.build_plan(None)?);
+        }
+        let labels_path = options.labels.clone().or_else(|| {
+            Labels::beside_model(&path, classifier.metadata.get("labels").map(String::as_str))
+        });
+        classifier.labels = match labels_path {
+            Some(p) => Labels::load(&p)?,
+            None => Labels::numbered(classifier.classes),
+        };
+        Ok(classifier)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn preprocess(&self) -> &Preprocess {
+        &self.preprocess
+    }
+
+    pub fn labels(&self) -> &Labels {
+        &self.labels
+    }
+
+    /// The CAM layer, or `None` for a model loaded without one.
+    pub fn cam_layer(&self) -> Option<&CamLayer> {
+        self.cam.as_ref()
+    }
+
+    pub fn classes(&self) -> usize {
+        self.classes
+    }
+
+    /// The model's `metadata_props`.
+    pub fn metadata(&self) -> &HashMap<String, String> {
+        &self.metadata
+    }
+
+    /// Side of the square input tensor.
+    pub fn input_size(&self) -> usize {
+        self.preprocess.input_size as usize
+    }
+
+    /// Runs a batch `[B, 3, S, S]` of preprocessed inputs.
+    pub fn forward(&self, input: ArrayView4<f32>) -> Result<Forward> {
+        let (b, c, h, w) = input.dim();
+        let s = self.input_size();
+        if b == 0 || c != 3 || h != s || w != s {
+            return Err(Error::invalid(
+                "input tensor",
+                format!("shape [{b},{c},{h},{w}], expected [B,3,{s},{s}] with B ≥ 1"),
+            ));
+        }
+        self.forward_tensor(Tensor::from(input.to_owned()), b)
+    }
+
+    /// Runs a batch already held as a tract tensor (avoids a copy on hot paths).
+    pub fn forward_tensor(&self, input: Tensor, batch: usize) -> Result<Forward> {
+        let plan = match &self.symbolic {
+            Some(p) => p.clone(),
+            None => self.plan(batch)?,
+        };
+        let mut outputs = plan
+            .run(tvec!(input.into()))
+            .map_err(|e| Error::Inference(chain(&e)))?;
+        let activations = if self.cam.is_some() {
+            let a = outputs.pop().expect("plan has two outputs").into_tensor();
+            Some(
+                a.into_plain_array::<f32>()
+                    .and_then(|a| Ok(a.into_dimensionality::<Ix4>()?))
+                    .map_err(|e| Error::Inference(chain(&e)))?,
+            )
+        } else {
+            None
+        };
+        let logits = outputs.pop().expect("plan has an output").into_tensor();
+        let mut logits = logits
+            .into_plain_array::<f32>()
+            .and_then(|a| {
+                Ok(a.into_shape_with_order((batch, self.classes.max(1)))?
+                    .into_dimensionality::<Ix2>()?)
+            })
+            .map_err(|e| Error::Inference(chain(&e)))?;
+        if self.output_is_probability {
+            logits.mapv_inplace(|p| p.max(f32::MIN_POSITIVE).ln());
+        }
+        Ok(Forward {
+            logits,
+            activations,
+        })
+    }
+
+    /// The optimised plan for batch size `batch`, built on first use.
+    fn plan(&self, batch: usize) -> Result<Plan> {
+        if let Some(p) = self.plans.lock().expect("plan cache poisoned").get(&batch) {
+            return Ok(p.clone());
+        }
+        let plan = self.build_plan(Some(batch))?;
+        self.plans
+            .lock()
+            .expect("plan cache poisoned")
+            .insert(batch, plan.clone());
+        Ok(plan)
+    }
+
+    fn build_plan(&self, batch: Option<usize>) -> Result<Plan> {
+        let s = self.input_size();
+        let n: TDim = match batch {
+            Some(b) => b.into(),
+            None => self.graph.symbols.sym("N").into(),
+        };
+        let fact =
+            InferenceFact::dt_shape(f32::datum_type(), tvec![n, 3.into(), s.into(), s.into()]);
+        self.graph
+            .clone()
+            .with_input_fact(0, fact)
+            .and_then(|m| m.into_optimized())
+            .and_then(|m| m.into_runnable())
+            .map_err(|e| {
+                Error::model(
+                    &self.path,
+                    format!("cannot be prepared for input [N,3,{s},{s}]: {}", chain(&e)),
+                )
+            })
+    }
+}
+
+/// Softmax of a row of logits, computed in f64 for stable tails.
+pub fn softmax(logits: &[f32]) -> Vec<f64> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let exp: Vec<f64> = logits.iter().map(|&l| (l as f64 - max).exp()).collect();
+    let sum: f64 = exp.iter().sum();
+    exp.into_iter().map(|e| e / sum).collect()
+}
+
+/// Indices of the `k` largest values, largest first (ties: lower index first).
+pub fn top_k(values: &[f64], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..values.len()).collect();
+    idx.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
+    idx.truncate(k);
+    idx
+}
+
+/// One line from an error and its causes.
+fn chain(e: &anyhow::Error) -> String {
+    e.chain()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+/// Logits of row `i` of a forward pass.
+pub fn row(logits: &Array2<f32>, i: usize) -> Vec<f32> {
+    logits.index_axis(Axis(0), i).to_vec()
+}

@@ -1,0 +1,6 @@
+//! Where frames come from. For now: image files and directories of them
+//! (`classify`, `explain`); the daemon's camera and test-pattern sources join here.
+
+mod files;
+
+pub use files::{decode_image, expand_inputs, is_image_path};

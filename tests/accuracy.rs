@@ -1,0 +1,113 @@
+//! The model as users run it, from the JPEG files: accuracy on the 250 labelled images
+//! against onnxruntime's figures (../shared/models/MODELS.md), preprocessing against the
+//! reference tensors, and heatmaps end to end.
+
+mod common;
+
+use common::{
+    image, labelled_images, load, npy, pearson, reference_dir, reference_images, F32_MODEL,
+    INT8_MODEL,
+};
+use iscamd::analyse::Analysis;
+use iscamd::cam::CamParams;
+use iscamd::model::top_k;
+use iscamd::source::decode_image;
+use tract_onnx::prelude::tract_ndarray::Ix4;
+
+/// Top-1 and top-5 correct over the 250 images; prints the images whose top-1 is wrong.
+fn accuracy(model: &str) -> (usize, usize, Vec<(String, usize)>) {
+    let classifier = load(model);
+    let (mut top1, mut top5, mut predictions) = (0, 0, Vec::new());
+    for (path, truth) in labelled_images() {
+        let analysis = Analysis::of_frame(&classifier, decode_image(&path).unwrap()).unwrap();
+        let top = top_k(&analysis.probabilities, 5);
+        top1 += usize::from(top[0] == truth);
+        top5 += usize::from(top.contains(&truth));
+        predictions.push((
+            path.file_stem().unwrap().to_string_lossy().into_owned(),
+            top[0],
+        ));
+    }
+    (top1, top5, predictions)
+}
+
+fn check(model: &str, expected_top1: usize, expected_top5: usize) -> Vec<(String, usize)> {
+    let (top1, top5, predictions) = accuracy(model);
+    println!("{model}: top-1 {top1}/250, top-5 {top5}/250 (onnxruntime: {expected_top1}, {expected_top5})");
+    assert!(
+        top1.abs_diff(expected_top1) <= 2,
+        "{model}: top-1 {top1} vs onnxruntime {expected_top1}"
+    );
+    assert!(
+        top5.abs_diff(expected_top5) <= 2,
+        "{model}: top-5 {top5} vs onnxruntime {expected_top5}"
+    );
+    predictions
+}
+
+#[test]
+fn f32_accuracy_matches_onnxruntime() {
+    check(F32_MODEL, 165, 211);
+}
+
+#[test]
+fn int8_accuracy_matches_onnxruntime() {
+    check(INT8_MODEL, 168, 212);
+}
+
+/// Our JPEG decoding and PIL-style resize against the reference tensors.
+#[test]
+fn preprocessing_is_close_to_pil() {
+    let classifier = load(F32_MODEL);
+    for name in reference_images() {
+        let ours = classifier
+            .preprocess()
+            .tensor(&decode_image(&image(&name)).unwrap());
+        let reference = npy(&reference_dir().join(format!("{name}.input.npy")));
+        let diffs: Vec<f32> = ours
+            .iter()
+            .zip(reference.iter())
+            .map(|(a, b)| (a - b).abs())
+            .collect();
+        let mean = diffs.iter().sum::<f32>() / diffs.len() as f32;
+        let max = diffs.iter().copied().fold(0.0, f32::max);
+        println!("{name}: input vs PIL reference: mean |diff| {mean:.3}, max {max} (0..255 scale)");
+        assert!(
+            mean < 2.0,
+            "{name}: preprocessing is off by {mean} on average"
+        );
+    }
+}
+
+/// From the JPEG to the map: r ≥ 0.98 against the reference maps.
+#[test]
+fn heatmaps_end_to_end_from_jpeg() {
+    let classifier = load(F32_MODEL);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for name in reference_images() {
+        let analysis =
+            Analysis::of_frame(&classifier, decode_image(&image(&name)).unwrap()).unwrap();
+        let reference_input = npy(&reference_dir().join(format!("{name}.input.npy")))
+            .into_dimensionality::<Ix4>()
+            .unwrap();
+        let reference_top1 = top_k(
+            &iscamd::model::softmax(
+                &classifier
+                    .forward(reference_input.view())
+                    .unwrap()
+                    .logits
+                    .row(0)
+                    .to_vec(),
+            ),
+            1,
+        )[0];
+        let params = CamParams::new("iscam", Some(4), Some(32)).unwrap();
+        let e = analysis
+            .explain(&classifier, Some(reference_top1), &params, threads)
+            .unwrap();
+        let reference = npy(&reference_dir().join(format!("{name}.iscam-n4-k32var.prob.map.npy")));
+        let r = pearson(e.map.as_slice().unwrap(), reference.as_slice().unwrap());
+        println!("{name}: iscam-n4-k32var from JPEG vs reference r = {r:.4}");
+        assert!(r >= 0.98, "{name}: end-to-end r = {r}");
+    }
+}

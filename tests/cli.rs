@@ -1,0 +1,233 @@
+//! The `iscamd` binary end to end: output formats, files written, and bad input of every
+//! kind getting a one-line error that names it — never a panic.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::{image, model_path, F32_MODEL};
+use image::{GrayImage, RgbImage, RgbaImage};
+
+fn iscamd(args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_iscamd"))
+        .args(args)
+        .env("ISCAMD_MODEL", model_path(F32_MODEL))
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run iscamd");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("panicked"),
+        "iscamd panicked on {args:?}: {stderr}"
+    );
+    out
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn json_lines(o: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON object per line"))
+        .collect()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn classify_prints_top5_as_json_lines() {
+    let tench = image("n01440764_tench");
+    let out = iscamd(&["classify", "--format", "json", s(&tench)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 1);
+    let top = lines[0]["top"].as_array().unwrap();
+    assert_eq!(top.len(), 5);
+    assert_eq!(top[0]["index"], 0);
+    assert_eq!(top[0]["label"], "tench");
+    assert!(top[0]["score"].as_f64().unwrap() > 0.9);
+    assert_eq!(lines[0]["image"], s(&tench));
+    assert!(lines[0]["latency_ms"]["inference"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn explain_writes_overlay_and_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let hen = image("n01514859_hen");
+    let out = iscamd(&[
+        "explain",
+        "--format",
+        "json",
+        "--steps",
+        "2",
+        "--channels",
+        "4",
+        "--out",
+        s(dir.path()),
+        s(&hen),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let record = &json_lines(&out)[0];
+    assert_eq!(
+        record["class"]["index"], 7,
+        "the model calls this hen a cock (as the reference does)"
+    );
+    assert_eq!(record["method"]["name"], "iscam");
+    assert_eq!(record["method"]["steps"], 2);
+    assert_eq!(record["method"]["channels"], 4);
+    assert_eq!(record["method"]["weighting"], "prob");
+    assert_eq!(record["passes"], 8);
+    assert_eq!(
+        (
+            record["map"]["width"].as_u64(),
+            record["map"]["height"].as_u64()
+        ),
+        (Some(13), Some(13))
+    );
+    let values = record["map"]["values"].as_array().unwrap();
+    assert_eq!(values.len(), 169);
+    assert!(
+        values.iter().any(|v| v.as_f64().unwrap() > 0.0),
+        "map is not all zero"
+    );
+    let png = image::open(dir.path().join("n01514859_hen.heatmap.png"))
+        .expect("overlay written")
+        .to_rgb8();
+    let frame = image::open(&hen).unwrap();
+    assert_eq!(png.width(), frame.width().min(1024));
+    let written: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("n01514859_hen.heatmap.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(&written, record);
+}
+
+/// Formats the image crate decodes into RGB correctly, down to a single pixel and up to
+/// 10000×10000.
+#[test]
+fn odd_but_valid_images_are_classified() {
+    let dir = tempfile::tempdir().unwrap();
+    let gray = dir.path().join("gray.png");
+    image::DynamicImage::ImageRgb8(image::open(image("n01440764_tench")).unwrap().to_rgb8())
+        .to_luma8()
+        .save(&gray)
+        .unwrap();
+    let rgba = dir.path().join("rgba.png");
+    image::DynamicImage::ImageRgb8(image::open(image("n01440764_tench")).unwrap().to_rgb8())
+        .to_rgba8()
+        .save(&rgba)
+        .unwrap();
+    let tiny = dir.path().join("tiny.png");
+    RgbImage::from_pixel(1, 1, image::Rgb([200, 30, 30]))
+        .save(&tiny)
+        .unwrap();
+    let huge = dir.path().join("huge.png");
+    GrayImage::from_pixel(10_000, 10_000, image::Luma([90]))
+        .save(&huge)
+        .unwrap();
+    let _ = RgbaImage::new(1, 1);
+    let out = iscamd(&[
+        "classify",
+        "--format",
+        "json",
+        s(&gray),
+        s(&rgba),
+        s(&tiny),
+        s(&huge),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 4);
+    assert_eq!(
+        lines[1]["top"][0]["label"], "tench",
+        "RGBA loses only its alpha"
+    );
+}
+
+fn bad_files(dir: &Path) -> (PathBuf, PathBuf) {
+    let text = dir.join("notes.jpg");
+    std::fs::write(&text, "this is not a picture").unwrap();
+    let jpeg = std::fs::read(image("n01440764_tench")).unwrap();
+    let truncated = dir.join("truncated.jpg");
+    std::fs::write(&truncated, &jpeg[..jpeg.len() / 3]).unwrap();
+    (text, truncated)
+}
+
+#[test]
+fn bad_files_get_named_errors_and_a_directory_run_carries_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (text, truncated) = bad_files(dir.path());
+    std::fs::copy(image("n01440764_tench"), dir.path().join("good.JPEG")).unwrap();
+    let missing = dir.path().join("missing.jpg");
+    let out = iscamd(&["classify", "--format", "json", s(dir.path()), s(&missing)]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(
+        json_lines(&out).len(),
+        1,
+        "the good image is still classified"
+    );
+    for (path, what) in [
+        (&text, "not an image"),
+        (&truncated, "decode"),
+        (&missing, "no such file"),
+    ] {
+        let line = err
+            .lines()
+            .find(|l| l.contains(s(path)))
+            .unwrap_or_else(|| panic!("no error names {path:?}: {err}"));
+        assert!(line.contains(what), "{line}");
+    }
+    assert!(err.contains("3 of 4 inputs failed"), "{err}");
+}
+
+#[test]
+fn bad_parameters_are_refused_with_the_reason() {
+    let tench = image("n01440764_tench");
+    for (args, expected) in [
+        (vec!["--method", "gradcam"], "gradcam"),
+        (vec!["--steps", "0"], "steps"),
+        (vec!["--steps", "1000000"], "steps"),
+        (vec!["--channels", "513"], "512 channels"),
+        (vec!["--batch", "0"], "batch"),
+        (vec!["--weighting", "softmax"], "weighting"),
+        (vec!["--class", "1000"], "class"),
+        (vec!["--cam-layer", "no/such/layer"], "no/such/layer"),
+        (
+            vec!["--model", "/nonexistent/model.onnx"],
+            "/nonexistent/model.onnx",
+        ),
+    ] {
+        let mut full = vec!["explain"];
+        full.extend(&args);
+        full.push(s(&tench));
+        let out = iscamd(&full);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        let err = stderr(&out);
+        assert!(err.contains(expected), "{args:?}: {err}");
+        assert!(
+            err.lines().count() <= 3,
+            "{args:?}: error should be short: {err}"
+        );
+    }
+}
+
+#[test]
+fn a_file_that_is_not_a_model_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.onnx");
+    std::fs::write(&garbage, [0xffu8; 4096]).unwrap();
+    let out = iscamd(&[
+        "classify",
+        "--model",
+        s(&garbage),
+        s(&image("n01440764_tench")),
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("garbage.onnx"), "{}", stderr(&out));
+}
