@@ -1,15 +1,17 @@
 use std::path::{Path, PathBuf};
 
-use image::{ImageReader, RgbImage};
+use std::io::Cursor;
+
+use image::{ImageFormat, ImageReader, RgbImage};
 
 use crate::error::{Error, Result};
 
 /// File extensions treated as images when a directory is expanded.
 const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "bmp", "webp", "tif", "tiff", "gif"];
 
-/// Largest image accepted, in pixels: far beyond any camera, small enough that a
-/// corrupt header cannot make us allocate gigabytes.
-const MAX_PIXELS: u64 = 20_000 * 20_000;
+/// Largest image side accepted: far beyond any camera, small enough that a corrupt
+/// header cannot make us allocate tens of gigabytes.
+const MAX_SIDE: u32 = 20_000;
 
 /// True when the file name ends in an extension we decode.
 pub fn is_image_path(path: &Path) -> bool {
@@ -57,34 +59,27 @@ pub fn expand_inputs(paths: &[PathBuf]) -> Vec<Result<PathBuf>> {
 
 /// Decodes an image file of any supported format (detected from its content, not its
 /// name) into 8-bit RGB: grayscale is replicated, alpha is dropped, 16-bit is scaled.
+/// A JPEG cut short is refused rather than decoded with a grey lower part.
 pub fn decode_image(path: &Path) -> Result<RgbImage> {
-    let reader = ImageReader::open(path)
-        .map_err(|e| Error::input(path, format!("cannot open: {e}")))?
+    let bytes = std::fs::read(path).map_err(|e| Error::input(path, format!("cannot read: {e}")))?;
+    let mut reader = ImageReader::new(Cursor::new(&bytes))
         .with_guessed_format()
         .map_err(|e| Error::input(path, format!("cannot read: {e}")))?;
-    if reader.format().is_none() {
-        return Err(Error::input(
-            path,
-            "not an image (unrecognised file format)",
-        ));
+    let format = reader.format().ok_or_else(|| Error::input(path, "not an image (unrecognised file format)"))?;
+    if format == ImageFormat::Jpeg && !has_jpeg_end_marker(&bytes) {
+        return Err(Error::input(path, "cannot decode image: truncated JPEG (no end-of-image marker)"));
     }
-    let (w, h) = reader
-        .into_dimensions()
-        .map_err(|e| Error::input(path, format!("cannot decode image header: {e}")))?;
-    if u64::from(w) * u64::from(h) > MAX_PIXELS {
-        return Err(Error::input(
-            path,
-            format!("image is {w}x{h}, larger than the {MAX_PIXELS}-pixel limit"),
-        ));
-    }
-    let mut reader = ImageReader::open(path)
-        .and_then(|r| r.with_guessed_format())
-        .map_err(|e| Error::input(path, format!("cannot open: {e}")))?;
     let mut limits = image::Limits::default();
-    limits.max_alloc = Some(MAX_PIXELS * 8);
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    limits.max_alloc = Some(u64::from(MAX_SIDE) * u64::from(MAX_SIDE) * 8);
     reader.limits(limits);
-    let image = reader
-        .decode()
-        .map_err(|e| Error::input(path, format!("cannot decode image: {e}")))?;
+    let image = reader.decode().map_err(|e| Error::input(path, format!("cannot decode image: {e}")))?;
     Ok(image.into_rgb8())
+}
+
+/// The EOI marker `FF D9` near the end; encoders may append a little padding after it.
+fn has_jpeg_end_marker(bytes: &[u8]) -> bool {
+    let tail = &bytes[bytes.len().saturating_sub(4096)..];
+    tail.windows(2).any(|w| w == [0xFF, 0xD9])
 }
