@@ -81,8 +81,8 @@ fn compare(case: &Case, e: &Explanation, spec: &str) -> f64 {
         worst = worst.min(r);
     }
     for (kind, ours, tolerance) in [
-        ("prob", &e.prob_scores, 2e-3),
-        ("logit_diff", &e.logit_diff_scores, 2e-2),
+        ("prob", &e.prob_scores, 1e-4),
+        ("logit_diff", &e.logit_diff_scores, 1e-3),
     ] {
         let reference = npy(&dir.join(format!("{}.{spec}.{kind}.scores.npy", case.name)));
         let diff = ours
@@ -246,16 +246,19 @@ fn sscam_agrees_with_reference_as_well_as_reference_seeds_agree() {
                     .map(move |r| pearson(m.as_slice().unwrap(), r.as_slice().unwrap()))
             })
             .collect();
-        let min_cross = cross.iter().copied().fold(1.0, f64::min);
-        println!("sscam {name} {w}: r(ref s0, ref s1) = {r_refs:.4}, r(ours s0, ours s1) = {r_ours:.4}, r(ours, ref) = {cross:.4?}");
+        let mean_cross = cross.iter().sum::<f64>() / cross.len() as f64;
+        println!(
+            "sscam {name} {w}: r(ref s0, ref s1) = {r_refs:.4}, r(ours s0, ours s1) = {r_ours:.4}, \
+             r(ours, ref) = {cross:.4?}, mean {mean_cross:.4}"
+        );
         let slack = 0.05;
         assert!(
             r_ours >= r_refs - slack,
             "{w}: our seeds agree less ({r_ours}) than the reference seeds ({r_refs})"
         );
         assert!(
-            min_cross >= r_refs - slack,
-            "{w}: ours vs reference {min_cross} below reference seeds' {r_refs}"
+            mean_cross >= r_refs - slack,
+            "{w}: ours vs reference {mean_cross} below reference seeds' {r_refs}"
         );
     }
 }

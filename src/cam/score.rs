@@ -39,10 +39,6 @@ pub(crate) fn score_masks(
     let (_, s, _) = x.dim();
     let (_, h, w) = activations.dim();
     let upsampler = Upsampler::new(h, w, s, s);
-    let noise = match params.method {
-        Method::SsCam { steps, sigma } => noise(steps, x.dim(), sigma, params.seed),
-        _ => Vec::new(),
-    };
     let builder = MaskedInputs {
         x,
         activations,
@@ -50,7 +46,7 @@ pub(crate) fn score_masks(
         steps,
         method: params.method,
         upsampler,
-        noise,
+        seed: params.seed,
     };
 
     let next = AtomicUsize::new(0);
@@ -103,13 +99,16 @@ pub(crate) fn score_masks(
     Ok(scores)
 }
 
-/// SS-CAM's noise: one `[3,S,S]` draw per step, shared by all channels (as torchcam).
-fn noise(steps: usize, dim: (usize, usize, usize), sigma: f32, seed: u64) -> Vec<Array3<f32>> {
+/// SS-CAM's noise for one mask: an `S×S` draw of its own per (channel, step), broadcast
+/// over the colour planes, as torchcam does. Each draw has its own ChaCha stream, so a
+/// map depends on the seed only, not on batching or threads.
+fn add_noise(mask: &mut [f32], sigma: f32, seed: u64, channel: usize, step: usize) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(((channel as u64) << 32) | step as u64);
     let normal = Normal::new(0.0f32, sigma).expect("sigma validated as finite and ≥ 0");
-    (0..steps)
-        .map(|_| Array3::from_shape_simple_fn(dim, || normal.sample(&mut rng)))
-        .collect()
+    for m in mask {
+        *m += normal.sample(&mut rng);
+    }
 }
 
 struct MaskedInputs<'a> {
@@ -119,7 +118,7 @@ struct MaskedInputs<'a> {
     steps: usize,
     method: Method,
     upsampler: Upsampler,
-    noise: Vec<Array3<f32>>,
+    seed: u64,
 }
 
 impl MaskedInputs<'_> {
@@ -134,6 +133,7 @@ impl MaskedInputs<'_> {
         let len = range.len();
         let mut data = vec![0.0f32; len * c * plane];
         let x = self.x.as_slice().expect("input is contiguous");
+        let mut noisy = Vec::new();
         for (slot, job) in range.enumerate() {
             let (ci, step) = (job / self.steps, job % self.steps);
             let channel = self.channels[ci];
@@ -160,14 +160,11 @@ impl MaskedInputs<'_> {
                         *o = xv * m * scale;
                     }
                 }
-                Method::SsCam { .. } => {
-                    let eps = self.noise[step].as_slice().expect("noise is contiguous");
-                    for ((o, (xv, m)), e) in out
-                        .iter_mut()
-                        .zip(x.iter().zip(mask.iter().cycle()))
-                        .zip(eps)
-                    {
-                        *o = xv * (m + e);
+                Method::SsCam { sigma, .. } => {
+                    noisy.clone_from(mask);
+                    add_noise(&mut noisy, sigma, self.seed, channel, step);
+                    for (o, (xv, m)) in out.iter_mut().zip(x.iter().zip(noisy.iter().cycle())) {
+                        *o = xv * m;
                     }
                 }
             }

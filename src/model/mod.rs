@@ -204,21 +204,22 @@ impl Classifier {
             }
         };
         if let Some(name) = cam_name {
-            classifier.cam =
-                match fact_shape(1)?.as_slice() {
-                    [1, c, h, w] => Some(CamLayer {
-                        name,
-                        channels: *c,
-                        height: *h,
-                        width: *w,
-                    }),
-                    other => return Err(Error::model(
+            classifier.cam = match fact_shape(1)?.as_slice() {
+                [1, c, h, w] => Some(CamLayer {
+                    name,
+                    channels: *c,
+                    height: *h,
+                    width: *w,
+                }),
+                other => {
+                    return Err(Error::model(
                         &path,
                         format!(
                             "CAM layer {name:?} has shape {other:?}; expected [N, channels, h, w]"
                         ),
-                    )),
-                };
+                    ))
+                }
+            };
         }
         if options.batch_plan == BatchPlan::Symbolic {
             classifier.symbolic = Some(classifier.build_plan(None)?);

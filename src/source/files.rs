@@ -65,16 +65,23 @@ pub fn decode_image(path: &Path) -> Result<RgbImage> {
     let mut reader = ImageReader::new(Cursor::new(&bytes))
         .with_guessed_format()
         .map_err(|e| Error::input(path, format!("cannot read: {e}")))?;
-    let format = reader.format().ok_or_else(|| Error::input(path, "not an image (unrecognised file format)"))?;
+    let format = reader
+        .format()
+        .ok_or_else(|| Error::input(path, "not an image (unrecognised file format)"))?;
     if format == ImageFormat::Jpeg && !has_jpeg_end_marker(&bytes) {
-        return Err(Error::input(path, "cannot decode image: truncated JPEG (no end-of-image marker)"));
+        return Err(Error::input(
+            path,
+            "cannot decode image: truncated JPEG (no end-of-image marker)",
+        ));
     }
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
     limits.max_image_height = Some(MAX_SIDE);
     limits.max_alloc = Some(u64::from(MAX_SIDE) * u64::from(MAX_SIDE) * 8);
     reader.limits(limits);
-    let image = reader.decode().map_err(|e| Error::input(path, format!("cannot decode image: {e}")))?;
+    let image = reader
+        .decode()
+        .map_err(|e| Error::input(path, format!("cannot decode image: {e}")))?;
     Ok(image.into_rgb8())
 }
 
