@@ -3,12 +3,17 @@
 //!
 //! Data flows `source → model → cam`: [`source`] decodes frames, [`model`] runs the
 //! classifier (logits and CAM-layer activations from one pass), [`cam`] turns those
-//! activations into heatmaps, and [`analyse`] ties them together for one frame.
+//! activations into heatmaps, and [`analyse`] ties them together for one frame;
+//! [`publish`] speaks MQTT and [`daemon`] wires a live pipeline from [`config`].
 
 pub mod analyse;
 pub mod cam;
+pub mod config;
+pub mod daemon;
 pub mod error;
 pub mod model;
+pub mod publish;
 pub mod source;
+pub mod stats;
 
 pub use error::{Error, Result};

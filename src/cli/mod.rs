@@ -3,6 +3,7 @@
 mod bench;
 mod classify;
 mod explain;
+mod run;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,6 +30,10 @@ enum Command {
     Classify(classify::ClassifyArgs),
     /// Heatmaps that show which part of each image made the model decide.
     Explain(explain::ExplainArgs),
+    /// The daemon: classify every frame, explain on schedule, trigger or command, publish over MQTT.
+    Run(run::RunArgs),
+    /// Check a daemon config: model, source and broker; exit code 1 on any problem.
+    Check(run::CheckArgs),
     /// Forward-pass throughput and heatmap latency on this machine.
     Bench(bench::BenchArgs),
 }
@@ -37,6 +42,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Classify(a) => classify::run(a),
         Command::Explain(a) => explain::run(a),
+        Command::Run(a) => run::run(a),
+        Command::Check(a) => run::check(a),
         Command::Bench(a) => bench::run(a),
     }
 }
@@ -93,9 +100,14 @@ pub struct ModelArgs {
 
 impl ModelArgs {
     pub fn model_path(&self) -> Result<PathBuf> {
-        if let Some(p) = &self.model {
-            return Ok(p.clone());
+        match &self.model {
+            Some(p) => Ok(p.clone()),
+            None => Self::default_model_path(),
         }
+    }
+
+    /// `squeezenet1.0-dc.onnx` in `$ISCAMD_MODEL_DIR`, else in `./models`.
+    pub fn default_model_path() -> Result<PathBuf> {
         let mut tried = Vec::new();
         if let Some(dir) = std::env::var_os("ISCAMD_MODEL_DIR") {
             tried.push(PathBuf::from(dir).join(DEFAULT_MODEL));

@@ -2,5 +2,7 @@
 //! (`classify`, `explain`); the daemon's camera and test-pattern sources join here.
 
 mod files;
+mod frames;
 
 pub use files::{decode_image, expand_inputs, is_image_path};
+pub use frames::{Frame, FrameSource, ImageFiles, Pacer, Pattern};

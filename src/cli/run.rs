@@ -1,0 +1,197 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use iscamd::config::{Config, SourceKind};
+use iscamd::model::{BatchPlan, Classifier, ModelOptions, PreprocessOverrides};
+
+use super::ModelArgs;
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// TOML config file (README: "Configuration"). Without it, every key has its default.
+    #[arg(long, short, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Use image files (a file or directory, looped) as the camera: sets [source] kind = "images".
+    #[arg(long, value_name = "PATH")]
+    pub images: Option<PathBuf>,
+    /// Frames per second taken from the source ([source] fps).
+    #[arg(long)]
+    pub fps: Option<f64>,
+    /// MQTT broker host ([mqtt] host).
+    #[arg(long, value_name = "HOST")]
+    pub mqtt_host: Option<String>,
+    /// MQTT broker port ([mqtt] port).
+    #[arg(long, value_name = "PORT")]
+    pub mqtt_port: Option<u16>,
+    /// Device id used in topics ([device] id; default: the host name).
+    #[arg(long, value_name = "ID")]
+    pub device_id: Option<String>,
+    /// Time between scheduled heatmaps, e.g. "10s" ([cam] interval; "0s" = off).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub heatmap_interval: Option<Duration>,
+    /// ONNX model ([model] path).
+    #[arg(long, env = "ISCAMD_MODEL", value_name = "PATH")]
+    pub model: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// TOML config file to check.
+    #[arg(long, short, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+impl RunArgs {
+    fn config(&self) -> Result<Config> {
+        let mut config = match &self.config {
+            Some(p) => Config::load(p)?,
+            None => Config::default(),
+        };
+        if let Some(p) = &self.images {
+            config.source.kind = SourceKind::Images;
+            config.source.path = Some(p.clone());
+        }
+        if let Some(f) = self.fps {
+            config.source.fps = f;
+        }
+        if let Some(h) = &self.mqtt_host {
+            config.mqtt.host = Some(h.clone());
+        }
+        if self.mqtt_port.is_some() {
+            config.mqtt.port = self.mqtt_port;
+        }
+        if let Some(id) = &self.device_id {
+            config.device.id = Some(id.clone());
+        }
+        if let Some(i) = self.heatmap_interval {
+            config.cam.interval = i;
+        }
+        if let Some(m) = &self.model {
+            config.model.path = Some(m.clone());
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// Loads the model the config names (or the default model).
+fn load_model(config: &Config) -> Result<Classifier> {
+    let m = &config.model;
+    let path = match &m.path {
+        Some(p) => p.clone(),
+        None => ModelArgs::default_model_path()?,
+    };
+    let options = ModelOptions {
+        path,
+        labels: m.labels.clone(),
+        cam_layer: m.cam_layer.clone(),
+        preprocess: PreprocessOverrides {
+            input_size: m.input_size,
+            resize: m.resize,
+            channel_order: m.channel_order.as_deref().map(str::parse).transpose()?,
+            mean: m.mean,
+            std: m.std,
+            pixel_max: None,
+        },
+        batch_plan: BatchPlan::PerSize,
+    };
+    Classifier::load(&options).context("cannot load the model")
+}
+
+pub fn run(args: RunArgs) -> Result<ExitCode> {
+    let config = args.config()?;
+    let classifier = load_model(&config)?;
+    iscamd::daemon::run(config, classifier, None)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn check(args: CheckArgs) -> Result<ExitCode> {
+    let mut problems = 0;
+    let mut report = |what: &str, r: Result<String>| match r {
+        Ok(detail) => println!("ok    {what}: {detail}"),
+        Err(e) => {
+            problems += 1;
+            println!("FAIL  {what}: {e:#}");
+        }
+    };
+    let config = match &args.config {
+        Some(p) => Config::load(p).map_err(anyhow::Error::from),
+        None => Ok(Config::default()),
+    };
+    let config = match config {
+        Ok(c) => {
+            report(
+                "config",
+                Ok(args
+                    .config
+                    .as_ref()
+                    .map_or("defaults".into(), |p| p.display().to_string())),
+            );
+            c
+        }
+        Err(e) => {
+            report("config", Err(e));
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let device = config.device_id();
+    report(
+        "model",
+        load_model(&config).map(|c| {
+            let layer = c.cam_layer().map_or("no CAM layer".to_string(), |l| {
+                format!(
+                    "CAM layer {} {}x{}x{}",
+                    l.name, l.channels, l.height, l.width
+                )
+            });
+            format!("{} ({} classes, {layer})", c.path().display(), c.classes())
+        }),
+    );
+    report(
+        "source",
+        iscamd::daemon::open_source(&config)
+            .map_err(anyhow::Error::from)
+            .and_then(|mut s| {
+                let d = s.describe();
+                s.next_frame()?
+                    .map(|f| format!("{d}, first frame {}x{}", f.width(), f.height()))
+                    .context("the source gave no frame")
+            }),
+    );
+    report("broker", check_broker(&config, &device));
+    if problems > 0 {
+        println!("{problems} problem(s) found");
+        Ok(ExitCode::FAILURE)
+    } else {
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// Connects once to the configured broker and waits for its answer.
+fn check_broker(config: &Config, device: &str) -> Result<String> {
+    let host = config
+        .mqtt
+        .host
+        .clone()
+        .context("no broker configured ([mqtt] host)")?;
+    let options = iscamd::daemon::mqtt_options(config, device, &host)?;
+    let (h, p) = options.broker_address();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let (_client, mut eventloop) = rumqttc::AsyncClient::new(options, 4);
+        let answer = tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await;
+        match answer {
+            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_)))) => {
+                Ok(format!("{h}:{p} accepted the connection"))
+            }
+            Ok(Ok(other)) => anyhow::bail!("{h}:{p} answered {other:?}"),
+            Ok(Err(e)) => anyhow::bail!("{h}:{p}: {e}"),
+            Err(_) => anyhow::bail!("{h}:{p}: no answer within 10 s"),
+        }
+    })
+}

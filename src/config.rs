@@ -1,0 +1,450 @@
+//! The daemon's TOML configuration: every key has a default (README lists them) and
+//! unknown keys are errors, so a typo never silently falls back to a default.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::cam::{CamParams, Method, Weighting};
+use crate::error::{Error, Result};
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub device: DeviceConfig,
+    pub source: SourceConfig,
+    pub model: ModelConfig,
+    pub cam: CamConfig,
+    pub mqtt: MqttConfig,
+    pub homeassistant: HomeAssistantConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeviceConfig {
+    /// Device id in topics; default: the host name.
+    pub id: Option<String>,
+    /// How long shutdown may wait for the heatmap in flight and the outbox.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for DeviceConfig {
+    fn default() -> Self {
+        DeviceConfig {
+            id: None,
+            shutdown_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    Camera,
+    Images,
+    #[default]
+    Pattern,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourceConfig {
+    pub kind: SourceKind,
+    /// Image file or directory (`images`).
+    pub path: Option<PathBuf>,
+    /// Start again after the last image (`images`).
+    #[serde(rename = "loop")]
+    pub loop_: bool,
+    /// Frames per second offered by the source.
+    pub fps: f64,
+    /// Size of generated frames (`pattern`).
+    pub width: u32,
+    pub height: u32,
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        SourceConfig {
+            kind: SourceKind::Pattern,
+            path: None,
+            loop_: true,
+            fps: 5.0,
+            width: 640,
+            height: 480,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    pub path: Option<PathBuf>,
+    pub labels: Option<PathBuf>,
+    pub cam_layer: Option<String>,
+    pub input_size: Option<u32>,
+    pub resize: Option<u32>,
+    pub channel_order: Option<String>,
+    pub mean: Option<[f32; 3]>,
+    pub std: Option<[f32; 3]>,
+    /// Inference threads; 0 = all cores.
+    pub threads: usize,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CamConfig {
+    pub method: String,
+    pub steps: Option<usize>,
+    pub channels: Option<usize>,
+    pub weighting: String,
+    pub batch: usize,
+    pub seed: u64,
+    pub sigma: f32,
+    /// Time between scheduled heatmaps; "0s" turns the schedule off.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Explain when the top-1 class changes.
+    pub on_class_change: bool,
+    /// Class-change triggers fire only at or above this top-1 probability.
+    pub min_confidence: f64,
+}
+
+impl Default for CamConfig {
+    fn default() -> Self {
+        CamConfig {
+            method: "iscam".into(),
+            steps: None,
+            channels: None,
+            weighting: "prob".into(),
+            batch: 1,
+            seed: 0,
+            sigma: 2.0,
+            interval: Duration::from_secs(30),
+            on_class_change: true,
+            min_confidence: 0.5,
+        }
+    }
+}
+
+impl CamConfig {
+    /// The CAM parameters these keys describe.
+    pub fn params(&self) -> Result<CamParams> {
+        let mut p = CamParams::new(&self.method, self.steps, self.channels)
+            .map_err(|e| key_error("cam", e))?;
+        p.weighting = self
+            .weighting
+            .parse::<Weighting>()
+            .map_err(|e| key_error("cam.weighting", e))?;
+        p.batch = self.batch;
+        p.seed = self.seed;
+        if let Method::SsCam { ref mut sigma, .. } = p.method {
+            *sigma = self.sigma;
+        }
+        Ok(p)
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QosConfig {
+    pub prediction: u8,
+    pub heatmap: u8,
+}
+
+impl Default for QosConfig {
+    fn default() -> Self {
+        QosConfig {
+            prediction: 0,
+            heatmap: 0,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// Broker host; unset = no broker configured.
+    pub host: Option<String>,
+    /// Default 1883, or 8883 with TLS.
+    pub port: Option<u16>,
+    /// Default `iscamd-<device id>`.
+    pub client_id: Option<String>,
+    pub username: Option<String>,
+    /// File holding the password (keeps secrets out of the config).
+    pub password_file: Option<PathBuf>,
+    /// CA certificate (PEM): setting it turns TLS on.
+    pub ca: Option<PathBuf>,
+    /// Client certificate and key (PEM) for mutual TLS.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub prefix: String,
+    #[serde(with = "humantime_serde")]
+    pub keep_alive: Duration,
+    /// Largest MQTT packet, in bytes, both ways.
+    pub max_packet_size: usize,
+    /// QoS ≥ 1 messages kept while the broker is unreachable (oldest dropped first).
+    pub outbox: usize,
+    pub retain_heatmap_image: bool,
+    pub heatmap_image_width: u32,
+    pub heatmap_image_quality: u8,
+    #[serde(with = "humantime_serde")]
+    pub stats_interval: Duration,
+    /// Commands accepted per second on `<prefix>/<device>/cmd`; more are refused.
+    pub commands_per_second: f64,
+    pub qos: QosConfig,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            host: None,
+            port: None,
+            client_id: None,
+            username: None,
+            password_file: None,
+            ca: None,
+            cert: None,
+            key: None,
+            prefix: "iscamd".into(),
+            keep_alive: Duration::from_secs(30),
+            max_packet_size: 4 << 20,
+            outbox: 1000,
+            retain_heatmap_image: true,
+            heatmap_image_width: 640,
+            heatmap_image_quality: 80,
+            stats_interval: Duration::from_secs(30),
+            commands_per_second: 2.0,
+            qos: QosConfig::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HomeAssistantConfig {
+    pub discovery: bool,
+    pub prefix: String,
+}
+
+impl Default for HomeAssistantConfig {
+    fn default() -> Self {
+        HomeAssistantConfig {
+            discovery: true,
+            prefix: "homeassistant".into(),
+        }
+    }
+}
+
+fn key_error(key: &'static str, e: impl std::fmt::Display) -> Error {
+    Error::Invalid {
+        what: key,
+        reason: e.to_string(),
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::input(path, format!("cannot read config: {e}")))?;
+        Self::parse(&text).map_err(|e| Error::input(path, e))
+    }
+
+    /// Parses and validates config text; errors name the key and line.
+    pub fn parse(text: &str) -> Result<Self> {
+        let config: Config = toml::from_str(text)
+            .map_err(|e| Error::invalid("config", e.to_string().trim_end().replace('\n', " ")))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values serde cannot: ranges and combinations.
+    pub fn validate(&self) -> Result<()> {
+        let s = &self.source;
+        if !(s.fps.is_finite() && s.fps > 0.0 && s.fps <= 1000.0) {
+            return Err(key_error(
+                "source.fps",
+                format!("{} (expected a number in (0, 1000])", s.fps),
+            ));
+        }
+        if s.kind == SourceKind::Images && s.path.is_none() {
+            return Err(key_error(
+                "source.path",
+                "required for kind = \"images\" (an image file or directory)",
+            ));
+        }
+        if s.kind == SourceKind::Camera {
+            return Err(key_error(
+                "source.kind",
+                "\"camera\" is not available in this build yet; use \"images\" or \"pattern\"",
+            ));
+        }
+        if s.width == 0 || s.height == 0 || s.width > 8192 || s.height > 8192 {
+            return Err(key_error(
+                "source.width/height",
+                format!("{}x{} (expected 1..=8192)", s.width, s.height),
+            ));
+        }
+        if let Some(order) = &self.model.channel_order {
+            order
+                .parse::<crate::model::ChannelOrder>()
+                .map_err(|e| key_error("model.channel_order", e))?;
+        }
+        self.cam.params()?;
+        if !(0.0..=1.0).contains(&self.cam.min_confidence) {
+            return Err(key_error(
+                "cam.min_confidence",
+                format!("{} (expected 0..=1)", self.cam.min_confidence),
+            ));
+        }
+        let m = &self.mqtt;
+        for (key, q) in [
+            ("mqtt.qos.prediction", m.qos.prediction),
+            ("mqtt.qos.heatmap", m.qos.heatmap),
+        ] {
+            if q > 1 {
+                return Err(key_error(key, format!("{q} (expected 0 or 1)")));
+            }
+        }
+        if m.prefix.is_empty() || m.prefix.contains(['#', '+']) {
+            return Err(key_error(
+                "mqtt.prefix",
+                format!("{:?} (non-empty, no # or +)", m.prefix),
+            ));
+        }
+        if m.max_packet_size < 1024 || m.max_packet_size > 256 << 20 {
+            return Err(key_error(
+                "mqtt.max_packet_size",
+                format!("{} (expected 1024..=268435456 bytes)", m.max_packet_size),
+            ));
+        }
+        if m.outbox == 0 || m.outbox > 1_000_000 {
+            return Err(key_error(
+                "mqtt.outbox",
+                format!("{} (expected 1..=1000000)", m.outbox),
+            ));
+        }
+        if !(1..=100).contains(&m.heatmap_image_quality) {
+            return Err(key_error(
+                "mqtt.heatmap_image_quality",
+                format!("{} (expected 1..=100)", m.heatmap_image_quality),
+            ));
+        }
+        if !(16..=4096).contains(&m.heatmap_image_width) {
+            return Err(key_error(
+                "mqtt.heatmap_image_width",
+                format!("{} (expected 16..=4096)", m.heatmap_image_width),
+            ));
+        }
+        if !(m.commands_per_second > 0.0 && m.commands_per_second <= 1000.0) {
+            return Err(key_error(
+                "mqtt.commands_per_second",
+                format!("{} (expected (0, 1000])", m.commands_per_second),
+            ));
+        }
+        if m.cert.is_some() != m.key.is_some() {
+            return Err(key_error(
+                "mqtt.cert/key",
+                "give both a client certificate and its key, or neither",
+            ));
+        }
+        if (m.cert.is_some() || m.key.is_some()) && m.ca.is_none() {
+            return Err(key_error(
+                "mqtt.ca",
+                "required with a client certificate (TLS)",
+            ));
+        }
+        if m.password_file.is_some() && m.username.is_none() {
+            return Err(key_error(
+                "mqtt.username",
+                "required with mqtt.password_file",
+            ));
+        }
+        if m.keep_alive < Duration::from_secs(1) {
+            return Err(key_error("mqtt.keep_alive", "at least 1s"));
+        }
+        Ok(())
+    }
+
+    /// The device id: configured, else the host name, else `iscamd`.
+    pub fn device_id(&self) -> String {
+        self.device.id.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "iscamd".into())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_is_all_defaults() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.mqtt.prefix, "iscamd");
+        assert_eq!(c.cam.interval, Duration::from_secs(30));
+        assert_eq!(c.cam.params().unwrap().steps(), 4);
+    }
+
+    #[test]
+    fn fixed_key_names_parse() {
+        let c = Config::parse(
+            r#"
+            [device]
+            id = "cam7"
+            [source]
+            kind = "images"
+            path = "/srv/frames"
+            loop = false
+            fps = 2.5
+            [model]
+            path = "/opt/m.onnx"
+            [cam]
+            method = "scorecam"
+            channels = 16
+            interval = "500ms"
+            [mqtt]
+            host = "broker"
+            port = 8883
+            prefix = "plant"
+            username = "u"
+            password_file = "/etc/iscamd/pw"
+            ca = "/etc/iscamd/ca.pem"
+            cert = "/etc/iscamd/c.pem"
+            key = "/etc/iscamd/k.pem"
+            outbox = 50
+            max_packet_size = 1048576
+            [mqtt.qos]
+            prediction = 1
+            heatmap = 1
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.device_id(), "cam7");
+        assert!(!c.source.loop_);
+        assert_eq!(c.cam.interval, Duration::from_millis(500));
+        assert_eq!((c.mqtt.qos.prediction, c.mqtt.outbox), (1, 50));
+    }
+
+    #[test]
+    fn mistakes_name_their_key() {
+        for (text, key) in [
+            ("[cam]\nmethd = \"iscam\"", "methd"),
+            ("[cam]\nmethod = \"gradcam\"", "gradcam"),
+            ("[cam]\ninterval = \"soon\"", "interval"),
+            ("[mqtt.qos]\nprediction = 2", "mqtt.qos.prediction"),
+            ("[source]\nkind = \"images\"", "source.path"),
+            ("[source]\nfps = 0", "source.fps"),
+            ("[mqtt]\ncert = \"c.pem\"", "cert"),
+        ] {
+            let e = Config::parse(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text:?}: {e}");
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! Commands received on `<prefix>/<device>/cmd`: parsed, validated and bounded before
+//! anything acts on them, so that no payload can stall or crash the device.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::cam::{CamParams, Method, Weighting};
+
+/// Largest command payload accepted.
+pub const MAX_COMMAND_BYTES: usize = 16 * 1024;
+/// Bounds of the heatmap interval settable by command.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
+pub const MAX_INTERVAL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// A validated command.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Command {
+    /// Explain the next frame with these parameters (and class, default top-1).
+    Explain {
+        params: CamParams,
+        class: Option<usize>,
+    },
+    /// Publish availability and discovery again.
+    Republish,
+    /// Change the heatmap schedule; zero turns it off.
+    Set { interval: Duration },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExplainFields {
+    method: Option<String>,
+    steps: Option<usize>,
+    channels: Option<usize>,
+    weighting: Option<String>,
+    class: Option<usize>,
+    seed: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetFields {
+    #[serde(with = "humantime_serde")]
+    interval: Duration,
+}
+
+/// What a command may be checked against.
+pub struct Limits<'a> {
+    pub defaults: &'a CamParams,
+    pub layer_channels: usize,
+    pub classes: usize,
+}
+
+/// Parses a command payload. Returns the command's `id` (when one could be read) with
+/// the command or a message naming what is wrong.
+pub fn parse(payload: &[u8], limits: &Limits) -> (Option<String>, Result<Command, String>) {
+    if payload.len() > MAX_COMMAND_BYTES {
+        return (
+            None,
+            Err(format!(
+                "command payload is {} bytes; at most {MAX_COMMAND_BYTES} are accepted",
+                payload.len()
+            )),
+        );
+    }
+    let mut value: Value = match serde_json::from_slice(payload) {
+        Ok(v) => v,
+        Err(e) => return (None, Err(format!("invalid JSON: {e}"))),
+    };
+    let Some(object) = value.as_object_mut() else {
+        return (
+            None,
+            Err("a command is a JSON object like {\"cmd\":\"explain\"}".into()),
+        );
+    };
+    let id = match object.remove("id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.len() <= 128 => Some(s),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        Some(_) => {
+            return (
+                None,
+                Err("\"id\" must be a string of at most 128 characters or a number".into()),
+            )
+        }
+    };
+    let cmd = match object.remove("cmd") {
+        Some(Value::String(s)) => s,
+        Some(_) => return (id, Err("\"cmd\" must be a string".into())),
+        None => {
+            return (
+                id,
+                Err("missing \"cmd\" (explain, republish or set)".into()),
+            )
+        }
+    };
+    let result = match cmd.as_str() {
+        "explain" => serde_json::from_value::<ExplainFields>(value)
+            .map_err(|e| format!("explain: {e}"))
+            .and_then(|f| explain(f, limits)),
+        "republish" => {
+            if object_is_empty(&value) {
+                Ok(Command::Republish)
+            } else {
+                Err("republish takes no fields".into())
+            }
+        }
+        "set" => serde_json::from_value::<SetFields>(value).map_err(|e| format!("set: {e}")).and_then(|f| {
+            if f.interval.is_zero() || (MIN_INTERVAL..=MAX_INTERVAL).contains(&f.interval) {
+                Ok(Command::Set { interval: f.interval })
+            } else {
+                Err(format!("set: interval must be 0 (off) or between {MIN_INTERVAL:?} and {MAX_INTERVAL:?}"))
+            }
+        }),
+        other => Err(format!("unknown command {other:?} (expected explain, republish or set)")),
+    };
+    (id, result)
+}
+
+fn object_is_empty(v: &Value) -> bool {
+    v.as_object().is_some_and(|o| o.is_empty())
+}
+
+fn explain(f: ExplainFields, limits: &Limits) -> Result<Command, String> {
+    let defaults = limits.defaults;
+    let method = f.method.as_deref().unwrap_or(defaults.method.name());
+    let same_method = method == defaults.method.name();
+    let steps = f.steps.or(same_method.then(|| defaults.steps()));
+    let channels = f.channels.or(same_method.then_some(defaults.channels));
+    let mut params =
+        CamParams::new(method, steps, channels).map_err(|e| format!("explain: {e}"))?;
+    params.weighting = match f.weighting {
+        Some(w) => w
+            .parse::<Weighting>()
+            .map_err(|e| format!("explain: {e}"))?,
+        None => defaults.weighting,
+    };
+    params.batch = defaults.batch;
+    params.seed = f.seed.unwrap_or(defaults.seed);
+    if let (
+        Method::SsCam { sigma, .. },
+        Method::SsCam {
+            sigma: default_sigma,
+            ..
+        },
+    ) = (&mut params.method, defaults.method)
+    {
+        *sigma = default_sigma;
+    }
+    params
+        .validate(limits.layer_channels)
+        .map_err(|e| format!("explain: {e}"))?;
+    if let Some(c) = f.class.filter(|&c| c >= limits.classes) {
+        return Err(format!(
+            "explain: class {c} does not exist (0..{})",
+            limits.classes - 1
+        ));
+    }
+    Ok(Command::Explain {
+        params,
+        class: f.class,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(s: &str) -> (Option<String>, Result<Command, String>) {
+        let defaults = CamParams::new("iscam", None, None).unwrap();
+        parse(
+            s.as_bytes(),
+            &Limits {
+                defaults: &defaults,
+                layer_channels: 512,
+                classes: 1000,
+            },
+        )
+    }
+
+    #[test]
+    fn explain_takes_defaults_and_overrides() {
+        let (id, cmd) =
+            parse_str(r#"{"id":"7","cmd":"explain","method":"iscam","steps":2,"channels":16}"#);
+        assert_eq!(id.as_deref(), Some("7"));
+        let Command::Explain { params, class } = cmd.unwrap() else {
+            panic!()
+        };
+        assert_eq!((params.steps(), params.channels, class), (2, 16, None));
+        let (_, cmd) = parse_str(r#"{"cmd":"explain","method":"scorecam","class":3}"#);
+        let Command::Explain { params, class } = cmd.unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (params.method, params.channels, class),
+            (Method::ScoreCam, 0, Some(3))
+        );
+    }
+
+    #[test]
+    fn bad_commands_say_what_is_wrong() {
+        for (payload, expected) in [
+            ("{not json", "invalid JSON"),
+            ("[1,2]", "JSON object"),
+            (r#"{"cmd":"reboot"}"#, "unknown command \"reboot\""),
+            (r#"{"cmd":"explain","steps":0}"#, "steps"),
+            (r#"{"cmd":"explain","steps":1000000}"#, "steps"),
+            (r#"{"cmd":"explain","channels":600}"#, "600"),
+            (r#"{"cmd":"explain","steps":"four"}"#, "invalid type"),
+            (r#"{"cmd":"explain","class":1000}"#, "class 1000"),
+            (r#"{"cmd":"explain","colour":"red"}"#, "colour"),
+            (r#"{"cmd":"set","interval":"1ms"}"#, "interval"),
+            (r#"{"cmd":7}"#, "\"cmd\" must be a string"),
+            (r#"{"id":"1"}"#, "missing \"cmd\""),
+        ] {
+            let (_, r) = parse_str(payload);
+            let e = r.unwrap_err();
+            assert!(e.contains(expected), "{payload}: {e}");
+        }
+        let big = format!(r#"{{"cmd":"explain","pad":"{}"}}"#, "x".repeat(1 << 20));
+        assert!(parse_str(&big).1.unwrap_err().contains("bytes"));
+    }
+
+    #[test]
+    fn set_changes_the_interval() {
+        assert_eq!(
+            parse_str(r#"{"cmd":"set","interval":"10s"}"#).1,
+            Ok(Command::Set {
+                interval: Duration::from_secs(10)
+            })
+        );
+        assert_eq!(
+            parse_str(r#"{"cmd":"set","interval":"0s"}"#).1,
+            Ok(Command::Set {
+                interval: Duration::ZERO
+            })
+        );
+    }
+}

@@ -1,0 +1,90 @@
+//! JSON payloads of the MQTT contract, version 1. Each carries `schema`.
+
+use std::time::SystemTime;
+
+use base64::Engine;
+use serde::Serialize;
+
+use crate::analyse::ClassScore;
+
+/// RFC 3339 UTC time with milliseconds.
+pub fn timestamp(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+#[derive(Serialize, Debug)]
+pub struct PredictionLatency {
+    pub preprocess: f64,
+    pub inference: f64,
+}
+
+#[derive(Serialize, Debug)]
+pub struct Prediction<'a> {
+    pub schema: &'static str,
+    pub device: &'a str,
+    pub seq: u64,
+    pub frame: u64,
+    pub ts: String,
+    pub model: &'a str,
+    pub top: Vec<ClassScore>,
+    pub latency_ms: PredictionLatency,
+}
+
+#[derive(Serialize, Debug, Clone)]
+pub struct MethodInfo {
+    pub name: &'static str,
+    pub steps: usize,
+    pub channels: usize,
+    pub weighting: &'static str,
+}
+
+#[derive(Serialize, Debug)]
+pub struct HeatmapLatency {
+    pub cam: f64,
+    pub render: f64,
+}
+
+#[derive(Serialize, Debug)]
+pub struct MapData {
+    pub width: usize,
+    pub height: usize,
+    pub encoding: &'static str,
+    pub data: String,
+}
+
+impl MapData {
+    /// The map normalised to 0..=255, row-major, base64.
+    pub fn u8_base64(width: usize, height: usize, bytes: &[u8]) -> Self {
+        MapData {
+            width,
+            height,
+            encoding: "u8-base64",
+            data: base64::engine::general_purpose::STANDARD.encode(bytes),
+        }
+    }
+}
+
+#[derive(Serialize, Debug)]
+pub struct Heatmap<'a> {
+    pub schema: &'static str,
+    pub device: &'a str,
+    pub seq: u64,
+    pub frame: u64,
+    pub ts: String,
+    pub class: ClassScore,
+    pub method: MethodInfo,
+    pub passes: usize,
+    pub latency_ms: HeatmapLatency,
+    pub map: MapData,
+    /// The `id` of the `explain` command this answers, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+#[derive(Serialize, Debug)]
+pub struct CommandResult {
+    pub id: Option<String>,
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}

@@ -1,0 +1,135 @@
+//! Counters shared by the daemon's tasks, published periodically on `<p>/<d>/stats`.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::Instant;
+
+use serde::Serialize;
+
+/// Lock-free counters: each task only adds to its own.
+#[derive(Debug)]
+pub struct Stats {
+    started: Instant,
+    pub frames_captured: AtomicU64,
+    pub frames_processed: AtomicU64,
+    pub frames_dropped: AtomicU64,
+    pub frame_errors: AtomicU64,
+    pub predictions: AtomicU64,
+    pub heatmaps: AtomicU64,
+    pub heatmap_errors: AtomicU64,
+    pub commands: AtomicU64,
+    pub commands_rejected: AtomicU64,
+    pub reconnects: AtomicU64,
+    pub connected: AtomicBool,
+    pub outbox_len: AtomicU64,
+    pub outbox_dropped: AtomicU64,
+    pub messages_dropped_offline: AtomicU64,
+    inference_us_total: AtomicU64,
+    pub last_heatmap_ms: AtomicU64,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            started: Instant::now(),
+            frames_captured: AtomicU64::new(0),
+            frames_processed: AtomicU64::new(0),
+            frames_dropped: AtomicU64::new(0),
+            frame_errors: AtomicU64::new(0),
+            predictions: AtomicU64::new(0),
+            heatmaps: AtomicU64::new(0),
+            heatmap_errors: AtomicU64::new(0),
+            commands: AtomicU64::new(0),
+            commands_rejected: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            connected: AtomicBool::new(false),
+            outbox_len: AtomicU64::new(0),
+            outbox_dropped: AtomicU64::new(0),
+            messages_dropped_offline: AtomicU64::new(0),
+            inference_us_total: AtomicU64::new(0),
+            last_heatmap_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+/// The stats payload (`schema: iscamd.stats/1`).
+#[derive(Serialize, Debug)]
+pub struct Snapshot {
+    pub schema: &'static str,
+    pub device: String,
+    pub uptime_s: f64,
+    pub fps: f64,
+    pub frames_captured: u64,
+    pub frames_processed: u64,
+    pub frames_dropped: u64,
+    pub frame_errors: u64,
+    pub predictions: u64,
+    pub heatmaps: u64,
+    pub heatmap_errors: u64,
+    pub commands: u64,
+    pub commands_rejected: u64,
+    pub reconnects: u64,
+    pub connected: bool,
+    pub queue_depth: u64,
+    pub outbox_dropped: u64,
+    pub dropped_while_offline: u64,
+    pub latency_ms: LatencySnapshot,
+    pub rss_bytes: Option<u64>,
+}
+
+#[derive(Serialize, Debug)]
+pub struct LatencySnapshot {
+    pub inference_mean: f64,
+    pub heatmap_last: f64,
+}
+
+impl Stats {
+    pub fn add_inference(&self, millis: f64) {
+        self.inference_us_total
+            .fetch_add((millis * 1e3) as u64, Relaxed);
+    }
+
+    pub fn snapshot(&self, device: &str) -> Snapshot {
+        let uptime = self.started.elapsed().as_secs_f64();
+        let processed = self.frames_processed.load(Relaxed);
+        Snapshot {
+            schema: "iscamd.stats/1",
+            device: device.to_string(),
+            uptime_s: uptime,
+            fps: if uptime > 0.0 {
+                processed as f64 / uptime
+            } else {
+                0.0
+            },
+            frames_captured: self.frames_captured.load(Relaxed),
+            frames_processed: processed,
+            frames_dropped: self.frames_dropped.load(Relaxed),
+            frame_errors: self.frame_errors.load(Relaxed),
+            predictions: self.predictions.load(Relaxed),
+            heatmaps: self.heatmaps.load(Relaxed),
+            heatmap_errors: self.heatmap_errors.load(Relaxed),
+            commands: self.commands.load(Relaxed),
+            commands_rejected: self.commands_rejected.load(Relaxed),
+            reconnects: self.reconnects.load(Relaxed),
+            connected: self.connected.load(Relaxed),
+            queue_depth: self.outbox_len.load(Relaxed),
+            outbox_dropped: self.outbox_dropped.load(Relaxed),
+            dropped_while_offline: self.messages_dropped_offline.load(Relaxed),
+            latency_ms: LatencySnapshot {
+                inference_mean: if processed > 0 {
+                    self.inference_us_total.load(Relaxed) as f64 / 1e3 / processed as f64
+                } else {
+                    0.0
+                },
+                heatmap_last: self.last_heatmap_ms.load(Relaxed) as f64,
+            },
+            rss_bytes: rss_bytes(),
+        }
+    }
+}
+
+/// Resident set size from /proc (Linux); `None` elsewhere.
+fn rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
