@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use iscamd::model::{BatchPlan, Classifier, ModelOptions};
 use tract_onnx::prelude::tract_ndarray::{ArrayD, IxDyn};
 
+pub mod broker;
+
 pub const F32_MODEL: &str = "squeezenet1.0-dc.onnx";
 pub const INT8_MODEL: &str = "squeezenet1.0-dc-int8.onnx";
 

@@ -1,0 +1,251 @@
+//! A real mosquitto on a free loopback port, with its own config file, and an MQTT
+//! observer that records everything published under a topic filter.
+#![allow(dead_code)]
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn is_root() -> bool {
+    std::env::var("USER").map(|u| u == "root").unwrap_or(false)
+        || Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false)
+}
+
+/// A mosquitto process. Stopped on drop.
+pub struct Mosquitto {
+    child: Option<Child>,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    conf: PathBuf,
+}
+
+impl Mosquitto {
+    /// A plain anonymous listener on a free port; sessions persist across restarts.
+    pub fn start() -> Self {
+        Self::start_with(free_port(), "")
+    }
+
+    /// `extra` is appended to the config (more listeners, TLS, auth).
+    pub fn start_with(port: u16, extra: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("mosquitto.conf");
+        let user = if is_root() { "user root\n" } else { "" };
+        let text = format!(
+            "{user}per_listener_settings true\npersistence true\npersistence_location {}/\nlog_dest file {}/mosquitto.log\n\
+             log_type all\nlistener {port} 127.0.0.1\nallow_anonymous true\n{extra}\n",
+            dir.path().display(),
+            dir.path().display(),
+        );
+        std::fs::write(&conf, text).unwrap();
+        let mut m = Mosquitto { child: None, port, dir, conf };
+        m.restart();
+        m
+    }
+
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&self.conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto must be installed (.ci/run installs it with apt-get)");
+        self.child = Some(child);
+        wait_for_port(self.port);
+    }
+
+    /// Stops the broker gracefully (it saves its sessions).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if c.try_wait().unwrap().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on port {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub retain: bool,
+    pub at: Instant,
+}
+
+impl Received {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.payload).unwrap_or_else(|e| panic!("{} is not JSON ({e}): {:?}", self.topic, String::from_utf8_lossy(&self.payload)))
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.payload).into_owned()
+    }
+}
+
+/// An MQTT client with a persistent session, recording everything under `filter`.
+pub struct Observer {
+    pub client: Client,
+    pub messages: Arc<Mutex<Vec<Received>>>,
+}
+
+impl Observer {
+    pub fn connect(port: u16, filter: &str) -> Self {
+        let id = format!("observer-{}", free_port());
+        let mut options = MqttOptions::new(id, "127.0.0.1", port);
+        options.set_clean_session(false);
+        options.set_keep_alive(Duration::from_secs(5));
+        options.set_max_packet_size(16 << 20, 16 << 20);
+        let (client, mut connection) = Client::new(options, 64);
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let (sub_client, sink, filter) = (client.clone(), messages.clone(), filter.to_string());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for event in connection.iter() {
+                match event {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        let _ = sub_client.subscribe(filter.clone(), QoS::AtLeastOnce);
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        let _ = ready_tx.send(());
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => sink.lock().unwrap().push(Received {
+                        topic: p.topic.clone(),
+                        payload: p.payload.to_vec(),
+                        retain: p.retain,
+                        at: Instant::now(),
+                    }),
+                    Ok(_) => {}
+                    Err(rumqttc::ConnectionError::RequestsDone) => break,
+                    Err(_) => std::thread::sleep(Duration::from_millis(200)),
+                }
+            }
+        });
+        ready_rx.recv_timeout(Duration::from_secs(10)).expect("observer subscribed");
+        Observer { client, messages }
+    }
+
+    pub fn on(&self, topic: &str) -> Vec<Received> {
+        self.messages.lock().unwrap().iter().filter(|m| m.topic == topic).cloned().collect()
+    }
+
+    /// Waits until `pred` holds for the messages on `topic`, or panics after `timeout`.
+    pub fn wait_for(&self, topic: &str, timeout: Duration, what: &str, pred: impl Fn(&[Received]) -> bool) -> Vec<Received> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got = self.on(topic);
+            if pred(&got) {
+                return got;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what} on {topic}: {} message(s) so far", got.len());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.client.publish(topic, QoS::AtLeastOnce, false, payload).unwrap();
+    }
+}
+
+/// Reads the retained message of `topic`, if any, with a fresh client.
+pub fn retained(port: u16, topic: &str) -> Option<String> {
+    let mut options = MqttOptions::new(format!("retained-{}", free_port()), "127.0.0.1", port);
+    options.set_keep_alive(Duration::from_secs(5));
+    let (client, mut connection) = Client::new(options, 10);
+    client.subscribe(topic, QoS::AtLeastOnce).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut subscribed = false;
+    while Instant::now() < deadline {
+        match connection.recv_timeout(Duration::from_millis(200)) {
+            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => subscribed = true,
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) if p.retain => return Some(String::from_utf8_lossy(&p.payload).into_owned()),
+            Ok(_) => {}
+            Err(_) if subscribed => return None,
+            Err(_) => {}
+        }
+    }
+    None
+}
+
+/// A running `iscamd run`, its stderr kept in a file.
+pub struct Daemon {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(config: &Path, dir: &Path) -> Self {
+        let log = dir.join("iscamd.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_iscamd"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "iscamd=debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Daemon { child, log }
+    }
+
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "iscamd did not stop within 20 s of SIGTERM:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
