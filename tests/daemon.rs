@@ -71,28 +71,55 @@ fn publishes_predictions_heatmaps_stats_and_availability() {
     let broker = Mosquitto::start();
     let observer = Observer::connect(broker.port, "iscamd/#");
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), broker.port, "[cam]\ninterval = \"2s\"\n[mqtt.qos]\nprediction = 1\nheatmap = 1\n");
+    let config = write_config(
+        dir.path(),
+        broker.port,
+        "[cam]\ninterval = \"2s\"\n[mqtt.qos]\nprediction = 1\nheatmap = 1\n",
+    );
     let mut daemon = Daemon::start(&config, dir.path());
 
-    observer.wait_for(&topic("availability"), Duration::from_secs(30), "online", |m| m.iter().any(|m| m.text() == "online"));
-    let heatmaps = observer.wait_for(&topic("heatmap"), Duration::from_secs(90), "two heatmaps", |m| m.len() >= 2);
-    observer.wait_for(&topic("stats"), Duration::from_secs(10), "stats", |m| !m.is_empty());
+    observer.wait_for(
+        &topic("availability"),
+        Duration::from_secs(30),
+        "online",
+        |m| m.iter().any(|m| m.text() == "online"),
+    );
+    let heatmaps = observer.wait_for(
+        &topic("heatmap"),
+        Duration::from_secs(90),
+        "two heatmaps",
+        |m| m.len() >= 2,
+    );
+    observer.wait_for(&topic("stats"), Duration::from_secs(10), "stats", |m| {
+        !m.is_empty()
+    });
     let status = daemon.terminate();
     assert!(status.success(), "exit {status:?}:\n{}", daemon.log_text());
 
     let predictions = observer.on(&topic("prediction"));
-    assert!(predictions.len() >= 10, "only {} predictions", predictions.len());
+    assert!(
+        predictions.len() >= 10,
+        "only {} predictions",
+        predictions.len()
+    );
     let mut last_frame = 0;
     for (i, p) in predictions.iter().enumerate() {
         let p = p.json();
         check_prediction(&p);
-        assert_eq!(p["seq"].as_u64().unwrap(), i as u64 + 1, "seq counts predictions without gaps");
+        assert_eq!(
+            p["seq"].as_u64().unwrap(),
+            i as u64 + 1,
+            "seq counts predictions without gaps"
+        );
         let frame = p["frame"].as_u64().unwrap();
         assert!(frame > last_frame, "frames increase");
         last_frame = frame;
     }
     let first = predictions[0].json();
-    assert_eq!(first["top"][0]["label"], "tench", "the first image of ../shared/images is a tench");
+    assert_eq!(
+        first["top"][0]["label"], "tench",
+        "the first image of ../shared/images is a tench"
+    );
 
     let h = heatmaps[0].json();
     assert_eq!(h["schema"], "iscamd.heatmap/1");
@@ -100,16 +127,32 @@ fn publishes_predictions_heatmaps_stats_and_availability() {
     assert_eq!(h["method"]["steps"], 4);
     assert_eq!(h["passes"], 128);
     assert_eq!(h["map"]["encoding"], "u8-base64");
-    let (w, hh) = (h["map"]["width"].as_u64().unwrap(), h["map"]["height"].as_u64().unwrap());
-    let data = base64::engine::general_purpose::STANDARD.decode(h["map"]["data"].as_str().unwrap()).unwrap();
+    let (w, hh) = (
+        h["map"]["width"].as_u64().unwrap(),
+        h["map"]["height"].as_u64().unwrap(),
+    );
+    let data = base64::engine::general_purpose::STANDARD
+        .decode(h["map"]["data"].as_str().unwrap())
+        .unwrap();
     assert_eq!((w, hh, data.len() as u64), (13, 13, 169));
-    assert_eq!(data.iter().max(), Some(&255), "the map is normalised to 0..=255");
-    let frames: Vec<u64> = heatmaps.iter().map(|m| m.json()["frame"].as_u64().unwrap()).collect();
-    assert!(frames.windows(2).all(|f| f[1] > f[0]), "heatmaps explain later frames: {frames:?}");
+    assert_eq!(
+        data.iter().max(),
+        Some(&255),
+        "the map is normalised to 0..=255"
+    );
+    let frames: Vec<u64> = heatmaps
+        .iter()
+        .map(|m| m.json()["frame"].as_u64().unwrap())
+        .collect();
+    assert!(
+        frames.windows(2).all(|f| f[1] > f[0]),
+        "heatmaps explain later frames: {frames:?}"
+    );
 
     let images = observer.on(&topic("heatmap/image"));
     assert!(!images.is_empty());
-    let jpeg = image::load_from_memory_with_format(&images[0].payload, image::ImageFormat::Jpeg).expect("a JPEG");
+    let jpeg = image::load_from_memory_with_format(&images[0].payload, image::ImageFormat::Jpeg)
+        .expect("a JPEG");
     assert_eq!(jpeg.width(), 200, "configured heatmap_image_width");
 
     let stats = observer.on(&topic("stats")).last().unwrap().json();
@@ -117,11 +160,30 @@ fn publishes_predictions_heatmaps_stats_and_availability() {
     assert!(stats["frames_processed"].as_u64().unwrap() > 0);
     assert!(stats["rss_bytes"].as_u64().unwrap() > 0);
 
-    let availability: Vec<String> = observer.on(&topic("availability")).iter().map(|m| m.text()).collect();
-    assert_eq!(availability.last().map(String::as_str), Some("offline"), "{availability:?}");
-    assert_eq!(retained(broker.port, &topic("availability")).as_deref(), Some("offline"));
-    assert_eq!(retained(broker.port, &topic("heatmap/image")).is_some(), true, "the heatmap image is retained");
-    let discovery = retained(broker.port, "homeassistant/image/iscamd_cam7/heatmap/config").expect("discovery retained");
+    let availability: Vec<String> = observer
+        .on(&topic("availability"))
+        .iter()
+        .map(|m| m.text())
+        .collect();
+    assert_eq!(
+        availability.last().map(String::as_str),
+        Some("offline"),
+        "{availability:?}"
+    );
+    assert_eq!(
+        retained(broker.port, &topic("availability")).as_deref(),
+        Some("offline")
+    );
+    assert_eq!(
+        retained(broker.port, &topic("heatmap/image")).is_some(),
+        true,
+        "the heatmap image is retained"
+    );
+    let discovery = retained(
+        broker.port,
+        "homeassistant/image/iscamd_cam7/heatmap/config",
+    )
+    .expect("discovery retained");
     assert!(discovery.contains(&topic("heatmap/image")));
 }
 
@@ -132,14 +194,28 @@ fn sigkill_leaves_offline_through_the_last_will() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), broker.port, "[cam]\ninterval = \"0s\"\n");
     let mut daemon = Daemon::start(&config, dir.path());
-    observer.wait_for(&topic("prediction"), Duration::from_secs(30), "a prediction", |m| !m.is_empty());
-    assert_eq!(retained(broker.port, &topic("availability")).as_deref(), Some("online"));
+    observer.wait_for(
+        &topic("prediction"),
+        Duration::from_secs(30),
+        "a prediction",
+        |m| !m.is_empty(),
+    );
+    assert_eq!(
+        retained(broker.port, &topic("availability")).as_deref(),
+        Some("online")
+    );
     daemon.child.kill().unwrap();
     daemon.child.wait().unwrap();
-    observer.wait_for(&topic("availability"), Duration::from_secs(10), "the last will", |m| {
-        m.last().is_some_and(|m| m.text() == "offline")
-    });
-    assert_eq!(retained(broker.port, &topic("availability")).as_deref(), Some("offline"));
+    observer.wait_for(
+        &topic("availability"),
+        Duration::from_secs(10),
+        "the last will",
+        |m| m.last().is_some_and(|m| m.text() == "offline"),
+    );
+    assert_eq!(
+        retained(broker.port, &topic("availability")).as_deref(),
+        Some("offline")
+    );
 }
 
 #[test]
@@ -150,38 +226,90 @@ fn commands_are_validated_answered_and_never_stop_predictions() {
     let extra = "commands_per_second = 100\n[cam]\ninterval = \"0s\"\non_class_change = false\n";
     let config = write_config(dir.path(), broker.port, extra);
     let mut daemon = Daemon::start(&config, dir.path());
-    observer.wait_for(&topic("prediction"), Duration::from_secs(30), "a prediction", |m| !m.is_empty());
+    observer.wait_for(
+        &topic("prediction"),
+        Duration::from_secs(30),
+        "a prediction",
+        |m| !m.is_empty(),
+    );
 
-    observer.publish(&topic("cmd"), r#"{"id":"a","cmd":"explain","method":"iscam","steps":2,"channels":4}"#);
-    let results = observer.wait_for(&topic("cmd/result"), Duration::from_secs(60), "the explain result", |m| !m.is_empty());
+    observer.publish(
+        &topic("cmd"),
+        r#"{"id":"a","cmd":"explain","method":"iscam","steps":2,"channels":4}"#,
+    );
+    let results = observer.wait_for(
+        &topic("cmd/result"),
+        Duration::from_secs(60),
+        "the explain result",
+        |m| !m.is_empty(),
+    );
     let result = results[0].json();
-    assert_eq!((result["id"].as_str(), result["ok"].as_bool()), (Some("a"), Some(true)), "{result}");
+    assert_eq!(
+        (result["id"].as_str(), result["ok"].as_bool()),
+        (Some("a"), Some(true)),
+        "{result}"
+    );
     let heatmap = observer.on(&topic("heatmap"))[0].json();
     assert_eq!(heatmap["request_id"], "a");
-    assert_eq!((heatmap["method"]["steps"].as_u64(), heatmap["method"]["channels"].as_u64()), (Some(2), Some(4)));
+    assert_eq!(
+        (
+            heatmap["method"]["steps"].as_u64(),
+            heatmap["method"]["channels"].as_u64()
+        ),
+        (Some(2), Some(4))
+    );
     assert_eq!(heatmap["passes"], 8);
 
     let bad: Vec<(String, &str)> = vec![
         ("{oops".into(), "invalid JSON"),
-        (r#"{"id":"b","cmd":"selfdestruct"}"#.into(), "unknown command"),
+        (
+            r#"{"id":"b","cmd":"selfdestruct"}"#.into(),
+            "unknown command",
+        ),
         (r#"{"id":"c","cmd":"explain","steps":0}"#.into(), "steps"),
-        (r#"{"id":"d","cmd":"explain","steps":1000000}"#.into(), "steps"),
+        (
+            r#"{"id":"d","cmd":"explain","steps":1000000}"#.into(),
+            "steps",
+        ),
         (r#"{"id":"e","cmd":"explain","channels":600}"#.into(), "600"),
-        (r#"{"id":"f","cmd":"explain","steps":"many"}"#.into(), "invalid type"),
-        (format!(r#"{{"id":"g","cmd":"explain","pad":"{}"}}"#, "x".repeat(1 << 20)), "bytes"),
+        (
+            r#"{"id":"f","cmd":"explain","steps":"many"}"#.into(),
+            "invalid type",
+        ),
+        (
+            format!(
+                r#"{{"id":"g","cmd":"explain","pad":"{}"}}"#,
+                "x".repeat(1 << 20)
+            ),
+            "bytes",
+        ),
     ];
     let before = observer.on(&topic("prediction")).len();
     for (payload, _) in &bad {
         observer.publish(&topic("cmd"), payload.clone());
     }
-    let results = observer.wait_for(&topic("cmd/result"), Duration::from_secs(20), "error results", |m| m.len() >= 1 + bad.len());
+    let results = observer.wait_for(
+        &topic("cmd/result"),
+        Duration::from_secs(20),
+        "error results",
+        |m| m.len() >= 1 + bad.len(),
+    );
     for (r, (payload, expected)) in results[1..].iter().zip(&bad) {
         let r = r.json();
         assert_eq!(r["ok"], false, "{r}");
         let error = r["error"].as_str().unwrap();
-        assert!(error.contains(expected), "{}: {error}", &payload[..payload.len().min(60)]);
+        assert!(
+            error.contains(expected),
+            "{}: {error}",
+            &payload[..payload.len().min(60)]
+        );
     }
-    observer.wait_for(&topic("prediction"), Duration::from_secs(10), "predictions after the bad commands", |m| m.len() > before + 5);
+    observer.wait_for(
+        &topic("prediction"),
+        Duration::from_secs(10),
+        "predictions after the bad commands",
+        |m| m.len() > before + 5,
+    );
     assert!(daemon.terminate().success());
 }
 
@@ -190,30 +318,58 @@ fn broker_outage_loses_no_qos1_prediction() {
     let mut broker = Mosquitto::start();
     let observer = Observer::connect(broker.port, &format!("{BASE}/#"));
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), broker.port, "[cam]\ninterval = \"0s\"\non_class_change = false\n[mqtt.qos]\nprediction = 1\n");
+    let config = write_config(
+        dir.path(),
+        broker.port,
+        "[cam]\ninterval = \"0s\"\non_class_change = false\n[mqtt.qos]\nprediction = 1\n",
+    );
     let mut daemon = Daemon::start(&config, dir.path());
-    observer.wait_for(&topic("prediction"), Duration::from_secs(30), "predictions", |m| m.len() >= 5);
+    observer.wait_for(
+        &topic("prediction"),
+        Duration::from_secs(30),
+        "predictions",
+        |m| m.len() >= 5,
+    );
 
     broker.stop();
     std::thread::sleep(Duration::from_secs(10));
     broker.restart();
-    observer.wait_for(&topic("availability"), Duration::from_secs(60), "online again", |m| {
-        m.iter().filter(|m| m.text() == "online").count() >= 2
-    });
+    observer.wait_for(
+        &topic("availability"),
+        Duration::from_secs(60),
+        "online again",
+        |m| m.iter().filter(|m| m.text() == "online").count() >= 2,
+    );
     std::thread::sleep(Duration::from_secs(4));
     assert!(daemon.terminate().success());
 
     let log = daemon.log_text();
-    assert!(log.contains("lost the broker") && log.contains("retrying in"), "backoff not visible in the log:\n{log}");
-    let seqs: Vec<u64> = observer.on(&topic("prediction")).iter().map(|m| m.json()["seq"].as_u64().unwrap()).collect();
+    assert!(
+        log.contains("lost the broker") && log.contains("retrying in"),
+        "backoff not visible in the log:\n{log}"
+    );
+    let seqs: Vec<u64> = observer
+        .on(&topic("prediction"))
+        .iter()
+        .map(|m| m.json()["seq"].as_u64().unwrap())
+        .collect();
     let max = *seqs.iter().max().unwrap();
     let mut unique = seqs.clone();
     unique.sort();
     unique.dedup();
-    let missing: Vec<u64> = (1..=max).filter(|s| unique.binary_search(s).is_err()).collect();
+    let missing: Vec<u64> = (1..=max)
+        .filter(|s| unique.binary_search(s).is_err())
+        .collect();
     println!("outage: {} predictions received ({} unique, max seq {max}), {} duplicates, missing {missing:?}", seqs.len(), unique.len(), seqs.len() - unique.len());
-    assert!(missing.is_empty(), "QoS-1 predictions lost in the outage: {missing:?}");
-    assert!(seqs.windows(2).all(|w| w[1] > w[0] || seqs.len() != unique.len()), "order kept when nothing was duplicated");
+    assert!(
+        missing.is_empty(),
+        "QoS-1 predictions lost in the outage: {missing:?}"
+    );
+    assert!(
+        seqs.windows(2)
+            .all(|w| w[1] > w[0] || seqs.len() != unique.len()),
+        "order kept when nothing was duplicated"
+    );
 }
 
 #[test]
@@ -223,10 +379,19 @@ fn starts_without_a_broker_and_connects_when_it_appears() {
     let config = write_config(dir.path(), port, "[cam]\ninterval = \"0s\"\n");
     let mut daemon = Daemon::start(&config, dir.path());
     std::thread::sleep(Duration::from_secs(3));
-    assert!(daemon.child.try_wait().unwrap().is_none(), "iscamd exited without a broker:\n{}", daemon.log_text());
+    assert!(
+        daemon.child.try_wait().unwrap().is_none(),
+        "iscamd exited without a broker:\n{}",
+        daemon.log_text()
+    );
     let broker = Mosquitto::start_with(port, "");
     let observer = Observer::connect(broker.port, "iscamd/#");
-    observer.wait_for(&topic("prediction"), Duration::from_secs(60), "predictions", |m| m.len() >= 3);
+    observer.wait_for(
+        &topic("prediction"),
+        Duration::from_secs(60),
+        "predictions",
+        |m| m.len() >= 3,
+    );
     assert!(daemon.log_text().contains("cannot connect to the broker"));
     assert!(daemon.terminate().success());
 }

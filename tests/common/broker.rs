@@ -11,12 +11,20 @@ use std::time::{Duration, Instant};
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn is_root() -> bool {
     std::env::var("USER").map(|u| u == "root").unwrap_or(false)
-        || Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false)
+        || Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| o.stdout.starts_with(b"0"))
+            .unwrap_or(false)
 }
 
 /// A mosquitto process. Stopped on drop.
@@ -45,7 +53,12 @@ impl Mosquitto {
             dir.path().display(),
         );
         std::fs::write(&conf, text).unwrap();
-        let mut m = Mosquitto { child: None, port, dir, conf };
+        let mut m = Mosquitto {
+            child: None,
+            port,
+            dir,
+            conf,
+        };
         m.restart();
         m
     }
@@ -66,7 +79,10 @@ impl Mosquitto {
     /// Stops the broker gracefully (it saves its sessions).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
             let deadline = Instant::now() + Duration::from_secs(5);
             while Instant::now() < deadline {
                 if c.try_wait().unwrap().is_some() {
@@ -115,7 +131,13 @@ pub struct Received {
 
 impl Received {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.payload).unwrap_or_else(|e| panic!("{} is not JSON ({e}): {:?}", self.topic, String::from_utf8_lossy(&self.payload)))
+        serde_json::from_slice(&self.payload).unwrap_or_else(|e| {
+            panic!(
+                "{} is not JSON ({e}): {:?}",
+                self.topic,
+                String::from_utf8_lossy(&self.payload)
+            )
+        })
     }
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.payload).into_owned()
@@ -148,41 +170,63 @@ impl Observer {
                     Ok(Event::Incoming(Packet::SubAck(_))) => {
                         let _ = ready_tx.send(());
                     }
-                    Ok(Event::Incoming(Packet::Publish(p))) => sink.lock().unwrap().push(Received {
-                        topic: p.topic.clone(),
-                        payload: p.payload.to_vec(),
-                        retain: p.retain,
-                        at: Instant::now(),
-                    }),
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        sink.lock().unwrap().push(Received {
+                            topic: p.topic.clone(),
+                            payload: p.payload.to_vec(),
+                            retain: p.retain,
+                            at: Instant::now(),
+                        })
+                    }
                     Ok(_) => {}
                     Err(rumqttc::ConnectionError::RequestsDone) => break,
                     Err(_) => std::thread::sleep(Duration::from_millis(200)),
                 }
             }
         });
-        ready_rx.recv_timeout(Duration::from_secs(10)).expect("observer subscribed");
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("observer subscribed");
         Observer { client, messages }
     }
 
     pub fn on(&self, topic: &str) -> Vec<Received> {
-        self.messages.lock().unwrap().iter().filter(|m| m.topic == topic).cloned().collect()
+        self.messages
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| m.topic == topic)
+            .cloned()
+            .collect()
     }
 
     /// Waits until `pred` holds for the messages on `topic`, or panics after `timeout`.
-    pub fn wait_for(&self, topic: &str, timeout: Duration, what: &str, pred: impl Fn(&[Received]) -> bool) -> Vec<Received> {
+    pub fn wait_for(
+        &self,
+        topic: &str,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&[Received]) -> bool,
+    ) -> Vec<Received> {
         let deadline = Instant::now() + timeout;
         loop {
             let got = self.on(topic);
             if pred(&got) {
                 return got;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what} on {topic}: {} message(s) so far", got.len());
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what} on {topic}: {} message(s) so far",
+                got.len()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 
     pub fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
-        self.client.publish(topic, QoS::AtLeastOnce, false, payload).unwrap();
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .unwrap();
     }
 }
 
@@ -197,7 +241,9 @@ pub fn retained(port: u16, topic: &str) -> Option<String> {
     while Instant::now() < deadline {
         match connection.recv_timeout(Duration::from_millis(200)) {
             Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => subscribed = true,
-            Ok(Ok(Event::Incoming(Packet::Publish(p)))) if p.retain => return Some(String::from_utf8_lossy(&p.payload).into_owned()),
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) if p.retain => {
+                return Some(String::from_utf8_lossy(&p.payload).into_owned())
+            }
             Ok(_) => {}
             Err(_) if subscribed => return None,
             Err(_) => {}
@@ -227,13 +273,20 @@ impl Daemon {
     }
 
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "iscamd did not stop within 20 s of SIGTERM:\n{}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "iscamd did not stop within 20 s of SIGTERM:\n{}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }

@@ -1,0 +1,141 @@
+//! TLS and password authentication against a real mosquitto with certificates made here.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::broker::{free_port, Daemon, Mosquitto, Observer};
+use common::{images_dir, model_path, F32_MODEL};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+
+/// Writes ca.pem (and another, unrelated other-ca.pem), server.pem and server.key.
+fn make_certificates(dir: &Path) {
+    let ca = |name: &str| {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
+    };
+    let issuer = ca("iscamd test CA");
+    std::fs::write(dir.join("ca.pem"), issuer.pem()).unwrap();
+    std::fs::write(dir.join("other-ca.pem"), ca("someone else").pem()).unwrap();
+    let server_key = KeyPair::generate().unwrap();
+    let mut params =
+        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
+    let cert = params.signed_by(&server_key, &issuer).unwrap();
+    std::fs::write(dir.join("server.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("server.key"), server_key.serialize_pem()).unwrap();
+}
+
+fn config(dir: &Path, tls_port: u16, ca: &str, password: &str) -> std::path::PathBuf {
+    let pw = dir.join(format!("password-{password}"));
+    std::fs::write(&pw, format!("{password}\n")).unwrap();
+    std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let path = dir.join(format!("iscamd-{password}-{ca}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[device]
+id = "secure"
+[source]
+kind = "images"
+path = "{images}"
+fps = 2
+[model]
+path = "{model}"
+[cam]
+interval = "0s"
+[mqtt]
+host = "127.0.0.1"
+port = {tls_port}
+username = "camera"
+password_file = "{pw}"
+ca = "{ca_path}"
+"#,
+            images = images_dir().display(),
+            model = model_path(F32_MODEL).display(),
+            pw = pw.display(),
+            ca_path = dir.join(ca).display(),
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn tls_with_password_accepts_the_right_credentials_and_refuses_wrong_ones() {
+    let certs = tempfile::tempdir().unwrap();
+    make_certificates(certs.path());
+    let passwd = certs.path().join("passwd");
+    let status = Command::new("mosquitto_passwd")
+        .args(["-b", "-c"])
+        .arg(&passwd)
+        .args(["camera", "s3cret"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let tls_port = free_port();
+    let broker = Mosquitto::start_with(
+        free_port(),
+        &format!(
+            "listener {tls_port} 127.0.0.1\nallow_anonymous false\npassword_file {}\ncafile {}\ncertfile {}\nkeyfile {}\n",
+            passwd.display(),
+            certs.path().join("ca.pem").display(),
+            certs.path().join("server.pem").display(),
+            certs.path().join("server.key").display(),
+        ),
+    );
+    let observer = Observer::connect(broker.port, "iscamd/secure/#");
+
+    // Right CA and password: connected, publishing.
+    let good = Daemon::start(
+        &config(certs.path(), tls_port, "ca.pem", "s3cret"),
+        certs.path(),
+    );
+    observer.wait_for(
+        "iscamd/secure/prediction",
+        Duration::from_secs(30),
+        "predictions over TLS",
+        |m| !m.is_empty(),
+    );
+    drop(good);
+
+    // Wrong password: a clear error, retried with backoff, never an exit or a spin.
+    let dir = tempfile::tempdir().unwrap();
+    let mut wrong_password = Daemon::start(
+        &config(certs.path(), tls_port, "ca.pem", "guess"),
+        dir.path(),
+    );
+    // Wrong CA: the TLS handshake fails.
+    let dir2 = tempfile::tempdir().unwrap();
+    let mut wrong_ca = Daemon::start(
+        &config(certs.path(), tls_port, "other-ca.pem", "s3cret"),
+        dir2.path(),
+    );
+    std::thread::sleep(Duration::from_secs(8));
+    for (daemon, expected) in [
+        (&mut wrong_password, "authentication failed"),
+        (&mut wrong_ca, "TLS failed"),
+    ] {
+        assert!(
+            daemon.child.try_wait().unwrap().is_none(),
+            "iscamd exited:\n{}",
+            daemon.log_text()
+        );
+        let log = daemon.log_text();
+        let attempts = log.lines().filter(|l| l.contains(expected)).count();
+        println!("{expected}: {attempts} attempts in 8 s");
+        assert!(
+            (2..=8).contains(&attempts),
+            "{attempts} attempts with {expected:?} in 8 s (backoff expected):\n{log}"
+        );
+        assert!(log.contains("retrying in"), "{log}");
+        assert!(daemon.terminate().success());
+    }
+}
