@@ -50,8 +50,12 @@ keep_alive = "2s"
 }
 
 fn check_prediction(p: &serde_json::Value) {
+    check_prediction_for(p, DEVICE)
+}
+
+fn check_prediction_for(p: &serde_json::Value, device: &str) {
     assert_eq!(p["schema"], "iscamd.prediction/1");
-    assert_eq!(p["device"], DEVICE);
+    assert_eq!(p["device"], device);
     assert!(p["seq"].as_u64().unwrap() >= 1);
     assert!(p["frame"].as_u64().unwrap() >= 1);
     assert!(p["ts"].as_str().unwrap().ends_with('Z'));
@@ -393,5 +397,42 @@ fn starts_without_a_broker_and_connects_when_it_appears() {
         |m| m.len() >= 3,
     );
     assert!(daemon.log_text().contains("cannot connect to the broker"));
+    assert!(daemon.terminate().success());
+}
+
+#[test]
+fn zero_setup_runs_its_own_broker() {
+    let port = common::broker::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("iscamd.log");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_iscamd"))
+        .args(["run", "--images"])
+        .arg(images_dir())
+        .args([
+            "--mqtt-port",
+            &port.to_string(),
+            "--device-id",
+            "zero",
+            "--model",
+        ])
+        .arg(model_path(F32_MODEL))
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut daemon = Daemon { child, log };
+    common::broker::wait_for_port(port);
+    let observer = Observer::connect(port, "iscamd/zero/#");
+    let predictions = observer.wait_for(
+        "iscamd/zero/prediction",
+        Duration::from_secs(30),
+        "predictions",
+        |m| m.len() >= 3,
+    );
+    check_prediction_for(&predictions[0].json(), "zero");
+    assert!(
+        daemon.log_text().contains("embedded MQTT broker listening"),
+        "{}",
+        daemon.log_text()
+    );
     assert!(daemon.terminate().success());
 }

@@ -38,6 +38,12 @@ enum Command {
     Bench(bench::BenchArgs),
 }
 
+impl Cli {
+    pub fn is_daemon(&self) -> bool {
+        matches!(self.command, Command::Run(_))
+    }
+}
+
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Classify(a) => classify::run(a),
@@ -48,14 +54,16 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-pub fn init_logging(verbose: u8) {
+/// Logs to stderr: warnings by default, progress too for the daemon.
+pub fn init_logging(verbose: u8, daemon: bool) {
     let level = match verbose {
+        0 if daemon => "info",
         0 => "warn",
         1 => "debug",
         _ => "trace",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("iscamd={level},tract=warn"))
+        tracing_subscriber::EnvFilter::new(format!("iscamd={level},tract=warn,rumqttd=off"))
     });
     tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -155,12 +155,11 @@ pub fn run(
     stop: Option<watch::Receiver<bool>>,
 ) -> Result<()> {
     let device = config.device_id();
-    let host = config.mqtt.host.clone().ok_or_else(|| {
-        Error::invalid(
-            "mqtt.host",
-            "no broker configured: set [mqtt] host (and port) or pass --mqtt-host",
-        )
-    })?;
+    let mut config = config;
+    let host = match config.mqtt.host.clone() {
+        Some(h) => h,
+        None => start_embedded_broker(&mut config)?,
+    };
     let options = mqtt_options(&config, &device, &host)?;
     let source = open_source(&config)?;
     let params = config.cam.params()?;
@@ -425,6 +424,24 @@ async fn run_async(
     let _ = shutdown_tx.send(true);
     let _ = tokio::time::timeout(grace + Duration::from_secs(3), connection).await;
     Ok(())
+}
+
+/// Starts the in-process broker (no `[mqtt] host` configured); returns the host to use.
+#[cfg(feature = "embedded-broker")]
+fn start_embedded_broker(config: &mut Config) -> Result<String> {
+    let port = config.mqtt.port.unwrap_or(1883);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    crate::publish::embedded::start(addr, config.mqtt.max_packet_size)?;
+    config.mqtt.port = Some(port);
+    Ok("127.0.0.1".into())
+}
+
+#[cfg(not(feature = "embedded-broker"))]
+fn start_embedded_broker(_config: &mut Config) -> Result<String> {
+    Err(Error::invalid(
+        "mqtt.host",
+        "no broker configured: set [mqtt] host (this build has no embedded broker)",
+    ))
 }
 
 fn config_threads(config: &Config) -> usize {

@@ -3,6 +3,8 @@
 
 pub mod command;
 pub mod discovery;
+#[cfg(feature = "embedded-broker")]
+pub mod embedded;
 mod mqtt;
 pub mod payload;
 
@@ -63,5 +65,14 @@ impl Topics {
     }
     pub fn command_result(&self) -> String {
         format!("{}/cmd/result", self.base)
+    }
+}
+
+/// Waits (up to 5 s) until something holds `addr`. Probes by binding, not connecting,
+/// so that the broker sees no half-open connection.
+pub fn wait_listening(addr: std::net::SocketAddr) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::net::TcpListener::bind(addr).is_ok() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
