@@ -436,3 +436,92 @@ fn zero_setup_runs_its_own_broker() {
     );
     assert!(daemon.terminate().success());
 }
+
+#[test]
+fn a_fast_source_drops_frames_and_counts_them() {
+    let broker = Mosquitto::start();
+    let observer = Observer::connect(broker.port, "iscamd/#");
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        broker.port,
+        "[cam]\ninterval = \"0s\"\non_class_change = false\n",
+    );
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("fps = 5", "fps = 200");
+    std::fs::write(&config, text).unwrap();
+    let mut daemon = Daemon::start(&config, dir.path());
+    let stats = observer.wait_for(
+        &topic("stats"),
+        Duration::from_secs(30),
+        "stats with drops",
+        |m| {
+            m.last()
+                .is_some_and(|s| s.json()["frames_dropped"].as_u64().unwrap_or(0) > 0)
+        },
+    );
+    assert!(daemon.terminate().success());
+    let s = stats.last().unwrap().json();
+    let frames: Vec<u64> = observer
+        .on(&topic("prediction"))
+        .iter()
+        .map(|m| m.json()["frame"].as_u64().unwrap())
+        .collect();
+    let seqs: Vec<u64> = observer
+        .on(&topic("prediction"))
+        .iter()
+        .map(|m| m.json()["seq"].as_u64().unwrap())
+        .collect();
+    assert!(
+        frames.windows(2).any(|w| w[1] > w[0] + 1),
+        "frame numbers show the drops"
+    );
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "seq has no gaps");
+    assert!(s["frames_captured"].as_u64().unwrap() > s["frames_processed"].as_u64().unwrap());
+}
+
+#[test]
+fn check_reports_each_part() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), broker.port, "");
+    let run = |config: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_iscamd"))
+            .arg("check")
+            .arg("--config")
+            .arg(config)
+            .output()
+            .unwrap()
+    };
+    let ok = run(&config);
+    let out = String::from_utf8_lossy(&ok.stdout);
+    assert!(ok.status.success(), "{out}");
+    for part in ["config", "model", "source", "broker"] {
+        assert!(
+            out.lines().any(|l| l.starts_with("ok") && l.contains(part)),
+            "{part}: {out}"
+        );
+    }
+    drop(broker);
+    let down = run(&config);
+    let out = String::from_utf8_lossy(&down.stdout);
+    assert_eq!(down.status.code(), Some(1), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("FAIL") && l.contains("broker")),
+        "{out}"
+    );
+
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("stats_interval", "stats_intervall"),
+    )
+    .unwrap();
+    let bad = run(&config);
+    let out = String::from_utf8_lossy(&bad.stdout);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(out.contains("stats_intervall"), "{out}");
+}
