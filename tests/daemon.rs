@@ -525,3 +525,52 @@ fn check_reports_each_part() {
     assert_eq!(bad.status.code(), Some(1));
     assert!(out.contains("stats_intervall"), "{out}");
 }
+
+#[test]
+fn commands_beyond_the_rate_are_refused_and_discovery_follows_home_assistant() {
+    let broker = Mosquitto::start();
+    let observer = Observer::connect(broker.port, "#");
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        broker.port,
+        "commands_per_second = 1\n[cam]\ninterval = \"0s\"\n",
+    );
+    let mut daemon = Daemon::start(&config, dir.path());
+    let discovery = "homeassistant/sensor/iscamd_cam7/label/config";
+    observer.wait_for(discovery, Duration::from_secs(30), "discovery", |m| {
+        !m.is_empty()
+    });
+    let config: serde_json::Value = observer.on(discovery)[0].json();
+    assert_eq!(config["state_topic"], topic("prediction"));
+    assert_eq!(config["availability_topic"], topic("availability"));
+
+    observer.publish("homeassistant/status", "online");
+    observer.wait_for(discovery, Duration::from_secs(10), "discovery again", |m| {
+        m.len() >= 2
+    });
+
+    for i in 0..5 {
+        observer.publish(
+            &topic("cmd"),
+            format!(r#"{{"id":{i},"cmd":"set","interval":"0s"}}"#),
+        );
+    }
+    let results = observer.wait_for(
+        &topic("cmd/result"),
+        Duration::from_secs(10),
+        "5 results",
+        |m| m.len() >= 5,
+    );
+    let refused = results
+        .iter()
+        .filter(|r| {
+            r.json()["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("rate limited"))
+        })
+        .count();
+    assert!(refused >= 3, "{refused} of 5 refused at 1 command/s");
+    assert_eq!(results[0].json()["ok"], true);
+    assert!(daemon.terminate().success());
+}
