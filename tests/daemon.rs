@@ -16,9 +16,9 @@ fn topic(t: &str) -> String {
     format!("{BASE}/{t}")
 }
 
-/// A config for the images source at 5 fps against `port`; `extra` is appended inside
+/// A config for the images source at `fps` against `port`; `extra` is appended inside
 /// `[mqtt]` (so it may add mqtt keys first, then further tables).
-fn write_config(dir: &Path, port: u16, extra: &str) -> std::path::PathBuf {
+fn write_config(dir: &Path, port: u16, fps: u32, extra: &str) -> std::path::PathBuf {
     let path = dir.join("iscamd.toml");
     let text = format!(
         r#"
@@ -29,7 +29,7 @@ shutdown_timeout = "3s"
 [source]
 kind = "images"
 path = "{images}"
-fps = 5
+fps = {fps}
 
 [model]
 path = "{model}"
@@ -47,6 +47,30 @@ keep_alive = "2s"
     );
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// A broker, an observer of `filter` on it, and the daemon running on it.
+/// Destructure it with every field bound (`broker: _broker`, `_dir`): a field left to `..` would
+/// be dropped at once, and with it the broker or the daemon's directory.
+struct Setup {
+    broker: Mosquitto,
+    observer: Observer,
+    daemon: Daemon,
+    _dir: tempfile::TempDir,
+}
+
+fn setup(filter: &str, fps: u32, extra: &str) -> Setup {
+    let broker = Mosquitto::start();
+    let observer = Observer::connect(broker.port, filter);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), broker.port, fps, extra);
+    let daemon = Daemon::start(&config, dir.path());
+    Setup {
+        broker,
+        observer,
+        daemon,
+        _dir: dir,
+    }
 }
 
 fn check_prediction(p: &serde_json::Value) {
@@ -72,15 +96,16 @@ fn check_prediction_for(p: &serde_json::Value, device: &str) {
 
 #[test]
 fn publishes_predictions_heatmaps_stats_and_availability() {
-    let broker = Mosquitto::start();
-    let observer = Observer::connect(broker.port, "iscamd/#");
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
-        dir.path(),
-        broker.port,
+    let Setup {
+        broker,
+        observer,
+        mut daemon,
+        _dir,
+    } = setup(
+        "iscamd/#",
+        5,
         "[cam]\ninterval = \"2s\"\n[mqtt.qos]\nprediction = 1\nheatmap = 1\n",
     );
-    let mut daemon = Daemon::start(&config, dir.path());
 
     observer.wait_for(
         &topic("availability"),
@@ -193,11 +218,12 @@ fn publishes_predictions_heatmaps_stats_and_availability() {
 
 #[test]
 fn sigkill_leaves_offline_through_the_last_will() {
-    let broker = Mosquitto::start();
-    let observer = Observer::connect(broker.port, "iscamd/#");
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), broker.port, "[cam]\ninterval = \"0s\"\n");
-    let mut daemon = Daemon::start(&config, dir.path());
+    let Setup {
+        broker,
+        observer,
+        mut daemon,
+        _dir,
+    } = setup("iscamd/#", 5, "[cam]\ninterval = \"0s\"\n");
     observer.wait_for(
         &topic("prediction"),
         Duration::from_secs(30),
@@ -224,12 +250,13 @@ fn sigkill_leaves_offline_through_the_last_will() {
 
 #[test]
 fn commands_are_validated_answered_and_never_stop_predictions() {
-    let broker = Mosquitto::start();
-    let observer = Observer::connect(broker.port, "iscamd/#");
-    let dir = tempfile::tempdir().unwrap();
     let extra = "commands_per_second = 100\n[cam]\ninterval = \"0s\"\non_class_change = false\n";
-    let config = write_config(dir.path(), broker.port, extra);
-    let mut daemon = Daemon::start(&config, dir.path());
+    let Setup {
+        broker: _broker,
+        observer,
+        mut daemon,
+        _dir,
+    } = setup("iscamd/#", 5, extra);
     observer.wait_for(
         &topic("prediction"),
         Duration::from_secs(30),
@@ -319,15 +346,16 @@ fn commands_are_validated_answered_and_never_stop_predictions() {
 
 #[test]
 fn broker_outage_loses_no_qos1_prediction() {
-    let mut broker = Mosquitto::start();
-    let observer = Observer::connect(broker.port, &format!("{BASE}/#"));
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
-        dir.path(),
-        broker.port,
+    let Setup {
+        mut broker,
+        observer,
+        mut daemon,
+        _dir,
+    } = setup(
+        &format!("{BASE}/#"),
+        5,
         "[cam]\ninterval = \"0s\"\non_class_change = false\n[mqtt.qos]\nprediction = 1\n",
     );
-    let mut daemon = Daemon::start(&config, dir.path());
     observer.wait_for(
         &topic("prediction"),
         Duration::from_secs(30),
@@ -380,7 +408,7 @@ fn broker_outage_loses_no_qos1_prediction() {
 fn starts_without_a_broker_and_connects_when_it_appears() {
     let port = common::broker::free_port();
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), port, "[cam]\ninterval = \"0s\"\n");
+    let config = write_config(dir.path(), port, 5, "[cam]\ninterval = \"0s\"\n");
     let mut daemon = Daemon::start(&config, dir.path());
     std::thread::sleep(Duration::from_secs(3));
     assert!(
@@ -439,19 +467,16 @@ fn zero_setup_runs_its_own_broker() {
 
 #[test]
 fn a_fast_source_drops_frames_and_counts_them() {
-    let broker = Mosquitto::start();
-    let observer = Observer::connect(broker.port, "iscamd/#");
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
-        dir.path(),
-        broker.port,
+    let Setup {
+        observer,
+        mut daemon,
+        broker: _broker,
+        _dir,
+    } = setup(
+        "iscamd/#",
+        200,
         "[cam]\ninterval = \"0s\"\non_class_change = false\n",
     );
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("fps = 5", "fps = 200");
-    std::fs::write(&config, text).unwrap();
-    let mut daemon = Daemon::start(&config, dir.path());
     let stats = observer.wait_for(
         &topic("stats"),
         Duration::from_secs(30),
@@ -485,7 +510,7 @@ fn a_fast_source_drops_frames_and_counts_them() {
 fn check_reports_each_part() {
     let broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), broker.port, "");
+    let config = write_config(dir.path(), broker.port, 5, "");
     let run = |config: &Path| {
         std::process::Command::new(env!("CARGO_BIN_EXE_iscamd"))
             .arg("check")
@@ -528,15 +553,16 @@ fn check_reports_each_part() {
 
 #[test]
 fn commands_beyond_the_rate_are_refused_and_discovery_follows_home_assistant() {
-    let broker = Mosquitto::start();
-    let observer = Observer::connect(broker.port, "#");
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
-        dir.path(),
-        broker.port,
+    let Setup {
+        broker: _broker,
+        observer,
+        mut daemon,
+        _dir,
+    } = setup(
+        "#",
+        5,
         "commands_per_second = 1\n[cam]\ninterval = \"0s\"\n",
     );
-    let mut daemon = Daemon::start(&config, dir.path());
     let discovery = "homeassistant/sensor/iscamd_cam7/label/config";
     observer.wait_for(discovery, Duration::from_secs(30), "discovery", |m| {
         !m.is_empty()
