@@ -11,6 +11,7 @@ pub mod cam;
 pub mod config;
 pub mod daemon;
 pub mod error;
+pub mod eval;
 pub mod model;
 pub mod publish;
 pub mod source;

@@ -2,6 +2,7 @@
 
 mod bench;
 mod classify;
+mod eval;
 mod explain;
 mod run;
 
@@ -34,6 +35,8 @@ enum Command {
     Run(run::RunArgs),
     /// Check a daemon config: model, source and broker; exit code 1 on any problem.
     Check(run::CheckArgs),
+    /// Faithfulness (Average Drop/Increase, deletion/insertion AUC) and cost of explanation methods.
+    Eval(eval::EvalArgs),
     /// Forward-pass throughput and heatmap latency on this machine.
     Bench(bench::BenchArgs),
 }
@@ -50,6 +53,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Explain(a) => explain::run(a),
         Command::Run(a) => run::run(a),
         Command::Check(a) => run::check(a),
+        Command::Eval(a) => eval::run(a),
         Command::Bench(a) => bench::run(a),
     }
 }

@@ -1,0 +1,177 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use iscamd::cam::Weighting;
+use iscamd::eval::{self, EvalOptions, MethodSpec};
+use iscamd::source::expand_inputs;
+
+use super::{ModelArgs, Tally};
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// Image files or directories.
+    #[arg(required = true, value_name = "IMAGE|DIR")]
+    pub inputs: Vec<PathBuf>,
+    /// Methods, comma-separated, e.g. "scorecam,sscam:n=35,sigma=2,iscam:n=10,iscam:n=4,k=32"
+    /// (n = steps, k = top-K channels by variance, default all). The controls random and
+    /// center are always added.
+    #[arg(long, default_value = "scorecam,iscam:n=10,iscam:n=4,k=32")]
+    pub methods: String,
+    /// Directory for per_image.csv, report.md and report.json. An existing per_image.csv is resumed.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Evaluate only the first N images.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// Steps of the deletion and insertion curves.
+    #[arg(long, default_value_t = 20)]
+    pub steps: usize,
+    #[arg(long, default_value = "prob", value_parser = parse_weighting)]
+    pub weighting: Weighting,
+    /// Seed of SS-CAM's noise, the random control and the bootstrap.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+fn parse_weighting(s: &str) -> Result<Weighting, String> {
+    s.parse().map_err(|e: iscamd::Error| e.to_string())
+}
+
+pub fn run(args: EvalArgs) -> Result<ExitCode> {
+    if !(1..=1000).contains(&args.steps) {
+        bail!("--steps {}: expected 1..=1000", args.steps);
+    }
+    let mut labels = split_specs(&args.methods);
+    for control in ["random", "center"] {
+        if !labels.iter().any(|l| l == control) {
+            labels.push(control.into());
+        }
+    }
+    let specs: Vec<MethodSpec> = labels
+        .iter()
+        .map(|l| MethodSpec::parse(l, args.weighting, args.seed))
+        .collect::<Result<_, _>>()?;
+    let mut tally = Tally::default();
+    let mut images = Vec::new();
+    for input in expand_inputs(&args.inputs) {
+        match input {
+            Ok(p) => images.push(p),
+            Err(e) => tally.fail(e),
+        }
+    }
+    if let Some(n) = args.limit {
+        images.truncate(n);
+    }
+    if images.is_empty() {
+        bail!("no images to evaluate");
+    }
+    let classifier = args.model.load()?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let csv = args.out.join("per_image.csv");
+    let previous = eval::read_rows(&csv)?;
+    let done = eval::done(&previous);
+    if !previous.is_empty() {
+        eprintln!(
+            "resuming: {} result(s) already in {}",
+            previous.len(),
+            csv.display()
+        );
+    }
+    let options = EvalOptions {
+        steps: args.steps,
+        seed: args.seed,
+        threads: args.model.threads(),
+        blur_sigma: 5.0,
+    };
+    let total = (images.len() * specs.len()) as u64;
+    let bar = indicatif::ProgressBar::new(total).with_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} maps  {elapsed_precise} elapsed, ETA {eta_precise}  {msg}",
+        )
+        .expect("template"),
+    );
+    let already = images
+        .iter()
+        .map(|p| {
+            specs
+                .iter()
+                .filter(|s| done.contains(&(p.display().to_string(), s.label.clone())))
+                .count()
+        })
+        .sum::<usize>();
+    bar.set_position(already as u64);
+    bar.reset_eta();
+    for image in &images {
+        bar.set_message(
+            image
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        );
+        let result = eval::evaluate_image(&classifier, image, &specs, &options, &done, |row| {
+            bar.inc(1);
+            row.append(&csv)
+        });
+        match result {
+            Ok(()) => tally.ok += 1,
+            Err(e) => bar.suspend(|| tally.fail(e)),
+        }
+    }
+    bar.finish_and_clear();
+    let rows = eval::read_rows(&csv)?;
+    let wanted: std::collections::HashSet<String> =
+        images.iter().map(|p| p.display().to_string()).collect();
+    let rows: Vec<_> = rows
+        .into_iter()
+        .filter(|r| wanted.contains(&r.image))
+        .collect();
+    let summaries = eval::summarise(&rows, &labels, args.seed);
+    let context = format!(
+        "Model `{}`, {} image(s), class = top-1 of each image, weighting `{}`, {} deletion/insertion steps, insertion \
+         baseline: Gaussian blur σ = {} px of the input.",
+        classifier.path().display(),
+        wanted.len(),
+        args.weighting.name(),
+        args.steps,
+        options.blur_sigma
+    );
+    let md = eval::write_report(&args.out, &summaries, &context)?;
+    println!("{md}");
+    Ok(tally.finish())
+}
+
+/// Splits "scorecam,sscam:n=35,sigma=2" into specs: a `key=value` item without its own
+/// method name continues the spec before it.
+fn split_specs(list: &str) -> Vec<String> {
+    let mut specs: Vec<String> = Vec::new();
+    for item in list
+        .split([',', ';'])
+        .map(str::trim)
+        .filter(|i| !i.is_empty())
+    {
+        match specs.last_mut() {
+            Some(last) if item.contains('=') && !item.contains(':') => {
+                last.push(',');
+                last.push_str(item);
+            }
+            _ => specs.push(item.to_string()),
+        }
+    }
+    specs
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn specs_split_on_commas() {
+        assert_eq!(
+            super::split_specs("scorecam,sscam:n=35,sigma=2,iscam:n=4,k=32,random"),
+            vec!["scorecam", "sscam:n=35,sigma=2", "iscam:n=4,k=32", "random"]
+        );
+    }
+}

@@ -1,0 +1,275 @@
+//! `iscamd eval`: how faithful each explanation method is, and what it costs, over a set
+//! of images — so that claims about methods (and our own defaults) rest on numbers.
+
+pub mod metrics;
+mod report;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::Instant;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tract_onnx::prelude::tract_ndarray::{Array2, Array3, Axis};
+
+pub use report::{done, read_rows, summarise, write_report, MethodSummary, Row, CSV_HEADER};
+
+use crate::analyse::Analysis;
+use crate::cam::{display, CamParams, Method, Weighting};
+use crate::error::{Error, Result};
+use crate::model::{softmax, top_k, Classifier};
+use crate::source::decode_image;
+
+/// A method to evaluate, by the spec it was written as (`iscam:n=4,k=32`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct MethodSpec {
+    pub label: String,
+    pub kind: SpecKind,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum SpecKind {
+    Cam(CamParams),
+    /// A seeded random map: the floor every method must beat.
+    Random,
+    /// A centred Gaussian: the "objects are in the middle" prior.
+    Center,
+}
+
+impl MethodSpec {
+    /// Parses `scorecam`, `sscam:n=35,sigma=2`, `iscam:n=10`, `iscam:n=4,k=32`, `random`,
+    /// `center`. Without `k`, CAM methods use all channels; without `n`, the paper's
+    /// steps (SS-CAM 35, IS-CAM 10).
+    pub fn parse(spec: &str, weighting: Weighting, seed: u64) -> Result<Self> {
+        let bad = |reason: String| Error::invalid("method spec", format!("{spec:?}: {reason}"));
+        let (name, args) = spec.split_once(':').unwrap_or((spec, ""));
+        let (mut n, mut k, mut sigma) = (None, 0usize, None);
+        for arg in args.split(',').filter(|a| !a.is_empty()) {
+            let (key, value) = arg
+                .split_once('=')
+                .ok_or_else(|| bad(format!("{arg:?} is not key=value")))?;
+            match key {
+                "n" => {
+                    n = Some(
+                        value
+                            .parse::<usize>()
+                            .map_err(|_| bad(format!("n={value} is not a whole number")))?,
+                    )
+                }
+                "k" => {
+                    k = value
+                        .parse()
+                        .map_err(|_| bad(format!("k={value} is not a whole number")))?
+                }
+                "sigma" => {
+                    sigma = Some(
+                        value
+                            .parse::<f32>()
+                            .map_err(|_| bad(format!("sigma={value} is not a number")))?,
+                    )
+                }
+                other => return Err(bad(format!("unknown parameter {other:?} (n, k, sigma)"))),
+            }
+        }
+        if n == Some(0) {
+            return Err(bad("n must be at least 1".into()));
+        }
+        let kind = match name {
+            "random" | "center" if !args.is_empty() => {
+                return Err(bad(format!("{name} takes no parameters")))
+            }
+            "random" => SpecKind::Random,
+            "center" => SpecKind::Center,
+            "scorecam" | "sscam" | "iscam" => {
+                let steps = match name {
+                    "scorecam" => n,
+                    "sscam" => Some(n.unwrap_or(35)),
+                    _ => Some(n.unwrap_or(10)),
+                };
+                let mut params =
+                    CamParams::new(name, steps, Some(k)).map_err(|e| bad(e.to_string()))?;
+                if let (Method::SsCam { sigma: s, .. }, Some(v)) = (&mut params.method, sigma) {
+                    *s = v;
+                } else if sigma.is_some() {
+                    return Err(bad("sigma applies to sscam only".into()));
+                }
+                params.weighting = weighting;
+                params.seed = seed;
+                SpecKind::Cam(params)
+            }
+            other => {
+                return Err(bad(format!(
+                    "unknown method {other:?} (scorecam, sscam, iscam, random, center)"
+                )))
+            }
+        };
+        Ok(MethodSpec {
+            label: spec.to_string(),
+            kind,
+        })
+    }
+}
+
+/// Settings shared by every method.
+#[derive(Clone, Debug)]
+pub struct EvalOptions {
+    /// Deletion / insertion steps.
+    pub steps: usize,
+    pub seed: u64,
+    pub threads: usize,
+    /// σ of the insertion baseline's Gaussian blur, in input pixels.
+    pub blur_sigma: f32,
+}
+
+/// Evaluates every method not yet in `done` (image, method) on one image.
+pub fn evaluate_image(
+    classifier: &Classifier,
+    image: &Path,
+    specs: &[MethodSpec],
+    options: &EvalOptions,
+    done: &HashSet<(String, String)>,
+    mut on_row: impl FnMut(Row) -> Result<()>,
+) -> Result<()> {
+    let name = image.display().to_string();
+    let todo: Vec<&MethodSpec> = specs
+        .iter()
+        .filter(|s| !done.contains(&(name.clone(), s.label.clone())))
+        .collect();
+    if todo.is_empty() {
+        return Ok(());
+    }
+    let analysis = Analysis::of_frame(classifier, decode_image(image)?)?;
+    let class = top_k(&analysis.probabilities, 1)[0];
+    let activations = analysis
+        .activations
+        .as_ref()
+        .ok_or_else(|| Error::model(classifier.path(), "has no CAM layer"))?;
+    let (_, h, w) = activations.dim();
+    let s = classifier.input_size();
+    let blurred = metrics::blur(&analysis.input, options.blur_sigma);
+    for spec in todo {
+        let t0 = Instant::now();
+        let (map, passes) = match &spec.kind {
+            SpecKind::Cam(params) => {
+                let e = analysis.explain(classifier, Some(class), params, options.threads)?;
+                (e.map, e.passes)
+            }
+            SpecKind::Random => (random_map(h, w, options.seed, &name), 0),
+            SpecKind::Center => (center_map(h, w), 0),
+        };
+        let millis = t0.elapsed().as_secs_f64() * 1e3;
+        let saliency = display::display_map(&map, s, s);
+        let f = metrics::faithfulness(
+            &analysis.input,
+            &blurred,
+            &saliency,
+            options.steps,
+            |inputs| class_probabilities(classifier, inputs, class, options.threads),
+        )?;
+        on_row(Row::new(&name, &spec.label, class, &f, passes, millis))?;
+    }
+    Ok(())
+}
+
+/// `p_c` of each input, forwarded one per pass on `threads` threads.
+pub fn class_probabilities(
+    classifier: &Classifier,
+    inputs: Vec<Array3<f32>>,
+    class: usize,
+    threads: usize,
+) -> Result<Vec<f64>> {
+    let mut out = vec![0.0; inputs.len()];
+    let chunk = inputs.len().div_ceil(threads.max(1)).max(1);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = inputs
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || -> Result<Vec<f64>> {
+                    part.iter()
+                        .map(|x| {
+                            let f = classifier.forward(x.view().insert_axis(Axis(0)))?;
+                            Ok(softmax(&f.logits.row(0).to_vec())[class])
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        let mut i = 0;
+        for h in handles {
+            for p in h.join().expect("scoring thread panicked")? {
+                out[i] = p;
+                i += 1;
+            }
+        }
+        Ok::<_, Error>(())
+    })?;
+    Ok(out)
+}
+
+/// Uniform noise at the CAM resolution, seeded per image (so each image gets its own).
+fn random_map(h: usize, w: usize, seed: u64, image: &str) -> Array2<f32> {
+    let salt = image
+        .bytes()
+        .fold(0u64, |a, b| a.wrapping_mul(31).wrapping_add(b as u64));
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ salt);
+    Array2::from_shape_simple_fn((h, w), || rng.random::<f32>())
+}
+
+/// A centred Gaussian (σ = a quarter of the side) at the CAM resolution.
+fn center_map(h: usize, w: usize) -> Array2<f32> {
+    let (cy, cx) = ((h as f32 - 1.0) / 2.0, (w as f32 - 1.0) / 2.0);
+    let (sy, sx) = (h as f32 / 4.0, w as f32 / 4.0);
+    Array2::from_shape_fn((h, w), |(y, x)| {
+        (-((y as f32 - cy) / sy).powi(2) / 2.0 - ((x as f32 - cx) / sx).powi(2) / 2.0).exp()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse_and_refuse() {
+        let w = Weighting::Prob;
+        let s = MethodSpec::parse("iscam:n=4,k=32", w, 0).unwrap();
+        let SpecKind::Cam(p) = s.kind else { panic!() };
+        assert_eq!((p.steps(), p.channels), (4, 32));
+        let SpecKind::Cam(p) = MethodSpec::parse("sscam:n=35,sigma=2", w, 0).unwrap().kind else {
+            panic!()
+        };
+        assert_eq!(
+            p.method,
+            Method::SsCam {
+                steps: 35,
+                sigma: 2.0
+            }
+        );
+        let SpecKind::Cam(p) = MethodSpec::parse("iscam", w, 0).unwrap().kind else {
+            panic!()
+        };
+        assert_eq!((p.steps(), p.channels), (10, 0));
+        assert_eq!(
+            MethodSpec::parse("random", w, 0).unwrap().kind,
+            SpecKind::Random
+        );
+        for (bad, says) in [
+            ("gradcam", "unknown method"),
+            ("iscam:n=0", "n must be"),
+            ("iscam:q=1", "unknown parameter"),
+            ("iscam:n=x", "whole number"),
+            ("iscam:sigma=1", "sscam only"),
+        ] {
+            let e = MethodSpec::parse(bad, w, 0).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn controls_are_shaped_and_seeded() {
+        let c = center_map(13, 13);
+        assert_eq!(c[[6, 6]], 1.0);
+        assert!(c[[0, 0]] < 0.1);
+        assert_eq!(random_map(13, 13, 1, "a"), random_map(13, 13, 1, "a"));
+        assert_ne!(random_map(13, 13, 1, "a"), random_map(13, 13, 1, "b"));
+    }
+}

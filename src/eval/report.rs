@@ -1,0 +1,312 @@
+//! Results of an evaluation: one CSV row per image × method (appended as they come, so an
+//! interrupted run resumes), and the summary tables built from all rows.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::Path;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use super::metrics::Faithfulness;
+use crate::error::{Error, Result};
+
+pub const CSV_HEADER: &str =
+    "image,method,class,y,o,drop_percent,increase,deletion_auc,insertion_auc,passes,millis,deletion_curve,insertion_curve";
+
+/// One image × method.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Row {
+    pub image: String,
+    pub method: String,
+    pub class: usize,
+    pub y: f64,
+    pub o: f64,
+    pub drop_percent: f64,
+    pub increase: u8,
+    pub deletion_auc: f64,
+    pub insertion_auc: f64,
+    pub passes: usize,
+    pub millis: f64,
+    /// Space-separated curve values.
+    pub deletion_curve: String,
+    pub insertion_curve: String,
+}
+
+fn join(curve: &[f64]) -> String {
+    curve
+        .iter()
+        .map(|v| format!("{v:.6}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn split(curve: &str) -> Vec<f64> {
+    curve
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect()
+}
+
+impl Row {
+    pub fn new(
+        image: &str,
+        method: &str,
+        class: usize,
+        f: &Faithfulness,
+        passes: usize,
+        millis: f64,
+    ) -> Self {
+        Row {
+            image: image.into(),
+            method: method.into(),
+            class,
+            y: f.y,
+            o: f.o,
+            drop_percent: f.drop_percent(),
+            increase: u8::from(f.increased()),
+            deletion_auc: f.deletion_auc(),
+            insertion_auc: f.insertion_auc(),
+            passes,
+            millis,
+            deletion_curve: join(&f.deletion),
+            insertion_curve: join(&f.insertion),
+        }
+    }
+
+    /// Appends the row to `per_image.csv` (header first when the file is new).
+    pub fn append(&self, csv_path: &Path) -> Result<()> {
+        let fresh = !csv_path.exists()
+            || std::fs::metadata(csv_path)
+                .map(|m| m.len() == 0)
+                .unwrap_or(true);
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(csv_path)
+            .map_err(|e| Error::input(csv_path, format!("cannot write: {e}")))?;
+        // An interrupted run may have left half a line: end it, so this row starts its own.
+        let start = if !fresh && !ends_with_newline(csv_path) {
+            b"\n".to_vec()
+        } else {
+            Vec::new()
+        };
+        let mut writer = csv::WriterBuilder::new()
+            .has_headers(fresh)
+            .from_writer(start);
+        writer
+            .serialize(self)
+            .map_err(|e| Error::input(csv_path, e))?;
+        let bytes = writer.into_inner().map_err(|e| Error::input(csv_path, e))?;
+        file.write_all(&bytes)
+            .and_then(|_| file.sync_data())
+            .map_err(|e| Error::input(csv_path, format!("cannot write: {e}")))
+    }
+}
+
+fn ends_with_newline(path: &Path) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut last = [0u8; 1];
+    std::fs::File::open(path)
+        .and_then(|mut f| {
+            f.seek(SeekFrom::End(-1))
+                .and_then(|_| f.read_exact(&mut last))
+        })
+        .map(|_| last[0] == b'\n')
+        .unwrap_or(true)
+}
+
+/// Rows already in `per_image.csv` (none when it does not exist). A last line cut short
+/// by an interruption is ignored.
+pub fn read_rows(csv_path: &Path) -> Result<Vec<Row>> {
+    if !csv_path.exists() {
+        return Ok(Vec::new());
+    }
+    let mut reader = csv::Reader::from_path(csv_path).map_err(|e| Error::input(csv_path, e))?;
+    let header = reader
+        .headers()
+        .map_err(|e| Error::input(csv_path, e))?
+        .iter()
+        .collect::<Vec<_>>()
+        .join(",");
+    if header != CSV_HEADER {
+        return Err(Error::input(
+            csv_path,
+            "is not an iscamd per_image.csv (other columns): use another --out directory",
+        ));
+    }
+    Ok(reader.deserialize::<Row>().filter_map(|r| r.ok()).collect())
+}
+
+/// (image, method) pairs already evaluated.
+pub fn done(rows: &[Row]) -> HashSet<(String, String)> {
+    rows.iter()
+        .map(|r| (r.image.clone(), r.method.clone()))
+        .collect()
+}
+
+/// Mean with a 95 % bootstrap confidence interval.
+#[derive(Clone, Debug, Serialize)]
+pub struct Estimate {
+    pub mean: f64,
+    pub low: f64,
+    pub high: f64,
+}
+
+fn estimate(values: &[f64], seed: u64) -> Estimate {
+    let n = values.len();
+    let mean = values.iter().sum::<f64>() / n.max(1) as f64;
+    if n < 2 {
+        return Estimate {
+            mean,
+            low: mean,
+            high: mean,
+        };
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut means: Vec<f64> = (0..1000)
+        .map(|_| (0..n).map(|_| values[rng.random_range(0..n)]).sum::<f64>() / n as f64)
+        .collect();
+    means.sort_by(f64::total_cmp);
+    Estimate {
+        mean,
+        low: means[25],
+        high: means[974],
+    }
+}
+
+/// Summary of one method.
+#[derive(Clone, Debug, Serialize)]
+pub struct MethodSummary {
+    pub method: String,
+    pub images: usize,
+    pub passes_per_map: f64,
+    pub median_ms_per_map: f64,
+    pub average_drop_percent: Estimate,
+    pub average_increase_percent: Estimate,
+    pub deletion_auc: Estimate,
+    pub insertion_auc: Estimate,
+    pub mean_deletion_curve: Vec<f64>,
+    pub mean_insertion_curve: Vec<f64>,
+}
+
+fn mean_curve(curves: impl Iterator<Item = Vec<f64>>) -> Vec<f64> {
+    let mut sum: Vec<f64> = Vec::new();
+    let mut n = 0;
+    for c in curves {
+        if sum.is_empty() {
+            sum = vec![0.0; c.len()];
+        }
+        if c.len() == sum.len() {
+            sum.iter_mut().zip(&c).for_each(|(s, v)| *s += v);
+            n += 1;
+        }
+    }
+    sum.into_iter().map(|s| s / n.max(1) as f64).collect()
+}
+
+/// Summaries in the order methods were given.
+pub fn summarise(rows: &[Row], order: &[String], seed: u64) -> Vec<MethodSummary> {
+    let mut by_method: BTreeMap<&str, Vec<&Row>> = BTreeMap::new();
+    for r in rows {
+        by_method.entry(&r.method).or_default().push(r);
+    }
+    order
+        .iter()
+        .filter_map(|m| by_method.get(m.as_str()).map(|rs| (m, rs)))
+        .map(|(method, rs)| {
+            let col = |f: fn(&Row) -> f64| rs.iter().map(|r| f(r)).collect::<Vec<f64>>();
+            let mut ms = col(|r| r.millis);
+            ms.sort_by(f64::total_cmp);
+            MethodSummary {
+                method: method.clone(),
+                images: rs.len(),
+                passes_per_map: col(|r| r.passes as f64).iter().sum::<f64>() / rs.len() as f64,
+                median_ms_per_map: ms[ms.len() / 2],
+                average_drop_percent: estimate(&col(|r| r.drop_percent), seed),
+                average_increase_percent: estimate(&col(|r| 100.0 * r.increase as f64), seed),
+                deletion_auc: estimate(&col(|r| r.deletion_auc), seed),
+                insertion_auc: estimate(&col(|r| r.insertion_auc), seed),
+                mean_deletion_curve: mean_curve(rs.iter().map(|r| split(&r.deletion_curve))),
+                mean_insertion_curve: mean_curve(rs.iter().map(|r| split(&r.insertion_curve))),
+            }
+        })
+        .collect()
+}
+
+fn cell(e: &Estimate, digits: usize) -> String {
+    format!("{:.d$} [{:.d$}, {:.d$}]", e.mean, e.low, e.high, d = digits)
+}
+
+/// Writes `report.md` and `report.json` into `out`; returns the Markdown.
+pub fn write_report(out: &Path, summaries: &[MethodSummary], context: &str) -> Result<String> {
+    let mut md = format!(
+        "# iscamd eval\n\n{context}\n\nMeans with 95 % bootstrap confidence intervals. Lower is better for Average Drop and \
+         Deletion AUC, higher for Average Increase and Insertion AUC. Passes: masked forward passes per map.\n\n\
+         | method | images | passes/map | ms/map (median) | Avg Drop % ↓ | Avg Increase % ↑ | Deletion AUC ↓ | Insertion AUC ↑ |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- |\n"
+    );
+    for s in summaries {
+        md.push_str(&format!(
+            "| {} | {} | {:.0} | {:.0} | {} | {} | {} | {} |\n",
+            s.method,
+            s.images,
+            s.passes_per_map,
+            s.median_ms_per_map,
+            cell(&s.average_drop_percent, 2),
+            cell(&s.average_increase_percent, 1),
+            cell(&s.deletion_auc, 4),
+            cell(&s.insertion_auc, 4),
+        ));
+    }
+    let write = |name: &str, bytes: &[u8]| {
+        let p = out.join(name);
+        std::fs::write(&p, bytes).map_err(|e| Error::input(&p, format!("cannot write: {e}")))
+    };
+    write("report.md", md.as_bytes())?;
+    let json = serde_json::json!({ "context": context, "methods": summaries });
+    write(
+        "report.json",
+        serde_json::to_string_pretty(&json)
+            .expect("report serialises")
+            .as_bytes(),
+    )?;
+    Ok(md)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(image: &str, method: &str, drop: f64) -> Row {
+        let f = Faithfulness {
+            y: 1.0,
+            o: 1.0 - drop / 100.0,
+            deletion: vec![1.0, 0.0],
+            insertion: vec![0.0, 1.0],
+        };
+        Row::new(image, method, 0, &f, 8, 10.0)
+    }
+
+    #[test]
+    fn rows_survive_a_round_trip_and_a_cut_last_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("per_image.csv");
+        row("a.jpg", "iscam", 10.0).append(&csv).unwrap();
+        row("b.jpg", "iscam", 30.0).append(&csv).unwrap();
+        let mut f = OpenOptions::new().append(true).open(&csv).unwrap();
+        f.write_all(b"c.jpg,iscam,0,0.5").unwrap(); // interrupted mid-row
+        assert_eq!(read_rows(&csv).unwrap().len(), 2);
+        row("d.jpg", "iscam", 20.0).append(&csv).unwrap(); // resumed
+        let rows = read_rows(&csv).unwrap();
+        assert_eq!(rows.len(), 3);
+        let rows: Vec<Row> = rows.into_iter().filter(|r| r.image != "d.jpg").collect();
+        assert!(done(&rows).contains(&("b.jpg".into(), "iscam".into())));
+        let s = &summarise(&rows, &["iscam".into()], 0)[0];
+        assert!((s.average_drop_percent.mean - 20.0).abs() < 1e-9);
+        assert!(s.average_drop_percent.low <= 20.0 && s.average_drop_percent.high >= 20.0);
+        assert_eq!(s.mean_deletion_curve, vec![1.0, 0.0]);
+    }
+}
