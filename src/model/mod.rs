@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use tract_onnx::prelude::tract_ndarray::{Array2, Array4, ArrayView4, Axis, Ix2, Ix4};
+use tract_onnx::prelude::tract_ndarray::{Array2, Array4, ArrayView4, Ix2, Ix4};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 
@@ -371,9 +371,4 @@ fn chain(e: &anyhow::Error) -> String {
         .map(|c| c.to_string())
         .collect::<Vec<_>>()
         .join(": ")
-}
-
-/// Logits of row `i` of a forward pass.
-pub fn row(logits: &Array2<f32>, i: usize) -> Vec<f32> {
-    logits.index_axis(Axis(0), i).to_vec()
 }
