@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use crate::cam::{CamParams, Method, Weighting};
 use crate::error::{Error, Result};
+use crate::model::{BatchPlan, ChannelOrder, ModelOptions, PreprocessOverrides};
 
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -85,11 +86,32 @@ pub struct ModelConfig {
     pub cam_layer: Option<String>,
     pub input_size: Option<u32>,
     pub resize: Option<u32>,
-    pub channel_order: Option<String>,
+    pub channel_order: Option<ChannelOrder>,
     pub mean: Option<[f32; 3]>,
     pub std: Option<[f32; 3]>,
     /// Inference threads; 0 = all cores.
     pub threads: usize,
+}
+
+impl ModelConfig {
+    /// What to load: the model at `path` (the configured one, or a default the caller found)
+    /// with these overrides.
+    pub fn options(&self, path: PathBuf, batch_plan: BatchPlan) -> ModelOptions {
+        ModelOptions {
+            path,
+            labels: self.labels.clone(),
+            cam_layer: self.cam_layer.clone(),
+            preprocess: PreprocessOverrides {
+                input_size: self.input_size,
+                resize: self.resize,
+                channel_order: self.channel_order,
+                mean: self.mean,
+                std: self.std,
+                pixel_max: None,
+            },
+            batch_plan,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -287,11 +309,6 @@ impl Config {
                 format!("{}x{} (expected 1..=8192)", s.width, s.height),
             ));
         }
-        if let Some(order) = &self.model.channel_order {
-            order
-                .parse::<crate::model::ChannelOrder>()
-                .map_err(|e| key_error("model.channel_order", e))?;
-        }
         self.cam.params()?;
         if !(0.0..=1.0).contains(&self.cam.min_confidence) {
             return Err(key_error(
@@ -405,6 +422,7 @@ mod tests {
             fps = 2.5
             [model]
             path = "/opt/m.onnx"
+            channel_order = "BGR"
             [cam]
             method = "scorecam"
             channels = 16
@@ -427,6 +445,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.device_id(), "cam7");
+        assert_eq!(c.model.channel_order, Some(ChannelOrder::Bgr));
         assert!(!c.source.loop_);
         assert_eq!(c.cam.interval, Duration::from_millis(500));
         assert_eq!((c.mqtt.qos.prediction, c.mqtt.outbox), (1, 50));
@@ -441,6 +460,7 @@ mod tests {
             ("[mqtt.qos]\nprediction = 2", "mqtt.qos.prediction"),
             ("[source]\nkind = \"images\"", "source.path"),
             ("[source]\nfps = 0", "source.fps"),
+            ("[model]\nchannel_order = \"GBR\"", "GBR"),
             ("[mqtt]\ncert = \"c.pem\"", "cert"),
         ] {
             let e = Config::parse(text).unwrap_err().to_string();

@@ -11,7 +11,8 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use iscamd::model::{BatchPlan, ChannelOrder, Classifier, ModelOptions, PreprocessOverrides};
+use iscamd::config::ModelConfig;
+use iscamd::model::{BatchPlan, ChannelOrder, Classifier};
 
 /// Classify camera frames with SqueezeNet on tract, and explain each decision with a
 /// Score-CAM / SS-CAM / IS-CAM heatmap.
@@ -147,21 +148,19 @@ impl ModelArgs {
     }
 
     pub fn load_path(&self, path: &std::path::Path, batch_plan: BatchPlan) -> Result<Classifier> {
-        let options = ModelOptions {
-            path: path.to_owned(),
+        let settings = ModelConfig {
+            path: None,
             labels: self.labels.clone(),
             cam_layer: self.cam_layer.clone(),
-            preprocess: PreprocessOverrides {
-                input_size: self.input_size,
-                resize: self.resize,
-                channel_order: self.channel_order,
-                mean: self.mean,
-                std: self.std,
-                pixel_max: None,
-            },
-            batch_plan,
+            input_size: self.input_size,
+            resize: self.resize,
+            channel_order: self.channel_order,
+            mean: self.mean,
+            std: self.std,
+            threads: self.threads.unwrap_or(0),
         };
-        Classifier::load(&options).context("cannot load the model")
+        Classifier::load(&settings.options(path.to_owned(), batch_plan))
+            .context("cannot load the model")
     }
 }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 use iscamd::config::{Config, SourceKind};
-use iscamd::model::{BatchPlan, Classifier, ModelOptions, PreprocessOverrides};
+use iscamd::model::{BatchPlan, Classifier};
 
 use super::ModelArgs;
 
@@ -79,26 +79,12 @@ impl RunArgs {
 
 /// Loads the model the config names (or the default model).
 fn load_model(config: &Config) -> Result<Classifier> {
-    let m = &config.model;
-    let path = match &m.path {
+    let path = match &config.model.path {
         Some(p) => p.clone(),
         None => ModelArgs::default_model_path()?,
     };
-    let options = ModelOptions {
-        path,
-        labels: m.labels.clone(),
-        cam_layer: m.cam_layer.clone(),
-        preprocess: PreprocessOverrides {
-            input_size: m.input_size,
-            resize: m.resize,
-            channel_order: m.channel_order.as_deref().map(str::parse).transpose()?,
-            mean: m.mean,
-            std: m.std,
-            pixel_max: None,
-        },
-        batch_plan: BatchPlan::PerSize,
-    };
-    Classifier::load(&options).context("cannot load the model")
+    Classifier::load(&config.model.options(path, BatchPlan::PerSize))
+        .context("cannot load the model")
 }
 
 pub fn run(args: RunArgs) -> Result<ExitCode> {

@@ -66,11 +66,13 @@ pub fn run(
                     .encode_image(&overlay);
                 seq += 1;
                 let heatmap = payload::Heatmap {
-                    schema: "iscamd.heatmap/1",
-                    device: &out.device,
-                    seq,
-                    frame: job.frame,
-                    ts: payload::timestamp(job.captured),
+                    header: payload::Header::new(
+                        "iscamd.heatmap/1",
+                        &out.device,
+                        seq,
+                        job.frame,
+                        job.captured,
+                    ),
                     class: job.analysis.class_score(&classifier, e.class),
                     method: MethodInfo {
                         name: e.params.method.name(),

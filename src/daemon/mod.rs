@@ -571,11 +571,13 @@ impl InferenceWorker {
             seq += 1;
             let top = analysis.top(&self.classifier, 5);
             let prediction = payload::Prediction {
-                schema: "iscamd.prediction/1",
-                device: &self.device,
-                seq,
-                frame: frame.number,
-                ts: payload::timestamp(frame.captured),
+                header: payload::Header::new(
+                    "iscamd.prediction/1",
+                    &self.device,
+                    seq,
+                    frame.number,
+                    frame.captured,
+                ),
                 model: &model_name,
                 top,
                 latency_ms: PredictionLatency {

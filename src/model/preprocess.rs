@@ -8,7 +8,7 @@ use tract_onnx::prelude::tract_ndarray::{Array3, ArrayViewMut3};
 use crate::error::{Error, Result};
 
 /// Order of the colour planes in the input tensor.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum ChannelOrder {
     Rgb,

@@ -18,13 +18,40 @@ pub struct PredictionLatency {
     pub inference: f64,
 }
 
+/// The fields every per-frame message starts with.
 #[derive(Serialize, Debug)]
-pub struct Prediction<'a> {
+pub struct Header<'a> {
     pub schema: &'static str,
     pub device: &'a str,
+    /// Counts messages of this kind: +1 each, so subscribers can detect loss.
     pub seq: u64,
+    /// The source frame number.
     pub frame: u64,
     pub ts: String,
+}
+
+impl<'a> Header<'a> {
+    pub fn new(
+        schema: &'static str,
+        device: &'a str,
+        seq: u64,
+        frame: u64,
+        captured: SystemTime,
+    ) -> Self {
+        Header {
+            schema,
+            device,
+            seq,
+            frame,
+            ts: timestamp(captured),
+        }
+    }
+}
+
+#[derive(Serialize, Debug)]
+pub struct Prediction<'a> {
+    #[serde(flatten)]
+    pub header: Header<'a>,
     pub model: &'a str,
     pub top: Vec<ClassScore>,
     pub latency_ms: PredictionLatency,
@@ -66,11 +93,8 @@ impl MapData {
 
 #[derive(Serialize, Debug)]
 pub struct Heatmap<'a> {
-    pub schema: &'static str,
-    pub device: &'a str,
-    pub seq: u64,
-    pub frame: u64,
-    pub ts: String,
+    #[serde(flatten)]
+    pub header: Header<'a>,
     pub class: ClassScore,
     pub method: MethodInfo,
     pub passes: usize,
