@@ -4,7 +4,10 @@ mod common;
 
 use std::process::{Command, Output};
 
-use common::{images_dir, model_path, F32_MODEL};
+use common::{image, images_dir, load, model_path, F32_MODEL};
+use iscamd::analyse::Analysis;
+use iscamd::cam::CamParams;
+use iscamd::source::decode_image;
 
 fn eval(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_iscamd"))
@@ -29,6 +32,8 @@ fn reports_every_method_and_resumes_an_interrupted_run() {
             &images,
             "--methods",
             "iscam:n=1,k=4",
+            "--sweep",
+            "iscam:n=1,k=2|4",
             "--steps",
             "4",
             "--limit",
@@ -47,8 +52,8 @@ fn reports_every_method_and_resumes_an_interrupted_run() {
     let rows_after_first = std::fs::read_to_string(&csv).unwrap();
     assert_eq!(
         rows_after_first.lines().count(),
-        1 + 3,
-        "header + iscam, random, center"
+        1 + 4,
+        "header + iscam k=4, random, center, iscam k=2"
     );
 
     // An interruption mid-row, then a run over two images: the first image's rows are kept
@@ -64,7 +69,7 @@ fn reports_every_method_and_resumes_an_interrupted_run() {
         "{}",
         String::from_utf8_lossy(&second.stderr)
     );
-    assert!(String::from_utf8_lossy(&second.stderr).contains("resuming: 3 result(s)"));
+    assert!(String::from_utf8_lossy(&second.stderr).contains("resuming: 4 result(s)"));
     let text = std::fs::read_to_string(&csv).unwrap();
     assert!(
         text.starts_with(&rows_after_first),
@@ -72,10 +77,10 @@ fn reports_every_method_and_resumes_an_interrupted_run() {
     );
     let mut reader = csv::Reader::from_path(&csv).unwrap();
     let complete = reader.records().filter(|r| r.is_ok()).count();
-    assert_eq!(complete, 6, "two images × three methods:\n{text}");
+    assert_eq!(complete, 8, "two images × four methods:\n{text}");
 
     let report = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
-    for method in ["iscam:n=1,k=4", "random", "center"] {
+    for method in ["iscam:n=1,k=4", "random", "center", "iscam:n=1,k=2"] {
         assert!(
             report
                 .lines()
@@ -86,13 +91,56 @@ fn reports_every_method_and_resumes_an_interrupted_run() {
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("report.json")).unwrap()).unwrap();
     let methods = json["methods"].as_array().unwrap();
-    assert_eq!(methods.len(), 3);
+    assert_eq!(methods.len(), 4);
     assert_eq!(
         methods[0]["mean_deletion_curve"].as_array().unwrap().len(),
         5,
         "steps + 1 points"
     );
     assert_eq!(methods[0]["passes_per_map"], 4.0);
+    assert_eq!(
+        methods[3]["passes_per_map"], 2.0,
+        "k=2 counts its own passes"
+    );
+    for name in ["curves", "cost"] {
+        let svg = std::fs::read_to_string(dir.path().join(format!("{name}.svg"))).unwrap();
+        assert!(
+            svg.contains("<svg") && svg.contains("iscam:n=1"),
+            "{name}.svg"
+        );
+        let png = ::image::open(dir.path().join(format!("{name}.png"))).unwrap();
+        assert_eq!((png.width(), png.height()), (1200, 460), "{name}.png");
+    }
+}
+
+/// A sweep over k scores once at the largest k: the smaller maps derived from it must be
+/// the maps a direct run computes.
+#[test]
+fn maps_derived_for_a_smaller_k_equal_direct_ones() {
+    let classifier = load(F32_MODEL);
+    let frame = decode_image(&image("n01440764_tench")).unwrap();
+    let analysis = Analysis::of_frame(&classifier, frame).unwrap();
+    let params = |k| CamParams::new("iscam", Some(2), Some(k)).unwrap();
+    let wide = analysis.explain(&classifier, None, &params(24), 2).unwrap();
+    let direct = analysis.explain(&classifier, None, &params(8), 2).unwrap();
+    let activations = analysis.activations.as_ref().unwrap().view();
+    let derived = wide.restricted(activations, 8).unwrap();
+    assert_eq!(derived.channels_used, direct.channels_used);
+    assert_eq!((derived.passes, direct.passes), (16, 16));
+    let diff = derived
+        .map
+        .iter()
+        .zip(&direct.map)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        diff <= 1e-6 * direct.map.iter().fold(0.0f32, |a, &b| a.max(b)),
+        "max |diff| {diff}"
+    );
+    assert!(
+        direct.restricted(activations, 24).is_none(),
+        "k=24 was never scored"
+    );
 }
 
 #[test]

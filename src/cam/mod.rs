@@ -128,6 +128,50 @@ pub fn weights(
 }
 
 impl Explanation {
+    /// The map this explanation would have been with only the top `k` channels by
+    /// variance (0 = all it used): top-K channels are a prefix of the same ranking, and
+    /// each channel's score depends on its own masks only, so no new passes are needed.
+    /// `None` when `k` asks for channels this explanation did not score. `millis` is this
+    /// run's time scaled by the share of channels kept: an estimate, not a measurement.
+    pub fn restricted(&self, activations: ArrayView3<f32>, k: usize) -> Option<Explanation> {
+        let channels = masks::select_channels(activations, k);
+        if !channels
+            .iter()
+            .all(|c| self.channels_used.binary_search(c).is_ok())
+        {
+            return None;
+        }
+        let keep = |scores: &[f64]| {
+            let mut kept = vec![0.0; scores.len()];
+            for &c in &channels {
+                kept[c] = scores[c];
+            }
+            kept
+        };
+        let prob_scores = keep(&self.prob_scores);
+        let logit_diff_scores = keep(&self.logit_diff_scores);
+        let weights = weights(
+            self.params.weighting,
+            &channels,
+            &prob_scores,
+            &logit_diff_scores,
+        );
+        Some(Explanation {
+            class: self.class,
+            params: CamParams {
+                channels: k,
+                ..self.params.clone()
+            },
+            passes: channels.len() * self.params.steps(),
+            map: weighted_map(activations, &weights),
+            millis: self.millis * channels.len() as f64 / self.channels_used.len().max(1) as f64,
+            channels_used: channels,
+            prob_scores,
+            logit_diff_scores,
+            weights,
+        })
+    }
+
     /// The same map under another weighting (the scores are shared: no new passes).
     pub fn reweighted(&self, activations: ArrayView3<f32>, weighting: Weighting) -> Array2<f32> {
         weighted_map(

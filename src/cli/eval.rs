@@ -19,7 +19,13 @@ pub struct EvalArgs {
     /// center are always added.
     #[arg(long, default_value = "scorecam,iscam:n=10,iscam:n=4,k=32")]
     pub methods: String,
-    /// Directory for per_image.csv, report.md and report.json. An existing per_image.csv is resumed.
+    /// Also evaluate every combination of a parameter sweep, e.g.
+    /// "iscam:n=1..10,k=8|16|32|64|128" (a..b: every whole number, a|b: a list). Specs that
+    /// differ only in k are scored once at the largest k. Repeatable.
+    #[arg(long, value_name = "SWEEP")]
+    pub sweep: Vec<String>,
+    /// Directory for per_image.csv, report.md, report.json and the plots (curves, cost; SVG
+    /// and PNG). An existing per_image.csv is resumed.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
     /// Evaluate only the first N images.
@@ -49,6 +55,15 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
     for control in ["random", "center"] {
         if !labels.iter().any(|l| l == control) {
             labels.push(control.into());
+        }
+    }
+    // The curves plot shows the methods asked for by name; a sweep's members would crowd it.
+    let curve_methods = labels.clone();
+    for sweep in &args.sweep {
+        for label in eval::expand_sweep(sweep)? {
+            if !labels.contains(&label) {
+                labels.push(label);
+            }
         }
     }
     let specs: Vec<MethodSpec> = labels
@@ -133,7 +148,8 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
     let summaries = eval::summarise(&rows, &labels, args.seed);
     let context = format!(
         "Model `{}`, {} image(s), class = top-1 of each image, weighting `{}`, {} deletion/insertion steps, insertion \
-         baseline: Gaussian blur σ = {} px of the input.",
+         baseline: Gaussian blur σ = {} px of the input. Maps of one method and steps that differ only in k are \
+         computed once at the largest k; the others' ms/map is that run's time × their share of its channels.",
         classifier.path().display(),
         wanted.len(),
         args.weighting.name(),
@@ -142,6 +158,9 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
     );
     let md = eval::write_report(&args.out, &summaries, &context)?;
     println!("{md}");
+    for plot in eval::write_plots(&args.out, &summaries, &curve_methods)? {
+        eprintln!("wrote {}", plot.display());
+    }
     Ok(tally.finish())
 }
 

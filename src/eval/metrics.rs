@@ -12,6 +12,10 @@ pub struct Faithfulness {
     pub y: f64,
     /// `p_c(x ⊙ L↑)`.
     pub o: f64,
+    /// `p_c(x ⊙ S↑)` for the control map `S` (the same values in other places).
+    pub o_control: f64,
+    /// Mean of `L↑`: how much of the image the map keeps in Average Drop.
+    pub coverage: f64,
     /// Deletion curve: `p_c` with the top `i/steps` of pixels removed, i = 0..=steps.
     pub deletion: Vec<f64>,
     /// Insertion curve: `p_c` with the top `i/steps` of pixels revealed on the blurred image.
@@ -21,11 +25,12 @@ pub struct Faithfulness {
 impl Faithfulness {
     /// `max(0, Y − O) / Y`, in percent.
     pub fn drop_percent(&self) -> f64 {
-        if self.y > 0.0 {
-            100.0 * (self.y - self.o).max(0.0) / self.y
-        } else {
-            0.0
-        }
+        drop_percent(self.y, self.o)
+    }
+
+    /// Average Drop's term for the control map.
+    pub fn control_drop_percent(&self) -> f64 {
+        drop_percent(self.y, self.o_control)
     }
 
     /// Whether the masked image scores higher than the original.
@@ -39,6 +44,14 @@ impl Faithfulness {
 
     pub fn insertion_auc(&self) -> f64 {
         auc(&self.insertion)
+    }
+}
+
+fn drop_percent(y: f64, o: f64) -> f64 {
+    if y > 0.0 {
+        100.0 * (y - o).max(0.0) / y
+    } else {
+        0.0
     }
 }
 
@@ -63,13 +76,15 @@ pub fn ranking(saliency: &Array2<f32>) -> Vec<usize> {
 }
 
 /// Scores a map. `saliency` is the display map `L↑` (`S×S`, in [0, 1]) over the input `x`
-/// (`[3,S,S]`, preprocessed); `blurred` is the insertion baseline; deletion replaces
-/// pixels with 0 (the mean colour in preprocessed space). `score` returns `p_c` for each
-/// input it is given (all inputs of one map come in one call, to be batched).
+/// (`[3,S,S]`, preprocessed); `control` another map scored like it for Average Drop;
+/// `blurred` is the insertion baseline; deletion replaces pixels with 0 (the mean colour
+/// in preprocessed space). `score` returns `p_c` for each input it is given (all inputs
+/// of one map come in one call, to be batched).
 pub fn faithfulness(
     x: &Array3<f32>,
     blurred: &Array3<f32>,
     saliency: &Array2<f32>,
+    control: &Array2<f32>,
     steps: usize,
     score: impl FnOnce(Vec<Array3<f32>>) -> Result<Vec<f64>>,
 ) -> Result<Faithfulness> {
@@ -77,13 +92,15 @@ pub fn faithfulness(
     assert_eq!(saliency.dim(), (h, w), "saliency must match the input");
     let pixels = h * w;
     let order = ranking(saliency);
-    let mut inputs = Vec::with_capacity(2 + 2 * (steps + 1));
+    let mut inputs = Vec::with_capacity(3 + 2 * (steps + 1));
     inputs.push(x.clone());
-    let mut masked = x.clone();
-    for mut plane in masked.axis_iter_mut(Axis(0)) {
-        plane.zip_mut_with(saliency, |v, &s| *v *= s);
+    for map in [saliency, control] {
+        let mut masked = x.clone();
+        for mut plane in masked.axis_iter_mut(Axis(0)) {
+            plane.zip_mut_with(map, |v, &s| *v *= s);
+        }
+        inputs.push(masked);
     }
-    inputs.push(masked);
     let count = |i: usize| (i * pixels + steps / 2) / steps.max(1);
     for (start, fill) in [(x, None), (blurred, Some(x))] {
         for i in 0..=steps {
@@ -102,8 +119,10 @@ pub fn faithfulness(
     Ok(Faithfulness {
         y: scores[0],
         o: scores[1],
-        deletion: scores[2..2 + n].to_vec(),
-        insertion: scores[2 + n..2 + 2 * n].to_vec(),
+        o_control: scores[2],
+        coverage: saliency.mean().unwrap_or(0.0) as f64,
+        deletion: scores[3..3 + n].to_vec(),
+        insertion: scores[3 + n..3 + 2 * n].to_vec(),
     })
 }
 
@@ -156,8 +175,16 @@ mod tests {
         let mut map = Array2::<f32>::zeros((4, 4));
         map.slice_mut(tract_onnx::prelude::tract_ndarray::s![0..2, 0..2])
             .fill(1.0);
-        let f = faithfulness(&x, &blurred, &map, 4, quarter_model).unwrap();
-        assert_eq!((f.y, f.o), (1.0, 1.0));
+        let control = map
+            .slice(tract_onnx::prelude::tract_ndarray::s![.., ..;-1])
+            .to_owned();
+        let f = faithfulness(&x, &blurred, &map, &control, 4, quarter_model).unwrap();
+        assert_eq!((f.y, f.o, f.coverage), (1.0, 1.0, 0.25));
+        assert_eq!(
+            f.control_drop_percent(),
+            100.0,
+            "the mirrored map misses the quarter"
+        );
         assert_eq!(f.drop_percent(), 0.0);
         assert!(!f.increased());
         // Removing the 4 important pixels first: 1, 0, 0, 0, 0.
@@ -171,11 +198,11 @@ mod tests {
         let x = Array3::<f32>::ones((3, 4, 4));
         let blurred = Array3::<f32>::zeros((3, 4, 4));
         let zero = Array2::<f32>::zeros((4, 4));
-        let f = faithfulness(&x, &blurred, &zero, 4, quarter_model).unwrap();
+        let f = faithfulness(&x, &blurred, &zero, &zero, 4, quarter_model).unwrap();
         assert_eq!(f.o, 0.0, "an all-zero map masks everything");
         assert_eq!(f.drop_percent(), 100.0);
         let constant = |inputs: Vec<Array3<f32>>| Ok(vec![0.3; inputs.len()]);
-        let f = faithfulness(&x, &blurred, &zero, 4, constant).unwrap();
+        let f = faithfulness(&x, &blurred, &zero, &zero, 4, constant).unwrap();
         assert_eq!((f.drop_percent(), f.increased()), (0.0, false));
         assert!((f.deletion_auc() - 0.3).abs() < 1e-12 && (f.insertion_auc() - 0.3).abs() < 1e-12);
     }

@@ -2,20 +2,23 @@
 //! of images — so that claims about methods (and our own defaults) rest on numbers.
 
 pub mod metrics;
+mod plot;
 mod report;
 
 use std::collections::HashSet;
 use std::path::Path;
 use std::time::Instant;
 
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tract_onnx::prelude::tract_ndarray::{Array2, Array3, Axis};
 
+pub use plot::write_plots;
 pub use report::{done, read_rows, summarise, write_report, MethodSummary, Row, CSV_HEADER};
 
 use crate::analyse::Analysis;
-use crate::cam::{display, CamParams, Method, Weighting};
+use crate::cam::{display, CamParams, Explanation, Method, Weighting};
 use crate::error::{Error, Result};
 use crate::model::{softmax, top_k, Classifier};
 use crate::source::decode_image;
@@ -110,6 +113,52 @@ impl MethodSpec {
     }
 }
 
+/// Expands a sweep such as `iscam:n=1..10,k=8|16|32` into one spec per combination
+/// (`iscam:n=1,k=8`, `iscam:n=1,k=16`, …): `a..b` is every whole number from a to b,
+/// `a|b|c` lists values.
+pub fn expand_sweep(sweep: &str) -> Result<Vec<String>> {
+    let bad = |reason: String| Error::invalid("sweep", format!("{sweep:?}: {reason}"));
+    let (name, args) = sweep
+        .split_once(':')
+        .ok_or_else(|| bad("expected METHOD:key=values,… e.g. iscam:n=1..10,k=8|16|32".into()))?;
+    let mut specs = vec![format!("{name}:")];
+    for arg in args.split(',').filter(|a| !a.is_empty()) {
+        let (key, values) = arg
+            .split_once('=')
+            .ok_or_else(|| bad(format!("{arg:?} is not key=values")))?;
+        let values: Vec<String> = match values.split_once("..") {
+            Some((a, b)) => {
+                let range = |v: &str| {
+                    v.parse::<usize>()
+                        .map_err(|_| bad(format!("{v:?} in {arg:?} is not a whole number")))
+                };
+                let (a, b) = (range(a)?, range(b)?);
+                if a > b || b - a >= 1000 {
+                    return Err(bad(format!(
+                        "{arg:?}: expected a..b with a ≤ b, at most 1000 values"
+                    )));
+                }
+                (a..=b).map(|v| v.to_string()).collect()
+            }
+            None => values.split('|').map(str::to_string).collect(),
+        };
+        specs = specs
+            .iter()
+            .flat_map(|s| {
+                let sep = if s.ends_with(':') { "" } else { "," };
+                values.iter().map(move |v| format!("{s}{sep}{key}={v}"))
+            })
+            .collect();
+        if specs.len() > 10_000 {
+            return Err(bad("more than 10000 combinations".into()));
+        }
+    }
+    Ok(specs
+        .into_iter()
+        .map(|s| s.trim_end_matches(':').to_string())
+        .collect())
+}
+
 /// Settings shared by every method.
 #[derive(Clone, Debug)]
 pub struct EvalOptions {
@@ -122,6 +171,10 @@ pub struct EvalOptions {
 }
 
 /// Evaluates every method not yet in `done` (image, method) on one image.
+///
+/// CAM specs that differ only in `k` are scored once, at the largest `k` asked for, and
+/// the others are derived from it ([`crate::cam::Explanation::restricted`]): a sweep over
+/// `k` costs no more passes than its largest member.
 pub fn evaluate_image(
     classifier: &Classifier,
     image: &Path,
@@ -147,28 +200,79 @@ pub fn evaluate_image(
     let (_, h, w) = activations.dim();
     let s = classifier.input_size();
     let blurred = metrics::blur(&analysis.input, options.blur_sigma);
+    let mut families: Vec<(CamParams, Explanation)> = Vec::new();
     for spec in todo {
         let t0 = Instant::now();
-        let (map, passes) = match &spec.kind {
+        let (map, passes, millis) = match &spec.kind {
             SpecKind::Cam(params) => {
-                let e = analysis.explain(classifier, Some(class), params, options.threads)?;
-                (e.map, e.passes)
+                let family = CamParams {
+                    channels: 0,
+                    ..params.clone()
+                };
+                let known = families.iter().find(|(f, _)| *f == family);
+                let e = match known
+                    .and_then(|(_, e)| e.restricted(activations.view(), params.channels))
+                {
+                    Some(e) => e,
+                    None => {
+                        let widest = widest(specs, &family);
+                        let e =
+                            analysis.explain(classifier, Some(class), &widest, options.threads)?;
+                        families.retain(|(f, _)| *f != family);
+                        families.push((family, e.clone()));
+                        e.restricted(activations.view(), params.channels)
+                            .expect("the widest run covers every k of its family")
+                    }
+                };
+                (e.map, e.passes, e.millis)
             }
-            SpecKind::Random => (random_map(h, w, options.seed, &name), 0),
-            SpecKind::Center => (center_map(h, w), 0),
+            SpecKind::Random => (random_map(h, w, options.seed, &name), 0, elapsed_ms(t0)),
+            SpecKind::Center => (center_map(h, w), 0, elapsed_ms(t0)),
         };
-        let millis = t0.elapsed().as_secs_f64() * 1e3;
         let saliency = display::display_map(&map, s, s);
+        let control = display::display_map(&shuffled(&map, options.seed, &name), s, s);
         let f = metrics::faithfulness(
             &analysis.input,
             &blurred,
             &saliency,
+            &control,
             options.steps,
             |inputs| class_probabilities(classifier, inputs, class, options.threads),
         )?;
         on_row(Row::new(&name, &spec.label, class, &f, passes, millis))?;
     }
     Ok(())
+}
+
+fn elapsed_ms(t0: Instant) -> f64 {
+    t0.elapsed().as_secs_f64() * 1e3
+}
+
+/// The member of `family` (CAM params up to `k`) with the most channels among `specs`.
+fn widest(specs: &[MethodSpec], family: &CamParams) -> CamParams {
+    let ks: Vec<usize> = specs
+        .iter()
+        .filter_map(|s| match &s.kind {
+            SpecKind::Cam(p)
+                if CamParams {
+                    channels: 0,
+                    ..p.clone()
+                } == *family =>
+            {
+                Some(p.channels)
+            }
+            _ => None,
+        })
+        .collect();
+    let k = if ks.contains(&0) {
+        0
+    } else {
+        ks.into_iter().max().unwrap_or(0)
+    };
+    CamParams {
+        channels: k,
+        ..family.clone()
+    }
 }
 
 /// `p_c` of each input, forwarded one per pass on `threads` threads.
@@ -208,11 +312,24 @@ pub fn class_probabilities(
 
 /// Uniform noise at the CAM resolution, seeded per image (so each image gets its own).
 fn random_map(h: usize, w: usize, seed: u64, image: &str) -> Array2<f32> {
-    let salt = image
-        .bytes()
-        .fold(0u64, |a, b| a.wrapping_mul(31).wrapping_add(b as u64));
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ salt);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ salt(image));
     Array2::from_shape_simple_fn((h, w), || rng.random::<f32>())
+}
+
+/// The map with its cells in a random order (seeded per image): the same values, so the
+/// same coverage, in the wrong places. What a map loses against it is what its
+/// placement is worth, whatever its coverage.
+fn shuffled(map: &Array2<f32>, seed: u64, image: &str) -> Array2<f32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ salt(image) ^ 0x5eed);
+    let mut values: Vec<f32> = map.iter().copied().collect();
+    values.shuffle(&mut rng);
+    Array2::from_shape_vec(map.dim(), values).expect("same shape")
+}
+
+fn salt(image: &str) -> u64 {
+    image
+        .bytes()
+        .fold(0u64, |a, b| a.wrapping_mul(31).wrapping_add(b as u64))
 }
 
 /// A centred Gaussian (σ = a quarter of the side) at the CAM resolution.
@@ -261,6 +378,24 @@ mod tests {
         ] {
             let e = MethodSpec::parse(bad, w, 0).unwrap_err().to_string();
             assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn sweeps_expand_and_refuse() {
+        assert_eq!(
+            expand_sweep("iscam:n=1..3,k=8|16").unwrap(),
+            vec![
+                "iscam:n=1,k=8",
+                "iscam:n=1,k=16",
+                "iscam:n=2,k=8",
+                "iscam:n=2,k=16",
+                "iscam:n=3,k=8",
+                "iscam:n=3,k=16"
+            ]
+        );
+        for bad in ["iscam", "iscam:n=3..1", "iscam:n=a..3", "iscam:n"] {
+            assert!(expand_sweep(bad).is_err(), "{bad}");
         }
     }
 

@@ -14,7 +14,7 @@ use super::metrics::Faithfulness;
 use crate::error::{Error, Result};
 
 pub const CSV_HEADER: &str =
-    "image,method,class,y,o,drop_percent,increase,deletion_auc,insertion_auc,passes,millis,deletion_curve,insertion_curve";
+    "image,method,class,y,o,drop_percent,increase,coverage,shuffled_drop_percent,deletion_auc,insertion_auc,passes,millis,deletion_curve,insertion_curve";
 
 /// One image × method.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -26,6 +26,10 @@ pub struct Row {
     pub o: f64,
     pub drop_percent: f64,
     pub increase: u8,
+    /// Mean of the display map: the share of the image Average Drop keeps.
+    pub coverage: f64,
+    /// Average Drop's term for the same map with its cells shuffled.
+    pub shuffled_drop_percent: f64,
     pub deletion_auc: f64,
     pub insertion_auc: f64,
     pub passes: usize,
@@ -67,6 +71,8 @@ impl Row {
             o: f.o,
             drop_percent: f.drop_percent(),
             increase: u8::from(f.increased()),
+            coverage: f.coverage,
+            shuffled_drop_percent: f.control_drop_percent(),
             deletion_auc: f.deletion_auc(),
             insertion_auc: f.insertion_auc(),
             passes,
@@ -186,6 +192,10 @@ pub struct MethodSummary {
     pub median_ms_per_map: f64,
     pub average_drop_percent: Estimate,
     pub average_increase_percent: Estimate,
+    /// Mean share of the image the maps keep (mean of `L↑`).
+    pub coverage: f64,
+    /// Average Drop of the same maps with their cells shuffled.
+    pub shuffled_average_drop_percent: Estimate,
     pub deletion_auc: Estimate,
     pub insertion_auc: Estimate,
     pub mean_deletion_curve: Vec<f64>,
@@ -227,6 +237,8 @@ pub fn summarise(rows: &[Row], order: &[String], seed: u64) -> Vec<MethodSummary
                 median_ms_per_map: ms[ms.len() / 2],
                 average_drop_percent: estimate(&col(|r| r.drop_percent), seed),
                 average_increase_percent: estimate(&col(|r| 100.0 * r.increase as f64), seed),
+                coverage: col(|r| r.coverage).iter().sum::<f64>() / rs.len() as f64,
+                shuffled_average_drop_percent: estimate(&col(|r| r.shuffled_drop_percent), seed),
                 deletion_auc: estimate(&col(|r| r.deletion_auc), seed),
                 insertion_auc: estimate(&col(|r| r.insertion_auc), seed),
                 mean_deletion_curve: mean_curve(rs.iter().map(|r| split(&r.deletion_curve))),
@@ -244,13 +256,15 @@ fn cell(e: &Estimate, digits: usize) -> String {
 pub fn write_report(out: &Path, summaries: &[MethodSummary], context: &str) -> Result<String> {
     let mut md = format!(
         "# iscamd eval\n\n{context}\n\nMeans with 95 % bootstrap confidence intervals. Lower is better for Average Drop and \
-         Deletion AUC, higher for Average Increase and Insertion AUC. Passes: masked forward passes per map.\n\n\
-         | method | images | passes/map | ms/map (median) | Avg Drop % ↓ | Avg Increase % ↑ | Deletion AUC ↓ | Insertion AUC ↑ |\n\
-         | --- | --- | --- | --- | --- | --- | --- | --- |\n"
+         Deletion AUC, higher for Average Increase and Insertion AUC. Passes: masked forward passes per map. \
+         Coverage: mean of the map over the image (what Average Drop keeps of it). \
+         Shuffled: Average Drop of the same map with its cells in random places (same coverage).\n\n\
+         | method | images | passes/map | ms/map (median) | Avg Drop % ↓ | Avg Increase % ↑ | Deletion AUC ↓ | Insertion AUC ↑ | coverage | Avg Drop % shuffled |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
     );
     for s in summaries {
         md.push_str(&format!(
-            "| {} | {} | {:.0} | {:.0} | {} | {} | {} | {} |\n",
+            "| {} | {} | {:.0} | {:.0} | {} | {} | {} | {} | {:.2} | {} |\n",
             s.method,
             s.images,
             s.passes_per_map,
@@ -259,6 +273,8 @@ pub fn write_report(out: &Path, summaries: &[MethodSummary], context: &str) -> R
             cell(&s.average_increase_percent, 1),
             cell(&s.deletion_auc, 4),
             cell(&s.insertion_auc, 4),
+            s.coverage,
+            cell(&s.shuffled_average_drop_percent, 2),
         ));
     }
     let write = |name: &str, bytes: &[u8]| {
@@ -284,6 +300,8 @@ mod tests {
         let f = Faithfulness {
             y: 1.0,
             o: 1.0 - drop / 100.0,
+            o_control: 1.0,
+            coverage: 0.5,
             deletion: vec![1.0, 0.0],
             insertion: vec![0.0, 1.0],
         };
