@@ -121,13 +121,12 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
         .sum::<usize>();
     bar.set_position(already as u64);
     bar.reset_eta();
-    for image in &images {
-        bar.set_message(
-            image
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-        );
+    for (i, image) in images.iter().enumerate() {
+        let name = image
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        bar.set_message(name.clone());
         let result = eval::evaluate_image(&classifier, image, &specs, &options, &done, |row| {
             bar.inc(1);
             row.append(&csv)
@@ -135,6 +134,18 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
         match result {
             Ok(()) => tally.ok += 1,
             Err(e) => bar.suspend(|| tally.fail(e)),
+        }
+        // Without a terminal (nohup, systemd, CI) the bar is hidden: log a line per image.
+        if bar.is_hidden() {
+            eprintln!(
+                "[{}/{}] {name}: {}/{} maps, {} elapsed, ETA {}",
+                i + 1,
+                images.len(),
+                bar.position(),
+                total,
+                humantime::format_duration(std::time::Duration::from_secs(bar.elapsed().as_secs())),
+                humantime::format_duration(std::time::Duration::from_secs(bar.eta().as_secs())),
+            );
         }
     }
     bar.finish_and_clear();

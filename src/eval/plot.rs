@@ -144,7 +144,8 @@ fn draw_cost(root: &Area, summaries: &[MethodSummary]) -> DrawResult<()> {
         }
     }
     let max_passes = cams.iter().map(|s| s.passes_per_map).fold(10.0, f64::max) * 1.5;
-    let panels: [(&str, fn(&MethodSummary) -> f64, bool); 2] = [
+    type Value = fn(&MethodSummary) -> f64;
+    let panels: [(&str, Value, bool); 2] = [
         (
             "Insertion AUC (higher is better)",
             |s| s.insertion_auc.mean,
