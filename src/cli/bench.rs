@@ -29,7 +29,8 @@ pub struct BenchArgs {
     /// Also time a symbolic-batch plan against per-size plans.
     #[arg(long)]
     pub symbolic: bool,
-    /// Heatmap latencies to time, as METHOD:STEPS:CHANNELS (channels 0 = all), comma-separated.
+    /// Heatmap latencies to time, as METHOD:STEPS:CHANNELS (channels 0 = all), comma-separated;
+    /// "none" times none.
     #[arg(
         long,
         value_delimiter = ',',
@@ -41,6 +42,12 @@ pub struct BenchArgs {
 }
 
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
+    let heatmaps: Vec<(&String, CamParams)> = args
+        .heatmaps
+        .iter()
+        .filter(|s| !s.is_empty() && *s != "none")
+        .map(|s| parse_heatmap(s).map(|p| (s, p)))
+        .collect::<Result<_>>()?;
     let frame = decode_image(&args.image)?;
     let models = if args.models.is_empty() {
         vec![args.model.model_path()?]
@@ -92,6 +99,9 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             }
         }
     }
+    if heatmaps.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
     let classifier = args.model.load_path(&models[0], BatchPlan::PerSize)?;
     let analysis = Analysis::of_frame(&classifier, frame)?;
     println!();
@@ -100,8 +110,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         "heatmap", "passes", "seconds", "ms/pass", "vs first"
     );
     let mut first = None;
-    for spec in &args.heatmaps {
-        let params = parse_heatmap(spec)?;
+    for (spec, params) in heatmaps {
         let t0 = Instant::now();
         let e = analysis.explain(&classifier, None, &params, threads)?;
         let secs = t0.elapsed().as_secs_f64();
