@@ -1,7 +1,7 @@
 //! Counters shared by the daemon's tasks, published periodically on `<p>/<d>/stats`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -25,6 +25,10 @@ pub struct Stats {
     pub messages_dropped_offline: AtomicU64,
     inference_us_total: AtomicU64,
     pub last_heatmap_ms: AtomicU64,
+    /// Reading a frame from the source.
+    pub capture_stage: Stage,
+    /// Analysing and publishing one frame.
+    pub inference_stage: Stage,
 }
 
 impl Default for Stats {
@@ -47,6 +51,8 @@ impl Default for Stats {
             messages_dropped_offline: AtomicU64::new(0),
             inference_us_total: AtomicU64::new(0),
             last_heatmap_ms: AtomicU64::new(0),
+            capture_stage: Stage::default(),
+            inference_stage: Stage::default(),
         }
     }
 }
@@ -127,9 +133,72 @@ impl Stats {
     }
 }
 
+/// When a thread's current step began, if it is in one.
+#[derive(Debug)]
+pub struct Stage {
+    epoch: Instant,
+    /// Milliseconds since `epoch` + 1 when the step began; 0 while idle.
+    busy_since: AtomicU64,
+}
+
+impl Default for Stage {
+    fn default() -> Self {
+        Stage {
+            epoch: Instant::now(),
+            busy_since: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Stage {
+    /// Marks the start of a step; the step ends when the guard is dropped.
+    pub fn step(&self) -> StepGuard<'_> {
+        self.busy_since
+            .store(self.epoch.elapsed().as_millis() as u64 + 1, Relaxed);
+        StepGuard(self)
+    }
+
+    /// How long the current step has been running (zero when idle).
+    pub fn stuck_for(&self) -> Duration {
+        match self.busy_since.load(Relaxed) {
+            0 => Duration::ZERO,
+            since => self
+                .epoch
+                .elapsed()
+                .saturating_sub(Duration::from_millis(since - 1)),
+        }
+    }
+}
+
+/// Ends a [`Stage`] step when dropped.
+pub struct StepGuard<'a>(&'a Stage);
+
+impl Drop for StepGuard<'_> {
+    fn drop(&mut self) {
+        self.0.busy_since.store(0, Relaxed);
+    }
+}
+
 /// Resident set size from /proc (Linux); `None` elsewhere.
 fn rss_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     Some(pages * 4096)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stage_is_stuck_only_inside_a_step() {
+        let stage = Stage::default();
+        assert_eq!(stage.stuck_for(), Duration::ZERO);
+        {
+            let _step = stage.step();
+            std::thread::sleep(Duration::from_millis(30));
+            assert!(stage.stuck_for() >= Duration::from_millis(25));
+        }
+        assert_eq!(stage.stuck_for(), Duration::ZERO);
+    }
 }

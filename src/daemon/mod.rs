@@ -11,6 +11,7 @@
 
 mod heatmap;
 mod latest;
+mod supervise;
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::mpsc::{sync_channel, SyncSender, TryRecvError, TrySendError};
@@ -240,7 +241,11 @@ async fn run_async(
                 let mut number = 0u64;
                 while !stopping.load(Relaxed) {
                     pacer.wait();
-                    match source.next_frame() {
+                    let next = {
+                        let _step = stats.capture_stage.step();
+                        source.next_frame()
+                    };
+                    match next {
                         Ok(Some(image)) => {
                             number += 1;
                             stats.frames_captured.fetch_add(1, Relaxed);
@@ -305,6 +310,7 @@ async fn run_async(
             interval: config.cam.interval,
             on_class_change: config.cam.on_class_change,
             min_confidence: config.cam.min_confidence,
+            hang_after: std::env::var(HANG_HOOK).ok().and_then(|v| v.parse().ok()),
         };
         std::thread::Builder::new()
             .name("iscamd-inference".into())
@@ -405,9 +411,12 @@ async fn run_async(
         })
     };
     drop(publish_tx);
+    let supervisor = tokio::spawn(supervise::run(stats.clone(), shutdown_rx.clone()));
 
     wait_for_shutdown(stop).await;
     tracing::info!("shutting down");
+    supervisor.abort();
+    supervise::stopping();
     stopping.store(true, Relaxed);
     frames.wake();
     let grace = config.device.shutdown_timeout;
@@ -527,7 +536,13 @@ struct InferenceWorker {
     interval: Duration,
     on_class_change: bool,
     min_confidence: f64,
+    /// Test hook ([`HANG_HOOK`]): hang after this many frames.
+    hang_after: Option<u64>,
 }
+
+/// Environment variable that makes the inference thread hang after N frames, so tests can
+/// check that the systemd watchdog stops being fed. Not for production use.
+pub const HANG_HOOK: &str = "ISCAMD_TEST_HANG_INFERENCE_AFTER";
 
 impl InferenceWorker {
     fn run(mut self) {
@@ -558,6 +573,17 @@ impl InferenceWorker {
             let Some(frame) = self.frames.take(Duration::from_millis(200)) else {
                 continue;
             };
+            let _step = self.stats.inference_stage.step();
+            if self
+                .hang_after
+                .is_some_and(|n| self.stats.frames_processed.load(Relaxed) >= n)
+            {
+                tracing::warn!("{HANG_HOOK}: hanging the inference thread");
+                while !self.stopping.load(Relaxed) {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                break;
+            }
             let analysis = match Analysis::of_frame(&self.classifier, frame.image) {
                 Ok(a) => Arc::new(a),
                 Err(e) => {

@@ -260,11 +260,16 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(config: &Path, dir: &Path) -> Self {
+        Self::start_with_env(config, dir, &[])
+    }
+
+    pub fn start_with_env(config: &Path, dir: &Path, env: &[(&str, &str)]) -> Self {
         let log = dir.join("iscamd.log");
         let child = Command::new(env!("CARGO_BIN_EXE_iscamd"))
             .args(["run", "--config"])
             .arg(config)
             .env("RUST_LOG", "iscamd=debug")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()

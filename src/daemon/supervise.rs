@@ -1,0 +1,108 @@
+//! systemd supervision over `sd_notify`: `READY=1` once the model is loaded and the first
+//! frame processed, `STATUS=` with frame rate and broker state, `WATCHDOG=1` only while
+//! the pipeline makes progress, `STOPPING=1` at shutdown. Without `NOTIFY_SOCKET` (not
+//! under systemd) every notification is a no-op.
+//!
+//! Progress is judged per [`Stage`]: a thread marks when it starts a step (reading a frame,
+//! analysing one) and when it finishes; a stage stuck in one step for longer than the
+//! watchdog's ping interval starves the watchdog, and systemd restarts the service. A
+//! stage that is waiting (for a frame, for the pacer) is not stuck.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sd_notify::NotifyState;
+use tokio::sync::watch;
+
+use crate::stats::Stats;
+
+/// Tells systemd we are stopping.
+pub fn stopping() {
+    notify(&[NotifyState::Stopping]);
+}
+
+fn notify(states: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::debug!("sd_notify: {e}");
+    }
+}
+
+/// The supervision task: runs until `shutdown`.
+pub async fn run(stats: Arc<Stats>, mut shutdown: watch::Receiver<bool>) {
+    let watchdog = sd_notify::watchdog_enabled();
+    // systemd asks for pings at half the watchdog timeout; without a watchdog, STATUS
+    // still goes out now and then.
+    let period = watchdog.map_or(Duration::from_secs(10), |w| {
+        (w / 2).max(Duration::from_millis(50))
+    });
+    if let Some(w) = watchdog {
+        tracing::info!(
+            "systemd watchdog: {w:?}, pinging every {period:?} while the pipeline makes progress"
+        );
+    }
+    let mut ready = false;
+    let mut starved = false;
+    loop {
+        let wait = if ready {
+            period
+        } else {
+            Duration::from_millis(100)
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => return,
+        }
+        if !ready {
+            if stats.frames_processed.load(Relaxed) == 0 {
+                continue;
+            }
+            ready = true;
+            notify(&[NotifyState::Ready, NotifyState::Status(&status(&stats))]);
+            continue;
+        }
+        let stuck = [
+            ("capture", &stats.capture_stage),
+            ("inference", &stats.inference_stage),
+        ]
+        .into_iter()
+        .find(|(_, s)| s.stuck_for() > period);
+        match stuck {
+            None => {
+                starved = false;
+                let status = status(&stats);
+                if watchdog.is_some() {
+                    notify(&[NotifyState::Watchdog, NotifyState::Status(&status)]);
+                } else {
+                    notify(&[NotifyState::Status(&status)]);
+                }
+            }
+            Some((name, stage)) => {
+                let message = format!(
+                    "stalled: {name} stuck in one step for {:.1} s",
+                    stage.stuck_for().as_secs_f64()
+                );
+                if !starved {
+                    tracing::error!("{message}: not feeding the watchdog");
+                    starved = true;
+                }
+                notify(&[NotifyState::Status(&message)]);
+            }
+        }
+    }
+}
+
+fn status(stats: &Stats) -> String {
+    let s = stats.snapshot("");
+    format!(
+        "{:.1} fps, {} predictions, {} heatmaps, broker {}",
+        s.fps,
+        s.predictions,
+        s.heatmaps,
+        if s.connected {
+            "connected"
+        } else {
+            "disconnected"
+        }
+    )
+}

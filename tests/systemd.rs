@@ -1,0 +1,240 @@
+//! Running under systemd: the unit file verifies, and the daemon speaks sd_notify as
+//! specified — READY after the first frame, WATCHDOG only while the pipeline makes
+//! progress, STOPPING at SIGTERM — to a notification socket the test owns.
+
+mod common;
+
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::broker::{Daemon, Mosquitto};
+use common::{images_dir, model_path, F32_MODEL};
+
+const UNIT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/iscamd.service");
+
+fn systemd_analyze() -> Option<Command> {
+    let found = Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "systemd-analyze is required under CI (apt-get install systemd)"
+        );
+        eprintln!("systemd-analyze not installed: unit file not checked");
+        return None;
+    }
+    Some(Command::new("systemd-analyze"))
+}
+
+#[test]
+fn unit_file_verifies_and_is_hardened() {
+    let Some(_) = systemd_analyze() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    // verify insists that ExecStart exists: point it at the binary under test.
+    let unit = std::fs::read_to_string(UNIT)
+        .unwrap()
+        .replace("/usr/local/bin/iscamd", env!("CARGO_BIN_EXE_iscamd"));
+    let path = dir.path().join("iscamd.service");
+    std::fs::write(&path, unit).unwrap();
+    let verify = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&verify.stderr).to_string()
+        + &String::from_utf8_lossy(&verify.stdout);
+    assert!(
+        verify.status.success() && said.trim().is_empty(),
+        "systemd-analyze verify:\n{said}"
+    );
+
+    let security = Command::new("systemd-analyze")
+        .args(["security", "--offline=yes"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&security.stdout);
+    let exposure: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.split("Overall exposure level for iscamd.service: ")
+                .nth(1)
+        })
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in:\n{text}"));
+    eprintln!("systemd-analyze security: exposure {exposure}");
+    assert!(
+        exposure <= 2.0,
+        "exposure {exposure} (was 1.7): the unit lost hardening"
+    );
+}
+
+fn write_config(dir: &Path, port: u16) -> std::path::PathBuf {
+    let path = dir.join("iscamd.toml");
+    let text = format!(
+        r#"
+[device]
+id = "cam-systemd"
+shutdown_timeout = "3s"
+
+[source]
+kind = "images"
+path = "{images}"
+loop = true
+fps = 10
+
+[model]
+path = "{model}"
+
+[cam]
+interval = "0s"
+
+[mqtt]
+host = "127.0.0.1"
+port = {port}
+"#,
+        images = images_dir().display(),
+        model = model_path(F32_MODEL).display(),
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Notifications received, in order, with when they arrived.
+struct Notifications {
+    socket: UnixDatagram,
+    got: Vec<(Instant, String)>,
+}
+
+impl Notifications {
+    fn bind(path: &Path) -> Self {
+        let socket = UnixDatagram::bind(path).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        Notifications {
+            socket,
+            got: Vec::new(),
+        }
+    }
+
+    /// Collects datagrams for `time`.
+    fn collect(&mut self, time: Duration) {
+        let end = Instant::now() + time;
+        let mut buf = [0u8; 4096];
+        while Instant::now() < end {
+            if let Ok(n) = self.socket.recv(&mut buf) {
+                for line in String::from_utf8_lossy(&buf[..n]).lines() {
+                    self.got.push((Instant::now(), line.to_string()));
+                }
+            }
+        }
+    }
+
+    fn count_since(&self, since: Instant, what: &str) -> usize {
+        self.got
+            .iter()
+            .filter(|(t, l)| *t >= since && l == what)
+            .count()
+    }
+
+    fn lines(&self) -> Vec<&str> {
+        self.got.iter().map(|(_, l)| l.as_str()).collect()
+    }
+}
+
+fn start(dir: &Path, broker: &Mosquitto, extra_env: &[(&str, &str)]) -> (Daemon, Notifications) {
+    let socket_path = dir.join("notify.sock");
+    let notifications = Notifications::bind(&socket_path);
+    let config = write_config(dir, broker.port);
+    let socket = socket_path.to_str().unwrap().to_string();
+    let mut env = vec![
+        ("NOTIFY_SOCKET", socket.as_str()),
+        ("WATCHDOG_USEC", "1000000"),
+    ];
+    env.extend_from_slice(extra_env);
+    (Daemon::start_with_env(&config, dir, &env), notifications)
+}
+
+#[test]
+fn ready_watchdog_and_stopping_arrive_as_specified() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut daemon, mut notes) = start(dir.path(), &broker, &[]);
+    notes.collect(Duration::from_secs(8));
+    let lines = notes.lines();
+    let ready = lines.iter().position(|l| *l == "READY=1");
+    let first_ping = lines.iter().position(|l| *l == "WATCHDOG=1");
+    assert!(
+        ready.is_some() && first_ping.is_some() && ready < first_ping,
+        "READY=1 before the first WATCHDOG=1:\n{lines:?}\n{}",
+        daemon.log_text()
+    );
+    // WatchdogSec = 1 s: a ping every 0.5 s once ready.
+    let pings = lines.iter().filter(|l| **l == "WATCHDOG=1").count();
+    assert!(pings >= 6, "{pings} pings in 8 s:\n{lines:?}");
+    let status = lines
+        .iter()
+        .rev()
+        .find(|l| l.starts_with("STATUS="))
+        .expect("STATUS lines")
+        .to_string();
+    assert!(
+        status.contains("fps") && status.contains("broker connected"),
+        "{status}"
+    );
+
+    assert!(daemon.terminate().success(), "{}", daemon.log_text());
+    notes.collect(Duration::from_millis(300));
+    assert!(notes.lines().contains(&"STOPPING=1"), "{:?}", notes.lines());
+    eprintln!("{pings} watchdog pings in 8 s; last {status}");
+}
+
+#[test]
+fn a_hung_inference_thread_starves_the_watchdog() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut daemon, mut notes) = start(
+        dir.path(),
+        &broker,
+        &[("ISCAMD_TEST_HANG_INFERENCE_AFTER", "5")],
+    );
+    notes.collect(Duration::from_secs(4));
+    assert!(
+        notes.lines().contains(&"READY=1"),
+        "{:?}\n{}",
+        notes.lines(),
+        daemon.log_text()
+    );
+    assert!(
+        daemon.log_text().contains("hanging the inference thread"),
+        "{}",
+        daemon.log_text()
+    );
+    // Give the stall one ping interval to be noticed, then expect silence.
+    notes.collect(Duration::from_secs(1));
+    let quiet_from = Instant::now();
+    notes.collect(Duration::from_secs(3));
+    let pings = notes.count_since(quiet_from, "WATCHDOG=1");
+    assert_eq!(
+        pings,
+        0,
+        "watchdog fed while inference hangs:\n{:?}",
+        notes.lines()
+    );
+    assert!(
+        notes
+            .lines()
+            .iter()
+            .any(|l| l.starts_with("STATUS=stalled: inference")),
+        "{:?}",
+        notes.lines()
+    );
+    assert!(daemon.log_text().contains("not feeding the watchdog"));
+    daemon.terminate();
+}
