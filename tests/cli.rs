@@ -230,4 +230,81 @@ fn a_file_that_is_not_a_model_is_refused() {
     ]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("garbage.onnx"), "{}", stderr(&out));
+
+    // The daemon too: it exits non-zero (so systemd's Restart=on-failure applies) and says why.
+    let config = dir.path().join("iscamd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[source]\nkind = \"pattern\"\n[model]\npath = \"{}\"\n[mqtt]\nhost = \"127.0.0.1\"\n",
+            garbage.display()
+        ),
+    )
+    .unwrap();
+    // (Without $ISCAMD_MODEL, which would take precedence over the config file.)
+    let out = Command::new(env!("CARGO_BIN_EXE_iscamd"))
+        .args(["run", "--config", s(&config)])
+        .env_remove("ISCAMD_MODEL")
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("garbage.onnx"), "{}", stderr(&out));
+}
+
+/// A full disk (here /dev/full, which fails every write with ENOSPC) is an error that names
+/// the file, never a panic, for every file iscamd writes.
+#[test]
+fn a_full_disk_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let heatmap = dir.path().join("n01440764_tench.heatmap.png");
+    std::os::unix::fs::symlink("/dev/full", &heatmap).unwrap();
+    let out = iscamd(&[
+        "explain",
+        "--steps",
+        "1",
+        "--channels",
+        "2",
+        "--out",
+        s(dir.path()),
+        s(&image("n01440764_tench")),
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("n01440764_tench.heatmap") && err.contains("No space left on device"),
+        "{err}"
+    );
+
+    let eval_dir = tempfile::tempdir().unwrap();
+    let eval = |out: &Path| {
+        iscamd(&[
+            "eval",
+            "--methods",
+            "iscam:n=1,k=2",
+            "--steps",
+            "2",
+            "--out",
+            s(out),
+            s(&image("n01440764_tench")),
+        ])
+    };
+    std::os::unix::fs::symlink("/dev/full", eval_dir.path().join("report.md")).unwrap();
+    let out = eval(eval_dir.path());
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("report.md") && err.contains("No space left on device"),
+        "{err}"
+    );
+    // per_image.csv is read to resume: a device there is refused, not read forever.
+    let odd_dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink("/dev/full", odd_dir.path().join("per_image.csv")).unwrap();
+    let out = eval(odd_dir.path());
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("per_image.csv: is not a regular file"),
+        "{err}"
+    );
 }

@@ -127,8 +127,12 @@ fn ends_with_newline(path: &Path) -> bool {
 /// Rows already in `per_image.csv` (none when it does not exist). A last line cut short
 /// by an interruption is ignored.
 pub fn read_rows(csv_path: &Path) -> Result<Vec<Row>> {
-    if !csv_path.exists() {
-        return Ok(Vec::new());
+    match std::fs::metadata(csv_path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::input(csv_path, e)),
+        // A device or pipe would be read forever (/dev/zero) or consumed.
+        Ok(m) if !m.is_file() => return Err(Error::input(csv_path, "is not a regular file")),
+        Ok(_) => {}
     }
     let mut reader = csv::Reader::from_path(csv_path).map_err(|e| Error::input(csv_path, e))?;
     let header = reader
