@@ -177,7 +177,7 @@ pub fn run(
         .thread_name("iscamd-io")
         .build()
         .map_err(|e| Error::invalid("runtime", e))?;
-    runtime.block_on(run_async(
+    let result = runtime.block_on(run_async(
         config,
         Arc::new(classifier),
         source,
@@ -185,7 +185,11 @@ pub fn run(
         device,
         params,
         stop,
-    ))
+    ));
+    // Dropping the runtime would wait for a heatmap abandoned at shutdown (minutes for a
+    // full IS-CAM): shutdown is bounded by `shutdown_timeout`, not by the heatmap.
+    runtime.shutdown_background();
+    result
 }
 
 async fn run_async(
