@@ -24,6 +24,13 @@ pub struct EvalArgs {
     /// differ only in k are scored once at the largest k. Repeatable.
     #[arg(long, value_name = "SWEEP")]
     pub sweep: Vec<String>,
+    /// Name the cheapest method (fewest passes) whose Insertion AUC and Average Drop are
+    /// within --tolerance of this one's, e.g. "iscam:n=10" (added to the methods if absent).
+    #[arg(long, value_name = "SPEC")]
+    pub baseline: Option<String>,
+    /// Relative tolerance for --baseline, in percent.
+    #[arg(long, default_value_t = 2.0, value_name = "PERCENT")]
+    pub tolerance: f64,
     /// Directory for per_image.csv, report.md, report.json and the plots (curves, cost; SVG
     /// and PNG). An existing per_image.csv is resumed.
     #[arg(long, value_name = "DIR")]
@@ -51,7 +58,18 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
     if !(1..=1000).contains(&args.steps) {
         bail!("--steps {}: expected 1..=1000", args.steps);
     }
+    if !(0.0..100.0).contains(&args.tolerance) {
+        bail!(
+            "--tolerance {}: expected a percentage in [0, 100)",
+            args.tolerance
+        );
+    }
     let mut labels = split_specs(&args.methods);
+    if let Some(b) = &args.baseline {
+        if !labels.contains(b) {
+            labels.push(b.clone());
+        }
+    }
     for control in ["random", "center"] {
         if !labels.iter().any(|l| l == control) {
             labels.push(control.into());
@@ -167,7 +185,11 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
         args.steps,
         options.blur_sigma
     );
-    let md = eval::write_report(&args.out, &summaries, &context)?;
+    let pick = args
+        .baseline
+        .as_deref()
+        .and_then(|b| eval::pick_cheapest(&summaries, b, args.tolerance / 100.0));
+    let md = eval::write_report(&args.out, &summaries, pick.as_ref(), &context)?;
     println!("{md}");
     for plot in eval::write_plots(&args.out, &summaries, &curve_methods)? {
         eprintln!("wrote {}", plot.display());

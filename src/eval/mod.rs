@@ -15,7 +15,9 @@ use rand_chacha::ChaCha8Rng;
 use tract_onnx::prelude::tract_ndarray::{Array2, Array3, Axis};
 
 pub use plot::write_plots;
-pub use report::{done, read_rows, summarise, write_report, MethodSummary, Row, CSV_HEADER};
+pub use report::{
+    done, pick_cheapest, read_rows, summarise, write_report, MethodSummary, Pick, Row, CSV_HEADER,
+};
 
 use crate::analyse::Analysis;
 use crate::cam::{display, CamParams, Explanation, Method, Weighting};

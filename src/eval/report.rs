@@ -256,8 +256,47 @@ fn cell(e: &Estimate, digits: usize) -> String {
     format!("{:.d$} [{:.d$}, {:.d$}]", e.mean, e.low, e.high, d = digits)
 }
 
+/// The cheapest method that is as faithful as a baseline: fewer passes per map, Insertion
+/// AUC at least `(1 − tolerance)` times the baseline's and Average Drop at most
+/// `(1 + tolerance)` times it. Ties in passes go to the higher Insertion AUC.
+#[derive(Clone, Debug, Serialize)]
+pub struct Pick {
+    pub baseline: String,
+    pub tolerance_percent: f64,
+    /// `None` when nothing cheaper qualifies.
+    pub method: Option<String>,
+    /// Baseline passes ÷ picked passes.
+    pub pass_ratio: Option<f64>,
+}
+
+pub fn pick_cheapest(summaries: &[MethodSummary], baseline: &str, tolerance: f64) -> Option<Pick> {
+    let base = summaries.iter().find(|s| s.method == baseline)?;
+    let ins = base.insertion_auc.mean * (1.0 - tolerance);
+    let drop = base.average_drop_percent.mean * (1.0 + tolerance);
+    let best = summaries
+        .iter()
+        .filter(|s| s.passes_per_map > 0.0 && s.passes_per_map < base.passes_per_map)
+        .filter(|s| s.insertion_auc.mean >= ins && s.average_drop_percent.mean <= drop)
+        .min_by(|a, b| {
+            a.passes_per_map
+                .total_cmp(&b.passes_per_map)
+                .then(b.insertion_auc.mean.total_cmp(&a.insertion_auc.mean))
+        });
+    Some(Pick {
+        baseline: baseline.to_string(),
+        tolerance_percent: tolerance * 100.0,
+        method: best.map(|s| s.method.clone()),
+        pass_ratio: best.map(|s| base.passes_per_map / s.passes_per_map),
+    })
+}
+
 /// Writes `report.md` and `report.json` into `out`; returns the Markdown.
-pub fn write_report(out: &Path, summaries: &[MethodSummary], context: &str) -> Result<String> {
+pub fn write_report(
+    out: &Path,
+    summaries: &[MethodSummary],
+    pick: Option<&Pick>,
+    context: &str,
+) -> Result<String> {
     let mut md = format!(
         "# iscamd eval\n\n{context}\n\nMeans with 95 % bootstrap confidence intervals. Lower is better for Average Drop and \
          Deletion AUC, higher for Average Increase and Insertion AUC. Passes: masked forward passes per map. \
@@ -281,12 +320,24 @@ pub fn write_report(out: &Path, summaries: &[MethodSummary], context: &str) -> R
             cell(&s.shuffled_average_drop_percent, 2),
         ));
     }
+    if let Some(p) = pick {
+        md.push_str(&match (&p.method, p.pass_ratio) {
+            (Some(m), Some(r)) => format!(
+                "\nCheapest within {}% of `{}` (Insertion AUC and Average Drop): **`{m}`**, {r:.1}× fewer passes.\n",
+                p.tolerance_percent, p.baseline
+            ),
+            _ => format!(
+                "\nNothing cheaper than `{}` is within {}% of it on both Insertion AUC and Average Drop.\n",
+                p.baseline, p.tolerance_percent
+            ),
+        });
+    }
     let write = |name: &str, bytes: &[u8]| {
         let p = out.join(name);
         std::fs::write(&p, bytes).map_err(|e| Error::input(&p, format!("cannot write: {e}")))
     };
     write("report.md", md.as_bytes())?;
-    let json = serde_json::json!({ "context": context, "methods": summaries });
+    let json = serde_json::json!({ "context": context, "methods": summaries, "pick": pick });
     write(
         "report.json",
         serde_json::to_string_pretty(&json)
@@ -330,5 +381,33 @@ mod tests {
         assert!((s.average_drop_percent.mean - 20.0).abs() < 1e-9);
         assert!(s.average_drop_percent.low <= 20.0 && s.average_drop_percent.high >= 20.0);
         assert_eq!(s.mean_deletion_curve, vec![1.0, 0.0]);
+    }
+
+    #[test]
+    fn the_pick_is_the_cheapest_within_tolerance() {
+        let at = |method: &str, passes: usize, drop: f64| {
+            let mut r = row("a.jpg", method, drop);
+            r.passes = passes;
+            r
+        };
+        let rows = vec![
+            at("full", 5000, 20.0),
+            at("good", 64, 20.3),
+            at("better-but-dearer", 128, 19.0),
+            at("cheap-but-worse", 8, 25.0),
+            at("random", 0, 10.0),
+        ];
+        let order: Vec<String> = rows.iter().map(|r| r.method.clone()).collect();
+        let summaries = summarise(&rows, &order, 0);
+        let pick = pick_cheapest(&summaries, "full", 0.02).unwrap();
+        assert_eq!(pick.method.as_deref(), Some("good"));
+        assert!((pick.pass_ratio.unwrap() - 5000.0 / 64.0).abs() < 1e-9);
+        let strict = pick_cheapest(&summaries, "full", 0.0).unwrap();
+        assert_eq!(
+            strict.method.as_deref(),
+            Some("better-but-dearer"),
+            "19 ≤ 20 qualifies at 0 %"
+        );
+        assert!(pick_cheapest(&summaries, "absent", 0.02).is_none());
     }
 }
