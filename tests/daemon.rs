@@ -73,6 +73,16 @@ fn setup(filter: &str, fps: u32, extra: &str) -> Setup {
     }
 }
 
+/// Waits for the daemon's first prediction: it is up, the model loaded.
+fn first_prediction(observer: &Observer) {
+    observer.wait_for(
+        &topic("prediction"),
+        Duration::from_secs(30),
+        "a prediction",
+        |m| !m.is_empty(),
+    );
+}
+
 fn check_prediction(p: &serde_json::Value) {
     check_prediction_for(p, DEVICE)
 }
@@ -104,7 +114,8 @@ fn publishes_predictions_heatmaps_stats_and_availability() {
     } = setup(
         "iscamd/#",
         5,
-        "[cam]\ninterval = \"2s\"\n[mqtt.qos]\nprediction = 1\nheatmap = 1\n",
+        // 32 channels: the default (128) would make this test wait minutes under CI load.
+        "[cam]\ninterval = \"2s\"\nchannels = 32\n[mqtt.qos]\nprediction = 1\nheatmap = 1\n",
     );
 
     observer.wait_for(
@@ -224,12 +235,7 @@ fn sigkill_leaves_offline_through_the_last_will() {
         mut daemon,
         _dir,
     } = setup("iscamd/#", 5, "[cam]\ninterval = \"0s\"\n");
-    observer.wait_for(
-        &topic("prediction"),
-        Duration::from_secs(30),
-        "a prediction",
-        |m| !m.is_empty(),
-    );
+    first_prediction(&observer);
     assert_eq!(
         retained(broker.port, &topic("availability")).as_deref(),
         Some("online")
@@ -257,12 +263,7 @@ fn commands_are_validated_answered_and_never_stop_predictions() {
         mut daemon,
         _dir,
     } = setup("iscamd/#", 5, extra);
-    observer.wait_for(
-        &topic("prediction"),
-        Duration::from_secs(30),
-        "a prediction",
-        |m| !m.is_empty(),
-    );
+    first_prediction(&observer);
 
     observer.publish(
         &topic("cmd"),
@@ -635,12 +636,7 @@ fn a_256_mib_command_costs_a_reconnect_and_nothing_else() {
         5,
         "[mqtt.qos]\nprediction = 1\n[cam]\ninterval = \"0s\"\n",
     );
-    observer.wait_for(
-        &topic("prediction"),
-        Duration::from_secs(30),
-        "a prediction",
-        |m| !m.is_empty(),
-    );
+    first_prediction(&observer);
     let (client, pump) = big_publisher(broker.port);
     let payload = vec![b'{'; (256 << 20) - 1024];
     client
@@ -698,12 +694,7 @@ fn a_flood_of_1000_commands_per_second_is_rate_limited_and_predictions_keep_flow
         mut daemon,
         _dir,
     } = setup("iscamd/#", 5, "[cam]\ninterval = \"0s\"\n");
-    observer.wait_for(
-        &topic("prediction"),
-        Duration::from_secs(30),
-        "a prediction",
-        |m| !m.is_empty(),
-    );
+    first_prediction(&observer);
     let (client, pump) = big_publisher(broker.port);
     let start = std::time::Instant::now();
     let mut sent = 0;

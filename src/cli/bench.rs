@@ -34,7 +34,7 @@ pub struct BenchArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "iscam:4:32,scorecam:1:0,iscam:10:0"
+        default_value = "iscam:3:128,scorecam:1:0,iscam:10:0"
     )]
     pub heatmaps: Vec<String>,
     #[command(flatten)]

@@ -17,7 +17,7 @@ pub struct EvalArgs {
     /// Methods, comma-separated, e.g. "scorecam,sscam:n=35,sigma=2,iscam:n=10,iscam:n=4,k=32"
     /// (n = steps, k = top-K channels by variance, default all). The controls random and
     /// center are always added.
-    #[arg(long, default_value = "scorecam,iscam:n=10,iscam:n=4,k=32")]
+    #[arg(long, default_value = "scorecam,iscam:n=10,iscam:n=3,k=128")]
     pub methods: String,
     /// Also evaluate every combination of a parameter sweep, e.g.
     /// "iscam:n=1..10,k=8|16|32|64|128" (a..b: every whole number, a|b: a list). Specs that
