@@ -53,9 +53,20 @@ fn draw(out: &Path, paint: impl FnOnce(&Area) -> DrawResult<()>) -> Result<Strin
     Ok(svg)
 }
 
+/// Series colours: Tableau 10, then Set 1, so a sweep's dozen lines stay distinct.
 fn colour(i: usize) -> RGBColor {
-    let c = colorous::TABLEAU10[i % colorous::TABLEAU10.len()];
+    let palette: Vec<colorous::Color> = colorous::TABLEAU10
+        .iter()
+        .chain(colorous::SET1.iter())
+        .copied()
+        .collect();
+    let c = palette[i % palette.len()];
     RGBColor(c.r, c.g, c.b)
+}
+
+/// The controls, drawn as thin grey lines.
+fn control_colour(i: usize) -> RGBColor {
+    [RGBColor(90, 90, 90), RGBColor(170, 170, 170)][i % 2]
 }
 
 fn draw_curves(root: &Area, methods: &[&MethodSummary]) -> DrawResult<()> {
@@ -158,18 +169,22 @@ fn draw_cost(root: &Area, summaries: &[MethodSummary]) -> DrawResult<()> {
         ),
     ];
     for (area, (title, value, percent)) in root.split_evenly((1, 2)).iter().zip(panels) {
-        let top = summaries.iter().map(value).fold(0.0, f64::max);
-        let y_max = if percent {
-            (top * 1.1).clamp(1.0, 100.0)
-        } else {
-            1.0
-        };
+        // Fit the axis to the data: the differences between methods are a few percent.
+        let (lo, hi) = summaries
+            .iter()
+            .map(value)
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), v| {
+                (l.min(v), h.max(v))
+            });
+        let pad = ((hi - lo) * 0.1).max(if percent { 1.0 } else { 0.01 });
+        let ceiling = if percent { 100.0 } else { 1.0 };
+        let (y_min, y_max) = ((lo - pad).max(0.0), (hi + pad).min(ceiling));
         let mut chart = ChartBuilder::on(area)
             .caption(title, (FONT, 16))
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(50)
-            .build_cartesian_2d((1f64..max_passes).log_scale(), 0f64..y_max)?;
+            .build_cartesian_2d((1f64..max_passes).log_scale(), y_min..y_max)?;
         chart
             .configure_mesh()
             .x_desc("masked forward passes per map (log)")
@@ -193,7 +208,7 @@ fn draw_cost(root: &Area, summaries: &[MethodSummary]) -> DrawResult<()> {
             )?;
         }
         for (j, s) in controls.iter().enumerate() {
-            let style = colour(families.len() + j).mix(0.6).stroke_width(1);
+            let style = control_colour(j).stroke_width(1);
             let y = value(s);
             chart
                 .draw_series(LineSeries::new([(1.0, y), (max_passes, y)], style))?
