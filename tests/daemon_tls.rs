@@ -32,10 +32,11 @@ fn make_certificates(dir: &Path) {
     std::fs::write(dir.join("server.key"), server_key.serialize_pem()).unwrap();
 }
 
-fn config(dir: &Path, tls_port: u16, ca: &str, password: &str) -> std::path::PathBuf {
+/// A config whose password file holds `password` with permissions `mode`.
+fn config(dir: &Path, tls_port: u16, ca: &str, password: &str, mode: u32) -> std::path::PathBuf {
     let pw = dir.join(format!("password-{password}"));
     std::fs::write(&pw, format!("{password}\n")).unwrap();
-    std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
     let path = dir.join(format!("iscamd-{password}-{ca}.toml"));
     std::fs::write(
         &path,
@@ -95,7 +96,7 @@ fn tls_with_password_accepts_the_right_credentials_and_refuses_wrong_ones() {
 
     // Right CA and password: connected, publishing.
     let good = Daemon::start(
-        &config(certs.path(), tls_port, "ca.pem", "s3cret"),
+        &config(certs.path(), tls_port, "ca.pem", "s3cret", 0o600),
         certs.path(),
     );
     observer.wait_for(
@@ -104,21 +105,30 @@ fn tls_with_password_accepts_the_right_credentials_and_refuses_wrong_ones() {
         "predictions over TLS",
         |m| !m.is_empty(),
     );
+    assert!(!good.log_text().contains("readable by every user"));
     drop(good);
 
     // Wrong password: a clear error, retried with backoff, never an exit or a spin.
     let dir = tempfile::tempdir().unwrap();
     let mut wrong_password = Daemon::start(
-        &config(certs.path(), tls_port, "ca.pem", "guess"),
+        &config(certs.path(), tls_port, "ca.pem", "guess", 0o644),
         dir.path(),
     );
     // Wrong CA: the TLS handshake fails.
     let dir2 = tempfile::tempdir().unwrap();
     let mut wrong_ca = Daemon::start(
-        &config(certs.path(), tls_port, "other-ca.pem", "s3cret"),
+        &config(certs.path(), tls_port, "other-ca.pem", "s3cret", 0o600),
         dir2.path(),
     );
     std::thread::sleep(Duration::from_secs(8));
+    // A password anyone on the machine can read is worth a warning.
+    assert!(
+        wrong_password
+            .log_text()
+            .contains("password-guess is readable by every user: chmod 600"),
+        "{}",
+        wrong_password.log_text()
+    );
     for (daemon, expected) in [
         (&mut wrong_password, "authentication failed"),
         (&mut wrong_ca, "TLS failed"),
