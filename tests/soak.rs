@@ -6,8 +6,9 @@
 //! SOAK_SECONDS=120 SOAK_RESTART_EVERY=30 cargo test --release --test soak -- --ignored --nocapture
 //! ```
 //!
-//! It prints, and checks: QoS-1 predictions delivered without gaps or duplicates across
-//! every restart, RSS growth after warm-up under 5 MiB, no file-descriptor growth.
+//! It prints, and checks: QoS-1 predictions delivered without gaps across every restart
+//! (at most one duplicate per restart: at-least-once), RSS growth after warm-up under
+//! 5 MiB, no file-descriptor growth.
 
 mod common;
 
@@ -162,10 +163,12 @@ fn soak() {
         restarts >= 1,
         "the soak must restart the broker at least once"
     );
-    assert_eq!(
-        (missing, duplicates),
-        (0, 0),
-        "QoS-1 predictions lost or repeated"
+    // QoS 1 is at-least-once: a broker stopped between receiving a message and
+    // acknowledging it gets it again after the restart. Consumers deduplicate by `seq`.
+    assert_eq!(missing, 0, "QoS-1 predictions lost");
+    assert!(
+        duplicates <= restarts,
+        "{duplicates} duplicates for {restarts} restarts"
     );
     assert!(
         rss_growth < 5.0 * 1048576.0,
