@@ -744,3 +744,35 @@ fn a_flood_of_1000_commands_per_second_is_rate_limited_and_predictions_keep_flow
     assert!(daemon.child.try_wait().unwrap().is_none());
     assert!(daemon.terminate().success());
 }
+
+#[test]
+fn a_retained_command_is_ignored_not_replayed_at_every_connect() {
+    let broker = Mosquitto::start();
+    let (client, pump) = big_publisher(broker.port);
+    client
+        .publish(
+            topic("cmd"),
+            rumqttc::QoS::AtLeastOnce,
+            true,
+            r#"{"id":"r","cmd":"set","interval":"0s"}"#,
+        )
+        .unwrap();
+    client.disconnect().unwrap();
+    pump.join().unwrap();
+    let observer = Observer::connect(broker.port, "iscamd/#");
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), broker.port, 5, "");
+    let mut daemon = Daemon::start(&config, dir.path());
+    first_prediction(&observer);
+    wait_for_log(
+        &daemon,
+        "ignoring a retained command",
+        Duration::from_secs(10),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        observer.on(&topic("cmd/result")).is_empty(),
+        "a retained command was answered"
+    );
+    assert!(daemon.terminate().success());
+}

@@ -182,7 +182,16 @@ impl Connection {
             Event::Incoming(Packet::Publish(p)) => {
                 if p.topic == self.settings.topics.command() {
                     self.stats.commands.fetch_add(1, Relaxed);
-                    if incoming
+                    if p.retain {
+                        // A retained command would run again at every reconnect.
+                        self.stats.commands_rejected.fetch_add(1, Relaxed);
+                        tracing::warn!(
+                            "ignoring a retained command on {}: commands act once; clear it with \
+                             `mosquitto_pub -r -n -t {}`",
+                            p.topic,
+                            p.topic
+                        );
+                    } else if incoming
                         .try_send(Incoming::Command(p.payload.to_vec()))
                         .is_err()
                     {
