@@ -93,6 +93,7 @@ path = "{model}"
 
 [cam]
 interval = "0s"
+on_class_change = false
 
 [mqtt]
 host = "127.0.0.1"
