@@ -3,10 +3,10 @@
 //! the pipeline makes progress, `STOPPING=1` at shutdown. Without `NOTIFY_SOCKET` (not
 //! under systemd) every notification is a no-op.
 //!
-//! Progress is judged per [`Stage`](crate::stats::Stage): a thread marks when it starts a step (reading a frame,
-//! analysing one) and when it finishes; a stage stuck in one step for longer than the
-//! watchdog's ping interval starves the watchdog, and systemd restarts the service. A
-//! stage that is waiting (for a frame, for the pacer) is not stuck.
+//! Progress is judged per [`Stage`](crate::stats::Stage): a thread marks when it starts
+//! a step (reading a frame, analysing one) and when it finishes; a stage stuck in one step
+//! for longer than the watchdog's ping interval starves the watchdog, and systemd restarts
+//! the service. A stage that is waiting (for a frame, for the pacer) is not stuck.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
