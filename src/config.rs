@@ -406,7 +406,11 @@ mod tests {
         let c = Config::parse("").unwrap();
         assert_eq!(c.mqtt.prefix, "iscamd");
         assert_eq!(c.cam.interval, Duration::from_secs(30));
-        assert_eq!(c.cam.params().unwrap().steps(), 4);
+        let p = c.cam.params().unwrap();
+        assert_eq!(
+            (p.steps(), p.channels),
+            (crate::cam::REDUCED_N_STEPS, crate::cam::REDUCED_N_CHANNELS)
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use tract_onnx::prelude::tract_ndarray::{Array2, Array3, ArrayView3, Axis};
 
-pub use method::{CamParams, Method, Weighting};
+pub use method::{CamParams, Method, Weighting, REDUCED_N_CHANNELS, REDUCED_N_STEPS};
 
 use crate::error::{Error, Result};
 use crate::model::{softmax, Classifier};
