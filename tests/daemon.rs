@@ -114,8 +114,8 @@ fn publishes_predictions_heatmaps_stats_and_availability() {
     } = setup(
         "iscamd/#",
         5,
-        // 32 channels: the default (128) would make this test wait minutes under CI load.
-        "[cam]\ninterval = \"2s\"\nchannels = 32\n[mqtt.qos]\nprediction = 1\nheatmap = 1\n",
+        // 4 × 32 passes: the default (3 × 128) would make this test wait minutes under CI load.
+        "[cam]\ninterval = \"2s\"\nsteps = 4\nchannels = 32\n[mqtt.qos]\nprediction = 1\nheatmap = 1\n",
     );
 
     observer.wait_for(
