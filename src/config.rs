@@ -8,7 +8,9 @@ use serde::Deserialize;
 
 use crate::cam::{CamParams, Method, Weighting};
 use crate::error::{Error, Result};
-use crate::model::{BatchPlan, ChannelOrder, ModelOptions, PreprocessOverrides};
+use crate::model::{
+    BackendKind, BatchPlan, ChannelOrder, ModelOptions, OrtOptions, PreprocessOverrides, Provider,
+};
 
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -91,6 +93,18 @@ pub struct ModelConfig {
     pub std: Option<[f32; 3]>,
     /// Inference threads; 0 = all cores.
     pub threads: usize,
+    /// `tract` (default, built in) or `ort` (ONNX Runtime; needs the `ort` feature).
+    pub backend: BackendKind,
+    /// ONNX Runtime execution providers in order of preference; default `["cpu"]`.
+    pub providers: Vec<Provider>,
+    /// ONNX Runtime library (`libonnxruntime.so`); default: `$ORT_DYLIB_PATH`.
+    pub ort_library: Option<PathBuf>,
+    /// TensorRT: allow FP16 / INT8 kernels.
+    pub tensorrt_fp16: bool,
+    pub tensorrt_int8: bool,
+    /// TensorRT engine cache, so an engine is built once; default
+    /// `$STATE_DIRECTORY/tensorrt` under systemd.
+    pub engine_cache: Option<PathBuf>,
 }
 
 impl ModelConfig {
@@ -110,6 +124,18 @@ impl ModelConfig {
                 pixel_max: None,
             },
             batch_plan,
+            backend: self.backend,
+            ort: OrtOptions {
+                library: self.ort_library.clone(),
+                providers: self.providers.clone(),
+                threads: self.threads,
+                tensorrt_fp16: self.tensorrt_fp16,
+                tensorrt_int8: self.tensorrt_int8,
+                engine_cache: self.engine_cache.clone().or_else(|| {
+                    std::env::var_os("STATE_DIRECTORY")
+                        .map(|d| PathBuf::from(d).join("tensorrt"))
+                }),
+            },
         }
     }
 }
@@ -307,6 +333,21 @@ impl Config {
             return Err(key_error(
                 "source.width/height",
                 format!("{}x{} (expected 1..=8192)", s.width, s.height),
+            ));
+        }
+        let model = &self.model;
+        if model.backend != BackendKind::Ort
+            && (!model.providers.is_empty() || model.ort_library.is_some())
+        {
+            return Err(key_error(
+                "model.providers/ort_library",
+                "apply to backend = \"ort\" only; set [model] backend = \"ort\" or remove them",
+            ));
+        }
+        if model.backend == BackendKind::Ort && cfg!(not(feature = "ort")) {
+            return Err(key_error(
+                "model.backend",
+                "\"ort\" is not built in; rebuild with `cargo build --release --features ort`",
             ));
         }
         self.cam.params()?;

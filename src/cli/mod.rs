@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use iscamd::config::ModelConfig;
-use iscamd::model::{BatchPlan, ChannelOrder, Classifier};
+use iscamd::model::{BackendKind, BatchPlan, ChannelOrder, Classifier, Provider};
 
 /// Classify camera frames with SqueezeNet on tract, and explain each decision with a
 /// Score-CAM / SS-CAM / IS-CAM heatmap.
@@ -109,6 +109,14 @@ pub struct ModelArgs {
     /// CPU threads for inference. Default: all cores.
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+    /// What runs the model: tract (built in) or ort (ONNX Runtime, feature `ort`; the
+    /// library comes from $ORT_DYLIB_PATH).
+    #[arg(long, env = "ISCAMD_BACKEND", value_name = "NAME", default_value = "tract", value_parser = parse_backend)]
+    pub backend: BackendKind,
+    /// ONNX Runtime execution providers in order of preference, e.g. "tensorrt,cuda,cpu";
+    /// each must register or loading fails. Default: cpu.
+    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = parse_provider)]
+    pub providers: Vec<Provider>,
 }
 
 impl ModelArgs {
@@ -158,10 +166,21 @@ impl ModelArgs {
             mean: self.mean,
             std: self.std,
             threads: self.threads.unwrap_or(0),
+            backend: self.backend,
+            providers: self.providers.clone(),
+            ..ModelConfig::default()
         };
         Classifier::load(&settings.options(path.to_owned(), batch_plan))
             .context("cannot load the model")
     }
+}
+
+fn parse_backend(s: &str) -> Result<BackendKind, String> {
+    s.parse().map_err(|e: iscamd::Error| e.to_string())
+}
+
+fn parse_provider(s: &str) -> Result<Provider, String> {
+    s.parse().map_err(|e: iscamd::Error| e.to_string())
 }
 
 fn parse_channel_order(s: &str) -> Result<ChannelOrder, String> {

@@ -1,23 +1,26 @@
-//! The classifier: an ONNX model run by tract, returning in one forward pass both the
-//! class logits and the activations of the CAM layer.
+//! The classifier: an ONNX model run by a [`Backend`] (tract, or ONNX Runtime with the
+//! `ort` feature), returning in one forward pass both the class logits and the
+//! activations of the CAM layer.
 
+mod backend;
 mod labels;
+#[cfg(feature = "ort")]
+mod ort;
 mod preprocess;
+mod tract;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
-use tract_onnx::prelude::tract_ndarray::{Array2, Array4, ArrayView4, Ix2, Ix4};
+use tract_onnx::prelude::tract_ndarray::{Array2, Array4, ArrayD, ArrayView4, Ix4};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 
+pub use backend::{Backend, BackendKind, OrtOptions, Provider};
 pub use labels::Labels;
 pub use preprocess::{ChannelOrder, Preprocess, PreprocessMetadata, PreprocessOverrides};
 
 use crate::error::{Error, Result};
-
-type Plan = Arc<TypedRunnableModel>;
 
 /// How the model is made runnable for different batch sizes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -37,7 +40,11 @@ pub struct ModelOptions {
     /// Tensor name of the CAM layer (metadata key `cam_layer`).
     pub cam_layer: Option<String>,
     pub preprocess: PreprocessOverrides,
+    /// tract only.
     pub batch_plan: BatchPlan,
+    pub backend: BackendKind,
+    /// ONNX Runtime only.
+    pub ort: OrtOptions,
 }
 
 /// Shape of the CAM layer's activations for one image.
@@ -61,10 +68,7 @@ pub struct Forward {
 /// A loaded model, ready to run from several threads at once.
 pub struct Classifier {
     path: PathBuf,
-    /// Parsed graph with outputs selected, input fact not yet fixed.
-    graph: InferenceModel,
-    plans: Mutex<HashMap<usize, Plan>>,
-    symbolic: Option<Plan>,
+    backend: Box<dyn Backend>,
     preprocess: Preprocess,
     labels: Labels,
     cam: Option<CamLayer>,
@@ -169,32 +173,33 @@ impl Classifier {
         )
         .map_err(|e| Error::model(&path, e))?;
 
-        let mut classifier = Classifier {
-            path: path.clone(),
-            graph,
-            plans: Mutex::new(HashMap::new()),
-            symbolic: None,
-            preprocess,
-            labels: Labels::numbered(0),
-            cam: None,
-            classes: 0,
-            output_is_probability: metadata
-                .get("output_kind")
-                .is_some_and(|k| k == "probabilities"),
-            metadata,
+        let input_size = preprocess.input_size as usize;
+        let backend: Box<dyn Backend> = match options.backend {
+            BackendKind::Tract => Box::new(tract::TractBackend::new(
+                path.clone(),
+                graph,
+                input_size,
+                options.batch_plan,
+            )?),
+            #[cfg(feature = "ort")]
+            BackendKind::Ort => {
+                let input = graph.node(graph.inputs[0].node).name.clone();
+                Box::new(ort::OrtBackend::load(&path, &input, &outputs, &options.ort)?)
+            }
+            #[cfg(not(feature = "ort"))]
+            BackendKind::Ort => {
+                return Err(Error::model(
+                    &path,
+                    "backend \"ort\" is not built in: rebuild with `cargo build --release --features ort`",
+                ))
+            }
         };
-        let plan = classifier.plan(1)?;
-        let model = plan.model();
-        let fact_shape = |i: usize| -> Result<Vec<usize>> {
-            let fact = model.output_fact(i).map_err(|e| Error::model(&path, e))?;
-            let shape = fact
-                .shape
-                .as_concrete()
-                .ok_or_else(|| Error::model(&path, format!("output {i} has no concrete shape")))?;
-            Ok(shape.to_vec())
-        };
-        let logits_shape = fact_shape(0)?;
-        classifier.classes = match logits_shape.as_slice() {
+
+        // One pass on a blank image tells the output shapes, whatever the backend.
+        let blank = Tensor::zero::<f32>(&[1, 3, input_size, input_size])
+            .map_err(|e| Error::model(&path, chain(&e)))?;
+        let (logits, activations) = backend.run(blank, 1)?;
+        let classes = match logits.shape() {
             [1, n] => *n,
             other => {
                 return Err(Error::model(
@@ -203,8 +208,8 @@ impl Classifier {
                 ))
             }
         };
-        if let Some(name) = cam_name {
-            classifier.cam = match fact_shape(1)?.as_slice() {
+        let cam = match (cam_name, activations) {
+            (Some(name), Some(a)) => match a.shape() {
                 [1, c, h, w] => Some(CamLayer {
                     name,
                     channels: *c,
@@ -219,11 +224,21 @@ impl Classifier {
                         ),
                     ))
                 }
-            };
-        }
-        if options.batch_plan == BatchPlan::Symbolic {
-            classifier.symbolic = Some(classifier.build_plan(None)?);
-        }
+            },
+            _ => None,
+        };
+        let mut classifier = Classifier {
+            path: path.clone(),
+            backend,
+            preprocess,
+            labels: Labels::numbered(0),
+            cam,
+            classes,
+            output_is_probability: metadata
+                .get("output_kind")
+                .is_some_and(|k| k == "probabilities"),
+            metadata,
+        };
         let labels_path = options.labels.clone().or_else(|| {
             Labels::beside_model(&path, classifier.metadata.get("labels").map(String::as_str))
         });
@@ -280,31 +295,17 @@ impl Classifier {
 
     /// Runs a batch already held as a tract tensor (avoids a copy on hot paths).
     pub fn forward_tensor(&self, input: Tensor, batch: usize) -> Result<Forward> {
-        let plan = match &self.symbolic {
-            Some(p) => p.clone(),
-            None => self.plan(batch)?,
+        let (logits, activations) = self.backend.run(input, batch)?;
+        let shape_error = |what: &str, e: &dyn std::fmt::Display| {
+            Error::Inference(format!("{what} of unexpected shape: {e}"))
         };
-        let mut outputs = plan
-            .run(tvec!(input.into()))
-            .map_err(|e| Error::Inference(chain(&e)))?;
-        let activations = if self.cam.is_some() {
-            let a = outputs.pop().expect("plan has two outputs").into_tensor();
-            Some(
-                a.into_plain_array::<f32>()
-                    .and_then(|a| Ok(a.into_dimensionality::<Ix4>()?))
-                    .map_err(|e| Error::Inference(chain(&e)))?,
-            )
-        } else {
-            None
-        };
-        let logits = outputs.pop().expect("plan has an output").into_tensor();
+        let activations = activations
+            .map(ArrayD::into_dimensionality::<Ix4>)
+            .transpose()
+            .map_err(|e| shape_error("activations", &e))?;
         let mut logits = logits
-            .into_plain_array::<f32>()
-            .and_then(|a| {
-                Ok(a.into_shape_with_order((batch, self.classes.max(1)))?
-                    .into_dimensionality::<Ix2>()?)
-            })
-            .map_err(|e| Error::Inference(chain(&e)))?;
+            .into_shape_with_order((batch, self.classes))
+            .map_err(|e| shape_error("logits", &e))?;
         if self.output_is_probability {
             logits.mapv_inplace(|p| p.max(f32::MIN_POSITIVE).ln());
         }
@@ -314,38 +315,9 @@ impl Classifier {
         })
     }
 
-    /// The optimised plan for batch size `batch`, built on first use.
-    fn plan(&self, batch: usize) -> Result<Plan> {
-        if let Some(p) = self.plans.lock().expect("plan cache poisoned").get(&batch) {
-            return Ok(p.clone());
-        }
-        let plan = self.build_plan(Some(batch))?;
-        self.plans
-            .lock()
-            .expect("plan cache poisoned")
-            .insert(batch, plan.clone());
-        Ok(plan)
-    }
-
-    fn build_plan(&self, batch: Option<usize>) -> Result<Plan> {
-        let s = self.input_size();
-        let n: TDim = match batch {
-            Some(b) => b.into(),
-            None => self.graph.symbols.sym("N").into(),
-        };
-        let fact =
-            InferenceFact::dt_shape(f32::datum_type(), tvec![n, 3.into(), s.into(), s.into()]);
-        self.graph
-            .clone()
-            .with_input_fact(0, fact)
-            .and_then(|m| m.into_optimized())
-            .and_then(|m| m.into_runnable())
-            .map_err(|e| {
-                Error::model(
-                    &self.path,
-                    format!("cannot be prepared for input [N,3,{s},{s}]: {}", chain(&e)),
-                )
-            })
+    /// What runs the model, e.g. `tract` or `ort (cuda, cpu)`.
+    pub fn backend(&self) -> String {
+        self.backend.describe()
     }
 }
 

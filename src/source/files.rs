@@ -62,13 +62,19 @@ pub fn expand_inputs(paths: &[PathBuf]) -> Vec<Result<PathBuf>> {
 /// A JPEG cut short is refused rather than decoded with a grey lower part.
 pub fn decode_image(path: &Path) -> Result<RgbImage> {
     let bytes = std::fs::read(path).map_err(|e| Error::input(path, format!("cannot read: {e}")))?;
-    let mut reader = ImageReader::new(Cursor::new(&bytes))
+    decode_image_bytes(&bytes, path)
+}
+
+/// Decodes an encoded image held in memory, as [`decode_image`] does a file; `path`
+/// only names its origin in errors.
+pub fn decode_image_bytes(bytes: &[u8], path: &Path) -> Result<RgbImage> {
+    let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| Error::input(path, format!("cannot read: {e}")))?;
     let format = reader
         .format()
         .ok_or_else(|| Error::input(path, "not an image (unrecognised file format)"))?;
-    if format == ImageFormat::Jpeg && !has_jpeg_end_marker(&bytes) {
+    if format == ImageFormat::Jpeg && !has_jpeg_end_marker(bytes) {
         return Err(Error::input(
             path,
             "cannot decode image: truncated JPEG (no end-of-image marker)",

@@ -4,5 +4,5 @@
 mod files;
 mod frames;
 
-pub use files::{decode_image, expand_inputs, is_image_path};
+pub use files::{decode_image, decode_image_bytes, expand_inputs, is_image_path};
 pub use frames::{Frame, FrameSource, ImageFiles, Pacer, Pattern};

@@ -1,0 +1,117 @@
+//! The engine that runs the graph: tract (always built in) or ONNX Runtime (feature `ort`).
+//! Everything above it — preprocessing, labels, the CAM layer, every CAM method — is shared.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::Deserialize;
+use tract_onnx::prelude::Tensor;
+use tract_onnx::prelude::tract_ndarray::ArrayD;
+
+use crate::error::{Error, Result};
+
+/// Runs a batch of preprocessed inputs and returns the selected outputs.
+pub trait Backend: Send + Sync {
+    /// What runs the model, for logs and `iscamd check` (e.g. `tract` or `ort: cuda, cpu`).
+    fn describe(&self) -> String;
+
+    /// Runs `input` (`[batch, 3, s, s]`) and returns the logits and, when a CAM layer was
+    /// selected at load time, its activations — as the graph gives them.
+    fn run(&self, input: Tensor, batch: usize) -> Result<(ArrayD<f32>, Option<ArrayD<f32>>)>;
+}
+
+/// Which backend loads the model (`[model] backend`, `--backend`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// tract: pure Rust, SIMD kernels on any CPU, nothing to install.
+    #[default]
+    Tract,
+    /// ONNX Runtime, loaded at run time (needs the `ort` feature and libonnxruntime).
+    Ort,
+}
+
+impl FromStr for BackendKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "tract" => Ok(BackendKind::Tract),
+            "ort" => Ok(BackendKind::Ort),
+            other => Err(Error::invalid(
+                "backend",
+                format!("{other:?} (expected tract or ort)"),
+            )),
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendKind::Tract => "tract",
+            BackendKind::Ort => "ort",
+        })
+    }
+}
+
+/// ONNX Runtime execution providers, in the order a user prefers them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    TensorRt,
+    Cuda,
+    Cpu,
+}
+
+impl FromStr for Provider {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "tensorrt" => Ok(Provider::TensorRt),
+            "cuda" => Ok(Provider::Cuda),
+            "cpu" => Ok(Provider::Cpu),
+            other => Err(Error::invalid(
+                "provider",
+                format!("{other:?} (expected tensorrt, cuda or cpu)"),
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Provider::TensorRt => "tensorrt",
+            Provider::Cuda => "cuda",
+            Provider::Cpu => "cpu",
+        })
+    }
+}
+
+/// How the ONNX Runtime backend is set up; ignored by tract.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OrtOptions {
+    /// `libonnxruntime.so`; `None`: the `ORT_DYLIB_PATH` environment variable.
+    pub library: Option<std::path::PathBuf>,
+    /// Execution providers in order of preference; each must register or loading fails.
+    pub providers: Vec<Provider>,
+    /// Intra-op threads; 0 lets ONNX Runtime choose (one per core).
+    pub threads: usize,
+    pub tensorrt_fp16: bool,
+    pub tensorrt_int8: bool,
+    /// Where TensorRT keeps built engines, so that they are built once.
+    pub engine_cache: Option<std::path::PathBuf>,
+}
+
+impl Default for OrtOptions {
+    fn default() -> Self {
+        OrtOptions {
+            library: None,
+            providers: vec![Provider::Cpu],
+            threads: 0,
+            tensorrt_fp16: false,
+            tensorrt_int8: false,
+            engine_cache: None,
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! The tract backend: an optimised plan per batch size (or one symbolic plan).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use tract_onnx::prelude::tract_ndarray::ArrayD;
+use tract_onnx::prelude::*;
+
+use super::{chain, Backend, BatchPlan};
+use crate::error::{Error, Result};
+
+type Plan = Arc<TypedRunnableModel>;
+
+pub struct TractBackend {
+    path: PathBuf,
+    /// Parsed graph with outputs selected, input fact not yet fixed.
+    graph: InferenceModel,
+    input_size: usize,
+    plans: Mutex<HashMap<usize, Plan>>,
+    symbolic: Option<Plan>,
+}
+
+impl TractBackend {
+    pub fn new(
+        path: PathBuf,
+        graph: InferenceModel,
+        input_size: usize,
+        batch_plan: BatchPlan,
+    ) -> Result<Self> {
+        let mut backend = TractBackend {
+            path,
+            graph,
+            input_size,
+            plans: Mutex::new(HashMap::new()),
+            symbolic: None,
+        };
+        if batch_plan == BatchPlan::Symbolic {
+            backend.symbolic = Some(backend.build_plan(None)?);
+        }
+        Ok(backend)
+    }
+
+    /// The optimised plan for batch size `batch`, built on first use.
+    fn plan(&self, batch: usize) -> Result<Plan> {
+        if let Some(p) = &self.symbolic {
+            return Ok(p.clone());
+        }
+        if let Some(p) = self.plans.lock().expect("plan cache poisoned").get(&batch) {
+            return Ok(p.clone());
+        }
+        let plan = self.build_plan(Some(batch))?;
+        self.plans
+            .lock()
+            .expect("plan cache poisoned")
+            .insert(batch, plan.clone());
+        Ok(plan)
+    }
+
+    fn build_plan(&self, batch: Option<usize>) -> Result<Plan> {
+        let s = self.input_size;
+        let n: TDim = match batch {
+            Some(b) => b.into(),
+            None => self.graph.symbols.sym("N").into(),
+        };
+        let fact =
+            InferenceFact::dt_shape(f32::datum_type(), tvec![n, 3.into(), s.into(), s.into()]);
+        self.graph
+            .clone()
+            .with_input_fact(0, fact)
+            .and_then(|m| m.into_optimized())
+            .and_then(|m| m.into_runnable())
+            .map_err(|e| {
+                Error::model(
+                    &self.path,
+                    format!("cannot be prepared for input [N,3,{s},{s}]: {}", chain(&e)),
+                )
+            })
+    }
+}
+
+impl Backend for TractBackend {
+    fn describe(&self) -> String {
+        "tract".into()
+    }
+
+    fn run(&self, input: Tensor, batch: usize) -> Result<(ArrayD<f32>, Option<ArrayD<f32>>)> {
+        let outputs = self
+            .plan(batch)?
+            .run(tvec!(input.into()))
+            .map_err(|e| Error::Inference(chain(&e)))?;
+        let mut arrays = outputs.into_iter().map(|v| {
+            v.into_tensor()
+                .into_plain_array::<f32>()
+                .map_err(|e| Error::Inference(chain(&e)))
+        });
+        let logits = arrays.next().expect("a plan has an output")?;
+        let activations = arrays.next().transpose()?;
+        Ok((logits, activations))
+    }
+}
