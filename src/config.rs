@@ -497,6 +497,31 @@ mod tests {
     }
 
     #[test]
+    fn backend_keys() {
+        let c = Config::parse(
+            "[model]\nbackend = \"ort\"\nproviders = [\"tensorrt\", \"cuda\", \"cpu\"]\ntensorrt_fp16 = true\n",
+        );
+        if cfg!(feature = "ort") {
+            let c = c.unwrap();
+            let o = c.model.options(PathBuf::from("m.onnx"), BatchPlan::PerSize);
+            assert_eq!(o.backend, BackendKind::Ort);
+            assert_eq!(
+                o.ort.providers,
+                [Provider::TensorRt, Provider::Cuda, Provider::Cpu]
+            );
+            assert!(o.ort.tensorrt_fp16 && !o.ort.tensorrt_int8);
+        } else {
+            let e = c.unwrap_err().to_string();
+            assert!(e.contains("model.backend") && e.contains("--features ort"), "{e}");
+        }
+        // Provider keys without the ort backend are a mistake, not silently ignored.
+        let e = Config::parse("[model]\nproviders = [\"cuda\"]\n").unwrap_err().to_string();
+        assert!(e.contains("model.providers") && e.contains("backend = \"ort\""), "{e}");
+        let e = Config::parse("[model]\nproviders = [\"gpu\"]\n").unwrap_err().to_string();
+        assert!(e.contains("gpu") && e.contains("tensorrt"), "{e}");
+    }
+
+    #[test]
     fn mistakes_name_their_key() {
         for (text, key) in [
             ("[cam]\nmethd = \"iscam\"", "methd"),

@@ -191,3 +191,33 @@ fn analysis_is_backend_independent() {
     let (x, y) = (a.activations.unwrap(), b.activations.unwrap().into_dimensionality::<Ix3>().unwrap());
     assert!(pearson(x.as_slice().unwrap(), y.as_slice().unwrap()) > 0.9999);
 }
+
+/// `iscamd check` says which backend and providers run the model, and fails on a provider
+/// that cannot register.
+#[test]
+fn check_reports_the_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |providers: &str| {
+        let config = dir.path().join("iscamd.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[source]\nkind = \"pattern\"\n[model]\npath = \"{}\"\nbackend = \"ort\"\n\
+                 ort_library = \"{}\"\nproviders = [{providers}]\n[mqtt]\nhost = \"127.0.0.1\"\nport = 1\n",
+                model_path(F32_MODEL).display(),
+                ort_library().display()
+            ),
+        )
+        .unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_iscamd"))
+            .args(["check", "--config", config.to_str().unwrap()])
+            .env_remove("ISCAMD_MODEL")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let out = check("\"cpu\"");
+    assert!(out.contains("ok    model:") && out.contains("on ort (cpu)"), "{out}");
+    let out = check("\"tensorrt\", \"cpu\"");
+    assert!(out.contains("FAIL  model:") && out.contains("tensorrt"), "{out}");
+}

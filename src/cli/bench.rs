@@ -6,7 +6,9 @@ use anyhow::{Context, Result};
 use clap::Args;
 use iscamd::analyse::Analysis;
 use iscamd::cam::CamParams;
-use iscamd::model::{BatchPlan, Classifier};
+use std::collections::{BTreeSet, HashMap};
+
+use iscamd::model::{BackendKind, BatchPlan, Classifier};
 use iscamd::source::decode_image;
 use tract_onnx::prelude::tract_ndarray::{Array4, Axis};
 
@@ -26,9 +28,12 @@ pub struct BenchArgs {
     /// Images pushed through per measurement (rounded up to whole batches).
     #[arg(long, default_value_t = 32)]
     pub images: usize,
-    /// Also time a symbolic-batch plan against per-size plans.
+    /// Also time a symbolic-batch plan against per-size plans (tract).
     #[arg(long)]
     pub symbolic: bool,
+    /// Backends to compare side by side, e.g. "tract,ort". Default: --backend.
+    #[arg(long = "backends", value_name = "LIST", value_delimiter = ',', value_parser = super::parse_backend)]
+    pub backends: Vec<BackendKind>,
     /// Heatmap latencies to time, as METHOD:STEPS:CHANNELS (channels 0 = all), comma-separated;
     /// "none" times none.
     #[arg(
@@ -54,47 +59,59 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     } else {
         args.models.clone()
     };
+    let backends = if args.backends.is_empty() {
+        vec![args.model.backend]
+    } else {
+        args.backends.clone()
+    };
     let threads = args.model.threads();
+    let thread_counts: BTreeSet<usize> = [1, threads].into();
     println!(
         "# iscamd bench: {} core(s) used, image {}",
         threads,
         args.image.display()
     );
     println!(
-        "{:<32} {:>9} {:>6} {:>8} {:>12} {:>12}",
-        "model", "plan", "batch", "threads", "images/s", "ms/pass"
+        "# threads: tract runs that many passes at once (one thread each); ort runs one pass \
+         at a time on that many intra-op threads. \"vs first\": against the first backend's row."
     );
-    for path in &models {
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let mut plans = vec![BatchPlan::PerSize];
-        if args.symbolic {
-            plans.push(BatchPlan::Symbolic);
-        }
-        for plan in plans {
-            let classifier = args.model.load_path(path, plan)?;
-            let input = classifier.preprocess().tensor(&frame);
-            for &batch in &args.batches {
-                let batch_input = input
-                    .broadcast((batch, 3, input.dim().1, input.dim().2))
-                    .context("batch")?
-                    .to_owned();
-                classifier.forward(batch_input.view())?; // builds the plan and warms up
-                for t in [1, threads]
-                    .into_iter()
-                    .collect::<std::collections::BTreeSet<_>>()
-                {
-                    let (rate, per_pass) = throughput(&classifier, &batch_input, args.images, t)?;
-                    let plan_name = if plan == BatchPlan::Symbolic {
-                        "symbolic"
-                    } else {
-                        "per-size"
+    println!(
+        "{:<28} {:>7} {:>9} {:>6} {:>8} {:>10} {:>9} {:>9}",
+        "model", "backend", "plan", "batch", "threads", "images/s", "ms/pass", "vs first"
+    );
+    let mut first_rate: HashMap<(usize, &str, usize, usize), f64> = HashMap::new();
+    for (m, path) in models.iter().enumerate() {
+        let name = file_name(path);
+        for &backend in &backends {
+            let mut plans = vec![BatchPlan::PerSize];
+            if args.symbolic && backend == BackendKind::Tract {
+                plans.push(BatchPlan::Symbolic);
+            }
+            for plan in plans {
+                let plan_name = match plan {
+                    BatchPlan::Symbolic => "symbolic",
+                    BatchPlan::PerSize => "per-size",
+                };
+                for &t in &thread_counts {
+                    let (classifier, in_flight) = match backend {
+                        BackendKind::Tract => (args.model.load_with(path, plan, backend, 1)?, t),
+                        BackendKind::Ort => (args.model.load_with(path, plan, backend, t)?, 1),
                     };
-                    println!(
-                        "{name:<32} {plan_name:>9} {batch:>6} {t:>8} {rate:>12.1} {per_pass:>12.1}"
-                    );
+                    let input = classifier.preprocess().tensor(&frame);
+                    for &batch in &args.batches {
+                        let batch_input = input
+                            .broadcast((batch, 3, input.dim().1, input.dim().2))
+                            .context("batch")?
+                            .to_owned();
+                        classifier.forward(batch_input.view())?; // builds the plan and warms up
+                        let (rate, per_pass) =
+                            throughput(&classifier, &batch_input, args.images, in_flight)?;
+                        let base = *first_rate.entry((m, plan_name, batch, t)).or_insert(rate);
+                        println!(
+                            "{name:<28} {backend:>7} {plan_name:>9} {batch:>6} {t:>8} {rate:>10.1} {per_pass:>9.1} {:>8.2}x",
+                            rate / base
+                        );
+                    }
                 }
             }
         }
@@ -102,27 +119,41 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     if heatmaps.is_empty() {
         return Ok(ExitCode::SUCCESS);
     }
-    let classifier = args.model.load_path(&models[0], BatchPlan::PerSize)?;
-    let analysis = Analysis::of_frame(&classifier, frame)?;
     println!();
     println!(
-        "{:<24} {:>8} {:>10} {:>10} {:>12}",
-        "heatmap", "passes", "seconds", "ms/pass", "vs first"
+        "{:<28} {:>7} {:<16} {:>7} {:>9} {:>8} {:>9}",
+        "model", "backend", "heatmap", "passes", "seconds", "ms/pass", "vs first"
     );
-    let mut first = None;
-    for (spec, params) in heatmaps {
-        let t0 = Instant::now();
-        let e = analysis.explain(&classifier, None, &params, threads)?;
-        let secs = t0.elapsed().as_secs_f64();
-        let base = *first.get_or_insert(secs);
-        println!(
-            "{spec:<24} {:>8} {secs:>10.2} {:>10.1} {:>11.1}x",
-            e.passes,
-            secs * 1e3 / e.passes.max(1) as f64,
-            secs / base
-        );
+    for path in &models {
+        let name = file_name(path);
+        let loaded: Vec<(BackendKind, Classifier)> = backends
+            .iter()
+            .map(|&b| Ok((b, args.model.load_with(path, BatchPlan::PerSize, b, threads)?)))
+            .collect::<Result<_>>()?;
+        for (spec, params) in &heatmaps {
+            let mut first = None;
+            for (backend, classifier) in &loaded {
+                let analysis = Analysis::of_frame(classifier, frame.clone())?;
+                let t0 = Instant::now();
+                let e = analysis.explain(classifier, None, params, threads)?;
+                let secs = t0.elapsed().as_secs_f64();
+                let base = *first.get_or_insert(secs);
+                println!(
+                    "{name:<28} {backend:>7} {spec:<16} {:>7} {secs:>9.2} {:>8.1} {:>8.2}x",
+                    e.passes,
+                    secs * 1e3 / e.passes.max(1) as f64,
+                    base / secs
+                );
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn file_name(path: &std::path::Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// Images per second and wall milliseconds per forward pass, with `threads` runs in flight.

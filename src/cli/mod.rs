@@ -156,6 +156,18 @@ impl ModelArgs {
     }
 
     pub fn load_path(&self, path: &std::path::Path, batch_plan: BatchPlan) -> Result<Classifier> {
+        self.load_with(path, batch_plan, self.backend, self.threads.unwrap_or(0))
+    }
+
+    /// Loads `path` on `backend`; `threads` is ONNX Runtime's intra-op thread count
+    /// (0: one per core). tract runs each pass on one thread.
+    pub fn load_with(
+        &self,
+        path: &std::path::Path,
+        batch_plan: BatchPlan,
+        backend: BackendKind,
+        threads: usize,
+    ) -> Result<Classifier> {
         let settings = ModelConfig {
             path: None,
             labels: self.labels.clone(),
@@ -165,8 +177,8 @@ impl ModelArgs {
             channel_order: self.channel_order,
             mean: self.mean,
             std: self.std,
-            threads: self.threads.unwrap_or(0),
-            backend: self.backend,
+            threads,
+            backend,
             providers: self.providers.clone(),
             ..ModelConfig::default()
         };

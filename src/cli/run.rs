@@ -133,7 +133,12 @@ pub fn check(args: CheckArgs) -> Result<ExitCode> {
                     l.name, l.channels, l.height, l.width
                 )
             });
-            format!("{} ({} classes, {layer})", c.path().display(), c.classes())
+            format!(
+                "{} ({} classes, {layer}) on {}",
+                c.path().display(),
+                c.classes(),
+                c.backend()
+            )
         }),
     );
     report(

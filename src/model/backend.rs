@@ -47,7 +47,7 @@ impl FromStr for BackendKind {
 
 impl fmt::Display for BackendKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+        f.pad(match self {
             BackendKind::Tract => "tract",
             BackendKind::Ort => "ort",
         })
@@ -80,7 +80,7 @@ impl FromStr for Provider {
 
 impl fmt::Display for Provider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+        f.pad(match self {
             Provider::TensorRt => "tensorrt",
             Provider::Cuda => "cuda",
             Provider::Cpu => "cpu",
