@@ -1,0 +1,31 @@
+//! An MQTT payload on `<prefix>/<device>/cmd`: any bytes must give a command or a message,
+//! never a panic, and an accepted command must respect the limits it was checked against.
+#![no_main]
+
+use iscamd::cam::CamParams;
+use iscamd::publish::command::{parse, Command, Limits, MAX_INTERVAL, MIN_INTERVAL};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|payload: &[u8]| {
+    let defaults = CamParams::new("iscam", None, None).expect("default params");
+    let limits = Limits {
+        defaults: &defaults,
+        layer_channels: 512,
+        classes: 1000,
+    };
+    let (id, result) = parse(payload, &limits);
+    if let Some(id) = id {
+        assert!(id.len() <= 128 || id.parse::<f64>().is_ok(), "id too long: {id:?}");
+    }
+    match result {
+        Ok(Command::Explain { params, class }) => {
+            assert!(params.channels <= limits.layer_channels);
+            assert!(class.is_none_or(|c| c < limits.classes));
+        }
+        Ok(Command::Set { interval }) => {
+            assert!(interval.is_zero() || (MIN_INTERVAL..=MAX_INTERVAL).contains(&interval));
+        }
+        Ok(Command::Republish) => {}
+        Err(message) => assert!(!message.is_empty()),
+    }
+});
