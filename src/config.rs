@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use crate::cam::{CamParams, Method, Weighting};
 use crate::error::{Error, Result};
+use crate::source::camera::FormatChoice;
 use crate::model::{
     BackendKind, BatchPlan, ChannelOrder, ModelOptions, OrtOptions, PreprocessOverrides, Provider,
 };
@@ -62,9 +63,38 @@ pub struct SourceConfig {
     pub loop_: bool,
     /// Frames per second offered by the source.
     pub fps: f64,
-    /// Size of generated frames (`pattern`).
+    /// Frame size: generated (`pattern`), or asked of the camera, which streams its
+    /// nearest mode.
     pub width: u32,
     pub height: u32,
+    /// Camera: an index (`0` for /dev/video0) or a device path, e.g. a stable
+    /// `/dev/v4l/by-id/…` link.
+    pub device: CameraDevice,
+    /// Camera pixel format: `mjpeg`, `yuyv` or `auto`.
+    pub format: FormatChoice,
+}
+
+/// `[source] device`: a number or a path.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum CameraDevice {
+    Index(u32),
+    Path(String),
+}
+
+impl Default for CameraDevice {
+    fn default() -> Self {
+        CameraDevice::Index(0)
+    }
+}
+
+impl std::fmt::Display for CameraDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CameraDevice::Index(n) => write!(f, "{n}"),
+            CameraDevice::Path(p) => f.write_str(p),
+        }
+    }
 }
 
 impl Default for SourceConfig {
@@ -76,6 +106,8 @@ impl Default for SourceConfig {
             fps: 5.0,
             width: 640,
             height: 480,
+            device: CameraDevice::default(),
+            format: FormatChoice::Auto,
         }
     }
 }
@@ -323,10 +355,10 @@ impl Config {
                 "required for kind = \"images\" (an image file or directory)",
             ));
         }
-        if s.kind == SourceKind::Camera {
+        if s.kind == SourceKind::Camera && !cfg!(all(feature = "camera", target_os = "linux")) {
             return Err(key_error(
                 "source.kind",
-                "\"camera\" is not available in this build yet; use \"images\" or \"pattern\"",
+                "\"camera\" needs a Linux build with the `camera` feature (on by default)",
             ));
         }
         if s.width == 0 || s.height == 0 || s.width > 8192 || s.height > 8192 {

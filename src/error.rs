@@ -19,6 +19,10 @@ pub enum Error {
 
     #[error("inference failed: {0}")]
     Inference(String),
+
+    /// A live source (the camera) is down and being retried; it has logged why.
+    #[error("source unavailable: {0}")]
+    SourceUnavailable(String),
 }
 
 impl Error {

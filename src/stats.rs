@@ -1,9 +1,12 @@
 //! Counters shared by the daemon's tasks, published periodically on `<p>/<d>/stats`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+
+use crate::source::CameraHealth;
 
 /// Lock-free counters: each task only adds to its own.
 #[derive(Debug)]
@@ -29,6 +32,8 @@ pub struct Stats {
     pub capture_stage: Stage,
     /// Analysing and publishing one frame.
     pub inference_stage: Stage,
+    /// Set by the capture thread when the source is a camera.
+    pub camera: Mutex<Option<CameraHealth>>,
 }
 
 impl Default for Stats {
@@ -53,6 +58,7 @@ impl Default for Stats {
             last_heatmap_ms: AtomicU64::new(0),
             capture_stage: Stage::default(),
             inference_stage: Stage::default(),
+            camera: Mutex::new(None),
         }
     }
 }
@@ -80,6 +86,9 @@ pub struct Snapshot {
     pub dropped_while_offline: u64,
     pub latency_ms: LatencySnapshot,
     pub rss_bytes: Option<u64>,
+    /// `{ok, last_error, reopen_count, mode}` when the source is a camera.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub camera: Option<CameraHealth>,
 }
 
 #[derive(Serialize, Debug)]
@@ -129,6 +138,7 @@ impl Stats {
                 heatmap_last: self.last_heatmap_ms.load(Relaxed) as f64,
             },
             rss_bytes: rss_bytes(),
+            camera: self.camera.lock().expect("stats poisoned").clone(),
         }
     }
 }

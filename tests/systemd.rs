@@ -74,19 +74,20 @@ fn unit_file_verifies_and_is_hardened() {
     );
 }
 
-fn write_config(dir: &Path, port: u16) -> std::path::PathBuf {
+/// A config for the images source, or for `source` (a `[source]` table) when given.
+fn write_config(dir: &Path, port: u16, source: Option<&str>) -> std::path::PathBuf {
     let path = dir.join("iscamd.toml");
+    let images = format!(
+        "[source]\nkind = \"images\"\npath = \"{}\"\nloop = true\nfps = 10\n",
+        images_dir().display()
+    );
     let text = format!(
         r#"
 [device]
 id = "cam-systemd"
 shutdown_timeout = "3s"
 
-[source]
-kind = "images"
-path = "{images}"
-loop = true
-fps = 10
+{source}
 
 [model]
 path = "{model}"
@@ -99,7 +100,7 @@ on_class_change = false
 host = "127.0.0.1"
 port = {port}
 "#,
-        images = images_dir().display(),
+        source = source.unwrap_or(&images),
         model = model_path(F32_MODEL).display(),
     );
     std::fs::write(&path, text).unwrap();
@@ -150,9 +151,18 @@ impl Notifications {
 }
 
 fn start(dir: &Path, broker: &Mosquitto, extra_env: &[(&str, &str)]) -> (Daemon, Notifications) {
+    start_with_source(dir, broker, extra_env, None)
+}
+
+fn start_with_source(
+    dir: &Path,
+    broker: &Mosquitto,
+    extra_env: &[(&str, &str)],
+    source: Option<&str>,
+) -> (Daemon, Notifications) {
     let socket_path = dir.join("notify.sock");
     let notifications = Notifications::bind(&socket_path);
-    let config = write_config(dir, broker.port);
+    let config = write_config(dir, broker.port, source);
     let socket = socket_path.to_str().unwrap().to_string();
     let mut env = vec![
         ("NOTIFY_SOCKET", socket.as_str()),
@@ -194,6 +204,29 @@ fn ready_watchdog_and_stopping_arrive_as_specified() {
     notes.collect(Duration::from_millis(300));
     assert!(notes.lines().contains(&"STOPPING=1"), "{:?}", notes.lines());
     eprintln!("{pings} watchdog pings in 8 s; last {status}");
+}
+
+/// An absent camera is the daemon waiting for it, not a failed start: READY arrives,
+/// the watchdog keeps being fed (retrying is progress), STATUS says the camera is down.
+/// Otherwise systemd would kill and restart it in a loop until the camera appears.
+#[test]
+fn an_absent_camera_is_ready_and_fed_with_status_saying_so() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut daemon, mut notes) = start_with_source(
+        dir.path(),
+        &broker,
+        &[],
+        Some("[source]\nkind = \"camera\"\ndevice = \"/dev/video-iscamd-absent\"\n"),
+    );
+    notes.collect(Duration::from_secs(6));
+    let lines = notes.lines();
+    assert!(lines.contains(&"READY=1"), "{lines:?}\n{}", daemon.log_text());
+    let pings = lines.iter().filter(|l| **l == "WATCHDOG=1").count();
+    assert!(pings >= 4, "{pings} pings in 6 s:\n{lines:?}");
+    let status = lines.iter().rev().find(|l| l.starts_with("STATUS=")).unwrap();
+    assert!(status.contains("camera down") && status.contains("no such camera"), "{status}");
+    assert!(daemon.terminate().success(), "{}", daemon.log_text());
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Flag definitions and the commands behind them.
 
 mod bench;
+mod cameras;
 mod classify;
 mod eval;
 mod explain;
@@ -40,6 +41,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Forward-pass throughput and heatmap latency on this machine.
     Bench(bench::BenchArgs),
+    /// List cameras (V4L2) and the modes iscamd can stream from each.
+    Cameras,
 }
 
 impl Cli {
@@ -56,6 +59,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Check(a) => run::check(a),
         Command::Eval(a) => eval::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Cameras => cameras::run(),
     }
 }
 

@@ -58,10 +58,21 @@ pub fn open_source(config: &Config) -> Result<Box<dyn FrameSource>> {
             Box::new(ImageFiles::open(path, s.loop_)?)
         }
         SourceKind::Pattern => Box::new(Pattern::new(s.width, s.height)),
+        #[cfg(all(feature = "camera", target_os = "linux"))]
+        SourceKind::Camera => Box::new(crate::source::CameraSource::new(
+            Box::new(crate::source::camera::V4lDevice::new(&s.device.to_string())),
+            crate::source::camera::Request {
+                format: s.format,
+                width: s.width,
+                height: s.height,
+                fps: s.fps,
+            },
+        )),
+        #[cfg(not(all(feature = "camera", target_os = "linux")))]
         SourceKind::Camera => {
             return Err(Error::invalid(
                 "source.kind",
-                "\"camera\" is not available in this build yet",
+                "\"camera\" needs a Linux build with the `camera` feature",
             ))
         }
     })
@@ -241,14 +252,22 @@ async fn run_async(
         std::thread::Builder::new()
             .name("iscamd-capture".into())
             .spawn(move || {
+                // A camera streams at its own rate: read every frame (the latest wins
+                // below) rather than pace, which would hand out stale buffered frames.
+                let paced_by_device = source.paced_by_device();
                 let mut pacer = Pacer::new(fps);
                 let mut number = 0u64;
                 while !stopping.load(Relaxed) {
-                    pacer.wait();
+                    if !paced_by_device {
+                        pacer.wait();
+                    }
                     let next = {
                         let _step = stats.capture_stage.step();
                         source.next_frame()
                     };
+                    if let Some(health) = source.camera_health() {
+                        *stats.camera.lock().expect("stats poisoned") = Some(health);
+                    }
                     match next {
                         Ok(Some(image)) => {
                             number += 1;
@@ -265,10 +284,14 @@ async fn run_async(
                             tracing::info!("the source has no more frames");
                             break;
                         }
+                        // Down and retrying with backoff; the source logged why.
+                        Err(Error::SourceUnavailable(_)) => {}
                         Err(e) => {
                             stats.frame_errors.fetch_add(1, Relaxed);
                             tracing::warn!("frame source: {e}");
-                            std::thread::sleep(Duration::from_secs(1));
+                            if !paced_by_device {
+                                std::thread::sleep(Duration::from_secs(1));
+                            }
                         }
                     }
                 }

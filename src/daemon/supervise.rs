@@ -1,5 +1,7 @@
 //! systemd supervision over `sd_notify`: `READY=1` once the model is loaded and the first
-//! frame processed, `STATUS=` with frame rate and broker state, `WATCHDOG=1` only while
+//! frame processed — or the camera found down and being retried, which is the daemon doing
+//! its job (a restart would not bring the camera back) —, `STATUS=` with frame rate,
+//! camera and broker state, `WATCHDOG=1` only while
 //! the pipeline makes progress, `STOPPING=1` at shutdown. Without `NOTIFY_SOCKET` (not
 //! under systemd) every notification is a no-op.
 //!
@@ -54,7 +56,13 @@ pub async fn run(stats: Arc<Stats>, mut shutdown: watch::Receiver<bool>) {
             _ = shutdown.changed() => return,
         }
         if !ready {
-            if stats.frames_processed.load(Relaxed) == 0 {
+            let camera_down = stats
+                .camera
+                .lock()
+                .expect("stats poisoned")
+                .as_ref()
+                .is_some_and(|c| !c.ok && c.last_error.is_some());
+            if stats.frames_processed.load(Relaxed) == 0 && !camera_down {
                 continue;
             }
             ready = true;
@@ -94,8 +102,16 @@ pub async fn run(stats: Arc<Stats>, mut shutdown: watch::Receiver<bool>) {
 
 fn status(stats: &Stats) -> String {
     let s = stats.snapshot("");
+    let camera = match &s.camera {
+        Some(c) if !c.ok => format!(
+            ", camera down ({}; reopened {}×)",
+            c.last_error.as_deref().unwrap_or("starting"),
+            c.reopen_count
+        ),
+        _ => String::new(),
+    };
     format!(
-        "{:.1} fps, {} predictions, {} heatmaps, broker {}",
+        "{:.1} fps, {} predictions, {} heatmaps{camera}, broker {}",
         s.fps,
         s.predictions,
         s.heatmaps,

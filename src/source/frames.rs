@@ -20,10 +20,20 @@ pub struct Frame {
 
 /// Something that yields frames. `next_frame` may block until the next frame is due.
 pub trait FrameSource: Send {
-    /// The next frame; `Ok(None)` when the source is exhausted.
+    /// The next frame; `Ok(None)` when the source is exhausted;
+    /// [`Error::SourceUnavailable`] while a device is down and being retried.
     fn next_frame(&mut self) -> Result<Option<RgbImage>>;
     /// A short description for logs.
     fn describe(&self) -> String;
+    /// True when the device delivers frames at its own rate (a camera): the reader must
+    /// keep up rather than pace itself, or it would get stale buffered frames.
+    fn paced_by_device(&self) -> bool {
+        false
+    }
+    /// The camera's state, for sources that are cameras.
+    fn camera_health(&self) -> Option<crate::source::CameraHealth> {
+        None
+    }
 }
 
 /// Image files from a file or directory, in name order, optionally looping. Unreadable
