@@ -79,12 +79,13 @@ echo "target          seconds  executions  crashes"
 status=0
 for t in "${targets[@]}"; do
   log=$(mktemp)
+  before=$(ls "artifacts/$t" 2>/dev/null | wc -l)
   # -rss_limit_mb=2048 (libFuzzer's default, written out): a decode needing more is a finding;
   # the unit's MemoryMax is 1G.
   if cargo fuzz run "$t" -- -max_total_time="$seconds" -rss_limit_mb=2048 -print_final_stats=1 \
       >"$log" 2>&1; then result=0; else result=$?; status=1; fi
   runs=$(grep -oP 'stat::number_of_executed_units:\s*\K\d+' "$log" || echo "?")
-  crashes=$(ls "artifacts/$t" 2>/dev/null | wc -l)
+  crashes=$(( $(ls "artifacts/$t" 2>/dev/null | wc -l) - before ))
   printf '%-15s %7s  %10s  %7s\n' "$t" "$seconds" "$runs" "$crashes"
   if [ "$result" -ne 0 ]; then tail -40 "$log" >&2; fi
   rm -f "$log"
