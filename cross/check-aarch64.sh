@@ -16,20 +16,23 @@ arm=$CARGO_TARGET_DIR/$CROSS_TARGET/debug/iscamd
 for f in "$x86" "$arm" "$models/squeezenet1.0-dc.onnx" "$shared/images"; do
   [ -e "$f" ] || { echo "missing: $f" >&2; exit 1; }
 done
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
 arm_run() { qemu-aarch64-static -L /usr/aarch64-linux-gnu "$arm" "$@"; }
 # ELF e_machine 183 = EM_AARCH64.
 python3 -c 'import sys; h = open(sys.argv[1], "rb").read(20); sys.exit(h[:4] != b"\x7fELF" or int.from_bytes(h[18:20], "little") != 183)' "$arm" \
   || { echo "$arm is not an aarch64 binary" >&2; exit 1; }
 
 echo "== aarch64 unit tests under qemu"
-"$CARGO" test --locked --target "$CROSS_TARGET" --lib 2>&1 | grep -E "^test result|FAILED|panicked" 
+# Known to hang (every test thread spins under qemu 7.2 and 10.0): bounded, reported.
+unit=ok
+timeout 600 "$CARGO" test --locked --target "$CROSS_TARGET" --lib >"$out/unit.log" 2>&1 || unit=failed
+grep -E "^test result|FAILED|panicked" "$out/unit.log" || echo "unit tests: no result ($unit)"
 
-out=$(mktemp -d)
-trap 'rm -rf "$out"' EXIT
-images=(n01440764_tench n02643566_lionfish n04493381_tub)
-# IS-CAM with 2 steps on the top 8 channels: 16 masked passes, enough to compare the
-# kernels' arithmetic, short enough for an emulated CPU.
-explain=(explain --method iscam --steps 2 --channels 8 --threads 1)
+images=(n01440764_tench n02643566_lionfish)
+# IS-CAM with 1 step on the top 4 channels: 4 masked passes, enough to compare the
+# kernels' arithmetic, short enough for an emulated CPU. One thread: see the unit tests.
+explain=(explain --method iscam --steps 1 --channels 4 --threads 1)
 echo "== classify and explain: x86 vs aarch64 (qemu)"
 for model in squeezenet1.0-dc.onnx squeezenet1.0-dc-int8.onnx; do
   for img in "${images[@]}"; do
@@ -71,4 +74,5 @@ for model in ["squeezenet1.0-dc.onnx", "squeezenet1.0-dc-int8.onnx"]:
               f"{times[('x86', model, img)]:>7.1f} {times[('arm', model, img)]:>7.1f}{'' if ok else '  FAIL'}")
 sys.exit(1 if failed else 0)
 PY
-echo "aarch64 matches x86"
+echo "aarch64 classify/explain match x86"
+[ "$unit" = ok ] || { echo "aarch64 unit tests: $unit" >&2; exit 1; }

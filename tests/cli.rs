@@ -308,3 +308,20 @@ fn a_full_disk_is_a_clear_error() {
         "{err}"
     );
 }
+
+/// `iscamd cameras` lists V4L2 devices; with none (CI, this machine) it says so and exits 0.
+#[cfg(all(feature = "camera", target_os = "linux"))]
+#[test]
+fn cameras_lists_devices_or_says_there_are_none() {
+    let out = iscamd(&["cameras"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let has_video = std::fs::read_dir("/dev")
+        .unwrap()
+        .any(|e| e.unwrap().file_name().to_string_lossy().starts_with("video"));
+    if has_video {
+        assert!(stdout.contains("/dev/video"), "{stdout}");
+    } else {
+        assert_eq!(stdout.trim(), "no cameras found");
+    }
+}
