@@ -148,7 +148,7 @@ fn f32_maps_agree_with_tract() {
     );
 }
 
-/// int8 on tract is slow (see README "Performance"): one image, a small IS-CAM.
+/// int8 on tract is slow (README, Results: "Speed"): one image, a small IS-CAM.
 #[test]
 fn int8_maps_agree_with_tract() {
     maps_agree(
