@@ -26,7 +26,7 @@ python3 -c 'import sys; h = open(sys.argv[1], "rb").read(20); sys.exit(h[:4] != 
 echo "== aarch64 unit tests under qemu"
 # Known to hang (every test thread spins under qemu 7.2 and 10.0): bounded, reported.
 unit=ok
-timeout 600 "$CARGO" test --locked --target "$CROSS_TARGET" --lib >"$out/unit.log" 2>&1 || unit=failed
+timeout 180 "$CARGO" test --locked --target "$CROSS_TARGET" --lib >"$out/unit.log" 2>&1 || unit=failed
 grep -E "^test result|FAILED|panicked" "$out/unit.log" || echo "unit tests: no result ($unit)"
 
 images=(n01440764_tench n02643566_lionfish)
