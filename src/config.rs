@@ -8,10 +8,10 @@ use serde::Deserialize;
 
 use crate::cam::{CamParams, Method, Weighting};
 use crate::error::{Error, Result};
-use crate::source::camera::FormatChoice;
 use crate::model::{
     BackendKind, BatchPlan, ChannelOrder, ModelOptions, OrtOptions, PreprocessOverrides, Provider,
 };
+use crate::source::camera::FormatChoice;
 
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -164,8 +164,7 @@ impl ModelConfig {
                 tensorrt_fp16: self.tensorrt_fp16,
                 tensorrt_int8: self.tensorrt_int8,
                 engine_cache: self.engine_cache.clone().or_else(|| {
-                    std::env::var_os("STATE_DIRECTORY")
-                        .map(|d| PathBuf::from(d).join("tensorrt"))
+                    std::env::var_os("STATE_DIRECTORY").map(|d| PathBuf::from(d).join("tensorrt"))
                 }),
             },
         }
@@ -544,12 +543,22 @@ mod tests {
             assert!(o.ort.tensorrt_fp16 && !o.ort.tensorrt_int8);
         } else {
             let e = c.unwrap_err().to_string();
-            assert!(e.contains("model.backend") && e.contains("--features ort"), "{e}");
+            assert!(
+                e.contains("model.backend") && e.contains("--features ort"),
+                "{e}"
+            );
         }
         // Provider keys without the ort backend are a mistake, not silently ignored.
-        let e = Config::parse("[model]\nproviders = [\"cuda\"]\n").unwrap_err().to_string();
-        assert!(e.contains("model.providers") && e.contains("backend = \"ort\""), "{e}");
-        let e = Config::parse("[model]\nproviders = [\"gpu\"]\n").unwrap_err().to_string();
+        let e = Config::parse("[model]\nproviders = [\"cuda\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("model.providers") && e.contains("backend = \"ort\""),
+            "{e}"
+        );
+        let e = Config::parse("[model]\nproviders = [\"gpu\"]\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("gpu") && e.contains("tensorrt"), "{e}");
     }
 

@@ -316,9 +316,12 @@ fn cameras_lists_devices_or_says_there_are_none() {
     let out = iscamd(&["cameras"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let has_video = std::fs::read_dir("/dev")
-        .unwrap()
-        .any(|e| e.unwrap().file_name().to_string_lossy().starts_with("video"));
+    let has_video = std::fs::read_dir("/dev").unwrap().any(|e| {
+        e.unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with("video")
+    });
     if has_video {
         assert!(stdout.contains("/dev/video"), "{stdout}");
     } else {

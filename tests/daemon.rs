@@ -802,22 +802,34 @@ fn an_absent_camera_is_retried_and_reported() {
         "online",
         |m| m.iter().any(|m| m.text() == "online"),
     );
-    let stats = observer.wait_for(&topic("stats"), Duration::from_secs(20), "stats after 4 s", |m| {
-        m.iter().any(|s| s.json()["uptime_s"].as_f64().unwrap_or(0.0) >= 4.0)
-    });
+    let stats = observer.wait_for(
+        &topic("stats"),
+        Duration::from_secs(20),
+        "stats after 4 s",
+        |m| {
+            m.iter()
+                .any(|s| s.json()["uptime_s"].as_f64().unwrap_or(0.0) >= 4.0)
+        },
+    );
     let last = stats.last().unwrap().json();
     let camera = &last["camera"];
     assert_eq!(camera["ok"], false, "{last}");
     assert_eq!(camera["reopen_count"], 0, "{last}");
     let error = camera["last_error"].as_str().unwrap_or_default();
-    assert!(error.contains("/dev/video-iscamd-absent") && error.contains("no such camera"), "{last}");
+    assert!(
+        error.contains("/dev/video-iscamd-absent") && error.contains("no such camera"),
+        "{last}"
+    );
     assert_eq!(last["frames_captured"], 0);
     assert!(observer.on(&topic("prediction")).is_empty());
 
     let log = wait_for_log(&daemon, "retrying in", Duration::from_secs(5));
     // Backoff 0.5, 1, 2 s…: a handful of attempts in the first seconds, not thousands.
     let attempts = log.matches("cannot open").count();
-    assert!((2..=6).contains(&attempts), "{attempts} attempts in ~4 s:\n{log}");
+    assert!(
+        (2..=6).contains(&attempts),
+        "{attempts} attempts in ~4 s:\n{log}"
+    );
     assert!(daemon.terminate().success(), "{}", daemon.log_text());
     assert!(!daemon.log_text().contains("panicked"));
 }

@@ -89,13 +89,20 @@ fn logits_agree(model: &str, tolerance: f32) -> usize {
         "{model}: max |logit diff| tract vs ONNX Runtime = {max_diff:.2e} over 250 images; \
          top-1 differs on {differ}"
     );
-    assert!(max_diff <= tolerance, "{model}: logits differ by {max_diff}");
+    assert!(
+        max_diff <= tolerance,
+        "{model}: logits differ by {max_diff}"
+    );
     differ
 }
 
 #[test]
 fn f32_logits_agree_with_tract() {
-    assert_eq!(logits_agree(F32_MODEL, 1e-3), 0, "f32: top-1 must be identical");
+    assert_eq!(
+        logits_agree(F32_MODEL, 1e-3),
+        0,
+        "f32: top-1 must be identical"
+    );
 }
 
 #[test]
@@ -128,7 +135,11 @@ fn maps_agree(model: &str, images: &[String], methods: &[CamParams], min_r: f64)
             let (a, b) = (explain(&tract, params), explain(&ort, params));
             let r = pearson(a.as_slice().unwrap(), b.as_slice().unwrap());
             let label = format!("{model} {name} {}", params.method.name());
-            println!("{label} N={} K={}: r(tract, ort) = {r:.6}", params.steps(), params.channels);
+            println!(
+                "{label} N={} K={}: r(tract, ort) = {r:.6}",
+                params.steps(),
+                params.channels
+            );
             assert!(r >= min_r, "{label}: r = {r} < {min_r}");
         }
     }
@@ -174,7 +185,10 @@ fn a_provider_that_cannot_register_is_an_error() {
 fn a_missing_library_is_a_clear_error() {
     let mut options = ort_options(F32_MODEL, vec![Provider::Cpu]);
     options.ort.library = Some(PathBuf::from("/nonexistent/libonnxruntime.so"));
-    let msg = Classifier::load(&options).err().expect("no library").to_string();
+    let msg = Classifier::load(&options)
+        .err()
+        .expect("no library")
+        .to_string();
     assert!(
         msg.contains("/nonexistent/libonnxruntime.so") && msg.contains("ORT_DYLIB_PATH"),
         "{msg}"
@@ -188,7 +202,10 @@ fn analysis_is_backend_independent() {
     let a = Analysis::of_frame(&load(F32_MODEL), frame.clone()).unwrap();
     let b = Analysis::of_frame(&load_ort(F32_MODEL), frame).unwrap();
     assert_eq!(top_k(&a.probabilities, 5), top_k(&b.probabilities, 5));
-    let (x, y) = (a.activations.unwrap(), b.activations.unwrap().into_dimensionality::<Ix3>().unwrap());
+    let (x, y) = (
+        a.activations.unwrap(),
+        b.activations.unwrap().into_dimensionality::<Ix3>().unwrap(),
+    );
     assert!(pearson(x.as_slice().unwrap(), y.as_slice().unwrap()) > 0.9999);
 }
 
@@ -217,7 +234,13 @@ fn check_reports_the_backend() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let out = check("\"cpu\"");
-    assert!(out.contains("ok    model:") && out.contains("on ort (cpu)"), "{out}");
+    assert!(
+        out.contains("ok    model:") && out.contains("on ort (cpu)"),
+        "{out}"
+    );
     let out = check("\"tensorrt\", \"cpu\"");
-    assert!(out.contains("FAIL  model:") && out.contains("tensorrt"), "{out}");
+    assert!(
+        out.contains("FAIL  model:") && out.contains("tensorrt"),
+        "{out}"
+    );
 }

@@ -221,11 +221,22 @@ fn an_absent_camera_is_ready_and_fed_with_status_saying_so() {
     );
     notes.collect(Duration::from_secs(6));
     let lines = notes.lines();
-    assert!(lines.contains(&"READY=1"), "{lines:?}\n{}", daemon.log_text());
+    assert!(
+        lines.contains(&"READY=1"),
+        "{lines:?}\n{}",
+        daemon.log_text()
+    );
     let pings = lines.iter().filter(|l| **l == "WATCHDOG=1").count();
     assert!(pings >= 4, "{pings} pings in 6 s:\n{lines:?}");
-    let status = lines.iter().rev().find(|l| l.starts_with("STATUS=")).unwrap();
-    assert!(status.contains("camera down") && status.contains("no such camera"), "{status}");
+    let status = lines
+        .iter()
+        .rev()
+        .find(|l| l.starts_with("STATUS="))
+        .unwrap();
+    assert!(
+        status.contains("camera down") && status.contains("no such camera"),
+        "{status}"
+    );
     assert!(daemon.terminate().success(), "{}", daemon.log_text());
 }
 

@@ -15,7 +15,10 @@ fuzz_target!(|payload: &[u8]| {
     };
     let (id, result) = parse(payload, &limits);
     if let Some(id) = id {
-        assert!(id.len() <= 128 || id.parse::<f64>().is_ok(), "id too long: {id:?}");
+        assert!(
+            id.len() <= 128 || id.parse::<f64>().is_ok(),
+            "id too long: {id:?}"
+        );
     }
     match result {
         Ok(Command::Explain { params, class }) => {

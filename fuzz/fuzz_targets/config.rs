@@ -11,6 +11,9 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(config) = Config::parse(text) {
         // Everything derived from a validated config must work too.
         let _ = config.device_id();
-        assert!(config.cam.params().is_ok(), "validated config with bad cam params");
+        assert!(
+            config.cam.params().is_ok(),
+            "validated config with bad cam params"
+        );
     }
 });

@@ -128,7 +128,12 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         let name = file_name(path);
         let loaded: Vec<(BackendKind, Classifier)> = backends
             .iter()
-            .map(|&b| Ok((b, args.model.load_with(path, BatchPlan::PerSize, b, threads)?)))
+            .map(|&b| {
+                Ok((
+                    b,
+                    args.model.load_with(path, BatchPlan::PerSize, b, threads)?,
+                ))
+            })
             .collect::<Result<_>>()?;
         for (spec, params) in &heatmaps {
             let mut first = None;

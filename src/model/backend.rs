@@ -5,8 +5,8 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::Deserialize;
-use tract_onnx::prelude::Tensor;
 use tract_onnx::prelude::tract_ndarray::ArrayD;
+use tract_onnx::prelude::Tensor;
 
 use crate::error::{Error, Result};
 

@@ -17,8 +17,7 @@ use crate::error::{Error, Result};
 
 /// ONNX Runtime once loaded, with its environment: the first library loaded serves the
 /// whole process (it cannot be unloaded or replaced).
-static LOADED: Mutex<Option<(PathBuf, &'static ort::environment::Environment)>> =
-    Mutex::new(None);
+static LOADED: Mutex<Option<(PathBuf, &'static ort::environment::Environment)>> = Mutex::new(None);
 
 pub struct OrtBackend {
     /// `Session::run` needs `&mut`; ONNX Runtime parallelises inside one run.
@@ -32,8 +31,14 @@ impl OrtBackend {
     /// Builds a session for `path` whose outputs are `outputs` (graph outputs or any
     /// intermediate tensor, which is made a graph output here: ONNX Runtime can only
     /// return those).
-    pub fn load(path: &Path, input: &str, outputs: &[String], options: &OrtOptions) -> Result<Self> {
-        let fail = |what: &str, e: &dyn std::fmt::Display| Error::model(path, format!("{what}: {e}"));
+    pub fn load(
+        path: &Path,
+        input: &str,
+        outputs: &[String],
+        options: &OrtOptions,
+    ) -> Result<Self> {
+        let fail =
+            |what: &str, e: &dyn std::fmt::Display| Error::model(path, format!("{what}: {e}"));
         let environment = load_library(options).map_err(|e| Error::model(path, e))?;
 
         let mut proto = tract_onnx::onnx()

@@ -54,7 +54,11 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(first: Duration, max: Duration) -> Self {
-        Backoff { first, max, next: first }
+        Backoff {
+            first,
+            max,
+            next: first,
+        }
     }
 
     /// The wait before the next attempt; each call doubles the one after.
@@ -103,7 +107,9 @@ impl CameraSource {
         CameraSource {
             device,
             request,
-            state: State::Closed { retry_at: Instant::now() },
+            state: State::Closed {
+                retry_at: Instant::now(),
+            },
             backoff,
             health: CameraHealth::default(),
             opened_before: false,
@@ -134,7 +140,9 @@ impl CameraSource {
         self.health.ok = false;
         self.health.mode = None;
         self.health.last_error = Some(message.clone());
-        self.state = State::Closed { retry_at: Instant::now() + delay };
+        self.state = State::Closed {
+            retry_at: Instant::now() + delay,
+        };
         Error::SourceUnavailable(message)
     }
 }
@@ -162,7 +170,10 @@ impl FrameSource for CameraSource {
                             self.opened_before = true;
                             tracing::info!("camera {}: streaming {mode}", self.device.describe());
                             self.health.mode = Some(mode.to_string());
-                            self.state = State::Streaming { mode, bad_frames: 0 };
+                            self.state = State::Streaming {
+                                mode,
+                                bad_frames: 0,
+                            };
                         }
                         Err(e) => return Err(self.fail("cannot open", &e)),
                     }
@@ -176,7 +187,10 @@ impl FrameSource for CameraSource {
                         Ok(image) => {
                             self.backoff.reset();
                             self.health.ok = true;
-                            self.state = State::Streaming { mode, bad_frames: 0 };
+                            self.state = State::Streaming {
+                                mode,
+                                bad_frames: 0,
+                            };
                             return Ok(Some(image));
                         }
                         Err(e) if bad_frames + 1 >= MAX_BAD_FRAMES => {
@@ -186,7 +200,10 @@ impl FrameSource for CameraSource {
                             ))
                         }
                         Err(e) => {
-                            self.state = State::Streaming { mode, bad_frames: bad_frames + 1 };
+                            self.state = State::Streaming {
+                                mode,
+                                bad_frames: bad_frames + 1,
+                            };
                             self.health.last_error = Some(format!("bad frame: {e}"));
                             return Err(Error::input("camera frame", e));
                         }
@@ -239,7 +256,12 @@ mod tests {
         }
     }
 
-    const MODE: Mode = Mode { format: PixelFormat::Yuyv, width: 4, height: 2, fps: 30 };
+    const MODE: Mode = Mode {
+        format: PixelFormat::Yuyv,
+        width: 4,
+        height: 2,
+        fps: 30,
+    };
 
     impl CameraDevice for Scripted {
         fn open(&mut self) -> Result<Vec<Mode>> {
@@ -269,10 +291,21 @@ mod tests {
 
     fn source(script: Vec<Step>) -> (CameraSource, Arc<Mutex<Vec<String>>>) {
         let calls = Arc::new(Mutex::new(Vec::new()));
-        let device = Scripted { script: script.into(), calls: calls.clone() };
-        let request = Request { format: FormatChoice::Auto, width: 4, height: 2, fps: 30.0 };
+        let device = Scripted {
+            script: script.into(),
+            calls: calls.clone(),
+        };
+        let request = Request {
+            format: FormatChoice::Auto,
+            width: 4,
+            height: 2,
+            fps: 30.0,
+        };
         let backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(80));
-        (CameraSource::with_backoff(Box::new(device), request, backoff), calls)
+        (
+            CameraSource::with_backoff(Box::new(device), request, backoff),
+            calls,
+        )
     }
 
     /// Calls `next_frame` until it gives a frame; returns the errors seen on the way.
@@ -295,7 +328,10 @@ mod tests {
     fn backoff_doubles_up_to_its_bound_and_resets() {
         let mut b = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
         let delays: Vec<u64> = (0..9).map(|_| b.next_delay().as_millis() as u64).collect();
-        assert_eq!(delays, [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]);
+        assert_eq!(
+            delays,
+            [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]
+        );
         b.reset();
         assert_eq!(b.next_delay(), Duration::from_millis(500));
     }
@@ -313,10 +349,26 @@ mod tests {
         let t0 = Instant::now();
         let errors = until_frame(&mut s);
         // Waits of 20 + 40 + 80 ms before the fourth attempt: a backoff, not a busy loop.
-        assert!(t0.elapsed() >= Duration::from_millis(140), "{:?}", t0.elapsed());
-        assert!(errors.iter().all(|e| e.contains("No such device")), "{errors:?}");
-        assert!(errors.len() < 20, "{} errors: the source busy-loops", errors.len());
-        let opens = calls.lock().unwrap().iter().filter(|c| *c == "open").count();
+        assert!(
+            t0.elapsed() >= Duration::from_millis(140),
+            "{:?}",
+            t0.elapsed()
+        );
+        assert!(
+            errors.iter().all(|e| e.contains("No such device")),
+            "{errors:?}"
+        );
+        assert!(
+            errors.len() < 20,
+            "{} errors: the source busy-loops",
+            errors.len()
+        );
+        let opens = calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| *c == "open")
+            .count();
         assert_eq!(opens, 4);
         let h = s.health();
         assert!(h.ok && h.reopen_count == 0, "{h:?}");
@@ -327,17 +379,35 @@ mod tests {
     #[test]
     fn read_errors_reopen_the_camera() {
         use Step::*;
-        let (mut s, calls) = source(vec![Opens, Frame, ReadFails("Input/output error (os error 5)"), Opens, Frame]);
+        let (mut s, calls) = source(vec![
+            Opens,
+            Frame,
+            ReadFails("Input/output error (os error 5)"),
+            Opens,
+            Frame,
+        ]);
         until_frame(&mut s);
         let errors = until_frame(&mut s);
-        assert!(errors[0].contains("read failed") && errors[0].contains("os error 5"), "{errors:?}");
+        assert!(
+            errors[0].contains("read failed") && errors[0].contains("os error 5"),
+            "{errors:?}"
+        );
         let h = s.health();
         assert!(h.ok, "{h:?}");
         assert_eq!(h.reopen_count, 1);
         let calls = calls.lock().unwrap().clone();
         assert_eq!(
             calls,
-            ["open", "start yuyv 4x2 @ 30 fps", "read", "read", "close", "open", "start yuyv 4x2 @ 30 fps", "read"]
+            [
+                "open",
+                "start yuyv 4x2 @ 30 fps",
+                "read",
+                "read",
+                "close",
+                "open",
+                "start yuyv 4x2 @ 30 fps",
+                "read"
+            ]
         );
     }
 
@@ -396,7 +466,12 @@ mod tests {
                 "no-modes".into()
             }
         }
-        let request = Request { format: FormatChoice::Auto, width: 640, height: 480, fps: 5.0 };
+        let request = Request {
+            format: FormatChoice::Auto,
+            width: 640,
+            height: 480,
+            fps: 5.0,
+        };
         let mut s = CameraSource::with_backoff(
             Box::new(NoModes(calls.clone())),
             request,

@@ -167,14 +167,20 @@ pub fn list_cameras() -> Result<Vec<CameraInfo>> {
     let found = match nokhwa::query(ApiBackend::Video4Linux) {
         Ok(found) => found,
         // No /dev/video* at all is "no cameras", not an error.
-        Err(e) if !Path::new("/dev").read_dir().is_ok_and(|mut d| {
-            d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("video")))
-        }) =>
+        Err(e)
+            if !Path::new("/dev").read_dir().is_ok_and(|mut d| {
+                d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("video")))
+            }) =>
         {
             tracing::debug!("camera query: {e}");
             Vec::new()
         }
-        Err(e) => return Err(Error::input("/dev/video*", format!("cannot list cameras: {e}"))),
+        Err(e) => {
+            return Err(Error::input(
+                "/dev/video*",
+                format!("cannot list cameras: {e}"),
+            ))
+        }
     };
     Ok(found
         .into_iter()
@@ -207,7 +213,9 @@ mod tests {
         assert_eq!(device_index(link.to_str().unwrap()).unwrap(), 7);
         let e = device_index("/dev/null").unwrap_err().to_string();
         assert!(e.contains("not a /dev/videoN device"), "{e}");
-        let e = device_index("/dev/video-nonexistent").unwrap_err().to_string();
+        let e = device_index("/dev/video-nonexistent")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no such camera"), "{e}");
     }
 
