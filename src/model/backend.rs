@@ -34,14 +34,7 @@ pub enum BackendKind {
 impl FromStr for BackendKind {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "tract" => Ok(BackendKind::Tract),
-            "ort" => Ok(BackendKind::Ort),
-            other => Err(Error::invalid(
-                "backend",
-                format!("{other:?} (expected tract or ort)"),
-            )),
-        }
+        from_name("backend", s)
     }
 }
 
@@ -66,15 +59,7 @@ pub enum Provider {
 impl FromStr for Provider {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "tensorrt" => Ok(Provider::TensorRt),
-            "cuda" => Ok(Provider::Cuda),
-            "cpu" => Ok(Provider::Cpu),
-            other => Err(Error::invalid(
-                "provider",
-                format!("{other:?} (expected tensorrt, cuda or cpu)"),
-            )),
-        }
+        from_name("provider", s)
     }
 }
 
@@ -113,5 +98,30 @@ impl Default for OrtOptions {
             tensorrt_int8: false,
             engine_cache: None,
         }
+    }
+}
+
+/// Parses a name as the config file spells it (serde's lowercase names), so that a flag and
+/// a config key accept the same words and list the same choices when they refuse one.
+fn from_name<T: serde::de::DeserializeOwned>(what: &'static str, s: &str) -> Result<T> {
+    use serde::de::IntoDeserializer;
+    T::deserialize(IntoDeserializer::<serde::de::value::Error>::into_deserializer(s))
+        .map_err(|e| Error::invalid(what, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse_as_in_the_config_file() {
+        assert_eq!("ort".parse::<BackendKind>().unwrap(), BackendKind::Ort);
+        assert_eq!("tensorrt".parse::<Provider>().unwrap(), Provider::TensorRt);
+        let e = "gpu".parse::<Provider>().unwrap_err().to_string();
+        assert!(
+            e.contains("gpu") && e.contains("tensorrt") && e.contains("cpu"),
+            "{e}"
+        );
+        assert_eq!(Provider::TensorRt.to_string(), "tensorrt");
     }
 }

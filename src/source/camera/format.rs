@@ -7,7 +7,6 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::path::Path;
-use std::str::FromStr;
 
 use image::RgbImage;
 use serde::Deserialize;
@@ -39,21 +38,6 @@ pub enum FormatChoice {
     Auto,
     Mjpeg,
     Yuyv,
-}
-
-impl FromStr for FormatChoice {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "auto" => Ok(FormatChoice::Auto),
-            "mjpeg" => Ok(FormatChoice::Mjpeg),
-            "yuyv" => Ok(FormatChoice::Yuyv),
-            other => Err(Error::invalid(
-                "camera format",
-                format!("{other:?} (expected mjpeg, yuyv or auto)"),
-            )),
-        }
-    }
 }
 
 /// One way a camera can stream: format, size, frame rate.
