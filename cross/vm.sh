@@ -1,0 +1,56 @@
+# Sourced by check-aarch64.sh: an emulated 64-bit ARM machine (qemu-system-aarch64,
+# "virt" board, Cortex-A72, 2 cores) that boots Debian's arm64 kernel straight into an
+# initramfs holding busybox, the aarch64 glibc and whatever the check puts there.
+#
+# Why full-system emulation and not qemu-user: on these machines qemu-user hangs as soon
+# as a program starts a thread (a 5-line C pthread_create + join does, under qemu 7.2 and
+# 10.0), and libtest, tract and iscamd all use threads. Under qemu-system the guest kernel
+# schedules the threads itself.
+
+VM_DIR=${VM_DIR:-target/cross/vm}
+
+# Installs qemu-system-aarch64 and fetches the arm64 kernel and busybox (Debian packages,
+# extracted into $VM_DIR, not installed), unless they are there.
+vm_install() {
+  mkdir -p "$VM_DIR"
+  if ! command -v qemu-system-aarch64 >/dev/null; then
+    echo "installing: qemu-system-arm"
+    # Debian 12 images may carry qemu-utils from bookworm-backports, which breaks
+    # bookworm's qemu-system-common: take both from backports.
+    if ! grep -rqs bookworm-backports /etc/apt/sources.list.d /etc/apt/sources.list; then
+      echo "deb http://deb.debian.org/debian bookworm-backports main" >/etc/apt/sources.list.d/bookworm-backports.list
+      apt-get update -qq
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      -t bookworm-backports qemu-system-arm >/dev/null
+  fi
+  if [ ! -s "$VM_DIR/vmlinuz" ] || [ ! -x "$VM_DIR/busybox" ]; then
+    dpkg --print-foreign-architectures | grep -qx arm64 || { dpkg --add-architecture arm64; apt-get update -qq; }
+    local debs
+    debs=$(mktemp -d)
+    local kernel
+    # The meta-package names the versioned kernel package it depends on.
+    kernel=$(apt-cache depends linux-image-arm64:arm64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+    (cd "$debs" && apt-get download -q "$kernel" busybox-static:arm64 2>/dev/null)
+    dpkg-deb -x "$debs"/linux-image-*.deb "$debs/kernel"
+    dpkg-deb -x "$debs"/busybox-static_*.deb "$debs/busybox"
+    cp "$debs"/kernel/boot/vmlinuz-* "$VM_DIR/vmlinuz"
+    cp "$debs/busybox/bin/busybox" "$VM_DIR/busybox"
+    rm -rf "$debs"
+  fi
+  command -v cpio >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cpio >/dev/null
+}
+
+# vm_run ROOT LOG TIMEOUT: packs the directory ROOT (with an executable /init) with busybox
+# and the aarch64 glibc into an initramfs, boots it and writes the console to LOG.
+vm_run() {
+  local root=$1 log=$2 limit=$3
+  mkdir -p "$root"/{bin,lib,proc,sys,dev,tmp}
+  cp "$VM_DIR/busybox" "$root/bin/busybox"
+  cp -L /usr/aarch64-linux-gnu/lib/*.so.* "$root/lib/"
+  (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$root.cpio.gz"
+  timeout "$limit" qemu-system-aarch64 -M virt -cpu cortex-a72 -smp 2 -m 3072 \
+    -nographic -no-reboot -nic none \
+    -kernel "$VM_DIR/vmlinuz" -initrd "$root.cpio.gz" \
+    -append "console=ttyAMA0 rdinit=/init quiet" >"$log" 2>&1
+}
