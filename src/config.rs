@@ -188,6 +188,15 @@ pub struct CamConfig {
     pub on_class_change: bool,
     /// Class-change triggers fire only at or above this top-1 probability.
     pub min_confidence: f64,
+    /// Publish a live map for every frame between full maps, from the last full map's
+    /// channel weights and the frame's own activations (one forward pass per map).
+    pub live: bool,
+    /// Live maps stop, and a full map is made, once the weights are this old.
+    #[serde(with = "humantime_serde")]
+    pub live_max_age: Duration,
+    /// Live maps stop, and a full map is made, once the frame's channel content drifts
+    /// this far (1 − cosine of per-channel mean activations) from the full map's frame.
+    pub live_max_drift: f64,
 }
 
 impl Default for CamConfig {
@@ -203,11 +212,26 @@ impl Default for CamConfig {
             interval: Duration::from_secs(30),
             on_class_change: true,
             min_confidence: 0.5,
+            live: false,
+            live_max_age: Duration::from_secs(300),
+            live_max_drift: LIVE_MAX_DRIFT,
         }
     }
 }
 
+/// Default of `[cam] live_max_drift`: between what small camera shifts and sensor noise
+/// cause and what a cut to another scene causes (`iscamd eval --live` measures both).
+pub const LIVE_MAX_DRIFT: f64 = 0.05;
+
 impl CamConfig {
+    /// The live-map policy these keys describe.
+    pub fn live_policy(&self) -> crate::cam::live::Policy {
+        crate::cam::live::Policy {
+            max_age: self.live_max_age,
+            max_drift: self.live_max_drift,
+        }
+    }
+
     /// The CAM parameters these keys describe.
     pub fn params(&self) -> Result<CamParams> {
         let mut p = CamParams::new(&self.method, self.steps, self.channels)
@@ -382,6 +406,15 @@ impl Config {
             ));
         }
         self.cam.params()?;
+        if !(0.0..=1.0).contains(&self.cam.live_max_drift) {
+            return Err(key_error(
+                "cam.live_max_drift",
+                format!("{} (expected 0..=1)", self.cam.live_max_drift),
+            ));
+        }
+        if self.cam.live_max_age.is_zero() {
+            return Err(key_error("cam.live_max_age", "0s (expected more than 0)"));
+        }
         if !(0.0..=1.0).contains(&self.cam.min_confidence) {
             return Err(key_error(
                 "cam.min_confidence",
@@ -573,6 +606,8 @@ mod tests {
             ("[source]\nfps = 0", "source.fps"),
             ("[model]\nchannel_order = \"GBR\"", "GBR"),
             ("[mqtt]\ncert = \"c.pem\"", "cert"),
+            ("[cam]\nlive_max_drift = 1.5", "cam.live_max_drift"),
+            ("[cam]\nlive_max_age = \"0s\"", "cam.live_max_age"),
         ] {
             let e = Config::parse(text).unwrap_err().to_string();
             assert!(e.contains(key), "{text:?}: {e}");

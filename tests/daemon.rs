@@ -833,3 +833,92 @@ fn an_absent_camera_is_retried_and_reported() {
     assert!(daemon.terminate().success(), "{}", daemon.log_text());
     assert!(!daemon.log_text().contains("panicked"));
 }
+
+#[test]
+fn live_maps_fill_the_frames_between_full_maps_and_never_outlive_their_class() {
+    // Three tench frames, then three lionfish frames: stable scenes with cuts. (A full
+    // map of 4 passes takes well under the 500 ms between frames.)
+    let scene = tempfile::tempdir().unwrap();
+    for (name, stem) in [
+        ("a", "n01440764_tench"),
+        ("b", "n01440764_tench"),
+        ("c", "n01440764_tench"),
+        ("d", "n02643566_lionfish"),
+        ("e", "n02643566_lionfish"),
+        ("f", "n02643566_lionfish"),
+    ] {
+        std::fs::copy(
+            common::image(stem),
+            scene.path().join(format!("{name}.JPEG")),
+        )
+        .unwrap();
+    }
+    let broker = Mosquitto::start();
+    let observer = Observer::connect(broker.port, "iscamd/#");
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        broker.port,
+        2,
+        "[cam]\ninterval = \"0s\"\nlive = true\nsteps = 1\nchannels = 4\n",
+    );
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        &images_dir().display().to_string(),
+        &scene.path().display().to_string(),
+    );
+    std::fs::write(&config, text).unwrap();
+    let mut daemon = Daemon::start(&config, dir.path());
+
+    let heatmaps = observer.wait_for(
+        &topic("heatmap"),
+        Duration::from_secs(90),
+        "live maps of both classes",
+        |m| {
+            let live: Vec<_> = m
+                .iter()
+                .map(|m| m.json())
+                .filter(|h| h["fresh"] == false)
+                .collect();
+            live.iter().any(|h| h["class"]["index"] == 0)
+                && live.iter().any(|h| h["class"]["index"] == 119)
+        },
+    );
+    observer.wait_for(&topic("stats"), Duration::from_secs(10), "stats", |m| {
+        m.last()
+            .is_some_and(|s| s.json()["live_maps"].as_u64().unwrap_or(0) > 0)
+    });
+    assert!(daemon.terminate().success(), "{}", daemon.log_text());
+
+    let heatmaps: Vec<serde_json::Value> = heatmaps.iter().map(|m| m.json()).collect();
+    let mut fresh_class = std::collections::HashMap::new();
+    for (i, h) in heatmaps.iter().enumerate() {
+        assert_eq!(
+            h["seq"].as_u64().unwrap(),
+            i as u64 + 1,
+            "one sequence for full and live maps"
+        );
+        let frame = h["frame"].as_u64().unwrap();
+        let weights_frame = h["weights_frame"].as_u64().unwrap();
+        if h["fresh"] == true {
+            assert_eq!(weights_frame, frame);
+            assert_eq!(h["age_ms"], 0.0);
+            assert_eq!(h["passes"], 4);
+            assert!(h.get("drift").is_none());
+            fresh_class.insert(frame, h["class"]["index"].clone());
+        } else {
+            assert!(weights_frame < frame, "{h}");
+            assert_eq!(h["passes"], 0);
+            assert!(h["age_ms"].as_f64().unwrap() >= 0.0);
+            assert_eq!(h["method"]["steps"], 1, "the full map's method");
+            assert_eq!(
+                fresh_class.get(&weights_frame),
+                Some(&h["class"]["index"]),
+                "a live map explains the class of the full map its weights come from, published before it: {h}"
+            );
+            // The same picture again: the same activations.
+            assert!(h["drift"].as_f64().unwrap() < 1e-9, "{h}");
+        }
+    }
+    let live = heatmaps.iter().filter(|h| h["fresh"] == false).count();
+    assert!(live >= 2, "{live} live maps");
+}

@@ -3,6 +3,7 @@
 //! cores, from the activations of the prediction pass.
 
 pub mod display;
+pub mod live;
 pub mod masks;
 mod method;
 mod score;

@@ -5,7 +5,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Args;
 use iscamd::analyse::Analysis;
-use iscamd::cam::CamParams;
+use iscamd::cam::{display, live, CamParams};
 use std::collections::{BTreeSet, HashMap};
 
 use iscamd::model::{BackendKind, BatchPlan, Classifier};
@@ -42,6 +42,13 @@ pub struct BenchArgs {
         default_value = "iscam:3:128,scorecam:1:0,iscam:10:0"
     )]
     pub heatmaps: Vec<String>,
+    /// Times each heatmap is made, for its p50 and p95 latency.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub repeat: u32,
+    /// Frames timed for the live-map latency (a forward pass plus the weighted sum, from
+    /// the first heatmap's weights); 0 skips it.
+    #[arg(long, default_value_t = 30)]
+    pub live_frames: usize,
     #[command(flatten)]
     pub model: ModelArgs,
 }
@@ -121,9 +128,14 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     }
     println!();
     println!(
-        "{:<28} {:>7} {:<16} {:>7} {:>9} {:>8} {:>9}",
-        "model", "backend", "heatmap", "passes", "seconds", "ms/pass", "vs first"
+        "# heatmaps made {} time(s) each on the same frame: latency p50 / p95 (nearest rank)",
+        args.repeat
     );
+    println!(
+        "{:<28} {:>7} {:<16} {:>7} {:>9} {:>9} {:>8} {:>9}",
+        "model", "backend", "heatmap", "passes", "p50 s", "p95 s", "ms/pass", "vs first"
+    );
+    let mut live_weights = None;
     for path in &models {
         let name = file_name(path);
         let loaded: Vec<(BackendKind, Classifier)> = backends
@@ -139,20 +151,109 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             let mut first = None;
             for (backend, classifier) in &loaded {
                 let analysis = Analysis::of_frame(classifier, frame.clone())?;
-                let t0 = Instant::now();
-                let e = analysis.explain(classifier, None, params, threads)?;
-                let secs = t0.elapsed().as_secs_f64();
-                let base = *first.get_or_insert(secs);
+                let mut seconds = Vec::new();
+                let mut passes = 0;
+                for _ in 0..args.repeat {
+                    let t0 = Instant::now();
+                    let e = analysis.explain(classifier, None, params, threads)?;
+                    seconds.push(t0.elapsed().as_secs_f64());
+                    passes = e.passes;
+                    if live_weights.is_none() {
+                        if let Some(a) = &analysis.activations {
+                            live_weights = Some((
+                                path.clone(),
+                                *backend,
+                                spec.to_string(),
+                                live::Reference::new(&e, a.view(), 0),
+                            ));
+                        }
+                    }
+                }
+                let (p50, p95) = (percentile(&seconds, 50.0), percentile(&seconds, 95.0));
+                let base = *first.get_or_insert(p50);
                 println!(
-                    "{name:<28} {backend:>7} {spec:<16} {:>7} {secs:>9.2} {:>8.1} {:>8.2}x",
-                    e.passes,
-                    secs * 1e3 / e.passes.max(1) as f64,
-                    base / secs
+                    "{name:<28} {backend:>7} {spec:<16} {passes:>7} {p50:>9.2} {p95:>9.2} {:>8.1} {:>8.2}x",
+                    p50 * 1e3 / passes.max(1) as f64,
+                    base / p50
                 );
             }
         }
     }
+    if let (Some((path, backend, spec, weights)), true) = (live_weights, args.live_frames > 0) {
+        let classifier = args
+            .model
+            .load_with(&path, BatchPlan::PerSize, backend, threads)?;
+        live_latency(&classifier, &frame, &weights, &spec, args.live_frames)?;
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Live maps: a frame's forward pass plus the weighted sum, against the forward pass alone.
+fn live_latency(
+    classifier: &Classifier,
+    frame: &image::RgbImage,
+    weights: &live::Reference,
+    spec: &str,
+    frames: usize,
+) -> Result<()> {
+    let policy = live::Policy {
+        max_age: std::time::Duration::MAX,
+        max_drift: 1.0,
+    };
+    let (mut forward, mut total, mut render) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..frames {
+        let t0 = Instant::now();
+        let analysis = Analysis::of_frame(classifier, frame.clone())?;
+        let t1 = Instant::now();
+        let activations = analysis.activations.as_ref().context("no CAM layer")?;
+        let live = weights
+            .live_map(
+                weights.class,
+                activations.view(),
+                Default::default(),
+                &policy,
+            )
+            .map_err(|why| anyhow::anyhow!("no live map: {why}"))?;
+        forward.push((t1 - t0).as_secs_f64());
+        total.push(t0.elapsed().as_secs_f64());
+        // What the daemon's renderer thread adds, beside the inference thread.
+        let t2 = Instant::now();
+        let crop = classifier.preprocess().crop_region();
+        let overlay = display::overlay(frame, &live.map, crop, 640);
+        let mut jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 80).encode_image(&overlay)?;
+        render.push(t2.elapsed().as_secs_f64());
+    }
+    println!();
+    println!(
+        "# live maps from the weights of {spec}, {frames} frames: preprocessing + forward pass + weighted sum"
+    );
+    println!("{:<34} {:>9} {:>9}", "per frame", "p50 ms", "p95 ms");
+    for (what, v) in [
+        ("prediction only", &forward),
+        ("prediction + live map", &total),
+        ("render: overlay + JPEG, 640 px", &render),
+    ] {
+        println!(
+            "{what:<34} {:>9.1} {:>9.1}",
+            percentile(v, 50.0) * 1e3,
+            percentile(v, 95.0) * 1e3
+        );
+    }
+    println!(
+        "{:<34} {:>8.3}x",
+        "live map / prediction (p50)",
+        percentile(&total, 50.0) / percentile(&forward, 50.0)
+    );
+    Ok(())
+}
+
+/// Nearest-rank percentile.
+fn percentile(values: &[f64], p: f64) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * v.len() as f64).ceil().max(1.0) as usize;
+    v[rank.min(v.len()) - 1]
 }
 
 fn file_name(path: &std::path::Path) -> String {

@@ -46,6 +46,15 @@ pub struct EvalArgs {
     /// Seed of SS-CAM's noise, the random control and the bootstrap.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Measure live maps instead of comparing methods: for each image, frames shifted by a
+    /// few pixels, with sensor noise, and a cut to the next image; live maps (the image's
+    /// weights over each frame's activations) against fresh maps of each frame, and the
+    /// drift between frames. Writes live.csv and live.md.
+    #[arg(long)]
+    pub live: bool,
+    /// The full maps whose weights --live reuses. Default: the daemon's ([cam] defaults).
+    #[arg(long, value_name = "SPEC", requires = "live")]
+    pub live_method: Option<String>,
     #[command(flatten)]
     pub model: ModelArgs,
 }
@@ -63,6 +72,9 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
             "--tolerance {}: expected a percentage in [0, 100)",
             args.tolerance
         );
+    }
+    if args.live {
+        return run_live(args);
     }
     let mut labels = split_specs(&args.methods);
     if let Some(b) = &args.baseline {
@@ -194,6 +206,82 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
     for plot in eval::write_plots(&args.out, &summaries, &curve_methods)? {
         eprintln!("wrote {}", plot.display());
     }
+    Ok(tally.finish())
+}
+
+fn run_live(args: EvalArgs) -> Result<ExitCode> {
+    let params = match &args.live_method {
+        Some(spec) => match MethodSpec::parse(spec, args.weighting, args.seed)?.kind {
+            eval::SpecKind::Cam(p) => p,
+            _ => bail!("--live-method {spec}: expected a CAM method (scorecam, sscam, iscam)"),
+        },
+        None => {
+            let mut p = iscamd::cam::CamParams::new("iscam", None, None)?;
+            p.weighting = args.weighting;
+            p
+        }
+    };
+    let mut tally = Tally::default();
+    let mut images = Vec::new();
+    for input in expand_inputs(&args.inputs) {
+        match input {
+            Ok(p) => images.push(p),
+            Err(e) => tally.fail(e),
+        }
+    }
+    if let Some(n) = args.limit {
+        images.truncate(n + 1);
+    }
+    if images.len() < 2 {
+        bail!("--live needs at least 2 images (each sequence cuts to the next image)");
+    }
+    let classifier = args.model.load()?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let options = EvalOptions {
+        steps: args.steps,
+        seed: args.seed,
+        threads: args.model.threads(),
+        blur_sigma: 5.0,
+    };
+    let references = images.len() - 1;
+    let mut rows = Vec::new();
+    for (i, pair) in images.windows(2).enumerate() {
+        let started = std::time::Instant::now();
+        match eval::live::evaluate_image(&classifier, &pair[0], &pair[1], &params, &options) {
+            Ok(r) => {
+                tally.ok += 1;
+                rows.extend(r)
+            }
+            Err(e) => tally.fail(e),
+        }
+        eprintln!(
+            "[{}/{references}] {}: {:.0} s",
+            i + 1,
+            pair[0].display(),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    let csv_path = args.out.join("live.csv");
+    let mut csv = csv::Writer::from_path(&csv_path)
+        .with_context(|| format!("cannot write {}", csv_path.display()))?;
+    for row in &rows {
+        csv.serialize(row)?;
+    }
+    csv.flush()
+        .with_context(|| format!("cannot write {}", csv_path.display()))?;
+    let md = format!(
+        "Live maps vs fresh maps: model `{}`, {references} reference image(s), full maps `{}` ({} steps, {} channels), class = top-1 of the reference, {} deletion/insertion steps.\n\n{}",
+        classifier.path().display(),
+        params.method.name(),
+        params.steps(),
+        params.channels,
+        args.steps,
+        eval::live::report(&rows)
+    );
+    let md_path = args.out.join("live.md");
+    std::fs::write(&md_path, &md).with_context(|| format!("cannot write {}", md_path.display()))?;
+    println!("{md}");
     Ok(tally.finish())
 }
 

@@ -33,7 +33,7 @@ use crate::publish::{
 };
 use crate::source::{Frame, FrameSource, ImageFiles, Pacer, Pattern};
 use crate::stats::Stats;
-use heatmap::{Job, RequestId};
+use heatmap::{Freshness, Job, Outcome, Ready, RequestId, Weights};
 use latest::Latest;
 
 /// What the command task asks of the inference thread.
@@ -299,10 +299,23 @@ async fn run_async(
             .map_err(|e| Error::invalid("thread", e))?
     };
 
-    // Heatmap thread: a rendezvous channel, so a job is only handed over when it is idle.
+    // Heatmaps: the CAM worker takes a job over a rendezvous channel, so only when it is
+    // idle; the renderer takes full maps and live maps from a small queue.
     let (job_tx, job_rx) = sync_channel::<Job>(0);
+    let (render_tx, render_rx) = sync_channel::<Outcome>(2);
+    let weights = Arc::new(Latest::<Weights>::default());
     let heatmap_threads = config_threads(&config).saturating_sub(1).max(1);
-    let heatmap_worker = {
+    let cam_worker = {
+        let (classifier, render_tx, weights) =
+            (classifier.clone(), render_tx.clone(), weights.clone());
+        std::thread::Builder::new()
+            .name("iscamd-cam".into())
+            .spawn(move || {
+                heatmap::compute(classifier, job_rx, render_tx, weights, heatmap_threads)
+            })
+            .map_err(|e| Error::invalid("thread", e))?
+    };
+    let renderer = {
         let (classifier, tx, stats) = (classifier.clone(), publish_tx.clone(), stats.clone());
         let output = heatmap::Output {
             topics: topics.clone(),
@@ -311,11 +324,10 @@ async fn run_async(
             retain_image: config.mqtt.retain_heatmap_image,
             image_width: config.mqtt.heatmap_image_width,
             image_quality: config.mqtt.heatmap_image_quality,
-            threads: heatmap_threads,
         };
         std::thread::Builder::new()
-            .name("iscamd-heatmap".into())
-            .spawn(move || heatmap::run(classifier, job_rx, output, tx, stats))
+            .name("iscamd-render".into())
+            .spawn(move || heatmap::render(classifier, render_rx, output, tx, stats))
             .map_err(|e| Error::invalid("thread", e))?
     };
 
@@ -329,6 +341,12 @@ async fn run_async(
             stats: stats.clone(),
             tx: publish_tx.clone(),
             jobs: job_tx,
+            live: config.cam.live.then(|| Live {
+                policy: config.cam.live_policy(),
+                weights,
+                render: render_tx,
+                current: None,
+            }),
             control: control_rx,
             topics: topics.clone(),
             device: device.clone(),
@@ -450,7 +468,8 @@ async fn run_async(
     let threads_done = tokio::task::spawn_blocking(move || {
         let _ = capture.join();
         let _ = inference.join();
-        let _ = heatmap_worker.join();
+        let _ = cam_worker.join();
+        let _ = renderer.join();
     });
     if tokio::time::timeout(grace, threads_done).await.is_err() {
         tracing::warn!("the heatmap in flight did not finish within {grace:?}: abandoned");
@@ -555,6 +574,8 @@ struct InferenceWorker {
     stats: Arc<Stats>,
     tx: mpsc::Sender<Message>,
     jobs: SyncSender<Job>,
+    /// Live maps between full maps (`[cam] live`).
+    live: Option<Live>,
     control: std::sync::mpsc::Receiver<Control>,
     topics: Topics,
     device: String,
@@ -565,6 +586,60 @@ struct InferenceWorker {
     min_confidence: f64,
     /// Test hook ([`HANG_HOOK`]): hang after this many frames.
     hang_after: Option<u64>,
+}
+
+/// What the inference thread needs for live maps.
+struct Live {
+    policy: crate::cam::live::Policy,
+    /// Where the CAM worker leaves the newest full map's weights.
+    weights: Arc<Latest<Weights>>,
+    render: SyncSender<Outcome>,
+    /// The weights in use.
+    current: Option<Weights>,
+}
+
+impl Live {
+    /// Publishes a live map for this frame, or says why a full map is needed.
+    fn publish(
+        &mut self,
+        analysis: &Arc<Analysis>,
+        (frame, captured): (u64, SystemTime),
+        class: usize,
+        stats: &Stats,
+    ) -> std::result::Result<(), crate::cam::live::Refresh> {
+        use crate::cam::live::Refresh;
+        if let Some(newer) = self.weights.take(Duration::ZERO) {
+            self.current = Some(newer);
+        }
+        let (Some(w), Some(activations)) = (&self.current, &analysis.activations) else {
+            return Err(Refresh::NoReference);
+        };
+        let t0 = Instant::now();
+        let age = w.made.elapsed();
+        let live = w
+            .reference
+            .live_map(class, activations.view(), age, &self.policy)?;
+        let ready = Ready {
+            analysis: analysis.clone(),
+            frame,
+            captured,
+            class,
+            map: live.map,
+            method: payload::MethodInfo::from(&w.reference.params),
+            passes: 0,
+            cam_ms: t0.elapsed().as_secs_f64() * 1e3,
+            freshness: Freshness::Live {
+                age,
+                weights_frame: w.reference.frame,
+                drift: live.drift,
+            },
+            request_id: None,
+        };
+        if self.render.try_send(Outcome::Map(Box::new(ready))).is_err() {
+            stats.live_maps_dropped.fetch_add(1, Relaxed);
+        }
+        Ok(())
+    }
 }
 
 /// Environment variable that makes the inference thread hang after N frames, so tests can
@@ -669,18 +744,35 @@ impl InferenceWorker {
                     params,
                     class,
                     request_id: Some(id),
+                    reference: false,
                 })
-            } else if due || changed {
-                Some(Job {
+            } else {
+                let refresh = match &mut self.live {
+                    Some(live) if !due && !changed => {
+                        match live.publish(
+                            &analysis,
+                            (frame.number, frame.captured),
+                            top1,
+                            &self.stats,
+                        ) {
+                            Ok(()) => false,
+                            Err(why) => {
+                                tracing::debug!("frame {}: full map needed: {why}", frame.number);
+                                true
+                            }
+                        }
+                    }
+                    _ => false,
+                };
+                (due || changed || refresh).then(|| Job {
                     analysis,
                     frame: frame.number,
                     captured: frame.captured,
                     params: self.params.clone(),
                     class: None,
                     request_id: None,
+                    reference: true,
                 })
-            } else {
-                None
             };
             if let Some(job) = job {
                 match self.jobs.try_send(job) {

@@ -6,6 +6,7 @@ use base64::Engine;
 use serde::Serialize;
 
 use crate::analyse::ClassScore;
+use crate::cam::CamParams;
 
 /// RFC 3339 UTC time with milliseconds.
 pub fn timestamp(t: SystemTime) -> String {
@@ -65,6 +66,17 @@ pub struct MethodInfo {
     pub weighting: &'static str,
 }
 
+impl From<&CamParams> for MethodInfo {
+    fn from(p: &CamParams) -> Self {
+        MethodInfo {
+            name: p.method.name(),
+            steps: p.steps(),
+            channels: p.channels,
+            weighting: p.weighting.name(),
+        }
+    }
+}
+
 #[derive(Serialize, Debug)]
 pub struct HeatmapLatency {
     pub cam: f64,
@@ -97,7 +109,19 @@ pub struct Heatmap<'a> {
     pub header: Header<'a>,
     pub class: ClassScore,
     pub method: MethodInfo,
+    /// Masked forward passes of the full map the weights come from (0 for a live map).
     pub passes: usize,
+    /// `false` for a live map: an earlier full map's channel weights over this frame's
+    /// own activations.
+    pub fresh: bool,
+    /// Age of the weights in milliseconds (0 for a fresh map).
+    pub age_ms: f64,
+    /// The frame the weights were computed on (`frame` itself for a fresh map).
+    pub weights_frame: u64,
+    /// Live maps: how far this frame drifted from `weights_frame` (1 − cosine of the
+    /// per-channel mean activations).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drift: Option<f64>,
     pub latency_ms: HeatmapLatency,
     pub map: MapData,
     /// The `id` of the `explain` command this answers, if any.

@@ -230,23 +230,25 @@ impl Observer {
     }
 }
 
-/// Reads the retained message of `topic`, if any, with a fresh client.
+/// Reads the retained message of `topic`, if any, with a fresh client. The broker sends
+/// retained messages right after the SUBACK: none within 2 s of it means there is none
+/// (a loaded machine can take more than a few hundred ms).
 pub fn retained(port: u16, topic: &str) -> Option<String> {
     let mut options = MqttOptions::new(format!("retained-{}", free_port()), "127.0.0.1", port);
     options.set_keep_alive(Duration::from_secs(5));
+    options.set_max_packet_size(16 << 20, 16 << 20);
     let (client, mut connection) = Client::new(options, 10);
     client.subscribe(topic, QoS::AtLeastOnce).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(3);
-    let mut subscribed = false;
+    let mut deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         match connection.recv_timeout(Duration::from_millis(200)) {
-            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => subscribed = true,
+            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => {
+                deadline = deadline.min(Instant::now() + Duration::from_secs(2))
+            }
             Ok(Ok(Event::Incoming(Packet::Publish(p)))) if p.retain => {
                 return Some(String::from_utf8_lossy(&p.payload).into_owned())
             }
-            Ok(_) => {}
-            Err(_) if subscribed => return None,
-            Err(_) => {}
+            _ => {}
         }
     }
     None
