@@ -8,7 +8,7 @@ use iscamd::analyse::Analysis;
 use iscamd::cam::{display, live, CamParams};
 use std::collections::{BTreeSet, HashMap};
 
-use iscamd::model::{BackendKind, BatchPlan, Classifier};
+use iscamd::model::{cost, BackendKind, BatchPlan, Classifier};
 use iscamd::source::decode_image;
 use tract_onnx::prelude::tract_ndarray::{Array4, Axis};
 
@@ -82,9 +82,38 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         "# threads: tract runs that many passes at once (one thread each); ort runs one pass \
          at a time on that many intra-op threads. \"vs first\": against the first backend's row."
     );
+    let peak = cost::sgemm_gflops(1024, 5)?;
     println!(
-        "{:<28} {:>7} {:>9} {:>6} {:>8} {:>10} {:>9} {:>9}",
-        "model", "backend", "plan", "batch", "threads", "images/s", "ms/pass", "vs first"
+        "# peak: {peak:.1} GFLOP/s on one thread, the best of 5 single-precision 1024×1024×1024 \
+         matrix products through tract's kernels; \"% peak\" is against that × threads"
+    );
+    let mut macs = HashMap::new();
+    for path in &models {
+        let m = cost::forward_macs(
+            path,
+            args.model
+                .load_with(path, BatchPlan::PerSize, BackendKind::Tract, 1)?
+                .input_size(),
+        )?;
+        println!(
+            "# {}: {:.3} G multiply-adds per image (tract's cost model)",
+            file_name(path),
+            m as f64 / 1e9
+        );
+        macs.insert(path.clone(), m);
+    }
+    println!(
+        "{:<28} {:>7} {:>9} {:>6} {:>8} {:>10} {:>9} {:>9} {:>8} {:>7}",
+        "model",
+        "backend",
+        "plan",
+        "batch",
+        "threads",
+        "images/s",
+        "ms/pass",
+        "vs first",
+        "GFLOP/s",
+        "% peak"
     );
     let mut first_rate: HashMap<(usize, &str, usize, usize), f64> = HashMap::new();
     for (m, path) in models.iter().enumerate() {
@@ -114,9 +143,11 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
                         let (rate, per_pass) =
                             throughput(&classifier, &batch_input, args.images, in_flight)?;
                         let base = *first_rate.entry((m, plan_name, batch, t)).or_insert(rate);
+                        let gflops = rate * 2.0 * macs[path] as f64 / 1e9;
                         println!(
-                            "{name:<28} {backend:>7} {plan_name:>9} {batch:>6} {t:>8} {rate:>10.1} {per_pass:>9.1} {:>8.2}x",
-                            rate / base
+                            "{name:<28} {backend:>7} {plan_name:>9} {batch:>6} {t:>8} {rate:>10.1} {per_pass:>9.1} {:>8.2}x {gflops:>8.1} {:>6.0}%",
+                            rate / base,
+                            100.0 * gflops / (peak * t as f64)
                         );
                     }
                 }

@@ -3,6 +3,7 @@
 //! activations of the CAM layer.
 
 mod backend;
+pub mod cost;
 mod labels;
 #[cfg(feature = "ort")]
 mod ort;
