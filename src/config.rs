@@ -181,6 +181,8 @@ pub struct CamConfig {
     pub batch: usize,
     pub seed: u64,
     pub sigma: f32,
+    /// Score masked inputs at this side instead of the model's input size (cheaper).
+    pub score_size: Option<usize>,
     /// Time between scheduled heatmaps; "0s" turns the schedule off.
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
@@ -209,6 +211,7 @@ impl Default for CamConfig {
             batch: 1,
             seed: 0,
             sigma: 2.0,
+            score_size: None,
             interval: Duration::from_secs(30),
             on_class_change: true,
             min_confidence: 0.5,
@@ -242,6 +245,7 @@ impl CamConfig {
             .map_err(|e| key_error("cam.weighting", e))?;
         p.batch = self.batch;
         p.seed = self.seed;
+        p.score_size = self.score_size;
         if let Method::SsCam { ref mut sigma, .. } = p.method {
             *sigma = self.sigma;
         }

@@ -12,6 +12,7 @@ fuzz_target!(|payload: &[u8]| {
         defaults: &defaults,
         layer_channels: 512,
         classes: 1000,
+        input_size: 227,
     };
     let (id, result) = parse(payload, &limits);
     if let Some(id) = id {

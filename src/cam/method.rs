@@ -2,6 +2,8 @@ use crate::error::{Error, Result};
 
 /// Largest `steps` accepted: N·K masked passes must stay within what a device can do.
 pub const MAX_STEPS: usize = 1000;
+/// Smallest `score_size` accepted: below it SqueezeNet's pooling leaves nothing to pool.
+pub const MIN_SCORE_SIZE: usize = 64;
 /// Largest masked batch accepted.
 pub const MAX_BATCH: usize = 256;
 /// Reduced-N IS-CAM, the default: the cheapest setting whose Insertion AUC and Average
@@ -75,6 +77,11 @@ pub struct CamParams {
     pub batch: usize,
     /// Seed of SS-CAM's noise.
     pub seed: u64,
+    /// Side of the square the masked inputs are scored at; `None` = the model's input
+    /// size. Fully convolutional models (SqueezeNet) accept smaller inputs, and a pass at
+    /// 163 px costs about half of one at 227: cheaper maps, at a quality cost that
+    /// `iscamd eval` measures (README "Results").
+    pub score_size: Option<usize>,
 }
 
 impl CamParams {
@@ -115,6 +122,7 @@ impl CamParams {
             weighting: Weighting::Prob,
             batch: 1,
             seed: 0,
+            score_size: None,
         })
     }
 
@@ -126,8 +134,19 @@ impl CamParams {
         }
     }
 
-    /// Checks the parameters against a CAM layer of `layer_channels` channels.
-    pub fn validate(&self, layer_channels: usize) -> Result<()> {
+    /// Checks the parameters against a CAM layer of `layer_channels` channels and a
+    /// model input of `input_size` pixels.
+    pub fn validate(&self, layer_channels: usize, input_size: usize) -> Result<()> {
+        if let Some(size) = self.score_size {
+            if !(MIN_SCORE_SIZE..=input_size).contains(&size) {
+                return Err(Error::invalid(
+                    "score_size",
+                    format!(
+                        "{size} (expected {MIN_SCORE_SIZE}..={input_size}, the model's input size)"
+                    ),
+                ));
+            }
+        }
         let steps = self.steps();
         if !(1..=MAX_STEPS).contains(&steps) {
             return Err(Error::invalid(
@@ -178,23 +197,28 @@ mod tests {
         assert!(CamParams::new("scorecam", Some(3), None).is_err());
         let e = CamParams::new("iscam", Some(0), None)
             .unwrap()
-            .validate(512)
+            .validate(512, 227)
             .unwrap_err()
             .to_string();
         assert!(e.contains("steps") && e.contains('0'), "{e}");
         assert!(CamParams::new("iscam", Some(1_000_000), None)
             .unwrap()
-            .validate(512)
+            .validate(512, 227)
             .is_err());
         let e = CamParams::new("iscam", None, Some(513))
             .unwrap()
-            .validate(512)
+            .validate(512, 227)
             .unwrap_err()
             .to_string();
         assert!(e.contains("513") && e.contains("512"), "{e}");
         assert!(CamParams::new("iscam", None, Some(512))
             .unwrap()
-            .validate(512)
+            .validate(512, 227)
             .is_ok());
+        let mut p = CamParams::new("iscam", None, None).unwrap();
+        for (size, ok) in [(163, true), (227, true), (228, false), (63, false)] {
+            p.score_size = Some(size);
+            assert_eq!(p.validate(512, 227).is_ok(), ok, "{size}");
+        }
     }
 }

@@ -53,7 +53,7 @@ pub fn explain(
     let layer = classifier
         .cam_layer()
         .ok_or_else(|| Error::model(classifier.path(), "has no CAM layer (set --cam-layer)"))?;
-    params.validate(layer.channels)?;
+    params.validate(layer.channels, classifier.input_size())?;
     if class >= logits.len() {
         return Err(Error::invalid(
             "class",

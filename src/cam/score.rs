@@ -36,7 +36,15 @@ pub(crate) fn score_masks(
 ) -> Result<Vec<ChannelScore>> {
     let steps = params.steps();
     let jobs = channels.len() * steps;
-    let (_, s, _) = x.dim();
+    let (_, input_size, _) = x.dim();
+    let s = params.score_size.unwrap_or(input_size);
+    let scaled;
+    let x = if s == input_size {
+        x
+    } else {
+        scaled = resize_planes(x, s);
+        &scaled
+    };
     let (_, h, w) = activations.dim();
     let upsampler = Upsampler::new(h, w, s, s);
     let builder = MaskedInputs {
@@ -97,6 +105,29 @@ pub(crate) fn score_masks(
         s.logit_diff += diff / steps as f64;
     }
     Ok(scores)
+}
+
+/// Each plane of `x` resized to `size`×`size` (triangle filter: antialiased when shrinking).
+fn resize_planes(x: &Array3<f32>, size: usize) -> Array3<f32> {
+    let (c, h, w) = x.dim();
+    let mut out = Array3::zeros((c, size, size));
+    for (plane, mut dst) in x.axis_iter(Axis(0)).zip(out.axis_iter_mut(Axis(0))) {
+        let img = image::ImageBuffer::<image::Luma<f32>, Vec<f32>>::from_fn(
+            w as u32,
+            h as u32,
+            |cx, cy| image::Luma([plane[[cy as usize, cx as usize]]]),
+        );
+        let small = image::imageops::resize(
+            &img,
+            size as u32,
+            size as u32,
+            image::imageops::FilterType::Triangle,
+        );
+        for ((r, cc), v) in dst.indexed_iter_mut() {
+            *v = small.get_pixel(cc as u32, r as u32).0[0];
+        }
+    }
+    out
 }
 
 /// SS-CAM's noise for one mask: an `S×S` draw of its own per (channel, step), broadcast

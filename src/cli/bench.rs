@@ -34,8 +34,8 @@ pub struct BenchArgs {
     /// Backends to compare side by side, e.g. "tract,ort". Default: --backend.
     #[arg(long = "backends", value_name = "LIST", value_delimiter = ',', value_parser = super::parse_backend)]
     pub backends: Vec<BackendKind>,
-    /// Heatmap latencies to time, as METHOD:STEPS:CHANNELS (channels 0 = all), comma-separated;
-    /// "none" times none.
+    /// Heatmap latencies to time, as METHOD:STEPS:CHANNELS[:SCORE_SIZE] (channels 0 = all;
+    /// SCORE_SIZE: score masked inputs at that side), comma-separated; "none" times none.
     #[arg(
         long,
         value_delimiter = ',',
@@ -328,14 +328,22 @@ fn throughput(
 
 fn parse_heatmap(spec: &str) -> Result<CamParams> {
     let parts: Vec<&str> = spec.split(':').collect();
-    let [method, steps, channels] = parts.as_slice() else {
-        anyhow::bail!("--heatmaps {spec:?}: expected METHOD:STEPS:CHANNELS, e.g. iscam:4:32");
+    let (method, steps, channels, size) = match parts.as_slice() {
+        [m, s, c] => (m, s, c, None),
+        [m, s, c, r] => (m, s, c, Some(r)),
+        _ => anyhow::bail!(
+            "--heatmaps {spec:?}: expected METHOD:STEPS:CHANNELS[:SCORE_SIZE], e.g. iscam:4:32 or iscam:3:128:163"
+        ),
     };
-    let steps: usize = steps
-        .parse()
-        .with_context(|| format!("--heatmaps {spec:?}: steps"))?;
-    let channels: usize = channels
-        .parse()
-        .with_context(|| format!("--heatmaps {spec:?}: channels"))?;
-    Ok(CamParams::new(method, Some(steps), Some(channels))?)
+    let number = |v: &str, what: &str| -> Result<usize> {
+        v.parse()
+            .with_context(|| format!("--heatmaps {spec:?}: {what} is not a whole number"))
+    };
+    let mut params = CamParams::new(
+        method,
+        Some(number(steps, "steps")?),
+        Some(number(channels, "channels")?),
+    )?;
+    params.score_size = size.map(|r| number(r, "score size")).transpose()?;
+    Ok(params)
 }

@@ -115,6 +115,13 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
         bail!("no images to evaluate");
     }
     let classifier = args.model.load()?;
+    let layer_channels = classifier.cam_layer().map_or(0, |l| l.channels);
+    for spec in &specs {
+        if let eval::SpecKind::Cam(p) = &spec.kind {
+            p.validate(layer_channels, classifier.input_size())
+                .with_context(|| format!("method {}", spec.label))?;
+        }
+    }
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
     let csv = args.out.join("per_image.csv");

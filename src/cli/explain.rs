@@ -45,6 +45,10 @@ pub struct ExplainArgs {
     /// Noise standard deviation of sscam.
     #[arg(long, default_value_t = 2.0)]
     pub sigma: f32,
+    /// Score the masked inputs at this side (pixels) instead of the model's input size:
+    /// about (side/227)² of the time, at a quality cost (see README "Results").
+    #[arg(long, value_name = "PIXELS")]
+    pub score_size: Option<usize>,
     /// Write NAME.heatmap.png (overlay) and NAME.heatmap.json per image into this directory.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
@@ -124,11 +128,12 @@ pub fn run(args: ExplainArgs) -> Result<ExitCode> {
     params.weighting = args.weighting;
     params.batch = args.batch;
     params.seed = args.seed;
+    params.score_size = args.score_size;
     let classifier = args.model.load()?;
     let layer = classifier
         .cam_layer()
         .context("the model has no CAM layer: give one with --cam-layer NAME")?;
-    params.validate(layer.channels)?;
+    params.validate(layer.channels, classifier.input_size())?;
     if let Some(c) = args.class.filter(|&c| c >= classifier.classes()) {
         anyhow::bail!(
             "--class {c}: the model has classes 0..{}",

@@ -181,7 +181,7 @@ pub fn run(
             "has no CAM layer (set [model] cam_layer)",
         )
     })?;
-    params.validate(layer.channels)?;
+    params.validate(layer.channels, classifier.input_size())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -382,6 +382,7 @@ async fn run_async(
                     defaults: &params,
                     layer_channels,
                     classes: classifier.classes(),
+                    input_size: classifier.input_size(),
                 };
                 let (id, parsed) = command::parse(&payload, &limits);
                 let parsed = if bucket.take() {

@@ -43,13 +43,14 @@ pub enum SpecKind {
 }
 
 impl MethodSpec {
-    /// Parses `scorecam`, `sscam:n=35,sigma=2`, `iscam:n=10`, `iscam:n=4,k=32`, `random`,
-    /// `center`. Without `k`, CAM methods use all channels; without `n`, the paper's
-    /// steps (SS-CAM 35, IS-CAM 10).
+    /// Parses `scorecam`, `sscam:n=35,sigma=2`, `iscam:n=10`, `iscam:n=4,k=32`,
+    /// `iscam:n=3,k=128,r=163`, `random`, `center`. Without `k`, CAM methods use all
+    /// channels; without `n`, the paper's steps (SS-CAM 35, IS-CAM 10); `r` scores the
+    /// masked inputs at r×r pixels.
     pub fn parse(spec: &str, weighting: Weighting, seed: u64) -> Result<Self> {
         let bad = |reason: String| Error::invalid("method spec", format!("{spec:?}: {reason}"));
         let (name, args) = spec.split_once(':').unwrap_or((spec, ""));
-        let (mut n, mut k, mut sigma) = (None, 0usize, None);
+        let (mut n, mut k, mut sigma, mut r) = (None, 0usize, None, None);
         for arg in args.split(',').filter(|a| !a.is_empty()) {
             let (key, value) = arg
                 .split_once('=')
@@ -67,6 +68,13 @@ impl MethodSpec {
                         .parse()
                         .map_err(|_| bad(format!("k={value} is not a whole number")))?
                 }
+                "r" => {
+                    r = Some(
+                        value
+                            .parse::<usize>()
+                            .map_err(|_| bad(format!("r={value} is not a whole number")))?,
+                    )
+                }
                 "sigma" => {
                     sigma = Some(
                         value
@@ -74,7 +82,7 @@ impl MethodSpec {
                             .map_err(|_| bad(format!("sigma={value} is not a number")))?,
                     )
                 }
-                other => return Err(bad(format!("unknown parameter {other:?} (n, k, sigma)"))),
+                other => return Err(bad(format!("unknown parameter {other:?} (n, k, sigma, r)"))),
             }
         }
         if n == Some(0) {
@@ -101,6 +109,7 @@ impl MethodSpec {
                 }
                 params.weighting = weighting;
                 params.seed = seed;
+                params.score_size = r;
                 SpecKind::Cam(params)
             }
             other => {
@@ -368,6 +377,13 @@ mod tests {
             panic!()
         };
         assert_eq!((p.steps(), p.channels), (10, 0));
+        let SpecKind::Cam(p) = MethodSpec::parse("iscam:n=3,k=128,r=163", w, 0)
+            .unwrap()
+            .kind
+        else {
+            panic!()
+        };
+        assert_eq!((p.steps(), p.channels, p.score_size), (3, 128, Some(163)));
         assert_eq!(
             MethodSpec::parse("random", w, 0).unwrap().kind,
             SpecKind::Random
@@ -377,6 +393,7 @@ mod tests {
             ("iscam:n=0", "n must be"),
             ("iscam:q=1", "unknown parameter"),
             ("iscam:n=x", "whole number"),
+            ("iscam:r=big", "whole number"),
             ("iscam:sigma=1", "sscam only"),
         ] {
             let e = MethodSpec::parse(bad, w, 0).unwrap_err().to_string();

@@ -1,4 +1,5 @@
-//! The tract backend: an optimised plan per batch size (or one symbolic plan).
+//! The tract backend: an optimised plan per batch size and input side (or one plan with
+//! a symbolic batch for the model's own input size).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -17,7 +18,8 @@ pub struct TractBackend {
     /// Parsed graph with outputs selected, input fact not yet fixed.
     graph: InferenceModel,
     input_size: usize,
-    plans: Mutex<HashMap<usize, Plan>>,
+    /// By (batch, side).
+    plans: Mutex<HashMap<(usize, usize), Plan>>,
     symbolic: Option<Plan>,
 }
 
@@ -36,29 +38,29 @@ impl TractBackend {
             symbolic: None,
         };
         if batch_plan == BatchPlan::Symbolic {
-            backend.symbolic = Some(backend.build_plan(None)?);
+            backend.symbolic = Some(backend.build_plan(None, input_size)?);
         }
         Ok(backend)
     }
 
-    /// The optimised plan for batch size `batch`, built on first use.
-    fn plan(&self, batch: usize) -> Result<Plan> {
-        if let Some(p) = &self.symbolic {
+    /// The optimised plan for `batch` inputs of `side`×`side` pixels, built on first use.
+    fn plan(&self, batch: usize, side: usize) -> Result<Plan> {
+        if let (Some(p), true) = (&self.symbolic, side == self.input_size) {
             return Ok(p.clone());
         }
-        if let Some(p) = self.plans.lock().expect("plan cache poisoned").get(&batch) {
+        let key = (batch, side);
+        if let Some(p) = self.plans.lock().expect("plan cache poisoned").get(&key) {
             return Ok(p.clone());
         }
-        let plan = self.build_plan(Some(batch))?;
+        let plan = self.build_plan(Some(batch), side)?;
         self.plans
             .lock()
             .expect("plan cache poisoned")
-            .insert(batch, plan.clone());
+            .insert(key, plan.clone());
         Ok(plan)
     }
 
-    fn build_plan(&self, batch: Option<usize>) -> Result<Plan> {
-        let s = self.input_size;
+    fn build_plan(&self, batch: Option<usize>, s: usize) -> Result<Plan> {
         let n: TDim = match batch {
             Some(b) => b.into(),
             None => self.graph.symbols.sym("N").into(),
@@ -85,8 +87,9 @@ impl Backend for TractBackend {
     }
 
     fn run(&self, input: Tensor, batch: usize) -> Result<(ArrayD<f32>, Option<ArrayD<f32>>)> {
+        let side = input.shape().get(2).copied().unwrap_or(self.input_size);
         let outputs = self
-            .plan(batch)?
+            .plan(batch, side)?
             .run(tvec!(input.into()))
             .map_err(|e| Error::Inference(chain(&e)))?;
         let mut arrays = outputs.into_iter().map(|v| {

@@ -51,6 +51,8 @@ pub struct Limits<'a> {
     pub defaults: &'a CamParams,
     pub layer_channels: usize,
     pub classes: usize,
+    /// The model's input size (bounds `score_size`).
+    pub input_size: usize,
 }
 
 /// Parses a command payload. Returns the command's `id` (when one could be read) with
@@ -139,6 +141,7 @@ fn explain(f: ExplainFields, limits: &Limits) -> Result<Command, String> {
     };
     params.batch = defaults.batch;
     params.seed = f.seed.unwrap_or(defaults.seed);
+    params.score_size = defaults.score_size;
     if let (
         Method::SsCam { sigma, .. },
         Method::SsCam {
@@ -150,7 +153,7 @@ fn explain(f: ExplainFields, limits: &Limits) -> Result<Command, String> {
         *sigma = default_sigma;
     }
     params
-        .validate(limits.layer_channels)
+        .validate(limits.layer_channels, limits.input_size)
         .map_err(|e| format!("explain: {e}"))?;
     if let Some(c) = f.class.filter(|&c| c >= limits.classes) {
         return Err(format!(
@@ -176,6 +179,7 @@ mod tests {
                 defaults: &defaults,
                 layer_channels: 512,
                 classes: 1000,
+                input_size: 227,
             },
         )
     }
