@@ -127,6 +127,59 @@ pub fn compute(
     }
 }
 
+/// What the inference thread needs for live maps.
+pub struct Live {
+    pub policy: live::Policy,
+    /// Where the CAM worker leaves the newest full map's weights.
+    pub weights: Arc<Latest<Weights>>,
+    pub render: SyncSender<Outcome>,
+    /// The weights in use.
+    pub current: Option<Weights>,
+}
+
+impl Live {
+    /// Publishes a live map for this frame, or says why a full map is needed.
+    pub fn publish(
+        &mut self,
+        analysis: &Arc<Analysis>,
+        (frame, captured): (u64, SystemTime),
+        class: usize,
+        stats: &Stats,
+    ) -> Result<(), live::Refresh> {
+        if let Some(newer) = self.weights.take(Duration::ZERO) {
+            self.current = Some(newer);
+        }
+        let (Some(w), Some(activations)) = (&self.current, &analysis.activations) else {
+            return Err(live::Refresh::NoReference);
+        };
+        let t0 = Instant::now();
+        let age = w.made.elapsed();
+        let live = w
+            .reference
+            .live_map(class, activations.view(), age, &self.policy)?;
+        let ready = Ready {
+            analysis: analysis.clone(),
+            frame,
+            captured,
+            class,
+            map: live.map,
+            method: MethodInfo::from(&w.reference.params),
+            passes: 0,
+            cam_ms: t0.elapsed().as_secs_f64() * 1e3,
+            freshness: Freshness::Live {
+                age,
+                weights_frame: w.reference.frame,
+                drift: live.drift,
+            },
+            request_id: None,
+        };
+        if self.render.try_send(Outcome::Map(Box::new(ready))).is_err() {
+            stats.live_maps_dropped.fetch_add(1, Relaxed);
+        }
+        Ok(())
+    }
+}
+
 /// How heatmaps are published.
 pub struct Output {
     pub topics: Topics,

@@ -33,7 +33,7 @@ use crate::publish::{
 };
 use crate::source::{Frame, FrameSource, ImageFiles, Pacer, Pattern};
 use crate::stats::Stats;
-use heatmap::{Freshness, Job, Outcome, Ready, RequestId, Weights};
+use heatmap::{Job, Live, Outcome, RequestId, Weights};
 use latest::Latest;
 
 /// What the command task asks of the inference thread.
@@ -587,60 +587,6 @@ struct InferenceWorker {
     min_confidence: f64,
     /// Test hook ([`HANG_HOOK`]): hang after this many frames.
     hang_after: Option<u64>,
-}
-
-/// What the inference thread needs for live maps.
-struct Live {
-    policy: crate::cam::live::Policy,
-    /// Where the CAM worker leaves the newest full map's weights.
-    weights: Arc<Latest<Weights>>,
-    render: SyncSender<Outcome>,
-    /// The weights in use.
-    current: Option<Weights>,
-}
-
-impl Live {
-    /// Publishes a live map for this frame, or says why a full map is needed.
-    fn publish(
-        &mut self,
-        analysis: &Arc<Analysis>,
-        (frame, captured): (u64, SystemTime),
-        class: usize,
-        stats: &Stats,
-    ) -> std::result::Result<(), crate::cam::live::Refresh> {
-        use crate::cam::live::Refresh;
-        if let Some(newer) = self.weights.take(Duration::ZERO) {
-            self.current = Some(newer);
-        }
-        let (Some(w), Some(activations)) = (&self.current, &analysis.activations) else {
-            return Err(Refresh::NoReference);
-        };
-        let t0 = Instant::now();
-        let age = w.made.elapsed();
-        let live = w
-            .reference
-            .live_map(class, activations.view(), age, &self.policy)?;
-        let ready = Ready {
-            analysis: analysis.clone(),
-            frame,
-            captured,
-            class,
-            map: live.map,
-            method: payload::MethodInfo::from(&w.reference.params),
-            passes: 0,
-            cam_ms: t0.elapsed().as_secs_f64() * 1e3,
-            freshness: Freshness::Live {
-                age,
-                weights_frame: w.reference.frame,
-                drift: live.drift,
-            },
-            request_id: None,
-        };
-        if self.render.try_send(Outcome::Map(Box::new(ready))).is_err() {
-            stats.live_maps_dropped.fetch_add(1, Relaxed);
-        }
-        Ok(())
-    }
 }
 
 /// Environment variable that makes the inference thread hang after N frames, so tests can
