@@ -129,15 +129,28 @@ pub fn compute(
 
 /// What the inference thread needs for live maps.
 pub struct Live {
-    pub policy: live::Policy,
+    policy: live::Policy,
     /// Where the CAM worker leaves the newest full map's weights.
-    pub weights: Arc<Latest<Weights>>,
-    pub render: SyncSender<Outcome>,
+    weights: Arc<Latest<Weights>>,
+    render: SyncSender<Outcome>,
     /// The weights in use.
-    pub current: Option<Weights>,
+    current: Option<Weights>,
 }
 
 impl Live {
+    pub fn new(
+        policy: live::Policy,
+        weights: Arc<Latest<Weights>>,
+        render: SyncSender<Outcome>,
+    ) -> Self {
+        Live {
+            policy,
+            weights,
+            render,
+            current: None,
+        }
+    }
+
     /// Publishes a live map for this frame, or says why a full map is needed.
     pub fn publish(
         &mut self,

@@ -341,12 +341,10 @@ async fn run_async(
             stats: stats.clone(),
             tx: publish_tx.clone(),
             jobs: job_tx,
-            live: config.cam.live.then(|| Live {
-                policy: config.cam.live_policy(),
-                weights,
-                render: render_tx,
-                current: None,
-            }),
+            live: config
+                .cam
+                .live
+                .then(|| Live::new(config.cam.live_policy(), weights, render_tx)),
             control: control_rx,
             topics: topics.clone(),
             device: device.clone(),

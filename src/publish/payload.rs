@@ -109,7 +109,7 @@ pub struct Heatmap<'a> {
     pub header: Header<'a>,
     pub class: ClassScore,
     pub method: MethodInfo,
-    /// Masked forward passes of the full map the weights come from (0 for a live map).
+    /// Masked forward passes this map cost (0 for a live map).
     pub passes: usize,
     /// `false` for a live map: an earlier full map's channel weights over this frame's
     /// own activations.
