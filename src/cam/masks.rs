@@ -2,7 +2,7 @@
 //! upsampling with PyTorch's `align_corners=False` convention (written here because the
 //! image crates resize images, not float maps, and none documents that exact convention).
 
-use tract_onnx::prelude::tract_ndarray::{Array2, ArrayView2, ArrayView3, Axis};
+use tract_onnx::prelude::tract_ndarray::{Array2, Array3, ArrayView2, ArrayView3, Axis};
 
 /// Bilinear resampling from `in_h×in_w` to `out_h×out_w`, as
 /// `torch.nn.functional.interpolate(mode="bilinear", align_corners=False)`.
@@ -123,6 +123,27 @@ fn variance(a: ArrayView2<f32>) -> f64 {
     let n = a.len() as f64;
     let mean = a.iter().map(|&v| v as f64).sum::<f64>() / n;
     a.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n
+}
+
+/// One plane of a `[C,H,W]` tensor as a float image.
+pub type Plane = image::ImageBuffer<image::Luma<f32>, Vec<f32>>;
+
+/// Applies an image operation to each plane of `x` (`[C,H,W]`); the results may have
+/// another size, the same for every plane.
+pub fn map_planes(x: &Array3<f32>, op: impl Fn(&Plane) -> Plane) -> Array3<f32> {
+    let (c, h, w) = x.dim();
+    let planes: Vec<Plane> = x
+        .axis_iter(Axis(0))
+        .map(|plane| {
+            op(&Plane::from_fn(w as u32, h as u32, |cx, cy| {
+                image::Luma([plane[[cy as usize, cx as usize]]])
+            }))
+        })
+        .collect();
+    let (ow, oh) = planes.first().map_or((0, 0), |p| p.dimensions());
+    Array3::from_shape_fn((c, oh as usize, ow as usize), |(ch, r, cc)| {
+        planes[ch].get_pixel(cc as u32, r as u32).0[0]
+    })
 }
 
 #[cfg(test)]

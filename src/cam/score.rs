@@ -11,7 +11,7 @@ use rand_distr::{Distribution, Normal};
 use tract_onnx::prelude::tract_ndarray::{Array3, Array4, ArrayView3, Axis};
 use tract_onnx::prelude::Tensor;
 
-use super::masks::{normalise, Upsampler};
+use super::masks::{map_planes, normalise, Upsampler};
 use super::{CamParams, Method};
 use crate::error::{Error, Result};
 use crate::model::{softmax, Classifier};
@@ -109,25 +109,10 @@ pub(crate) fn score_masks(
 
 /// Each plane of `x` resized to `size`×`size` (triangle filter: antialiased when shrinking).
 fn resize_planes(x: &Array3<f32>, size: usize) -> Array3<f32> {
-    let (c, h, w) = x.dim();
-    let mut out = Array3::zeros((c, size, size));
-    for (plane, mut dst) in x.axis_iter(Axis(0)).zip(out.axis_iter_mut(Axis(0))) {
-        let img = image::ImageBuffer::<image::Luma<f32>, Vec<f32>>::from_fn(
-            w as u32,
-            h as u32,
-            |cx, cy| image::Luma([plane[[cy as usize, cx as usize]]]),
-        );
-        let small = image::imageops::resize(
-            &img,
-            size as u32,
-            size as u32,
-            image::imageops::FilterType::Triangle,
-        );
-        for ((r, cc), v) in dst.indexed_iter_mut() {
-            *v = small.get_pixel(cc as u32, r as u32).0[0];
-        }
-    }
-    out
+    let size = size as u32;
+    map_planes(x, |plane| {
+        image::imageops::resize(plane, size, size, image::imageops::FilterType::Triangle)
+    })
 }
 
 /// SS-CAM's noise for one mask: an `S×S` draw of its own per (channel, step), broadcast

@@ -101,16 +101,7 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
         .map(|l| MethodSpec::parse(l, args.weighting, args.seed))
         .collect::<Result<_, _>>()?;
     let mut tally = Tally::default();
-    let mut images = Vec::new();
-    for input in expand_inputs(&args.inputs) {
-        match input {
-            Ok(p) => images.push(p),
-            Err(e) => tally.fail(e),
-        }
-    }
-    if let Some(n) = args.limit {
-        images.truncate(n);
-    }
+    let images = collect_images(&args.inputs, args.limit, &mut tally);
     if images.is_empty() {
         bail!("no images to evaluate");
     }
@@ -229,16 +220,8 @@ fn run_live(args: EvalArgs) -> Result<ExitCode> {
         }
     };
     let mut tally = Tally::default();
-    let mut images = Vec::new();
-    for input in expand_inputs(&args.inputs) {
-        match input {
-            Ok(p) => images.push(p),
-            Err(e) => tally.fail(e),
-        }
-    }
-    if let Some(n) = args.limit {
-        images.truncate(n + 1);
-    }
+    // Each reference image cuts to the next one: --limit N needs N + 1.
+    let images = collect_images(&args.inputs, args.limit.map(|n| n + 1), &mut tally);
     if images.len() < 2 {
         bail!("--live needs at least 2 images (each sequence cuts to the next image)");
     }
@@ -290,6 +273,19 @@ fn run_live(args: EvalArgs) -> Result<ExitCode> {
     std::fs::write(&md_path, &md).with_context(|| format!("cannot write {}", md_path.display()))?;
     println!("{md}");
     Ok(tally.finish())
+}
+
+/// The image files under `inputs`, at most `limit`; unreadable inputs are counted.
+fn collect_images(inputs: &[PathBuf], limit: Option<usize>, tally: &mut Tally) -> Vec<PathBuf> {
+    let mut images = Vec::new();
+    for input in expand_inputs(inputs) {
+        match input {
+            Ok(p) => images.push(p),
+            Err(e) => tally.fail(e),
+        }
+    }
+    images.truncate(limit.unwrap_or(usize::MAX));
+    images
 }
 
 /// Splits "scorecam,sscam:n=35,sigma=2" into specs: a `key=value` item without its own

@@ -157,7 +157,7 @@ pub fn evaluate_image(
                 })
             };
             let (f, l) = (score(&fresh_up)?, score(&live_up)?);
-            row.r = pearson(
+            row.r = metrics::pearson(
                 fresh_up.as_slice().unwrap_or(&[]),
                 live_up.as_slice().unwrap_or(&[]),
             );
@@ -171,23 +171,6 @@ pub fn evaluate_image(
         rows.push(row);
     }
     Ok(rows)
-}
-
-fn pearson(a: &[f32], b: &[f32]) -> f64 {
-    let n = a.len().min(b.len()) as f64;
-    if n == 0.0 {
-        return f64::NAN;
-    }
-    let mean = |v: &[f32]| v.iter().map(|&x| x as f64).sum::<f64>() / n;
-    let (ma, mb) = (mean(a), mean(b));
-    let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
-    for (&x, &y) in a.iter().zip(b) {
-        let (dx, dy) = (x as f64 - ma, y as f64 - mb);
-        sab += dx * dy;
-        saa += dx * dx;
-        sbb += dy * dy;
-    }
-    sab / (saa * sbb).sqrt()
 }
 
 /// Means per change over the rows where a live map was made, as a Markdown table, with

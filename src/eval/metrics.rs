@@ -3,6 +3,7 @@
 
 use tract_onnx::prelude::tract_ndarray::{Array2, Array3, Axis};
 
+use crate::cam::masks::map_planes;
 use crate::error::Result;
 
 /// The scores of one map.
@@ -126,27 +127,40 @@ pub fn faithfulness(
     })
 }
 
+/// Pearson correlation of two equally long series (NaN when either is constant or empty).
+pub fn pearson(a: &[f32], b: &[f32]) -> f64 {
+    let n = a.len().min(b.len()) as f64;
+    if n == 0.0 {
+        return f64::NAN;
+    }
+    let mean = |v: &[f32]| v.iter().map(|&x| x as f64).sum::<f64>() / n;
+    let (ma, mb) = (mean(a), mean(b));
+    let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
+    for (&x, &y) in a.iter().zip(b) {
+        let (dx, dy) = (x as f64 - ma, y as f64 - mb);
+        sab += dx * dy;
+        saa += dx * dx;
+        sbb += dy * dy;
+    }
+    sab / (saa * sbb).sqrt()
+}
+
 /// A Gaussian blur of each plane (σ in pixels): RISE's insertion baseline.
 pub fn blur(x: &Array3<f32>, sigma: f32) -> Array3<f32> {
-    let (c, h, w) = x.dim();
-    let mut out = Array3::zeros((c, h, w));
-    for (plane, mut dst) in x.axis_iter(Axis(0)).zip(out.axis_iter_mut(Axis(0))) {
-        let img = image::ImageBuffer::<image::Luma<f32>, Vec<f32>>::from_fn(
-            w as u32,
-            h as u32,
-            |cx, cy| image::Luma([plane[[cy as usize, cx as usize]]]),
-        );
-        let blurred = image::imageops::blur(&img, sigma);
-        for ((r, cc), v) in dst.indexed_iter_mut() {
-            *v = blurred.get_pixel(cc as u32, r as u32).0[0];
-        }
-    }
-    out
+    map_planes(x, |plane| image::imageops::blur(plane, sigma))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pearson_of_lines_and_constants() {
+        assert!((pearson(&[1.0, 2.0, 3.0], &[2.0, 4.0, 6.5]) - 0.997949).abs() < 1e-6);
+        assert!((pearson(&[1.0, 2.0, 3.0], &[3.0, 2.0, 1.0]) + 1.0).abs() < 1e-12);
+        assert!(pearson(&[1.0, 1.0], &[1.0, 2.0]).is_nan());
+        assert!(pearson(&[], &[]).is_nan());
+    }
 
     #[test]
     fn trapezoid_area() {
