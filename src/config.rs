@@ -573,7 +573,7 @@ mod tests {
         );
         if cfg!(feature = "ort") {
             let c = c.unwrap();
-            let o = c.model.options(PathBuf::from("m.onnx"), BatchPlan::PerSize);
+            let o = c.model.options(PathBuf::from("m.onnx"), BatchPlan::Split);
             assert_eq!(o.backend, BackendKind::Ort);
             assert_eq!(
                 o.ort.providers,

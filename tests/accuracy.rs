@@ -111,3 +111,60 @@ fn heatmaps_end_to_end_from_jpeg() {
         assert!(r >= 0.98, "{name}: end-to-end r = {r}");
     }
 }
+
+/// A batch run as batch-1 passes (the default) gives what tract's batched and symbolic
+/// plans give, image for image.
+#[test]
+fn split_batches_match_batched_plans() {
+    use iscamd::model::{BatchPlan, Classifier, ModelOptions};
+    use tract_onnx::prelude::tract_ndarray::{stack, Axis};
+
+    let load_as = |batch_plan| {
+        Classifier::load(&ModelOptions {
+            path: common::model_path(F32_MODEL),
+            batch_plan,
+            ..Default::default()
+        })
+        .expect("model loads")
+    };
+    let split = load_as(BatchPlan::Split);
+    let inputs: Vec<_> = [
+        "n01440764_tench",
+        "n02643566_lionfish",
+        "n04259630_sombrero",
+    ]
+    .iter()
+    .map(|stem| {
+        split
+            .preprocess()
+            .tensor(&decode_image(&image(stem)).unwrap())
+    })
+    .collect();
+    let batch = stack(
+        Axis(0),
+        &inputs.iter().map(|x| x.view()).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let reference = split.forward(batch.view()).unwrap();
+    let reference_activations = reference.activations.as_ref().expect("CAM layer");
+    assert_eq!(reference.logits.nrows(), 3);
+    for plan in [BatchPlan::Batched, BatchPlan::Symbolic] {
+        let other = load_as(plan).forward(batch.view()).unwrap();
+        let logit_diff = (&reference.logits - &other.logits)
+            .iter()
+            .fold(0f32, |m, d| m.max(d.abs()));
+        let activation_diff = (reference_activations - other.activations.as_ref().unwrap())
+            .iter()
+            .fold(0f32, |m, d| m.max(d.abs()));
+        println!("{plan:?}: max |Δ logit| {logit_diff:e}, max |Δ activation| {activation_diff:e}");
+        assert!(logit_diff < 1e-3, "{plan:?}: logits differ by {logit_diff}");
+        assert!(
+            activation_diff < 1e-3,
+            "{plan:?}: activations differ by {activation_diff}"
+        );
+    }
+    for (i, x) in inputs.iter().enumerate() {
+        let one = split.forward(x.view().insert_axis(Axis(0))).unwrap();
+        assert_eq!(one.logits.row(0), reference.logits.row(i), "image {i}");
+    }
+}

@@ -28,9 +28,11 @@ pub struct BenchArgs {
     /// Images pushed through per measurement (rounded up to whole batches).
     #[arg(long, default_value_t = 32)]
     pub images: usize,
-    /// Also time a symbolic-batch plan against per-size plans (tract).
-    #[arg(long)]
-    pub symbolic: bool,
+    /// How tract runs a batch, comma-separated: split (one image per pass of the batch-1
+    /// plan, what iscamd does), batched (one plan per batch size), symbolic (one plan with a
+    /// symbolic batch dimension). ONNX Runtime always runs the batch whole.
+    #[arg(long, value_delimiter = ',', default_value = "split", value_parser = parse_plan)]
+    pub plans: Vec<BatchPlan>,
     /// Backends to compare side by side, e.g. "tract,ort". Default: --backend.
     #[arg(long = "backends", value_name = "LIST", value_delimiter = ',', value_parser = super::parse_backend)]
     pub backends: Vec<BackendKind>,
@@ -80,7 +82,8 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     );
     println!(
         "# threads: tract runs that many passes at once (one thread each); ort runs one pass \
-         at a time on that many intra-op threads. \"vs first\": against the first backend's row."
+         at a time on that many intra-op threads. \"vs first\": against the model's first row \
+         with the same batch and threads."
     );
     let peak = cost::sgemm_gflops(1024, 5)?;
     println!(
@@ -92,7 +95,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         let m = cost::forward_macs(
             path,
             args.model
-                .load_with(path, BatchPlan::PerSize, BackendKind::Tract, 1)?
+                .load_with(path, BatchPlan::Split, BackendKind::Tract, 1)?
                 .input_size(),
         )?;
         println!(
@@ -115,19 +118,16 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         "GFLOP/s",
         "% peak"
     );
-    let mut first_rate: HashMap<(usize, &str, usize, usize), f64> = HashMap::new();
+    let mut first_rate: HashMap<(usize, usize, usize), f64> = HashMap::new();
     for (m, path) in models.iter().enumerate() {
         let name = file_name(path);
         for &backend in &backends {
-            let mut plans = vec![BatchPlan::PerSize];
-            if args.symbolic && backend == BackendKind::Tract {
-                plans.push(BatchPlan::Symbolic);
-            }
+            let plans = match backend {
+                BackendKind::Tract => args.plans.clone(),
+                BackendKind::Ort => vec![BatchPlan::Batched],
+            };
             for plan in plans {
-                let plan_name = match plan {
-                    BatchPlan::Symbolic => "symbolic",
-                    BatchPlan::PerSize => "per-size",
-                };
+                let label = plan_name(plan);
                 for &t in &thread_counts {
                     let (classifier, in_flight) = match backend {
                         BackendKind::Tract => (args.model.load_with(path, plan, backend, 1)?, t),
@@ -142,10 +142,10 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
                         classifier.forward(batch_input.view())?; // builds the plan and warms up
                         let (rate, per_pass) =
                             throughput(&classifier, &batch_input, args.images, in_flight)?;
-                        let base = *first_rate.entry((m, plan_name, batch, t)).or_insert(rate);
+                        let base = *first_rate.entry((m, batch, t)).or_insert(rate);
                         let gflops = rate * 2.0 * macs[path] as f64 / 1e9;
                         println!(
-                            "{name:<28} {backend:>7} {plan_name:>9} {batch:>6} {t:>8} {rate:>10.1} {per_pass:>9.1} {:>8.2}x {gflops:>8.1} {:>6.0}%",
+                            "{name:<28} {backend:>7} {label:>9} {batch:>6} {t:>8} {rate:>10.1} {per_pass:>9.1} {:>8.2}x {gflops:>8.1} {:>6.0}%",
                             rate / base,
                             100.0 * gflops / (peak * t as f64)
                         );
@@ -171,12 +171,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         let name = file_name(path);
         let loaded: Vec<(BackendKind, Classifier)> = backends
             .iter()
-            .map(|&b| {
-                Ok((
-                    b,
-                    args.model.load_with(path, BatchPlan::PerSize, b, threads)?,
-                ))
-            })
+            .map(|&b| Ok((b, args.model.load_with(path, BatchPlan::Split, b, threads)?)))
             .collect::<Result<_>>()?;
         for (spec, params) in &heatmaps {
             let mut first = None;
@@ -213,7 +208,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     if let (Some((path, backend, spec, weights)), true) = (live_weights, args.live_frames > 0) {
         let classifier = args
             .model
-            .load_with(&path, BatchPlan::PerSize, backend, threads)?;
+            .load_with(&path, BatchPlan::Split, backend, threads)?;
         live_latency(&classifier, &frame, &weights, &spec, args.live_frames)?;
     }
     Ok(ExitCode::SUCCESS)
@@ -346,4 +341,23 @@ fn parse_heatmap(spec: &str) -> Result<CamParams> {
     )?;
     params.score_size = size.map(|r| number(r, "score size")).transpose()?;
     Ok(params)
+}
+
+fn parse_plan(s: &str) -> Result<BatchPlan, String> {
+    match s {
+        "split" => Ok(BatchPlan::Split),
+        "batched" => Ok(BatchPlan::Batched),
+        "symbolic" => Ok(BatchPlan::Symbolic),
+        _ => Err(format!(
+            "unknown plan {s:?}: expected split, batched or symbolic"
+        )),
+    }
+}
+
+fn plan_name(plan: BatchPlan) -> &'static str {
+    match plan {
+        BatchPlan::Split => "split",
+        BatchPlan::Batched => "batched",
+        BatchPlan::Symbolic => "symbolic",
+    }
 }

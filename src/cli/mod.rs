@@ -156,7 +156,7 @@ impl ModelArgs {
     }
 
     pub fn load(&self) -> Result<Classifier> {
-        self.load_path(&self.model_path()?, BatchPlan::PerSize)
+        self.load_path(&self.model_path()?, BatchPlan::Split)
     }
 
     pub fn load_path(&self, path: &std::path::Path, batch_plan: BatchPlan) -> Result<Classifier> {

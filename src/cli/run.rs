@@ -83,8 +83,7 @@ fn load_model(config: &Config) -> Result<Classifier> {
         Some(p) => p.clone(),
         None => ModelArgs::default_model_path()?,
     };
-    Classifier::load(&config.model.options(path, BatchPlan::PerSize))
-        .context("cannot load the model")
+    Classifier::load(&config.model.options(path, BatchPlan::Split)).context("cannot load the model")
 }
 
 pub fn run(args: RunArgs) -> Result<ExitCode> {

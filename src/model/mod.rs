@@ -26,9 +26,12 @@ use crate::error::{Error, Result};
 /// How the model is made runnable for different batch sizes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum BatchPlan {
-    /// One optimised plan per batch size, built on first use (fastest in our measurements).
+    /// A batch runs as consecutive passes of the batch-1 plan. On tract 0.23 SqueezeNet runs
+    /// about twice as fast per image this way as with a batched plan (README, "Results").
     #[default]
-    PerSize,
+    Split,
+    /// One optimised plan per batch size, built on first use.
+    Batched,
     /// A single plan with a symbolic batch dimension.
     Symbolic,
 }

@@ -1,5 +1,5 @@
-//! The tract backend: an optimised plan per batch size and input side (or one plan with
-//! a symbolic batch for the model's own input size).
+//! The tract backend: optimised plans per input side, run one image at a time by default
+//! (or one plan per batch size, or one with a symbolic batch, for comparison).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -18,6 +18,7 @@ pub struct TractBackend {
     /// Parsed graph with outputs selected, input fact not yet fixed.
     graph: InferenceModel,
     input_size: usize,
+    batch_plan: BatchPlan,
     /// By (batch, side).
     plans: Mutex<HashMap<(usize, usize), Plan>>,
     symbolic: Option<Plan>,
@@ -34,6 +35,7 @@ impl TractBackend {
             path,
             graph,
             input_size,
+            batch_plan,
             plans: Mutex::new(HashMap::new()),
             symbolic: None,
         };
@@ -79,14 +81,8 @@ impl TractBackend {
                 )
             })
     }
-}
 
-impl Backend for TractBackend {
-    fn describe(&self) -> String {
-        "tract".into()
-    }
-
-    fn run(&self, input: Tensor, batch: usize) -> Result<(ArrayD<f32>, Option<ArrayD<f32>>)> {
+    fn run_plan(&self, input: Tensor, batch: usize) -> Result<(ArrayD<f32>, Option<ArrayD<f32>>)> {
         let side = input.shape().get(2).copied().unwrap_or(self.input_size);
         let outputs = self
             .plan(batch, side)?
@@ -100,5 +96,43 @@ impl Backend for TractBackend {
         let logits = arrays.next().expect("a plan has an output")?;
         let activations = arrays.next().transpose()?;
         Ok((logits, activations))
+    }
+
+    /// Runs each image of the batch through the batch-1 plan and stacks the outputs.
+    fn run_split(&self, input: Tensor, batch: usize) -> Result<(ArrayD<f32>, Option<ArrayD<f32>>)> {
+        let mut logits = Vec::with_capacity(batch);
+        let mut activations = Vec::with_capacity(batch);
+        for i in 0..batch {
+            let one = input
+                .slice(0, i, i + 1)
+                .map_err(|e| Error::Inference(chain(&e)))?;
+            let (l, a) = self.run_plan(one, 1)?;
+            logits.push(l);
+            activations.extend(a);
+        }
+        let stack = |parts: &[ArrayD<f32>]| {
+            let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
+            tract_ndarray::concatenate(tract_ndarray::Axis(0), &views)
+                .map_err(|e| Error::Inference(e.to_string()))
+        };
+        let activations = if activations.is_empty() {
+            None
+        } else {
+            Some(stack(&activations)?)
+        };
+        Ok((stack(&logits)?, activations))
+    }
+}
+
+impl Backend for TractBackend {
+    fn describe(&self) -> String {
+        "tract".into()
+    }
+
+    fn run(&self, input: Tensor, batch: usize) -> Result<(ArrayD<f32>, Option<ArrayD<f32>>)> {
+        if batch > 1 && self.batch_plan == BatchPlan::Split {
+            return self.run_split(input, batch);
+        }
+        self.run_plan(input, batch)
     }
 }

@@ -55,7 +55,7 @@ pub fn image(stem: &str) -> PathBuf {
 pub fn load(name: &str) -> Classifier {
     Classifier::load(&ModelOptions {
         path: model_path(name),
-        batch_plan: BatchPlan::PerSize,
+        batch_plan: BatchPlan::Split,
         ..Default::default()
     })
     .expect("model loads")
