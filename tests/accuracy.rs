@@ -168,3 +168,35 @@ fn split_batches_match_batched_plans() {
         assert_eq!(one.logits.row(0), reference.logits.row(i), "image {i}");
     }
 }
+
+/// Quantisation keeps the explanations: the reduced-N default map from the int8 model
+/// against the f32 model's, for the f32 model's top-1 class, on every 50th image.
+#[test]
+fn int8_maps_follow_f32_maps() {
+    let f32_model = load(F32_MODEL);
+    let int8_model = load(INT8_MODEL);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let params = CamParams::new("iscam", None, None).unwrap();
+    let mut rs = Vec::new();
+    for (path, _) in labelled_images().into_iter().step_by(50) {
+        let frame = decode_image(&path).unwrap();
+        let f = Analysis::of_frame(&f32_model, frame.clone()).unwrap();
+        let class = top_k(&f.probabilities, 1)[0];
+        let q = Analysis::of_frame(&int8_model, frame).unwrap();
+        let map =
+            |a: &Analysis, model| a.explain(model, Some(class), &params, threads).unwrap().map;
+        let r = pearson(
+            map(&f, &f32_model).as_slice().unwrap(),
+            map(&q, &int8_model).as_slice().unwrap(),
+        );
+        println!("{}: r(int8, f32) = {r:.4}", path.display());
+        rs.push(r);
+    }
+    let mean = rs.iter().sum::<f64>() / rs.len() as f64;
+    println!("mean r(int8, f32) over {} images: {mean:.4}", rs.len());
+    assert_eq!(rs.len(), 5);
+    assert!(
+        mean >= 0.95,
+        "int8 maps drift from f32 maps: mean r = {mean}"
+    );
+}
