@@ -255,20 +255,11 @@ impl CamConfig {
     }
 }
 
-#[derive(Clone, Copy, Debug, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QosConfig {
     pub prediction: u8,
     pub heatmap: u8,
-}
-
-impl Default for QosConfig {
-    fn default() -> Self {
-        QosConfig {
-            prediction: 0,
-            heatmap: 0,
-        }
-    }
 }
 
 #[derive(Clone, Debug, Deserialize)]

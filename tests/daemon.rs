@@ -214,9 +214,8 @@ fn publishes_predictions_heatmaps_stats_and_availability() {
         retained(broker.port, &topic("availability")).as_deref(),
         Some("offline")
     );
-    assert_eq!(
+    assert!(
         retained(broker.port, &topic("heatmap/image")).is_some(),
-        true,
         "the heatmap image is retained"
     );
     let discovery = retained(
@@ -324,7 +323,7 @@ fn commands_are_validated_answered_and_never_stop_predictions() {
         &topic("cmd/result"),
         Duration::from_secs(20),
         "error results",
-        |m| m.len() >= 1 + bad.len(),
+        |m| m.len() > bad.len(),
     );
     for (r, (payload, expected)) in results[1..].iter().zip(&bad) {
         let r = r.json();

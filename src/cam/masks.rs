@@ -84,6 +84,8 @@ impl Upsampler {
 /// `(a - min) / (max - min)`, or `None` for a constant channel (it carries no mask).
 pub fn normalise(channel: ArrayView2<f32>) -> Option<Array2<f32>> {
     let (min, max) = min_max(channel);
+    // Written so that NaN activations count as constant too.
+    #[allow(clippy::neg_cmp_op_on_partial_ord)]
     if !(max > min) {
         return None;
     }

@@ -203,7 +203,7 @@ fn with_huffman_tables(jpeg: &[u8]) -> Cow<'_, [u8]> {
 /// YUYV 4:2:2 (Y0 U Y1 V per two pixels, BT.601 limited range) to RGB.
 pub fn yuyv_to_rgb(raw: &[u8], width: u32, height: u32) -> Result<RgbImage> {
     let expected = width as usize * height as usize * 2;
-    if width % 2 != 0 || raw.len() < expected {
+    if !width.is_multiple_of(2) || raw.len() < expected {
         return Err(Error::Inference(format!(
             "camera frame: {} bytes of YUYV for {width}x{height} (expected {expected})",
             raw.len()
