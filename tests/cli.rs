@@ -328,3 +328,69 @@ fn cameras_lists_devices_or_says_there_are_none() {
         assert_eq!(stdout.trim(), "no cameras found");
     }
 }
+
+/// `bench` prints a throughput row per plan, batch and thread count, a heatmap latency
+/// row and the live-map latencies; a plan it does not know is refused by name.
+#[test]
+fn bench_prints_every_row_it_is_asked_for() {
+    let tench = image("n01440764_tench");
+    let out = iscamd(&[
+        "bench",
+        "--image",
+        s(&tench),
+        "--plans",
+        "split,batched",
+        "--batches",
+        "1,2",
+        "--images",
+        "2",
+        "--threads",
+        "1",
+        "--heatmaps",
+        "iscam:1:4",
+        "--repeat",
+        "1",
+        "--live-frames",
+        "2",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .filter(|l| l.starts_with("squeezenet1.0-dc.onnx"))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let throughput: Vec<(&str, &str)> = rows
+        .iter()
+        .filter(|r| r.len() == 10)
+        .map(|r| (r[2], r[3]))
+        .collect();
+    assert_eq!(
+        throughput,
+        [
+            ("split", "1"),
+            ("split", "2"),
+            ("batched", "1"),
+            ("batched", "2")
+        ],
+        "{stdout}"
+    );
+    for r in rows.iter().filter(|r| r.len() == 10) {
+        let rate: f64 = r[5].parse().unwrap();
+        assert!(rate > 0.0, "{r:?}");
+    }
+    let heatmap = rows
+        .iter()
+        .find(|r| r.get(2) == Some(&"iscam:1:4"))
+        .unwrap_or_else(|| panic!("no heatmap row: {stdout}"));
+    assert_eq!(heatmap[3], "4", "passes of IS-CAM 1 × 4: {heatmap:?}");
+    assert!(stdout.contains("live map"), "{stdout}");
+
+    let out = iscamd(&["bench", "--image", s(&tench), "--plans", "lazy"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("unknown plan \"lazy\""),
+        "{}",
+        stderr(&out)
+    );
+}
