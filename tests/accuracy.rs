@@ -5,7 +5,7 @@
 mod common;
 
 use common::{
-    image, labelled_images, load, npy, pearson, reference_dir, reference_images, F32_MODEL,
+    accuracy, image, load, mean_map_r, npy, pearson, reference_dir, reference_images, F32_MODEL,
     INT8_MODEL,
 };
 use iscamd::analyse::Analysis;
@@ -14,25 +14,8 @@ use iscamd::model::top_k;
 use iscamd::source::decode_image;
 use tract_onnx::prelude::tract_ndarray::Ix4;
 
-/// Top-1 and top-5 correct over the 250 images; prints the images whose top-1 is wrong.
-fn accuracy(model: &str) -> (usize, usize, Vec<(String, usize)>) {
-    let classifier = load(model);
-    let (mut top1, mut top5, mut predictions) = (0, 0, Vec::new());
-    for (path, truth) in labelled_images() {
-        let analysis = Analysis::of_frame(&classifier, decode_image(&path).unwrap()).unwrap();
-        let top = top_k(&analysis.probabilities, 5);
-        top1 += usize::from(top[0] == truth);
-        top5 += usize::from(top.contains(&truth));
-        predictions.push((
-            path.file_stem().unwrap().to_string_lossy().into_owned(),
-            top[0],
-        ));
-    }
-    (top1, top5, predictions)
-}
-
 fn check(model: &str, expected_top1: usize, expected_top5: usize) -> Vec<(String, usize)> {
-    let (top1, top5, predictions) = accuracy(model);
+    let (top1, top5, predictions) = accuracy(&load(model));
     println!("{model}: top-1 {top1}/250, top-5 {top5}/250 (onnxruntime: {expected_top1}, {expected_top5})");
     assert!(
         top1.abs_diff(expected_top1) <= 2,
@@ -173,28 +156,8 @@ fn split_batches_match_batched_plans() {
 /// against the f32 model's, for the f32 model's top-1 class, on every 50th image.
 #[test]
 fn int8_maps_follow_f32_maps() {
-    let f32_model = load(F32_MODEL);
-    let int8_model = load(INT8_MODEL);
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let params = CamParams::new("iscam", None, None).unwrap();
-    let mut rs = Vec::new();
-    for (path, _) in labelled_images().into_iter().step_by(50) {
-        let frame = decode_image(&path).unwrap();
-        let f = Analysis::of_frame(&f32_model, frame.clone()).unwrap();
-        let class = top_k(&f.probabilities, 1)[0];
-        let q = Analysis::of_frame(&int8_model, frame).unwrap();
-        let map =
-            |a: &Analysis, model| a.explain(model, Some(class), &params, threads).unwrap().map;
-        let r = pearson(
-            map(&f, &f32_model).as_slice().unwrap(),
-            map(&q, &int8_model).as_slice().unwrap(),
-        );
-        println!("{}: r(int8, f32) = {r:.4}", path.display());
-        rs.push(r);
-    }
-    let mean = rs.iter().sum::<f64>() / rs.len() as f64;
-    println!("mean r(int8, f32) over {} images: {mean:.4}", rs.len());
-    assert_eq!(rs.len(), 5);
+    let mean = mean_map_r(&load(F32_MODEL), &load(INT8_MODEL));
+    println!("mean r(int8, f32): {mean:.4}");
     assert!(
         mean >= 0.95,
         "int8 maps drift from f32 maps: mean r = {mean}"

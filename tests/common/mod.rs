@@ -4,7 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
-use iscamd::model::{BatchPlan, Classifier, ModelOptions};
+use iscamd::analyse::Analysis;
+use iscamd::cam::CamParams;
+use iscamd::model::{top_k, BatchPlan, Classifier, ModelOptions};
+use iscamd::source::decode_image;
 use tract_onnx::prelude::tract_ndarray::{ArrayD, IxDyn};
 
 pub mod broker;
@@ -53,12 +56,55 @@ pub fn image(stem: &str) -> PathBuf {
 }
 
 pub fn load(name: &str) -> Classifier {
+    load_path(&model_path(name))
+}
+
+pub fn load_path(path: &Path) -> Classifier {
     Classifier::load(&ModelOptions {
-        path: model_path(name),
+        path: path.to_owned(),
         batch_plan: BatchPlan::Split,
         ..Default::default()
     })
     .expect("model loads")
+}
+
+/// Top-1 and top-5 correct over the 250 labelled images, and each image's top-1 class.
+pub fn accuracy(classifier: &Classifier) -> (usize, usize, Vec<(String, usize)>) {
+    let (mut top1, mut top5, mut predictions) = (0, 0, Vec::new());
+    for (path, truth) in labelled_images() {
+        let analysis = Analysis::of_frame(classifier, decode_image(&path).unwrap()).unwrap();
+        let top = top_k(&analysis.probabilities, 5);
+        top1 += usize::from(top[0] == truth);
+        top5 += usize::from(top.contains(&truth));
+        predictions.push((
+            path.file_stem().unwrap().to_string_lossy().into_owned(),
+            top[0],
+        ));
+    }
+    (top1, top5, predictions)
+}
+
+/// Mean Pearson r between `model`'s reduced-N default maps and `f32_model`'s, for the f32
+/// model's top-1 class, on every 50th labelled image (5 images).
+pub fn mean_map_r(f32_model: &Classifier, model: &Classifier) -> f64 {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let params = CamParams::new("iscam", None, None).unwrap();
+    let mut rs = Vec::new();
+    for (path, _) in labelled_images().into_iter().step_by(50) {
+        let frame = decode_image(&path).unwrap();
+        let reference = Analysis::of_frame(f32_model, frame.clone()).unwrap();
+        let class = top_k(&reference.probabilities, 1)[0];
+        let other = Analysis::of_frame(model, frame).unwrap();
+        let map = |a: &Analysis, m| a.explain(m, Some(class), &params, threads).unwrap().map;
+        let r = pearson(
+            map(&reference, f32_model).as_slice().unwrap(),
+            map(&other, model).as_slice().unwrap(),
+        );
+        println!("{}: r = {r:.4}", path.display());
+        rs.push(r);
+    }
+    assert_eq!(rs.len(), 5);
+    rs.iter().sum::<f64>() / rs.len() as f64
 }
 
 pub fn npy(path: &Path) -> ArrayD<f32> {
