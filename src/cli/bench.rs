@@ -85,6 +85,9 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
          at a time on that many intra-op threads. \"vs first\": against the model's first row \
          with the same batch and threads."
     );
+    if let Some(kernels) = iscamd::model::kernels::choice() {
+        println!("# tract kernels: {kernels}");
+    }
     let peak = cost::sgemm_gflops(1024, 5)?;
     println!(
         "# peak: {peak:.1} GFLOP/s on one thread, the best of 5 single-precision 1024×1024×1024 \

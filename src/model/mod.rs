@@ -4,6 +4,7 @@
 
 mod backend;
 pub mod cost;
+pub mod kernels;
 mod labels;
 #[cfg(feature = "ort")]
 mod ort;
