@@ -4,10 +4,12 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Command, Output};
 
 use common::{accuracy, images_dir, load, load_path, mean_map_r, model_path, F32_MODEL};
+use tract_onnx::prelude::Framework;
 
 fn quantize(args: &[&std::ffi::OsStr]) -> Output {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/quantize.py");
@@ -49,6 +51,11 @@ fn quantized_model_keeps_accuracy_and_maps() {
         stdout.contains("calibrated on 50 images, 8 Concat(s) on quantized data"),
         "SqueezeNet's 8 fire-module Concats should run on quantized data: {stdout}"
     );
+    assert_eq!(
+        concat_inputs(&out_path),
+        vec!["QLinearConv"; 16],
+        "every Concat should join two quantized convolution outputs"
+    );
 
     let f32_model = load(F32_MODEL);
     let int8_model = load_path(&out_path);
@@ -69,6 +76,32 @@ fn quantized_model_keeps_accuracy_and_maps() {
         mean >= 0.95,
         "int8 maps drift from f32 maps: mean r = {mean}"
     );
+}
+
+/// The op type that produces each input of each Concat in an ONNX file.
+fn concat_inputs(path: &Path) -> Vec<String> {
+    let graph = tract_onnx::onnx()
+        .proto_model_for_path(path)
+        .expect("readable ONNX")
+        .graph
+        .expect("a graph");
+    let producer: HashMap<&str, &str> = graph
+        .node
+        .iter()
+        .flat_map(|n| n.output.iter().map(|o| (o.as_str(), n.op_type.as_str())))
+        .collect();
+    graph
+        .node
+        .iter()
+        .filter(|n| n.op_type == "Concat")
+        .flat_map(|n| &n.input)
+        .map(|i| {
+            producer
+                .get(i.as_str())
+                .unwrap_or(&"graph input")
+                .to_string()
+        })
+        .collect()
 }
 
 #[test]
