@@ -95,9 +95,11 @@ def share_concat_scales(model):
     from onnx import helper
 
     graph = model.graph
-    producer = {out: node for node in graph.node for out in node.output}
+    # One list of the nodes, held for the whole rewrite: nodes are then told apart by id().
+    all_nodes = list(graph.node)
+    producer = {out: node for node in all_nodes for out in node.output}
     consumers = {}
-    for node in graph.node:
+    for node in all_nodes:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
 
@@ -107,7 +109,7 @@ def share_concat_scales(model):
 
     inserted = {}  # id(anchor node) -> new nodes that take its place
     dropped = set()
-    for concat in [n for n in graph.node if n.op_type == "Concat"]:
+    for concat in [n for n in all_nodes if n.op_type == "Concat"]:
         dequantizes = [producer.get(name) for name in concat.input]
         if not all(d is not None and d.op_type == "DequantizeLinear" and only_consumer(d.output[0]) is concat
                    for d in dequantizes):
@@ -147,7 +149,7 @@ def share_concat_scales(model):
         dropped.update(id(n) for n in dequantizes + [quantize])
 
     nodes = []
-    for node in graph.node:
+    for node in all_nodes:
         if id(node) in inserted:
             nodes.extend(inserted[id(node)])
         elif id(node) not in dropped:
