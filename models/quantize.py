@@ -173,7 +173,8 @@ def main():
                          "per-tensor scales, ONNX Runtime about as fast)")
     ap.add_argument("--float-concat", action="store_true",
                     help="leave Concat in float between dequantize/quantize pairs, as onnxruntime "
-                         "writes it (the shipped squeezenet1.0-dc-int8.onnx is --per-channel --float-concat)")
+                         "writes it: ~1.45x slower on tract, faster on ONNX Runtime at batch 16 (the "
+                         "shipped squeezenet1.0-dc-int8.onnx is --per-channel --float-concat)")
     ap.add_argument("--ops", default="Conv,Relu,MaxPool",
                     help="op types to quantize (default: what tract can load: Conv,Relu,MaxPool)")
     ap.add_argument("--limit", type=int, default=200, help="calibration images at most (default 200)")
