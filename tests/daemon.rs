@@ -114,7 +114,7 @@ fn publishes_predictions_heatmaps_stats_and_availability() {
     } = setup(
         "iscamd/#",
         5,
-        // 4 × 32 passes: the default (3 × 128) would make this test wait minutes under CI load.
+        // 4 steps × 32 channels, not the default 1 × 64: the [cam] keys must reach the heatmap.
         "[cam]\ninterval = \"2s\"\nsteps = 4\nchannels = 32\n[mqtt.qos]\nprediction = 1\nheatmap = 1\n",
     );
 

@@ -41,7 +41,7 @@ pub struct BenchArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "iscam:3:128,scorecam:1:0,iscam:10:0"
+        default_value = "iscam:1:64,scorecam:1:0,iscam:10:0"
     )]
     pub heatmaps: Vec<String>,
     /// Times each heatmap is made, for its p50 and p95 latency.
@@ -362,5 +362,20 @@ fn plan_name(plan: BatchPlan) -> &'static str {
         BatchPlan::Split => "split",
         BatchPlan::Batched => "batched",
         BatchPlan::Symbolic => "symbolic",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use iscamd::cam::{REDUCED_N_CHANNELS, REDUCED_N_STEPS};
+
+    #[test]
+    fn default_heatmaps_include_the_reduced_n_default() {
+        let heatmaps = crate::cli::default_of::<super::BenchArgs>("heatmaps");
+        let default = format!("iscam:{REDUCED_N_STEPS}:{REDUCED_N_CHANNELS}");
+        assert!(heatmaps.split(',').any(|h| h == default), "{heatmaps}");
+        for spec in heatmaps.split(',') {
+            super::parse_heatmap(spec).unwrap();
+        }
     }
 }

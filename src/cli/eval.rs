@@ -17,7 +17,7 @@ pub struct EvalArgs {
     /// Methods, comma-separated, e.g. "scorecam,sscam:n=35,sigma=2,iscam:n=10,iscam:n=4,k=32"
     /// (n = steps, k = top-K channels by variance, default all). The controls random and
     /// center are always added.
-    #[arg(long, default_value = "scorecam,iscam:n=10,iscam:n=3,k=128")]
+    #[arg(long, default_value = "scorecam,iscam:n=10,iscam:n=1,k=64")]
     pub methods: String,
     /// Also evaluate every combination of a parameter sweep, e.g.
     /// "iscam:n=1..10,k=8|16|32|64|128" (a..b: every whole number, a|b: a list). Specs that
@@ -310,6 +310,15 @@ fn split_specs(list: &str) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+    use iscamd::cam::{REDUCED_N_CHANNELS, REDUCED_N_STEPS};
+
+    #[test]
+    fn default_methods_include_the_reduced_n_default() {
+        let methods = crate::cli::default_of::<super::EvalArgs>("methods");
+        let default = format!("iscam:n={REDUCED_N_STEPS},k={REDUCED_N_CHANNELS}");
+        assert!(super::split_specs(&methods).contains(&default), "{methods}");
+    }
+
     #[test]
     fn specs_split_on_commas() {
         assert_eq!(

@@ -24,10 +24,10 @@ pub struct ExplainArgs {
     /// scorecam, sscam (smoothed) or iscam (integrated).
     #[arg(long, default_value = "iscam")]
     pub method: String,
-    /// Masks per channel: iscam's integration steps (default 3), sscam's noise samples (default 35).
+    /// Masks per channel: iscam's integration steps (default 1), sscam's noise samples (default 35).
     #[arg(long, value_name = "N")]
     pub steps: Option<usize>,
-    /// Use the K channels with the largest activation variance; 0 = all. Default: 128 for iscam, all otherwise.
+    /// Use the K channels with the largest activation variance; 0 = all. Default: 64 for iscam, all otherwise.
     #[arg(long, value_name = "K")]
     pub channels: Option<usize>,
     /// prob (α = class probability) or logit-softmax (α = softmax of logit increase, as torchcam).

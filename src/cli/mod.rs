@@ -245,3 +245,11 @@ impl Tally {
         }
     }
 }
+
+/// The default of a flag of `A`, as --help shows it.
+#[cfg(test)]
+fn default_of<A: clap::Args>(flag: &str) -> String {
+    let cmd = A::augment_args(clap::Command::new("test"));
+    let arg = cmd.get_arguments().find(|a| a.get_id() == flag).unwrap();
+    arg.get_default_values()[0].to_str().unwrap().to_string()
+}
