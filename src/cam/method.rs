@@ -191,7 +191,10 @@ mod tests {
     #[test]
     fn defaults_and_refusals() {
         let p = CamParams::new("iscam", None, None).unwrap();
-        assert_eq!((p.steps(), p.channels), (REDUCED_N_STEPS, REDUCED_N_CHANNELS));
+        assert_eq!(
+            (p.steps(), p.channels),
+            (REDUCED_N_STEPS, REDUCED_N_CHANNELS)
+        );
         assert_eq!(CamParams::new("sscam", None, None).unwrap().steps(), 35);
         assert!(CamParams::new("gradcam", None, None)
             .unwrap_err()
