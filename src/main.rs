@@ -7,11 +7,16 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    // Before any thread starts: it may set one of tract's environment knobs.
-    let kernels = iscamd::model::kernels::tune();
     let args = cli::Cli::parse();
     cli::init_logging(args.verbose, args.is_daemon());
-    tracing::debug!("tract kernels: {kernels}");
+    match iscamd::model::kernels::Policy::from_env() {
+        Ok(policy) => iscamd::model::kernels::set_policy(policy),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    tracing::debug!("tract kernels: {}", iscamd::model::kernels::describe());
     match cli::run(args) {
         Ok(code) => code,
         Err(e) => {

@@ -329,8 +329,27 @@ fn cameras_lists_devices_or_says_there_are_none() {
     }
 }
 
-/// `bench` prints a throughput row per plan, batch and thread count, a heatmap latency
-/// row and the live-map latencies; a plan it does not know is refused by name.
+/// A kernel policy in the environment that iscamd does not know stops it before any work.
+#[test]
+fn an_unknown_kernel_policy_in_the_environment_is_refused() {
+    let tench = image("n01440764_tench");
+    let out = Command::new(env!("CARGO_BIN_EXE_iscamd"))
+        .args(["classify", s(&tench)])
+        .env("ISCAMD_MODEL", model_path(F32_MODEL))
+        .env("ISCAMD_KERNELS", "fast")
+        .output()
+        .expect("run iscamd");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("ISCAMD_KERNELS: unknown kernel policy \"fast\""),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// `bench` prints a throughput row per kernel choice, plan, batch and thread count, a heatmap
+/// latency row per kernel choice and the live-map latencies; a plan or kernel choice it does
+/// not know is refused by name.
 #[test]
 fn bench_prints_every_row_it_is_asked_for() {
     let tench = image("n01440764_tench");
@@ -340,6 +359,8 @@ fn bench_prints_every_row_it_is_asked_for() {
         s(&tench),
         "--plans",
         "split,batched",
+        "--kernels",
+        "tuned,stock",
         "--batches",
         "1,2",
         "--images",
@@ -360,36 +381,53 @@ fn bench_prints_every_row_it_is_asked_for() {
         .filter(|l| l.starts_with("squeezenet1.0-dc.onnx"))
         .map(|l| l.split_whitespace().collect())
         .collect();
-    let throughput: Vec<(&str, &str)> = rows
+    let throughput: Vec<(&str, &str, &str)> = rows
         .iter()
         .filter(|r| r.len() == 10)
-        .map(|r| (r[2], r[3]))
+        .map(|r| (r[1], r[2], r[3]))
         .collect();
-    assert_eq!(
-        throughput,
-        [
-            ("split", "1"),
-            ("split", "2"),
-            ("batched", "1"),
-            ("batched", "2")
-        ],
-        "{stdout}"
-    );
+    let expected: Vec<(&str, &str, &str)> = ["tract", "tract/stock"]
+        .into_iter()
+        .flat_map(|k| {
+            [
+                ("split", "1"),
+                ("split", "2"),
+                ("batched", "1"),
+                ("batched", "2"),
+            ]
+            .map(|(plan, batch)| (k, plan, batch))
+        })
+        .collect();
+    assert_eq!(throughput, expected, "{stdout}");
     for r in rows.iter().filter(|r| r.len() == 10) {
         let rate: f64 = r[5].parse().unwrap();
         assert!(rate > 0.0, "{r:?}");
     }
-    let heatmap = rows
+    let heatmaps: Vec<&Vec<&str>> = rows
         .iter()
-        .find(|r| r.get(2) == Some(&"iscam:1:4"))
-        .unwrap_or_else(|| panic!("no heatmap row: {stdout}"));
-    assert_eq!(heatmap[3], "4", "passes of IS-CAM 1 × 4: {heatmap:?}");
+        .filter(|r| r.get(2) == Some(&"iscam:1:4"))
+        .collect();
+    assert_eq!(
+        heatmaps.len(),
+        2,
+        "a heatmap row per kernel choice: {stdout}"
+    );
+    for heatmap in heatmaps {
+        assert_eq!(heatmap[3], "4", "passes of IS-CAM 1 × 4: {heatmap:?}");
+    }
     assert!(stdout.contains("live map"), "{stdout}");
 
     let out = iscamd(&["bench", "--image", s(&tench), "--plans", "lazy"]);
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("unknown plan \"lazy\""),
+        "{}",
+        stderr(&out)
+    );
+    let out = iscamd(&["bench", "--image", s(&tench), "--kernels", "fast"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("unknown kernel policy \"fast\""),
         "{}",
         stderr(&out)
     );

@@ -8,6 +8,7 @@ use iscamd::analyse::Analysis;
 use iscamd::cam::{display, live, CamParams};
 use std::collections::{BTreeSet, HashMap};
 
+use iscamd::model::kernels::{self, Policy};
 use iscamd::model::{cost, BackendKind, BatchPlan, Classifier};
 use iscamd::source::decode_image;
 use tract_onnx::prelude::tract_ndarray::{Array4, Axis};
@@ -36,6 +37,11 @@ pub struct BenchArgs {
     /// Backends to compare side by side, e.g. "tract,ort". Default: --backend.
     #[arg(long = "backends", value_name = "LIST", value_delimiter = ',', value_parser = super::parse_backend)]
     pub backends: Vec<BackendKind>,
+    /// tract's kernels to compare, comma-separated: tuned (iscamd's max-pooling, and on AMD
+    /// Zen 4 its matrix-kernel choice; row "tract") and stock (tract as it ships; row
+    /// "tract/stock"). Default: $ISCAMD_KERNELS, or tuned.
+    #[arg(long, value_delimiter = ',', value_parser = Policy::parse)]
+    pub kernels: Vec<Policy>,
     /// Heatmap latencies to time, as METHOD:STEPS:CHANNELS[:SCORE_SIZE] (channels 0 = all;
     /// SCORE_SIZE: score masked inputs at that side), comma-separated; "none" times none.
     #[arg(
@@ -56,6 +62,7 @@ pub struct BenchArgs {
 }
 
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
+    let user_kernels = kernels::policy();
     let heatmaps: Vec<(&String, CamParams)> = args
         .heatmaps
         .iter()
@@ -73,6 +80,20 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     } else {
         args.backends.clone()
     };
+    let engines: Vec<Engine> = backends
+        .iter()
+        .flat_map(|&backend| match backend {
+            BackendKind::Tract if !args.kernels.is_empty() => args
+                .kernels
+                .iter()
+                .map(|&kernels| Engine { backend, kernels })
+                .collect(),
+            _ => vec![Engine {
+                backend,
+                kernels: kernels::policy(),
+            }],
+        })
+        .collect();
     let threads = args.model.threads();
     let thread_counts: BTreeSet<usize> = [1, threads].into();
     println!(
@@ -85,9 +106,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
          at a time on that many intra-op threads. \"vs first\": against the model's first row \
          with the same batch and threads."
     );
-    if let Some(kernels) = iscamd::model::kernels::choice() {
-        println!("# tract kernels: {kernels}");
-    }
+    println!("# tract kernels: {}", kernels::describe());
     let peak = cost::sgemm_gflops(1024, 5)?;
     println!(
         "# peak: {peak:.1} GFLOP/s on one thread, the best of 5 single-precision 1024×1024×1024 \
@@ -109,7 +128,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         macs.insert(path.clone(), m);
     }
     println!(
-        "{:<28} {:>7} {:>9} {:>6} {:>8} {:>10} {:>9} {:>9} {:>8} {:>7}",
+        "{:<28} {:>11} {:>9} {:>6} {:>8} {:>10} {:>9} {:>9} {:>8} {:>7}",
         "model",
         "backend",
         "plan",
@@ -124,7 +143,8 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     let mut first_rate: HashMap<(usize, usize, usize), f64> = HashMap::new();
     for (m, path) in models.iter().enumerate() {
         let name = file_name(path);
-        for &backend in &backends {
+        for engine in &engines {
+            let backend = engine.backend;
             let plans = match backend {
                 BackendKind::Tract => args.plans.clone(),
                 BackendKind::Ort => vec![BatchPlan::Batched],
@@ -132,6 +152,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             for plan in plans {
                 let label = plan_name(plan);
                 for &t in &thread_counts {
+                    kernels::set_policy(engine.kernels);
                     let (classifier, in_flight) = match backend {
                         BackendKind::Tract => (args.model.load_with(path, plan, backend, 1)?, t),
                         BackendKind::Ort => (args.model.load_with(path, plan, backend, t)?, 1),
@@ -148,7 +169,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
                         let base = *first_rate.entry((m, batch, t)).or_insert(rate);
                         let gflops = rate * 2.0 * macs[path] as f64 / 1e9;
                         println!(
-                            "{name:<28} {backend:>7} {label:>9} {batch:>6} {t:>8} {rate:>10.1} {per_pass:>9.1} {:>8.2}x {gflops:>8.1} {:>6.0}%",
+                            "{name:<28} {engine:>11} {label:>9} {batch:>6} {t:>8} {rate:>10.1} {per_pass:>9.1} {:>8.2}x {gflops:>8.1} {:>6.0}%",
                             rate / base,
                             100.0 * gflops / (peak * t as f64)
                         );
@@ -158,6 +179,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         }
     }
     if heatmaps.is_empty() {
+        kernels::set_policy(user_kernels);
         return Ok(ExitCode::SUCCESS);
     }
     println!();
@@ -166,19 +188,27 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         args.repeat
     );
     println!(
-        "{:<28} {:>7} {:<16} {:>7} {:>9} {:>9} {:>8} {:>9}",
+        "{:<28} {:>11} {:<16} {:>7} {:>9} {:>9} {:>8} {:>9}",
         "model", "backend", "heatmap", "passes", "p50 s", "p95 s", "ms/pass", "vs first"
     );
     let mut live_weights = None;
     for path in &models {
         let name = file_name(path);
-        let loaded: Vec<(BackendKind, Classifier)> = backends
+        let loaded: Vec<(&Engine, Classifier)> = engines
             .iter()
-            .map(|&b| Ok((b, args.model.load_with(path, BatchPlan::Split, b, threads)?)))
+            .map(|e| {
+                kernels::set_policy(e.kernels);
+                let classifier =
+                    args.model
+                        .load_with(path, BatchPlan::Split, e.backend, threads)?;
+                Ok((e, classifier))
+            })
             .collect::<Result<_>>()?;
         for (spec, params) in &heatmaps {
             let mut first = None;
-            for (backend, classifier) in &loaded {
+            for (engine, classifier) in &loaded {
+                // Plans are optimised on first use of each input size, under the policy then.
+                kernels::set_policy(engine.kernels);
                 let analysis = Analysis::of_frame(classifier, frame.clone())?;
                 let mut seconds = Vec::new();
                 let mut passes = 0;
@@ -191,7 +221,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
                         if let Some(a) = &analysis.activations {
                             live_weights = Some((
                                 path.clone(),
-                                *backend,
+                                **engine,
                                 spec.to_string(),
                                 live::Reference::new(&e, a.view(), 0),
                             ));
@@ -201,20 +231,39 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
                 let (p50, p95) = (percentile(&seconds, 50.0), percentile(&seconds, 95.0));
                 let base = *first.get_or_insert(p50);
                 println!(
-                    "{name:<28} {backend:>7} {spec:<16} {passes:>7} {p50:>9.2} {p95:>9.2} {:>8.1} {:>8.2}x",
+                    "{name:<28} {engine:>11} {spec:<16} {passes:>7} {p50:>9.2} {p95:>9.2} {:>8.1} {:>8.2}x",
                     p50 * 1e3 / passes.max(1) as f64,
                     base / p50
                 );
             }
         }
     }
-    if let (Some((path, backend, spec, weights)), true) = (live_weights, args.live_frames > 0) {
+    if let (Some((path, engine, spec, weights)), true) = (live_weights, args.live_frames > 0) {
+        kernels::set_policy(engine.kernels);
         let classifier = args
             .model
-            .load_with(&path, BatchPlan::Split, backend, threads)?;
+            .load_with(&path, BatchPlan::Split, engine.backend, threads)?;
         live_latency(&classifier, &frame, &weights, &spec, args.live_frames)?;
     }
+    kernels::set_policy(user_kernels);
     Ok(ExitCode::SUCCESS)
+}
+
+/// A backend, and for tract whose kernel choice its plans are optimised under.
+#[derive(Clone, Copy, Debug)]
+struct Engine {
+    backend: BackendKind,
+    kernels: Policy,
+}
+
+impl std::fmt::Display for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let label = match (self.backend, self.kernels) {
+            (BackendKind::Tract, Policy::Stock) => format!("{}/stock", self.backend),
+            _ => self.backend.to_string(),
+        };
+        f.pad(&label)
+    }
 }
 
 /// Live maps: a frame's forward pass plus the weighted sum, against the forward pass alone.

@@ -1,97 +1,187 @@
-//! Which of tract's matrix kernels run, where iscamd knows better than tract's defaults.
+//! Which of tract's matrix kernels run, where iscamd measured better than tract's defaults.
 //!
-//! tract reads its kernel knobs from the environment once, on first use, for the whole
-//! process; so this edits the environment, and only before anything else runs.
+//! tract ranks its matrix kernels through dispatch *tiers* that any linked crate may add
+//! (`tract_linalg::mmm_tiers`, collected with `inventory`); the highest tier with an opinion
+//! picks the kernel when a plan is optimised. iscamd adds one tier, above tract's own, that
+//! speaks only on AMD Zen 4 — the CPU it was measured on — and only for two choices:
+//!
+//! - **f32** matrix products go to tract's 256-bit FMA kernels, as its `fma` tier would pick
+//!   them, instead of its AVX-512 ones: Zen 4 executes 512-bit operations in two halves, and
+//!   SqueezeNet's float convolutions run faster on the 256-bit kernels (README, "Speed").
+//!   Before this tier the only way there was `TRACT_CPU_ISA=-avx512f`, which also takes away
+//!   the AVX-512 VNNI int8 kernels, for the whole process.
+//! - **i32** (int8 models) products of at least 16×16 go to the 16×16 zmm VNNI kernel, which
+//!   tract keeps for cores it probes as having two 512-bit FMA ports; on Zen 4 it still beats
+//!   the 8×8 ymm kernel on these convolutions. Left to tract when the user sets
+//!   `TRACT_AVX512_FMA_UNITS`.
+//!
+//! Everything else falls through to tract's tiers. [`set_policy`] switches the tier off, and
+//! with it iscamd's max-pooling (for plans optimised afterwards), which is how
+//! `iscamd bench --kernels tuned,stock` compares both in one run.
 
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU8, Ordering};
 
-/// tract's knob for the number of 512-bit FMA ports it assumes (`1` or `2`).
+use tract_onnx::tract_core::tract_linalg;
+
+/// The environment variable that selects the [`Policy`] at start-up: `tuned` or `stock`.
+pub const POLICY_VAR: &str = "ISCAMD_KERNELS";
+
+/// tract's knob for the number of 512-bit FMA ports it assumes; when set, the int8 kernel
+/// choice is the user's.
 pub const FMA_UNITS_KNOB: &str = "TRACT_AVX512_FMA_UNITS";
 
-/// What [`tune`] decided, for logs and benchmark headers.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum KernelChoice {
-    /// tract's own choice: nothing applies to this CPU.
-    TractDefault,
-    /// The user set the knob; iscamd leaves it alone.
-    UserSet(String),
-    /// iscamd set the knob to this value, for the reason given.
-    Tuned(&'static str, &'static str),
+/// The name iscamd's tier goes by in tract's dispatch ladder.
+pub const TIER_NAME: &str = "iscamd-zen4";
+
+/// Whose kernels plans optimised from now on run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policy {
+    /// The default: iscamd's max-pooling ([`super::maxpool`]) on every CPU, and its kernel
+    /// tier where it applies.
+    Tuned,
+    /// tract as it ships.
+    Stock,
 }
 
-impl std::fmt::Display for KernelChoice {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl Policy {
+    pub fn name(self) -> &'static str {
         match self {
-            KernelChoice::TractDefault => write!(f, "tract's default kernels"),
-            KernelChoice::UserSet(v) => write!(f, "{FMA_UNITS_KNOB}={v} (set by you)"),
-            KernelChoice::Tuned(v, why) => write!(f, "{FMA_UNITS_KNOB}={v} (set by iscamd: {why})"),
+            Policy::Tuned => "tuned",
+            Policy::Stock => "stock",
+        }
+    }
+
+    /// The policy named `tuned` or `stock`.
+    pub fn parse(s: &str) -> Result<Policy, String> {
+        match s {
+            "tuned" => Ok(Policy::Tuned),
+            "stock" => Ok(Policy::Stock),
+            _ => Err(format!(
+                "unknown kernel policy {s:?}: expected tuned or stock"
+            )),
+        }
+    }
+
+    /// The policy [`POLICY_VAR`] names, [`Policy::Tuned`] when it is unset.
+    pub fn from_env() -> Result<Policy, String> {
+        match std::env::var(POLICY_VAR) {
+            Ok(v) => Policy::parse(v.trim()).map_err(|e| format!("{POLICY_VAR}: {e}")),
+            Err(_) => Ok(Policy::Tuned),
         }
     }
 }
 
-/// The decision alone, from what the CPU is and what the user set.
-///
-/// On x86 with AVX-512 VNNI, tract takes its 16×16 zmm int8 kernel only where it probes two
-/// 512-bit FMA ports, and its 8×8 ymm kernel otherwise. AMD's Zen 4 has one (it runs 512-bit
-/// operations in two halves), yet there the 16×16 kernel runs SqueezeNet's int8 convolutions
-/// 1.1–1.2× faster than the 8×8 one (README, "Speed": three alternating runs). On Intel's
-/// one-port client cores tract measured the opposite, so only AMD gets the change.
-pub fn decide(user_value: Option<String>, amd: bool, avx512_vnni: bool) -> KernelChoice {
-    match user_value {
-        Some(v) => KernelChoice::UserSet(v),
-        None if amd && avx512_vnni => KernelChoice::Tuned(
-            "2",
-            "AMD CPU with AVX-512 VNNI: the 16×16 int8 kernel is faster",
-        ),
-        None => KernelChoice::TractDefault,
+static POLICY: AtomicU8 = AtomicU8::new(0);
+
+/// Sets whose kernels plans optimised from now on use; plans already built keep theirs.
+pub fn set_policy(policy: Policy) {
+    POLICY.store(
+        match policy {
+            Policy::Tuned => 0,
+            Policy::Stock => 1,
+        },
+        Ordering::Relaxed,
+    );
+}
+
+pub fn policy() -> Policy {
+    match POLICY.load(Ordering::Relaxed) {
+        0 => Policy::Tuned,
+        _ => Policy::Stock,
     }
 }
 
-static CHOICE: OnceLock<KernelChoice> = OnceLock::new();
-
-/// Applies [`decide`] to this machine, once. Call it first thing in `main`, before any
-/// thread starts (it sets an environment variable) and before tract is first used.
-pub fn tune() -> &'static KernelChoice {
-    CHOICE.get_or_init(|| {
-        let user_value = std::env::var(FMA_UNITS_KNOB).ok();
-        let choice = decide(user_value, is_amd(), has_avx512_vnni());
-        if let KernelChoice::Tuned(value, _) = &choice {
-            std::env::set_var(FMA_UNITS_KNOB, value);
-        }
-        choice
-    })
+/// One line for logs and benchmark headers: what tract runs under the current policy.
+pub fn describe() -> String {
+    if policy() == Policy::Stock {
+        return format!("tract's own ({POLICY_VAR}=stock)");
+    }
+    let matrix = if !tier_is_active() {
+        "tract's own matrix kernels (iscamd's kernel tier is for AMD Zen 4)".to_string()
+    } else if std::env::var_os(FMA_UNITS_KNOB).is_some() {
+        format!("{TIER_NAME}: f32 on tract's 256-bit FMA kernels, int8 as {FMA_UNITS_KNOB} says")
+    } else {
+        format!("{TIER_NAME}: f32 on tract's 256-bit FMA kernels, int8 on the 16×16 VNNI kernel")
+    };
+    format!("tuned: iscamd's max-pooling, {matrix}")
 }
 
-/// What [`tune`] decided, if it ran in this process.
-pub fn choice() -> Option<&'static KernelChoice> {
-    CHOICE.get()
+/// Whether iscamd's tier is in this process's dispatch ladder (it is on AMD Zen 4).
+pub fn tier_is_active() -> bool {
+    tract_linalg::MmmDispatch::native()
+        .tiers()
+        .iter()
+        .any(|t| t.name == TIER_NAME)
+}
+
+/// What iscamd's tier answers: `Some(kernel name)`, or `None` to leave the query to tract.
+#[cfg(target_arch = "x86_64")]
+fn preferred(
+    isa: &tract_linalg::isa::IsaSet,
+    accumulator: tract_onnx::prelude::DatumType,
+    query: &tract_linalg::mmm::Query,
+    suitable: &[tract_linalg::mmm::Suitable],
+) -> Option<&'static str> {
+    use tract_onnx::prelude::DatumType;
+    if policy() == Policy::Stock {
+        return None;
+    }
+    match accumulator {
+        DatumType::F32 => {
+            let fma = tract_linalg::mmm_tiers::declared()
+                .find(|t| t.arch == Some(tract_linalg::isa::Arch::X86_64) && t.name == "fma")?;
+            (fma.preferred)(isa, accumulator, query, suitable)
+        }
+        DatumType::I32 if std::env::var_os(FMA_UNITS_KNOB).is_some() => None,
+        DatumType::I32 => int8_kernel(query.m, query.n),
+        _ => None,
+    }
+}
+
+/// The VNNI kernel for an int8 product of `m`×`n` (unknown dims count as large), as tract
+/// picks on two-port cores.
+fn int8_kernel(m: Option<usize>, n: Option<usize>) -> Option<&'static str> {
+    let big = |d: Option<usize>| d.is_none_or(|v| v >= 16);
+    match n {
+        Some(1) => None,
+        _ if big(m) && big(n) => Some("avx512vnni_mmm_i32_16x16"),
+        _ => Some("avx512vnni_mmm_i32_8x8"),
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
-fn is_amd() -> bool {
-    // SAFETY: CPUID leaf 0 exists on every x86_64 CPU.
+inventory::submit! {
+    tract_linalg::mmm_tiers::MmmTier {
+        arch: Some(tract_linalg::isa::Arch::X86_64),
+        // Above tract's x86 tiers (1–8), so it is asked first.
+        precedence: 32,
+        name: TIER_NAME,
+        applies: |isa| {
+            use tract_linalg::isa::Isa;
+            is_zen4() && isa.has(Isa::X86_64Avx512f) && isa.has(Isa::X86_64Fma)
+        },
+        preferred,
+    }
+}
+
+/// AMD family 19h with AVX-512: Zen 4 (Zen 3, the same family, has no AVX-512).
+#[cfg(target_arch = "x86_64")]
+fn is_zen4() -> bool {
+    use std::arch::x86_64::__cpuid;
+    // SAFETY: CPUID leaves 0 and 1 exist on every x86_64 CPU.
     #[allow(unused_unsafe)]
-    let id = unsafe { std::arch::x86_64::__cpuid(0) };
-    let vendor: Vec<u8> = [id.ebx, id.edx, id.ecx]
+    let (vendor, signature) = unsafe { (__cpuid(0), __cpuid(1).eax) };
+    let vendor: Vec<u8> = [vendor.ebx, vendor.edx, vendor.ecx]
         .iter()
         .flat_map(|r| r.to_le_bytes())
         .collect();
-    vendor == b"AuthenticAMD"
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn is_amd() -> bool {
-    false
-}
-
-#[cfg(target_arch = "x86_64")]
-fn has_avx512_vnni() -> bool {
-    std::arch::is_x86_feature_detected!("avx512vnni")
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn has_avx512_vnni() -> bool {
-    false
+    let base = (signature >> 8) & 0xf;
+    let family = if base == 0xf {
+        base + ((signature >> 20) & 0xff)
+    } else {
+        base
+    };
+    vendor == b"AuthenticAMD" && family == 0x19 && std::arch::is_x86_feature_detected!("avx512f")
 }
 
 #[cfg(test)]
@@ -99,16 +189,87 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_amd_with_vnni_is_tuned_and_a_user_setting_wins() {
-        assert_eq!(decide(None, false, true), KernelChoice::TractDefault);
-        assert_eq!(decide(None, true, false), KernelChoice::TractDefault);
-        assert!(matches!(
-            decide(None, true, true),
-            KernelChoice::Tuned("2", _)
-        ));
+    fn int8_products_of_a_full_tile_take_the_wide_kernel() {
         assert_eq!(
-            decide(Some("1".into()), true, true),
-            KernelChoice::UserSet("1".into())
+            int8_kernel(Some(64), Some(3025)),
+            Some("avx512vnni_mmm_i32_16x16")
         );
+        assert_eq!(int8_kernel(None, None), Some("avx512vnni_mmm_i32_16x16"));
+        assert_eq!(
+            int8_kernel(Some(8), Some(3025)),
+            Some("avx512vnni_mmm_i32_8x8")
+        );
+        assert_eq!(int8_kernel(Some(64), Some(1)), None);
+    }
+
+    #[test]
+    fn policies_parse_and_reject_unknown_names() {
+        assert_eq!(Policy::parse("stock"), Ok(Policy::Stock));
+        assert_eq!(Policy::parse(Policy::Tuned.name()), Ok(Policy::Tuned));
+        assert!(Policy::parse("fast")
+            .unwrap_err()
+            .contains("tuned or stock"));
+    }
+
+    /// What the tier answers, whichever CPU runs the test: f32 as tract's fma tier would (a
+    /// 256-bit FMA kernel this CPU can run), int8 on the VNNI kernels.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_tier_answers_f32_with_fma_kernels_and_int8_with_vnni_ones() {
+        use tract_linalg::mmm::Query;
+        use tract_onnx::prelude::DatumType;
+        let isa = tract_linalg::isa::native();
+        let dispatch = tract_linalg::MmmDispatch::native();
+        // fire2's expand3x3 convolution at 227 px: 64 × 144 times 144 × 3025.
+        let query = Query::plain(DatumType::F32, Some(64), Some(144), Some(3025));
+        let suitable = dispatch.suitable(&query);
+        let f32_kernel = preferred(&isa, DatumType::F32, &query, &suitable).expect("an answer");
+        assert!(f32_kernel.starts_with("fma_"), "{f32_kernel}");
+        assert!(
+            runnable(dispatch, f32_kernel),
+            "{f32_kernel} does not run here"
+        );
+        let query = Query::plain(DatumType::I32, Some(64), Some(144), Some(3025));
+        let suitable = dispatch.suitable(&query);
+        let answer = preferred(&isa, DatumType::I32, &query, &suitable);
+        if std::env::var_os(FMA_UNITS_KNOB).is_none() {
+            assert_eq!(answer, Some("avx512vnni_mmm_i32_16x16"));
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn runnable(dispatch: &tract_linalg::MmmDispatch, name: &str) -> bool {
+        dispatch.runnable().iter().any(|k| k.name() == name)
+    }
+
+    /// On a Zen 4 the tier is in tract's ladder and answers f32 with an FMA kernel; elsewhere
+    /// it is not in the ladder at all. Either way this names every kernel it can answer with,
+    /// so a tract upgrade that renames one fails here rather than silently falling through.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_tier_is_active_exactly_on_zen4_and_names_kernels_tract_has() {
+        use tract_linalg::mmm::Query;
+        use tract_onnx::prelude::DatumType;
+        assert_eq!(tier_is_active(), is_zen4());
+        let dispatch = tract_linalg::MmmDispatch::native();
+        let tracts_names: Vec<String> = tract_linalg::mmm_routines::declared()
+            .map(|r| (r.make)().name().to_string())
+            .collect();
+        for name in ["avx512vnni_mmm_i32_16x16", "avx512vnni_mmm_i32_8x8"] {
+            assert!(
+                tracts_names.iter().any(|n| n == name),
+                "tract has no {name}"
+            );
+        }
+        assert!(tract_linalg::mmm_tiers::declared().any(|t| t.name == "fma"));
+        if is_zen4() {
+            // fire2's expand3x3 convolution at 227 px: 64 × 144 times 144 × 3025.
+            let query = Query::plain(DatumType::F32, Some(64), Some(144), Some(3025));
+            let picked = dispatch.pick(&query).expect("a kernel").0;
+            assert!(picked.name().starts_with("fma_"), "{}", picked.name());
+            let query = Query::plain(DatumType::I32, Some(64), Some(144), Some(3025));
+            let picked = dispatch.pick(&query).expect("a kernel").0;
+            assert_eq!(picked.name(), "avx512vnni_mmm_i32_16x16");
+        }
     }
 }

@@ -6,6 +6,7 @@ mod backend;
 pub mod cost;
 pub mod kernels;
 mod labels;
+mod maxpool;
 #[cfg(feature = "ort")]
 mod ort;
 mod preprocess;

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use tract_onnx::prelude::tract_ndarray::ArrayD;
 use tract_onnx::prelude::*;
 
-use super::{chain, Backend, BatchPlan};
+use super::{chain, kernels, maxpool, Backend, BatchPlan};
 use crate::error::{Error, Result};
 
 type Plan = Arc<TypedRunnableModel>;
@@ -73,7 +73,12 @@ impl TractBackend {
             .clone()
             .with_input_fact(0, fact)
             .and_then(|m| m.into_optimized())
-            .and_then(|m| m.into_runnable())
+            .and_then(|mut m| {
+                if kernels::policy() == kernels::Policy::Tuned {
+                    maxpool::install(&mut m)?;
+                }
+                m.into_runnable()
+            })
             .map_err(|e| {
                 Error::model(
                     &self.path,
