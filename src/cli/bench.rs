@@ -62,7 +62,6 @@ pub struct BenchArgs {
 }
 
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
-    let user_kernels = kernels::policy();
     let heatmaps: Vec<(&String, CamParams)> = args
         .heatmaps
         .iter()
@@ -179,7 +178,6 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         }
     }
     if heatmaps.is_empty() {
-        kernels::set_policy(user_kernels);
         return Ok(ExitCode::SUCCESS);
     }
     println!();
@@ -245,7 +243,6 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             .load_with(&path, BatchPlan::Split, engine.backend, threads)?;
         live_latency(&classifier, &frame, &weights, &spec, args.live_frames)?;
     }
-    kernels::set_policy(user_kernels);
     Ok(ExitCode::SUCCESS)
 }
 

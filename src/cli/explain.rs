@@ -46,7 +46,7 @@ pub struct ExplainArgs {
     #[arg(long, default_value_t = 2.0)]
     pub sigma: f32,
     /// Score the masked inputs at this side (pixels) instead of the model's input size:
-    /// about (side/227)² of the time, at a quality cost (see README "Results").
+    /// about (side/227)² of the time, at a large quality cost (see README "Results").
     #[arg(long, value_name = "PIXELS")]
     pub score_size: Option<usize>,
     /// Write NAME.heatmap.png (overlay) and NAME.heatmap.json per image into this directory.
