@@ -16,7 +16,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    tracing::debug!("tract kernels: {}", iscamd::model::kernels::describe());
     match cli::run(args) {
         Ok(code) => code,
         Err(e) => {

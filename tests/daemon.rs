@@ -528,6 +528,10 @@ fn check_reports_each_part() {
             "{part}: {out}"
         );
     }
+    assert!(
+        out.contains("on tract (iscamd's max-pooling, "),
+        "check names what runs the model: {out}"
+    );
     drop(broker);
     let down = run(&config);
     let out = String::from_utf8_lossy(&down.stdout);

@@ -223,10 +223,11 @@ async fn run_async(
     let (incoming_tx, mut incoming_rx) = mpsc::channel::<Incoming>(16);
     let stopping = Arc::new(AtomicBool::new(false));
     tracing::info!(
-        "iscamd {} starting: device {device}, source {}, model {}",
+        "iscamd {} starting: device {device}, source {}, model {} on {}",
         env!("CARGO_PKG_VERSION"),
         source.describe(),
-        classifier.path().display()
+        classifier.path().display(),
+        classifier.backend()
     );
 
     let connection = tokio::spawn(publish_mod::run_connection(

@@ -91,19 +91,19 @@ pub fn policy() -> Policy {
     }
 }
 
-/// One line for logs and benchmark headers: what tract runs under the current policy.
+/// What tract runs under the current policy, for `iscamd check`, logs and benchmarks.
 pub fn describe() -> String {
     if policy() == Policy::Stock {
-        return format!("tract's own ({POLICY_VAR}=stock)");
+        return format!("tract as it ships ({POLICY_VAR}=stock)");
     }
     let matrix = if !tier_is_active() {
-        "tract's own matrix kernels (iscamd's kernel tier is for AMD Zen 4)".to_string()
+        "tract's matrix kernels".to_string()
     } else if std::env::var_os(FMA_UNITS_KNOB).is_some() {
-        format!("{TIER_NAME}: f32 on tract's 256-bit FMA kernels, int8 as {FMA_UNITS_KNOB} says")
+        format!("{TIER_NAME} matrix kernels: f32 on 256-bit FMA, int8 as {FMA_UNITS_KNOB} says")
     } else {
-        format!("{TIER_NAME}: f32 on tract's 256-bit FMA kernels, int8 on the 16×16 VNNI kernel")
+        format!("{TIER_NAME} matrix kernels: f32 on 256-bit FMA, int8 on 16×16 VNNI")
     };
-    format!("tuned: iscamd's max-pooling, {matrix}")
+    format!("iscamd's max-pooling, {matrix}")
 }
 
 /// Whether iscamd's tier is in this process's dispatch ladder (it is on AMD Zen 4).

@@ -122,7 +122,6 @@ impl RowMaxPool {
                 }
             }
         }
-        drop(output_plain);
         Ok(output)
     }
 }

@@ -321,7 +321,8 @@ impl Classifier {
         })
     }
 
-    /// What runs the model, e.g. `tract` or `ort (cuda, cpu)`.
+    /// What runs the model, e.g. `tract (iscamd's max-pooling, tract's matrix kernels)` or
+    /// `ort (cuda, cpu)`.
     pub fn backend(&self) -> String {
         self.backend.describe()
     }

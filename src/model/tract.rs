@@ -131,7 +131,7 @@ impl TractBackend {
 
 impl Backend for TractBackend {
     fn describe(&self) -> String {
-        "tract".into()
+        format!("tract ({})", kernels::describe())
     }
 
     fn run(&self, input: Tensor, batch: usize) -> Result<(ArrayD<f32>, Option<ArrayD<f32>>)> {
