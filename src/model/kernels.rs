@@ -250,6 +250,10 @@ mod tests {
     fn the_tier_is_active_exactly_on_zen4_and_names_kernels_tract_has() {
         use tract_linalg::mmm::Query;
         use tract_onnx::prelude::DatumType;
+        assert!(
+            tract_linalg::mmm_tiers::declared().any(|t| t.name == TIER_NAME),
+            "the tier is not linked into tract's registry"
+        );
         assert_eq!(tier_is_active(), is_zen4());
         let dispatch = tract_linalg::MmmDispatch::native();
         let tracts_names: Vec<String> = tract_linalg::mmm_routines::declared()
