@@ -140,6 +140,7 @@ fn preferred(
 
 /// The VNNI kernel for an int8 product of `m`×`n` (unknown dims count as large), as tract
 /// picks on two-port cores.
+#[cfg(target_arch = "x86_64")]
 fn int8_kernel(m: Option<usize>, n: Option<usize>) -> Option<&'static str> {
     let big = |d: Option<usize>| d.is_none_or(|v| v >= 16);
     match n {
@@ -188,6 +189,7 @@ fn is_zen4() -> bool {
 mod tests {
     use super::*;
 
+    #[cfg(target_arch = "x86_64")]
     #[test]
     fn int8_products_of_a_full_tile_take_the_wide_kernel() {
         assert_eq!(
