@@ -1,4 +1,5 @@
-//! Which of tract's matrix kernels run, where iscamd measured better than tract's defaults.
+//! How tract runs iscamd's models, where iscamd measured better than tract's defaults: which
+//! of its matrix kernels, and (see [`Policy`]) whether iscamd's max-pooling replaces its own.
 //!
 //! tract ranks its matrix kernels through dispatch *tiers* that any linked crate may add
 //! (`tract_linalg::mmm_tiers`, collected with `inventory`); the highest tier with an opinion
@@ -44,6 +45,7 @@ pub enum Policy {
 }
 
 impl Policy {
+    /// The name [`Policy::parse`] reads.
     pub fn name(self) -> &'static str {
         match self {
             Policy::Tuned => "tuned",
@@ -84,6 +86,7 @@ pub fn set_policy(policy: Policy) {
     );
 }
 
+/// The policy plans optimised now are built under.
 pub fn policy() -> Policy {
     match POLICY.load(Ordering::Relaxed) {
         0 => Policy::Tuned,
