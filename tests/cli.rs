@@ -417,18 +417,12 @@ fn bench_prints_every_row_it_is_asked_for() {
     }
     assert!(stdout.contains("live map"), "{stdout}");
 
-    let out = iscamd(&["bench", "--image", s(&tench), "--plans", "lazy"]);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("unknown plan \"lazy\""),
-        "{}",
-        stderr(&out)
-    );
-    let out = iscamd(&["bench", "--image", s(&tench), "--kernels", "fast"]);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("unknown kernel policy \"fast\""),
-        "{}",
-        stderr(&out)
-    );
+    for (flag, value, refusal) in [
+        ("--plans", "lazy", "unknown plan \"lazy\""),
+        ("--kernels", "fast", "unknown kernel policy \"fast\""),
+    ] {
+        let out = iscamd(&["bench", "--image", s(&tench), flag, value]);
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains(refusal), "{}", stderr(&out));
+    }
 }
