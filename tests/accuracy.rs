@@ -163,3 +163,59 @@ fn int8_maps_follow_f32_maps() {
         "int8 maps drift from f32 maps: mean r = {mean}"
     );
 }
+
+/// iscamd's replacements inside tract's plans (max-pooling, int8 im2col; src/model/kernels.rs)
+/// change no value: the int8 model's logits and activations are bit for bit tract's own, in
+/// every way of running a batch (the batched plans take several images per im2col).
+#[test]
+fn tuned_plans_compute_what_stock_tract_computes() {
+    use iscamd::model::kernels::{set_policy, Policy};
+    use iscamd::model::{BatchPlan, Classifier, ModelOptions};
+    use tract_onnx::prelude::tract_ndarray::{stack, Axis};
+
+    // Plans are built on first use, under the policy set then; other tests running meanwhile
+    // may get stock plans, which compute the same.
+    let forward = |policy, batch_plan, batch: &tract_onnx::prelude::tract_ndarray::Array4<f32>| {
+        set_policy(policy);
+        let classifier = Classifier::load(&ModelOptions {
+            path: common::model_path(INT8_MODEL),
+            batch_plan,
+            ..Default::default()
+        })
+        .expect("model loads");
+        let out = classifier.forward(batch.view()).unwrap();
+        set_policy(Policy::Tuned);
+        out
+    };
+    let preprocess = load(INT8_MODEL);
+    let inputs: Vec<_> = [
+        "n01440764_tench",
+        "n04259630_sombrero",
+        "n02643566_lionfish",
+    ]
+    .iter()
+    .map(|stem| {
+        preprocess
+            .preprocess()
+            .tensor(&decode_image(&image(stem)).unwrap())
+    })
+    .collect();
+    let batch = stack(
+        Axis(0),
+        &inputs.iter().map(|x| x.view()).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    for plan in [BatchPlan::Split, BatchPlan::Batched, BatchPlan::Symbolic] {
+        let stock = forward(Policy::Stock, plan, &batch);
+        let tuned = forward(Policy::Tuned, plan, &batch);
+        assert_eq!(tuned.logits, stock.logits, "{plan:?}: logits");
+        assert_eq!(
+            tuned.activations, stock.activations,
+            "{plan:?}: activations"
+        );
+        assert!(
+            stock.logits.iter().any(|&l| l != 0.0),
+            "{plan:?}: all-zero logits"
+        );
+    }
+}

@@ -4,6 +4,7 @@
 
 mod backend;
 pub mod cost;
+mod im2col;
 pub mod kernels;
 mod labels;
 mod maxpool;
@@ -321,7 +322,8 @@ impl Classifier {
         })
     }
 
-    /// What runs the model, e.g. `tract (iscamd's max-pooling, tract's matrix kernels)` or
+    /// What runs the model, e.g. `tract (iscamd's max-pooling and int8 im2col, tract's matrix
+    /// kernels)` or
     /// `ort (cuda, cpu)`.
     pub fn backend(&self) -> String {
         self.backend.describe()

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use tract_onnx::prelude::tract_ndarray::ArrayD;
 use tract_onnx::prelude::*;
 
-use super::{chain, kernels, maxpool, Backend, BatchPlan};
+use super::{chain, im2col, kernels, maxpool, Backend, BatchPlan};
 use crate::error::{Error, Result};
 
 type Plan = Arc<TypedRunnableModel>;
@@ -76,6 +76,7 @@ impl TractBackend {
             .and_then(|mut m| {
                 if kernels::policy() == kernels::Policy::Tuned {
                     maxpool::install(&mut m)?;
+                    im2col::install(&mut m)?;
                 }
                 m.into_runnable()
             })
