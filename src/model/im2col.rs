@@ -36,11 +36,14 @@ pub struct PackedIm2Col {
     group: usize,
     channels_per_group: usize,
     input_hw: [usize; 2],
+    /// Padding before and after the image, along height and width.
+    pad_before: [usize; 2],
+    pad_after: [usize; 2],
     output_hw: [usize; 2],
     stride: [usize; 2],
-    /// Where each kernel tap reads, relative to an output pixel's stride-scaled position,
-    /// padding included: tract's K order within a channel.
-    taps: Vec<[isize; 2]>,
+    /// Where each kernel tap reads in the padded image, relative to an output pixel's
+    /// stride-scaled position: tract's K order within a channel.
+    taps: Vec<[usize; 2]>,
 }
 
 /// Replaces every `Im2Col` of `model` that [`PackedIm2Col`] computes identically; returns how
@@ -91,26 +94,41 @@ impl PackedIm2Col {
             .with_strides(spec.strides().into_owned().into())
             .with_dilations(spec.dilations().into_owned().into())
             .into_patch();
-        let taps: Vec<[isize; 2]> = patch
+        let pad_before = [patch.pad_before[0], patch.pad_before[1]];
+        let taps: Vec<[usize; 2]> = patch
             .data_field
             .outer_iter()
-            .map(|offset| [offset[0], offset[1]])
-            .collect();
+            .map(|offset| {
+                let y = usize::try_from(offset[0] + pad_before[0] as isize).ok()?;
+                let x = usize::try_from(offset[1] + pad_before[1] as isize).ok()?;
+                Some([y, x])
+            })
+            .collect::<Option<_>>()?;
         let op = PackedIm2Col {
             format,
             batched,
             group: im2col.group,
             channels_per_group: chw[0] / im2col.group,
             input_hw: [chw[1], chw[2]],
+            pad_before,
+            pad_after: [patch.pad_after[0], patch.pad_after[1]],
             output_hw: [patch.output_shape[0], patch.output_shape[1]],
             stride: [patch.spec.strides[0], patch.spec.strides[1]],
             taps,
         };
+        // Every tap of every output pixel inside the padded image (so no read is out of
+        // bounds), and the matrix tract's kernel expects.
+        let padded = op.padded_hw();
+        let inside = op.mn() > 0
+            && (0..2).all(|axis| {
+                op.taps.iter().all(|tap| {
+                    (op.output_hw[axis] - 1) * op.stride[axis] + tap[axis] < padded[axis]
+                })
+            });
         let same_matrix = packed.k == op.k()
             && packed.mn.to_usize().ok()? == op.mn()
-            && op.mn() > 0
             && chw[0].is_multiple_of(im2col.group);
-        same_matrix.then_some(op)
+        (inside && same_matrix).then_some(op)
     }
 
     /// Rows of the patch matrix: one per input channel of a group and kernel tap.
@@ -123,36 +141,63 @@ impl PackedIm2Col {
         self.output_hw[0] * self.output_hw[1]
     }
 
-    /// Writes row `k` of the patch matrix of `image` (one C×H×W image of the group) into `row`.
-    fn fill_row(&self, image: &[u8], k: usize, pad: u8, row: &mut [u8]) {
-        let [h, w] = self.input_hw.map(|d| d as isize);
-        let [sy, sx] = self.stride.map(|s| s as isize);
-        let ow = self.output_hw[1];
-        let (channel, [dy, dx]) = (k / self.taps.len(), self.taps[k % self.taps.len()]);
-        let plane = &image[channel * (h * w) as usize..][..(h * w) as usize];
-        // Output columns [x0, x1) read inside the image; the rest are padding.
-        let x0 = ceil_div(-dx, sx).clamp(0, ow as isize) as usize;
-        let x1 = ceil_div(w - dx, sx).clamp(0, ow as isize) as usize;
-        for (oy, out) in row.chunks_exact_mut(ow).enumerate() {
-            let y = oy as isize * sy + dy;
-            if !(0..h).contains(&y) || x0 >= x1 {
-                out.fill(pad);
-                continue;
-            }
-            let source = &plane[(y * w) as usize..][..w as usize];
-            out[..x0].fill(pad);
-            out[x1..].fill(pad);
-            let first = (x0 as isize * sx + dx) as usize;
-            if sx == 1 {
-                out[x0..x1].copy_from_slice(&source[first..][..x1 - x0]);
-            } else {
-                for (o, &v) in out[x0..x1]
-                    .iter_mut()
-                    .zip(source[first..].iter().step_by(sx as usize))
-                {
-                    *o = v;
+    /// Height and width of the padded image.
+    fn padded_hw(&self) -> [usize; 2] {
+        std::array::from_fn(|a| self.pad_before[a] + self.input_hw[a] + self.pad_after[a])
+    }
+
+    /// Width of one stride phase of a padded row: its columns `x ≡ phase (mod stride)`.
+    fn phase_width(&self) -> usize {
+        self.padded_hw()[1].div_ceil(self.stride[1])
+    }
+
+    /// One group's C×H×W image, padded with `pad` and each row split into its stride phases
+    /// (`[c][y][phase][x / stride]`): then every output row of every tap is one contiguous
+    /// run, copied without a branch.
+    fn prepare(&self, image: &[u8], pad: u8) -> Vec<u8> {
+        let [h, w] = self.input_hw;
+        let [hp, wp] = self.padded_hw();
+        let sx = self.stride[1];
+        let phase_width = self.phase_width();
+        let row_len = sx * phase_width;
+        let mut prepared = vec![pad; self.channels_per_group * hp * row_len];
+        let mut padded_row = vec![pad; wp];
+        for (plane, out) in image
+            .chunks_exact(h * w)
+            .zip(prepared.chunks_exact_mut(hp * row_len))
+        {
+            for (row, out) in plane
+                .chunks_exact(w)
+                .zip(out[self.pad_before[0] * row_len..].chunks_exact_mut(row_len))
+            {
+                padded_row[self.pad_before[1]..][..w].copy_from_slice(row);
+                if sx == 1 {
+                    out.copy_from_slice(&padded_row);
+                    continue;
+                }
+                for (phase, out) in out.chunks_exact_mut(phase_width).enumerate() {
+                    for (o, &v) in out.iter_mut().zip(padded_row[phase..].iter().step_by(sx)) {
+                        *o = v;
+                    }
                 }
             }
+        }
+        prepared
+    }
+
+    /// Writes row `k` of the patch matrix of `prepared` (from [`Self::prepare`]) into `row`.
+    fn fill_row(&self, prepared: &[u8], k: usize, row: &mut [u8]) {
+        let [hp, _] = self.padded_hw();
+        let [sy, sx] = self.stride;
+        let (ow, phase_width) = (self.output_hw[1], self.phase_width());
+        let row_len = sx * phase_width;
+        let (channel, [dy, dx]) = (k / self.taps.len(), self.taps[k % self.taps.len()]);
+        let plane = &prepared[channel * hp * row_len..][..hp * row_len];
+        // Output column x reads padded column x·sx + dx: element x + dx div sx of phase
+        // dx mod sx.
+        let start = (dx % sx) * phase_width + dx / sx;
+        for (oy, out) in row.chunks_exact_mut(ow).enumerate() {
+            copy_run(out, &plane[(oy * sy + dy) * row_len + start..][..ow]);
         }
     }
 
@@ -161,7 +206,8 @@ impl PackedIm2Col {
         let (k, mn, r) = (self.k(), self.mn(), self.format.r);
         let panels = mn.div_ceil(r);
         let panel_len = self.format.single_panel_len(k);
-        let image = &image[group * self.channels_per_group * self.input_hw[0] * self.input_hw[1]..];
+        let group_len = self.channels_per_group * self.input_hw[0] * self.input_hw[1];
+        let image = self.prepare(&image[group * group_len..][..group_len], pad);
         // Four rows of the matrix, each padded with zeros to whole panels: the padding lanes
         // of the last panel, and the rows past K, must read as zero to the kernel.
         let row_len = panels * r;
@@ -174,7 +220,7 @@ impl PackedIm2Col {
             for (j, row) in rows.chunks_exact_mut(row_len).enumerate() {
                 let kk = 4 * block + j;
                 if kk < k {
-                    self.fill_row(image, kk, pad, &mut row[..mn]);
+                    self.fill_row(&image, kk, &mut row[..mn]);
                 } else {
                     row.fill(0);
                 }
@@ -208,17 +254,66 @@ impl PackedIm2Col {
     }
 }
 
-/// ⌈a / b⌉ for a positive `b` (`isize::div_ceil` is not stable yet).
-fn ceil_div(a: isize, b: isize) -> isize {
-    -(-a).div_euclid(b)
+/// `dst.copy_from_slice(src)` for the short runs of an image row (13 to 111 bytes here), in
+/// 16- or 8-byte moves, the last one overlapping: a `memcpy` call per run cost more than the
+/// copy.
+#[inline]
+fn copy_run(dst: &mut [u8], src: &[u8]) {
+    fn moves<const N: usize>(dst: &mut [u8], src: &[u8]) {
+        let n = dst.len();
+        for i in (0..n - N).step_by(N) {
+            dst[i..i + N].copy_from_slice(&src[i..i + N]);
+        }
+        dst[n - N..].copy_from_slice(&src[n - N..n]);
+    }
+    match dst.len() {
+        n if n >= 16 => moves::<16>(dst, src),
+        n if n >= 8 => moves::<8>(dst, src),
+        _ => dst.copy_from_slice(src),
+    }
 }
 
 /// `out[4m + j] = rows[j][m]`: four rows of a K block, interleaved lane by lane.
-#[inline]
+///
+/// Sixteen lanes at a time with SSE2 or NEON (both always present on their architecture),
+/// which is what makes this op fast: a byte-by-byte loop is where tract's packing spends its
+/// time.
 fn interleave4(rows: [&[u8]; 4], out: &mut [u8]) {
-    let [a, b, c, d] = rows;
-    for ((((o, &a), &b), &c), &d) in out.chunks_exact_mut(4).zip(a).zip(b).zip(c).zip(d) {
-        o.copy_from_slice(&[a, b, c, d]);
+    let lanes = rows[0].len();
+    assert!(rows.iter().all(|r| r.len() == lanes) && out.len() == 4 * lanes);
+    let simd = lanes - lanes % 16;
+    #[cfg(target_arch = "x86_64")]
+    for m in (0..simd).step_by(16) {
+        use std::arch::x86_64::*;
+        // SAFETY: m + 16 ≤ lanes, so each load reads inside its row and each store writes
+        // inside `out` (64 bytes from 4m, with 4·lanes bytes); unaligned loads and stores.
+        unsafe {
+            let [a, b, c, d] = rows.map(|r| _mm_loadu_si128(r.as_ptr().add(m).cast()));
+            let (ab_low, ab_high) = (_mm_unpacklo_epi8(a, b), _mm_unpackhi_epi8(a, b));
+            let (cd_low, cd_high) = (_mm_unpacklo_epi8(c, d), _mm_unpackhi_epi8(c, d));
+            let o = out.as_mut_ptr().add(4 * m).cast::<__m128i>();
+            _mm_storeu_si128(o, _mm_unpacklo_epi16(ab_low, cd_low));
+            _mm_storeu_si128(o.add(1), _mm_unpackhi_epi16(ab_low, cd_low));
+            _mm_storeu_si128(o.add(2), _mm_unpacklo_epi16(ab_high, cd_high));
+            _mm_storeu_si128(o.add(3), _mm_unpackhi_epi16(ab_high, cd_high));
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    for m in (0..simd).step_by(16) {
+        use std::arch::aarch64::*;
+        // SAFETY: as above; vst4q stores the four registers interleaved, 64 bytes.
+        unsafe {
+            let [a, b, c, d] = rows.map(|r| vld1q_u8(r.as_ptr().add(m)));
+            vst4q_u8(out.as_mut_ptr().add(4 * m), uint8x16x4_t(a, b, c, d));
+        }
+    }
+    let scalar_from = if cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) {
+        simd
+    } else {
+        0
+    };
+    for m in scalar_from..lanes {
+        out[4 * m..][..4].copy_from_slice(&[rows[0][m], rows[1][m], rows[2][m], rows[3][m]]);
     }
 }
 
@@ -389,6 +484,19 @@ mod tests {
         match dt {
             DatumType::U8 => unsigned.into_tensor(),
             _ => unsigned.mapv(|b| b as i8).into_tensor(),
+        }
+    }
+
+    #[test]
+    fn interleaves_any_number_of_lanes() {
+        for lanes in [0, 3, 16, 37, 64] {
+            let rows: Vec<Vec<u8>> = (0..4)
+                .map(|j| (0..lanes).map(|m| (m * 4 + j) as u8).collect())
+                .collect();
+            let mut out = vec![0xAA; 4 * lanes];
+            interleave4(std::array::from_fn(|j| &rows[j][..]), &mut out);
+            let expected: Vec<u8> = (0..4 * lanes).map(|i| i as u8).collect();
+            assert_eq!(out, expected, "{lanes} lanes");
         }
     }
 
