@@ -164,9 +164,9 @@ fn int8_maps_follow_f32_maps() {
     );
 }
 
-/// iscamd's replacements inside tract's plans (max-pooling, int8 im2col; src/model/kernels.rs)
+/// iscamd's replacements inside tract's plans (max-pooling, int8 packing; src/model/kernels.rs)
 /// change no value: the int8 model's logits and activations are bit for bit tract's own, in
-/// every way of running a batch (the batched plans take several images per im2col).
+/// every way of running a batch (the batched plans pack several images per op).
 #[test]
 fn tuned_plans_compute_what_stock_tract_computes() {
     use iscamd::model::kernels::{set_policy, Policy};

@@ -529,7 +529,7 @@ fn check_reports_each_part() {
         );
     }
     assert!(
-        out.contains("on tract (iscamd's max-pooling and int8 im2col, "),
+        out.contains("on tract (iscamd's max-pooling and int8 packing, "),
         "check names what runs the model: {out}"
     );
     drop(broker);

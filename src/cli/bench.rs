@@ -38,7 +38,7 @@ pub struct BenchArgs {
     #[arg(long = "backends", value_name = "LIST", value_delimiter = ',', value_parser = super::parse_backend)]
     pub backends: Vec<BackendKind>,
     /// tract's kernels to compare, comma-separated: tuned (iscamd's max-pooling and int8
-    /// im2col, and on AMD Zen 4 its matrix-kernel choice; row "tract") and stock (tract as it
+    /// packing, and on AMD Zen 4 its matrix-kernel choice; row "tract") and stock (tract as it
     /// ships; row "tract/stock"). Default: $ISCAMD_KERNELS, or tuned.
     #[arg(long, value_delimiter = ',', value_parser = Policy::parse)]
     pub kernels: Vec<Policy>,

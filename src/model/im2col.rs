@@ -14,17 +14,17 @@
 //! Like [`super::maxpool`], one self-contained op swapped in by [`install`] after tract has
 //! optimised a plan; the fix belongs upstream in tract's packing writer.
 
-use std::sync::Arc;
-
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::conv::Im2Col;
 use tract_onnx::tract_core::ops::cnn::PatchSpec;
 use tract_onnx::tract_core::ops::nn::DataFormat;
 use tract_onnx::tract_core::tract_linalg::mmm::{
-    EagerPackedInput, PackedExoticFact, PackedMatrixStorage,
+    EagerPackedInput, MMMInputValue, PackedExoticFact, PackedMatrixStorage,
 };
 use tract_onnx::tract_core::tract_linalg::pack::PackedI8K4;
+
+use super::k4::K4Panels;
 
 /// The K=4-interleaved patch matrix of an 8-bit (i8 or u8) 2-D convolution's input.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -202,55 +202,23 @@ impl PackedIm2Col {
     }
 
     /// The packed patch matrix of one image's group `group`.
-    fn pack(&self, image: &[u8], group: usize, pad: u8) -> TractResult<EagerPackedInput> {
-        let (k, mn, r) = (self.k(), self.mn(), self.format.r);
-        let panels = mn.div_ceil(r);
-        let panel_len = self.format.single_panel_len(k);
+    fn pack(&self, image: &[u8], group: usize, pad: u8) -> EagerPackedInput {
+        let (k, mn) = (self.k(), self.mn());
         let group_len = self.channels_per_group * self.input_hw[0] * self.input_hw[1];
         let image = self.prepare(&image[group * group_len..][..group_len], pad);
-        // Four rows of the matrix, each padded with zeros to whole panels: the padding lanes
-        // of the last panel, and the rows past K, must read as zero to the kernel.
-        let row_len = panels * r;
-        let mut rows = vec![0u8; 4 * row_len];
-        let mut blob =
-            unsafe { Blob::new_for_size_and_align(panels * panel_len, self.format.alignment()) };
-        // Every byte of the blob is written below: block b of each panel takes rows 4b..4b+4.
-        let packed = blob.as_bytes_mut();
-        for block in 0..k.div_ceil(4) {
-            for (j, row) in rows.chunks_exact_mut(row_len).enumerate() {
-                let kk = 4 * block + j;
-                if kk < k {
-                    self.fill_row(&image, kk, &mut row[..mn]);
-                } else {
-                    row.fill(0);
+        let mut panels = K4Panels::new(&self.format, k, mn);
+        // Four rows of the matrix at a time; rows past K are zeros.
+        let mut rows = vec![0u8; 4 * mn];
+        for block in 0..panels.blocks() {
+            for (j, row) in rows.chunks_exact_mut(mn).enumerate() {
+                match 4 * block + j {
+                    kk if kk < k => self.fill_row(&image, kk, row),
+                    _ => row.fill(0),
                 }
             }
-            let [r0, r1, r2, r3]: [&[u8]; 4] =
-                std::array::from_fn(|j| &rows[j * row_len..][..row_len]);
-            for p in 0..panels {
-                let lanes = p * r..(p + 1) * r;
-                let out = &mut packed[p * panel_len + block * 4 * r..][..4 * r];
-                interleave4(
-                    [
-                        &r0[lanes.clone()],
-                        &r1[lanes.clone()],
-                        &r2[lanes.clone()],
-                        &r3[lanes],
-                    ],
-                    out,
-                );
-            }
+            panels.write_block(block, std::array::from_fn(|j| &rows[j * mn..][..mn]));
         }
-        Ok(EagerPackedInput {
-            fact: PackedExoticFact {
-                format: Box::new(self.format.clone()),
-                mn: mn.to_dim(),
-                k,
-            },
-            packed: Arc::new(blob),
-            panel_bytes: panel_len,
-            mn,
-        })
+        panels.finish()
     }
 }
 
@@ -270,50 +238,6 @@ fn copy_run(dst: &mut [u8], src: &[u8]) {
         n if n >= 16 => moves::<16>(dst, src),
         n if n >= 8 => moves::<8>(dst, src),
         _ => dst.copy_from_slice(src),
-    }
-}
-
-/// `out[4m + j] = rows[j][m]`: four rows of a K block, interleaved lane by lane.
-///
-/// Sixteen lanes at a time with SSE2 or NEON (both always present on their architecture),
-/// which is what makes this op fast: a byte-by-byte loop is where tract's packing spends its
-/// time.
-fn interleave4(rows: [&[u8]; 4], out: &mut [u8]) {
-    let lanes = rows[0].len();
-    assert!(rows.iter().all(|r| r.len() == lanes) && out.len() == 4 * lanes);
-    let simd = lanes - lanes % 16;
-    #[cfg(target_arch = "x86_64")]
-    for m in (0..simd).step_by(16) {
-        use std::arch::x86_64::*;
-        // SAFETY: m + 16 ≤ lanes, so each load reads inside its row and each store writes
-        // inside `out` (64 bytes from 4m, with 4·lanes bytes); unaligned loads and stores.
-        unsafe {
-            let [a, b, c, d] = rows.map(|r| _mm_loadu_si128(r.as_ptr().add(m).cast()));
-            let (ab_low, ab_high) = (_mm_unpacklo_epi8(a, b), _mm_unpackhi_epi8(a, b));
-            let (cd_low, cd_high) = (_mm_unpacklo_epi8(c, d), _mm_unpackhi_epi8(c, d));
-            let o = out.as_mut_ptr().add(4 * m).cast::<__m128i>();
-            _mm_storeu_si128(o, _mm_unpacklo_epi16(ab_low, cd_low));
-            _mm_storeu_si128(o.add(1), _mm_unpackhi_epi16(ab_low, cd_low));
-            _mm_storeu_si128(o.add(2), _mm_unpacklo_epi16(ab_high, cd_high));
-            _mm_storeu_si128(o.add(3), _mm_unpackhi_epi16(ab_high, cd_high));
-        }
-    }
-    #[cfg(target_arch = "aarch64")]
-    for m in (0..simd).step_by(16) {
-        use std::arch::aarch64::*;
-        // SAFETY: as above; vst4q stores the four registers interleaved, 64 bytes.
-        unsafe {
-            let [a, b, c, d] = rows.map(|r| vld1q_u8(r.as_ptr().add(m)));
-            vst4q_u8(out.as_mut_ptr().add(4 * m), uint8x16x4_t(a, b, c, d));
-        }
-    }
-    let scalar_from = if cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) {
-        simd
-    } else {
-        0
-    };
-    for m in scalar_from..lanes {
-        out[4 * m..][..4].copy_from_slice(&[rows[0][m], rows[1][m], rows[2][m], rows[3][m]]);
     }
 }
 
@@ -355,11 +279,10 @@ impl EvalOp for PackedIm2Col {
             "PackedIm2Col: input shape {:?} is not the one the op was built for",
             input.shape()
         );
-        let mut values: TVec<Box<dyn tract_onnx::tract_core::tract_linalg::mmm::MMMInputValue>> =
-            TVec::with_capacity(batch * self.group);
+        let mut values: TVec<Box<dyn MMMInputValue>> = TVec::with_capacity(batch * self.group);
         for image in bytes.chunks_exact(image_len) {
             for g in 0..self.group {
-                values.push(Box::new(self.pack(image, g, pad)?));
+                values.push(Box::new(self.pack(image, g, pad)));
             }
         }
         let output = PackedMatrixStorage::new_batched(&[batch, self.group], values).into_tensor(dt);
@@ -484,19 +407,6 @@ mod tests {
         match dt {
             DatumType::U8 => unsigned.into_tensor(),
             _ => unsigned.mapv(|b| b as i8).into_tensor(),
-        }
-    }
-
-    #[test]
-    fn interleaves_any_number_of_lanes() {
-        for lanes in [0, 3, 16, 37, 64] {
-            let rows: Vec<Vec<u8>> = (0..4)
-                .map(|j| (0..lanes).map(|m| (m * 4 + j) as u8).collect())
-                .collect();
-            let mut out = vec![0xAA; 4 * lanes];
-            interleave4(std::array::from_fn(|j| &rows[j][..]), &mut out);
-            let expected: Vec<u8> = (0..4 * lanes).map(|i| i as u8).collect();
-            assert_eq!(out, expected, "{lanes} lanes");
         }
     }
 

@@ -5,6 +5,7 @@
 mod backend;
 pub mod cost;
 mod im2col;
+mod k4;
 pub mod kernels;
 mod labels;
 mod maxpool;
@@ -322,7 +323,7 @@ impl Classifier {
         })
     }
 
-    /// What runs the model, e.g. `tract (iscamd's max-pooling and int8 im2col, tract's matrix
+    /// What runs the model, e.g. `tract (iscamd's max-pooling and int8 packing, tract's matrix
     /// kernels)` or
     /// `ort (cuda, cpu)`.
     pub fn backend(&self) -> String {

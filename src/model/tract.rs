@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use tract_onnx::prelude::tract_ndarray::ArrayD;
 use tract_onnx::prelude::*;
 
-use super::{chain, im2col, kernels, maxpool, Backend, BatchPlan};
+use super::{chain, im2col, k4, kernels, maxpool, Backend, BatchPlan};
 use crate::error::{Error, Result};
 
 type Plan = Arc<TypedRunnableModel>;
@@ -77,6 +77,7 @@ impl TractBackend {
                 if kernels::policy() == kernels::Policy::Tuned {
                     maxpool::install(&mut m)?;
                     im2col::install(&mut m)?;
+                    k4::install(&mut m)?;
                 }
                 m.into_runnable()
             })

@@ -1,0 +1,375 @@
+//! tract's K=4-interleaved int8 packing (`PackedI8K4`, what its VNNI and dot-product kernels
+//! read), written four K rows at a time with SIMD; and [`PackedRows`], which packs a plain
+//! activation tensor that way for tract's 1×1 convolutions and matrix products.
+//!
+//! tract 0.23 writes this layout one byte at a time, each through a strided store: its
+//! `PackedI8K4::pack_view` (behind `OptMatMulPack`) was 8 % of an int8 forward pass on this
+//! project's x86 once [`super::im2col`] had removed the other 38 % (perf; README, "Speed").
+//! In this layout a panel of `r` columns holds, for every block of four K rows, `r` groups of
+//! four bytes — lane `m`'s values of the block's rows. [`K4Panels`] takes a block's four rows
+//! and writes them into every panel, sixteen lanes per step ([`interleave4`]).
+
+use std::sync::Arc;
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::matmul::pack::{DynPackedExoticFact, OptMatMulPack};
+use tract_onnx::tract_core::tract_linalg::mmm::{
+    EagerPackedInput, MMMInputValue, PackedExoticFact, PackedMatrixStorage,
+};
+use tract_onnx::tract_core::tract_linalg::pack::PackedI8K4;
+
+/// One K×MN matrix being packed as `format`, block of four K rows by block.
+pub struct K4Panels {
+    format: PackedI8K4,
+    k: usize,
+    mn: usize,
+    blob: Blob,
+    /// The last, partial panel's lanes, zero-padded (the kernel reads whole panels).
+    tail: Vec<u8>,
+}
+
+impl K4Panels {
+    pub fn new(format: &PackedI8K4, k: usize, mn: usize) -> K4Panels {
+        let len = mn.div_ceil(format.r) * format.single_panel_len(k);
+        K4Panels {
+            format: format.clone(),
+            k,
+            mn,
+            // SAFETY: u8 has no invalid values, and every byte is written: `write_block` for
+            // each of the ceil(k/4) blocks covers every panel's slot for that block.
+            blob: unsafe { Blob::new_for_size_and_align(len, format.alignment()) },
+            tail: vec![0; 4 * format.r],
+        }
+    }
+
+    /// Number of blocks of four K rows, the last one zero-padded.
+    pub fn blocks(&self) -> usize {
+        self.k.div_ceil(4)
+    }
+
+    /// Writes rows `4·block .. 4·block + 4` (each `mn` long; rows past K must be zeros).
+    #[inline]
+    pub fn write_block(&mut self, block: usize, rows: [&[u8]; 4]) {
+        let (r, mn) = (self.format.r, self.mn);
+        let panel_len = self.format.single_panel_len(self.k);
+        let packed = self.blob.as_bytes_mut();
+        let full = mn / r;
+        for p in 0..full {
+            interleave4(
+                rows,
+                p * r,
+                &mut packed[p * panel_len + block * 4 * r..][..4 * r],
+            );
+        }
+        if full * r < mn {
+            let width = mn - full * r;
+            for (j, row) in rows.iter().enumerate() {
+                self.tail[j * r..][..width].copy_from_slice(&row[full * r..]);
+            }
+            let tail = &self.tail;
+            let out = &mut packed[full * panel_len + block * 4 * r..][..4 * r];
+            interleave4(std::array::from_fn(|j| &tail[j * r..][..r]), 0, out);
+        }
+    }
+
+    /// The packed matrix, as tract's matrix product takes it.
+    pub fn finish(self) -> EagerPackedInput {
+        EagerPackedInput {
+            fact: PackedExoticFact {
+                format: Box::new(self.format.clone()),
+                mn: self.mn.to_dim(),
+                k: self.k,
+            },
+            packed: Arc::new(self.blob),
+            panel_bytes: self.format.single_panel_len(self.k),
+            mn: self.mn,
+        }
+    }
+}
+
+/// `out[4m + j] = rows[j][from + m]`: lanes of four rows of a K block, interleaved.
+///
+/// Sixteen lanes at a time with SSE2 or NEON (both always present on their architecture):
+/// a byte-by-byte loop is where tract's packing spends its time.
+#[inline]
+pub fn interleave4(rows: [&[u8]; 4], from: usize, out: &mut [u8]) {
+    let lanes = out.len() / 4;
+    assert!(out.len() == 4 * lanes && rows.iter().all(|r| from + lanes <= r.len()));
+    let simd = lanes - lanes % 16;
+    #[cfg(target_arch = "x86_64")]
+    for m in (0..simd).step_by(16) {
+        use std::arch::x86_64::*;
+        // SAFETY: from + m + 16 ≤ each row's length and 4m + 64 ≤ out.len(), checked above;
+        // unaligned loads and stores.
+        unsafe {
+            let [a, b, c, d] =
+                [0, 1, 2, 3].map(|j| _mm_loadu_si128(rows[j].as_ptr().add(from + m).cast()));
+            let (ab_low, ab_high) = (_mm_unpacklo_epi8(a, b), _mm_unpackhi_epi8(a, b));
+            let (cd_low, cd_high) = (_mm_unpacklo_epi8(c, d), _mm_unpackhi_epi8(c, d));
+            let o = out.as_mut_ptr().add(4 * m).cast::<__m128i>();
+            _mm_storeu_si128(o, _mm_unpacklo_epi16(ab_low, cd_low));
+            _mm_storeu_si128(o.add(1), _mm_unpackhi_epi16(ab_low, cd_low));
+            _mm_storeu_si128(o.add(2), _mm_unpacklo_epi16(ab_high, cd_high));
+            _mm_storeu_si128(o.add(3), _mm_unpackhi_epi16(ab_high, cd_high));
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    for m in (0..simd).step_by(16) {
+        use std::arch::aarch64::*;
+        // SAFETY: as above; vst4q stores the four registers interleaved, 64 bytes.
+        unsafe {
+            let [a, b, c, d] = [0, 1, 2, 3].map(|j| vld1q_u8(rows[j].as_ptr().add(from + m)));
+            vst4q_u8(out.as_mut_ptr().add(4 * m), uint8x16x4_t(a, b, c, d));
+        }
+    }
+    let scalar_from = if cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) {
+        simd
+    } else {
+        0
+    };
+    for m in scalar_from..lanes {
+        let i = from + m;
+        out[4 * m..][..4].copy_from_slice(&[rows[0][i], rows[1][i], rows[2][i], rows[3][i]]);
+    }
+}
+
+/// Packs an 8-bit tensor whose MN axis is its last, for tract's matrix product: one matrix
+/// per index of the other axes but K, as `OptMatMulPack` does.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PackedRows {
+    format: PackedI8K4,
+    k_axis: usize,
+}
+
+/// Replaces every `OptMatMulPack` of `model` that [`PackedRows`] computes identically; returns
+/// how many it replaced.
+pub fn install(model: &mut TypedModel) -> TractResult<usize> {
+    let mut replaced = 0;
+    for id in 0..model.nodes.len() {
+        let Some(pack) = model.nodes[id].op_as::<OptMatMulPack>() else {
+            continue;
+        };
+        let input = model.outlet_fact(model.nodes[id].inputs[0])?.clone();
+        let output = model.outlet_fact(OutletId::new(id, 0))?.clone();
+        if let Some(op) = PackedRows::replacing(pack, &input, &output) {
+            model.nodes[id].op = Box::new(op);
+            replaced += 1;
+        }
+    }
+    Ok(replaced)
+}
+
+impl PackedRows {
+    fn replacing(pack: &OptMatMulPack, input: &TypedFact, output: &TypedFact) -> Option<Self> {
+        let packed = output
+            .exotic_fact()?
+            .downcast_ref::<DynPackedExoticFact>()?;
+        let [format] = packed.packers.as_slice() else {
+            return None;
+        };
+        let format = format.downcast_ref::<PackedI8K4>()?.clone();
+        if ![DatumType::I8, DatumType::U8].contains(&input.datum_type) {
+            return None;
+        }
+        let axes = pack.axes_mapping(&[input], &[output]).ok()?;
+        let [k_axis] = axes.axis('K').ok()?.inputs[0][..] else {
+            return None;
+        };
+        let [mn_axis] = axes.axis('M').ok()?.inputs[0][..] else {
+            return None;
+        };
+        (mn_axis + 1 == input.rank() && k_axis != mn_axis).then_some(PackedRows { format, k_axis })
+    }
+}
+
+impl Op for PackedRows {
+    fn name(&self) -> StaticName {
+        "PackedRows".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!(
+            "k axis {}, {} (iscamd)",
+            self.k_axis, self.format
+        )])
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for PackedRows {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let input = args_1!(inputs);
+        let shape = input.shape();
+        let (k, mn) = (shape[self.k_axis], shape[shape.len() - 1]);
+        let k_stride: usize = shape[self.k_axis + 1..].iter().product();
+        let bytes = input.try_as_plain_ram()?.as_bytes();
+        let outer: TVec<usize> = self.output_shape(shape);
+        let outer_strides: TVec<usize> = (0..shape.len() - 1)
+            .filter(|&a| a != self.k_axis)
+            .map(|a| shape[a + 1..].iter().product())
+            .collect();
+        let zeros = vec![0u8; mn];
+        let mut values: TVec<Box<dyn MMMInputValue>> = tvec!();
+        for coords in tract_ndarray::indices(&*outer) {
+            use tract_ndarray::Dimension;
+            let offset: usize = coords
+                .slice()
+                .iter()
+                .zip(&outer_strides)
+                .map(|(c, s)| c * s)
+                .sum();
+            let mut panels = K4Panels::new(&self.format, k, mn);
+            for block in 0..panels.blocks() {
+                let rows = std::array::from_fn(|j| match 4 * block + j {
+                    kk if kk < k => &bytes[offset + kk * k_stride..][..mn],
+                    _ => &zeros[..],
+                });
+                panels.write_block(block, rows);
+            }
+            values.push(Box::new(panels.finish()));
+        }
+        let output =
+            PackedMatrixStorage::new_batched(&outer, values).into_tensor(input.datum_type());
+        Ok(tvec!(output.into_tvalue()))
+    }
+}
+
+impl PackedRows {
+    /// The input shape without its K and MN axes.
+    fn output_shape<D: Clone>(&self, input: &[D]) -> TVec<D> {
+        let last = input.len() - 1;
+        (0..last)
+            .filter(|&a| a != self.k_axis)
+            .map(|a| input[a].clone())
+            .collect()
+    }
+}
+
+impl TypedOp for PackedRows {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let shape = &inputs[0].shape;
+        let packed = DynPackedExoticFact {
+            k: shape[self.k_axis].clone(),
+            mn: shape[shape.len() - 1].clone(),
+            packers: vec![Box::new(self.format.clone())],
+        };
+        Ok(tvec!(inputs[0]
+            .datum_type
+            .fact(self.output_shape(&shape.to_tvec()))
+            .with_exotic_fact(packed)))
+    }
+
+    as_op!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tract_onnx::prelude::tract_ndarray::{ArrayD, Axis, Dimension, IxDyn};
+
+    #[test]
+    fn interleaves_any_number_of_lanes_from_any_column() {
+        for (lanes, from) in [(0usize, 0usize), (3, 0), (16, 0), (37, 5), (64, 16)] {
+            // Row j holds 4m + j at column from + m, and junk before.
+            let rows: Vec<Vec<u8>> = (0..4)
+                .map(|j| {
+                    (0..from + lanes)
+                        .map(|i| (i.wrapping_sub(from) * 4 + j) as u8)
+                        .collect()
+                })
+                .collect();
+            let mut out = vec![0xAA; 4 * lanes];
+            interleave4(std::array::from_fn(|j| &rows[j][..]), from, &mut out);
+            let expected: Vec<u8> = (0..4 * lanes).map(|i| i as u8).collect();
+            assert_eq!(out, expected, "{lanes} lanes from {from}");
+        }
+    }
+
+    fn random_bytes(shape: &[usize], seed: u64) -> ArrayD<i8> {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        ArrayD::from_shape_fn(IxDyn(shape), |_| rng.random())
+    }
+
+    /// tract's `PackedI8K4::pack_view` of every K×MN matrix of `input`, as `OptMatMulPack`
+    /// takes them: the other axes in row-major order.
+    fn tracts(format: &PackedI8K4, input: &ArrayD<i8>, k_axis: usize) -> Vec<Vec<u8>> {
+        let mn_axis = input.ndim() - 1;
+        let outer: Vec<usize> = (0..mn_axis).filter(|&a| a != k_axis).collect();
+        let outer_shape: Vec<usize> = outer.iter().map(|&a| input.shape()[a]).collect();
+        let matrices = tract_onnx::prelude::tract_ndarray::indices(outer_shape)
+            .into_iter()
+            .map(|coords| {
+                let mut m = input.view();
+                for (&axis, &c) in outer.iter().zip(coords.slice()).rev() {
+                    m = m.index_axis_move(Axis(axis), c);
+                }
+                m
+            });
+        matrices
+            .into_iter()
+            .map(|m| {
+                let t = m.to_owned().into_tensor();
+                let packed = format.pack_view(&t.view(), 0, 1).unwrap();
+                let eager = packed.downcast_ref::<EagerPackedInput>().unwrap();
+                eager.packed.as_bytes().to_vec()
+            })
+            .collect()
+    }
+
+    fn ours(format: &PackedI8K4, input: &ArrayD<i8>, k_axis: usize) -> Vec<Vec<u8>> {
+        let op = PackedRows {
+            format: format.clone(),
+            k_axis,
+        };
+        let tensor = input.clone().into_tensor();
+        let mut model = TypedModel::default();
+        let source = model.add_source("input", i8::fact(input.shape())).unwrap();
+        let packed = model.wire_node("pack", op, &[source]).unwrap();
+        model.select_output_outlets(&packed).unwrap();
+        let output = model
+            .into_runnable()
+            .unwrap()
+            .run(tvec!(tensor.into_tvalue()))
+            .unwrap();
+        let storage = output[0].try_storage_as::<PackedMatrixStorage>().unwrap();
+        storage
+            .values()
+            .iter()
+            .map(|v| {
+                let eager = v.downcast_ref::<EagerPackedInput>().unwrap();
+                eager.packed.as_bytes().to_vec()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn packs_the_bytes_tracts_packer_packs() {
+        // SqueezeNet's 1×1 convolutions as tract runs them (K = channels, MN = a row), then
+        // K not a multiple of 4 and MN not one of the panel width.
+        for (shape, k_axis) in [
+            (vec![1, 96, 55, 55], 1),
+            (vec![16, 55, 55], 0),
+            (vec![1, 512, 13, 13], 1),
+            (vec![64, 13], 0),
+            (vec![5, 3, 37], 0),
+            (vec![2, 7, 40], 1),
+        ] {
+            let input = random_bytes(&shape, shape.len() as u64);
+            for r in [8, 16] {
+                let format = PackedI8K4::new(r);
+                let expected = tracts(&format, &input, k_axis);
+                assert!(!expected.is_empty());
+                assert_eq!(
+                    ours(&format, &input, k_axis),
+                    expected,
+                    "{shape:?} k axis {k_axis}, r {r}"
+                );
+            }
+        }
+    }
+}
