@@ -12,6 +12,7 @@ mod maxpool;
 #[cfg(feature = "ort")]
 mod ort;
 mod preprocess;
+mod relu;
 mod tract;
 
 use std::collections::HashMap;

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use tract_onnx::prelude::tract_ndarray::ArrayD;
 use tract_onnx::prelude::*;
 
-use super::{chain, im2col, k4, kernels, maxpool, Backend, BatchPlan};
+use super::{chain, im2col, k4, kernels, maxpool, relu, Backend, BatchPlan};
 use crate::error::{Error, Result};
 
 type Plan = Arc<TypedRunnableModel>;
@@ -78,6 +78,7 @@ impl TractBackend {
                     maxpool::install(&mut m)?;
                     im2col::install(&mut m)?;
                     k4::install(&mut m)?;
+                    relu::install(&mut m)?;
                 }
                 m.into_runnable()
             })
