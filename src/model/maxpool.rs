@@ -86,7 +86,25 @@ impl RowMaxPool {
         Ok([n, c, (h - kh) / sh + 1, (w - kw) / sw + 1])
     }
 
+    /// Pools `input`: compiled twice on x86-64, for its SSE2 baseline and for AVX2 (twice the
+    /// lanes per instruction), picked at run time.
     fn eval_t<T: Datum + Copy + PartialOrd>(&self, input: &Tensor) -> TractResult<Tensor> {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: this CPU has AVX2, checked just above.
+            return unsafe { self.eval_avx2::<T>(input) };
+        }
+        self.eval_any::<T>(input)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn eval_avx2<T: Datum + Copy + PartialOrd>(&self, input: &Tensor) -> TractResult<Tensor> {
+        self.eval_any::<T>(input)
+    }
+
+    #[inline(always)]
+    fn eval_any<T: Datum + Copy + PartialOrd>(&self, input: &Tensor) -> TractResult<Tensor> {
         let [n, c, oh, ow] = self.output_shape(input.shape())?;
         let (h, w) = (input.shape()[2], input.shape()[3]);
         let [kh, kw] = self.kernel;
@@ -98,31 +116,46 @@ impl RowMaxPool {
         let out = output_plain.as_slice_mut::<T>()?;
         // One output row's window folded down its rows, then across its columns: both
         // passes run over contiguous memory, so they vectorise; the stride is taken last.
-        let mut rows: Vec<T> = Vec::with_capacity(w);
-        let mut windows: Vec<T> = Vec::with_capacity(w - kw + 1);
+        let Some(&any) = input.first() else {
+            return Ok(output);
+        };
+        let mut rows = vec![any; w];
+        let mut windows = vec![any; w - kw + 1];
         for (plane, out_plane) in input.chunks_exact(h * w).zip(out.chunks_exact_mut(oh * ow)) {
             for (oy, out_row) in out_plane.chunks_exact_mut(ow).enumerate() {
                 let window = &plane[oy * sh * w..][..kh * w];
-                rows.clear();
-                rows.extend_from_slice(&window[..w]);
-                for row in window.chunks_exact(w).skip(1) {
-                    for (m, &v) in rows.iter_mut().zip(row) {
-                        *m = max(*m, v);
-                    }
-                }
-                windows.clear();
-                windows.extend_from_slice(&rows[..w - kw + 1]);
-                for kx in 1..kw {
-                    for (m, &v) in windows.iter_mut().zip(&rows[kx..]) {
-                        *m = max(*m, v);
-                    }
-                }
+                fold(kh, |ky| &window[ky * w..][..w], &mut rows);
+                fold(kw, |kx| &rows[kx..][..w - kw + 1], &mut windows);
                 for (o, &m) in out_row.iter_mut().zip(windows.iter().step_by(sw)) {
                     *o = m;
                 }
             }
         }
         Ok(output)
+    }
+}
+
+/// `out[i] = max over j < k of source(j)[i]`, in as few passes over `out` as the common
+/// windows (2 and 3 wide) allow.
+#[inline(always)]
+fn fold<'s, T: Copy + PartialOrd + 's>(k: usize, source: impl Fn(usize) -> &'s [T], out: &mut [T]) {
+    match k {
+        1 => out.copy_from_slice(source(0)),
+        2 => {
+            for ((o, &a), &b) in out.iter_mut().zip(source(0)).zip(source(1)) {
+                *o = max(a, b);
+            }
+        }
+        _ => {
+            for (((o, &a), &b), &c) in out.iter_mut().zip(source(0)).zip(source(1)).zip(source(2)) {
+                *o = max(max(a, b), c);
+            }
+            for j in 3..k {
+                for (o, &v) in out.iter_mut().zip(source(j)) {
+                    *o = max(*o, v);
+                }
+            }
+        }
     }
 }
 

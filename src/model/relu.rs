@@ -156,7 +156,11 @@ mod tests {
             assert_eq!(relus, 0, "the ReLU is still run");
             let ours = run(model, &x);
             assert_eq!(ours, expected);
-            assert!(ours.to_plain_array_view::<f32>().unwrap().iter().any(|&v| v == 0.0));
+            assert!(ours
+                .to_plain_array_view::<f32>()
+                .unwrap()
+                .iter()
+                .any(|&v| v == 0.0));
         }
     }
 }
