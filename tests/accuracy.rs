@@ -164,8 +164,8 @@ fn int8_maps_follow_f32_maps() {
     );
 }
 
-/// iscamd's replacements inside tract's plans (max-pooling, int8 packing, ReLU folding;
-/// src/model/kernels.rs) change no value: the int8 model's logits and activations are bit for
+/// iscamd's replacements inside tract's plans (max-pooling, int8 packing and quantisation, ReLU
+/// folding; src/model/kernels.rs) change no value: the int8 model's logits and activations are bit for
 /// bit tract's own, the f32 model's equal up to the summation order of the matrix kernels
 /// (which iscamd's tier picks on Zen 4), in every way of running a batch (the batched plans
 /// pack several images per op).

@@ -529,7 +529,7 @@ fn check_reports_each_part() {
         );
     }
     assert!(
-        out.contains("on tract (iscamd's max-pooling and int8 packing, "),
+        out.contains("on tract (iscamd's pooling, packing, ReLU and quantize ops, "),
         "check names what runs the model: {out}"
     );
     drop(broker);

@@ -37,9 +37,9 @@ pub struct BenchArgs {
     /// Backends to compare side by side, e.g. "tract,ort". Default: --backend.
     #[arg(long = "backends", value_name = "LIST", value_delimiter = ',', value_parser = super::parse_backend)]
     pub backends: Vec<BackendKind>,
-    /// tract's kernels to compare, comma-separated: tuned (iscamd's max-pooling and int8
-    /// packing, and on AMD Zen 4 its matrix-kernel choice; row "tract") and stock (tract as it
-    /// ships; row "tract/stock"). Default: $ISCAMD_KERNELS, or tuned.
+    /// tract's kernels to compare, comma-separated: tuned (iscamd's own pooling, packing,
+    /// ReLU and quantize ops, and on AMD Zen 4 its matrix-kernel choice; row "tract") and
+    /// stock (tract as it ships; row "tract/stock"). Default: $ISCAMD_KERNELS, or tuned.
     #[arg(long, value_delimiter = ',', value_parser = Policy::parse)]
     pub kernels: Vec<Policy>,
     /// Heatmap latencies to time, as METHOD:STEPS:CHANNELS[:SCORE_SIZE] (channels 0 = all;

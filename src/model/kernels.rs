@@ -1,6 +1,6 @@
 //! How tract runs iscamd's models, where iscamd measured better than tract's defaults: which
-//! of its matrix kernels, and (see [`Policy`]) whether iscamd's max-pooling and int8 packing
-//! replace its own.
+//! of its matrix kernels, and (see [`Policy`]) whether iscamd's own ops replace some of its
+//! steps: max-pooling, int8 packing and input quantisation, f32 ReLU folding.
 //!
 //! tract ranks its matrix kernels through dispatch *tiers* that any linked crate may add
 //! (`tract_linalg::mmm_tiers`, collected with `inventory`); the highest tier with an opinion
@@ -18,7 +18,7 @@
 //!   `TRACT_AVX512_FMA_UNITS`.
 //!
 //! Everything else falls through to tract's tiers. [`set_policy`] switches the tier off, and
-//! with it iscamd's max-pooling and int8 packing (for plans optimised afterwards), which is how
+//! with it iscamd's own ops (for plans optimised afterwards), which is how
 //! `iscamd bench --kernels tuned,stock` compares both in one run.
 
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -38,8 +38,9 @@ pub const TIER_NAME: &str = "iscamd-zen4";
 /// Whose kernels plans optimised from now on run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Policy {
-    /// The default: iscamd's max-pooling ([`super::maxpool`]) and int8 packing
-    /// ([`super::im2col`], [`super::k4`]) on every CPU, and its kernel tier where it applies.
+    /// The default: iscamd's own ops on every CPU — max-pooling ([`super::maxpool`]), int8
+    /// packing ([`super::im2col`], [`super::k4`]) and input quantisation ([`super::quant`]),
+    /// f32 ReLU folding ([`super::relu`]) — and its kernel tier where it applies.
     Tuned,
     /// tract as it ships.
     Stock,
@@ -107,7 +108,7 @@ pub fn describe() -> String {
     } else {
         format!("{TIER_NAME} matrix kernels: f32 on 256-bit FMA, int8 on 16×16 VNNI")
     };
-    format!("iscamd's max-pooling and int8 packing, {matrix}")
+    format!("iscamd's pooling, packing, ReLU and quantize ops, {matrix}")
 }
 
 /// Whether iscamd's tier is in this process's dispatch ladder (it is on AMD Zen 4).

@@ -12,6 +12,7 @@ mod maxpool;
 #[cfg(feature = "ort")]
 mod ort;
 mod preprocess;
+mod quant;
 mod relu;
 mod tract;
 
@@ -324,9 +325,8 @@ impl Classifier {
         })
     }
 
-    /// What runs the model, e.g. `tract (iscamd's max-pooling and int8 packing, tract's matrix
-    /// kernels)` or
-    /// `ort (cuda, cpu)`.
+    /// What runs the model, e.g. `tract (iscamd's pooling, packing, ReLU and quantize ops,
+    /// tract's matrix kernels)` or `ort (cuda, cpu)`.
     pub fn backend(&self) -> String {
         self.backend.describe()
     }

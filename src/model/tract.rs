@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use tract_onnx::prelude::tract_ndarray::ArrayD;
 use tract_onnx::prelude::*;
 
-use super::{chain, im2col, k4, kernels, maxpool, relu, Backend, BatchPlan};
+use super::{chain, im2col, k4, kernels, maxpool, quant, relu, Backend, BatchPlan};
 use crate::error::{Error, Result};
 
 type Plan = Arc<TypedRunnableModel>;
@@ -79,6 +79,7 @@ impl TractBackend {
                     im2col::install(&mut m)?;
                     k4::install(&mut m)?;
                     relu::install(&mut m)?;
+                    quant::install(&mut m)?;
                 }
                 m.into_runnable()
             })
