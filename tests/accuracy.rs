@@ -12,7 +12,7 @@ use iscamd::analyse::Analysis;
 use iscamd::cam::CamParams;
 use iscamd::model::top_k;
 use iscamd::source::decode_image;
-use tract_onnx::prelude::tract_ndarray::Ix4;
+use tract_onnx::prelude::tract_ndarray::{Array3, Array4, Ix4};
 
 fn check(model: &str, expected_top1: usize, expected_top5: usize) -> Vec<(String, usize)> {
     let (top1, top5, predictions) = accuracy(&load(model));
@@ -97,10 +97,30 @@ fn heatmaps_end_to_end_from_jpeg() {
 
 /// A batch run as batch-1 passes (the default) gives what tract's batched and symbolic
 /// plans give, image for image.
+/// Three images as `classifier` takes them, one by one and as a batch.
+fn three_images(classifier: &iscamd::model::Classifier) -> (Vec<Array3<f32>>, Array4<f32>) {
+    use tract_onnx::prelude::tract_ndarray::{stack, Axis};
+    let inputs: Vec<_> = [
+        "n01440764_tench",
+        "n02643566_lionfish",
+        "n04259630_sombrero",
+    ]
+    .iter()
+    .map(|stem| {
+        classifier
+            .preprocess()
+            .tensor(&decode_image(&image(stem)).unwrap())
+    })
+    .collect();
+    let views: Vec<_> = inputs.iter().map(|x| x.view()).collect();
+    let batch = stack(Axis(0), &views).unwrap();
+    (inputs, batch)
+}
+
 #[test]
 fn split_batches_match_batched_plans() {
     use iscamd::model::{BatchPlan, Classifier, ModelOptions};
-    use tract_onnx::prelude::tract_ndarray::{stack, Axis};
+    use tract_onnx::prelude::tract_ndarray::Axis;
 
     let load_as = |batch_plan| {
         Classifier::load(&ModelOptions {
@@ -111,23 +131,7 @@ fn split_batches_match_batched_plans() {
         .expect("model loads")
     };
     let split = load_as(BatchPlan::Split);
-    let inputs: Vec<_> = [
-        "n01440764_tench",
-        "n02643566_lionfish",
-        "n04259630_sombrero",
-    ]
-    .iter()
-    .map(|stem| {
-        split
-            .preprocess()
-            .tensor(&decode_image(&image(stem)).unwrap())
-    })
-    .collect();
-    let batch = stack(
-        Axis(0),
-        &inputs.iter().map(|x| x.view()).collect::<Vec<_>>(),
-    )
-    .unwrap();
+    let (inputs, batch) = three_images(&split);
     let reference = split.forward(batch.view()).unwrap();
     let reference_activations = reference.activations.as_ref().expect("CAM layer");
     assert_eq!(reference.logits.nrows(), 3);
@@ -173,7 +177,6 @@ fn int8_maps_follow_f32_maps() {
 fn tuned_plans_compute_what_stock_tract_computes() {
     use iscamd::model::kernels::{set_policy, Policy};
     use iscamd::model::{BatchPlan, Classifier, ModelOptions};
-    use tract_onnx::prelude::tract_ndarray::{stack, Array4, Axis};
 
     // Plans are built on first use, under the policy set then; other tests running meanwhile
     // may get stock plans, which compute the same.
@@ -189,24 +192,7 @@ fn tuned_plans_compute_what_stock_tract_computes() {
         set_policy(Policy::Tuned);
         out
     };
-    let preprocess = load(F32_MODEL);
-    let inputs: Vec<_> = [
-        "n01440764_tench",
-        "n04259630_sombrero",
-        "n02643566_lionfish",
-    ]
-    .iter()
-    .map(|stem| {
-        preprocess
-            .preprocess()
-            .tensor(&decode_image(&image(stem)).unwrap())
-    })
-    .collect();
-    let batch = stack(
-        Axis(0),
-        &inputs.iter().map(|x| x.view()).collect::<Vec<_>>(),
-    )
-    .unwrap();
+    let (_, batch) = three_images(&load(F32_MODEL));
     for (model, tolerance) in [(INT8_MODEL, 0.0), (F32_MODEL, 1e-4)] {
         for plan in [BatchPlan::Split, BatchPlan::Batched, BatchPlan::Symbolic] {
             let stock = forward(model, Policy::Stock, plan, &batch);

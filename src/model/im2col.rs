@@ -5,11 +5,12 @@
 //! tract 0.23's `Im2Col` feeds that layout one K row at a time through a writer that stores
 //! every byte separately, and whose fast path only applies when a row fits in one 16-wide
 //! panel — never, for SqueezeNet's 55- and 27-pixel rows. It was 38 % of an int8 forward pass
-//! on this project's x86 (perf; README, "Speed"). [`PackedIm2Col`] builds four K rows at a time
-//! (contiguous copies, padding as whole runs) into a small scratch, then interleaves the four
-//! rows lane by lane into the panels: every output byte is written once, in cache-line-sized
-//! runs. The bytes are the same as tract's: the unit tests compare them with tract's own
-//! `Im2Col` on SqueezeNet's geometries and others.
+//! on this project's x86 (perf; README, "Speed"). [`PackedIm2Col`] pads the image once (and
+//! splits its rows by stride phase, for strided convolutions), so that each output row of a
+//! kernel tap is one contiguous copy; it builds four K rows at a time that way and hands them
+//! to the panel writer ([`super::k4`]), which interleaves them with SIMD. The bytes are the
+//! same as tract's: the unit tests compare them with tract's own `Im2Col` on SqueezeNet's
+//! geometries and others.
 //!
 //! Like [`super::maxpool`], one self-contained op swapped in by [`install`] after tract has
 //! optimised a plan; the fix belongs upstream in tract's packing writer.
@@ -49,19 +50,9 @@ pub struct PackedIm2Col {
 /// Replaces every `Im2Col` of `model` that [`PackedIm2Col`] computes identically; returns how
 /// many it replaced.
 pub fn install(model: &mut TypedModel) -> TractResult<usize> {
-    let mut replaced = 0;
-    for id in 0..model.nodes.len() {
-        let Some(im2col) = model.nodes[id].op_as::<Im2Col>() else {
-            continue;
-        };
-        let input = model.outlet_fact(model.nodes[id].inputs[0])?.clone();
-        let output = model.outlet_fact(OutletId::new(id, 0))?.clone();
-        if let Some(op) = PackedIm2Col::replacing(im2col, &input, &output) {
-            model.nodes[id].op = Box::new(op);
-            replaced += 1;
-        }
-    }
-    Ok(replaced)
+    super::swap::replace_ops::<Im2Col>(model, |im2col, input, output| {
+        Some(Box::new(PackedIm2Col::replacing(im2col, input, output)?))
+    })
 }
 
 impl PackedIm2Col {

@@ -145,19 +145,9 @@ pub struct PackedRows {
 /// Replaces every `OptMatMulPack` of `model` that [`PackedRows`] computes identically; returns
 /// how many it replaced.
 pub fn install(model: &mut TypedModel) -> TractResult<usize> {
-    let mut replaced = 0;
-    for id in 0..model.nodes.len() {
-        let Some(pack) = model.nodes[id].op_as::<OptMatMulPack>() else {
-            continue;
-        };
-        let input = model.outlet_fact(model.nodes[id].inputs[0])?.clone();
-        let output = model.outlet_fact(OutletId::new(id, 0))?.clone();
-        if let Some(op) = PackedRows::replacing(pack, &input, &output) {
-            model.nodes[id].op = Box::new(op);
-            replaced += 1;
-        }
-    }
-    Ok(replaced)
+    super::swap::replace_ops::<OptMatMulPack>(model, |pack, input, output| {
+        Some(Box::new(PackedRows::replacing(pack, input, output)?))
+    })
 }
 
 impl PackedRows {

@@ -29,19 +29,9 @@ pub struct RowMaxPool {
 /// Replaces every `OptMaxPool` of `model` that [`RowMaxPool`] computes identically; returns
 /// how many it replaced.
 pub fn install(model: &mut TypedModel) -> TractResult<usize> {
-    let mut replaced = 0;
-    for id in 0..model.nodes.len() {
-        let Some(pool) = model.nodes[id].op_as::<OptMaxPool>() else {
-            continue;
-        };
-        let input = model.outlet_fact(model.nodes[id].inputs[0])?.clone();
-        let output = model.outlet_fact(OutletId::new(id, 0))?.clone();
-        if let Some(op) = RowMaxPool::replacing(pool, &input, &output) {
-            model.nodes[id].op = Box::new(op);
-            replaced += 1;
-        }
-    }
-    Ok(replaced)
+    super::swap::replace_ops::<OptMaxPool>(model, |pool, input, output| {
+        Some(Box::new(RowMaxPool::replacing(pool, input, output)?))
+    })
 }
 
 impl RowMaxPool {

@@ -14,6 +14,7 @@ mod ort;
 mod preprocess;
 mod quant;
 mod relu;
+mod swap;
 mod tract;
 
 use std::collections::HashMap;

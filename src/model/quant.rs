@@ -31,25 +31,16 @@ impl std::hash::Hash for QuantizeU8 {
 
 /// Replaces every f32 `QuantizeLinearU8` of `model` with [`QuantizeU8`]; returns how many.
 pub fn install(model: &mut TypedModel) -> TractResult<usize> {
-    let mut replaced = 0;
-    for id in 0..model.nodes.len() {
-        let Some(op) = model.nodes[id].op_as::<ElementWiseOp>() else {
-            continue;
-        };
-        let Some(q) = op.0.downcast_ref::<QuantizeLinearU8>() else {
-            continue;
-        };
-        let input = model.outlet_fact(model.nodes[id].inputs[0])?;
-        if input.datum_type != f32::datum_type() || op.1.is_some_and(|dt| dt != u8::datum_type()) {
-            continue;
-        }
-        model.nodes[id].op = Box::new(QuantizeU8 {
-            scale: q.scale,
-            zero_point: q.zero_point,
-        });
-        replaced += 1;
-    }
-    Ok(replaced)
+    super::swap::replace_ops::<ElementWiseOp>(model, |op, input, _| {
+        let q = op.0.downcast_ref::<QuantizeLinearU8>()?;
+        let to_u8 = op.1.is_none_or(|dt| dt == u8::datum_type());
+        (input.datum_type == f32::datum_type() && to_u8).then(|| {
+            Box::new(QuantizeU8 {
+                scale: q.scale,
+                zero_point: q.zero_point,
+            }) as Box<dyn TypedOp>
+        })
+    })
 }
 
 impl QuantizeU8 {
