@@ -38,9 +38,8 @@ pub const TIER_NAME: &str = "iscamd-zen4";
 /// Whose kernels plans optimised from now on run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Policy {
-    /// The default: iscamd's own ops on every CPU — max-pooling ([`super::maxpool`]), int8
-    /// packing ([`super::im2col`], [`super::k4`]) and input quantisation ([`super::quant`]),
-    /// f32 ReLU folding ([`super::relu`]) — and its kernel tier where it applies.
+    /// The default: iscamd's own ops on every CPU — max-pooling, int8 packing and input
+    /// quantisation, f32 ReLU folding (in `src/model/tract/`) — and its kernel tier where it applies.
     Tuned,
     /// tract as it ships.
     Stock,

@@ -4,17 +4,11 @@
 
 mod backend;
 pub mod cost;
-mod im2col;
-mod k4;
 pub mod kernels;
 mod labels;
-mod maxpool;
 #[cfg(feature = "ort")]
 mod ort;
 mod preprocess;
-mod quant;
-mod relu;
-mod swap;
 mod tract;
 
 use std::collections::HashMap;

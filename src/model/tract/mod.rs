@@ -8,8 +8,16 @@ use std::sync::{Arc, Mutex};
 use tract_onnx::prelude::tract_ndarray::ArrayD;
 use tract_onnx::prelude::*;
 
-use super::{chain, im2col, k4, kernels, maxpool, quant, relu, Backend, BatchPlan};
+use super::{chain, kernels, Backend, BatchPlan};
 use crate::error::{Error, Result};
+
+// iscamd's own ops, swapped into tract's optimised plans under `kernels::Policy::Tuned`.
+mod im2col;
+mod k4;
+mod maxpool;
+mod quant;
+mod relu;
+mod swap;
 
 type Plan = Arc<TypedRunnableModel>;
 

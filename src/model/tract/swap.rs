@@ -1,4 +1,4 @@
-//! Swapping ops in an optimised tract plan for iscamd's own ([`super::kernels`] says which).
+//! Swapping ops in an optimised tract plan for iscamd's own (`kernels::Policy` says whether).
 
 use tract_onnx::prelude::*;
 
