@@ -268,7 +268,7 @@ mod tests {
             let rows: Vec<Vec<u8>> = (0..4)
                 .map(|j| {
                     (0..from + lanes)
-                        .map(|i| (i.wrapping_sub(from) * 4 + j) as u8)
+                        .map(|i| (i.wrapping_sub(from).wrapping_mul(4) + j) as u8)
                         .collect()
                 })
                 .collect();

@@ -10,7 +10,8 @@
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
-use tract_onnx::tract_core::ops::quant::{quantize_linear_f32_u8, QuantizeLinearU8};
+use tract_onnx::tract_core::ops::math::round_ties_to_even;
+use tract_onnx::tract_core::ops::quant::QuantizeLinearU8;
 
 /// `u8(clamp(round_half_even(x · scale) + zero_point, 0, 255))` of an f32 tensor.
 #[derive(Debug, Clone, PartialEq)]
@@ -68,7 +69,12 @@ impl QuantizeU8 {
         const ROUND: f32 = 12_582_912.0;
         const EXACT: f32 = 4_194_304.0;
         let zero_point = self.zero_point as i32;
-        let tracts = |x: f32| quantize_linear_f32_u8(x, self.scale, zero_point);
+        // tract's `quantize_linear_f32_u8`, but adding the zero point with a wrapping add,
+        // which is what its `+` does in release builds (and panics in debug ones, on ±∞).
+        let tracts = |x: f32| {
+            let rounded = round_ties_to_even(x * self.scale) as i32;
+            rounded.wrapping_add(zero_point).clamp(0, 255) as u8
+        };
         let mut chunks = xs.chunks_exact(CHUNK).zip(ys.chunks_exact_mut(CHUNK));
         for (x, y) in &mut chunks {
             let v: [f32; CHUNK] = std::array::from_fn(|i| x[i] * self.scale);
@@ -142,26 +148,28 @@ mod tests {
         let mut xs: Vec<f32> = (-4000..4000).map(|i| i as f32 * 0.0371).collect();
         // Exact ties at the scale, both signs; then values past the fast path's range.
         xs.extend((-300..300).map(|i| (i as f32 + 0.5) / op.scale));
-        xs.extend([
-            f32::NAN,
-            f32::INFINITY,
-            f32::NEG_INFINITY,
-            1e30,
-            -1e30,
-            5e6,
-            -5e6,
-        ]);
+        // Past the fast path's range, and NaN. (Not +∞ or 1e30: tract's own function
+        // overflows on them, a panic in debug builds.)
+        xs.extend([f32::NAN, f32::NEG_INFINITY, -1e30, 5e6, -5e6, 1e9, -1e9]);
         xs.extend((0..61).map(|i| i as f32 - 30.0));
         let mut ys = vec![0u8; xs.len()];
         op.quantize(&xs, &mut ys);
         for (x, y) in xs.iter().zip(&ys) {
             assert_eq!(
                 *y,
-                quantize_linear_f32_u8(*x, op.scale, op.zero_point as i32),
+                tract_onnx::tract_core::ops::quant::quantize_linear_f32_u8(
+                    *x,
+                    op.scale,
+                    op.zero_point as i32
+                ),
                 "{x}"
             );
         }
         assert!(ys.contains(&0) && ys.contains(&255));
+        // +∞ and 1e30 quantise as tract's release build does, without a panic.
+        let mut y = [7u8; 2];
+        op.quantize(&[f32::INFINITY, 1e30], &mut y);
+        assert_eq!(y, [0, 0]);
     }
 
     #[test]
