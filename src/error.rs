@@ -20,6 +20,10 @@ pub enum Error {
     #[error("inference failed: {0}")]
     Inference(String),
 
+    /// A daemon stage cannot go on (another stage it feeds is gone).
+    #[error("{0}")]
+    Stage(String),
+
     /// A live source (the camera) is down and being retried; it has logged why.
     #[error("source unavailable: {0}")]
     SourceUnavailable(String),

@@ -1,6 +1,8 @@
 //! Running under systemd: the unit file verifies, and the daemon speaks sd_notify as
 //! specified — READY after the first frame, WATCHDOG only while the pipeline makes
-//! progress, STOPPING at SIGTERM — to a notification socket the test owns.
+//! progress, STOPPING at SIGTERM — to a notification socket the test owns. A stage that
+//! hangs starves the watchdog; a stage that dies ends the daemon with a failure (both
+//! through faults of the `test-hooks` feature, which the test command turns on).
 
 mod common;
 
@@ -9,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::broker::{Daemon, Mosquitto};
+use common::broker::{retained, Daemon, Mosquitto};
 use common::{images_dir, model_path, F32_MODEL};
 
 const UNIT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/iscamd.service");
@@ -240,7 +242,85 @@ fn an_absent_camera_is_ready_and_fed_with_status_saying_so() {
     assert!(daemon.terminate().success(), "{}", daemon.log_text());
 }
 
+/// The fault tests need the `test-hooks` feature; under CI its absence is a failure, not a
+/// silent skip.
 #[test]
+#[allow(clippy::assertions_on_constants)] // the constant is the build's feature set
+fn fault_hooks_are_compiled_in_under_ci() {
+    if std::env::var_os("CI").is_some() {
+        assert!(
+            cfg!(feature = "test-hooks"),
+            "run the tests with --features test-hooks (the README's test command does)"
+        );
+    }
+}
+
+#[test]
+#[cfg_attr(not(feature = "test-hooks"), ignore = "needs --features test-hooks")]
+fn a_panicking_stage_ends_the_daemon_offline_and_unfed() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut daemon, mut notes) = start(
+        dir.path(),
+        &broker,
+        &[("ISCAMD_TEST_PANIC_INFERENCE_AFTER", "5")],
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut panicked_at = None;
+    let status = loop {
+        notes.collect(Duration::from_millis(100));
+        if panicked_at.is_none() && daemon.log_text().contains("panics on purpose") {
+            panicked_at = Some(Instant::now());
+        }
+        if let Some(status) = daemon.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running 60 s after start:\n{}",
+            daemon.log_text()
+        );
+    };
+    let exited = Instant::now();
+    notes.collect(Duration::from_millis(200));
+    let log = daemon.log_text();
+    let panicked_at = panicked_at.unwrap_or(exited);
+    assert!(!status.success(), "exit status {status:?}:\n{log}");
+    assert!(
+        exited.duration_since(panicked_at) < Duration::from_secs(5),
+        "exited {:?} after the panic:\n{log}",
+        exited.duration_since(panicked_at)
+    );
+    assert!(
+        log.contains("the inference stage panicked"),
+        "the log names the stage:\n{log}"
+    );
+    // The panic message reaches the log before the panic is reported; pings are judged
+    // from the report on, which the log also marks.
+    let pings_after = notes.count_since(panicked_at + Duration::from_millis(50), "WATCHDOG=1");
+    assert_eq!(
+        pings_after,
+        0,
+        "watchdog fed after the panic:\n{:?}",
+        notes.lines()
+    );
+    assert!(
+        notes
+            .lines()
+            .iter()
+            .any(|l| l.starts_with("STATUS=failed: the inference stage")),
+        "{:?}",
+        notes.lines()
+    );
+    assert_eq!(
+        retained(broker.port, "iscamd/cam-systemd/availability").as_deref(),
+        Some("offline"),
+        "{log}"
+    );
+}
+
+#[test]
+#[cfg_attr(not(feature = "test-hooks"), ignore = "needs --features test-hooks")]
 fn a_hung_inference_thread_starves_the_watchdog() {
     let broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();

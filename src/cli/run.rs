@@ -11,7 +11,7 @@ use super::ModelArgs;
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// TOML config file (README: "Configuration"). Without it, every key has its default.
+    /// TOML config file (docs/configuration.md). Without it, every key has its default.
     #[arg(long, short, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Use image files (a file or directory, looped) as the camera: sets [source] kind = "images".
@@ -142,7 +142,7 @@ pub fn check(args: CheckArgs) -> Result<ExitCode> {
     );
     report(
         "source",
-        iscamd::daemon::open_source(&config)
+        iscamd::daemon::open_source(&config.source)
             .map_err(anyhow::Error::from)
             .and_then(|mut s| {
                 let d = s.describe();
@@ -167,7 +167,7 @@ fn check_broker(config: &Config, device: &str) -> Result<String> {
         .host
         .clone()
         .context("no broker configured ([mqtt] host)")?;
-    let options = iscamd::daemon::mqtt_options(config, device, &host)?;
+    let options = iscamd::publish::options(&config.mqtt, device, &host)?;
     let (h, p) = options.broker_address();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

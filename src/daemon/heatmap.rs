@@ -1,23 +1,23 @@
-//! Heatmaps. The CAM worker computes one full map at a time on its own thread, so that
-//! predictions keep flowing while it works; live maps come from the inference thread
-//! (one weighted sum per frame, see [`crate::cam::live`]). The renderer draws and
-//! publishes both, so every heatmap has one sequence and one format.
+//! The heatmap stage: the CAM worker computes one full map at a time on its own thread,
+//! so that predictions keep flowing while it works. Live maps come from the inference
+//! stage (one weighted sum per frame, see [`crate::cam::live`]). The render stage
+//! draws and publishes both, so every heatmap has one sequence and one format.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use image::codecs::jpeg::JpegEncoder;
-use tokio::sync::mpsc::Sender;
 use tract_onnx::prelude::tract_ndarray::Array2;
 
 use super::latest::Latest;
-use crate::analyse::{ms, Analysis};
-use crate::cam::{display, live, CamParams};
+use super::scheduler::RequestId;
+use super::shutdown::Shutdown;
+use crate::analyse::Analysis;
+use crate::cam::{live, CamParams};
+use crate::error::{Error, Result};
 use crate::model::Classifier;
-use crate::publish::payload::{self, HeatmapLatency, MapData, MethodInfo};
-use crate::publish::{Kind, Message, Topics};
+use crate::publish::payload::MethodInfo;
 use crate::stats::Stats;
 
 /// One full map to make.
@@ -32,10 +32,6 @@ pub struct Job {
     /// Keep its weights for live maps (the schedule's maps of the top-1 class).
     pub reference: bool,
 }
-
-/// A command's id (possibly absent in the command itself).
-#[derive(Clone, Debug)]
-pub struct RequestId(pub Option<String>);
 
 /// The newest full map's weights, for the inference thread's live maps.
 pub struct Weights {
@@ -78,56 +74,79 @@ pub enum Freshness {
 }
 
 /// The CAM worker: full maps, one at a time.
-pub fn compute(
-    classifier: Arc<Classifier>,
-    jobs: Receiver<Job>,
-    render: SyncSender<Outcome>,
-    weights: Arc<Latest<Weights>>,
-    threads: usize,
-) {
-    for job in jobs {
-        let mut reference = None;
-        let outcome = match job
-            .analysis
-            .explain(&classifier, job.class, &job.params, threads)
-        {
-            Ok(e) => {
-                if let (true, Some(a)) = (job.reference, &job.analysis.activations) {
-                    reference = Some(live::Reference::new(&e, a.view(), job.frame));
-                }
-                Outcome::Map(Box::new(Ready {
-                    analysis: job.analysis,
-                    frame: job.frame,
-                    captured: job.captured,
-                    class: e.class,
-                    method: MethodInfo::from(&e.params),
-                    passes: e.passes,
-                    cam_ms: e.millis,
-                    map: e.map,
-                    freshness: Freshness::Fresh,
-                    request_id: job.request_id,
-                }))
+pub struct HeatmapWorker {
+    pub classifier: Arc<Classifier>,
+    pub jobs: Receiver<Job>,
+    pub render: SyncSender<Outcome>,
+    /// Where the newest reference map's weights go, for live maps.
+    pub weights: Arc<Latest<Weights>>,
+    pub threads: usize,
+}
+
+impl HeatmapWorker {
+    /// Runs until shutdown or until the inference stage stops sending jobs.
+    pub fn run(self, shutdown: Shutdown) -> Result<()> {
+        for job in self.jobs.iter() {
+            if shutdown.is_shutdown() {
+                break;
             }
-            Err(err) => Outcome::Failed {
+            let (outcome, reference) = compute(&self.classifier, job, self.threads);
+            if self.render.send(outcome).is_err() {
+                return Err(Error::Stage("the render stage is gone".into()));
+            }
+            // After the full map is queued, so no live map made from it is published first.
+            if let Some(reference) = reference {
+                self.weights.put(Weights {
+                    reference,
+                    made: Instant::now(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One full map, and its weights when the job keeps them for live maps.
+fn compute(
+    classifier: &Classifier,
+    job: Job,
+    threads: usize,
+) -> (Outcome, Option<live::Reference>) {
+    match job
+        .analysis
+        .explain(classifier, job.class, &job.params, threads)
+    {
+        Ok(e) => {
+            let reference = match (job.reference, &job.analysis.activations) {
+                (true, Some(a)) => Some(live::Reference::new(&e, a.view(), job.frame)),
+                _ => None,
+            };
+            let ready = Ready {
+                analysis: job.analysis,
+                frame: job.frame,
+                captured: job.captured,
+                class: e.class,
+                method: MethodInfo::from(&e.params),
+                passes: e.passes,
+                cam_ms: e.millis,
+                map: e.map,
+                freshness: Freshness::Fresh,
+                request_id: job.request_id,
+            };
+            (Outcome::Map(Box::new(ready)), reference)
+        }
+        Err(err) => {
+            let failed = Outcome::Failed {
                 frame: job.frame,
                 error: err.to_string(),
                 request_id: job.request_id,
-            },
-        };
-        if render.send(outcome).is_err() {
-            return;
-        }
-        // After the full map is queued, so no live map made from it is published first.
-        if let Some(reference) = reference {
-            weights.put(Weights {
-                reference,
-                made: Instant::now(),
-            });
+            };
+            (failed, None)
         }
     }
 }
 
-/// What the inference thread needs for live maps.
+/// What the inference stage needs for live maps.
 pub struct Live {
     policy: live::Policy,
     /// Where the CAM worker leaves the newest full map's weights.
@@ -191,126 +210,4 @@ impl Live {
         }
         Ok(())
     }
-}
-
-/// How heatmaps are published.
-pub struct Output {
-    pub topics: Topics,
-    pub device: String,
-    pub qos: u8,
-    pub retain_image: bool,
-    pub image_width: u32,
-    pub image_quality: u8,
-}
-
-/// The renderer: overlay, JPEG, payload, publish.
-pub fn render(
-    classifier: Arc<Classifier>,
-    maps: Receiver<Outcome>,
-    out: Output,
-    tx: Sender<Message>,
-    stats: Arc<Stats>,
-) {
-    let mut seq = 0u64;
-    for outcome in maps {
-        let messages = match outcome {
-            Outcome::Map(ready) => {
-                seq += 1;
-                messages(&classifier, *ready, seq, &out, &stats)
-            }
-            Outcome::Failed {
-                frame,
-                error,
-                request_id,
-            } => {
-                stats.heatmap_errors.fetch_add(1, Relaxed);
-                tracing::warn!("heatmap for frame {frame} failed: {error}");
-                request_id
-                    .map(|id| super::command_result(&out.topics, id.0, Err(error)))
-                    .into_iter()
-                    .collect()
-            }
-        };
-        for m in messages {
-            if tx.blocking_send(m).is_err() {
-                return;
-            }
-        }
-    }
-}
-
-fn messages(
-    classifier: &Classifier,
-    ready: Ready,
-    seq: u64,
-    out: &Output,
-    stats: &Stats,
-) -> Vec<Message> {
-    let t0 = Instant::now();
-    let (h, w) = ready.map.dim();
-    let crop = classifier.preprocess().crop_region();
-    let overlay = display::overlay(&ready.analysis.frame, &ready.map, crop, out.image_width);
-    let mut jpeg = Vec::new();
-    let encoded =
-        JpegEncoder::new_with_quality(&mut jpeg, out.image_quality).encode_image(&overlay);
-    let (fresh, age_ms, weights_frame, drift) = match ready.freshness {
-        Freshness::Fresh => (true, 0.0, ready.frame, None),
-        Freshness::Live {
-            age,
-            weights_frame,
-            drift,
-        } => (false, ms(age), weights_frame, Some(drift)),
-    };
-    let heatmap = payload::Heatmap {
-        header: payload::Header::new(
-            "iscamd.heatmap/1",
-            &out.device,
-            seq,
-            ready.frame,
-            ready.captured,
-        ),
-        class: ready.analysis.class_score(classifier, ready.class),
-        method: ready.method,
-        passes: ready.passes,
-        fresh,
-        age_ms,
-        weights_frame,
-        drift,
-        latency_ms: HeatmapLatency {
-            cam: ready.cam_ms,
-            render: ms(t0.elapsed()),
-        },
-        map: MapData::u8_base64(w, h, &display::map_u8(&ready.map)),
-        request_id: ready.request_id.as_ref().and_then(|r| r.0.clone()),
-    };
-    stats.heatmaps.fetch_add(1, Relaxed);
-    if fresh {
-        stats
-            .last_heatmap_ms
-            .store((ready.cam_ms + ms(t0.elapsed())) as u64, Relaxed);
-    } else {
-        stats.live_maps.fetch_add(1, Relaxed);
-    }
-    let json = serde_json::to_vec(&heatmap).expect("heatmap serialises");
-    let mut messages = vec![Message {
-        topic: out.topics.heatmap(),
-        payload: json,
-        qos: out.qos,
-        retain: false,
-        kind: Kind::Heatmap,
-    }];
-    match encoded {
-        Ok(()) => messages.push(Message {
-            topic: out.topics.heatmap_image(),
-            payload: jpeg,
-            qos: out.qos,
-            retain: out.retain_image,
-            kind: Kind::HeatmapImage,
-        }),
-        Err(err) => tracing::warn!("cannot encode the heatmap image: {err}"),
-    }
-    if let Some(id) = ready.request_id {
-        messages.push(super::command_result(&out.topics, id.0, Ok(())));
-    }
-    messages
 }

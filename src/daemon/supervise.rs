@@ -9,19 +9,26 @@
 //! a step (reading a frame, analysing one) and when it finishes; a stage stuck in one step
 //! for longer than the watchdog's ping interval starves the watchdog, and systemd restarts
 //! the service. A stage that is waiting (for a frame, for the pacer) is not stuck.
+//! A stage that has died stops the pings at once, before the topology shuts down.
 
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
 use sd_notify::NotifyState;
-use tokio::sync::watch;
 
+use super::shutdown::Shutdown;
+use crate::error::Result;
 use crate::stats::Stats;
 
 /// Tells systemd we are stopping.
 pub fn stopping() {
     notify(&[NotifyState::Stopping]);
+}
+
+/// Tells systemd why the daemon is about to fail.
+pub fn failing(why: &str) {
+    notify(&[NotifyState::Status(&format!("failed: {why}"))]);
 }
 
 fn notify(states: &[NotifyState]) {
@@ -30,71 +37,85 @@ fn notify(states: &[NotifyState]) {
     }
 }
 
-/// The supervision task: runs until `shutdown`.
-pub async fn run(stats: Arc<Stats>, mut shutdown: watch::Receiver<bool>) {
-    let watchdog = sd_notify::watchdog_enabled();
-    // systemd asks for pings at half the watchdog timeout; without a watchdog, STATUS
-    // still goes out now and then.
-    let period = watchdog.map_or(Duration::from_secs(10), |w| {
-        (w / 2).max(Duration::from_millis(50))
-    });
-    if let Some(w) = watchdog {
-        tracing::info!(
-            "systemd watchdog: {w:?}, pinging every {period:?} while the pipeline makes progress"
-        );
-    }
-    let mut ready = false;
-    let mut starved = false;
-    loop {
-        let wait = if ready {
-            period
-        } else {
-            Duration::from_millis(100)
-        };
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = shutdown.changed() => return,
+/// The supervision stage.
+pub struct Supervisor {
+    pub stats: Arc<Stats>,
+    /// Set the moment any stage fails ([`super::shutdown::Ends::failure_flag`]).
+    pub failed: Arc<AtomicBool>,
+}
+
+impl Supervisor {
+    /// Runs until shutdown.
+    pub async fn run(self, mut shutdown: Shutdown) -> Result<()> {
+        let stats = &self.stats;
+        let watchdog = sd_notify::watchdog_enabled();
+        // systemd asks for pings at half the watchdog timeout; without a watchdog, STATUS
+        // still goes out now and then.
+        let period = watchdog.map_or(Duration::from_secs(10), |w| {
+            (w / 2).max(Duration::from_millis(50))
+        });
+        if let Some(w) = watchdog {
+            tracing::info!(
+                "systemd watchdog: {w:?}, pinging every {period:?} while the pipeline makes progress"
+            );
         }
-        if !ready {
-            let camera_down = stats
-                .camera
-                .lock()
-                .expect("stats poisoned")
-                .as_ref()
-                .is_some_and(|c| !c.ok && c.last_error.is_some());
-            if stats.frames_processed.load(Relaxed) == 0 && !camera_down {
+        let mut ready = false;
+        let mut starved = false;
+        loop {
+            let wait = if ready {
+                period
+            } else {
+                Duration::from_millis(100)
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.recv() => return Ok(()),
+            }
+            // A stage has died: the topology is stopping the daemon; no more pings.
+            if self.failed.load(Relaxed) {
                 continue;
             }
-            ready = true;
-            notify(&[NotifyState::Ready, NotifyState::Status(&status(&stats))]);
-            continue;
-        }
-        let stuck = [
-            ("capture", &stats.capture_stage),
-            ("inference", &stats.inference_stage),
-        ]
-        .into_iter()
-        .find(|(_, s)| s.stuck_for() > period);
-        match stuck {
-            None => {
-                starved = false;
-                let status = status(&stats);
-                if watchdog.is_some() {
-                    notify(&[NotifyState::Watchdog, NotifyState::Status(&status)]);
-                } else {
-                    notify(&[NotifyState::Status(&status)]);
+            if !ready {
+                let camera_down = stats
+                    .camera
+                    .lock()
+                    .expect("stats poisoned")
+                    .as_ref()
+                    .is_some_and(|c| !c.ok && c.last_error.is_some());
+                if stats.frames_processed.load(Relaxed) == 0 && !camera_down {
+                    continue;
                 }
+                ready = true;
+                notify(&[NotifyState::Ready, NotifyState::Status(&status(stats))]);
+                continue;
             }
-            Some((name, stage)) => {
-                let message = format!(
-                    "stalled: {name} stuck in one step for {:.1} s",
-                    stage.stuck_for().as_secs_f64()
-                );
-                if !starved {
-                    tracing::error!("{message}: not feeding the watchdog");
-                    starved = true;
+            let stuck = [
+                ("capture", &stats.capture_stage),
+                ("inference", &stats.inference_stage),
+            ]
+            .into_iter()
+            .find(|(_, s)| s.stuck_for() > period);
+            match stuck {
+                None => {
+                    starved = false;
+                    let status = status(stats);
+                    if watchdog.is_some() {
+                        notify(&[NotifyState::Watchdog, NotifyState::Status(&status)]);
+                    } else {
+                        notify(&[NotifyState::Status(&status)]);
+                    }
                 }
-                notify(&[NotifyState::Status(&message)]);
+                Some((name, stage)) => {
+                    let message = format!(
+                        "stalled: {name} stuck in one step for {:.1} s",
+                        stage.stuck_for().as_secs_f64()
+                    );
+                    if !starved {
+                        tracing::error!("{message}: not feeding the watchdog");
+                        starved = true;
+                    }
+                    notify(&[NotifyState::Status(&message)]);
+                }
             }
         }
     }

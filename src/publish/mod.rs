@@ -1,4 +1,4 @@
-//! Publishing over MQTT (DESIGN.md §6): topics, payloads, commands, Home Assistant
+//! Publishing over MQTT (docs/mqtt.md): topics, payloads, commands, Home Assistant
 //! discovery, and the connection task that keeps an outbox through broker outages.
 
 pub mod command;
@@ -6,9 +6,11 @@ pub mod discovery;
 #[cfg(feature = "embedded-broker")]
 pub mod embedded;
 mod mqtt;
+mod options;
 pub mod payload;
 
 pub use mqtt::{announcements, run_connection, ConnectionSettings, Incoming};
+pub use options::options;
 
 /// What a message is, for QoS, retention and the outbox policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what building and testing iscamd needs beside a Rust toolchain, on Debian or
+# Ubuntu (as root, or with sudo): libclang for the camera feature's V4L2 bindings,
+# mosquitto and systemd-analyze for the daemon's tests, and the ONNX Runtime wheel whose
+# libonnxruntime the `ort` backend's tests load. Skips what is already there.
+set -euo pipefail
+
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+
+missing=()
+command -v mosquitto >/dev/null 2>&1 || missing+=(mosquitto)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || missing+=(libclang-dev)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+# The package may start a broker on 1883; the tests start their own.
+($sudo systemctl stop mosquitto || $sudo service mosquitto stop) >/dev/null 2>&1 || true
+
+# Pinned: the ort crate is built against this C API. tests/quantize.rs runs
+# models/quantize.py, which needs onnx, pillow and numpy.
+if ! python3 -c 'import onnxruntime, onnx, PIL, numpy; assert onnxruntime.__version__ == "1.32.0"' >/dev/null 2>&1; then
+  echo "setup: installing onnxruntime, onnx, pillow, numpy (pip)" >&2
+  python3 -m pip install -q "onnxruntime==1.32.0" onnx pillow numpy
+fi

@@ -1,0 +1,102 @@
+//! The capture stage: reads frames from the source into the latest-frame slot.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use super::latest::Latest;
+use super::shutdown::Shutdown;
+use crate::config::{SourceConfig, SourceKind};
+use crate::error::{Error, Result};
+use crate::source::{Frame, FrameSource, ImageFiles, Pacer, Pattern};
+use crate::stats::Stats;
+
+/// Builds the frame source `[source]` describes.
+pub fn open_source(s: &SourceConfig) -> Result<Box<dyn FrameSource>> {
+    Ok(match s.kind {
+        SourceKind::Images => {
+            let path = s
+                .path
+                .clone()
+                .ok_or_else(|| Error::invalid("source.path", "required for kind = \"images\""))?;
+            Box::new(ImageFiles::open(path, s.loop_)?)
+        }
+        SourceKind::Pattern => Box::new(Pattern::new(s.width, s.height)),
+        #[cfg(all(feature = "camera", target_os = "linux"))]
+        SourceKind::Camera => Box::new(crate::source::CameraSource::new(
+            Box::new(crate::source::camera::V4lDevice::new(&s.device.to_string())),
+            crate::source::camera::Request {
+                format: s.format,
+                width: s.width,
+                height: s.height,
+                fps: s.fps,
+            },
+        )),
+        #[cfg(not(all(feature = "camera", target_os = "linux")))]
+        SourceKind::Camera => {
+            return Err(Error::invalid(
+                "source.kind",
+                "\"camera\" needs a Linux build with the `camera` feature",
+            ))
+        }
+    })
+}
+
+pub struct Capture {
+    pub source: Box<dyn FrameSource>,
+    pub frames: Arc<Latest<Frame>>,
+    pub stats: Arc<Stats>,
+    /// `[source] fps`, for sources that do not pace themselves.
+    pub fps: f64,
+}
+
+impl Capture {
+    /// Runs until shutdown, or until the source has no more frames.
+    pub fn run(mut self, shutdown: Shutdown) -> Result<()> {
+        // A camera streams at its own rate: read every frame (the latest wins) rather
+        // than pace, which would hand out stale buffered frames.
+        let paced_by_device = self.source.paced_by_device();
+        let mut pacer = Pacer::new(self.fps);
+        let mut number = 0u64;
+        while !shutdown.is_shutdown() {
+            if !paced_by_device {
+                pacer.wait();
+            }
+            let next = {
+                let _step = self.stats.capture_stage.step();
+                self.source.next_frame()
+            };
+            if let Some(health) = self.source.camera_health() {
+                *self.stats.camera.lock().expect("stats poisoned") = Some(health);
+            }
+            match next {
+                Ok(Some(image)) => {
+                    number += 1;
+                    self.stats.frames_captured.fetch_add(1, Relaxed);
+                    let frame = Frame {
+                        number,
+                        image,
+                        captured: SystemTime::now(),
+                    };
+                    if self.frames.put(frame) {
+                        self.stats.frames_dropped.fetch_add(1, Relaxed);
+                    }
+                }
+                Ok(None) => {
+                    tracing::info!("the source has no more frames");
+                    return Ok(());
+                }
+                // Down and retrying with backoff; the source logged why.
+                Err(Error::SourceUnavailable(_)) => {}
+                Err(e) => {
+                    self.stats.frame_errors.fetch_add(1, Relaxed);
+                    tracing::warn!("frame source: {e}");
+                    if !paced_by_device {
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}

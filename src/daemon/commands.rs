@@ -1,0 +1,170 @@
+//! The command stage: parses `<prefix>/<device>/cmd` payloads, limits their rate, and
+//! answers them or passes them to the inference stage.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::mpsc::{Receiver, Sender};
+
+use super::command_result;
+use super::inference::{Control, CONTROL_QUEUE};
+use super::scheduler::{Request, RequestId};
+use super::shutdown::Shutdown;
+use crate::cam::CamParams;
+use crate::error::Result;
+use crate::model::Classifier;
+use crate::publish::command::{self, Command, Limits};
+use crate::publish::{announcements, Incoming, Message, Topics};
+use crate::stats::Stats;
+
+pub struct Commands {
+    pub incoming: Receiver<Incoming>,
+    pub control: SyncSender<Control>,
+    pub publish: Sender<Message>,
+    pub classifier: Arc<Classifier>,
+    /// The configured method: what a command's unset fields default to.
+    pub defaults: CamParams,
+    pub stats: Arc<Stats>,
+    pub topics: Topics,
+    pub device: String,
+    pub discovery_prefix: Option<String>,
+    /// `[mqtt] commands_per_second`.
+    pub rate: f64,
+}
+
+impl Commands {
+    pub async fn run(mut self, mut shutdown: Shutdown) -> Result<()> {
+        let mut bucket = TokenBucket::new(self.rate, Instant::now());
+        loop {
+            let payload = tokio::select! {
+                incoming = self.incoming.recv() => match incoming {
+                    Some(Incoming::Command(payload)) => payload,
+                    None => return Ok(()),
+                },
+                _ = shutdown.recv() => return Ok(()),
+            };
+            let (id, parsed) = command::parse(&payload, &self.limits());
+            let parsed = match bucket.take(Instant::now()) {
+                true => parsed,
+                false => Err(format!(
+                    "rate limited: at most {} command(s) per second",
+                    self.rate
+                )),
+            };
+            if let Some(result) = self.act(parsed, &id).await {
+                if let Err(e) = &result {
+                    self.stats.commands_rejected.fetch_add(1, Relaxed);
+                    tracing::warn!("command refused: {e}");
+                }
+                let _ = self
+                    .publish
+                    .send(command_result(&self.topics, id, result))
+                    .await;
+            }
+        }
+    }
+
+    fn limits(&self) -> Limits<'_> {
+        Limits {
+            defaults: &self.defaults,
+            layer_channels: self.classifier.cam_layer().map_or(0, |l| l.channels),
+            classes: self.classifier.classes(),
+            input_size: self.classifier.input_size(),
+        }
+    }
+
+    /// Carries out a command; the reply to send now, or `None` when the reply comes
+    /// with the heatmap.
+    async fn act(
+        &self,
+        parsed: std::result::Result<Command, String>,
+        id: &Option<String>,
+    ) -> Option<std::result::Result<(), String>> {
+        let control = match parsed {
+            Err(e) => return Some(Err(e)),
+            Ok(Command::Republish) => {
+                let announce =
+                    announcements(&self.topics, &self.device, self.discovery_prefix.as_deref());
+                for m in announce {
+                    let _ = self.publish.send(m).await;
+                }
+                return Some(Ok(()));
+            }
+            Ok(Command::Explain { params, class }) => Control::Explain(Request {
+                params,
+                class,
+                id: RequestId(id.clone()),
+            }),
+            Ok(Command::Set { interval }) => Control::SetInterval(interval),
+        };
+        let answer_now = matches!(control, Control::SetInterval(_));
+        match self.control.try_send(control) {
+            Ok(()) => answer_now.then_some(Ok(())),
+            Err(TrySendError::Full(_)) => Some(Err(format!(
+                "busy: {CONTROL_QUEUE} commands already wait for the inference stage"
+            ))),
+            Err(TrySendError::Disconnected(_)) => Some(Err("the daemon is stopping".to_string())),
+        }
+    }
+}
+
+/// Commands allowed per second, with a burst of one second's worth.
+struct TokenBucket {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: f64, now: Instant) -> Self {
+        TokenBucket {
+            rate,
+            tokens: rate.max(1.0),
+            last: now,
+        }
+    }
+
+    fn take(&mut self, now: Instant) -> bool {
+        let refill = now.saturating_duration_since(self.last).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(self.rate.max(1.0));
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn the_bucket_allows_a_burst_of_one_second_then_the_rate() {
+        let t0 = Instant::now();
+        let mut bucket = TokenBucket::new(2.0, t0);
+        assert!(bucket.take(t0));
+        assert!(bucket.take(t0));
+        assert!(!bucket.take(t0), "the burst is one second's worth");
+        assert!(!bucket.take(t0 + Duration::from_millis(400)));
+        assert!(bucket.take(t0 + Duration::from_millis(500)));
+        // Ten idle seconds refill no more than the burst.
+        let later = t0 + Duration::from_secs(10);
+        assert!(bucket.take(later) && bucket.take(later));
+        assert!(!bucket.take(later));
+    }
+
+    #[test]
+    fn a_slow_rate_still_allows_one_command() {
+        let t0 = Instant::now();
+        let mut bucket = TokenBucket::new(0.2, t0);
+        assert!(bucket.take(t0));
+        assert!(!bucket.take(t0 + Duration::from_secs(4)));
+        assert!(bucket.take(t0 + Duration::from_secs(6)));
+    }
+}

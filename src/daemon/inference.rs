@@ -1,0 +1,255 @@
+//! The inference stage: classifies the newest frame, publishes the prediction, and asks
+//! the [`Scheduler`] whether to explain it.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::mpsc::Sender;
+
+use super::command_result;
+use super::heatmap::{Job, Live};
+use super::latest::Latest;
+use super::scheduler::{Decision, Reason, Request, Scheduler, MAX_PENDING_REQUESTS};
+use super::shutdown::Shutdown;
+use crate::analyse::Analysis;
+use crate::cam::CamParams;
+use crate::error::{Error, Result};
+use crate::model::{top_k, Classifier};
+use crate::publish::payload::{self, PredictionLatency};
+use crate::publish::{Kind, Message, Topics};
+use crate::source::Frame;
+use crate::stats::Stats;
+
+/// What the command stage asks of the inference stage.
+pub enum Control {
+    Explain(Request),
+    SetInterval(Duration),
+}
+
+/// Which frame a result is of.
+#[derive(Clone, Copy)]
+struct Stamp {
+    number: u64,
+    captured: SystemTime,
+}
+
+/// Control messages that may wait; the command stage refuses more as busy.
+pub const CONTROL_QUEUE: usize = 8;
+
+pub struct Inference {
+    pub classifier: Arc<Classifier>,
+    pub frames: Arc<Latest<Frame>>,
+    pub stats: Arc<Stats>,
+    pub publish: Sender<Message>,
+    pub jobs: SyncSender<Job>,
+    /// Live maps between full maps (`[cam] live`).
+    pub live: Option<Live>,
+    pub control: Receiver<Control>,
+    pub scheduler: Scheduler,
+    pub topics: Topics,
+    pub device: String,
+    pub qos: u8,
+    /// The configured method, for scheduled maps.
+    pub params: CamParams,
+}
+
+impl Inference {
+    pub fn run(mut self, shutdown: Shutdown) -> Result<()> {
+        let model = self
+            .classifier
+            .path()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let hooks = hooks::TestHooks::from_env();
+        let stats = self.stats.clone();
+        let mut seq = 0u64;
+        while !shutdown.is_shutdown() {
+            self.take_control()?;
+            let Some(frame) = self.frames.take(Duration::from_millis(200)) else {
+                continue;
+            };
+            let _step = stats.inference_stage.step();
+            hooks.before_frame(self.stats.frames_processed.load(Relaxed), &shutdown);
+            let stamp = Stamp {
+                number: frame.number,
+                captured: frame.captured,
+            };
+            let analysis = match Analysis::of_frame(&self.classifier, frame.image) {
+                Ok(a) => Arc::new(a),
+                Err(e) => {
+                    self.stats.frame_errors.fetch_add(1, Relaxed);
+                    tracing::warn!("frame {}: {e}", frame.number);
+                    continue;
+                }
+            };
+            self.stats.frames_processed.fetch_add(1, Relaxed);
+            self.stats.add_inference(analysis.latency.inference);
+            seq += 1;
+            self.publish_prediction(&analysis, stamp, seq, &model)?;
+            self.explain(analysis, stamp)?;
+        }
+        Ok(())
+    }
+
+    /// Takes the commands' requests into the scheduler; refuses those it has no room for.
+    fn take_control(&mut self) -> Result<()> {
+        loop {
+            match self.control.try_recv() {
+                Ok(Control::Explain(request)) => {
+                    if let Err(refused) = self.scheduler.request(request) {
+                        let busy = format!(
+                            "busy: {MAX_PENDING_REQUESTS} explain requests already wait; \
+                             try again later"
+                        );
+                        let reply = command_result(&self.topics, refused.id.0, Err(busy));
+                        self.send(reply)?;
+                    }
+                }
+                Ok(Control::SetInterval(d)) => {
+                    tracing::info!("heatmap interval set to {d:?} by command");
+                    self.scheduler.set_interval(d);
+                }
+                Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => return Ok(()),
+            }
+        }
+    }
+
+    fn publish_prediction(
+        &self,
+        analysis: &Analysis,
+        frame: Stamp,
+        seq: u64,
+        model: &str,
+    ) -> Result<()> {
+        let prediction = payload::Prediction {
+            header: payload::Header::new(
+                "iscamd.prediction/1",
+                &self.device,
+                seq,
+                frame.number,
+                frame.captured,
+            ),
+            model,
+            top: analysis.top(&self.classifier, 5),
+            latency_ms: PredictionLatency {
+                preprocess: analysis.latency.preprocess,
+                inference: analysis.latency.inference,
+            },
+        };
+        let payload = serde_json::to_vec(&prediction).expect("prediction serialises");
+        self.send(Message {
+            topic: self.topics.prediction(),
+            payload,
+            qos: self.qos,
+            retain: false,
+            kind: Kind::Prediction,
+        })?;
+        self.stats.predictions.fetch_add(1, Relaxed);
+        Ok(())
+    }
+
+    /// Hands the CAM worker the map the scheduler asks for, or publishes a live map.
+    fn explain(&mut self, analysis: Arc<Analysis>, frame: Stamp) -> Result<()> {
+        let top1 = top_k(&analysis.probabilities, 1)[0];
+        let now = Instant::now();
+        let mut decision = self
+            .scheduler
+            .decide(now, top1, analysis.probabilities[top1]);
+        if let (Decision::Live, Some(live)) = (&decision, &mut self.live) {
+            match live.publish(&analysis, (frame.number, frame.captured), top1, &self.stats) {
+                Ok(()) => return Ok(()),
+                Err(why) => {
+                    tracing::debug!("frame {}: full map needed: {why}", frame.number);
+                    decision = Decision::Full(Reason::LiveExpired);
+                }
+            }
+        }
+        let (params, class, request_id, reference) = match &decision {
+            Decision::Requested(r) => (r.params.clone(), r.class, Some(r.id.clone()), false),
+            Decision::Full(reason) => {
+                tracing::debug!("frame {}: full map ({reason:?})", frame.number);
+                (self.params.clone(), None, None, true)
+            }
+            Decision::Live | Decision::Nothing => return Ok(()),
+        };
+        let job = Job {
+            analysis,
+            frame: frame.number,
+            captured: frame.captured,
+            params,
+            class,
+            request_id,
+            reference,
+        };
+        match self.jobs.try_send(job) {
+            Ok(()) => self.scheduler.started(now),
+            Err(TrySendError::Full(_)) => self.scheduler.worker_busy(decision),
+            Err(TrySendError::Disconnected(_)) => {
+                return Err(Error::Stage("the heatmap stage is gone".into()))
+            }
+        }
+        Ok(())
+    }
+
+    fn send(&self, message: Message) -> Result<()> {
+        self.publish
+            .blocking_send(message)
+            .map_err(|_| Error::Stage("the MQTT connection stage is gone".into()))
+    }
+}
+
+/// Test-only faults, read from the environment in builds with the `test-hooks` feature
+/// and compiled out of every other build.
+mod hooks {
+    use super::Shutdown;
+
+    #[derive(Default)]
+    pub struct TestHooks {
+        #[cfg(feature = "test-hooks")]
+        hang_after: Option<u64>,
+        #[cfg(feature = "test-hooks")]
+        panic_after: Option<u64>,
+    }
+
+    /// Hangs the inference stage after N frames (the watchdog must starve).
+    #[cfg(feature = "test-hooks")]
+    pub const HANG: &str = "ISCAMD_TEST_HANG_INFERENCE_AFTER";
+    /// Panics the inference stage after N frames (the daemon must exit non-zero).
+    #[cfg(feature = "test-hooks")]
+    pub const PANIC: &str = "ISCAMD_TEST_PANIC_INFERENCE_AFTER";
+
+    impl TestHooks {
+        #[cfg(feature = "test-hooks")]
+        pub fn from_env() -> Self {
+            let read = |name| std::env::var(name).ok().and_then(|v| v.parse().ok());
+            TestHooks {
+                hang_after: read(HANG),
+                panic_after: read(PANIC),
+            }
+        }
+
+        #[cfg(not(feature = "test-hooks"))]
+        pub fn from_env() -> Self {
+            TestHooks::default()
+        }
+
+        #[cfg(feature = "test-hooks")]
+        pub fn before_frame(&self, processed: u64, shutdown: &Shutdown) {
+            if self.panic_after.is_some_and(|n| processed >= n) {
+                panic!("{PANIC}: the inference stage panics on purpose");
+            }
+            if self.hang_after.is_some_and(|n| processed >= n) {
+                tracing::warn!("{HANG}: hanging the inference thread");
+                while !shutdown.is_shutdown() {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+            }
+        }
+
+        #[cfg(not(feature = "test-hooks"))]
+        pub fn before_frame(&self, _processed: u64, _shutdown: &Shutdown) {}
+    }
+}

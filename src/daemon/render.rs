@@ -1,0 +1,150 @@
+//! The render stage: draws full and live maps over their frames and publishes them.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::time::Instant;
+
+use image::codecs::jpeg::JpegEncoder;
+use tokio::sync::mpsc::Sender;
+
+use super::command_result;
+use super::heatmap::{Freshness, Outcome, Ready};
+use super::shutdown::Shutdown;
+use crate::analyse::ms;
+use crate::cam::display;
+use crate::error::{Error, Result};
+use crate::model::Classifier;
+use crate::publish::payload::{self, HeatmapLatency, MapData};
+use crate::publish::{Kind, Message, Topics};
+use crate::stats::Stats;
+
+/// How heatmaps are published.
+pub struct Output {
+    pub topics: Topics,
+    pub device: String,
+    pub qos: u8,
+    pub retain_image: bool,
+    pub image_width: u32,
+    pub image_quality: u8,
+}
+
+/// The render stage: overlay, JPEG, payload, publish.
+pub struct Render {
+    pub classifier: Arc<Classifier>,
+    pub maps: Receiver<Outcome>,
+    pub output: Output,
+    pub publish: Sender<Message>,
+    pub stats: Arc<Stats>,
+}
+
+impl Render {
+    /// Runs until the heatmap and inference stages stop sending maps (they end at
+    /// shutdown), so that every map made is published.
+    pub fn run(self, _shutdown: Shutdown) -> Result<()> {
+        let mut seq = 0u64;
+        for outcome in self.maps.iter() {
+            let messages = match outcome {
+                Outcome::Map(ready) => {
+                    seq += 1;
+                    messages(&self.classifier, *ready, seq, &self.output, &self.stats)
+                }
+                Outcome::Failed {
+                    frame,
+                    error,
+                    request_id,
+                } => {
+                    self.stats.heatmap_errors.fetch_add(1, Relaxed);
+                    tracing::warn!("heatmap for frame {frame} failed: {error}");
+                    let topics = &self.output.topics;
+                    request_id
+                        .map(|id| command_result(topics, id.0, Err(error)))
+                        .into_iter()
+                        .collect()
+                }
+            };
+            for m in messages {
+                if self.publish.blocking_send(m).is_err() {
+                    return Err(Error::Stage("the MQTT connection stage is gone".into()));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn messages(
+    classifier: &Classifier,
+    ready: Ready,
+    seq: u64,
+    out: &Output,
+    stats: &Stats,
+) -> Vec<Message> {
+    let t0 = Instant::now();
+    let (h, w) = ready.map.dim();
+    let crop = classifier.preprocess().crop_region();
+    let overlay = display::overlay(&ready.analysis.frame, &ready.map, crop, out.image_width);
+    let mut jpeg = Vec::new();
+    let encoded =
+        JpegEncoder::new_with_quality(&mut jpeg, out.image_quality).encode_image(&overlay);
+    let (fresh, age_ms, weights_frame, drift) = match ready.freshness {
+        Freshness::Fresh => (true, 0.0, ready.frame, None),
+        Freshness::Live {
+            age,
+            weights_frame,
+            drift,
+        } => (false, ms(age), weights_frame, Some(drift)),
+    };
+    let heatmap = payload::Heatmap {
+        header: payload::Header::new(
+            "iscamd.heatmap/1",
+            &out.device,
+            seq,
+            ready.frame,
+            ready.captured,
+        ),
+        class: ready.analysis.class_score(classifier, ready.class),
+        method: ready.method,
+        passes: ready.passes,
+        fresh,
+        age_ms,
+        weights_frame,
+        drift,
+        latency_ms: HeatmapLatency {
+            cam: ready.cam_ms,
+            render: ms(t0.elapsed()),
+        },
+        map: MapData::u8_base64(w, h, &display::map_u8(&ready.map)),
+        request_id: ready.request_id.as_ref().and_then(|r| r.0.clone()),
+    };
+    stats.heatmaps.fetch_add(1, Relaxed);
+    if fresh {
+        stats
+            .last_heatmap_ms
+            .store((ready.cam_ms + ms(t0.elapsed())) as u64, Relaxed);
+    } else {
+        stats.live_maps.fetch_add(1, Relaxed);
+    }
+    let json = serde_json::to_vec(&heatmap).expect("heatmap serialises");
+    let mut messages = vec![Message {
+        topic: out.topics.heatmap(),
+        payload: json,
+        qos: out.qos,
+        retain: false,
+        kind: Kind::Heatmap,
+    }];
+    match encoded {
+        Ok(()) => messages.push(Message {
+            topic: out.topics.heatmap_image(),
+            payload: jpeg,
+            qos: out.qos,
+            retain: out.retain_image,
+            kind: Kind::HeatmapImage,
+        }),
+        Err(err) => tracing::warn!("cannot encode the heatmap image: {err}"),
+    }
+    if let Some(id) = ready.request_id {
+        messages.push(command_result(&out.topics, id.0, Ok(())));
+    }
+    messages
+}

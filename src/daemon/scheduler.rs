@@ -1,0 +1,240 @@
+//! When to explain a frame: requested maps first, then the schedule and class changes,
+//! live maps in between. Pure: time comes in as an argument, so every rule is tested
+//! without a broker, a model or a clock.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::cam::CamParams;
+
+/// Explain requests that may wait for the CAM worker; more are refused as busy.
+pub const MAX_PENDING_REQUESTS: usize = 4;
+
+/// A command's id, possibly absent in the command itself.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RequestId(pub Option<String>);
+
+/// A map asked for by a command.
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub params: CamParams,
+    pub class: Option<usize>,
+    pub id: RequestId,
+}
+
+/// Why a full map of the configured method is due.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    Schedule,
+    ClassChange,
+    /// The live maps' weights are too old or the scene drifted from them.
+    LiveExpired,
+}
+
+/// What to do with the frame just classified.
+#[derive(Debug)]
+pub enum Decision {
+    /// Make the map a command asked for.
+    Requested(Request),
+    /// Make a full map of the configured method.
+    Full(Reason),
+    /// Publish a live map (if the live weights are still valid; else make a full map).
+    Live,
+    Nothing,
+}
+
+/// The triggers of `[cam]`.
+#[derive(Clone, Debug)]
+pub struct Triggers {
+    /// Time between scheduled maps; zero turns the schedule off.
+    pub interval: Duration,
+    pub on_class_change: bool,
+    /// Class changes count only at or above this top-1 probability.
+    pub min_confidence: f64,
+    /// Live maps between full maps.
+    pub live: bool,
+}
+
+pub struct Scheduler {
+    triggers: Triggers,
+    last_class: Option<usize>,
+    /// When the last full map was handed to the CAM worker.
+    last_full: Option<Instant>,
+    requests: VecDeque<Request>,
+}
+
+impl Scheduler {
+    pub fn new(triggers: Triggers) -> Self {
+        Scheduler {
+            triggers,
+            last_class: None,
+            last_full: None,
+            requests: VecDeque::new(),
+        }
+    }
+
+    /// Queues a command's request; hands it back when [`MAX_PENDING_REQUESTS`] wait.
+    pub fn request(&mut self, request: Request) -> Result<(), Request> {
+        if self.requests.len() >= MAX_PENDING_REQUESTS {
+            return Err(request);
+        }
+        self.requests.push_back(request);
+        Ok(())
+    }
+
+    pub fn set_interval(&mut self, interval: Duration) {
+        self.triggers.interval = interval;
+    }
+
+    /// Decides for a frame whose top-1 class is `class` with probability `confidence`.
+    pub fn decide(&mut self, now: Instant, class: usize, confidence: f64) -> Decision {
+        let changed = self.triggers.on_class_change
+            && confidence >= self.triggers.min_confidence
+            && self.last_class.is_some_and(|c| c != class);
+        self.last_class = Some(class);
+        let due = !self.triggers.interval.is_zero()
+            && self
+                .last_full
+                .is_none_or(|t| now.saturating_duration_since(t) >= self.triggers.interval);
+        if let Some(request) = self.requests.pop_front() {
+            Decision::Requested(request)
+        } else if changed {
+            Decision::Full(Reason::ClassChange)
+        } else if due {
+            Decision::Full(Reason::Schedule)
+        } else if self.triggers.live {
+            Decision::Live
+        } else {
+            Decision::Nothing
+        }
+    }
+
+    /// The CAM worker took a full map at `now`.
+    pub fn started(&mut self, now: Instant) {
+        self.last_full = Some(now);
+    }
+
+    /// The CAM worker was busy: a requested map waits for the next frame, first in line;
+    /// a scheduled one is simply due again.
+    pub fn worker_busy(&mut self, decision: Decision) {
+        if let Decision::Requested(request) = decision {
+            self.requests.push_front(request);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    fn scheduler(interval: Duration, on_class_change: bool, live: bool) -> Scheduler {
+        Scheduler::new(Triggers {
+            interval,
+            on_class_change,
+            min_confidence: 0.5,
+            live,
+        })
+    }
+
+    fn request(id: &str) -> Request {
+        Request {
+            params: CamParams::new("iscam", None, None).unwrap(),
+            class: None,
+            id: RequestId(Some(id.into())),
+        }
+    }
+
+    fn is_full(d: &Decision, reason: Reason) -> bool {
+        matches!(d, Decision::Full(r) if *r == reason)
+    }
+
+    #[test]
+    fn the_schedule_fires_on_the_first_frame_and_then_every_interval() {
+        let t0 = Instant::now();
+        let mut s = scheduler(10 * S, false, false);
+        assert!(is_full(&s.decide(t0, 1, 0.9), Reason::Schedule));
+        s.started(t0);
+        assert!(matches!(s.decide(t0 + 9 * S, 1, 0.9), Decision::Nothing));
+        assert!(is_full(&s.decide(t0 + 10 * S, 1, 0.9), Reason::Schedule));
+    }
+
+    #[test]
+    fn a_zero_interval_turns_the_schedule_off_and_set_interval_changes_it() {
+        let t0 = Instant::now();
+        let mut s = scheduler(Duration::ZERO, false, false);
+        assert!(matches!(s.decide(t0, 1, 0.9), Decision::Nothing));
+        s.set_interval(S);
+        assert!(is_full(&s.decide(t0, 1, 0.9), Reason::Schedule));
+    }
+
+    #[test]
+    fn a_busy_worker_leaves_the_scheduled_map_due() {
+        let t0 = Instant::now();
+        let mut s = scheduler(10 * S, false, false);
+        let d = s.decide(t0, 1, 0.9);
+        s.worker_busy(d);
+        assert!(is_full(&s.decide(t0 + S, 1, 0.9), Reason::Schedule));
+    }
+
+    #[test]
+    fn a_confident_class_change_fires_and_an_unconfident_one_does_not() {
+        let t0 = Instant::now();
+        let mut s = scheduler(Duration::ZERO, true, false);
+        assert!(
+            matches!(s.decide(t0, 1, 0.9), Decision::Nothing),
+            "no change on the first frame"
+        );
+        assert!(is_full(&s.decide(t0, 2, 0.9), Reason::ClassChange));
+        assert!(matches!(s.decide(t0, 3, 0.4), Decision::Nothing));
+        assert!(
+            matches!(s.decide(t0, 3, 0.9), Decision::Nothing),
+            "same class"
+        );
+    }
+
+    #[test]
+    fn class_changes_are_ignored_when_turned_off() {
+        let t0 = Instant::now();
+        let mut s = scheduler(Duration::ZERO, false, false);
+        s.decide(t0, 1, 0.9);
+        assert!(matches!(s.decide(t0, 2, 0.99), Decision::Nothing));
+    }
+
+    #[test]
+    fn live_maps_fill_the_time_between_full_maps() {
+        let t0 = Instant::now();
+        let mut s = scheduler(10 * S, true, true);
+        assert!(is_full(&s.decide(t0, 1, 0.9), Reason::Schedule));
+        s.started(t0);
+        assert!(matches!(s.decide(t0 + S, 1, 0.9), Decision::Live));
+        assert!(is_full(&s.decide(t0 + 2 * S, 2, 0.9), Reason::ClassChange));
+    }
+
+    #[test]
+    fn requests_come_first_in_order_and_a_busy_worker_keeps_them_first() {
+        let t0 = Instant::now();
+        let mut s = scheduler(S, true, true);
+        s.request(request("a")).unwrap();
+        s.request(request("b")).unwrap();
+        let first = s.decide(t0, 1, 0.9);
+        assert!(matches!(&first, Decision::Requested(r) if r.id.0.as_deref() == Some("a")));
+        s.worker_busy(first);
+        let again = s.decide(t0, 1, 0.9);
+        assert!(matches!(&again, Decision::Requested(r) if r.id.0.as_deref() == Some("a")));
+        s.started(t0);
+        let next = s.decide(t0, 2, 0.9);
+        assert!(matches!(&next, Decision::Requested(r) if r.id.0.as_deref() == Some("b")));
+    }
+
+    #[test]
+    fn at_most_a_few_requests_wait() {
+        let mut s = scheduler(Duration::ZERO, false, false);
+        for i in 0..MAX_PENDING_REQUESTS {
+            s.request(request(&i.to_string())).unwrap();
+        }
+        let refused = s.request(request("one too many")).unwrap_err();
+        assert_eq!(refused.id.0.as_deref(), Some("one too many"));
+    }
+}

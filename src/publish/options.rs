@@ -1,0 +1,68 @@
+//! The MQTT client's options: broker, credentials, TLS material and the last will.
+
+use rumqttc::{MqttOptions, Transport};
+
+use super::Topics;
+use crate::config::MqttConfig;
+use crate::error::{Error, Result};
+
+/// The MQTT client options the config describes (credentials and certificates read now).
+pub fn options(m: &MqttConfig, device: &str, host: &str) -> Result<MqttOptions> {
+    let port = m.port.unwrap_or(if m.ca.is_some() { 8883 } else { 1883 });
+    let client_id = m
+        .client_id
+        .clone()
+        .unwrap_or_else(|| format!("iscamd-{device}"));
+    let mut options = MqttOptions::new(client_id, host, port);
+    options.set_keep_alive(m.keep_alive);
+    options.set_max_packet_size(m.max_packet_size, m.max_packet_size);
+    options.set_clean_session(true);
+    let topics = Topics::new(&m.prefix, device);
+    options.set_last_will(rumqttc::LastWill::new(
+        topics.availability(),
+        "offline",
+        rumqttc::QoS::AtLeastOnce,
+        true,
+    ));
+    if let Some(user) = &m.username {
+        let password = match &m.password_file {
+            Some(p) => {
+                warn_if_world_readable(p);
+                std::fs::read_to_string(p)
+                    .map_err(|e| Error::input(p, format!("cannot read mqtt.password_file: {e}")))?
+                    .trim_end_matches(['\n', '\r'])
+                    .to_string()
+            }
+            None => String::new(),
+        };
+        options.set_credentials(user, password);
+    }
+    if let Some(ca) = &m.ca {
+        let read = |p: &std::path::PathBuf, key: &str| {
+            std::fs::read(p).map_err(|e| Error::input(p, format!("cannot read mqtt.{key}: {e}")))
+        };
+        let ca = read(ca, "ca")?;
+        let client_auth = match (&m.cert, &m.key) {
+            (Some(c), Some(k)) => Some((read(c, "cert")?, read(k, "key")?)),
+            _ => None,
+        };
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        options.set_transport(Transport::tls(ca, client_auth, None));
+    }
+    Ok(options)
+}
+
+fn warn_if_world_readable(path: &std::path::Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path) {
+            if meta.permissions().mode() & 0o004 != 0 {
+                tracing::warn!(
+                    "{} is readable by every user: chmod 600 it (it holds the MQTT password)",
+                    path.display()
+                );
+            }
+        }
+    }
+}
