@@ -1,4 +1,4 @@
-//! The daemon's TOML configuration: every key has a default (README lists them) and
+//! The daemon's TOML configuration: every key has a default (docs/configuration.md lists them) and
 //! unknown keys are errors, so a typo never silently falls back to a default.
 
 use std::path::{Path, PathBuf};
@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::cam::{CamParams, Method, Weighting};
+use crate::cam::{spec, CamParams, Method, Weighting};
 use crate::error::{Error, Result};
 use crate::model::{
     BackendKind, BatchPlan, ChannelOrder, ModelOptions, OrtOptions, PreprocessOverrides, Provider,
@@ -180,7 +180,8 @@ pub struct CamConfig {
     pub weighting: String,
     pub batch: usize,
     pub seed: u64,
-    pub sigma: f32,
+    /// SS-CAM's noise σ; unset: the spec's (default 2).
+    pub sigma: Option<f32>,
     /// Score masked inputs at this side instead of the model's input size (cheaper).
     pub score_size: Option<usize>,
     /// Time between scheduled heatmaps; "0s" turns the schedule off.
@@ -210,7 +211,7 @@ impl Default for CamConfig {
             weighting: "prob".into(),
             batch: 1,
             seed: 0,
-            sigma: 2.0,
+            sigma: None,
             score_size: None,
             interval: Duration::from_secs(30),
             on_class_change: true,
@@ -224,7 +225,7 @@ impl Default for CamConfig {
 
 /// Default of `[cam] live_max_drift`: between what small camera shifts and sensor noise
 /// cause and what a cut to another scene causes. `iscamd eval --live` on 12 images
-/// (README "Results"): shifts up to 16 px and noise up to σ = 12 drift at most 0.055,
+/// (docs/benchmarks.md): shifts up to 16 px and noise up to σ = 12 drift at most 0.055,
 /// cuts to another image at least 0.36.
 pub const LIVE_MAX_DRIFT: f64 = 0.1;
 
@@ -239,17 +240,17 @@ impl CamConfig {
 
     /// The CAM parameters these keys describe.
     pub fn params(&self) -> Result<CamParams> {
-        let mut p = CamParams::new(&self.method, self.steps, self.channels)
-            .map_err(|e| key_error("cam", e))?;
+        let mut p = spec::parse_with(&self.method, self.steps, self.channels)
+            .map_err(|e| key_error("cam.method", e))?;
         p.weighting = self
             .weighting
             .parse::<Weighting>()
             .map_err(|e| key_error("cam.weighting", e))?;
         p.batch = self.batch;
         p.seed = self.seed;
-        p.score_size = self.score_size;
-        if let Method::SsCam { ref mut sigma, .. } = p.method {
-            *sigma = self.sigma;
+        p.score_size = self.score_size.or(p.score_size);
+        if let (Method::SsCam { ref mut sigma, .. }, Some(s)) = (&mut p.method, self.sigma) {
+            *sigma = s;
         }
         Ok(p)
     }

@@ -351,6 +351,7 @@ fn an_unknown_kernel_policy_in_the_environment_is_refused() {
 /// latency row per kernel choice and the live-map latencies; a plan or kernel choice it does
 /// not know is refused by name.
 #[test]
+#[cfg(feature = "eval")]
 fn bench_prints_every_row_it_is_asked_for() {
     let tench = image("n01440764_tench");
     let out = iscamd(&[
@@ -368,7 +369,7 @@ fn bench_prints_every_row_it_is_asked_for() {
         "--threads",
         "1",
         "--heatmaps",
-        "iscam:1:4",
+        "iscam:n=1,k=4",
         "--repeat",
         "1",
         "--live-frames",
@@ -405,7 +406,7 @@ fn bench_prints_every_row_it_is_asked_for() {
     }
     let heatmaps: Vec<&Vec<&str>> = rows
         .iter()
-        .filter(|r| r.get(2) == Some(&"iscam:1:4"))
+        .filter(|r| r.get(2) == Some(&"iscam:n=1,k=4"))
         .collect();
     assert_eq!(
         heatmaps.len(),

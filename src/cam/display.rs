@@ -75,6 +75,24 @@ fn blend(a: Rgb<u8>, b: Rgb<u8>, t: f32) -> Rgb<u8> {
     }))
 }
 
+/// How alike two maps are: the Pearson correlation of two equally long series (NaN when either is constant or empty).
+pub fn pearson(a: &[f32], b: &[f32]) -> f64 {
+    let n = a.len().min(b.len()) as f64;
+    if n == 0.0 {
+        return f64::NAN;
+    }
+    let mean = |v: &[f32]| v.iter().map(|&x| x as f64).sum::<f64>() / n;
+    let (ma, mb) = (mean(a), mean(b));
+    let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
+    for (&x, &y) in a.iter().zip(b) {
+        let (dx, dy) = (x as f64 - ma, y as f64 - mb);
+        sab += dx * dy;
+        saa += dx * dx;
+        sbb += dy * dy;
+    }
+    sab / (saa * sbb).sqrt()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

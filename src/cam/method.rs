@@ -8,7 +8,7 @@ pub const MIN_SCORE_SIZE: usize = 64;
 pub const MAX_BATCH: usize = 256;
 /// Reduced-N IS-CAM, the default: the cheapest setting whose Insertion AUC and Average
 /// Drop are within 2 % of full IS-CAM (N = 10, all channels) over the 250 images of
-/// `iscamd eval`'s sweep (README "Results"): 1 step × 64 channels = 64 passes instead of
+/// `iscamd eval`'s sweep (docs/benchmarks.md): 1 step × 64 channels = 64 passes instead of
 /// ~4900. One step is Score-CAM on the top-64 channels: on SqueezeNet, IS-CAM's further
 /// steps did not improve either metric.
 pub const REDUCED_N_STEPS: usize = 1;
@@ -83,7 +83,7 @@ pub struct CamParams {
     /// Side of the square the masked inputs are scored at; `None` = the model's input
     /// size. Fully convolutional models (SqueezeNet) accept smaller inputs, and a pass at
     /// 163 px costs about half of one at 227: cheaper maps, at a quality cost that
-    /// `iscamd eval` measures (README "Results").
+    /// `iscamd eval` measures (docs/benchmarks.md).
     pub score_size: Option<usize>,
 }
 
@@ -127,6 +127,21 @@ impl CamParams {
             seed: 0,
             score_size: None,
         })
+    }
+
+    /// Sets the masks per channel (Score-CAM has exactly one).
+    pub fn set_steps(&mut self, n: usize) -> Result<()> {
+        match &mut self.method {
+            Method::ScoreCam if n != 1 => Err(Error::invalid(
+                "steps",
+                format!("{n}: scorecam takes one mask per channel (use sscam or iscam for steps)"),
+            )),
+            Method::ScoreCam => Ok(()),
+            Method::SsCam { steps, .. } | Method::IsCam { steps } => {
+                *steps = n;
+                Ok(())
+            }
+        }
     }
 
     /// Masked inputs per channel.

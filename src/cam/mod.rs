@@ -1,4 +1,4 @@
-//! Gradient-free class activation maps (DESIGN.md §4): Score-CAM, SS-CAM and IS-CAM,
+//! Gradient-free class activation maps (docs/maps.md): Score-CAM, SS-CAM and IS-CAM,
 //! all channels or the top-K by variance, scored in batches of masked inputs on all
 //! cores, from the activations of the prediction pass.
 
@@ -7,11 +7,13 @@ pub mod live;
 pub mod masks;
 mod method;
 mod score;
+pub mod spec;
 
 use std::time::Instant;
 
 use tract_onnx::prelude::tract_ndarray::{Array2, Array3, ArrayView3, Axis};
 
+pub use display::pearson;
 pub use method::{CamParams, Method, Weighting, REDUCED_N_CHANNELS, REDUCED_N_STEPS};
 
 use crate::error::{Error, Result};

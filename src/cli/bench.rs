@@ -5,7 +5,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Args;
 use iscamd::analyse::Analysis;
-use iscamd::cam::{display, live, CamParams};
+use iscamd::cam::{display, live, spec, CamParams};
 use std::collections::{BTreeSet, HashMap};
 
 use iscamd::model::kernels::{self, Policy};
@@ -42,14 +42,10 @@ pub struct BenchArgs {
     /// stock (tract as it ships; row "tract/stock"). Default: $ISCAMD_KERNELS, or tuned.
     #[arg(long, value_delimiter = ',', value_parser = Policy::parse)]
     pub kernels: Vec<Policy>,
-    /// Heatmap latencies to time, as METHOD:STEPS:CHANNELS[:SCORE_SIZE] (channels 0 = all;
-    /// SCORE_SIZE: score masked inputs at that side), comma-separated; "none" times none.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "iscam:1:64,scorecam:1:0,iscam:10:0"
-    )]
-    pub heatmaps: Vec<String>,
+    /// Heatmap latencies to time, as method specs (docs/commands.md, "Method specs"),
+    /// comma-separated, e.g. "iscam,scorecam,iscam:n=10,k=0"; "none" times none.
+    #[arg(long, default_value = "iscam,scorecam,iscam:n=10,k=0")]
+    pub heatmaps: String,
     /// Times each heatmap is made, for its p50 and p95 latency.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub repeat: u32,
@@ -61,13 +57,19 @@ pub struct BenchArgs {
     pub model: ModelArgs,
 }
 
+impl BenchArgs {
+    /// The maps `--heatmaps` asks for, each with the spec it was written as.
+    pub fn heatmaps(&self) -> iscamd::Result<Vec<(String, CamParams)>> {
+        spec::split_list(&self.heatmaps)
+            .into_iter()
+            .filter(|s| s != "none")
+            .map(|s| spec::parse(&s).map(|p| (s, p)))
+            .collect()
+    }
+}
+
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
-    let heatmaps: Vec<(&String, CamParams)> = args
-        .heatmaps
-        .iter()
-        .filter(|s| !s.is_empty() && *s != "none")
-        .map(|s| parse_heatmap(s).map(|p| (s, p)))
-        .collect::<Result<_>>()?;
+    let heatmaps = args.heatmaps()?;
     let frame = decode_image(&args.image)?;
     let models = if args.models.is_empty() {
         vec![args.model.model_path()?]
@@ -105,7 +107,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
          at a time on that many intra-op threads. \"vs first\": against the model's first row \
          with the same batch and threads."
     );
-    println!("# tract kernels: {}", kernels::describe());
+    println!("# tract kernels: {}", kernels::matrix_kernels());
     let peak = cost::sgemm_gflops(1024, 5)?;
     println!(
         "# peak: {peak:.1} GFLOP/s on one thread, the best of 5 single-precision 1024×1024×1024 \
@@ -370,28 +372,6 @@ fn throughput(
     ))
 }
 
-fn parse_heatmap(spec: &str) -> Result<CamParams> {
-    let parts: Vec<&str> = spec.split(':').collect();
-    let (method, steps, channels, size) = match parts.as_slice() {
-        [m, s, c] => (m, s, c, None),
-        [m, s, c, r] => (m, s, c, Some(r)),
-        _ => anyhow::bail!(
-            "--heatmaps {spec:?}: expected METHOD:STEPS:CHANNELS[:SCORE_SIZE], e.g. iscam:4:32 or iscam:3:128:163"
-        ),
-    };
-    let number = |v: &str, what: &str| -> Result<usize> {
-        v.parse()
-            .with_context(|| format!("--heatmaps {spec:?}: {what} is not a whole number"))
-    };
-    let mut params = CamParams::new(
-        method,
-        Some(number(steps, "steps")?),
-        Some(number(channels, "channels")?),
-    )?;
-    params.score_size = size.map(|r| number(r, "score size")).transpose()?;
-    Ok(params)
-}
-
 fn parse_plan(s: &str) -> Result<BatchPlan, String> {
     match s {
         "split" => Ok(BatchPlan::Split),
@@ -413,15 +393,15 @@ fn plan_name(plan: BatchPlan) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use iscamd::cam::{REDUCED_N_CHANNELS, REDUCED_N_STEPS};
+    use iscamd::cam::{spec, CamParams};
 
     #[test]
-    fn default_heatmaps_include_the_reduced_n_default() {
+    fn default_heatmaps_include_the_daemon_default() {
         let heatmaps = crate::cli::default_of::<super::BenchArgs>("heatmaps");
-        let default = format!("iscam:{REDUCED_N_STEPS}:{REDUCED_N_CHANNELS}");
-        assert!(heatmaps.split(',').any(|h| h == default), "{heatmaps}");
-        for spec in heatmaps.split(',') {
-            super::parse_heatmap(spec).unwrap();
-        }
+        let parsed: Vec<CamParams> = spec::split_list(&heatmaps)
+            .iter()
+            .map(|s| spec::parse(s).unwrap())
+            .collect();
+        assert!(parsed.contains(&CamParams::new("iscam", None, None).unwrap()));
     }
 }

@@ -3,7 +3,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use iscamd::cam::Weighting;
+use iscamd::cam::{spec, Weighting};
 use iscamd::eval::{self, EvalOptions, MethodSpec};
 use iscamd::source::expand_inputs;
 
@@ -14,10 +14,10 @@ pub struct EvalArgs {
     /// Image files or directories.
     #[arg(required = true, value_name = "IMAGE|DIR")]
     pub inputs: Vec<PathBuf>,
-    /// Methods, comma-separated, e.g. "scorecam,sscam:n=35,sigma=2,iscam:n=10,iscam:n=4,k=32"
-    /// (n = steps, k = top-K channels by variance, default all). The controls random and
-    /// center are always added.
-    #[arg(long, default_value = "scorecam,iscam:n=10,iscam:n=1,k=64")]
+    /// Method specs, comma-separated, e.g. "scorecam,sscam:n=35,sigma=2,iscam:n=10,k=0,iscam"
+    /// (n = steps, k = top-K channels by variance, 0 = all; grammar: docs/commands.md,
+    /// "Method specs"). The controls random and center are always added.
+    #[arg(long, default_value = "scorecam,iscam:n=10,k=0,iscam")]
     pub methods: String,
     /// Also evaluate every combination of a parameter sweep, e.g.
     /// "iscam:n=1..10,k=8|16|32|64|128" (a..b: every whole number, a|b: a list). Specs that
@@ -25,7 +25,7 @@ pub struct EvalArgs {
     #[arg(long, value_name = "SWEEP")]
     pub sweep: Vec<String>,
     /// Name the cheapest method (fewest passes) whose Insertion AUC and Average Drop are
-    /// within --tolerance of this one's, e.g. "iscam:n=10" (added to the methods if absent).
+    /// within --tolerance of this one's, e.g. "iscam:n=10,k=0" (added to the methods if absent).
     #[arg(long, value_name = "SPEC")]
     pub baseline: Option<String>,
     /// Relative tolerance for --baseline, in percent.
@@ -76,7 +76,7 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
     if args.live {
         return run_live(args);
     }
-    let mut labels = split_specs(&args.methods);
+    let mut labels = spec::split_list(&args.methods);
     if let Some(b) = &args.baseline {
         if !labels.contains(b) {
             labels.push(b.clone());
@@ -288,42 +288,18 @@ fn collect_images(inputs: &[PathBuf], limit: Option<usize>, tally: &mut Tally) -
     images
 }
 
-/// Splits "scorecam,sscam:n=35,sigma=2" into specs: a `key=value` item without its own
-/// method name continues the spec before it.
-fn split_specs(list: &str) -> Vec<String> {
-    let mut specs: Vec<String> = Vec::new();
-    for item in list
-        .split([',', ';'])
-        .map(str::trim)
-        .filter(|i| !i.is_empty())
-    {
-        match specs.last_mut() {
-            Some(last) if item.contains('=') && !item.contains(':') => {
-                last.push(',');
-                last.push_str(item);
-            }
-            _ => specs.push(item.to_string()),
-        }
-    }
-    specs
-}
-
 #[cfg(test)]
 mod tests {
-    use iscamd::cam::{REDUCED_N_CHANNELS, REDUCED_N_STEPS};
+    use iscamd::cam::{spec, CamParams};
 
     #[test]
-    fn default_methods_include_the_reduced_n_default() {
+    fn default_methods_include_the_daemon_default_and_full_iscam() {
         let methods = crate::cli::default_of::<super::EvalArgs>("methods");
-        let default = format!("iscam:n={REDUCED_N_STEPS},k={REDUCED_N_CHANNELS}");
-        assert!(super::split_specs(&methods).contains(&default), "{methods}");
-    }
-
-    #[test]
-    fn specs_split_on_commas() {
-        assert_eq!(
-            super::split_specs("scorecam,sscam:n=35,sigma=2,iscam:n=4,k=32,random"),
-            vec!["scorecam", "sscam:n=35,sigma=2", "iscam:n=4,k=32", "random"]
-        );
+        let parsed: Vec<CamParams> = spec::split_list(&methods)
+            .iter()
+            .map(|s| spec::parse(s).unwrap())
+            .collect();
+        assert!(parsed.contains(&CamParams::new("iscam", None, None).unwrap()));
+        assert!(parsed.contains(&CamParams::new("iscam", Some(10), Some(0)).unwrap()));
     }
 }

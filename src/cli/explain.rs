@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Args;
 use iscamd::analyse::{Analysis, ClassScore};
-use iscamd::cam::{display, CamParams, Explanation, Method, Weighting};
+use iscamd::cam::{display, spec, CamParams, Explanation, Method, Weighting};
 use iscamd::model::Classifier;
 use iscamd::source::{decode_image, expand_inputs};
 use serde::Serialize;
@@ -21,13 +21,14 @@ pub struct ExplainArgs {
     /// Image files, or directories of them (not recursive).
     #[arg(required = true, value_name = "IMAGE|DIR")]
     pub inputs: Vec<PathBuf>,
-    /// scorecam, sscam (smoothed) or iscam (integrated).
-    #[arg(long, default_value = "iscam")]
+    /// A method spec: scorecam, sscam (smoothed) or iscam (integrated), with optional
+    /// parameters, e.g. iscam:n=10,k=0 (grammar: docs/commands.md, "Method specs").
+    #[arg(long, default_value = "iscam", value_name = "SPEC")]
     pub method: String,
-    /// Masks per channel: iscam's integration steps (default 1), sscam's noise samples (default 35).
+    /// Masks per channel (the spec's n): iscam's integration steps (default 1), sscam's noise samples (default 35).
     #[arg(long, value_name = "N")]
     pub steps: Option<usize>,
-    /// Use the K channels with the largest activation variance; 0 = all. Default: 64 for iscam, all otherwise.
+    /// Use the K channels with the largest activation variance (the spec's k); 0 = all. Default: 64 for iscam, all otherwise.
     #[arg(long, value_name = "K")]
     pub channels: Option<usize>,
     /// prob (α = class probability) or logit-softmax (α = softmax of logit increase, as torchcam).
@@ -42,11 +43,11 @@ pub struct ExplainArgs {
     /// Seed of sscam's noise (same seed, same map).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Noise standard deviation of sscam.
-    #[arg(long, default_value_t = 2.0)]
-    pub sigma: f32,
-    /// Score the masked inputs at this side (pixels) instead of the model's input size:
-    /// about (side/227)² of the time, at a large quality cost (see README "Results").
+    /// Noise standard deviation of sscam (the spec's sigma; default 2).
+    #[arg(long)]
+    pub sigma: Option<f32>,
+    /// Score the masked inputs at this side (pixels, the spec's r) instead of the model's
+    /// input size: about (side/227)² of the time, at a large quality cost (docs/benchmarks.md).
     #[arg(long, value_name = "PIXELS")]
     pub score_size: Option<usize>,
     /// Write NAME.heatmap.png (overlay) and NAME.heatmap.json per image into this directory.
@@ -120,15 +121,23 @@ impl MethodRecord {
     }
 }
 
-pub fn run(args: ExplainArgs) -> Result<ExitCode> {
-    let mut params = CamParams::new(&args.method, args.steps, args.channels)?;
-    if let Method::SsCam { ref mut sigma, .. } = params.method {
-        *sigma = args.sigma;
+impl ExplainArgs {
+    /// The map these flags ask for: `--method`'s spec with the other flags laid over it.
+    pub fn params(&self) -> iscamd::Result<CamParams> {
+        let mut params = spec::parse_with(&self.method, self.steps, self.channels)?;
+        if let (Method::SsCam { ref mut sigma, .. }, Some(s)) = (&mut params.method, self.sigma) {
+            *sigma = s;
+        }
+        params.weighting = self.weighting;
+        params.batch = self.batch;
+        params.seed = self.seed;
+        params.score_size = self.score_size.or(params.score_size);
+        Ok(params)
     }
-    params.weighting = args.weighting;
-    params.batch = args.batch;
-    params.seed = args.seed;
-    params.score_size = args.score_size;
+}
+
+pub fn run(args: ExplainArgs) -> Result<ExitCode> {
+    let params = args.params()?;
     let classifier = args.model.load()?;
     let layer = classifier
         .cam_layer()

@@ -1,8 +1,10 @@
 //! Flag definitions and the commands behind them.
 
+#[cfg(feature = "eval")]
 mod bench;
 mod cameras;
 mod classify;
+#[cfg(feature = "eval")]
 mod eval;
 mod explain;
 mod run;
@@ -38,8 +40,10 @@ enum Command {
     /// Check a daemon config: model, source and broker; exit code 1 on any problem.
     Check(run::CheckArgs),
     /// Faithfulness (Average Drop/Increase, deletion/insertion AUC) and cost of explanation methods.
+    #[cfg(feature = "eval")]
     Eval(eval::EvalArgs),
     /// Forward-pass throughput and heatmap latency on this machine.
+    #[cfg(feature = "eval")]
     Bench(bench::BenchArgs),
     /// List cameras (V4L2) and the modes iscamd can stream from each.
     Cameras,
@@ -57,7 +61,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Explain(a) => explain::run(a),
         Command::Run(a) => run::run(a),
         Command::Check(a) => run::check(a),
+        #[cfg(feature = "eval")]
         Command::Eval(a) => eval::run(a),
+        #[cfg(feature = "eval")]
         Command::Bench(a) => bench::run(a),
         Command::Cameras => cameras::run(),
     }
@@ -247,9 +253,101 @@ impl Tally {
 }
 
 /// The default of a flag of `A`, as --help shows it.
-#[cfg(test)]
+#[cfg(all(test, feature = "eval"))]
 fn default_of<A: clap::Args>(flag: &str) -> String {
     let cmd = A::augment_args(clap::Command::new("test"));
     let arg = cmd.get_arguments().find(|a| a.get_id() == flag).unwrap();
     arg.get_default_values()[0].to_str().unwrap().to_string()
+}
+
+/// Every place that takes a method spec reads it the same way, with the same defaults.
+#[cfg(test)]
+mod method_specs {
+    use clap::Parser;
+    use iscamd::cam::{spec, CamParams};
+    use iscamd::config::Config;
+    #[cfg(feature = "eval")]
+    use iscamd::eval::{MethodSpec, SpecKind};
+    use iscamd::publish::command::{self, Command, Limits};
+
+    const SPECS: [&str; 6] = [
+        "iscam",
+        "iscam:n=10,k=0",
+        "scorecam",
+        "sscam",
+        "sscam:n=4,k=32,sigma=0.5",
+        "iscam:n=3,k=128,r=163",
+    ];
+
+    fn from_explain(spec: &str) -> CamParams {
+        let cli = super::Cli::try_parse_from(["iscamd", "explain", "x.jpg", "--method", spec]);
+        match cli.unwrap().command {
+            super::Command::Explain(args) => args.params().unwrap(),
+            _ => unreachable!(),
+        }
+    }
+
+    #[cfg(feature = "eval")]
+    fn from_eval(spec: &str) -> CamParams {
+        let weighting = iscamd::cam::Weighting::Prob;
+        match MethodSpec::parse(spec, weighting, 0).unwrap().kind {
+            SpecKind::Cam(p) => p,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[cfg(feature = "eval")]
+    fn from_bench(spec: &str) -> CamParams {
+        let list = format!("none,{spec},scorecam");
+        let cli =
+            super::Cli::try_parse_from(["iscamd", "bench", "--image", "x", "--heatmaps", &list]);
+        match cli.unwrap().command {
+            super::Command::Bench(args) => args.heatmaps().unwrap().remove(0).1,
+            _ => unreachable!(),
+        }
+    }
+
+    fn from_config(spec: &str) -> CamParams {
+        let config = Config::parse(&format!("[cam]\nmethod = {spec:?}\n")).unwrap();
+        config.cam.params().unwrap()
+    }
+
+    /// As a command to a daemon whose `[cam]` is configured with another method.
+    fn from_command(spec: &str) -> CamParams {
+        let defaults = CamParams::new("scorecam", None, Some(7)).unwrap();
+        let limits = Limits {
+            defaults: &defaults,
+            layer_channels: 512,
+            classes: 1000,
+            input_size: 227,
+        };
+        let payload = format!(r#"{{"cmd":"explain","method":{spec:?}}}"#);
+        match command::parse(payload.as_bytes(), &limits).1.unwrap() {
+            Command::Explain { params, .. } => params,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn explain_eval_bench_config_and_commands_agree() {
+        for spec in SPECS {
+            let expected = spec::parse(spec).unwrap();
+            let places = [
+                ("explain --method", from_explain(spec)),
+                #[cfg(feature = "eval")]
+                ("eval --methods", from_eval(spec)),
+                #[cfg(feature = "eval")]
+                ("bench --heatmaps", from_bench(spec)),
+                ("[cam] method", from_config(spec)),
+                ("MQTT explain", from_command(spec)),
+            ];
+            for (place, params) in places {
+                assert_eq!(
+                    (params.method, params.channels, params.score_size),
+                    (expected.method, expected.channels, expected.score_size),
+                    "{place} reads {spec:?} differently"
+                );
+            }
+        }
+    }
 }

@@ -1,4 +1,4 @@
-//! Faithfulness of a saliency map (DESIGN.md §5): Average Drop / Increase and the
+//! Faithfulness of a saliency map (docs/maps.md): Average Drop / Increase and the
 //! deletion / insertion curves of RISE, for one image, one class and one map.
 
 use tract_onnx::prelude::tract_ndarray::{Array2, Array3, Axis};
@@ -127,23 +127,7 @@ pub fn faithfulness(
     })
 }
 
-/// Pearson correlation of two equally long series (NaN when either is constant or empty).
-pub fn pearson(a: &[f32], b: &[f32]) -> f64 {
-    let n = a.len().min(b.len()) as f64;
-    if n == 0.0 {
-        return f64::NAN;
-    }
-    let mean = |v: &[f32]| v.iter().map(|&x| x as f64).sum::<f64>() / n;
-    let (ma, mb) = (mean(a), mean(b));
-    let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
-    for (&x, &y) in a.iter().zip(b) {
-        let (dx, dy) = (x as f64 - ma, y as f64 - mb);
-        sab += dx * dy;
-        saa += dx * dx;
-        sbb += dy * dy;
-    }
-    sab / (saa * sbb).sqrt()
-}
+pub use crate::cam::pearson;
 
 /// A Gaussian blur of each plane (σ in pixels): RISE's insertion baseline.
 pub fn blur(x: &Array3<f32>, sigma: f32) -> Array3<f32> {

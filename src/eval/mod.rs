@@ -21,7 +21,7 @@ pub use report::{
 };
 
 use crate::analyse::Analysis;
-use crate::cam::{display, CamParams, Explanation, Method, Weighting};
+use crate::cam::{display, CamParams, Explanation, Weighting};
 use crate::error::{Error, Result};
 use crate::model::{softmax, top_k, Classifier};
 use crate::source::decode_image;
@@ -43,79 +43,33 @@ pub enum SpecKind {
 }
 
 impl MethodSpec {
-    /// Parses `scorecam`, `sscam:n=35,sigma=2`, `iscam:n=10`, `iscam:n=4,k=32`,
-    /// `iscam:n=3,k=128,r=163`, `random`, `center`. Without `k`, CAM methods use all
-    /// channels; without `n`, the paper's steps (SS-CAM 35, IS-CAM 10); `r` scores the
-    /// masked inputs at r×r pixels.
+    /// Parses a CAM method spec ([`crate::cam::spec`]: `iscam:n=10,k=0`, `scorecam`, …)
+    /// or a control: `random`, `center`.
     pub fn parse(spec: &str, weighting: Weighting, seed: u64) -> Result<Self> {
-        let bad = |reason: String| Error::invalid("method spec", format!("{spec:?}: {reason}"));
-        let (name, args) = spec.split_once(':').unwrap_or((spec, ""));
-        let (mut n, mut k, mut sigma, mut r) = (None, 0usize, None, None);
-        for arg in args.split(',').filter(|a| !a.is_empty()) {
-            let (key, value) = arg
-                .split_once('=')
-                .ok_or_else(|| bad(format!("{arg:?} is not key=value")))?;
-            match key {
-                "n" => {
-                    n = Some(
-                        value
-                            .parse::<usize>()
-                            .map_err(|_| bad(format!("n={value} is not a whole number")))?,
-                    )
-                }
-                "k" => {
-                    k = value
-                        .parse()
-                        .map_err(|_| bad(format!("k={value} is not a whole number")))?
-                }
-                "r" => {
-                    r = Some(
-                        value
-                            .parse::<usize>()
-                            .map_err(|_| bad(format!("r={value} is not a whole number")))?,
-                    )
-                }
-                "sigma" => {
-                    sigma = Some(
-                        value
-                            .parse::<f32>()
-                            .map_err(|_| bad(format!("sigma={value} is not a number")))?,
-                    )
-                }
-                other => return Err(bad(format!("unknown parameter {other:?} (n, k, sigma, r)"))),
-            }
-        }
-        if n == Some(0) {
-            return Err(bad("n must be at least 1".into()));
-        }
-        let kind = match name {
-            "random" | "center" if !args.is_empty() => {
-                return Err(bad(format!("{name} takes no parameters")))
-            }
+        let kind = match spec.trim() {
             "random" => SpecKind::Random,
             "center" => SpecKind::Center,
-            "scorecam" | "sscam" | "iscam" => {
-                let steps = match name {
-                    "scorecam" => n,
-                    "sscam" => Some(n.unwrap_or(35)),
-                    _ => Some(n.unwrap_or(10)),
-                };
-                let mut params =
-                    CamParams::new(name, steps, Some(k)).map_err(|e| bad(e.to_string()))?;
-                if let (Method::SsCam { sigma: s, .. }, Some(v)) = (&mut params.method, sigma) {
-                    *s = v;
-                } else if sigma.is_some() {
-                    return Err(bad("sigma applies to sscam only".into()));
-                }
+            name if name.starts_with("random:") || name.starts_with("center:") => {
+                return Err(Error::invalid(
+                    "method",
+                    format!("{spec:?}: the controls take no parameters"),
+                ))
+            }
+            cam => {
+                let mut params = crate::cam::spec::parse(cam).map_err(|e| match e {
+                    Error::Invalid { reason, .. } if reason.contains("expected scorecam") => {
+                        Error::invalid(
+                            "method",
+                            format!(
+                                "{spec:?}: unknown method (scorecam, sscam, iscam, random, center)"
+                            ),
+                        )
+                    }
+                    other => other,
+                })?;
                 params.weighting = weighting;
                 params.seed = seed;
-                params.score_size = r;
                 SpecKind::Cam(params)
-            }
-            other => {
-                return Err(bad(format!(
-                    "unknown method {other:?} (scorecam, sscam, iscam, random, center)"
-                )))
             }
         };
         Ok(MethodSpec {
@@ -356,6 +310,7 @@ fn center_map(h: usize, w: usize) -> Array2<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cam::Method;
 
     #[test]
     fn specs_parse_and_refuse() {
@@ -376,7 +331,11 @@ mod tests {
         let SpecKind::Cam(p) = MethodSpec::parse("iscam", w, 0).unwrap().kind else {
             panic!()
         };
-        assert_eq!((p.steps(), p.channels), (10, 0));
+        assert_eq!(
+            p,
+            crate::cam::spec::parse("iscam").unwrap(),
+            "one set of defaults"
+        );
         let SpecKind::Cam(p) = MethodSpec::parse("iscam:n=3,k=128,r=163", w, 0)
             .unwrap()
             .kind
@@ -390,6 +349,7 @@ mod tests {
         );
         for (bad, says) in [
             ("gradcam", "unknown method"),
+            ("random:n=1", "no parameters"),
             ("iscam:n=0", "n must be"),
             ("iscam:q=1", "unknown parameter"),
             ("iscam:n=x", "whole number"),

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::cam::{CamParams, Method, Weighting};
+use crate::cam::{spec, CamParams, Weighting};
 
 /// Largest command payload accepted.
 pub const MAX_COMMAND_BYTES: usize = 16 * 1024;
@@ -127,12 +127,17 @@ fn object_is_empty(v: &Value) -> bool {
 
 fn explain(f: ExplainFields, limits: &Limits) -> Result<Command, String> {
     let defaults = limits.defaults;
-    let method = f.method.as_deref().unwrap_or(defaults.method.name());
-    let same_method = method == defaults.method.name();
-    let steps = f.steps.or(same_method.then(|| defaults.steps()));
-    let channels = f.channels.or(same_method.then_some(defaults.channels));
-    let mut params =
-        CamParams::new(method, steps, channels).map_err(|e| format!("explain: {e}"))?;
+    // Without a method, the configured map; with one, a spec read as everywhere else.
+    let mut params = match f.method.as_deref() {
+        None => defaults.clone(),
+        Some(method) => spec::parse(method).map_err(|e| format!("explain: {e}"))?,
+    };
+    if let Some(n) = f.steps {
+        params.set_steps(n).map_err(|e| format!("explain: {e}"))?;
+    }
+    if let Some(k) = f.channels {
+        params.channels = k;
+    }
     params.weighting = match f.weighting {
         Some(w) => w
             .parse::<Weighting>()
@@ -141,17 +146,8 @@ fn explain(f: ExplainFields, limits: &Limits) -> Result<Command, String> {
     };
     params.batch = defaults.batch;
     params.seed = f.seed.unwrap_or(defaults.seed);
-    params.score_size = defaults.score_size;
-    if let (
-        Method::SsCam { sigma, .. },
-        Method::SsCam {
-            sigma: default_sigma,
-            ..
-        },
-    ) = (&mut params.method, defaults.method)
-    {
-        *sigma = default_sigma;
-    }
+    // The device's scoring resolution holds for requested maps too, unless a spec sets one.
+    params.score_size = params.score_size.or(defaults.score_size);
     params
         .validate(limits.layer_channels, limits.input_size)
         .map_err(|e| format!("explain: {e}"))?;
@@ -170,6 +166,7 @@ fn explain(f: ExplainFields, limits: &Limits) -> Result<Command, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cam::Method;
 
     fn parse_str(s: &str) -> (Option<String>, Result<Command, String>) {
         let defaults = CamParams::new("iscam", None, None).unwrap();
@@ -201,6 +198,20 @@ mod tests {
             (params.method, params.channels, class),
             (Method::ScoreCam, 0, Some(3))
         );
+    }
+
+    #[test]
+    fn explain_takes_method_specs() {
+        let (_, cmd) = parse_str(r#"{"cmd":"explain","method":"iscam:n=10,k=0"}"#);
+        let Command::Explain { params, .. } = cmd.unwrap() else {
+            panic!()
+        };
+        assert_eq!((params.steps(), params.channels), (10, 0));
+        let (_, cmd) = parse_str(r#"{"cmd":"explain","method":"sscam:n=4","channels":8}"#);
+        let Command::Explain { params, .. } = cmd.unwrap() else {
+            panic!()
+        };
+        assert_eq!((params.steps(), params.channels), (4, 8));
     }
 
     #[test]

@@ -119,7 +119,7 @@ pub fn npy(path: &Path) -> ArrayD<f32> {
 /// Pearson correlation of two equally long sequences.
 pub fn pearson(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());
-    iscamd::eval::metrics::pearson(a, b)
+    iscamd::cam::pearson(a, b)
 }
 
 /// The reference images (../shared/reference/index.json), sorted.
