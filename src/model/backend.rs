@@ -18,6 +18,11 @@ pub trait Backend: Send + Sync {
     /// Runs `input` (`[batch, 3, s, s]`) and returns the logits and, when a CAM layer was
     /// selected at load time, its activations — as the graph gives them.
     fn run(&self, input: Tensor, batch: usize) -> Result<(ArrayD<f32>, Option<ArrayD<f32>>)>;
+
+    /// What iscamd's own ops replaced in the backend's plan (tract only).
+    fn op_swaps(&self) -> Option<super::Swaps> {
+        None
+    }
 }
 
 /// Which backend loads the model (`[model] backend`, `--backend`).

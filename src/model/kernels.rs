@@ -9,7 +9,7 @@
 //!
 //! - **f32** matrix products go to tract's 256-bit FMA kernels, as its `fma` tier would pick
 //!   them, instead of its AVX-512 ones: Zen 4 executes 512-bit operations in two halves, and
-//!   SqueezeNet's float convolutions run faster on the 256-bit kernels (README, "Speed").
+//!   SqueezeNet's float convolutions run faster on the 256-bit kernels (docs/benchmarks.md, "Speed").
 //!   Before this tier the only way there was `TRACT_CPU_ISA=-avx512f`, which also takes away
 //!   the AVX-512 VNNI int8 kernels, for the whole process.
 //! - **i32** (int8 models) products of at least 16×16 go to the 16×16 zmm VNNI kernel, which
@@ -95,19 +95,18 @@ pub fn policy() -> Policy {
     }
 }
 
-/// What tract runs under the current policy, for `iscamd check`, logs and benchmarks.
-pub fn describe() -> String {
+/// Which matrix kernels plans optimised now use, for `iscamd check`, logs and benchmarks.
+pub fn matrix_kernels() -> String {
     if policy() == Policy::Stock {
         return format!("tract as it ships ({POLICY_VAR}=stock)");
     }
-    let matrix = if !tier_is_active() {
+    if !tier_is_active() {
         "tract's matrix kernels".to_string()
     } else if std::env::var_os(FMA_UNITS_KNOB).is_some() {
         format!("{TIER_NAME} matrix kernels: f32 on 256-bit FMA, int8 as {FMA_UNITS_KNOB} says")
     } else {
         format!("{TIER_NAME} matrix kernels: f32 on 256-bit FMA, int8 on 16×16 VNNI")
-    };
-    format!("iscamd's pooling, packing, ReLU and quantize ops, {matrix}")
+    }
 }
 
 /// Whether iscamd's tier is in this process's dispatch ladder (it is on AMD Zen 4).

@@ -21,6 +21,7 @@ use tract_onnx::tract_hir::infer::Factoid;
 pub use backend::{Backend, BackendKind, OrtOptions, Provider};
 pub use labels::Labels;
 pub use preprocess::{ChannelOrder, Preprocess, PreprocessMetadata, PreprocessOverrides};
+pub use tract::{Swapped, Swaps};
 
 use crate::error::{Error, Result};
 
@@ -28,7 +29,7 @@ use crate::error::{Error, Result};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum BatchPlan {
     /// A batch runs as consecutive passes of the batch-1 plan. On tract 0.23 SqueezeNet runs
-    /// about twice as fast per image this way as with a batched plan (README, "Results").
+    /// about twice as fast per image this way as with a batched plan (docs/benchmarks.md).
     #[default]
     Split,
     /// One optimised plan per batch size, built on first use.
@@ -320,10 +321,16 @@ impl Classifier {
         })
     }
 
-    /// What runs the model, e.g. `tract (iscamd's pooling, packing, ReLU and quantize ops,
+    /// What runs the model, e.g. `tract (iscamd's ops, replaced/found: max-pool 3/3, …;
     /// tract's matrix kernels)` or `ort (cuda, cpu)`.
     pub fn backend(&self) -> String {
         self.backend.describe()
+    }
+
+    /// What iscamd's own ops replaced in tract's plan of this model (`None` on other
+    /// backends and under `ISCAMD_KERNELS=stock`).
+    pub fn op_swaps(&self) -> Option<Swaps> {
+        self.backend.op_swaps()
     }
 }
 

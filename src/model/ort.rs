@@ -181,7 +181,7 @@ fn load_library(
     }
     let path = wanted.ok_or_else(|| {
         "backend \"ort\" needs ONNX Runtime: set [model] ort_library or ORT_DYLIB_PATH to \
-         libonnxruntime.so (the onnxruntime pip wheel ships one; README \"Backends\")"
+         libonnxruntime.so (the onnxruntime pip wheel ships one; docs/backends.md)"
             .to_string()
     })?;
     let cannot = |e: &dyn std::fmt::Display| {

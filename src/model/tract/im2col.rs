@@ -5,7 +5,7 @@
 //! tract 0.23's `Im2Col` feeds that layout one K row at a time through a writer that stores
 //! every byte separately, and whose fast path only applies when a row fits in one 16-wide
 //! panel — never, for SqueezeNet's 55- and 27-pixel rows. It was 38 % of an int8 forward pass
-//! on this project's x86 (perf; README, "Speed"). [`PackedIm2Col`] pads the image once (and
+//! on this project's x86 (perf; docs/benchmarks.md, "Speed"). [`PackedIm2Col`] pads the image once (and
 //! splits its rows by stride phase, for strided convolutions), so that each output row of a
 //! kernel tap is one contiguous copy; it builds four K rows at a time that way and hands them
 //! to the panel writer ([`super::k4`]), which interleaves them with SIMD. The bytes are the
@@ -47,11 +47,14 @@ pub struct PackedIm2Col {
     taps: Vec<[usize; 2]>,
 }
 
-/// Replaces every `Im2Col` of `model` that [`PackedIm2Col`] computes identically; returns how
-/// many it replaced.
-pub fn install(model: &mut TypedModel) -> TractResult<usize> {
+/// Replaces every `Im2Col` of `model` that [`PackedIm2Col`] computes identically; says how
+/// many it found and replaced.
+pub fn install(model: &mut TypedModel) -> TractResult<super::swap::Swapped> {
     super::swap::replace_ops::<Im2Col>(model, |im2col, input, output| {
-        Some(Box::new(PackedIm2Col::replacing(im2col, input, output)?))
+        if !super::swap::is_8bit(input) {
+            return super::swap::Swap::NotMine;
+        }
+        PackedIm2Col::replacing(im2col, input, output).into()
     })
 }
 
@@ -476,7 +479,7 @@ mod tests {
                     let model = tracts(case, dt, mmm.clone(), packing);
                     let reference = run(model.clone(), &input, pad);
                     let mut ours = model;
-                    assert_eq!(install(&mut ours).unwrap(), 1);
+                    assert_eq!(install(&mut ours).unwrap().replaced, 1);
                     let what = format!(
                         "{format} {:?} k{} s{} p{} g{} {dt:?}",
                         case.shape, case.kernel, case.stride, case.padding, case.group

@@ -4,7 +4,7 @@
 //!
 //! tract 0.23 writes this layout one byte at a time, each through a strided store: its
 //! `PackedI8K4::pack_view` (behind `OptMatMulPack`) was 8 % of an int8 forward pass on this
-//! project's x86 once [`super::im2col`] had removed the other 38 % (perf; README, "Speed").
+//! project's x86 once [`super::im2col`] had removed the other 38 % (perf; docs/benchmarks.md, "Speed").
 //! In this layout a panel of `r` columns holds, for every block of four K rows, `r` groups of
 //! four bytes — lane `m`'s values of the block's rows. [`K4Panels`] takes a block's four rows
 //! and writes them into every panel, sixteen lanes per step ([`interleave4`]).
@@ -142,11 +142,14 @@ pub struct PackedRows {
     k_axis: usize,
 }
 
-/// Replaces every `OptMatMulPack` of `model` that [`PackedRows`] computes identically; returns
-/// how many it replaced.
-pub fn install(model: &mut TypedModel) -> TractResult<usize> {
+/// Replaces every `OptMatMulPack` of `model` that [`PackedRows`] computes identically; says
+/// how many it found and replaced.
+pub fn install(model: &mut TypedModel) -> TractResult<super::swap::Swapped> {
     super::swap::replace_ops::<OptMatMulPack>(model, |pack, input, output| {
-        Some(Box::new(PackedRows::replacing(pack, input, output)?))
+        if !super::swap::is_8bit(input) {
+            return super::swap::Swap::NotMine;
+        }
+        PackedRows::replacing(pack, input, output).into()
     })
 }
 

@@ -3,7 +3,7 @@
 //!
 //! tract 0.23's `OptMaxPool` folds each of the k×k taps into an output row through a
 //! strided iterator, which the compiler does not vectorise: on this project's x86 it took
-//! 26 % of an f32 forward pass and 20 % of an int8 one (perf; README, "Speed"). [`RowMaxPool`]
+//! 26 % of an f32 forward pass and 20 % of an int8 one (perf; docs/benchmarks.md, "Speed"). [`RowMaxPool`]
 //! takes the maximum of the k input rows first — contiguous rows, so SIMD — and only then
 //! the k taps of each output pixel along that one row. Same values, same datum type:
 //! quantized tensors pool their stored integers, as tract does.
@@ -26,11 +26,11 @@ pub struct RowMaxPool {
     pub stride: [usize; 2],
 }
 
-/// Replaces every `OptMaxPool` of `model` that [`RowMaxPool`] computes identically; returns
-/// how many it replaced.
-pub fn install(model: &mut TypedModel) -> TractResult<usize> {
+/// Replaces every `OptMaxPool` of `model` that [`RowMaxPool`] computes identically; says
+/// how many it found and replaced.
+pub fn install(model: &mut TypedModel) -> TractResult<super::swap::Swapped> {
     super::swap::replace_ops::<OptMaxPool>(model, |pool, input, output| {
-        Some(Box::new(RowMaxPool::replacing(pool, input, output)?))
+        RowMaxPool::replacing(pool, input, output).into()
     })
 }
 
@@ -261,7 +261,7 @@ mod tests {
             let input = random_nchw(shape, shape[1] as u64);
             let reference = run(tracts(&input, kernel, stride, PaddingSpec::Valid), &input);
             let mut model = tracts(&input, kernel, stride, PaddingSpec::Valid);
-            assert_eq!(install(&mut model).unwrap(), 1, "{shape:?}");
+            assert_eq!(install(&mut model).unwrap().replaced, 1, "{shape:?}");
             assert_eq!(
                 run(model, &input),
                 reference,
@@ -281,7 +281,7 @@ mod tests {
             let quantized = input.cast_to_dt(dt).unwrap().into_owned();
             let reference = run(tracts(&quantized, 3, 2, PaddingSpec::Valid), &quantized);
             let mut model = tracts(&quantized, 3, 2, PaddingSpec::Valid);
-            assert_eq!(install(&mut model).unwrap(), 1);
+            assert_eq!(install(&mut model).unwrap().replaced, 1);
             let ours = run(model, &quantized);
             assert_eq!(ours.datum_type(), dt);
             assert_eq!(ours, reference, "{dt:?}");
@@ -293,6 +293,6 @@ mod tests {
         let input = random_nchw([1, 2, 7, 7], 1);
         let padding = PaddingSpec::Explicit(tvec!(1, 1), tvec!(1, 1));
         let mut model = tracts(&input, 3, 2, padding);
-        assert_eq!(install(&mut model).unwrap(), 0);
+        assert_eq!(install(&mut model).unwrap().replaced, 0);
     }
 }

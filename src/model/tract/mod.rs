@@ -19,6 +19,8 @@ mod quant;
 mod relu;
 mod swap;
 
+pub use swap::{Swapped, Swaps};
+
 type Plan = Arc<TypedRunnableModel>;
 
 pub struct TractBackend {
@@ -30,6 +32,8 @@ pub struct TractBackend {
     /// By (batch, side).
     plans: Mutex<HashMap<(usize, usize), Plan>>,
     symbolic: Option<Plan>,
+    /// What iscamd's ops replaced in the plan for one image at the model's input size.
+    swaps: Mutex<Option<Swaps>>,
 }
 
 impl TractBackend {
@@ -46,6 +50,7 @@ impl TractBackend {
             batch_plan,
             plans: Mutex::new(HashMap::new()),
             symbolic: None,
+            swaps: Mutex::new(None),
         };
         if batch_plan == BatchPlan::Symbolic {
             backend.symbolic = Some(backend.build_plan(None, input_size)?);
@@ -77,26 +82,54 @@ impl TractBackend {
         };
         let fact =
             InferenceFact::dt_shape(f32::datum_type(), tvec![n, 3.into(), s.into(), s.into()]);
-        self.graph
+        let prepared = self
+            .graph
             .clone()
             .with_input_fact(0, fact)
             .and_then(|m| m.into_optimized())
             .and_then(|mut m| {
-                if kernels::policy() == kernels::Policy::Tuned {
-                    maxpool::install(&mut m)?;
-                    im2col::install(&mut m)?;
-                    k4::install(&mut m)?;
-                    relu::install(&mut m)?;
-                    quant::install(&mut m)?;
-                }
-                m.into_runnable()
+                let swaps = match kernels::policy() {
+                    kernels::Policy::Tuned => Some(install_ops(&mut m)?),
+                    kernels::Policy::Stock => None,
+                };
+                Ok((m.into_runnable()?, swaps))
             })
             .map_err(|e| {
                 Error::model(
                     &self.path,
                     format!("cannot be prepared for input [N,3,{s},{s}]: {}", chain(&e)),
                 )
-            })
+            })?;
+        let (plan, swaps) = prepared;
+        if s == self.input_size && batch.is_none_or(|b| b == 1) {
+            self.record(swaps);
+        }
+        Ok(plan)
+    }
+
+    /// Keeps what the swaps did in the model's main plan, and warns about any that found
+    /// the op it is for and replaced none of it.
+    fn record(&self, swaps: Option<Swaps>) {
+        let mut recorded = self.swaps.lock().expect("swap record poisoned");
+        if recorded.is_some() {
+            return;
+        }
+        for (name, swapped) in swaps.iter().flat_map(|s| s.0.iter()) {
+            if swapped.missed() {
+                tracing::warn!(
+                    "{}: iscamd's {name} op matched none of the {} candidates in the plan; \
+                     tract's own op runs there (same results, slower)",
+                    self.path.display(),
+                    swapped.candidates
+                );
+            }
+        }
+        *recorded = swaps;
+    }
+
+    /// What iscamd's ops replaced in the model's main plan (`None` under the stock policy).
+    pub fn swaps(&self) -> Option<Swaps> {
+        self.swaps.lock().expect("swap record poisoned").clone()
     }
 
     fn run_plan(&self, input: Tensor, batch: usize) -> Result<(ArrayD<f32>, Option<ArrayD<f32>>)> {
@@ -141,9 +174,30 @@ impl TractBackend {
     }
 }
 
+/// Swaps iscamd's ops into an optimised plan, each through tract's patch API.
+fn install_ops(model: &mut TypedModel) -> TractResult<Swaps> {
+    Ok(Swaps(vec![
+        ("max-pool", maxpool::install(model)?),
+        ("im2col", im2col::install(model)?),
+        ("row-packing", k4::install(model)?),
+        ("relu-fold", relu::install(model)?),
+        ("quantize", quant::install(model)?),
+    ]))
+}
+
 impl Backend for TractBackend {
     fn describe(&self) -> String {
-        format!("tract ({})", kernels::describe())
+        match self.swaps() {
+            Some(swaps) => format!(
+                "tract (iscamd's ops, replaced/found: {swaps}; {})",
+                kernels::matrix_kernels()
+            ),
+            None => format!("tract ({})", kernels::matrix_kernels()),
+        }
+    }
+
+    fn op_swaps(&self) -> Option<Swaps> {
+        self.swaps()
     }
 
     fn run(&self, input: Tensor, batch: usize) -> Result<(ArrayD<f32>, Option<ArrayD<f32>>)> {

@@ -2,7 +2,7 @@
 //!
 //! tract 0.23 quantises element by element with a branchy rounding function the compiler does
 //! not vectorise: 7 % of an int8 forward pass on this project's x86, for the one 3×227×227
-//! input (perf; README, "Speed"). [`QuantizeU8`] computes the same bytes — round half to
+//! input (perf; docs/benchmarks.md, "Speed"). [`QuantizeU8`] computes the same bytes — round half to
 //! even, add the zero point, saturate — over whole SIMD registers: the rounding is the
 //! classic add-and-subtract of 1.5·2²³, exact for |x| < 2²², and any chunk holding a value
 //! outside that (or a NaN) takes tract's own formula instead.
@@ -30,17 +30,21 @@ impl std::hash::Hash for QuantizeU8 {
     }
 }
 
-/// Replaces every f32 `QuantizeLinearU8` of `model` with [`QuantizeU8`]; returns how many.
-pub fn install(model: &mut TypedModel) -> TractResult<usize> {
+/// Replaces every f32 `QuantizeLinearU8` of `model` with [`QuantizeU8`]; says how many it
+/// found and replaced.
+pub fn install(model: &mut TypedModel) -> TractResult<super::swap::Swapped> {
     super::swap::replace_ops::<ElementWiseOp>(model, |op, input, _| {
-        let q = op.0.downcast_ref::<QuantizeLinearU8>()?;
+        let Some(q) = op.0.downcast_ref::<QuantizeLinearU8>() else {
+            return super::swap::Swap::NotMine;
+        };
         let to_u8 = op.1.is_none_or(|dt| dt == u8::datum_type());
-        (input.datum_type == f32::datum_type() && to_u8).then(|| {
-            Box::new(QuantizeU8 {
-                scale: q.scale,
-                zero_point: q.zero_point,
-            }) as Box<dyn TypedOp>
-        })
+        let op = QuantizeU8 {
+            scale: q.scale,
+            zero_point: q.zero_point,
+        };
+        (input.datum_type == f32::datum_type() && to_u8)
+            .then_some(op)
+            .into()
     })
 }
 
@@ -193,7 +197,7 @@ mod tests {
             out.unwrap().remove(0).into_tensor()
         };
         let expected = run(model.clone());
-        assert_eq!(install(&mut model).unwrap(), 1);
+        assert_eq!(install(&mut model).unwrap().replaced, 1);
         assert!(model.nodes.iter().any(|n| n.op_is::<QuantizeU8>()));
         assert_eq!(run(model), expected);
     }

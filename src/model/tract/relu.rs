@@ -3,7 +3,7 @@
 //! tract fuses a `max(x, c)` that directly follows a matrix product into the product's
 //! kernel, where it costs nothing. Its grouped convolutions (conv1 and the 3×3 expands of
 //! SqueezeNet, f32) end in a reshape, so their ReLUs stay separate passes over the whole
-//! activation: about 5 % of an f32 forward pass on this project's x86 (perf; README,
+//! activation: about 5 % of an f32 forward pass on this project's x86 (perf; docs/benchmarks.md,
 //! "Speed"). A reshape does not move a value, so the maximum can be taken in the kernel
 //! instead, as tract does it when nothing is in between: [`install`] adds the scalar as an
 //! input of the product, takes the maximum before the product stores its tile, and routes the
@@ -16,47 +16,78 @@ use tract_onnx::tract_core::ops::change_axes::IntoShape;
 use tract_onnx::tract_core::ops::matmul::optimized::{OptMatMul, ProtoFusedSpec};
 use tract_onnx::tract_core::tract_linalg::BinOp;
 
-/// Folds every f32 `max(reshape(product), c)` of `model` into its product; returns how many.
-pub fn install(model: &mut TypedModel) -> TractResult<usize> {
-    let mut folded = 0;
+use super::swap::Swapped;
+
+/// Folds every f32 `max(reshape(product), c)` of `model` into its product; says how many
+/// ReLUs behind a reshape it found and folded.
+pub fn install(model: &mut TypedModel) -> TractResult<Swapped> {
+    let mut swapped = Swapped::default();
+    // Patches append nodes: the ones present now are all that can be candidates.
     for relu in 0..model.nodes.len() {
-        let Some((product, reshape, floor)) = foldable(model, relu)? else {
+        let Some(candidate) = behind_reshape(model, relu) else {
             continue;
         };
-        let floor = model.add_const(format!("{}.floor", model.nodes[relu].name), floor)?;
-        let slot = model.nodes[product].inputs.len();
-        model.add_edge(floor, InletId::new(product, slot))?;
-        let op = model.nodes[product]
-            .op_as_mut::<OptMatMul>()
-            .context("checked above")?;
-        let store = op.micro_ops.len() - 1;
-        op.micro_ops
-            .insert(store, ProtoFusedSpec::BinScalar(slot, BinOp::Max));
-        let relu_output = OutletId::new(relu, 0);
-        let reshaped = OutletId::new(reshape, 0);
-        for inlet in model.nodes[relu].outputs[0].successors.clone() {
-            model.add_edge(reshaped, inlet)?;
+        swapped.candidates += 1;
+        if let Some((product, floor)) = foldable(model, candidate)? {
+            let patch = fold(model, relu, candidate.reshape, product, floor)?;
+            patch.apply(model)?;
+            swapped.replaced += 1;
         }
-        for output in model.outputs.iter_mut().filter(|o| **o == relu_output) {
-            *output = reshaped;
-        }
-        folded += 1;
     }
-    Ok(folded)
+    Ok(swapped)
 }
 
-/// For a ReLU-like node `max(x, c)` whose `x` is a reshape of an f32 matrix product used by
-/// nothing else: the product's node, the reshape's, and the scalar `c`.
-fn foldable(model: &TypedModel, relu: usize) -> TractResult<Option<(usize, usize, Tensor)>> {
+/// The patch that takes the maximum with `floor` in `product`'s kernel and wires the
+/// reshape behind it in place of the ReLU.
+fn fold(
+    model: &TypedModel,
+    relu: usize,
+    reshape: usize,
+    product: usize,
+    floor: Tensor,
+) -> TractResult<TypedModelPatch> {
+    let mut patch = TypedModelPatch::default();
+    let product_node = &model.nodes[product];
+    let mut inputs = patch.taps(model, &product_node.inputs)?;
+    let slot = inputs.len();
+    inputs.push(patch.add_const(format!("{}.floor", model.nodes[relu].name), floor)?);
+    let mut op = product_node
+        .op_as::<OptMatMul>()
+        .context("checked by foldable")?
+        .clone();
+    let store = op.micro_ops.len() - 1;
+    op.micro_ops
+        .insert(store, ProtoFusedSpec::BinScalar(slot, BinOp::Max));
+    let wire = patch.wire_node(&product_node.name, op, &inputs)?;
+    let reshape_node = &model.nodes[reshape];
+    let wire = patch.wire_node(&reshape_node.name, reshape_node.op.clone(), &wire)?;
+    patch.shunt_outside(model, OutletId::new(relu, 0), wire[0])?;
+    Ok(patch)
+}
+
+/// A ReLU-like node `max(x, c)` whose `x` is a reshape: what the fold looks for.
+#[derive(Clone, Copy)]
+struct Candidate {
+    relu: usize,
+    reshape: usize,
+}
+
+fn behind_reshape(model: &TypedModel, relu: usize) -> Option<Candidate> {
     let node = &model.nodes[relu];
-    let Some(op) = node.op_as::<OptBinByScalar>() else {
-        return Ok(None);
-    };
+    let op = node.op_as::<OptBinByScalar>()?;
+    let reshape = node.inputs[0].node;
+    (op.linalg_op == BinOp::Max && model.nodes[reshape].op_as::<IntoShape>().is_some())
+        .then_some(Candidate { relu, reshape })
+}
+
+/// For a candidate whose reshape follows an f32 matrix product, and whose scalar `c` is a
+/// constant, each used by nothing else: the product's node and `c`.
+fn foldable(model: &TypedModel, c: Candidate) -> TractResult<Option<(usize, Tensor)>> {
+    let node = &model.nodes[c.relu];
     let floor = model.outlet_fact(node.inputs[1])?;
     let Some(floor) = floor.konst.as_ref().and_then(|k| k.as_uniform()) else {
         return Ok(None);
     };
-    let reshape = node.inputs[0].node;
     let single_use = |outlet: OutletId| {
         model.nodes[outlet.node].outputs[outlet.slot]
             .successors
@@ -64,14 +95,10 @@ fn foldable(model: &TypedModel, relu: usize) -> TractResult<Option<(usize, usize
             == 1
             && !model.outputs.contains(&outlet)
     };
-    if op.linalg_op != BinOp::Max
-        || floor.datum_type() != f32::datum_type()
-        || model.nodes[reshape].op_as::<IntoShape>().is_none()
-        || !single_use(node.inputs[0])
-    {
+    if floor.datum_type() != f32::datum_type() || !single_use(node.inputs[0]) {
         return Ok(None);
     }
-    let product = model.nodes[reshape].inputs[0];
+    let product = model.nodes[c.reshape].inputs[0];
     let Some(matmul) = model.nodes[product.node].op_as::<OptMatMul>() else {
         return Ok(None);
     };
@@ -79,7 +106,7 @@ fn foldable(model: &TypedModel, relu: usize) -> TractResult<Option<(usize, usize
     if matmul.c_fact.datum_type != f32::datum_type() || !stores_last || !single_use(product) {
         return Ok(None);
     }
-    Ok(Some((product.node, reshape, floor)))
+    Ok(Some((product.node, floor)))
 }
 
 #[cfg(test)]
@@ -143,7 +170,7 @@ mod tests {
             let mut model = conv_relu(padding, stride);
             let expected = run(model.clone(), &x);
             assert_eq!(
-                install(&mut model).unwrap(),
+                install(&mut model).unwrap().replaced,
                 1,
                 "padding {padding}, stride {stride}"
             );

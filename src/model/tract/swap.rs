@@ -1,25 +1,98 @@
-//! Swapping ops in an optimised tract plan for iscamd's own (`kernels::Policy` says whether).
+//! Swapping ops in an optimised tract plan for iscamd's own, through tract's patch API
+//! (`TypedModelPatch`), counting what each swap found and replaced so that a swap that
+//! stops matching — after a tract update, or on an unusual model — is seen, not silent.
+
+use std::fmt;
 
 use tract_onnx::prelude::*;
 
-/// Gives every node of `model` whose op is an `O` the op `replacement` makes of it, given its
-/// first input's and output's facts, where it makes one; returns how many nodes it changed.
-/// The replacement must compute the same output from the same inputs.
+/// What one swap found in a plan.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Swapped {
+    /// Nodes of the op type the swap looks for.
+    pub candidates: usize,
+    /// Of which replaced by iscamd's op.
+    pub replaced: usize,
+}
+
+impl Swapped {
+    /// The graph has the op this swap is for, and none was replaced.
+    pub fn missed(&self) -> bool {
+        self.candidates > 0 && self.replaced == 0
+    }
+}
+
+/// The swaps made in one plan, by name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Swaps(pub Vec<(&'static str, Swapped)>);
+
+impl Swaps {
+    pub fn get(&self, name: &str) -> Option<Swapped> {
+        self.0.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)
+    }
+}
+
+impl fmt::Display for Swaps {
+    /// `max-pool 3/3, im2col 0/0, …`: replaced of candidates.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|(name, s)| format!("{name} {}/{}", s.replaced, s.candidates))
+            .collect();
+        write!(f, "{}", parts.join(", "))
+    }
+}
+
+/// What a swap makes of one node of the op type it looks for.
+pub enum Swap {
+    /// Not what this swap is for (an element-wise op of another kind, say).
+    NotMine,
+    /// A candidate whose geometry iscamd's op does not cover: tract's op stays.
+    Keep,
+    /// iscamd's op, computing the same output from the same inputs.
+    Replace(Box<dyn TypedOp>),
+}
+
+impl<T: TypedOp> From<Option<T>> for Swap {
+    fn from(op: Option<T>) -> Swap {
+        op.map_or(Swap::Keep, |op| Swap::Replace(Box::new(op)))
+    }
+}
+
+/// Whether a fact holds plain 8-bit integers: what iscamd's int8 packing ops are for.
+pub fn is_8bit(fact: &TypedFact) -> bool {
+    [DatumType::I8, DatumType::U8].contains(&fact.datum_type)
+}
+
+/// Gives every node of `model` whose op is an `O` the op `swap` makes of it, given its
+/// first input's and output's facts. tract's patch checks that the replacement's output
+/// fact is compatible with the one it replaces.
 pub fn replace_ops<O: TypedOp>(
     model: &mut TypedModel,
-    replacement: impl Fn(&O, &TypedFact, &TypedFact) -> Option<Box<dyn TypedOp>>,
-) -> TractResult<usize> {
-    let mut replaced = 0;
+    swap: impl Fn(&O, &TypedFact, &TypedFact) -> Swap,
+) -> TractResult<Swapped> {
+    let mut swapped = Swapped::default();
+    // Patches append nodes: the ones present now are all that can be candidates.
     for id in 0..model.nodes.len() {
-        let Some(op) = model.nodes[id].op_as::<O>() else {
+        let node = &model.nodes[id];
+        let Some(op) = node.op_as::<O>() else {
             continue;
         };
-        let input = model.outlet_fact(model.nodes[id].inputs[0])?;
+        let input = model.outlet_fact(node.inputs[0])?;
         let output = model.outlet_fact(OutletId::new(id, 0))?;
-        if let Some(new) = replacement(op, input, output) {
-            model.nodes[id].op = new;
-            replaced += 1;
-        }
+        let new = match swap(op, input, output) {
+            Swap::NotMine => continue,
+            Swap::Keep => {
+                swapped.candidates += 1;
+                continue;
+            }
+            Swap::Replace(new) => new,
+        };
+        swapped.candidates += 1;
+        let patch = TypedModelPatch::replace_single_op(model, node, &node.inputs, new)?;
+        patch.apply(model)?;
+        swapped.replaced += 1;
     }
-    Ok(replaced)
+    Ok(swapped)
 }

@@ -1,0 +1,27 @@
+//! iscamd's ops still find what they replace in tract's plans of the shipped models. A
+//! tract update (or a change in how tract optimises these models) that turned a swap off
+//! would otherwise only show as a slower device: here it fails.
+
+mod common;
+
+use common::{load, F32_MODEL, INT8_MODEL};
+
+#[test]
+fn every_swap_replaces_nodes_on_the_shipped_models() {
+    let f32_swaps = load(F32_MODEL).op_swaps().expect("tract, tuned by default");
+    let int8_swaps = load(INT8_MODEL)
+        .op_swaps()
+        .expect("tract, tuned by default");
+    eprintln!("f32: {f32_swaps}\nint8: {int8_swaps}");
+    for (name, f32_swap) in &f32_swaps.0 {
+        let int8_swap = int8_swaps.get(name).expect("the same swaps on every model");
+        assert!(
+            !f32_swap.missed() && !int8_swap.missed(),
+            "{name} found its op and replaced none of it: f32 {f32_swap:?}, int8 {int8_swap:?}"
+        );
+        assert!(
+            f32_swap.replaced + int8_swap.replaced > 0,
+            "{name} replaced nothing on either shipped model: f32 {f32_swap:?}, int8 {int8_swap:?}"
+        );
+    }
+}
