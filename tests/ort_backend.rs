@@ -159,7 +159,7 @@ fn f32_maps_agree_with_tract() {
     );
 }
 
-/// int8 on tract is slow (README, Results: "Speed"): one image, a small IS-CAM.
+/// int8 on tract is slow (docs/benchmarks.md, "Speed"): one image, a small IS-CAM.
 #[test]
 fn int8_maps_agree_with_tract() {
     maps_agree(

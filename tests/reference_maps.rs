@@ -1,5 +1,5 @@
 //! The CAM library against the PyTorch reference maps of ../shared/reference, fed the
-//! reference input tensors (DESIGN.md §4).
+//! reference input tensors (docs/maps.md).
 
 mod common;
 
