@@ -1,4 +1,4 @@
-//! Counters shared by the daemon's tasks, published periodically on `<p>/<d>/stats`.
+//! Counters shared by the daemon's stages, published periodically on `<p>/<d>/stats`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
@@ -8,37 +8,39 @@ use serde::Serialize;
 
 use crate::source::CameraHealth;
 
-/// Lock-free counters: each task only adds to its own.
+/// The daemon's counters: each stage records what happens to it through a method, and
+/// the stats stage and the supervisor read them as a [`Snapshot`]. Lock-free but for the
+/// camera's health.
 #[derive(Debug)]
 pub struct Stats {
     started: Instant,
-    pub frames_captured: AtomicU64,
-    pub frames_processed: AtomicU64,
-    pub frames_dropped: AtomicU64,
-    pub frame_errors: AtomicU64,
-    pub predictions: AtomicU64,
+    frames_captured: AtomicU64,
+    frames_processed: AtomicU64,
+    frames_dropped: AtomicU64,
+    frame_errors: AtomicU64,
+    predictions: AtomicU64,
     /// Heatmaps published, full and live.
-    pub heatmaps: AtomicU64,
+    heatmaps: AtomicU64,
     /// Of which live maps (an earlier full map's weights over the frame's activations).
-    pub live_maps: AtomicU64,
+    live_maps: AtomicU64,
     /// Live maps not published because the renderer was still busy with the previous one.
-    pub live_maps_dropped: AtomicU64,
-    pub heatmap_errors: AtomicU64,
-    pub commands: AtomicU64,
-    pub commands_rejected: AtomicU64,
-    pub reconnects: AtomicU64,
-    pub connected: AtomicBool,
-    pub outbox_len: AtomicU64,
-    pub outbox_dropped: AtomicU64,
-    pub messages_dropped_offline: AtomicU64,
+    live_maps_dropped: AtomicU64,
+    heatmap_errors: AtomicU64,
+    commands: AtomicU64,
+    commands_rejected: AtomicU64,
+    reconnects: AtomicU64,
+    connected: AtomicBool,
+    outbox_len: AtomicU64,
+    outbox_dropped: AtomicU64,
+    messages_dropped_offline: AtomicU64,
     inference_us_total: AtomicU64,
-    pub last_heatmap_ms: AtomicU64,
+    last_heatmap_ms: AtomicU64,
     /// Reading a frame from the source.
-    pub capture_stage: Stage,
+    capture_stage: Stage,
     /// Analysing and publishing one frame.
-    pub inference_stage: Stage,
-    /// Set by the capture thread when the source is a camera.
-    pub camera: Mutex<Option<CameraHealth>>,
+    inference_stage: Stage,
+    /// Set by the capture stage when the source is a camera.
+    camera: Mutex<Option<CameraHealth>>,
 }
 
 impl Default for Stats {
@@ -107,9 +109,111 @@ pub struct LatencySnapshot {
 }
 
 impl Stats {
-    pub fn add_inference(&self, millis: f64) {
+    /// A frame was read; `replaced_unread` when it replaced one inference never took.
+    pub fn frame_captured(&self, replaced_unread: bool) {
+        self.frames_captured.fetch_add(1, Relaxed);
+        if replaced_unread {
+            self.frames_dropped.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// A frame could not be read or analysed.
+    pub fn frame_error(&self) {
+        self.frame_errors.fetch_add(1, Relaxed);
+    }
+
+    /// A frame was classified in `inference_ms`.
+    pub fn frame_processed(&self, inference_ms: f64) {
+        self.frames_processed.fetch_add(1, Relaxed);
         self.inference_us_total
-            .fetch_add((millis * 1e3) as u64, Relaxed);
+            .fetch_add((inference_ms * 1e3) as u64, Relaxed);
+    }
+
+    /// Frames classified since the start.
+    pub fn processed(&self) -> u64 {
+        self.frames_processed.load(Relaxed)
+    }
+
+    pub fn prediction_published(&self) {
+        self.predictions.fetch_add(1, Relaxed);
+    }
+
+    /// A heatmap was published: a full one that took `millis` to make and draw, or a live one.
+    pub fn heatmap_published(&self, fresh: bool, millis: f64) {
+        self.heatmaps.fetch_add(1, Relaxed);
+        if fresh {
+            self.last_heatmap_ms.store(millis as u64, Relaxed);
+        } else {
+            self.live_maps.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// A live map was skipped: the renderer was still busy.
+    pub fn live_map_dropped(&self) {
+        self.live_maps_dropped.fetch_add(1, Relaxed);
+    }
+
+    pub fn heatmap_failed(&self) {
+        self.heatmap_errors.fetch_add(1, Relaxed);
+    }
+
+    pub fn command_received(&self) {
+        self.commands.fetch_add(1, Relaxed);
+    }
+
+    pub fn command_rejected(&self) {
+        self.commands_rejected.fetch_add(1, Relaxed);
+    }
+
+    /// The broker connection came up (`reconnect`: not for the first time) or went down.
+    pub fn broker_connected(&self, up: bool, reconnect: bool) {
+        self.connected.store(up, Relaxed);
+        if up && reconnect {
+            self.reconnects.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// The outbox's state: messages queued, and dropped since the start because it was
+    /// full or because the broker was unreachable.
+    pub fn outbox(&self, queued: usize, dropped: u64, dropped_offline: u64) {
+        self.outbox_len.store(queued as u64, Relaxed);
+        self.outbox_dropped.store(dropped, Relaxed);
+        self.messages_dropped_offline
+            .store(dropped_offline, Relaxed);
+    }
+
+    pub fn camera(&self, health: CameraHealth) {
+        *self.camera.lock().expect("stats poisoned") = Some(health);
+    }
+
+    /// The camera is down and being retried.
+    pub fn camera_down(&self) -> bool {
+        self.camera
+            .lock()
+            .expect("stats poisoned")
+            .as_ref()
+            .is_some_and(|c| !c.ok && c.last_error.is_some())
+    }
+
+    /// Marks the capture stage busy reading a frame until the guard is dropped.
+    pub fn capture_step(&self) -> StepGuard<'_> {
+        self.capture_stage.step()
+    }
+
+    /// Marks the inference stage busy with a frame until the guard is dropped.
+    pub fn inference_step(&self) -> StepGuard<'_> {
+        self.inference_stage.step()
+    }
+
+    /// A stage stuck in one step for longer than `limit`: its name and for how long.
+    pub fn stuck_stage(&self, limit: Duration) -> Option<(&'static str, Duration)> {
+        [
+            ("capture", &self.capture_stage),
+            ("inference", &self.inference_stage),
+        ]
+        .into_iter()
+        .map(|(name, stage)| (name, stage.stuck_for()))
+        .find(|(_, stuck)| *stuck > limit)
     }
 
     pub fn snapshot(&self, device: &str) -> Snapshot {

@@ -1,6 +1,5 @@
 //! The capture stage: reads frames from the source into the latest-frame slot.
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -63,24 +62,21 @@ impl Capture {
                 pacer.wait();
             }
             let next = {
-                let _step = self.stats.capture_stage.step();
+                let _step = self.stats.capture_step();
                 self.source.next_frame()
             };
             if let Some(health) = self.source.camera_health() {
-                *self.stats.camera.lock().expect("stats poisoned") = Some(health);
+                self.stats.camera(health);
             }
             match next {
                 Ok(Some(image)) => {
                     number += 1;
-                    self.stats.frames_captured.fetch_add(1, Relaxed);
                     let frame = Frame {
                         number,
                         image,
                         captured: SystemTime::now(),
                     };
-                    if self.frames.put(frame) {
-                        self.stats.frames_dropped.fetch_add(1, Relaxed);
-                    }
+                    self.stats.frame_captured(self.frames.put(frame));
                 }
                 Ok(None) => {
                     tracing::info!("the source has no more frames");
@@ -89,7 +85,7 @@ impl Capture {
                 // Down and retrying with backoff; the source logged why.
                 Err(Error::SourceUnavailable(_)) => {}
                 Err(e) => {
-                    self.stats.frame_errors.fetch_add(1, Relaxed);
+                    self.stats.frame_error();
                     tracing::warn!("frame source: {e}");
                     if !paced_by_device {
                         std::thread::sleep(Duration::from_secs(1));

@@ -1,7 +1,6 @@
 //! The command stage: parses `<prefix>/<device>/cmd` payloads, limits their rate, and
 //! answers them or passes them to the inference stage.
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::Instant;
@@ -55,7 +54,7 @@ impl Commands {
             };
             if let Some(result) = self.act(parsed, &id).await {
                 if let Err(e) = &result {
-                    self.stats.commands_rejected.fetch_add(1, Relaxed);
+                    self.stats.command_rejected();
                     tracing::warn!("command refused: {e}");
                 }
                 let _ = self

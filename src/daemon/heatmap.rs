@@ -3,7 +3,6 @@
 //! stage (one weighted sum per frame, see [`crate::cam::live`]). The render stage
 //! draws and publishes both, so every heatmap has one sequence and one format.
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -206,7 +205,7 @@ impl Live {
             request_id: None,
         };
         if self.render.try_send(Outcome::Map(Box::new(ready))).is_err() {
-            stats.live_maps_dropped.fetch_add(1, Relaxed);
+            stats.live_map_dropped();
         }
         Ok(())
     }

@@ -1,7 +1,6 @@
 //! The inference stage: classifies the newest frame, publishes the prediction, and asks
 //! the [`Scheduler`] whether to explain it.
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -71,8 +70,8 @@ impl Inference {
             let Some(frame) = self.frames.take(Duration::from_millis(200)) else {
                 continue;
             };
-            let _step = stats.inference_stage.step();
-            hooks.before_frame(self.stats.frames_processed.load(Relaxed), &shutdown);
+            let _step = stats.inference_step();
+            hooks.before_frame(stats.processed(), &shutdown);
             let stamp = Stamp {
                 number: frame.number,
                 captured: frame.captured,
@@ -80,13 +79,12 @@ impl Inference {
             let analysis = match Analysis::of_frame(&self.classifier, frame.image) {
                 Ok(a) => Arc::new(a),
                 Err(e) => {
-                    self.stats.frame_errors.fetch_add(1, Relaxed);
+                    stats.frame_error();
                     tracing::warn!("frame {}: {e}", frame.number);
                     continue;
                 }
             };
-            self.stats.frames_processed.fetch_add(1, Relaxed);
-            self.stats.add_inference(analysis.latency.inference);
+            stats.frame_processed(analysis.latency.inference);
             seq += 1;
             self.publish_prediction(&analysis, stamp, seq, &model)?;
             self.explain(analysis, stamp)?;
@@ -147,7 +145,7 @@ impl Inference {
             retain: false,
             kind: Kind::Prediction,
         })?;
-        self.stats.predictions.fetch_add(1, Relaxed);
+        self.stats.prediction_published();
         Ok(())
     }
 

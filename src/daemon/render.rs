@@ -1,6 +1,5 @@
 //! The render stage: draws full and live maps over their frames and publishes them.
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::Instant;
@@ -54,7 +53,7 @@ impl Render {
                     error,
                     request_id,
                 } => {
-                    self.stats.heatmap_errors.fetch_add(1, Relaxed);
+                    self.stats.heatmap_failed();
                     tracing::warn!("heatmap for frame {frame} failed: {error}");
                     let topics = &self.output.topics;
                     request_id
@@ -117,14 +116,7 @@ fn messages(
         map: MapData::u8_base64(w, h, &display::map_u8(&ready.map)),
         request_id: ready.request_id.as_ref().and_then(|r| r.0.clone()),
     };
-    stats.heatmaps.fetch_add(1, Relaxed);
-    if fresh {
-        stats
-            .last_heatmap_ms
-            .store((ready.cam_ms + ms(t0.elapsed())) as u64, Relaxed);
-    } else {
-        stats.live_maps.fetch_add(1, Relaxed);
-    }
+    stats.heatmap_published(fresh, ready.cam_ms + ms(t0.elapsed()));
     let json = serde_json::to_vec(&heatmap).expect("heatmap serialises");
     let mut messages = vec![Message {
         topic: out.topics.heatmap(),

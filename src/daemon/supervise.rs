@@ -76,25 +76,14 @@ impl Supervisor {
                 continue;
             }
             if !ready {
-                let camera_down = stats
-                    .camera
-                    .lock()
-                    .expect("stats poisoned")
-                    .as_ref()
-                    .is_some_and(|c| !c.ok && c.last_error.is_some());
-                if stats.frames_processed.load(Relaxed) == 0 && !camera_down {
+                if stats.processed() == 0 && !stats.camera_down() {
                     continue;
                 }
                 ready = true;
                 notify(&[NotifyState::Ready, NotifyState::Status(&status(stats))]);
                 continue;
             }
-            let stuck = [
-                ("capture", &stats.capture_stage),
-                ("inference", &stats.inference_stage),
-            ]
-            .into_iter()
-            .find(|(_, s)| s.stuck_for() > period);
+            let stuck = stats.stuck_stage(period);
             match stuck {
                 None => {
                     starved = false;
@@ -105,10 +94,10 @@ impl Supervisor {
                         notify(&[NotifyState::Status(&status)]);
                     }
                 }
-                Some((name, stage)) => {
+                Some((name, stuck_for)) => {
                     let message = format!(
                         "stalled: {name} stuck in one step for {:.1} s",
-                        stage.stuck_for().as_secs_f64()
+                        stuck_for.as_secs_f64()
                     );
                     if !starved {
                         tracing::error!("{message}: not feeding the watchdog");

@@ -7,6 +7,7 @@ pub mod discovery;
 pub mod embedded;
 mod mqtt;
 mod options;
+mod outbox;
 pub mod payload;
 
 pub use mqtt::{announcements, run_connection, ConnectionSettings, Incoming};

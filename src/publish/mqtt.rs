@@ -2,12 +2,11 @@
 //! and jitter, and keeps QoS-1 messages in a bounded outbox through outages.
 //!
 //! rumqttc alone would lose them: on reconnect without a resumed session it clears the
-//! requests it was holding. So every message handed to rumqttc is tracked until the broker
-//! acknowledges it (QoS 1) or it is written (QoS 0); on a disconnect the unacknowledged
-//! ones go back to the front of the outbox, in order, and rumqttc's copies are dropped.
+//! requests it was holding. So every message handed to rumqttc is tracked by the
+//! [`Outbox`] until the broker acknowledges it (QoS 1) or it is written (QoS 0); on a
+//! disconnect the unacknowledged ones go back to the front, in order, and rumqttc's copies
+//! are dropped. This task is the I/O around the outbox.
 
-use std::collections::VecDeque;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,11 +17,9 @@ use rumqttc::{
 };
 use tokio::sync::{mpsc, watch};
 
+use super::outbox::{Outbox, MAX_IN_FLIGHT};
 use super::{discovery, Kind, Message, Topics};
 use crate::stats::Stats;
-
-/// Messages handed to rumqttc and not yet acknowledged, at most.
-const MAX_IN_FLIGHT: usize = 64;
 
 /// What the connection passes back to the daemon.
 #[derive(Debug)]
@@ -73,11 +70,7 @@ struct Connection {
     stats: Arc<Stats>,
     connected: bool,
     ever_connected: bool,
-    outbox: VecDeque<Message>,
-    /// Handed to rumqttc, waiting for its `Outgoing::Publish` (in order).
-    handed: VecDeque<Message>,
-    /// Written with QoS 1, waiting for the broker's PUBACK, by packet id.
-    unacked: VecDeque<(u16, Message)>,
+    outbox: Outbox,
 }
 
 /// Runs until `shutdown` turns true and the outbox is flushed (or the shutdown timeout
@@ -91,15 +84,14 @@ pub async fn run_connection(
 ) {
     let (client, mut eventloop) =
         AsyncClient::new(settings.options.clone(), MAX_IN_FLIGHT * 2 + 16);
+    let settings_outbox = settings.outbox;
     let mut conn = Connection {
         client,
         settings,
         stats,
         connected: false,
         ever_connected: false,
-        outbox: VecDeque::new(),
-        handed: VecDeque::new(),
-        unacked: VecDeque::new(),
+        outbox: Outbox::new(settings_outbox),
     };
     let mut backoff = Backoff::new();
     loop {
@@ -139,17 +131,16 @@ impl Connection {
         match event {
             Event::Incoming(Packet::ConnAck(ack)) if ack.code == ConnectReturnCode::Success => {
                 if self.ever_connected {
-                    self.stats.reconnects.fetch_add(1, Relaxed);
                     tracing::info!(
                         "reconnected to the broker; {} message(s) waiting in the outbox",
-                        self.outbox.len()
+                        self.outbox.queued()
                     );
                 } else {
                     tracing::info!("connected to the broker");
                 }
+                self.stats.broker_connected(true, self.ever_connected);
                 self.connected = true;
                 self.ever_connected = true;
-                self.stats.connected.store(true, Relaxed);
                 let t = &self.settings.topics;
                 let subs = [
                     t.command(),
@@ -167,24 +158,14 @@ impl Connection {
                 self.announce();
                 return true;
             }
-            Event::Outgoing(Outgoing::Publish(pkid)) => {
-                if let Some(m) = self.handed.pop_front() {
-                    if m.qos > 0 {
-                        self.unacked.push_back((pkid, m));
-                    }
-                }
-            }
-            Event::Incoming(Packet::PubAck(ack)) => {
-                if let Some(i) = self.unacked.iter().position(|(p, _)| *p == ack.pkid) {
-                    self.unacked.remove(i);
-                }
-            }
+            Event::Outgoing(Outgoing::Publish(pkid)) => self.outbox.written(pkid),
+            Event::Incoming(Packet::PubAck(ack)) => self.outbox.acknowledged(ack.pkid),
             Event::Incoming(Packet::Publish(p)) => {
                 if p.topic == self.settings.topics.command() {
-                    self.stats.commands.fetch_add(1, Relaxed);
+                    self.stats.command_received();
                     if p.retain {
                         // A retained command would run again at every reconnect.
-                        self.stats.commands_rejected.fetch_add(1, Relaxed);
+                        self.stats.command_rejected();
                         tracing::warn!(
                             "ignoring a retained command on {}: commands act once; clear it with \
                              `mosquitto_pub -r -n -t {}`",
@@ -195,7 +176,7 @@ impl Connection {
                         .try_send(Incoming::Command(p.payload.to_vec()))
                         .is_err()
                     {
-                        self.stats.commands_rejected.fetch_add(1, Relaxed);
+                        self.stats.command_rejected();
                         tracing::warn!("command dropped: the daemon is busy with earlier commands");
                     }
                 } else if p.payload.as_ref() == b"online" {
@@ -210,14 +191,12 @@ impl Connection {
 
     /// Availability `online` and discovery, first in line.
     fn announce(&mut self) {
-        let first = announcements(
+        self.outbox.push_first(announcements(
             &self.settings.topics,
             &self.settings.device,
             self.settings.discovery_prefix.as_deref(),
-        );
-        for m in first.into_iter().rev() {
-            self.outbox.push_front(m);
-        }
+        ));
+        self.update_stats();
     }
 
     fn on_disconnect(&mut self, eventloop: &mut EventLoop, e: &ConnectionError, delay: Duration) {
@@ -239,51 +218,24 @@ impl Connection {
             );
         }
         self.connected = false;
-        self.stats.connected.store(false, Relaxed);
+        self.stats.broker_connected(false, false);
         // Take back everything rumqttc holds: it would drop it on a fresh session, or
         // replay it on a resumed one after messages we queue now.
         eventloop.pending.clear();
-        let back: Vec<Message> = self
-            .unacked
-            .drain(..)
-            .map(|(_, m)| m)
-            .chain(self.handed.drain(..))
-            .collect();
-        for m in back.into_iter().rev() {
-            if keep_offline(&m) {
-                self.outbox.push_front(m);
-            }
-        }
-        self.outbox.retain(keep_offline);
-        self.trim();
+        self.outbox.disconnected();
+        self.update_stats();
     }
 
     /// Queues a message; it leaves when connected and in order.
     fn submit(&mut self, m: Message) {
-        if !self.connected && !keep_offline(&m) {
-            self.stats.messages_dropped_offline.fetch_add(1, Relaxed);
-            return;
-        }
-        self.outbox.push_back(m);
-        self.trim();
+        self.outbox.push(m, self.connected);
         self.drain();
-    }
-
-    /// Drops the oldest messages beyond the outbox size.
-    fn trim(&mut self) {
-        while self.outbox.len() > self.settings.outbox {
-            self.outbox.pop_front();
-            self.stats.outbox_dropped.fetch_add(1, Relaxed);
-        }
-        self.stats
-            .outbox_len
-            .store(self.outbox.len() as u64, Relaxed);
     }
 
     /// Hands queued messages to rumqttc while connected and within the in-flight bound.
     fn drain(&mut self) {
-        while self.connected && self.handed.len() + self.unacked.len() < MAX_IN_FLIGHT {
-            let Some(m) = self.outbox.pop_front() else {
+        while self.connected {
+            let Some(m) = self.outbox.next() else {
                 break;
             };
             let qos = if m.qos == 0 {
@@ -295,16 +247,22 @@ impl Connection {
                 .client
                 .try_publish(m.topic.clone(), qos, m.retain, m.payload.clone())
             {
-                Ok(()) => self.handed.push_back(m),
+                Ok(()) => self.outbox.handed(m),
                 Err(_) => {
-                    self.outbox.push_front(m);
+                    self.outbox.refused(m);
                     break;
                 }
             }
         }
-        self.stats
-            .outbox_len
-            .store(self.outbox.len() as u64, Relaxed);
+        self.update_stats();
+    }
+
+    fn update_stats(&self) {
+        self.stats.outbox(
+            self.outbox.queued(),
+            self.outbox.dropped(),
+            self.outbox.dropped_offline(),
+        );
     }
 
     /// Flushes for up to the shutdown timeout, then `offline` and a clean disconnect.
@@ -317,9 +275,7 @@ impl Connection {
             self.submit(m);
         }
         let deadline = tokio::time::Instant::now() + self.settings.shutdown_timeout;
-        while self.connected
-            && !(self.outbox.is_empty() && self.handed.is_empty() && self.unacked.is_empty())
-        {
+        while self.connected && self.outbox.unconfirmed() > 0 {
             match tokio::time::timeout_at(deadline, eventloop.poll()).await {
                 Ok(Ok(event)) => {
                     let (tx, _rx) = mpsc::channel(1);
@@ -329,7 +285,7 @@ impl Connection {
                 Ok(Err(_)) | Err(_) => break,
             }
         }
-        let left = self.outbox.len() + self.handed.len() + self.unacked.len();
+        let left = self.outbox.unconfirmed();
         if left > 0 {
             tracing::warn!("shutting down with {left} message(s) undelivered");
         }
@@ -374,16 +330,6 @@ pub fn announcements(
         messages.extend(discovery::messages(prefix, device, topics));
     }
     messages
-}
-
-/// Messages worth keeping through an outage: QoS ≥ 1 data and command results. A stale
-/// heatmap image, stats, availability and discovery are regenerated instead.
-fn keep_offline(m: &Message) -> bool {
-    m.qos > 0
-        && matches!(
-            m.kind,
-            Kind::Prediction | Kind::Heatmap | Kind::CommandResult
-        )
 }
 
 /// A connection error in words that say what to check.
