@@ -8,6 +8,15 @@ pub enum Error {
     #[error("{path}: {reason}")]
     Input { path: PathBuf, reason: String },
 
+    /// A file could not be read; the I/O error is the source, so that its kind survives.
+    #[error("{path}: cannot read {what}")]
+    Io {
+        path: PathBuf,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+
     #[error("model {path}: {reason}")]
     Model { path: PathBuf, reason: String },
 
@@ -19,6 +28,10 @@ pub enum Error {
 
     #[error("inference failed: {0}")]
     Inference(String),
+
+    /// A frame from the source that cannot be used (a short or corrupt camera buffer).
+    #[error("bad frame: {0}")]
+    Frame(String),
 
     /// A daemon stage cannot go on (another stage it feeds is gone).
     #[error("{0}")]
@@ -44,6 +57,14 @@ impl Error {
         }
     }
 
+    pub(crate) fn io(path: impl Into<PathBuf>, what: &'static str, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            what,
+            source,
+        }
+    }
+
     pub(crate) fn invalid(what: &'static str, reason: impl std::fmt::Display) -> Self {
         Error::Invalid {
             what,
@@ -54,3 +75,35 @@ impl Error {
 
 /// Shorthand used across the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An error followed by its causes, as one line: `a: b: c`.
+pub fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        line.push_str(": ");
+        line.push_str(&c.to_string());
+        cause = c.source();
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_errors_keep_their_kind_and_say_it() {
+        let missing = std::fs::read("/nonexistent/iscamd").unwrap_err();
+        let e = Error::io("/nonexistent/iscamd", "image", missing);
+        let source = std::error::Error::source(&e).unwrap();
+        let io = source.downcast_ref::<std::io::Error>().unwrap();
+        assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
+        let line = with_causes(&e);
+        assert!(
+            line.starts_with("/nonexistent/iscamd: cannot read image: "),
+            "{line}"
+        );
+        assert!(line.contains("No such file"), "{line}");
+    }
+}

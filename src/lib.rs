@@ -3,11 +3,11 @@
 //!
 //! Data flows `source → model → cam`: [`source`] decodes frames, [`model`] runs the
 //! classifier (logits and CAM-layer activations from one pass), [`cam`] turns those
-//! activations into heatmaps, and [`analyse`] ties them together for one frame;
+//! activations into heatmaps, and [`analysis`] ties them together for one frame;
 //! [`publish`] speaks MQTT and [`daemon`] wires a live pipeline from [`config`]. With the
 //! `eval` feature, `eval` measures how faithful the maps are.
 
-pub mod analyse;
+pub mod analysis;
 pub mod cam;
 pub mod config;
 pub mod daemon;

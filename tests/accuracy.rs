@@ -8,7 +8,7 @@ use common::{
     accuracy, image, load, mean_map_r, npy, pearson, reference_dir, reference_images, F32_MODEL,
     INT8_MODEL,
 };
-use iscamd::analyse::Analysis;
+use iscamd::analysis::Analysis;
 use iscamd::cam::CamParams;
 use iscamd::model::top_k;
 use iscamd::source::decode_image;

@@ -5,7 +5,7 @@ mod common;
 use std::process::{Command, Output};
 
 use common::{image, images_dir, load, model_path, F32_MODEL};
-use iscamd::analyse::Analysis;
+use iscamd::analysis::Analysis;
 use iscamd::cam::CamParams;
 use iscamd::source::decode_image;
 

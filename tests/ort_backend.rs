@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use common::{labelled_images, load, model_path, npy, pearson, reference_dir, reference_images};
 use common::{F32_MODEL, INT8_MODEL};
-use iscamd::analyse::Analysis;
+use iscamd::analysis::Analysis;
 use iscamd::cam::{self, CamParams};
 use iscamd::model::{softmax, top_k, BackendKind, Classifier, ModelOptions, OrtOptions, Provider};
 use iscamd::source::decode_image;

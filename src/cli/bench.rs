@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use iscamd::analyse::Analysis;
+use iscamd::analysis::Analysis;
 use iscamd::cam::{display, live, spec, CamParams};
 use std::collections::{BTreeSet, HashMap};
 

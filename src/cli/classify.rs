@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use clap::Args;
-use iscamd::analyse::{Analysis, ClassScore};
+use iscamd::analysis::{Analysis, ClassScore};
 use iscamd::source::{decode_image, expand_inputs};
 use serde::Serialize;
 

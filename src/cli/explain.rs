@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use iscamd::analyse::{Analysis, ClassScore};
+use iscamd::analysis::{Analysis, ClassScore};
 use iscamd::cam::{display, spec, CamParams, Explanation, Method, Weighting};
 use iscamd::model::Classifier;
 use iscamd::source::{decode_image, expand_inputs};
@@ -179,7 +179,7 @@ pub fn run(args: ExplainArgs) -> Result<ExitCode> {
             match write_outputs(dir, &path, &classifier, &analysis, &explanation, &record) {
                 Ok(png) => written = Some(png),
                 Err(e) => {
-                    tally.fail(format!("{}: {e:#}", path.display()));
+                    tally.fail(anyhow::anyhow!("{}: {e:#}", path.display()));
                     continue;
                 }
             }

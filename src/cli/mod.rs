@@ -237,8 +237,8 @@ pub struct Tally {
 }
 
 impl Tally {
-    pub fn fail(&mut self, e: impl std::fmt::Display) {
-        eprintln!("error: {e}");
+    pub fn fail(&mut self, e: impl Into<anyhow::Error>) {
+        eprintln!("error: {:#}", e.into());
         self.failed += 1;
     }
 

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use super::latest::Latest;
 use super::shutdown::Shutdown;
 use crate::config::{SourceConfig, SourceKind};
-use crate::error::{Error, Result};
+use crate::error::{with_causes, Error, Result};
 use crate::source::{Frame, FrameSource, ImageFiles, Pacer, Pattern};
 use crate::stats::Stats;
 
@@ -86,7 +86,7 @@ impl Capture {
                 Err(Error::SourceUnavailable(_)) => {}
                 Err(e) => {
                     self.stats.frame_error();
-                    tracing::warn!("frame source: {e}");
+                    tracing::warn!("frame source: {}", with_causes(&e));
                     if !paced_by_device {
                         std::thread::sleep(Duration::from_secs(1));
                     }

@@ -12,7 +12,7 @@ use tract_onnx::prelude::tract_ndarray::Array2;
 use super::latest::Latest;
 use super::scheduler::RequestId;
 use super::shutdown::Shutdown;
-use crate::analyse::Analysis;
+use crate::analysis::Analysis;
 use crate::cam::{live, CamParams};
 use crate::error::{Error, Result};
 use crate::model::Classifier;

@@ -12,7 +12,7 @@ use super::heatmap::{Job, Live};
 use super::latest::Latest;
 use super::scheduler::{Decision, Reason, Request, Scheduler, MAX_PENDING_REQUESTS};
 use super::shutdown::Shutdown;
-use crate::analyse::Analysis;
+use crate::analysis::Analysis;
 use crate::cam::CamParams;
 use crate::error::{Error, Result};
 use crate::model::{top_k, Classifier};

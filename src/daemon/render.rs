@@ -10,7 +10,7 @@ use tokio::sync::mpsc::Sender;
 use super::command_result;
 use super::heatmap::{Freshness, Outcome, Ready};
 use super::shutdown::Shutdown;
-use crate::analyse::ms;
+use crate::analysis::ms;
 use crate::cam::display;
 use crate::error::{Error, Result};
 use crate::model::Classifier;

@@ -23,7 +23,7 @@ use super::stats::StatsPublisher;
 use super::supervise::{self, Supervisor};
 use crate::cam::CamParams;
 use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::{with_causes, Error, Result};
 use crate::model::Classifier;
 use crate::publish::{run_connection, ConnectionSettings, Incoming, Message, Topics};
 use crate::source::{Frame, FrameSource};
@@ -224,7 +224,7 @@ impl Topology {
             .spawn(move || {
                 let end = match std::panic::catch_unwind(AssertUnwindSafe(|| run(shutdown))) {
                     Ok(Ok(())) => End::Finished,
-                    Ok(Err(e)) => End::Failed(e.to_string()),
+                    Ok(Err(e)) => End::Failed(with_causes(&e)),
                     Err(payload) => End::Panicked(panic_message(payload.as_ref())),
                 };
                 ends.report(stage, end);
@@ -245,7 +245,7 @@ impl Topology {
         tokio::spawn(async move {
             let end = match inner.await {
                 Ok(Ok(())) => End::Finished,
-                Ok(Err(e)) => End::Failed(e.to_string()),
+                Ok(Err(e)) => End::Failed(with_causes(&e)),
                 Err(e) if e.is_panic() => End::Panicked(panic_message(e.into_panic().as_ref())),
                 Err(e) => End::Failed(e.to_string()),
             };

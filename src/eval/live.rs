@@ -15,7 +15,7 @@ use rand_distr::{Distribution, Normal};
 use serde::Serialize;
 
 use super::{class_probabilities, metrics, EvalOptions};
-use crate::analyse::Analysis;
+use crate::analysis::Analysis;
 use crate::cam::{display, live, CamParams};
 use crate::error::{Error, Result};
 use crate::model::{top_k, Classifier};

@@ -20,7 +20,7 @@ pub use report::{
     done, pick_cheapest, read_rows, summarise, write_report, MethodSummary, Pick, Row, CSV_HEADER,
 };
 
-use crate::analyse::Analysis;
+use crate::analysis::Analysis;
 use crate::cam::{display, CamParams, Explanation, Weighting};
 use crate::error::{Error, Result};
 use crate::model::{softmax, top_k, Classifier};

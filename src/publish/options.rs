@@ -29,7 +29,7 @@ pub fn options(m: &MqttConfig, device: &str, host: &str) -> Result<MqttOptions> 
             Some(p) => {
                 warn_if_world_readable(p);
                 std::fs::read_to_string(p)
-                    .map_err(|e| Error::input(p, format!("cannot read mqtt.password_file: {e}")))?
+                    .map_err(|e| Error::io(p, "mqtt.password_file", e))?
                     .trim_end_matches(['\n', '\r'])
                     .to_string()
             }
@@ -38,12 +38,12 @@ pub fn options(m: &MqttConfig, device: &str, host: &str) -> Result<MqttOptions> 
         options.set_credentials(user, password);
     }
     if let Some(ca) = &m.ca {
-        let read = |p: &std::path::PathBuf, key: &str| {
-            std::fs::read(p).map_err(|e| Error::input(p, format!("cannot read mqtt.{key}: {e}")))
+        let read = |p: &std::path::PathBuf, key: &'static str| {
+            std::fs::read(p).map_err(|e| Error::io(p, key, e))
         };
-        let ca = read(ca, "ca")?;
+        let ca = read(ca, "mqtt.ca")?;
         let client_auth = match (&m.cert, &m.key) {
-            (Some(c), Some(k)) => Some((read(c, "cert")?, read(k, "key")?)),
+            (Some(c), Some(k)) => Some((read(c, "mqtt.cert")?, read(k, "mqtt.key")?)),
             _ => None,
         };
         let _ = rustls::crypto::ring::default_provider().install_default();

@@ -5,7 +5,7 @@ use std::time::SystemTime;
 use base64::Engine;
 use serde::Serialize;
 
-use crate::analyse::ClassScore;
+use crate::analysis::ClassScore;
 use crate::cam::CamParams;
 
 /// RFC 3339 UTC time with milliseconds.

@@ -65,7 +65,7 @@ pub fn expand_inputs(paths: &[PathBuf]) -> Vec<Result<PathBuf>> {
 /// name) into 8-bit RGB: grayscale is replicated, alpha is dropped, 16-bit is scaled.
 /// A JPEG cut short is refused rather than decoded with a grey lower part.
 pub fn decode_image(path: &Path) -> Result<RgbImage> {
-    let bytes = std::fs::read(path).map_err(|e| Error::input(path, format!("cannot read: {e}")))?;
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, "image", e))?;
     decode_image_bytes(&bytes, path)
 }
 

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use iscamd::analyse::Analysis;
+use iscamd::analysis::Analysis;
 use iscamd::cam::CamParams;
 use iscamd::model::{top_k, BatchPlan, Classifier, ModelOptions};
 use iscamd::source::decode_image;

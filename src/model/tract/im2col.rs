@@ -8,7 +8,7 @@
 //! on this project's x86 (perf; docs/benchmarks.md, "Speed"). [`PackedIm2Col`] pads the image once (and
 //! splits its rows by stride phase, for strided convolutions), so that each output row of a
 //! kernel tap is one contiguous copy; it builds four K rows at a time that way and hands them
-//! to the panel writer ([`super::k4`]), which interleaves them with SIMD. The bytes are the
+//! to the panel writer ([`super::packing`]), which interleaves them with SIMD. The bytes are the
 //! same as tract's: the unit tests compare them with tract's own `Im2Col` on SqueezeNet's
 //! geometries and others.
 //!
@@ -25,7 +25,7 @@ use tract_onnx::tract_core::tract_linalg::mmm::{
 };
 use tract_onnx::tract_core::tract_linalg::pack::PackedI8K4;
 
-use super::k4::K4Panels;
+use super::packing::K4Panels;
 
 /// The K=4-interleaved patch matrix of an 8-bit (i8 or u8) 2-D convolution's input.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

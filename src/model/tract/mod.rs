@@ -13,8 +13,8 @@ use crate::error::{Error, Result};
 
 // iscamd's own ops, swapped into tract's optimised plans under `kernels::Policy::Tuned`.
 mod im2col;
-mod k4;
 mod maxpool;
+mod packing;
 mod quant;
 mod relu;
 mod swap;
@@ -179,7 +179,7 @@ fn install_ops(model: &mut TypedModel) -> TractResult<Swaps> {
     Ok(Swaps(vec![
         ("max-pool", maxpool::install(model)?),
         ("im2col", im2col::install(model)?),
-        ("row-packing", k4::install(model)?),
+        ("row-packing", packing::install(model)?),
         ("relu-fold", relu::install(model)?),
         ("quantize", quant::install(model)?),
     ]))

@@ -204,8 +204,8 @@ fn with_huffman_tables(jpeg: &[u8]) -> Cow<'_, [u8]> {
 pub fn yuyv_to_rgb(raw: &[u8], width: u32, height: u32) -> Result<RgbImage> {
     let expected = width as usize * height as usize * 2;
     if !width.is_multiple_of(2) || raw.len() < expected {
-        return Err(Error::Inference(format!(
-            "camera frame: {} bytes of YUYV for {width}x{height} (expected {expected})",
+        return Err(Error::Frame(format!(
+            "{} bytes of YUYV for {width}x{height} (expected {expected})",
             raw.len()
         )));
     }

@@ -19,12 +19,16 @@ use tract_onnx::tract_core::tract_linalg::mmm::{
 };
 use tract_onnx::tract_core::tract_linalg::pack::PackedI8K4;
 
-/// One K×MN matrix being packed as `format`, block of four K rows by block.
+/// One K×MN matrix being packed as `format`, block of four K rows by block, in order.
+/// Its buffer starts uninitialised; [`K4Panels::finish`] hands it out only once every
+/// block has been written, so no uninitialised byte is ever read.
 pub struct K4Panels {
     format: PackedI8K4,
     k: usize,
     mn: usize,
     blob: Blob,
+    /// The next block to write: blocks are written in order, each once.
+    next_block: usize,
     /// The last, partial panel's lanes, zero-padded (the kernel reads whole panels).
     tail: Vec<u8>,
 }
@@ -36,9 +40,12 @@ impl K4Panels {
             format: format.clone(),
             k,
             mn,
-            // SAFETY: u8 has no invalid values, and every byte is written: `write_block` for
-            // each of the ceil(k/4) blocks covers every panel's slot for that block.
+            // SAFETY: the layout is valid — tract's packing formats have power-of-two
+            // alignments, and `len` is far below isize::MAX. The bytes stay uninitialised
+            // until written: `write_block` for each of the ceil(k/4) blocks covers every
+            // panel's slot for that block, and `finish` checks that all were written.
             blob: unsafe { Blob::new_for_size_and_align(len, format.alignment()) },
+            next_block: 0,
             tail: vec![0; 4 * format.r],
         }
     }
@@ -49,8 +56,11 @@ impl K4Panels {
     }
 
     /// Writes rows `4·block .. 4·block + 4` (each `mn` long; rows past K must be zeros).
+    /// Blocks come in order, from 0.
     #[inline]
     pub fn write_block(&mut self, block: usize, rows: [&[u8]; 4]) {
+        assert_eq!(block, self.next_block, "K=4 blocks are written in order");
+        self.next_block += 1;
         let (r, mn) = (self.format.r, self.mn);
         let panel_len = self.format.single_panel_len(self.k);
         let packed = self.blob.as_bytes_mut();
@@ -75,6 +85,11 @@ impl K4Panels {
 
     /// The packed matrix, as tract's matrix product takes it.
     pub fn finish(self) -> EagerPackedInput {
+        assert_eq!(
+            self.next_block,
+            self.blocks(),
+            "every K=4 block is written before the panels are read"
+        );
         EagerPackedInput {
             fact: PackedExoticFact {
                 format: Box::new(self.format.clone()),
@@ -100,7 +115,8 @@ pub fn interleave4(rows: [&[u8]; 4], from: usize, out: &mut [u8]) {
     #[cfg(target_arch = "x86_64")]
     for m in (0..simd).step_by(16) {
         use std::arch::x86_64::*;
-        // SAFETY: from + m + 16 ≤ each row's length and 4m + 64 ≤ out.len(), checked above;
+        // SAFETY: SSE2 is part of x86-64's baseline; from + m + 16 ≤ each row's length and
+        // 4m + 64 ≤ out.len(), checked above;
         // unaligned loads and stores.
         unsafe {
             let [a, b, c, d] =
