@@ -338,6 +338,230 @@ impl Default for HomeAssistantConfig {
     }
 }
 
+/// Heatmap intervals accepted, in the config and from `set` commands (zero turns them off).
+pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
+pub const MAX_INTERVAL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Inference threads accepted (0 = one per core).
+pub const MAX_THREADS: usize = 256;
+
+impl SourceConfig {
+    fn validate(&self) -> Result<()> {
+        if !(self.fps.is_finite() && self.fps > 0.0 && self.fps <= 1000.0) {
+            return Err(key_error(
+                "source.fps",
+                format!("{} (expected a number in (0, 1000])", self.fps),
+            ));
+        }
+        if self.kind == SourceKind::Images && self.path.is_none() {
+            return Err(key_error(
+                "source.path",
+                "required for kind = \"images\" (an image file or directory)",
+            ));
+        }
+        if self.kind == SourceKind::Camera && !cfg!(all(feature = "camera", target_os = "linux")) {
+            return Err(key_error(
+                "source.kind",
+                "\"camera\" needs a Linux build with the `camera` feature (on by default)",
+            ));
+        }
+        if self.width == 0 || self.height == 0 || self.width > 8192 || self.height > 8192 {
+            return Err(key_error(
+                "source.width/height",
+                format!("{}x{} (expected 1..=8192)", self.width, self.height),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl ModelConfig {
+    fn validate(&self) -> Result<()> {
+        if self.backend != BackendKind::Ort
+            && (!self.providers.is_empty() || self.ort_library.is_some())
+        {
+            return Err(key_error(
+                "model.providers/ort_library",
+                "apply to backend = \"ort\" only; set [model] backend = \"ort\" or remove them",
+            ));
+        }
+        if self.backend == BackendKind::Ort && cfg!(not(feature = "ort")) {
+            return Err(key_error(
+                "model.backend",
+                "\"ort\" is not built in; rebuild with `cargo build --release --features ort`",
+            ));
+        }
+        if self.threads > MAX_THREADS {
+            return Err(key_error(
+                "model.threads",
+                format!(
+                    "{} (expected 0 = one per core, or 1..={MAX_THREADS})",
+                    self.threads
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl CamConfig {
+    fn validate(&self) -> Result<()> {
+        // The channels are checked against the model's CAM layer once it is loaded.
+        self.params()?
+            .validate(usize::MAX, usize::MAX)
+            .map_err(cam_key)?;
+        if !self.interval.is_zero() && !(MIN_INTERVAL..=MAX_INTERVAL).contains(&self.interval) {
+            return Err(key_error(
+                "cam.interval",
+                format!(
+                    "{:?} (expected \"0s\" = off, or {MIN_INTERVAL:?} to {MAX_INTERVAL:?})",
+                    self.interval
+                ),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.live_max_drift) {
+            return Err(key_error(
+                "cam.live_max_drift",
+                format!("{} (expected 0..=1)", self.live_max_drift),
+            ));
+        }
+        if self.live_max_age.is_zero() {
+            return Err(key_error("cam.live_max_age", "0s (expected more than 0)"));
+        }
+        if !(0.0..=1.0).contains(&self.min_confidence) {
+            return Err(key_error(
+                "cam.min_confidence",
+                format!("{} (expected 0..=1)", self.min_confidence),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl MqttConfig {
+    fn validate(&self) -> Result<()> {
+        for (key, q) in [
+            ("mqtt.qos.prediction", self.qos.prediction),
+            ("mqtt.qos.heatmap", self.qos.heatmap),
+        ] {
+            if q > 1 {
+                return Err(key_error(key, format!("{q} (expected 0 or 1)")));
+            }
+        }
+        let empty_level = self.prefix.split('/').any(str::is_empty);
+        if empty_level || self.prefix.contains(['#', '+']) {
+            return Err(key_error(
+                "mqtt.prefix",
+                format!(
+                    "{:?} (expected topic levels without # or +, none empty: no leading, \
+                     trailing or double /)",
+                    self.prefix
+                ),
+            ));
+        }
+        if self.port == Some(0) {
+            return Err(key_error("mqtt.port", "0 (expected 1..=65535)"));
+        }
+        self.validate_sizes()?;
+        self.validate_times()?;
+        self.validate_credentials()
+    }
+
+    fn validate_sizes(&self) -> Result<()> {
+        let ranges: [(&'static str, usize, usize, usize); 4] = [
+            (
+                "mqtt.max_packet_size",
+                self.max_packet_size,
+                1024,
+                256 << 20,
+            ),
+            ("mqtt.outbox", self.outbox, 1, 1_000_000),
+            (
+                "mqtt.heatmap_image_quality",
+                self.heatmap_image_quality.into(),
+                1,
+                100,
+            ),
+            (
+                "mqtt.heatmap_image_width",
+                self.heatmap_image_width as usize,
+                16,
+                4096,
+            ),
+        ];
+        for (key, value, min, max) in ranges {
+            if !(min..=max).contains(&value) {
+                return Err(key_error(key, format!("{value} (expected {min}..={max})")));
+            }
+        }
+        if !(self.commands_per_second > 0.0 && self.commands_per_second <= 1000.0) {
+            return Err(key_error(
+                "mqtt.commands_per_second",
+                format!("{} (expected (0, 1000])", self.commands_per_second),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_times(&self) -> Result<()> {
+        // MQTT carries the keep-alive in 16 bits of seconds.
+        let keep_alive = Duration::from_secs(1)..=Duration::from_secs(u16::MAX.into());
+        if !keep_alive.contains(&self.keep_alive) {
+            return Err(key_error(
+                "mqtt.keep_alive",
+                format!("{:?} (expected 1s to 65535s)", self.keep_alive),
+            ));
+        }
+        let stats = Duration::from_secs(1)..=Duration::from_secs(24 * 3600);
+        if !stats.contains(&self.stats_interval) {
+            return Err(key_error(
+                "mqtt.stats_interval",
+                format!("{:?} (expected 1s to 24h)", self.stats_interval),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_credentials(&self) -> Result<()> {
+        if self.cert.is_some() != self.key.is_some() {
+            return Err(key_error(
+                "mqtt.cert/key",
+                "give both a client certificate and its key, or neither",
+            ));
+        }
+        if (self.cert.is_some() || self.key.is_some()) && self.ca.is_none() {
+            return Err(key_error(
+                "mqtt.ca",
+                "required with a client certificate (TLS)",
+            ));
+        }
+        if self.password_file.is_some() && self.username.is_none() {
+            return Err(key_error(
+                "mqtt.username",
+                "required with mqtt.password_file",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Names an error of the CAM parameters by its `[cam]` key.
+pub fn cam_key(e: Error) -> Error {
+    match e {
+        Error::Invalid { what, reason } => Error::Invalid {
+            what: match what {
+                "steps" => "cam.steps",
+                "channels" => "cam.channels",
+                "batch" => "cam.batch",
+                "score_size" => "cam.score_size",
+                "sigma" => "cam.sigma",
+                other => other,
+            },
+            reason,
+        },
+        other => other,
+    }
+}
+
 fn key_error(key: &'static str, e: impl std::fmt::Display) -> Error {
     Error::Invalid {
         what: key,
@@ -360,131 +584,24 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks values serde cannot: ranges and combinations.
+    /// Checks values serde cannot: ranges and combinations. Each error names its key and
+    /// what it accepts.
     pub fn validate(&self) -> Result<()> {
-        let s = &self.source;
-        if !(s.fps.is_finite() && s.fps > 0.0 && s.fps <= 1000.0) {
-            return Err(key_error(
-                "source.fps",
-                format!("{} (expected a number in (0, 1000])", s.fps),
-            ));
-        }
-        if s.kind == SourceKind::Images && s.path.is_none() {
-            return Err(key_error(
-                "source.path",
-                "required for kind = \"images\" (an image file or directory)",
-            ));
-        }
-        if s.kind == SourceKind::Camera && !cfg!(all(feature = "camera", target_os = "linux")) {
-            return Err(key_error(
-                "source.kind",
-                "\"camera\" needs a Linux build with the `camera` feature (on by default)",
-            ));
-        }
-        if s.width == 0 || s.height == 0 || s.width > 8192 || s.height > 8192 {
-            return Err(key_error(
-                "source.width/height",
-                format!("{}x{} (expected 1..=8192)", s.width, s.height),
-            ));
-        }
-        let model = &self.model;
-        if model.backend != BackendKind::Ort
-            && (!model.providers.is_empty() || model.ort_library.is_some())
+        if self
+            .device
+            .id
+            .as_deref()
+            .is_some_and(|id| id.trim().is_empty())
         {
             return Err(key_error(
-                "model.providers/ort_library",
-                "apply to backend = \"ort\" only; set [model] backend = \"ort\" or remove them",
+                "device.id",
+                "empty (unset it to use the host name)",
             ));
         }
-        if model.backend == BackendKind::Ort && cfg!(not(feature = "ort")) {
-            return Err(key_error(
-                "model.backend",
-                "\"ort\" is not built in; rebuild with `cargo build --release --features ort`",
-            ));
-        }
-        self.cam.params()?;
-        if !(0.0..=1.0).contains(&self.cam.live_max_drift) {
-            return Err(key_error(
-                "cam.live_max_drift",
-                format!("{} (expected 0..=1)", self.cam.live_max_drift),
-            ));
-        }
-        if self.cam.live_max_age.is_zero() {
-            return Err(key_error("cam.live_max_age", "0s (expected more than 0)"));
-        }
-        if !(0.0..=1.0).contains(&self.cam.min_confidence) {
-            return Err(key_error(
-                "cam.min_confidence",
-                format!("{} (expected 0..=1)", self.cam.min_confidence),
-            ));
-        }
-        let m = &self.mqtt;
-        for (key, q) in [
-            ("mqtt.qos.prediction", m.qos.prediction),
-            ("mqtt.qos.heatmap", m.qos.heatmap),
-        ] {
-            if q > 1 {
-                return Err(key_error(key, format!("{q} (expected 0 or 1)")));
-            }
-        }
-        if m.prefix.is_empty() || m.prefix.contains(['#', '+']) {
-            return Err(key_error(
-                "mqtt.prefix",
-                format!("{:?} (non-empty, no # or +)", m.prefix),
-            ));
-        }
-        if m.max_packet_size < 1024 || m.max_packet_size > 256 << 20 {
-            return Err(key_error(
-                "mqtt.max_packet_size",
-                format!("{} (expected 1024..=268435456 bytes)", m.max_packet_size),
-            ));
-        }
-        if m.outbox == 0 || m.outbox > 1_000_000 {
-            return Err(key_error(
-                "mqtt.outbox",
-                format!("{} (expected 1..=1000000)", m.outbox),
-            ));
-        }
-        if !(1..=100).contains(&m.heatmap_image_quality) {
-            return Err(key_error(
-                "mqtt.heatmap_image_quality",
-                format!("{} (expected 1..=100)", m.heatmap_image_quality),
-            ));
-        }
-        if !(16..=4096).contains(&m.heatmap_image_width) {
-            return Err(key_error(
-                "mqtt.heatmap_image_width",
-                format!("{} (expected 16..=4096)", m.heatmap_image_width),
-            ));
-        }
-        if !(m.commands_per_second > 0.0 && m.commands_per_second <= 1000.0) {
-            return Err(key_error(
-                "mqtt.commands_per_second",
-                format!("{} (expected (0, 1000])", m.commands_per_second),
-            ));
-        }
-        if m.cert.is_some() != m.key.is_some() {
-            return Err(key_error(
-                "mqtt.cert/key",
-                "give both a client certificate and its key, or neither",
-            ));
-        }
-        if (m.cert.is_some() || m.key.is_some()) && m.ca.is_none() {
-            return Err(key_error(
-                "mqtt.ca",
-                "required with a client certificate (TLS)",
-            ));
-        }
-        if m.password_file.is_some() && m.username.is_none() {
-            return Err(key_error(
-                "mqtt.username",
-                "required with mqtt.password_file",
-            ));
-        }
-        if m.keep_alive < Duration::from_secs(1) {
-            return Err(key_error("mqtt.keep_alive", "at least 1s"));
-        }
-        Ok(())
+        self.source.validate()?;
+        self.model.validate()?;
+        self.cam.validate()?;
+        self.mqtt.validate()
     }
 
     /// The device id: configured, else the host name, else `iscamd`.
@@ -608,6 +725,44 @@ mod tests {
         ] {
             let e = Config::parse(text).unwrap_err().to_string();
             assert!(e.contains(key), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused_naming_their_key() {
+        for (text, key) in [
+            ("[device]\nid = \"\"", "device.id"),
+            ("[device]\nid = \"  \"", "device.id"),
+            ("[mqtt]\nport = 0", "mqtt.port"),
+            ("[mqtt]\nkeep_alive = \"65536s\"", "mqtt.keep_alive"),
+            ("[mqtt]\nkeep_alive = \"0s\"", "mqtt.keep_alive"),
+            ("[mqtt]\nstats_interval = \"0s\"", "mqtt.stats_interval"),
+            ("[mqtt]\nprefix = \"a/\"", "mqtt.prefix"),
+            ("[mqtt]\nprefix = \"/a\"", "mqtt.prefix"),
+            ("[mqtt]\nprefix = \"a//b\"", "mqtt.prefix"),
+            ("[mqtt]\nprefix = \"\"", "mqtt.prefix"),
+            ("[model]\nthreads = 100000", "model.threads"),
+            ("[cam]\ninterval = \"1ns\"", "cam.interval"),
+            ("[cam]\ninterval = \"30d\"", "cam.interval"),
+            ("[cam]\nsteps = 0", "cam.steps"),
+            ("[cam]\nsteps = 1001", "cam.steps"),
+            ("[cam]\nbatch = 0", "cam.batch"),
+            ("[source]\nkind = \"images\"", "source.path"),
+        ] {
+            let e = Config::parse(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text:?}: {e}");
+            assert!(
+                e.contains("expected") || e.contains("required") || e.contains("empty"),
+                "{text:?}: {e}"
+            );
+        }
+        for fine in [
+            "[mqtt]\nprefix = \"site/cams\"",
+            "[cam]\ninterval = \"0s\"",
+            "[model]\nthreads = 0",
+            "[mqtt]\nkeep_alive = \"65535s\"",
+        ] {
+            Config::parse(fine).unwrap();
         }
     }
 }

@@ -427,3 +427,36 @@ fn bench_prints_every_row_it_is_asked_for() {
         assert!(stderr(&out).contains(refusal), "{}", stderr(&out));
     }
 }
+
+/// A config the daemon must not run with is refused at start: exit 2, one line naming the
+/// key and what it accepts. `cam.channels` is checked against the model's CAM layer.
+#[test]
+fn bad_daemon_configs_exit_2_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for (i, (section, key)) in [
+        ("[mqtt]\nhost = \"127.0.0.1\"\nport = 0", "mqtt.port"),
+        ("[mqtt]\nkeep_alive = \"65536s\"", "mqtt.keep_alive"),
+        ("[model]\nthreads = 100000", "model.threads"),
+        ("[cam]\ninterval = \"1ns\"", "cam.interval"),
+        ("[mqtt]\nstats_interval = \"0s\"", "mqtt.stats_interval"),
+        ("[device]\nid = \"\"", "device.id"),
+        ("[mqtt]\nprefix = \"a/\"", "mqtt.prefix"),
+        ("[cam]\nsteps = 0", "cam.steps"),
+        ("[cam]\nchannels = 100000", "cam.channels"),
+        ("[source]\nkind = \"images\"", "source.path"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let path = dir.path().join(format!("bad{i}.toml"));
+        std::fs::write(&path, section).unwrap();
+        let out = iscamd(&["run", "--config", s(&path)]);
+        assert_eq!(out.status.code(), Some(2), "{section:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        let last = err.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with("error: ") && last.contains(key),
+            "{section:?}: {err}"
+        );
+    }
+}

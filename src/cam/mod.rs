@@ -14,7 +14,7 @@ use std::time::Instant;
 use tract_onnx::prelude::tract_ndarray::{Array2, Array3, ArrayView3, Axis};
 
 pub use display::pearson;
-pub use method::{CamParams, Method, Weighting, REDUCED_N_CHANNELS, REDUCED_N_STEPS};
+pub use method::{CamParams, Method, Weighting, MAX_STEPS, REDUCED_N_CHANNELS, REDUCED_N_STEPS};
 
 use crate::error::{Error, Result};
 use crate::model::{softmax, Classifier};

@@ -77,7 +77,9 @@ pub fn run(
             "has no CAM layer (set [model] cam_layer)",
         )
     })?;
-    params.validate(layer.channels, classifier.input_size())?;
+    params
+        .validate(layer.channels, classifier.input_size())
+        .map_err(crate::config::cam_key)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

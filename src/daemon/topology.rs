@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::mpsc::sync_channel;
+use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,6 +63,25 @@ pub struct Topology {
     grace: Duration,
 }
 
+/// What every stage is built from: the parts, and the channels and state they share.
+struct Shared {
+    config: Config,
+    classifier: Arc<Classifier>,
+    params: CamParams,
+    device: String,
+    topics: Topics,
+    discovery_prefix: Option<String>,
+    stats: Arc<Stats>,
+    publish: mpsc::Sender<Message>,
+}
+
+/// The ends of the channels between the heatmap path and the inference stage.
+struct HeatmapPath {
+    jobs: SyncSender<Job>,
+    render: SyncSender<Outcome>,
+    weights: Arc<Latest<Weights>>,
+}
+
 impl Topology {
     /// Starts every stage.
     pub fn start(parts: Parts) -> Result<Topology> {
@@ -89,127 +108,160 @@ impl Topology {
             stop_connection,
             grace: config.device.shutdown_timeout,
         };
-        let stats = Arc::new(Stats::default());
-        let topics = Topics::new(&config.mqtt.prefix, &device);
-        let discovery_prefix = config
-            .homeassistant
-            .discovery
-            .then(|| config.homeassistant.prefix.clone());
         let (publish, messages) = mpsc::channel::<Message>(PUBLISH_QUEUE);
-        let (incoming_tx, incoming) = mpsc::channel::<Incoming>(INCOMING_QUEUE);
-
-        let connection = ConnectionSettings {
-            options,
-            topics: topics.clone(),
-            device: device.clone(),
-            outbox: config.mqtt.outbox,
-            discovery_prefix: discovery_prefix.clone(),
-            shutdown_timeout: config.device.shutdown_timeout,
+        let shared = Shared {
+            topics: Topics::new(&config.mqtt.prefix, &device),
+            discovery_prefix: (config.homeassistant.discovery)
+                .then(|| config.homeassistant.prefix.clone()),
+            stats: Arc::new(Stats::default()),
+            config,
+            classifier,
+            params,
+            device,
+            publish,
         };
-        let stats_for_connection = stats.clone();
-        t.task(CONNECTION, async move {
-            run_connection(
-                connection,
-                messages,
-                incoming_tx,
-                stats_for_connection,
-                connection_stop,
-            )
-            .await;
-            Ok(())
-        });
-
+        let incoming = t.start_connection(&shared, options, messages, connection_stop);
         let capture = Capture {
             source,
             frames: t.frames.clone(),
-            stats: stats.clone(),
-            fps: config.source.fps,
+            stats: shared.stats.clone(),
+            fps: shared.config.source.fps,
         };
         t.thread("capture", move |s| capture.run(s))?;
+        let heatmaps = t.start_heatmap_path(&shared)?;
+        let control = t.start_inference(&shared, heatmaps)?;
+        t.start_tasks(shared, incoming, control);
+        Ok(t)
+    }
 
+    /// The MQTT connection; returns where it delivers commands.
+    fn start_connection(
+        &mut self,
+        shared: &Shared,
+        options: MqttOptions,
+        messages: mpsc::Receiver<Message>,
+        stop: watch::Receiver<bool>,
+    ) -> mpsc::Receiver<Incoming> {
+        let (incoming_tx, incoming) = mpsc::channel::<Incoming>(INCOMING_QUEUE);
+        let settings = ConnectionSettings {
+            options,
+            topics: shared.topics.clone(),
+            device: shared.device.clone(),
+            outbox: shared.config.mqtt.outbox,
+            discovery_prefix: shared.discovery_prefix.clone(),
+            shutdown_timeout: shared.config.device.shutdown_timeout,
+        };
+        let stats = shared.stats.clone();
+        self.task(CONNECTION, async move {
+            run_connection(settings, messages, incoming_tx, stats, stop).await;
+            Ok(())
+        });
+        incoming
+    }
+
+    /// The CAM worker and the renderer.
+    fn start_heatmap_path(&mut self, shared: &Shared) -> Result<HeatmapPath> {
         // The CAM worker takes a job over a rendezvous channel, so only when it is idle.
         let (jobs, job_rx) = sync_channel::<Job>(0);
-        let (render_tx, maps) = sync_channel::<Outcome>(RENDER_QUEUE);
+        let (render, maps) = sync_channel::<Outcome>(RENDER_QUEUE);
         let weights = Arc::new(Latest::<Weights>::default());
         let worker = HeatmapWorker {
-            classifier: classifier.clone(),
+            classifier: shared.classifier.clone(),
             jobs: job_rx,
-            render: render_tx.clone(),
+            render: render.clone(),
             weights: weights.clone(),
-            threads: heatmap_threads(&config),
+            threads: heatmap_threads(&shared.config),
         };
-        t.thread("heatmap", move |s| worker.run(s))?;
-
-        let render = Render {
-            classifier: classifier.clone(),
+        self.thread("heatmap", move |s| worker.run(s))?;
+        let mqtt = &shared.config.mqtt;
+        let renderer = Render {
+            classifier: shared.classifier.clone(),
             maps,
             output: Output {
-                topics: topics.clone(),
-                device: device.clone(),
-                qos: config.mqtt.qos.heatmap,
-                retain_image: config.mqtt.retain_heatmap_image,
-                image_width: config.mqtt.heatmap_image_width,
-                image_quality: config.mqtt.heatmap_image_quality,
+                topics: shared.topics.clone(),
+                device: shared.device.clone(),
+                qos: mqtt.qos.heatmap,
+                retain_image: mqtt.retain_heatmap_image,
+                image_width: mqtt.heatmap_image_width,
+                image_quality: mqtt.heatmap_image_quality,
             },
-            publish: publish.clone(),
-            stats: stats.clone(),
+            publish: shared.publish.clone(),
+            stats: shared.stats.clone(),
         };
-        t.thread("render", move |s| render.run(s))?;
+        self.thread("render", move |s| renderer.run(s))?;
+        Ok(HeatmapPath {
+            jobs,
+            render,
+            weights,
+        })
+    }
 
+    /// The inference stage; returns how commands reach it.
+    fn start_inference(
+        &mut self,
+        shared: &Shared,
+        heatmaps: HeatmapPath,
+    ) -> Result<SyncSender<Control>> {
+        let cam = &shared.config.cam;
         let (control_tx, control) = sync_channel::<Control>(CONTROL_QUEUE);
         let inference = Inference {
-            classifier: classifier.clone(),
-            frames: t.frames.clone(),
-            stats: stats.clone(),
-            publish: publish.clone(),
-            jobs,
-            live: config
-                .cam
+            classifier: shared.classifier.clone(),
+            frames: self.frames.clone(),
+            stats: shared.stats.clone(),
+            publish: shared.publish.clone(),
+            jobs: heatmaps.jobs,
+            live: cam
                 .live
-                .then(|| Live::new(config.cam.live_policy(), weights, render_tx)),
+                .then(|| Live::new(cam.live_policy(), heatmaps.weights, heatmaps.render)),
             control,
             scheduler: Scheduler::new(Triggers {
-                interval: config.cam.interval,
-                on_class_change: config.cam.on_class_change,
-                min_confidence: config.cam.min_confidence,
-                live: config.cam.live,
+                interval: cam.interval,
+                on_class_change: cam.on_class_change,
+                min_confidence: cam.min_confidence,
+                live: cam.live,
             }),
-            topics: topics.clone(),
-            device: device.clone(),
-            qos: config.mqtt.qos.prediction,
-            params: params.clone(),
+            topics: shared.topics.clone(),
+            device: shared.device.clone(),
+            qos: shared.config.mqtt.qos.prediction,
+            params: shared.params.clone(),
         };
-        t.thread("inference", move |s| inference.run(s))?;
+        self.thread("inference", move |s| inference.run(s))?;
+        Ok(control_tx)
+    }
 
+    /// The command, stats and supervision tasks.
+    fn start_tasks(
+        &mut self,
+        shared: Shared,
+        incoming: mpsc::Receiver<Incoming>,
+        control: SyncSender<Control>,
+    ) {
         let commands = Commands {
             incoming,
-            control: control_tx,
-            publish: publish.clone(),
-            classifier,
-            defaults: params,
-            stats: stats.clone(),
-            topics: topics.clone(),
-            device: device.clone(),
-            discovery_prefix,
-            rate: config.mqtt.commands_per_second,
+            control,
+            publish: shared.publish.clone(),
+            classifier: shared.classifier,
+            defaults: shared.params,
+            stats: shared.stats.clone(),
+            topics: shared.topics.clone(),
+            device: shared.device.clone(),
+            discovery_prefix: shared.discovery_prefix,
+            rate: shared.config.mqtt.commands_per_second,
         };
-        t.task("commands", commands.run(t.shutdown.clone()));
-
+        self.task("commands", commands.run(self.shutdown.clone()));
         let stats_publisher = StatsPublisher {
-            stats: stats.clone(),
-            publish,
-            topics,
-            device,
-            every: config.mqtt.stats_interval,
+            stats: shared.stats.clone(),
+            publish: shared.publish,
+            topics: shared.topics,
+            device: shared.device,
+            every: shared.config.mqtt.stats_interval,
         };
-        t.task("stats", stats_publisher.run(t.shutdown.clone()));
-
+        self.task("stats", stats_publisher.run(self.shutdown.clone()));
         let supervisor = Supervisor {
-            stats,
-            failed: t.ends.failure_flag(),
+            stats: shared.stats,
+            failed: self.ends.failure_flag(),
         };
-        t.task("supervise", supervisor.run(t.shutdown.clone()));
-        Ok(t)
+        self.task("supervise", supervisor.run(self.shutdown.clone()));
     }
 
     /// Runs a stage on its own thread (CPU-bound work), reporting how it ends.

@@ -10,9 +10,7 @@ use crate::cam::{spec, CamParams, Weighting};
 
 /// Largest command payload accepted.
 pub const MAX_COMMAND_BYTES: usize = 16 * 1024;
-/// Bounds of the heatmap interval settable by command.
-pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
-pub const MAX_INTERVAL: Duration = Duration::from_secs(7 * 24 * 3600);
+use crate::config::{MAX_INTERVAL, MIN_INTERVAL};
 
 /// A validated command.
 #[derive(Clone, Debug, PartialEq)]
