@@ -765,4 +765,18 @@ mod tests {
             Config::parse(fine).unwrap();
         }
     }
+
+    /// The reference in docs/configuration.md is a config iscamd accepts.
+    #[test]
+    fn the_documented_example_parses() {
+        let doc = include_str!("../docs/configuration.md");
+        let example = doc
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("a toml block in docs/configuration.md");
+        if let Err(e) = Config::parse(example) {
+            panic!("docs/configuration.md: {e}");
+        }
+    }
 }
