@@ -102,157 +102,38 @@ impl Classifier {
             .map_err(|e| {
                 Error::model(&path, format!("not a model tract can load: {}", chain(&e)))
             })?;
-        let metadata: HashMap<String, String> = graph
-            .properties
-            .iter()
-            .filter_map(|(k, v)| {
-                let key = k.strip_prefix("onnx.metadata_props.")?;
-                Some((
-                    key.to_string(),
-                    v.as_plain_ram()?.to_scalar::<String>().ok()?.clone(),
-                ))
-            })
-            .collect();
+        let metadata = onnx_metadata(&graph);
         if graph.inputs.len() != 1 {
-            return Err(Error::model(
-                &path,
-                format!(
-                    "has {} inputs; an image classifier has one",
-                    graph.inputs.len()
-                ),
-            ));
+            let inputs = graph.inputs.len();
+            let why = format!("has {inputs} inputs; an image classifier has one");
+            return Err(Error::model(&path, why));
         }
-        let logits_name = match metadata.get("output_name") {
-            Some(n) => n.clone(),
-            None => {
-                let outlet = graph
-                    .outputs
-                    .first()
-                    .ok_or_else(|| Error::model(&path, "has no output"))?;
-                graph
-                    .outlet_label(*outlet)
-                    .map(str::to_string)
-                    .unwrap_or_else(|| graph.node(outlet.node).name.clone())
-            }
-        };
-        let cam_name = options
-            .cam_layer
-            .clone()
-            .or_else(|| metadata.get("cam_layer").cloned());
-        let mut outputs = vec![logits_name.clone()];
-        outputs.extend(cam_name.clone());
-        graph.select_outputs_by_name(&outputs).map_err(|_| {
-            let missing = outputs.iter().find(|n| graph.clone().select_outputs_by_name([n]).is_err());
-            match missing {
-                Some(n) if Some(n) == cam_name.as_ref() => Error::model(
-                    &path,
-                    format!("has no tensor named {n:?} for the CAM layer (set --cam-layer to a conv/concat output of shape [N,C,h,w])"),
-                ),
-                Some(n) => Error::model(&path, format!("has no output tensor named {n:?}")),
-                None => Error::model(&path, "cannot select its outputs"),
-            }
-        })?;
-
-        let graph_size = graph
-            .input_fact(0)
-            .ok()
-            .and_then(|f| {
-                f.shape
-                    .dims()
-                    .nth(3)
-                    .and_then(|d| d.concretize())
-                    .and_then(|d| d.as_i64())
-            })
-            .map(|d| d as u32);
-        let meta = |k: &str| metadata.get(k).cloned();
-        let preprocess = Preprocess::resolve(
-            &PreprocessMetadata {
-                input_size: meta("input_size"),
-                resize: meta("resize"),
-                channel_order: meta("channel_order"),
-                mean: meta("mean"),
-                std: meta("std"),
-                pixel_range: meta("pixel_range"),
-            },
-            &options.preprocess,
-            graph_size,
-        )
-        .map_err(|e| Error::model(&path, e))?;
-
+        let outputs = select_outputs(&mut graph, &path, &metadata, options.cam_layer.clone())?;
+        let preprocess =
+            preprocessing(&graph, &metadata, options).map_err(|e| Error::model(&path, e))?;
         let input_size = preprocess.input_size as usize;
-        let backend: Box<dyn Backend> = match options.backend {
-            BackendKind::Tract => Box::new(tract::TractBackend::new(
-                path.clone(),
-                graph,
-                input_size,
-                options.batch_plan,
-            )?),
-            #[cfg(feature = "ort")]
-            BackendKind::Ort => {
-                let input = graph.node(graph.inputs[0].node).name.clone();
-                Box::new(ort::OrtBackend::load(&path, &input, &outputs, &options.ort)?)
-            }
-            #[cfg(not(feature = "ort"))]
-            BackendKind::Ort => {
-                return Err(Error::model(
-                    &path,
-                    "backend \"ort\" is not built in: rebuild with `cargo build --release --features ort`",
-                ))
-            }
+        let backend = open_backend(options, graph, &outputs, input_size)?;
+        let (classes, cam) = output_shapes(&path, backend.as_ref(), &outputs, input_size)?;
+        let labels_path = options
+            .labels
+            .clone()
+            .or_else(|| Labels::beside_model(&path, metadata.get("labels").map(String::as_str)));
+        let labels = match labels_path {
+            Some(p) => Labels::load(&p)?,
+            None => Labels::numbered(classes),
         };
-
-        // One pass on a blank image tells the output shapes, whatever the backend.
-        let blank = Tensor::zero::<f32>(&[1, 3, input_size, input_size])
-            .map_err(|e| Error::model(&path, chain(&e)))?;
-        let (logits, activations) = backend.run(blank, 1)?;
-        let classes = match logits.shape() {
-            [1, n] => *n,
-            other => {
-                return Err(Error::model(
-                    &path,
-                    format!("output {logits_name:?} has shape {other:?}; expected [N, classes]"),
-                ))
-            }
-        };
-        let cam = match (cam_name, activations) {
-            (Some(name), Some(a)) => match a.shape() {
-                [1, c, h, w] => Some(CamLayer {
-                    name,
-                    channels: *c,
-                    height: *h,
-                    width: *w,
-                }),
-                other => {
-                    return Err(Error::model(
-                        &path,
-                        format!(
-                            "CAM layer {name:?} has shape {other:?}; expected [N, channels, h, w]"
-                        ),
-                    ))
-                }
-            },
-            _ => None,
-        };
-        let mut classifier = Classifier {
-            path: path.clone(),
+        Ok(Classifier {
+            path,
             backend,
             preprocess,
-            labels: Labels::numbered(0),
+            labels,
             cam,
             classes,
             output_is_probability: metadata
                 .get("output_kind")
                 .is_some_and(|k| k == "probabilities"),
             metadata,
-        };
-        let labels_path = options.labels.clone().or_else(|| {
-            Labels::beside_model(&path, classifier.metadata.get("labels").map(String::as_str))
-        });
-        classifier.labels = match labels_path {
-            Some(p) => Labels::load(&p)?,
-            None => Labels::numbered(classifier.classes),
-        };
-        Ok(classifier)
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -332,6 +213,172 @@ impl Classifier {
     pub fn op_swaps(&self) -> Option<Swaps> {
         self.backend.op_swaps()
     }
+}
+
+/// The ONNX `metadata_props` of a graph.
+fn onnx_metadata(graph: &InferenceModel) -> HashMap<String, String> {
+    graph
+        .properties
+        .iter()
+        .filter_map(|(k, v)| {
+            let key = k.strip_prefix("onnx.metadata_props.")?;
+            let value = v.as_plain_ram()?.to_scalar::<String>().ok()?.clone();
+            Some((key.to_string(), value))
+        })
+        .collect()
+}
+
+/// The names of the outputs a pass computes: the logits and, if there is one, the CAM
+/// layer. Selects them as the graph's outputs.
+struct Outputs {
+    logits: String,
+    cam: Option<String>,
+}
+
+impl Outputs {
+    fn names(&self) -> Vec<String> {
+        std::iter::once(self.logits.clone())
+            .chain(self.cam.clone())
+            .collect()
+    }
+}
+
+fn select_outputs(
+    graph: &mut InferenceModel,
+    path: &Path,
+    metadata: &HashMap<String, String>,
+    cam_layer: Option<String>,
+) -> Result<Outputs> {
+    let logits = match metadata.get("output_name") {
+        Some(n) => n.clone(),
+        None => {
+            let outlet = graph
+                .outputs
+                .first()
+                .ok_or_else(|| Error::model(path, "has no output"))?;
+            graph
+                .outlet_label(*outlet)
+                .map(str::to_string)
+                .unwrap_or_else(|| graph.node(outlet.node).name.clone())
+        }
+    };
+    let cam = cam_layer.or_else(|| metadata.get("cam_layer").cloned());
+    let outputs = Outputs { logits, cam };
+    let names = outputs.names();
+    graph.select_outputs_by_name(&names).map_err(|_| {
+        let missing = names.iter().find(|n| graph.clone().select_outputs_by_name([n]).is_err());
+        match missing {
+            Some(n) if Some(n) == outputs.cam.as_ref() => Error::model(
+                path,
+                format!("has no tensor named {n:?} for the CAM layer (set --cam-layer to a conv/concat output of shape [N,C,h,w])"),
+            ),
+            Some(n) => Error::model(path, format!("has no output tensor named {n:?}")),
+            None => Error::model(path, "cannot select its outputs"),
+        }
+    })?;
+    Ok(outputs)
+}
+
+/// How to feed the model: its metadata, the overrides, and the graph's input size.
+fn preprocessing(
+    graph: &InferenceModel,
+    metadata: &HashMap<String, String>,
+    options: &ModelOptions,
+) -> Result<Preprocess> {
+    let graph_size = graph
+        .input_fact(0)
+        .ok()
+        .and_then(|f| {
+            f.shape
+                .dims()
+                .nth(3)
+                .and_then(|d| d.concretize())
+                .and_then(|d| d.as_i64())
+        })
+        .map(|d| d as u32);
+    let meta = |k: &str| metadata.get(k).cloned();
+    let from_metadata = PreprocessMetadata {
+        input_size: meta("input_size"),
+        resize: meta("resize"),
+        channel_order: meta("channel_order"),
+        mean: meta("mean"),
+        std: meta("std"),
+        pixel_range: meta("pixel_range"),
+    };
+    Preprocess::resolve(&from_metadata, &options.preprocess, graph_size)
+}
+
+fn open_backend(
+    options: &ModelOptions,
+    graph: InferenceModel,
+    outputs: &Outputs,
+    input_size: usize,
+) -> Result<Box<dyn Backend>> {
+    let path = options.path.clone();
+    Ok(match options.backend {
+        BackendKind::Tract => Box::new(tract::TractBackend::new(
+            path,
+            graph,
+            input_size,
+            options.batch_plan,
+        )?),
+        #[cfg(feature = "ort")]
+        BackendKind::Ort => {
+            let input = graph.node(graph.inputs[0].node).name.clone();
+            Box::new(ort::OrtBackend::load(
+                &path,
+                &input,
+                &outputs.names(),
+                &options.ort,
+            )?)
+        }
+        #[cfg(not(feature = "ort"))]
+        BackendKind::Ort => {
+            let _ = (graph, outputs);
+            return Err(Error::model(
+                &path,
+                "backend \"ort\" is not built in: rebuild with `cargo build --release --features ort`",
+            ));
+        }
+    })
+}
+
+/// One pass on a blank image tells the output shapes, whatever the backend: the number
+/// of classes and the CAM layer's shape.
+fn output_shapes(
+    path: &Path,
+    backend: &dyn Backend,
+    outputs: &Outputs,
+    input_size: usize,
+) -> Result<(usize, Option<CamLayer>)> {
+    let blank = Tensor::zero::<f32>(&[1, 3, input_size, input_size])
+        .map_err(|e| Error::model(path, chain(&e)))?;
+    let (logits, activations) = backend.run(blank, 1)?;
+    let classes = match logits.shape() {
+        [1, n] => *n,
+        other => {
+            let logits = &outputs.logits;
+            let why = format!("output {logits:?} has shape {other:?}; expected [N, classes]");
+            return Err(Error::model(path, why));
+        }
+    };
+    let cam = match (&outputs.cam, activations) {
+        (Some(name), Some(a)) => match a.shape() {
+            [1, c, h, w] => Some(CamLayer {
+                name: name.clone(),
+                channels: *c,
+                height: *h,
+                width: *w,
+            }),
+            other => {
+                let why =
+                    format!("CAM layer {name:?} has shape {other:?}; expected [N, channels, h, w]");
+                return Err(Error::model(path, why));
+            }
+        },
+        _ => None,
+    };
+    Ok((classes, cam))
 }
 
 /// Softmax of a row of logits, computed in f64 for stable tails.
