@@ -76,12 +76,36 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     } else {
         args.models.clone()
     };
+    let engines = engines(&args);
+    let threads = args.model.threads();
+    println!(
+        "# iscamd bench: {} core(s) used, image {}",
+        threads,
+        args.image.display()
+    );
+    throughput_table(&args, &models, &engines, &frame)?;
+    if heatmaps.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let live_weights = heatmap_table(&args, &models, &engines, &frame, &heatmaps)?;
+    if let (Some((path, engine, spec, weights)), true) = (live_weights, args.live_frames > 0) {
+        kernels::set_policy(engine.kernels);
+        let classifier = args
+            .model
+            .load_with(&path, BatchPlan::Split, engine.backend, threads)?;
+        live_latency(&classifier, &frame, &weights, &spec, args.live_frames)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Every backend asked for, and for tract every kernel policy asked for.
+fn engines(args: &BenchArgs) -> Vec<Engine> {
     let backends = if args.backends.is_empty() {
         vec![args.model.backend]
     } else {
         args.backends.clone()
     };
-    let engines: Vec<Engine> = backends
+    backends
         .iter()
         .flat_map(|&backend| match backend {
             BackendKind::Tract if !args.kernels.is_empty() => args
@@ -94,14 +118,11 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
                 kernels: kernels::policy(),
             }],
         })
-        .collect();
-    let threads = args.model.threads();
-    let thread_counts: BTreeSet<usize> = [1, threads].into();
-    println!(
-        "# iscamd bench: {} core(s) used, image {}",
-        threads,
-        args.image.display()
-    );
+        .collect()
+}
+
+/// The machine's single-thread peak and each model's cost, as table notes.
+fn print_costs(args: &BenchArgs, models: &[PathBuf]) -> Result<(f64, HashMap<PathBuf, u64>)> {
     println!(
         "# threads: tract runs that many passes at once (one thread each); ort runs one pass \
          at a time on that many intra-op threads. \"vs first\": against the model's first row \
@@ -114,13 +135,11 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
          matrix products through tract's kernels; \"% peak\" is against that × threads"
     );
     let mut macs = HashMap::new();
-    for path in &models {
-        let m = cost::forward_macs(
-            path,
-            args.model
-                .load_with(path, BatchPlan::Split, BackendKind::Tract, 1)?
-                .input_size(),
-        )?;
+    for path in models {
+        let classifier = args
+            .model
+            .load_with(path, BatchPlan::Split, BackendKind::Tract, 1)?;
+        let m = cost::forward_macs(path, classifier.input_size())?;
         println!(
             "# {}: {:.3} G multiply-adds per image (tract's cost model)",
             file_name(path),
@@ -128,6 +147,17 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         );
         macs.insert(path.clone(), m);
     }
+    Ok((peak, macs))
+}
+
+/// Forward-pass throughput per model, engine, plan, thread count and batch.
+fn throughput_table(
+    args: &BenchArgs,
+    models: &[PathBuf],
+    engines: &[Engine],
+    frame: &image::RgbImage,
+) -> Result<()> {
+    let (peak, macs) = print_costs(args, models)?;
     println!(
         "{:<28} {:>11} {:>9} {:>6} {:>8} {:>10} {:>9} {:>9} {:>8} {:>7}",
         "model",
@@ -141,24 +171,27 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         "GFLOP/s",
         "% peak"
     );
+    let thread_counts: BTreeSet<usize> = [1, args.model.threads()].into();
     let mut first_rate: HashMap<(usize, usize, usize), f64> = HashMap::new();
     for (m, path) in models.iter().enumerate() {
         let name = file_name(path);
-        for engine in &engines {
-            let backend = engine.backend;
-            let plans = match backend {
+        for engine in engines {
+            let plans = match engine.backend {
                 BackendKind::Tract => args.plans.clone(),
                 BackendKind::Ort => vec![BatchPlan::Batched],
             };
             for plan in plans {
-                let label = plan_name(plan);
                 for &t in &thread_counts {
                     kernels::set_policy(engine.kernels);
-                    let (classifier, in_flight) = match backend {
-                        BackendKind::Tract => (args.model.load_with(path, plan, backend, 1)?, t),
-                        BackendKind::Ort => (args.model.load_with(path, plan, backend, t)?, 1),
+                    let (classifier, in_flight) = match engine.backend {
+                        BackendKind::Tract => {
+                            (args.model.load_with(path, plan, engine.backend, 1)?, t)
+                        }
+                        BackendKind::Ort => {
+                            (args.model.load_with(path, plan, engine.backend, t)?, 1)
+                        }
                     };
-                    let input = classifier.preprocess().tensor(&frame);
+                    let input = classifier.preprocess().tensor(frame);
                     for &batch in &args.batches {
                         let batch_input = input
                             .broadcast((batch, 3, input.dim().1, input.dim().2))
@@ -169,6 +202,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
                             throughput(&classifier, &batch_input, args.images, in_flight)?;
                         let base = *first_rate.entry((m, batch, t)).or_insert(rate);
                         let gflops = rate * 2.0 * macs[path] as f64 / 1e9;
+                        let label = plan_name(plan);
                         println!(
                             "{name:<28} {engine:>11} {label:>9} {batch:>6} {t:>8} {rate:>10.1} {per_pass:>9.1} {:>8.2}x {gflops:>8.1} {:>6.0}%",
                             rate / base,
@@ -179,9 +213,20 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             }
         }
     }
-    if heatmaps.is_empty() {
-        return Ok(ExitCode::SUCCESS);
-    }
+    Ok(())
+}
+
+/// The first heatmap's weights, for the live-map latency.
+type LiveWeights = Option<(PathBuf, Engine, String, live::Reference)>;
+
+/// Heatmap latency per model, method spec and engine.
+fn heatmap_table(
+    args: &BenchArgs,
+    models: &[PathBuf],
+    engines: &[Engine],
+    frame: &image::RgbImage,
+    heatmaps: &[(String, CamParams)],
+) -> Result<LiveWeights> {
     println!();
     println!(
         "# heatmaps made {} time(s) each on the same frame: latency p50 / p95 (nearest rank)",
@@ -191,8 +236,9 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         "{:<28} {:>11} {:<16} {:>7} {:>9} {:>9} {:>8} {:>9}",
         "model", "backend", "heatmap", "passes", "p50 s", "p95 s", "ms/pass", "vs first"
     );
+    let threads = args.model.threads();
     let mut live_weights = None;
-    for path in &models {
+    for path in models {
         let name = file_name(path);
         let loaded: Vec<(&Engine, Classifier)> = engines
             .iter()
@@ -204,7 +250,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
                 Ok((e, classifier))
             })
             .collect::<Result<_>>()?;
-        for (spec, params) in &heatmaps {
+        for (spec, params) in heatmaps {
             let mut first = None;
             for (engine, classifier) in &loaded {
                 // Plans are optimised on first use of each input size, under the policy then.
@@ -217,15 +263,9 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
                     let e = analysis.explain(classifier, None, params, threads)?;
                     seconds.push(t0.elapsed().as_secs_f64());
                     passes = e.passes;
-                    if live_weights.is_none() {
-                        if let Some(a) = &analysis.activations {
-                            live_weights = Some((
-                                path.clone(),
-                                **engine,
-                                spec.to_string(),
-                                live::Reference::new(&e, a.view(), 0),
-                            ));
-                        }
+                    if let (None, Some(a)) = (&live_weights, &analysis.activations) {
+                        let weights = live::Reference::new(&e, a.view(), 0);
+                        live_weights = Some((path.clone(), **engine, spec.clone(), weights));
                     }
                 }
                 let (p50, p95) = (percentile(&seconds, 50.0), percentile(&seconds, 95.0));
@@ -238,14 +278,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             }
         }
     }
-    if let (Some((path, engine, spec, weights)), true) = (live_weights, args.live_frames > 0) {
-        kernels::set_policy(engine.kernels);
-        let classifier = args
-            .model
-            .load_with(&path, BatchPlan::Split, engine.backend, threads)?;
-        live_latency(&classifier, &frame, &weights, &spec, args.live_frames)?;
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(live_weights)
 }
 
 /// A backend, and for tract whose kernel choice its plans are optimised under.
