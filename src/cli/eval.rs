@@ -1,10 +1,11 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use iscamd::cam::{spec, Weighting};
 use iscamd::eval::{self, EvalOptions, MethodSpec};
+use iscamd::model::Classifier;
 use iscamd::source::expand_inputs;
 
 use super::{ModelArgs, Tally};
@@ -76,6 +77,48 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
     if args.live {
         return run_live(args);
     }
+    let (labels, curve_methods) = method_labels(&args)?;
+    let specs: Vec<MethodSpec> = labels
+        .iter()
+        .map(|l| MethodSpec::parse(l, args.weighting, args.seed))
+        .collect::<Result<_, _>>()?;
+    let mut tally = Tally::default();
+    let images = collect_images(&args.inputs, args.limit, &mut tally);
+    if images.is_empty() {
+        bail!("no images to evaluate");
+    }
+    let classifier = args.model.load()?;
+    let layer_channels = classifier.cam_layer().map_or(0, |l| l.channels);
+    for spec in &specs {
+        if let eval::SpecKind::Cam(p) = &spec.kind {
+            p.validate(layer_channels, classifier.input_size())
+                .with_context(|| format!("method {}", spec.label))?;
+        }
+    }
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let options = EvalOptions {
+        steps: args.steps,
+        seed: args.seed,
+        threads: args.model.threads(),
+        blur_sigma: 5.0,
+    };
+    let csv = args.out.join("per_image.csv");
+    evaluate_all(&classifier, &images, &specs, &options, &csv, &mut tally)?;
+    report(
+        &args,
+        &classifier,
+        &images,
+        &labels,
+        &curve_methods,
+        &options,
+    )?;
+    Ok(tally.finish())
+}
+
+/// The methods to evaluate, in order (asked for, the baseline, the controls, the sweeps),
+/// and those the curves plot shows.
+fn method_labels(args: &EvalArgs) -> Result<(Vec<String>, Vec<String>)> {
     let mut labels = spec::split_list(&args.methods);
     if let Some(b) = &args.baseline {
         if !labels.contains(b) {
@@ -96,27 +139,20 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
             }
         }
     }
-    let specs: Vec<MethodSpec> = labels
-        .iter()
-        .map(|l| MethodSpec::parse(l, args.weighting, args.seed))
-        .collect::<Result<_, _>>()?;
-    let mut tally = Tally::default();
-    let images = collect_images(&args.inputs, args.limit, &mut tally);
-    if images.is_empty() {
-        bail!("no images to evaluate");
-    }
-    let classifier = args.model.load()?;
-    let layer_channels = classifier.cam_layer().map_or(0, |l| l.channels);
-    for spec in &specs {
-        if let eval::SpecKind::Cam(p) = &spec.kind {
-            p.validate(layer_channels, classifier.input_size())
-                .with_context(|| format!("method {}", spec.label))?;
-        }
-    }
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("cannot create {}", args.out.display()))?;
-    let csv = args.out.join("per_image.csv");
-    let previous = eval::read_rows(&csv)?;
+    Ok((labels, curve_methods))
+}
+
+/// Evaluates every method on every image not already in `csv`, appending rows to it,
+/// with a progress bar (or a line per image without a terminal).
+fn evaluate_all(
+    classifier: &Classifier,
+    images: &[PathBuf],
+    specs: &[MethodSpec],
+    options: &EvalOptions,
+    csv: &Path,
+    tally: &mut Tally,
+) -> Result<()> {
+    let previous = eval::read_rows(csv)?;
     let done = eval::done(&previous);
     if !previous.is_empty() {
         eprintln!(
@@ -125,12 +161,6 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
             csv.display()
         );
     }
-    let options = EvalOptions {
-        steps: args.steps,
-        seed: args.seed,
-        threads: args.model.threads(),
-        blur_sigma: 5.0,
-    };
     let total = (images.len() * specs.len()) as u64;
     let bar = indicatif::ProgressBar::new(total).with_style(
         indicatif::ProgressStyle::with_template(
@@ -155,9 +185,9 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         bar.set_message(name.clone());
-        let result = eval::evaluate_image(&classifier, image, &specs, &options, &done, |row| {
+        let result = eval::evaluate_image(classifier, image, specs, options, &done, |row| {
             bar.inc(1);
-            row.append(&csv)
+            row.append(csv)
         });
         match result {
             Ok(()) => tally.ok += 1,
@@ -165,26 +195,40 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
         }
         // Without a terminal (nohup, systemd, CI) the bar is hidden: log a line per image.
         if bar.is_hidden() {
+            let secs = |d: std::time::Duration| {
+                humantime::format_duration(std::time::Duration::from_secs(d.as_secs()))
+            };
             eprintln!(
-                "[{}/{}] {name}: {}/{} maps, {} elapsed, ETA {}",
+                "[{}/{}] {name}: {}/{total} maps, {} elapsed, ETA {}",
                 i + 1,
                 images.len(),
                 bar.position(),
-                total,
-                humantime::format_duration(std::time::Duration::from_secs(bar.elapsed().as_secs())),
-                humantime::format_duration(std::time::Duration::from_secs(bar.eta().as_secs())),
+                secs(bar.elapsed()),
+                secs(bar.eta()),
             );
         }
     }
     bar.finish_and_clear();
-    let rows = eval::read_rows(&csv)?;
+    Ok(())
+}
+
+/// Summarises the rows of these images into report.md/json and the plots.
+fn report(
+    args: &EvalArgs,
+    classifier: &Classifier,
+    images: &[PathBuf],
+    labels: &[String],
+    curve_methods: &[String],
+    options: &EvalOptions,
+) -> Result<()> {
+    let rows = eval::read_rows(&args.out.join("per_image.csv"))?;
     let wanted: std::collections::HashSet<String> =
         images.iter().map(|p| p.display().to_string()).collect();
     let rows: Vec<_> = rows
         .into_iter()
         .filter(|r| wanted.contains(&r.image))
         .collect();
-    let summaries = eval::summarise(&rows, &labels, args.seed);
+    let summaries = eval::summarise(&rows, labels, args.seed);
     let context = format!(
         "Model `{}`, {} image(s), class = top-1 of each image, weighting `{}`, {} deletion/insertion steps, insertion \
          baseline: Gaussian blur σ = {} px of the input. Maps of one method and steps that differ only in k are \
@@ -201,10 +245,10 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
         .and_then(|b| eval::pick_cheapest(&summaries, b, args.tolerance / 100.0));
     let md = eval::write_report(&args.out, &summaries, pick.as_ref(), &context)?;
     println!("{md}");
-    for plot in eval::write_plots(&args.out, &summaries, &curve_methods)? {
+    for plot in eval::write_plots(&args.out, &summaries, curve_methods)? {
         eprintln!("wrote {}", plot.display());
     }
-    Ok(tally.finish())
+    Ok(())
 }
 
 fn run_live(args: EvalArgs) -> Result<ExitCode> {
