@@ -174,15 +174,18 @@ impl TractBackend {
     }
 }
 
-/// Swaps iscamd's ops into an optimised plan, each through tract's patch API.
+/// Swaps iscamd's ops into an optimised plan, each through tract's patch API, then drops
+/// the nodes the patches left unreachable.
 fn install_ops(model: &mut TypedModel) -> TractResult<Swaps> {
-    Ok(Swaps(vec![
+    let swaps = Swaps(vec![
         ("max-pool", maxpool::install(model)?),
         ("im2col", im2col::install(model)?),
         ("row-packing", packing::install(model)?),
         ("relu-fold", relu::install(model)?),
         ("quantize", quant::install(model)?),
-    ]))
+    ]);
+    model.compact()?;
+    Ok(swaps)
 }
 
 impl Backend for TractBackend {
