@@ -3,9 +3,9 @@
 
 use std::time::Instant;
 
+use crate::model::ndarray::{Array3, Axis, Ix3};
 use image::RgbImage;
 use serde::Serialize;
-use tract_onnx::prelude::tract_ndarray::{Array3, Axis, Ix3};
 
 use crate::cam::{self, CamParams, Explanation};
 use crate::error::{Error, Result};

@@ -1,7 +1,7 @@
 //! Maps for people: normalised, upsampled, colour-mapped and laid over the frame.
 
+use crate::model::ndarray::Array2;
 use image::{imageops, Rgb, RgbImage};
-use tract_onnx::prelude::tract_ndarray::Array2;
 
 use super::masks::{min_max, Upsampler};
 

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use tract_onnx::prelude::tract_ndarray::{Array2, ArrayView3, Axis};
+use crate::model::ndarray::{Array2, ArrayView3, Axis};
 
 use super::{weighted_map, CamParams, Explanation};
 
@@ -137,7 +137,7 @@ pub fn drift(a: &[f64], b: &[f64]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tract_onnx::prelude::tract_ndarray::Array3;
+    use crate::model::ndarray::Array3;
 
     fn explanation(class: usize, weights: Vec<f64>) -> Explanation {
         Explanation {

@@ -2,7 +2,7 @@
 //! upsampling with PyTorch's `align_corners=False` convention (written here because the
 //! image crates resize images, not float maps, and none documents that exact convention).
 
-use tract_onnx::prelude::tract_ndarray::{Array2, Array3, ArrayView2, ArrayView3, Axis};
+use crate::model::ndarray::{Array2, Array3, ArrayView2, ArrayView3, Axis};
 
 /// Bilinear resampling from `in_h×in_w` to `out_h×out_w`, as
 /// `torch.nn.functional.interpolate(mode="bilinear", align_corners=False)`.
@@ -151,7 +151,7 @@ pub fn map_planes(x: &Array3<f32>, op: impl Fn(&Plane) -> Plane) -> Array3<f32> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tract_onnx::prelude::tract_ndarray::{arr2, Array3};
+    use crate::model::ndarray::{arr2, Array3};
 
     #[test]
     fn upsampling_matches_pytorch_align_corners_false() {

@@ -11,7 +11,7 @@ pub mod spec;
 
 use std::time::Instant;
 
-use tract_onnx::prelude::tract_ndarray::{Array2, Array3, ArrayView3, Axis};
+use crate::model::ndarray::{Array2, Array3, ArrayView3, Axis};
 
 pub use display::pearson;
 pub use method::{CamParams, Method, Weighting, MAX_STEPS, REDUCED_N_CHANNELS, REDUCED_N_STEPS};

@@ -5,11 +5,10 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+use crate::model::ndarray::{Array3, Array4, ArrayView3, Axis};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
-use tract_onnx::prelude::tract_ndarray::{Array3, Array4, ArrayView3, Axis};
-use tract_onnx::prelude::Tensor;
 
 use super::masks::{map_planes, normalise, Upsampler};
 use super::{CamParams, Method};
@@ -69,7 +68,7 @@ pub(crate) fn score_masks(
             }
             let end = (start + params.batch).min(jobs);
             let input = builder.batch(start..end, &mut mask_cache);
-            match classifier.forward_tensor(input, end - start) {
+            match classifier.forward_owned(input) {
                 Ok(out) => {
                     let mut local = Vec::with_capacity(end - start);
                     for (i, row) in out.logits.axis_iter(Axis(0)).enumerate() {
@@ -143,7 +142,7 @@ impl MaskedInputs<'_> {
         &self,
         range: std::ops::Range<usize>,
         cache: &mut Option<(usize, Vec<f32>)>,
-    ) -> Tensor {
+    ) -> Array4<f32> {
         let (c, s, _) = self.x.dim();
         let plane = s * s;
         let len = range.len();
@@ -185,8 +184,6 @@ impl MaskedInputs<'_> {
                 }
             }
         }
-        Array4::from_shape_vec((len, c, s, s), data)
-            .expect("batch shape")
-            .into()
+        Array4::from_shape_vec((len, c, s, s), data).expect("batch shape")
     }
 }

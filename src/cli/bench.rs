@@ -9,9 +9,9 @@ use iscamd::cam::{display, live, spec, CamParams};
 use std::collections::{BTreeSet, HashMap};
 
 use iscamd::model::kernels::{self, Policy};
+use iscamd::model::ndarray::{Array4, Axis};
 use iscamd::model::{cost, BackendKind, BatchPlan, Classifier};
 use iscamd::source::decode_image;
-use tract_onnx::prelude::tract_ndarray::{Array4, Axis};
 
 use super::ModelArgs;
 

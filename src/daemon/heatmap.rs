@@ -7,7 +7,7 @@ use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use tract_onnx::prelude::tract_ndarray::Array2;
+use crate::model::ndarray::Array2;
 
 use super::latest::Latest;
 use super::scheduler::RequestId;

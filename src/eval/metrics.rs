@@ -1,7 +1,7 @@
 //! Faithfulness of a saliency map (docs/maps.md): Average Drop / Increase and the
 //! deletion / insertion curves of RISE, for one image, one class and one map.
 
-use tract_onnx::prelude::tract_ndarray::{Array2, Array3, Axis};
+use crate::model::ndarray::{Array2, Array3, Axis};
 
 use crate::cam::masks::map_planes;
 use crate::error::Result;
@@ -158,11 +158,7 @@ mod tests {
     fn quarter_model(inputs: Vec<Array3<f32>>) -> Result<Vec<f64>> {
         Ok(inputs
             .iter()
-            .map(|x| {
-                x.slice(tract_onnx::prelude::tract_ndarray::s![.., 0..2, 0..2])
-                    .sum() as f64
-                    / 12.0
-            })
+            .map(|x| x.slice(crate::model::ndarray::s![.., 0..2, 0..2]).sum() as f64 / 12.0)
             .collect())
     }
 
@@ -171,11 +167,9 @@ mod tests {
         let x = Array3::<f32>::ones((3, 4, 4));
         let blurred = Array3::<f32>::zeros((3, 4, 4));
         let mut map = Array2::<f32>::zeros((4, 4));
-        map.slice_mut(tract_onnx::prelude::tract_ndarray::s![0..2, 0..2])
+        map.slice_mut(crate::model::ndarray::s![0..2, 0..2])
             .fill(1.0);
-        let control = map
-            .slice(tract_onnx::prelude::tract_ndarray::s![.., ..;-1])
-            .to_owned();
+        let control = map.slice(crate::model::ndarray::s![.., ..;-1]).to_owned();
         let f = faithfulness(&x, &blurred, &map, &control, 4, quarter_model).unwrap();
         assert_eq!((f.y, f.o, f.coverage), (1.0, 1.0, 0.25));
         assert_eq!(

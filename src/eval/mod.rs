@@ -10,10 +10,10 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::time::Instant;
 
+use crate::model::ndarray::{Array2, Array3, Axis};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tract_onnx::prelude::tract_ndarray::{Array2, Array3, Axis};
 
 pub use plot::write_plots;
 pub use report::{

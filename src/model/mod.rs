@@ -22,6 +22,8 @@ pub use backend::{Backend, BackendKind, OrtOptions, Provider};
 pub use labels::Labels;
 pub use preprocess::{ChannelOrder, Preprocess, PreprocessMetadata, PreprocessOverrides};
 pub use tract::{Swapped, Swaps};
+/// The n-dimensional arrays iscamd's tensors are (the version tract is built with).
+pub use tract_onnx::prelude::tract_ndarray as ndarray;
 
 use crate::error::{Error, Result};
 
@@ -177,12 +179,14 @@ impl Classifier {
                 format!("shape [{b},{c},{h},{w}], expected [B,3,{s},{s}] with B ≥ 1"),
             ));
         }
-        self.forward_tensor(Tensor::from(input.to_owned()), b)
+        self.forward_owned(input.to_owned())
     }
 
-    /// Runs a batch already held as a tract tensor (avoids a copy on hot paths).
-    pub fn forward_tensor(&self, input: Tensor, batch: usize) -> Result<Forward> {
-        let (logits, activations) = self.backend.run(input, batch)?;
+    /// Runs a batch the caller no longer needs (no copy on hot paths); its shape is the
+    /// caller's to get right (`[B, 3, S, S]`, S the input size or a scoring size).
+    pub fn forward_owned(&self, input: Array4<f32>) -> Result<Forward> {
+        let batch = input.dim().0;
+        let (logits, activations) = self.backend.run(Tensor::from(input), batch)?;
         let shape_error = |what: &str, e: &dyn std::fmt::Display| {
             Error::Inference(format!("{what} of unexpected shape: {e}"))
         };
