@@ -572,7 +572,7 @@ fn key_error(key: &'static str, e: impl std::fmt::Display) -> Error {
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "config", e))?;
+        let text = crate::file::read_text(path, "config", crate::file::MAX_SMALL_FILE_BYTES)?;
         Self::parse(&text).map_err(|e| Error::input(path, e))
     }
 

@@ -1,15 +1,15 @@
 //! Errors of the library: each names the input it is about and what is wrong with it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Everything the library can refuse, with enough context for a one-line message.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{path}: {reason}")]
+    #[error("{}: {reason}", shown(path))]
     Input { path: PathBuf, reason: String },
 
     /// A file could not be read; the I/O error is the source, so that its kind survives.
-    #[error("{path}: cannot read {what}")]
+    #[error("{}: cannot read {what}", shown(path))]
     Io {
         path: PathBuf,
         what: &'static str,
@@ -17,10 +17,10 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    #[error("model {path}: {reason}")]
+    #[error("model {}: {reason}", shown(path))]
     Model { path: PathBuf, reason: String },
 
-    #[error("labels {path}: {reason}")]
+    #[error("labels {}: {reason}", shown(path))]
     Labels { path: PathBuf, reason: String },
 
     #[error("invalid {what}: {reason}")]
@@ -73,6 +73,17 @@ impl Error {
     }
 }
 
+/// A path as errors print it: as is, unless it holds control characters (a newline in a
+/// file name would otherwise print a second, fake `error:` line); those are escaped.
+pub fn shown(path: &Path) -> String {
+    let text = path.display().to_string();
+    if text.chars().any(char::is_control) {
+        text.escape_debug().to_string()
+    } else {
+        text
+    }
+}
+
 /// Shorthand used across the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -105,5 +116,11 @@ mod tests {
             "{line}"
         );
         assert!(line.contains("No such file"), "{line}");
+    }
+
+    #[test]
+    fn control_characters_in_paths_are_escaped() {
+        let e = Error::input("a\nerror: fake.jpg", "not an image");
+        assert_eq!(e.to_string(), "a\\nerror: fake.jpg: not an image");
     }
 }

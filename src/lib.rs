@@ -12,6 +12,7 @@ pub mod cam;
 pub mod config;
 pub mod daemon;
 pub mod error;
+pub mod file;
 #[cfg(feature = "eval")]
 pub mod eval;
 pub mod model;

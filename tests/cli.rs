@@ -127,7 +127,7 @@ fn odd_but_valid_images_are_classified() {
         .save(&tiny)
         .unwrap();
     let huge = dir.path().join("huge.png");
-    GrayImage::from_pixel(10_000, 10_000, image::Luma([90]))
+    GrayImage::from_pixel(8_000, 6_000, image::Luma([90]))
         .save(&huge)
         .unwrap();
     let _ = RgbaImage::new(1, 1);
@@ -433,6 +433,21 @@ fn bench_prints_every_row_it_is_asked_for() {
 #[test]
 fn bad_daemon_configs_exit_2_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "garbage\n").unwrap();
+    let ca = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let good = dir.path().join("ca.pem");
+    std::fs::write(&good, ca.cert.pem()).unwrap();
+    // TLS material is checked at start, before any connection is tried.
+    let garbage_tls = |key: &str| {
+        let (ca, cert) = if key == "ca" { (&garbage, &good) } else { (&good, &garbage) };
+        format!(
+            "[mqtt]\nhost = \"127.0.0.1\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"",
+            s(ca),
+            s(cert),
+            s(&garbage)
+        )
+    };
     for (i, (section, key)) in [
         ("[mqtt]\nhost = \"127.0.0.1\"\nport = 0", "mqtt.port"),
         ("[mqtt]\nkeep_alive = \"65536s\"", "mqtt.keep_alive"),
@@ -444,6 +459,8 @@ fn bad_daemon_configs_exit_2_naming_the_key() {
         ("[cam]\nsteps = 0", "cam.steps"),
         ("[cam]\nchannels = 100000", "cam.channels"),
         ("[source]\nkind = \"images\"", "source.path"),
+        (&garbage_tls("ca"), "mqtt.ca"),
+        (&garbage_tls("cert"), "mqtt.cert"),
     ]
     .into_iter()
     .enumerate()

@@ -11,10 +11,11 @@ pub struct Labels {
 
 impl Labels {
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Labels {
-            path: path.to_owned(),
-            reason: format!("cannot read: {e}"),
-        })?;
+        let text = crate::file::read_text(path, "labels", crate::file::MAX_SMALL_FILE_BYTES)
+            .map_err(|e| Error::Labels {
+                path: path.to_owned(),
+                reason: crate::error::with_causes(&e),
+            })?;
         let names: Vec<String> = text
             .lines()
             .filter(|l| !l.trim().is_empty())

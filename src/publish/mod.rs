@@ -8,6 +8,7 @@ pub mod embedded;
 mod mqtt;
 mod options;
 mod outbox;
+mod tls;
 pub mod payload;
 
 pub use mqtt::{announcements, run_connection, ConnectionSettings, Incoming};

@@ -4,7 +4,8 @@ use rumqttc::{MqttOptions, Transport};
 
 use super::Topics;
 use crate::config::MqttConfig;
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::file::{read_text, MAX_SMALL_FILE_BYTES};
 
 /// The MQTT client options the config describes (credentials and certificates read now).
 pub fn options(m: &MqttConfig, device: &str, host: &str) -> Result<MqttOptions> {
@@ -28,8 +29,7 @@ pub fn options(m: &MqttConfig, device: &str, host: &str) -> Result<MqttOptions> 
         let password = match &m.password_file {
             Some(p) => {
                 warn_if_world_readable(p);
-                std::fs::read_to_string(p)
-                    .map_err(|e| Error::io(p, "mqtt.password_file", e))?
+                read_text(p, "mqtt.password_file", MAX_SMALL_FILE_BYTES)?
                     .trim_end_matches(['\n', '\r'])
                     .to_string()
             }
@@ -38,16 +38,9 @@ pub fn options(m: &MqttConfig, device: &str, host: &str) -> Result<MqttOptions> 
         options.set_credentials(user, password);
     }
     if let Some(ca) = &m.ca {
-        let read = |p: &std::path::PathBuf, key: &'static str| {
-            std::fs::read(p).map_err(|e| Error::io(p, key, e))
-        };
-        let ca = read(ca, "mqtt.ca")?;
-        let client_auth = match (&m.cert, &m.key) {
-            (Some(c), Some(k)) => Some((read(c, "mqtt.cert")?, read(k, "mqtt.key")?)),
-            _ => None,
-        };
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        options.set_transport(Transport::tls(ca, client_auth, None));
+        let client = m.cert.as_deref().zip(m.key.as_deref());
+        let config = super::tls::client_config(ca, client)?;
+        options.set_transport(Transport::tls_with_config(config.into()));
     }
     Ok(options)
 }

@@ -6,7 +6,8 @@ use std::time::{Duration, SystemTime};
 
 use image::{Rgb, RgbImage};
 
-use super::files::{decode_image, expand_inputs};
+use super::decode::decode_image;
+use super::files::expand_inputs;
 use crate::error::{Error, Result};
 
 /// One captured frame.

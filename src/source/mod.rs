@@ -2,9 +2,11 @@
 //! the daemon's `images` source), a test pattern, and cameras.
 
 pub mod camera;
+mod decode;
 mod files;
 mod frames;
 
 pub use camera::{CameraHealth, CameraSource};
-pub use files::{decode_image, decode_image_bytes, expand_inputs, is_image_path};
+pub use decode::{decode_image, decode_image_bytes, limits};
+pub use files::{expand_inputs, is_image_path};
 pub use frames::{Frame, FrameSource, ImageFiles, Pacer, Pattern};
