@@ -7,7 +7,7 @@ use crate::model::ndarray::{Array3, Axis, Ix3};
 use image::RgbImage;
 use serde::Serialize;
 
-use crate::cam::{self, CamParams, Explanation};
+use crate::cam::{self, CamParams, Deadline, Explanation};
 use crate::error::{Error, Result};
 use crate::model::{softmax, top_k, Classifier};
 
@@ -89,6 +89,18 @@ impl Analysis {
         params: &CamParams,
         threads: usize,
     ) -> Result<Explanation> {
+        self.explain_until(classifier, class, params, threads, Deadline::NONE)
+    }
+
+    /// [`Analysis::explain`], abandoned with an error once `deadline` has passed.
+    pub fn explain_until(
+        &self,
+        classifier: &Classifier,
+        class: Option<usize>,
+        params: &CamParams,
+        threads: usize,
+        deadline: Deadline,
+    ) -> Result<Explanation> {
         let activations = self.activations.as_ref().ok_or_else(|| {
             Error::model(
                 classifier.path(),
@@ -96,15 +108,12 @@ impl Analysis {
             )
         })?;
         let class = class.unwrap_or_else(|| top_k(&self.probabilities, 1)[0]);
-        cam::explain(
-            classifier,
-            &self.input,
-            &self.logits,
-            activations.view(),
-            class,
-            params,
-            threads,
-        )
+        let input = cam::Input {
+            x: &self.input,
+            logits: &self.logits,
+            activations: activations.view(),
+        };
+        cam::explain_until(classifier, input, class, params, threads, deadline)
     }
 }
 

@@ -200,6 +200,11 @@ pub struct CamConfig {
     /// Live maps stop, and a full map is made, once the frame's channel content drifts
     /// this far (1 − cosine of per-channel mean activations) from the full map's frame.
     pub live_max_drift: f64,
+    /// Most masked passes one map may run; requests above it are refused.
+    pub max_passes: usize,
+    /// Most time one map may take; a map still running then is abandoned.
+    #[serde(with = "humantime_serde")]
+    pub max_time: Duration,
 }
 
 impl Default for CamConfig {
@@ -219,6 +224,8 @@ impl Default for CamConfig {
             live: false,
             live_max_age: Duration::from_secs(300),
             live_max_drift: LIVE_MAX_DRIFT,
+            max_passes: crate::cam::DEFAULT_MAX_PASSES,
+            max_time: crate::cam::DEFAULT_MAX_TIME,
         }
     }
 }
@@ -229,7 +236,21 @@ impl Default for CamConfig {
 /// cuts to another image at least 0.36.
 pub const LIVE_MAX_DRIFT: f64 = 0.1;
 
+/// Largest `[cam] max_passes`: ~90 minutes of SqueezeNet passes on a fast x86 core.
+pub const MAX_MAX_PASSES: usize = 1_000_000;
+/// Accepted `[cam] max_time`.
+pub const MAX_TIMES: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(3600);
+
 impl CamConfig {
+    /// The cost budget of every full map.
+    pub fn budget(&self) -> crate::cam::Budget {
+        crate::cam::Budget {
+            max_passes: self.max_passes,
+            max_time: self.max_time,
+        }
+    }
+
     /// The live-map policy these keys describe.
     pub fn live_policy(&self) -> crate::cam::live::Policy {
         crate::cam::live::Policy {
@@ -426,6 +447,23 @@ impl CamConfig {
         }
         if self.live_max_age.is_zero() {
             return Err(key_error("cam.live_max_age", "0s (expected more than 0)"));
+        }
+        if !(1..=MAX_MAX_PASSES).contains(&self.max_passes) {
+            return Err(key_error(
+                "cam.max_passes",
+                format!("{} (expected 1..={MAX_MAX_PASSES})", self.max_passes),
+            ));
+        }
+        if !MAX_TIMES.contains(&self.max_time) {
+            return Err(key_error(
+                "cam.max_time",
+                format!(
+                    "{:?} (expected {:?} to {:?})",
+                    self.max_time,
+                    MAX_TIMES.start(),
+                    MAX_TIMES.end()
+                ),
+            ));
         }
         if !(0.0..=1.0).contains(&self.min_confidence) {
             return Err(key_error(

@@ -7,81 +7,8 @@ use std::time::Duration;
 
 use base64::Engine;
 use common::broker::{retained, Daemon, Mosquitto, Observer};
+use common::daemon::*;
 use common::{images_dir, model_path, F32_MODEL};
-
-const DEVICE: &str = "cam7";
-const BASE: &str = "iscamd/cam7";
-
-fn topic(t: &str) -> String {
-    format!("{BASE}/{t}")
-}
-
-/// A config for the images source at `fps` against `port`; `extra` is appended inside
-/// `[mqtt]` (so it may add mqtt keys first, then further tables).
-fn write_config(dir: &Path, port: u16, fps: u32, extra: &str) -> std::path::PathBuf {
-    let path = dir.join("iscamd.toml");
-    let text = format!(
-        r#"
-[device]
-id = "{DEVICE}"
-shutdown_timeout = "3s"
-
-[source]
-kind = "images"
-path = "{images}"
-fps = {fps}
-
-[model]
-path = "{model}"
-
-[mqtt]
-host = "127.0.0.1"
-port = {port}
-stats_interval = "1s"
-heatmap_image_width = 200
-keep_alive = "2s"
-{extra}
-"#,
-        images = images_dir().display(),
-        model = model_path(F32_MODEL).display(),
-    );
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-/// A broker, an observer of `filter` on it, and the daemon running on it.
-/// Destructure it with every field bound (`broker: _broker`, `_dir`): a field left to `..` would
-/// be dropped at once, and with it the broker or the daemon's directory.
-struct Setup {
-    broker: Mosquitto,
-    observer: Observer,
-    daemon: Daemon,
-    _dir: tempfile::TempDir,
-}
-
-fn setup(filter: &str, fps: u32, extra: &str) -> Setup {
-    let broker = Mosquitto::start();
-    let observer = Observer::connect(broker.port, filter);
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), broker.port, fps, extra);
-    let daemon = Daemon::start(&config, dir.path());
-    Setup {
-        broker,
-        observer,
-        daemon,
-        _dir: dir,
-    }
-}
-
-/// Waits for the daemon's first prediction: it is up, the model loaded.
-fn first_prediction(observer: &Observer) {
-    observer.wait_for(
-        &topic("prediction"),
-        Duration::from_secs(30),
-        "a prediction",
-        |m| !m.is_empty(),
-    );
-}
 
 fn check_prediction(p: &serde_json::Value) {
     check_prediction_for(p, DEVICE)
@@ -605,27 +532,6 @@ fn commands_beyond_the_rate_are_refused_and_discovery_follows_home_assistant() {
     assert!(daemon.terminate().success());
 }
 
-/// A raw client that may publish up to MQTT's largest packet (256 MiB).
-fn big_publisher(port: u16) -> (rumqttc::Client, std::thread::JoinHandle<()>) {
-    let mut options = rumqttc::MqttOptions::new(
-        format!("big-{}", common::broker::free_port()),
-        "127.0.0.1",
-        port,
-    );
-    options.set_max_packet_size(300 << 20, 300 << 20);
-    options.set_keep_alive(Duration::from_secs(30));
-    let (client, mut connection) = rumqttc::Client::new(options, 1024);
-    let pump = std::thread::spawn(move || {
-        for event in connection.iter() {
-            match event {
-                Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
-    });
-    (client, pump)
-}
-
 #[test]
 fn a_256_mib_command_costs_a_reconnect_and_nothing_else() {
     // The observer must not subscribe to cmd: it would choke on the payload itself.
@@ -672,21 +578,6 @@ fn a_256_mib_command_costs_a_reconnect_and_nothing_else() {
     );
     assert!(daemon.child.try_wait().unwrap().is_none());
     assert!(daemon.terminate().success());
-}
-
-fn wait_for_log(daemon: &Daemon, needle: &str, timeout: Duration) -> String {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        let log = daemon.log_text();
-        if log.contains(needle) {
-            return log;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no {needle:?} in the log:\n{log}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]

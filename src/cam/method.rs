@@ -154,6 +154,16 @@ impl CamParams {
 
     /// Checks the parameters against a CAM layer of `layer_channels` channels and a
     /// model input of `input_size` pixels.
+    /// Masked forward passes a map with these parameters runs on a layer of
+    /// `layer_channels` (at most: constant channels are skipped).
+    pub fn passes(&self, layer_channels: usize) -> usize {
+        let channels = match self.channels {
+            0 => layer_channels,
+            k => k.min(layer_channels),
+        };
+        channels.saturating_mul(self.steps())
+    }
+
     pub fn validate(&self, layer_channels: usize, input_size: usize) -> Result<()> {
         if let Some(size) = self.score_size {
             if !(MIN_SCORE_SIZE..=input_size).contains(&size) {

@@ -2,6 +2,7 @@
 //! all channels or the top-K by variance, scored in batches of masked inputs on all
 //! cores, from the activations of the prediction pass.
 
+mod budget;
 pub mod display;
 pub mod live;
 pub mod masks;
@@ -13,6 +14,7 @@ use std::time::Instant;
 
 use crate::model::ndarray::{Array2, Array3, ArrayView3, Axis};
 
+pub use budget::{Budget, Deadline, DEFAULT_MAX_PASSES, DEFAULT_MAX_TIME};
 pub use display::pearson;
 pub use method::{CamParams, Method, Weighting, MAX_STEPS, REDUCED_N_CHANNELS, REDUCED_N_STEPS};
 
@@ -51,6 +53,34 @@ pub fn explain(
     params: &CamParams,
     threads: usize,
 ) -> Result<Explanation> {
+    let input = Input {
+        x,
+        logits,
+        activations,
+    };
+    explain_until(classifier, input, class, params, threads, Deadline::NONE)
+}
+
+/// One forward pass's input, logits and CAM-layer activations.
+pub struct Input<'a> {
+    pub x: &'a Array3<f32>,
+    pub logits: &'a [f32],
+    pub activations: ArrayView3<'a, f32>,
+}
+
+/// [`explain`], abandoned with an error once `deadline` has passed.
+pub fn explain_until(
+    classifier: &Classifier,
+    Input {
+        x,
+        logits,
+        activations,
+    }: Input,
+    class: usize,
+    params: &CamParams,
+    threads: usize,
+    deadline: Deadline,
+) -> Result<Explanation> {
     let started = Instant::now();
     let layer = classifier
         .cam_layer()
@@ -72,6 +102,7 @@ pub fn explain(
         logits[class],
         params,
         threads,
+        deadline,
     )?;
 
     let k_all = activations.len_of(Axis(0));

@@ -32,6 +32,7 @@ pub(crate) fn score_masks(
     clean_logit: f32,
     params: &CamParams,
     threads: usize,
+    deadline: super::Deadline,
 ) -> Result<Vec<ChannelScore>> {
     let steps = params.steps();
     let jobs = channels.len() * steps;
@@ -64,6 +65,10 @@ pub(crate) fn score_masks(
         loop {
             let start = next.fetch_add(params.batch, Ordering::Relaxed);
             if start >= jobs || failure.lock().expect("poisoned").is_some() {
+                return;
+            }
+            if let Err(e) = deadline.check(start.min(jobs), jobs) {
+                failure.lock().expect("poisoned").get_or_insert(e);
                 return;
             }
             let end = (start + params.batch).min(jobs);

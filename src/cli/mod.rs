@@ -315,8 +315,13 @@ mod method_specs {
     /// As a command to a daemon whose `[cam]` is configured with another method.
     fn from_command(spec: &str) -> CamParams {
         let defaults = CamParams::new("scorecam", None, Some(7)).unwrap();
+        let budget = iscamd::cam::Budget {
+            max_passes: usize::MAX,
+            ..Default::default()
+        };
         let limits = Limits {
             defaults: &defaults,
+            budget: &budget,
             layer_channels: 512,
             classes: 1000,
             input_size: 227,

@@ -11,7 +11,7 @@ use super::command_result;
 use super::inference::{Control, CONTROL_QUEUE};
 use super::scheduler::{Request, RequestId};
 use super::shutdown::Shutdown;
-use crate::cam::CamParams;
+use crate::cam::{Budget, CamParams};
 use crate::error::Result;
 use crate::model::Classifier;
 use crate::publish::command::{self, Command, Limits};
@@ -25,6 +25,8 @@ pub struct Commands {
     pub classifier: Arc<Classifier>,
     /// The configured method: what a command's unset fields default to.
     pub defaults: CamParams,
+    /// `[cam] max_passes`: requests above it are refused.
+    pub budget: Budget,
     pub stats: Arc<Stats>,
     pub topics: Topics,
     pub device: String,
@@ -68,6 +70,7 @@ impl Commands {
     fn limits(&self) -> Limits<'_> {
         Limits {
             defaults: &self.defaults,
+            budget: &self.budget,
             layer_channels: self.classifier.cam_layer().map_or(0, |l| l.channels),
             classes: self.classifier.classes(),
             input_size: self.classifier.input_size(),

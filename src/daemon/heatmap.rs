@@ -13,7 +13,7 @@ use super::latest::Latest;
 use super::scheduler::RequestId;
 use super::shutdown::Shutdown;
 use crate::analysis::Analysis;
-use crate::cam::{live, CamParams};
+use crate::cam::{live, Budget, CamParams, Deadline};
 use crate::error::{Error, Result};
 use crate::model::Classifier;
 use crate::publish::payload::MethodInfo;
@@ -80,6 +80,8 @@ pub struct HeatmapWorker {
     /// Where the newest reference map's weights go, for live maps.
     pub weights: Arc<Latest<Weights>>,
     pub threads: usize,
+    /// `[cam] max_time`: a map still running then is abandoned.
+    pub budget: Budget,
 }
 
 impl HeatmapWorker {
@@ -89,7 +91,8 @@ impl HeatmapWorker {
             if shutdown.is_shutdown() {
                 break;
             }
-            let (outcome, reference) = compute(&self.classifier, job, self.threads);
+            let deadline = self.budget.deadline();
+            let (outcome, reference) = compute(&self.classifier, job, self.threads, deadline);
             if self.render.send(outcome).is_err() {
                 return Err(Error::Stage("the render stage is gone".into()));
             }
@@ -110,10 +113,11 @@ fn compute(
     classifier: &Classifier,
     job: Job,
     threads: usize,
+    deadline: Deadline,
 ) -> (Outcome, Option<live::Reference>) {
     match job
         .analysis
-        .explain(classifier, job.class, &job.params, threads)
+        .explain_until(classifier, job.class, &job.params, threads, deadline)
     {
         Ok(e) => {
             let reference = match (job.reference, &job.analysis.activations) {

@@ -80,6 +80,7 @@ pub fn run(
     params
         .validate(layer.channels, classifier.input_size())
         .map_err(crate::config::cam_key)?;
+    config.cam.budget().admit(&params, layer.channels)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

@@ -171,6 +171,7 @@ impl Topology {
             render: render.clone(),
             weights: weights.clone(),
             threads: heatmap_threads(&shared.config),
+            budget: shared.config.cam.budget(),
         };
         self.thread("heatmap", move |s| worker.run(s))?;
         let mqtt = &shared.config.mqtt;
@@ -242,6 +243,7 @@ impl Topology {
             publish: shared.publish.clone(),
             classifier: shared.classifier,
             defaults: shared.params,
+            budget: shared.config.cam.budget(),
             stats: shared.stats.clone(),
             topics: shared.topics.clone(),
             device: shared.device.clone(),

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::cam::{spec, CamParams, Weighting};
+use crate::cam::{spec, Budget, CamParams, Weighting};
 
 /// Largest command payload accepted.
 pub const MAX_COMMAND_BYTES: usize = 16 * 1024;
@@ -47,6 +47,8 @@ struct SetFields {
 /// What a command may be checked against.
 pub struct Limits<'a> {
     pub defaults: &'a CamParams,
+    /// What one map may cost.
+    pub budget: &'a Budget,
     pub layer_channels: usize,
     pub classes: usize,
     /// The model's input size (bounds `score_size`).
@@ -149,6 +151,10 @@ fn explain(f: ExplainFields, limits: &Limits) -> Result<Command, String> {
     params
         .validate(limits.layer_channels, limits.input_size)
         .map_err(|e| format!("explain: {e}"))?;
+    limits
+        .budget
+        .admit(&params, limits.layer_channels)
+        .map_err(|e| format!("explain: {e}"))?;
     if let Some(c) = f.class.filter(|&c| c >= limits.classes) {
         return Err(format!(
             "explain: class {c} does not exist (0..{})",
@@ -172,6 +178,7 @@ mod tests {
             s.as_bytes(),
             &Limits {
                 defaults: &defaults,
+                budget: &Budget::default(),
                 layer_channels: 512,
                 classes: 1000,
                 input_size: 227,
@@ -200,11 +207,11 @@ mod tests {
 
     #[test]
     fn explain_takes_method_specs() {
-        let (_, cmd) = parse_str(r#"{"cmd":"explain","method":"iscam:n=10,k=0"}"#);
+        let (_, cmd) = parse_str(r#"{"cmd":"explain","method":"iscam:n=2,k=128"}"#);
         let Command::Explain { params, .. } = cmd.unwrap() else {
             panic!()
         };
-        assert_eq!((params.steps(), params.channels), (10, 0));
+        assert_eq!((params.steps(), params.channels), (2, 128));
         let (_, cmd) = parse_str(r#"{"cmd":"explain","method":"sscam:n=4","channels":8}"#);
         let Command::Explain { params, .. } = cmd.unwrap() else {
             panic!()
@@ -227,6 +234,11 @@ mod tests {
             (r#"{"cmd":"set","interval":"1ms"}"#, "interval"),
             (r#"{"cmd":7}"#, "\"cmd\" must be a string"),
             (r#"{"id":"1"}"#, "missing \"cmd\""),
+            (
+                r#"{"cmd":"explain","method":"sscam","steps":1000,"channels":0}"#,
+                "needs 512000 masked passes, above the budget of 512",
+            ),
+            (r#"{"cmd":"explain","method":"iscam:n=10,k=0"}"#, "cam.max_passes"),
         ] {
             let (_, r) = parse_str(payload);
             let e = r.unwrap_err();

@@ -11,6 +11,7 @@ use iscamd::source::decode_image;
 use tract_onnx::prelude::tract_ndarray::{ArrayD, IxDyn};
 
 pub mod broker;
+pub mod daemon;
 
 pub const F32_MODEL: &str = "squeezenet1.0-dc.onnx";
 pub const INT8_MODEL: &str = "squeezenet1.0-dc-int8.onnx";
