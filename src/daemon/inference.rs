@@ -183,7 +183,7 @@ impl Inference {
             reference,
         };
         match self.jobs.try_send(job) {
-            Ok(()) => self.scheduler.started(now),
+            Ok(()) => self.scheduler.started(now, &decision),
             Err(TrySendError::Full(_)) => self.scheduler.worker_busy(decision),
             Err(TrySendError::Disconnected(_)) => {
                 return Err(Error::Stage("the heatmap stage is gone".into()))

@@ -1,5 +1,6 @@
-//! When to explain a frame: requested maps first, then the schedule and class changes,
-//! live maps in between. Pure: time comes in as an argument, so every rule is tested
+//! When to explain a frame: requested maps and the schedule, taking turns when both
+//! wait (so that neither a stream of requests nor a schedule shorter than a map starves
+//! the other), then class changes, live maps in between. Pure: time comes in as an argument, so every rule is tested
 //! without a broker, a model or a clock.
 
 use std::collections::VecDeque;
@@ -58,9 +59,11 @@ pub struct Triggers {
 pub struct Scheduler {
     triggers: Triggers,
     last_class: Option<usize>,
-    /// When the last full map was handed to the CAM worker.
+    /// When the last full map of the configured method was handed to the CAM worker.
     last_full: Option<Instant>,
     requests: VecDeque<Request>,
+    /// The last map handed to the CAM worker was a requested one.
+    request_was_last: bool,
 }
 
 impl Scheduler {
@@ -70,6 +73,7 @@ impl Scheduler {
             last_class: None,
             last_full: None,
             requests: VecDeque::new(),
+            request_was_last: false,
         }
     }
 
@@ -96,12 +100,13 @@ impl Scheduler {
             && self
                 .last_full
                 .is_none_or(|t| now.saturating_duration_since(t) >= self.triggers.interval);
-        if let Some(request) = self.requests.pop_front() {
-            Decision::Requested(request)
-        } else if changed {
-            Decision::Full(Reason::ClassChange)
+        let requests_turn = !self.requests.is_empty() && !(due && self.request_was_last);
+        if requests_turn {
+            Decision::Requested(self.requests.pop_front().expect("a request waits"))
         } else if due {
             Decision::Full(Reason::Schedule)
+        } else if changed {
+            Decision::Full(Reason::ClassChange)
         } else if self.triggers.live {
             Decision::Live
         } else {
@@ -109,9 +114,13 @@ impl Scheduler {
         }
     }
 
-    /// The CAM worker took a full map at `now`.
-    pub fn started(&mut self, now: Instant) {
-        self.last_full = Some(now);
+    /// The CAM worker took the map `decision` asked for at `now`. Requested maps do not
+    /// move the schedule.
+    pub fn started(&mut self, now: Instant, decision: &Decision) {
+        if matches!(decision, Decision::Full(_)) {
+            self.last_full = Some(now);
+        }
+        self.request_was_last = matches!(decision, Decision::Requested(_));
     }
 
     /// The CAM worker was busy: a requested map waits for the next frame, first in line;
@@ -155,7 +164,7 @@ mod tests {
         let t0 = Instant::now();
         let mut s = scheduler(10 * S, false, false);
         assert!(is_full(&s.decide(t0, 1, 0.9), Reason::Schedule));
-        s.started(t0);
+        s.started(t0, &Decision::Full(Reason::Schedule));
         assert!(matches!(s.decide(t0 + 9 * S, 1, 0.9), Decision::Nothing));
         assert!(is_full(&s.decide(t0 + 10 * S, 1, 0.9), Reason::Schedule));
     }
@@ -207,15 +216,17 @@ mod tests {
         let t0 = Instant::now();
         let mut s = scheduler(10 * S, true, true);
         assert!(is_full(&s.decide(t0, 1, 0.9), Reason::Schedule));
-        s.started(t0);
+        s.started(t0, &Decision::Full(Reason::Schedule));
         assert!(matches!(s.decide(t0 + S, 1, 0.9), Decision::Live));
         assert!(is_full(&s.decide(t0 + 2 * S, 2, 0.9), Reason::ClassChange));
     }
 
     #[test]
-    fn requests_come_first_in_order_and_a_busy_worker_keeps_them_first() {
+    fn requests_come_in_order_and_a_busy_worker_keeps_them_first() {
         let t0 = Instant::now();
-        let mut s = scheduler(S, true, true);
+        let mut s = scheduler(10 * S, true, true);
+        let scheduled = s.decide(t0, 1, 0.9);
+        s.started(t0, &scheduled);
         s.request(request("a")).unwrap();
         s.request(request("b")).unwrap();
         let first = s.decide(t0, 1, 0.9);
@@ -223,9 +234,32 @@ mod tests {
         s.worker_busy(first);
         let again = s.decide(t0, 1, 0.9);
         assert!(matches!(&again, Decision::Requested(r) if r.id.0.as_deref() == Some("a")));
-        s.started(t0);
+        s.started(t0, &again);
         let next = s.decide(t0, 2, 0.9);
         assert!(matches!(&next, Decision::Requested(r) if r.id.0.as_deref() == Some("b")));
+    }
+
+    #[test]
+    fn a_due_schedule_and_waiting_requests_take_turns() {
+        let t0 = Instant::now();
+        let mut s = scheduler(10 * S, false, false);
+        for id in ["a", "b", "c"] {
+            s.request(request(id)).unwrap();
+        }
+        let a = s.decide(t0, 1, 0.9);
+        assert!(matches!(&a, Decision::Requested(r) if r.id.0.as_deref() == Some("a")));
+        s.started(t0, &a);
+        let scheduled = s.decide(t0, 1, 0.9);
+        assert!(is_full(&scheduled, Reason::Schedule), "due, after a request");
+        s.started(t0, &scheduled);
+        let b = s.decide(t0 + 5 * S, 1, 0.9);
+        assert!(matches!(&b, Decision::Requested(r) if r.id.0.as_deref() == Some("b")));
+        s.started(t0 + 5 * S, &b);
+        let again = s.decide(t0 + 10 * S, 1, 0.9);
+        assert!(is_full(&again, Reason::Schedule), "requests do not move the schedule");
+        s.started(t0 + 10 * S, &again);
+        let c = s.decide(t0 + 30 * S, 1, 0.9);
+        assert!(matches!(&c, Decision::Requested(r) if r.id.0.as_deref() == Some("c")));
     }
 
     #[test]

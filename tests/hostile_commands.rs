@@ -1,0 +1,116 @@
+//! Commands meant to tie the daemon up, against a real mosquitto: maps over the cost
+//! budget, floods of explain requests, oversized retained commands, ambiguous payloads.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::broker::Received;
+use common::daemon::*;
+
+fn result_for<'a>(results: &'a [Received], id: &str) -> Option<&'a Received> {
+    results.iter().find(|r| r.json()["id"] == id)
+}
+
+#[test]
+fn maps_over_the_budget_are_refused_or_abandoned_and_the_next_one_runs() {
+    let extra = "commands_per_second = 100\n[cam]\ninterval = \"0s\"\non_class_change = false\n\
+                 max_passes = 20000\nmax_time = \"1s\"\n";
+    let Setup {
+        broker: _broker,
+        observer,
+        mut daemon,
+        _dir,
+    } = setup("iscamd/#", 5, extra);
+    first_prediction(&observer);
+
+    // 1000 steps on all 512 channels: refused before it starts, naming the budget.
+    let sent = Instant::now();
+    observer.publish(
+        &topic("cmd"),
+        r#"{"id":"huge","cmd":"explain","method":"sscam","steps":1000,"channels":0}"#,
+    );
+    // 35 noisy masks on 512 channels: 17,920 passes, within max_passes, far over 1 s.
+    observer.publish(
+        &topic("cmd"),
+        r#"{"id":"slow","cmd":"explain","method":"sscam","channels":0}"#,
+    );
+    observer.publish(
+        &topic("cmd"),
+        r#"{"id":"next","cmd":"explain","steps":1,"channels":4}"#,
+    );
+    let results = observer.wait_for(
+        &topic("cmd/result"),
+        Duration::from_secs(60),
+        "three results",
+        |m| m.len() >= 3,
+    );
+    let huge = result_for(&results, "huge").expect("a result for huge").json();
+    assert_eq!(huge["ok"], false, "{huge}");
+    let error = huge["error"].as_str().unwrap();
+    assert!(
+        error.contains("cam.max_passes") && error.contains("512000") && error.contains("20000"),
+        "{error}"
+    );
+
+    let slow = result_for(&results, "slow").expect("a result for slow");
+    let json = slow.json();
+    assert_eq!(json["ok"], false, "{json}");
+    let error = json["error"].as_str().unwrap();
+    assert!(error.contains("cam.max_time") && error.contains("abandoned"), "{error}");
+    let took = slow.at - sent;
+    eprintln!("the 17,920-pass map was abandoned after {took:?}: {error}");
+    assert!(took < Duration::from_secs(30), "abandoned only after {took:?}");
+
+    let next = result_for(&results, "next").expect("a result for next").json();
+    assert_eq!(next["ok"], true, "the map after an abandoned one is made: {next}");
+    assert!(daemon.terminate().success());
+}
+
+#[test]
+fn fifty_explains_in_ten_seconds_are_answered_and_the_schedule_keeps_its_interval() {
+    // Cheap maps (4 passes), so that the schedule's interval is longer than two maps even
+    // in a debug build.
+    let extra = "commands_per_second = 100\n[cam]\nmethod = \"iscam:k=4\"\ninterval = \"2s\"\n\
+                 on_class_change = false\n";
+    let Setup {
+        broker: _broker,
+        observer,
+        mut daemon,
+        _dir,
+    } = setup("iscamd/#", 5, extra);
+    first_prediction(&observer);
+    let start = Instant::now();
+    for i in 0..50 {
+        observer.publish(
+            &topic("cmd"),
+            format!(r#"{{"id":"e{i}","cmd":"explain"}}"#),
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let results = observer.wait_for(
+        &topic("cmd/result"),
+        Duration::from_secs(60),
+        "an answer to each of 50 explains",
+        |m| m.len() >= 50,
+    );
+    let busy = results
+        .iter()
+        .filter(|r| r.json()["error"].as_str().is_some_and(|e| e.starts_with("busy")))
+        .count();
+    let ok = results.iter().filter(|r| r.json()["ok"] == true).count();
+    assert_eq!(ok + busy, 50, "every explain is made or refused as busy");
+    // Scheduled maps: fresh, not asked for, made during the 10 s of the flood.
+    let flood = start..start + Duration::from_secs(10);
+    let scheduled = observer
+        .on(&topic("heatmap"))
+        .iter()
+        .filter(|m| {
+            let h = m.json();
+            h["request_id"].is_null() && h["fresh"] == true && flood.contains(&m.at)
+        })
+        .count();
+    eprintln!("50 explains in 10 s: {ok} made, {busy} busy; {scheduled} scheduled maps meanwhile");
+    assert!(scheduled >= 4, "{scheduled} scheduled maps in 10 s at a 2 s interval");
+    assert!(daemon.terminate().success());
+}
