@@ -23,6 +23,7 @@ struct Run {
 }
 
 /// Runs iscamd and waits for it with `wait4`, which reports the child's own peak RSS.
+#[allow(clippy::zombie_processes)] // reaped by wait4, which std's Child does not know of
 fn run(args: &[&str]) -> Run {
     let started = Instant::now();
     let child = Command::new(env!("CARGO_BIN_EXE_iscamd"))

@@ -100,7 +100,8 @@ impl Scheduler {
             && self
                 .last_full
                 .is_none_or(|t| now.saturating_duration_since(t) >= self.triggers.interval);
-        let requests_turn = !self.requests.is_empty() && !(due && self.request_was_last);
+        let schedules_turn = due && self.request_was_last;
+        let requests_turn = !self.requests.is_empty() && !schedules_turn;
         if requests_turn {
             Decision::Requested(self.requests.pop_front().expect("a request waits"))
         } else if due {

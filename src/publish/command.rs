@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::cam::{spec, Budget, CamParams, Weighting};
@@ -67,26 +68,22 @@ pub fn parse(payload: &[u8], limits: &Limits) -> (Option<String>, Result<Command
             )),
         );
     }
-    let mut value: Value = match serde_json::from_slice(payload) {
-        Ok(v) => v,
-        Err(e) => return (None, Err(format!("invalid JSON: {e}"))),
+    let mut object = match Fields::parse(payload) {
+        Ok(fields) => fields,
+        Err(e) => return (None, Err(e)),
     };
-    let Some(object) = value.as_object_mut() else {
-        return (
-            None,
-            Err("a command is a JSON object like {\"cmd\":\"explain\"}".into()),
-        );
+    let id = match object.remove("id").map(|raw| id_of(&raw)) {
+        None => None,
+        Some(Ok(id)) => id,
+        Some(Err(e)) => return (None, Err(e)),
     };
-    let id = match object.remove("id") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) if s.len() <= 128 => Some(s),
-        Some(Value::Number(n)) => Some(n.to_string()),
-        Some(_) => {
-            return (
-                None,
-                Err("\"id\" must be a string of at most 128 characters or a number".into()),
-            )
-        }
+    let mut object: serde_json::Map<String, Value> = match object
+        .into_iter()
+        .map(|(k, raw)| serde_json::from_str(raw.get()).map(|v| (k, v)))
+        .collect()
+    {
+        Ok(map) => map,
+        Err(e) => return (id, Err(format!("invalid JSON: {e}"))),
     };
     let cmd = match object.remove("cmd") {
         Some(Value::String(s)) => s,
@@ -98,6 +95,7 @@ pub fn parse(payload: &[u8], limits: &Limits) -> (Option<String>, Result<Command
             )
         }
     };
+    let value = Value::Object(object);
     let result = match cmd.as_str() {
         "explain" => serde_json::from_value::<ExplainFields>(value)
             .map_err(|e| format!("explain: {e}"))
@@ -119,6 +117,66 @@ pub fn parse(payload: &[u8], limits: &Limits) -> (Option<String>, Result<Command
         other => Err(format!("unknown command {other:?} (expected explain, republish or set)")),
     };
     (id, result)
+}
+
+/// Most characters of a command's `id`.
+const MAX_ID_CHARS: usize = 128;
+
+/// A command's top-level fields as their JSON text; a key given twice is refused (a
+/// reader that kept the first and one that kept the last would run different commands).
+struct Fields(std::collections::BTreeMap<String, Box<RawValue>>);
+
+impl Fields {
+    fn parse(payload: &[u8]) -> Result<std::collections::BTreeMap<String, Box<RawValue>>, String> {
+        match serde_json::from_slice::<Fields>(payload) {
+            Ok(Fields(map)) => Ok(map),
+            Err(e) if e.is_data() => Err(e.to_string()),
+            Err(e) => Err(format!("invalid JSON: {e}")),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Fields {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Fields;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a command: a JSON object like {\"cmd\":\"explain\"}")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Fields, A::Error> {
+                let mut fields = std::collections::BTreeMap::new();
+                while let Some((key, value)) = map.next_entry::<String, Box<RawValue>>()? {
+                    if fields.contains_key(&key) {
+                        return Err(serde::de::Error::custom(format!(
+                            "the key {key:?} is given twice"
+                        )));
+                    }
+                    fields.insert(key, value);
+                }
+                Ok(Fields(fields))
+            }
+        }
+        d.deserialize_map(Visitor)
+    }
+}
+
+/// The `id` as given: a string's text, or a number's JSON text digit for digit (a float
+/// would round a long numeric id).
+fn id_of(raw: &RawValue) -> Result<Option<String>, String> {
+    let text = raw.get();
+    let id = match text.as_bytes().first() {
+        Some(b'"') => serde_json::from_str::<String>(text).map_err(|e| e.to_string())?,
+        Some(b'-' | b'0'..=b'9') => text.to_string(),
+        _ if text == "null" => return Ok(None),
+        _ => String::new(),
+    };
+    if id.is_empty() || id.chars().count() > MAX_ID_CHARS {
+        return Err(format!(
+            "\"id\" must be a string of 1 to {MAX_ID_CHARS} characters or a number"
+        ));
+    }
+    Ok(Some(id))
 }
 
 fn object_is_empty(v: &Value) -> bool {
@@ -234,6 +292,10 @@ mod tests {
             (r#"{"cmd":"set","interval":"1ms"}"#, "interval"),
             (r#"{"cmd":7}"#, "\"cmd\" must be a string"),
             (r#"{"id":"1"}"#, "missing \"cmd\""),
+            (r#"{"cmd":"republish","cmd":"explain"}"#, "the key \"cmd\" is given twice"),
+            (r#"{"id":1,"id":2,"cmd":"republish"}"#, "the key \"id\" is given twice"),
+            (r#"{"id":[1],"cmd":"republish"}"#, "\"id\" must be"),
+            (r#"{"id":"","cmd":"republish"}"#, "\"id\" must be"),
             (
                 r#"{"cmd":"explain","method":"sscam","steps":1000,"channels":0}"#,
                 "needs 512000 masked passes, above the budget of 512",
@@ -246,6 +308,21 @@ mod tests {
         }
         let big = format!(r#"{{"cmd":"explain","pad":"{}"}}"#, "x".repeat(1 << 20));
         assert!(parse_str(&big).1.unwrap_err().contains("bytes"));
+    }
+
+    #[test]
+    fn ids_come_back_exactly_as_given() {
+        for (payload, id) in [
+            (r#"{"id":123456789012345678901234567890,"cmd":"republish"}"#, "123456789012345678901234567890"),
+            (r#"{"id":1.50,"cmd":"republish"}"#, "1.50"),
+            (r#"{"id":-7e3,"cmd":"republish"}"#, "-7e3"),
+            (r#"{"id":"caf\u00e9 \"7\"","cmd":"republish"}"#, "café \"7\""),
+        ] {
+            let (got, cmd) = parse_str(payload);
+            assert_eq!(got.as_deref(), Some(id), "{payload}");
+            assert_eq!(cmd, Ok(Command::Republish));
+        }
+        assert_eq!(parse_str(r#"{"id":null,"cmd":"republish"}"#).0, None);
     }
 
     #[test]
