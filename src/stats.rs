@@ -77,6 +77,7 @@ impl Default for Stats {
 pub struct Snapshot {
     pub schema: &'static str,
     pub device: String,
+    pub run: String,
     pub uptime_s: f64,
     pub fps: f64,
     pub frames_captured: u64,
@@ -216,12 +217,13 @@ impl Stats {
         .find(|(_, stuck)| *stuck > limit)
     }
 
-    pub fn snapshot(&self, device: &str) -> Snapshot {
+    pub fn snapshot(&self, origin: &crate::publish::payload::Origin) -> Snapshot {
         let uptime = self.started.elapsed().as_secs_f64();
         let processed = self.frames_processed.load(Relaxed);
         Snapshot {
             schema: "iscamd.stats/1",
-            device: device.to_string(),
+            device: origin.device.clone(),
+            run: origin.run.clone(),
             uptime_s: uptime,
             fps: if uptime > 0.0 {
                 processed as f64 / uptime

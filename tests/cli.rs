@@ -459,6 +459,9 @@ fn bad_daemon_configs_exit_2_naming_the_key() {
         ("[cam]\nsteps = 0", "cam.steps"),
         ("[cam]\nchannels = 100000", "cam.channels"),
         ("[source]\nkind = \"images\"", "source.path"),
+        ("[cam]\nmax_passes = 0", "cam.max_passes"),
+        ("[cam]\nmax_time = \"0s\"", "cam.max_time"),
+        ("[cam]\nmethod = \"iscam:n=10,k=0\"", "cam.max_passes"),
         (&garbage_tls("ca"), "mqtt.ca"),
         (&garbage_tls("cert"), "mqtt.cert"),
     ]

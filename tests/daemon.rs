@@ -17,6 +17,8 @@ fn check_prediction(p: &serde_json::Value) {
 fn check_prediction_for(p: &serde_json::Value, device: &str) {
     assert_eq!(p["schema"], "iscamd.prediction/1");
     assert_eq!(p["device"], device);
+    let run = p["run"].as_str().unwrap();
+    assert!(run.len() == 16 && run.chars().all(|c| c.is_ascii_hexdigit()), "{run}");
     assert!(p["seq"].as_u64().unwrap() >= 1);
     assert!(p["frame"].as_u64().unwrap() >= 1);
     assert!(p["ts"].as_str().unwrap().ends_with('Z'));
@@ -151,6 +153,45 @@ fn publishes_predictions_heatmaps_stats_and_availability() {
     )
     .expect("discovery retained");
     assert!(discovery.contains(&topic("heatmap/image")));
+}
+
+/// A restart and a loss both make `seq` jump; `run` tells them apart.
+#[test]
+fn every_payload_names_its_run_and_a_restart_starts_a_new_one() {
+    let broker = Mosquitto::start();
+    let observer = Observer::connect(broker.port, "iscamd/#");
+    let dir = tempfile::tempdir().unwrap();
+    let extra = "commands_per_second = 100\n[cam]\ninterval = \"1s\"\nmethod = \"iscam:k=4\"\n";
+    let config = write_config(dir.path(), broker.port, 5, extra);
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let since = std::time::Instant::now();
+        let mut daemon = Daemon::start(&config, dir.path());
+        let fresh = |m: &[common::broker::Received]| m.iter().filter(|r| r.at > since).count();
+        observer.wait_for(&topic("heatmap"), Duration::from_secs(60), "a heatmap", |m| fresh(m) > 0);
+        observer.publish(&topic("cmd"), r#"{"id":"r","cmd":"republish"}"#);
+        observer.wait_for(&topic("cmd/result"), Duration::from_secs(10), "a result", |m| fresh(m) > 0);
+        observer.wait_for(&topic("stats"), Duration::from_secs(10), "stats", |m| fresh(m) > 0);
+        let announced: serde_json::Value =
+            serde_json::from_str(&retained(broker.port, &topic("run")).expect("run is retained")).unwrap();
+        assert_eq!(announced["schema"], "iscamd.run/1");
+        assert!(announced["started"].as_str().unwrap().ends_with('Z'));
+        let run = announced["run"].as_str().unwrap().to_string();
+        assert!(daemon.terminate().success());
+        for kind in ["prediction", "heatmap", "stats", "cmd/result"] {
+            let of_this_start: Vec<_> =
+                observer.on(&topic(kind)).into_iter().filter(|m| m.at > since).collect();
+            assert!(!of_this_start.is_empty(), "{kind}");
+            for m in &of_this_start {
+                assert_eq!(m.json()["run"], run.as_str(), "{kind} of run {run}");
+            }
+            if kind == "prediction" {
+                assert_eq!(of_this_start[0].json()["seq"], 1, "seq starts at 1 in every run");
+            }
+        }
+        runs.push(run);
+    }
+    assert_ne!(runs[0], runs[1], "a restart is a new run");
 }
 
 #[test]

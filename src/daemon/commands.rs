@@ -11,6 +11,7 @@ use super::command_result;
 use super::inference::{Control, CONTROL_QUEUE};
 use super::scheduler::{Request, RequestId};
 use super::shutdown::Shutdown;
+use crate::publish::payload::Origin;
 use crate::cam::{Budget, CamParams};
 use crate::error::Result;
 use crate::model::Classifier;
@@ -29,7 +30,7 @@ pub struct Commands {
     pub budget: Budget,
     pub stats: Arc<Stats>,
     pub topics: Topics,
-    pub device: String,
+    pub origin: Origin,
     pub discovery_prefix: Option<String>,
     /// `[mqtt] commands_per_second`.
     pub rate: f64,
@@ -61,7 +62,7 @@ impl Commands {
                 }
                 let _ = self
                     .publish
-                    .send(command_result(&self.topics, id, result))
+                    .send(command_result(&self.topics, &self.origin, id, result))
                     .await;
             }
         }
@@ -88,7 +89,7 @@ impl Commands {
             Err(e) => return Some(Err(e)),
             Ok(Command::Republish) => {
                 let announce =
-                    announcements(&self.topics, &self.device, self.discovery_prefix.as_deref());
+                    announcements(&self.topics, &self.origin, self.discovery_prefix.as_deref());
                 for m in announce {
                     let _ = self.publish.send(m).await;
                 }

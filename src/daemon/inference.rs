@@ -12,6 +12,7 @@ use super::heatmap::{Job, Live};
 use super::latest::Latest;
 use super::scheduler::{Decision, Reason, Request, Scheduler, MAX_PENDING_REQUESTS};
 use super::shutdown::Shutdown;
+use crate::publish::payload::Origin;
 use crate::analysis::Analysis;
 use crate::cam::CamParams;
 use crate::error::{Error, Result};
@@ -48,7 +49,7 @@ pub struct Inference {
     pub control: Receiver<Control>,
     pub scheduler: Scheduler,
     pub topics: Topics,
-    pub device: String,
+    pub origin: Origin,
     pub qos: u8,
     /// The configured method, for scheduled maps.
     pub params: CamParams,
@@ -102,7 +103,7 @@ impl Inference {
                             "busy: {MAX_PENDING_REQUESTS} explain requests already wait; \
                              try again later"
                         );
-                        let reply = command_result(&self.topics, refused.id.0, Err(busy));
+                        let reply = command_result(&self.topics, &self.origin, refused.id.0, Err(busy));
                         self.send(reply)?;
                     }
                 }
@@ -125,7 +126,7 @@ impl Inference {
         let prediction = payload::Prediction {
             header: payload::Header::new(
                 "iscamd.prediction/1",
-                &self.device,
+                &self.origin,
                 seq,
                 frame.number,
                 frame.captured,

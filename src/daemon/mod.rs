@@ -31,7 +31,7 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::model::Classifier;
-use crate::publish::payload::CommandResult;
+use crate::publish::payload::{CommandResult, Origin};
 use crate::publish::{self, Kind, Message, Topics};
 pub use capture::open_source;
 use topology::{Parts, Topology};
@@ -39,6 +39,7 @@ use topology::{Parts, Topology};
 /// A `cmd/result` message.
 fn command_result(
     topics: &Topics,
+    origin: &Origin,
     id: Option<String>,
     result: std::result::Result<(), String>,
 ) -> Message {
@@ -46,7 +47,12 @@ fn command_result(
         Ok(()) => (true, None),
         Err(e) => (false, Some(e)),
     };
-    let payload = serde_json::to_vec(&CommandResult { id, ok, error }).expect("result serialises");
+    let payload = serde_json::to_vec(&CommandResult {
+        run: &origin.run,
+        id,
+        ok,
+        error,
+    }).expect("result serialises");
     Message {
         topic: topics.command_result(),
         payload,
@@ -87,9 +93,12 @@ pub fn run(
         .thread_name(format!("{}io", shutdown::STAGE_THREAD_PREFIX))
         .build()
         .map_err(|e| Error::Stage(format!("cannot start the I/O runtime: {e}")))?;
+    let origin = Origin::new(device);
     tracing::info!(
-        "iscamd {} starting: device {device}, source {}, model {} on {}",
+        "iscamd {} starting: device {}, run {}, source {}, model {} on {}",
         env!("CARGO_PKG_VERSION"),
+        origin.device,
+        origin.run,
         source.describe(),
         classifier.path().display(),
         classifier.backend()
@@ -99,7 +108,7 @@ pub fn run(
         classifier: Arc::new(classifier),
         source,
         options,
-        device,
+        origin,
         params,
     };
     let result = runtime.block_on(async move {

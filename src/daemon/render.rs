@@ -10,6 +10,7 @@ use tokio::sync::mpsc::Sender;
 use super::command_result;
 use super::heatmap::{Freshness, Outcome, Ready};
 use super::shutdown::Shutdown;
+use crate::publish::payload::Origin;
 use crate::analysis::ms;
 use crate::cam::display;
 use crate::error::{Error, Result};
@@ -21,7 +22,7 @@ use crate::stats::Stats;
 /// How heatmaps are published.
 pub struct Output {
     pub topics: Topics,
-    pub device: String,
+    pub origin: Origin,
     pub qos: u8,
     pub retain_image: bool,
     pub image_width: u32,
@@ -55,9 +56,9 @@ impl Render {
                 } => {
                     self.stats.heatmap_failed();
                     tracing::warn!("heatmap for frame {frame} failed: {error}");
-                    let topics = &self.output.topics;
+                    let Output { topics, origin, .. } = &self.output;
                     request_id
-                        .map(|id| command_result(topics, id.0, Err(error)))
+                        .map(|id| command_result(topics, origin, id.0, Err(error)))
                         .into_iter()
                         .collect()
                 }
@@ -97,7 +98,7 @@ fn messages(
     let heatmap = payload::Heatmap {
         header: payload::Header::new(
             "iscamd.heatmap/1",
-            &out.device,
+            &out.origin,
             seq,
             ready.frame,
             ready.captured,
@@ -136,7 +137,7 @@ fn messages(
         Err(err) => tracing::warn!("cannot encode the heatmap image: {err}"),
     }
     if let Some(id) = ready.request_id {
-        messages.push(command_result(&out.topics, id.0, Ok(())));
+        messages.push(command_result(&out.topics, &out.origin, id.0, Ok(())));
     }
     messages
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::sync::mpsc::Sender;
 
 use super::shutdown::Shutdown;
+use crate::publish::payload::Origin;
 use crate::error::{Error, Result};
 use crate::publish::{Kind, Message, Topics};
 use crate::stats::Stats;
@@ -15,7 +16,7 @@ pub struct StatsPublisher {
     pub stats: Arc<Stats>,
     pub publish: Sender<Message>,
     pub topics: Topics,
-    pub device: String,
+    pub origin: Origin,
     pub every: Duration,
 }
 
@@ -29,7 +30,7 @@ impl StatsPublisher {
                 _ = tick.tick() => {}
                 _ = shutdown.recv() => return Ok(()),
             }
-            let snapshot = self.stats.snapshot(&self.device);
+            let snapshot = self.stats.snapshot(&self.origin);
             let payload = serde_json::to_vec(&snapshot).expect("stats serialise");
             let message = Message {
                 topic: self.topics.stats(),

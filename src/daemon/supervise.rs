@@ -18,6 +18,7 @@ use std::time::Duration;
 use sd_notify::NotifyState;
 
 use super::shutdown::Shutdown;
+use crate::publish::payload::Origin;
 use crate::error::Result;
 use crate::stats::Stats;
 
@@ -40,6 +41,7 @@ fn notify(states: &[NotifyState]) {
 /// The supervision stage.
 pub struct Supervisor {
     pub stats: Arc<Stats>,
+    pub origin: Origin,
     /// Set the moment any stage fails ([`super::shutdown::Ends::failure_flag`]).
     pub failed: Arc<AtomicBool>,
 }
@@ -80,14 +82,14 @@ impl Supervisor {
                     continue;
                 }
                 ready = true;
-                notify(&[NotifyState::Ready, NotifyState::Status(&status(stats))]);
+                notify(&[NotifyState::Ready, NotifyState::Status(&status(stats, &self.origin))]);
                 continue;
             }
             let stuck = stats.stuck_stage(period);
             match stuck {
                 None => {
                     starved = false;
-                    let status = status(stats);
+                    let status = status(stats, &self.origin);
                     if watchdog.is_some() {
                         notify(&[NotifyState::Watchdog, NotifyState::Status(&status)]);
                     } else {
@@ -110,8 +112,8 @@ impl Supervisor {
     }
 }
 
-fn status(stats: &Stats) -> String {
-    let s = stats.snapshot("");
+fn status(stats: &Stats, origin: &Origin) -> String {
+    let s = stats.snapshot(origin);
     let camera = match &s.camera {
         Some(c) if !c.ok => format!(
             ", camera down ({}; reopened {}×)",

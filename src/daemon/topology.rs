@@ -21,6 +21,7 @@ use super::scheduler::{Scheduler, Triggers};
 use super::shutdown::{panic_message, End, Ended, Ends, Shutdown, Trigger, STAGE_THREAD_PREFIX};
 use super::stats::StatsPublisher;
 use super::supervise::{self, Supervisor};
+use crate::publish::payload::Origin;
 use crate::cam::CamParams;
 use crate::config::Config;
 use crate::error::{with_causes, Error, Result};
@@ -45,7 +46,7 @@ pub struct Parts {
     pub classifier: Arc<Classifier>,
     pub source: Box<dyn FrameSource>,
     pub options: MqttOptions,
-    pub device: String,
+    pub origin: Origin,
     pub params: CamParams,
 }
 
@@ -68,7 +69,7 @@ struct Shared {
     config: Config,
     classifier: Arc<Classifier>,
     params: CamParams,
-    device: String,
+    origin: Origin,
     topics: Topics,
     discovery_prefix: Option<String>,
     stats: Arc<Stats>,
@@ -90,7 +91,7 @@ impl Topology {
             classifier,
             source,
             options,
-            device,
+            origin,
             params,
         } = parts;
         let (trigger, shutdown) = Trigger::new();
@@ -110,14 +111,14 @@ impl Topology {
         };
         let (publish, messages) = mpsc::channel::<Message>(PUBLISH_QUEUE);
         let shared = Shared {
-            topics: Topics::new(&config.mqtt.prefix, &device),
+            topics: Topics::new(&config.mqtt.prefix, &origin.device),
             discovery_prefix: (config.homeassistant.discovery)
                 .then(|| config.homeassistant.prefix.clone()),
             stats: Arc::new(Stats::default()),
             config,
             classifier,
             params,
-            device,
+            origin,
             publish,
         };
         let incoming = t.start_connection(&shared, options, messages, connection_stop);
@@ -146,7 +147,7 @@ impl Topology {
         let settings = ConnectionSettings {
             options,
             topics: shared.topics.clone(),
-            device: shared.device.clone(),
+            origin: shared.origin.clone(),
             outbox: shared.config.mqtt.outbox,
             discovery_prefix: shared.discovery_prefix.clone(),
             shutdown_timeout: shared.config.device.shutdown_timeout,
@@ -180,7 +181,7 @@ impl Topology {
             maps,
             output: Output {
                 topics: shared.topics.clone(),
-                device: shared.device.clone(),
+                origin: shared.origin.clone(),
                 qos: mqtt.qos.heatmap,
                 retain_image: mqtt.retain_heatmap_image,
                 image_width: mqtt.heatmap_image_width,
@@ -222,7 +223,7 @@ impl Topology {
                 live: cam.live,
             }),
             topics: shared.topics.clone(),
-            device: shared.device.clone(),
+            origin: shared.origin.clone(),
             qos: shared.config.mqtt.qos.prediction,
             params: shared.params.clone(),
         };
@@ -246,7 +247,7 @@ impl Topology {
             budget: shared.config.cam.budget(),
             stats: shared.stats.clone(),
             topics: shared.topics.clone(),
-            device: shared.device.clone(),
+            origin: shared.origin.clone(),
             discovery_prefix: shared.discovery_prefix,
             rate: shared.config.mqtt.commands_per_second,
         };
@@ -255,12 +256,13 @@ impl Topology {
             stats: shared.stats.clone(),
             publish: shared.publish,
             topics: shared.topics,
-            device: shared.device,
+            origin: shared.origin.clone(),
             every: shared.config.mqtt.stats_interval,
         };
         self.task("stats", stats_publisher.run(self.shutdown.clone()));
         let supervisor = Supervisor {
             stats: shared.stats,
+            origin: shared.origin,
             failed: self.ends.failure_flag(),
         };
         self.task("supervise", supervisor.run(self.shutdown.clone()));

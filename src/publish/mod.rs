@@ -52,6 +52,10 @@ impl Topics {
     pub fn availability(&self) -> String {
         format!("{}/availability", self.base)
     }
+    /// The retained companion of `availability`: which run of the daemon it is.
+    pub fn run(&self) -> String {
+        format!("{}/run", self.base)
+    }
     pub fn prediction(&self) -> String {
         format!("{}/prediction", self.base)
     }

@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::outbox::{Outbox, MAX_IN_FLIGHT};
 use super::{discovery, Kind, Message, Topics};
+use crate::publish::payload::{Origin, Run};
 use crate::stats::Stats;
 
 /// What the connection passes back to the daemon.
@@ -32,7 +33,7 @@ pub enum Incoming {
 pub struct ConnectionSettings {
     pub options: MqttOptions,
     pub topics: Topics,
-    pub device: String,
+    pub origin: Origin,
     pub outbox: usize,
     /// Home Assistant discovery prefix, when discovery is on.
     pub discovery_prefix: Option<String>,
@@ -193,7 +194,7 @@ impl Connection {
     fn announce(&mut self) {
         self.outbox.push_first(announcements(
             &self.settings.topics,
-            &self.settings.device,
+            &self.settings.origin,
             self.settings.discovery_prefix.as_deref(),
         ));
         self.update_stats();
@@ -316,18 +317,28 @@ impl Connection {
 /// Availability `online` (retained) and, with a discovery prefix, Home Assistant discovery.
 pub fn announcements(
     topics: &Topics,
-    device: &str,
+    origin: &Origin,
     discovery_prefix: Option<&str>,
 ) -> Vec<Message> {
-    let mut messages = vec![Message {
-        topic: topics.availability(),
-        payload: b"online".to_vec(),
-        qos: 1,
-        retain: true,
-        kind: Kind::Availability,
-    }];
+    let run = serde_json::to_vec(&Run::new(origin)).expect("run serialises");
+    let mut messages = vec![
+        Message {
+            topic: topics.run(),
+            payload: run,
+            qos: 1,
+            retain: true,
+            kind: Kind::Availability,
+        },
+        Message {
+            topic: topics.availability(),
+            payload: b"online".to_vec(),
+            qos: 1,
+            retain: true,
+            kind: Kind::Availability,
+        },
+    ];
     if let Some(prefix) = discovery_prefix {
-        messages.extend(discovery::messages(prefix, device, topics));
+        messages.extend(discovery::messages(prefix, &origin.device, topics));
     }
     messages
 }

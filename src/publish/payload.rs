@@ -19,11 +19,55 @@ pub struct PredictionLatency {
     pub inference: f64,
 }
 
+/// Who publishes: the device and this run of the daemon. `run` is new at every start,
+/// so that a subscriber can tell a restart (new `run`, `seq` from 1) from lost messages
+/// (same `run`, a gap in `seq`).
+#[derive(Clone, Debug)]
+pub struct Origin {
+    pub device: String,
+    pub run: String,
+    pub started: SystemTime,
+}
+
+impl Origin {
+    /// A new run of `device`: 16 random hex digits.
+    pub fn new(device: String) -> Self {
+        Origin {
+            device,
+            run: format!("{:016x}", rand::random::<u64>()),
+            started: SystemTime::now(),
+        }
+    }
+}
+
+/// The retained companion of `availability` (`schema: iscamd.run/1`): which run is online.
+#[derive(Serialize, Debug)]
+pub struct Run<'a> {
+    pub schema: &'static str,
+    pub device: &'a str,
+    pub run: &'a str,
+    pub started: String,
+    pub version: &'static str,
+}
+
+impl<'a> Run<'a> {
+    pub fn new(origin: &'a Origin) -> Self {
+        Run {
+            schema: "iscamd.run/1",
+            device: &origin.device,
+            run: &origin.run,
+            started: timestamp(origin.started),
+            version: env!("CARGO_PKG_VERSION"),
+        }
+    }
+}
+
 /// The fields every per-frame message starts with.
 #[derive(Serialize, Debug)]
 pub struct Header<'a> {
     pub schema: &'static str,
     pub device: &'a str,
+    pub run: &'a str,
     /// Counts messages of this kind: +1 each, so subscribers can detect loss.
     pub seq: u64,
     /// The source frame number.
@@ -34,14 +78,15 @@ pub struct Header<'a> {
 impl<'a> Header<'a> {
     pub fn new(
         schema: &'static str,
-        device: &'a str,
+        origin: &'a Origin,
         seq: u64,
         frame: u64,
         captured: SystemTime,
     ) -> Self {
         Header {
             schema,
-            device,
+            device: &origin.device,
+            run: &origin.run,
             seq,
             frame,
             ts: timestamp(captured),
@@ -130,7 +175,8 @@ pub struct Heatmap<'a> {
 }
 
 #[derive(Serialize, Debug)]
-pub struct CommandResult {
+pub struct CommandResult<'a> {
+    pub run: &'a str,
     pub id: Option<String>,
     pub ok: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
