@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::broker::Received;
+use common::broker::{retained, Received};
 use common::daemon::*;
 
 fn result_for<'a>(results: &'a [Received], id: &str) -> Option<&'a Received> {
@@ -112,5 +112,46 @@ fn fifty_explains_in_ten_seconds_are_answered_and_the_schedule_keeps_its_interva
         .count();
     eprintln!("50 explains in 10 s: {ok} made, {busy} busy; {scheduled} scheduled maps meanwhile");
     assert!(scheduled >= 4, "{scheduled} scheduled maps in 10 s at a 2 s interval");
+    assert!(daemon.terminate().success());
+}
+
+#[test]
+fn a_retained_5_mib_command_costs_at_most_one_reconnect() {
+    // The observer does not subscribe to cmd: it would choke on the payload itself.
+    let Setup {
+        broker,
+        observer,
+        mut daemon,
+        _dir,
+    } = setup(
+        &topic("prediction"),
+        5,
+        "[mqtt.qos]\nprediction = 1\n[cam]\ninterval = \"0s\"\n",
+    );
+    first_prediction(&observer);
+    let (client, pump) = big_publisher(broker.port);
+    let pad = "x".repeat(5 << 20);
+    let payload = format!(r#"{{"cmd":"republish","pad":"{pad}"}}"#);
+    client
+        .publish(topic("cmd"), rumqttc::QoS::AtLeastOnce, true, payload)
+        .unwrap();
+    let sent = Instant::now();
+    std::thread::sleep(Duration::from_secs(1));
+    client.disconnect().unwrap();
+    pump.join().unwrap();
+    std::thread::sleep(Duration::from_secs(30) - sent.elapsed());
+    let window = sent..sent + Duration::from_secs(30);
+    let predictions = observer
+        .on(&topic("prediction"))
+        .iter()
+        .filter(|m| window.contains(&m.at))
+        .count();
+    let log = daemon.log_text();
+    let reconnects = log.matches("lost the broker").count();
+    eprintln!("retained 5 MiB command: {reconnects} reconnect(s), {predictions} predictions in 30 s at 5 fps");
+    assert!(reconnects <= 1, "{reconnects} reconnects:\n{log}");
+    assert!(predictions >= 135, "{predictions} of 150 predictions");
+    assert_eq!(retained(broker.port, &topic("cmd")), None, "the command is cleared");
+    assert_eq!(retained(broker.port, &topic("availability")).as_deref(), Some("online"));
     assert!(daemon.terminate().success());
 }

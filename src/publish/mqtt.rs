@@ -44,6 +44,11 @@ struct Backoff {
     next: Duration,
 }
 
+/// A connection must stay up this long before the backoff starts again from its minimum:
+/// a message that drops the connection as soon as it is made (an oversized one, say)
+/// must not turn the backoff into a tight reconnect loop.
+const STABLE_CONNECTION: Duration = Duration::from_secs(10);
+
 impl Backoff {
     const MIN: Duration = Duration::from_millis(500);
     const MAX: Duration = Duration::from_secs(30);
@@ -71,6 +76,8 @@ struct Connection {
     stats: Arc<Stats>,
     connected: bool,
     ever_connected: bool,
+    /// When the current connection was made.
+    connected_at: Option<tokio::time::Instant>,
     outbox: Outbox,
 }
 
@@ -92,18 +99,18 @@ pub async fn run_connection(
         stats,
         connected: false,
         ever_connected: false,
+        connected_at: None,
         outbox: Outbox::new(settings_outbox),
     };
     let mut backoff = Backoff::new();
     loop {
         tokio::select! {
             event = eventloop.poll() => match event {
-                Ok(event) => {
-                    if conn.on_event(event, &incoming).await {
+                Ok(event) => conn.on_event(event, &incoming).await,
+                Err(e) => {
+                    if conn.connected_at.is_some_and(|t| t.elapsed() >= STABLE_CONNECTION) {
                         backoff.reset();
                     }
-                }
-                Err(e) => {
                     let delay = backoff.next_delay();
                     conn.on_disconnect(&mut eventloop, &e, delay);
                     tokio::select! {
@@ -127,8 +134,8 @@ pub async fn run_connection(
 }
 
 impl Connection {
-    /// Handles one event; true when a connection was (re)established.
-    async fn on_event(&mut self, event: Event, incoming: &mpsc::Sender<Incoming>) -> bool {
+    /// Handles one event.
+    async fn on_event(&mut self, event: Event, incoming: &mpsc::Sender<Incoming>) {
         match event {
             Event::Incoming(Packet::ConnAck(ack)) if ack.code == ConnectReturnCode::Success => {
                 if self.ever_connected {
@@ -142,6 +149,13 @@ impl Connection {
                 self.stats.broker_connected(true, self.ever_connected);
                 self.connected = true;
                 self.ever_connected = true;
+                self.connected_at = Some(tokio::time::Instant::now());
+                // Handed to the client before the subscriptions, so that the broker clears
+                // a retained command before it could send it.
+                self.announce();
+                self.outbox
+                    .push_first(vec![clear_retained_command(&self.settings.topics)]);
+                self.drain();
                 let t = &self.settings.topics;
                 let subs = [
                     t.command(),
@@ -156,13 +170,15 @@ impl Connection {
                         tracing::warn!("cannot subscribe to {topic}: {e}");
                     }
                 }
-                self.announce();
-                return true;
             }
             Event::Outgoing(Outgoing::Publish(pkid)) => self.outbox.written(pkid),
             Event::Incoming(Packet::PubAck(ack)) => self.outbox.acknowledged(ack.pkid),
             Event::Incoming(Packet::Publish(p)) => {
                 if p.topic == self.settings.topics.command() {
+                    if p.payload.is_empty() {
+                        // How a retained command is cleared: not a command.
+                        return;
+                    }
                     self.stats.command_received();
                     if p.retain {
                         // A retained command would run again at every reconnect.
@@ -187,7 +203,6 @@ impl Connection {
             }
             _ => {}
         }
-        false
     }
 
     /// Availability `online` and discovery, first in line.
@@ -314,7 +329,21 @@ impl Connection {
     }
 }
 
-/// Availability `online` (retained) and, with a discovery prefix, Home Assistant discovery.
+/// Commands act once, so a retained one is never a command: iscamd clears it at every
+/// connect, before it subscribes. One too large for the client would otherwise drop the
+/// connection at every connect.
+fn clear_retained_command(topics: &Topics) -> Message {
+    Message {
+        topic: topics.command(),
+        payload: Vec::new(),
+        qos: 1,
+        retain: true,
+        kind: Kind::Availability,
+    }
+}
+
+/// The run, availability `online` (retained) and, with a discovery prefix, Home Assistant
+/// discovery.
 pub fn announcements(
     topics: &Topics,
     origin: &Origin,
