@@ -396,6 +396,51 @@ fn starts_without_a_broker_and_connects_when_it_appears() {
     assert!(daemon.terminate().success());
 }
 
+/// With `[mqtt] username`, the embedded broker asks every client for that login and keeps
+/// the daemon's client id for the daemon.
+#[test]
+fn the_embedded_broker_asks_for_the_login_and_keeps_the_daemons_client_id() {
+    let port = common::broker::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = dir.path().join("password");
+    std::fs::write(&password_file, "s3cret\n").unwrap();
+    std::fs::set_permissions(&password_file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .unwrap();
+    let config = dir.path().join("iscamd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[device]\nid = \"{DEVICE}\"\n[source]\nkind = \"images\"\npath = \"{}\"\nfps = 5\n\
+             [model]\npath = \"{}\"\n[mqtt]\nport = {port}\nusername = \"viewer\"\n\
+             password_file = \"{}\"\n[cam]\ninterval = \"0s\"\n",
+            images_dir().display(),
+            model_path(F32_MODEL).display(),
+            password_file.display()
+        ),
+    )
+    .unwrap();
+    let mut daemon = Daemon::start(&config, dir.path());
+    common::broker::wait_for_port(port);
+    let login = Some(("viewer", "s3cret"));
+    let observer = Observer::connect_as(port, &topic("prediction"), login);
+    first_prediction(&observer);
+
+    use common::broker::accepts;
+    assert!(!accepts(port, "anonymous", None), "no login");
+    assert!(!accepts(port, "guess", Some(("viewer", "wrong"))), "a wrong password");
+    assert!(accepts(port, "viewer-2", login), "the configured login");
+    let own_id = format!("iscamd-{DEVICE}");
+    for _ in 0..5 {
+        assert!(!accepts(port, &own_id, login), "the daemon's client id is the daemon's");
+    }
+    let before = observer.on(&topic("prediction")).len();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(observer.on(&topic("prediction")).len() >= before + 5, "predictions go on");
+    let log = daemon.log_text();
+    assert!(!log.contains("lost the broker"), "the daemon's session was taken over:\n{log}");
+    assert!(daemon.terminate().success());
+}
+
 #[test]
 fn zero_setup_runs_its_own_broker() {
     let port = common::broker::free_port();

@@ -70,11 +70,14 @@ pub fn run(
 ) -> Result<()> {
     let device = config.device_id();
     let mut config = config;
-    let host = match config.mqtt.host.clone() {
-        Some(h) => h,
-        None => start_embedded_broker(&mut config)?,
+    let (host, daemon_login) = match config.mqtt.host.clone() {
+        Some(h) => (h, None),
+        None => start_embedded_broker(&mut config, &device)?,
     };
-    let options = publish::options(&config.mqtt, &device, &host)?;
+    let mut options = publish::options(&config.mqtt, &device, &host)?;
+    if let Some((user, password)) = daemon_login {
+        options.set_credentials(user, password);
+    }
     let source = open_source(&config.source)?;
     let params = config.cam.params()?;
     let layer = classifier.cam_layer().cloned().ok_or_else(|| {
@@ -121,18 +124,28 @@ pub fn run(
     result
 }
 
-/// Starts the in-process broker (no `[mqtt] host` configured); returns the host to use.
+/// The host to connect to and the login the daemon's own client needs there.
+type Broker = (String, Option<(String, String)>);
+
+/// Starts the in-process broker (no `[mqtt] host` configured).
 #[cfg(feature = "embedded-broker")]
-fn start_embedded_broker(config: &mut Config) -> Result<String> {
+fn start_embedded_broker(config: &mut Config, device: &str) -> Result<Broker> {
     let port = config.mqtt.port.unwrap_or(1883);
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    crate::publish::embedded::start(addr, config.mqtt.max_packet_size)?;
+    let access = publish::credentials(&config.mqtt)?.map(|(username, password)| {
+        publish::embedded::Access {
+            username,
+            password,
+            daemon_client_id: publish::client_id(&config.mqtt, device),
+        }
+    });
+    let daemon_login = publish::embedded::start(addr, config.mqtt.max_packet_size, access)?;
     config.mqtt.port = Some(port);
-    Ok("127.0.0.1".into())
+    Ok(("127.0.0.1".into(), daemon_login))
 }
 
 #[cfg(not(feature = "embedded-broker"))]
-fn start_embedded_broker(_config: &mut Config) -> Result<String> {
+fn start_embedded_broker(_config: &mut Config, _device: &str) -> Result<Broker> {
     Err(Error::invalid(
         "mqtt.host",
         "no broker configured: set [mqtt] host (this build has no embedded broker)",

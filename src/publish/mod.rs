@@ -12,7 +12,7 @@ mod tls;
 pub mod payload;
 
 pub use mqtt::{announcements, run_connection, ConnectionSettings, Incoming};
-pub use options::options;
+pub use options::{client_id, credentials, options};
 
 /// What a message is, for QoS, retention and the outbox policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -7,14 +7,34 @@ use crate::config::MqttConfig;
 use crate::error::Result;
 use crate::file::{read_text, MAX_SMALL_FILE_BYTES};
 
+/// The daemon's MQTT client id: `[mqtt] client_id`, default `iscamd-<device>`.
+pub fn client_id(m: &MqttConfig, device: &str) -> String {
+    m.client_id
+        .clone()
+        .unwrap_or_else(|| format!("iscamd-{device}"))
+}
+
+/// `[mqtt] username` with the password from `password_file` (empty without one).
+pub fn credentials(m: &MqttConfig) -> Result<Option<(String, String)>> {
+    let Some(user) = &m.username else {
+        return Ok(None);
+    };
+    let password = match &m.password_file {
+        Some(p) => {
+            warn_if_world_readable(p);
+            read_text(p, "mqtt.password_file", MAX_SMALL_FILE_BYTES)?
+                .trim_end_matches(['\n', '\r'])
+                .to_string()
+        }
+        None => String::new(),
+    };
+    Ok(Some((user.clone(), password)))
+}
+
 /// The MQTT client options the config describes (credentials and certificates read now).
 pub fn options(m: &MqttConfig, device: &str, host: &str) -> Result<MqttOptions> {
     let port = m.port.unwrap_or(if m.ca.is_some() { 8883 } else { 1883 });
-    let client_id = m
-        .client_id
-        .clone()
-        .unwrap_or_else(|| format!("iscamd-{device}"));
-    let mut options = MqttOptions::new(client_id, host, port);
+    let mut options = MqttOptions::new(client_id(m, device), host, port);
     options.set_keep_alive(m.keep_alive);
     options.set_max_packet_size(m.max_packet_size, m.max_packet_size);
     options.set_clean_session(true);
@@ -25,16 +45,7 @@ pub fn options(m: &MqttConfig, device: &str, host: &str) -> Result<MqttOptions> 
         rumqttc::QoS::AtLeastOnce,
         true,
     ));
-    if let Some(user) = &m.username {
-        let password = match &m.password_file {
-            Some(p) => {
-                warn_if_world_readable(p);
-                read_text(p, "mqtt.password_file", MAX_SMALL_FILE_BYTES)?
-                    .trim_end_matches(['\n', '\r'])
-                    .to_string()
-            }
-            None => String::new(),
-        };
+    if let Some((user, password)) = credentials(m)? {
         options.set_credentials(user, password);
     }
     if let Some(ca) = &m.ca {

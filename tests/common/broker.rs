@@ -152,8 +152,16 @@ pub struct Observer {
 
 impl Observer {
     pub fn connect(port: u16, filter: &str) -> Self {
+        Self::connect_as(port, filter, None)
+    }
+
+    /// Connects with a username and password.
+    pub fn connect_as(port: u16, filter: &str, login: Option<(&str, &str)>) -> Self {
         let id = format!("observer-{}", free_port());
         let mut options = MqttOptions::new(id, "127.0.0.1", port);
+        if let Some((user, password)) = login {
+            options.set_credentials(user, password);
+        }
         options.set_clean_session(false);
         options.set_keep_alive(Duration::from_secs(5));
         options.set_max_packet_size(16 << 20, 16 << 20);
@@ -307,5 +315,21 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Whether the broker on `port` accepts a connection as `client_id` with `login`: the
+/// CONNACK's verdict, or false when the broker drops the connection instead.
+pub fn accepts(port: u16, client_id: &str, login: Option<(&str, &str)>) -> bool {
+    let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
+    if let Some((user, password)) = login {
+        options.set_credentials(user, password);
+    }
+    let (_client, mut connection) = Client::new(options, 8);
+    match connection.recv_timeout(Duration::from_secs(5)) {
+        Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) => {
+            ack.code == rumqttc::ConnectReturnCode::Success
+        }
+        _ => false,
     }
 }
