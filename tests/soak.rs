@@ -1,14 +1,17 @@
-//! Soak: the daemon at a high frame rate with heatmaps every few seconds, against a broker
-//! restarted on a schedule. Not part of the default test run (it takes 10 minutes):
+//! Soaks, not part of the default test run (`scripts/soak.sh` runs them):
+//!
+//! - `soak` (10 minutes): the daemon at a high frame rate with heatmaps every few
+//!   seconds, against a broker restarted on a schedule. Checks QoS-1 predictions delivered
+//!   without gaps across every restart (at most one duplicate per restart:
+//!   at-least-once), RSS growth after warm-up under 5 MiB, no file-descriptor growth.
+//! - `live_maps_and_commands` (30 minutes): 20 fps with live maps, a changing scene and a
+//!   command every 10 s. RSS sampled every 30 s and reported with its slope; the last 10
+//!   minutes must grow less than 2 MiB.
 //!
 //! ```sh
-//! cargo test --release --test soak -- --ignored --nocapture
-//! SOAK_SECONDS=120 SOAK_RESTART_EVERY=30 cargo test --release --test soak -- --ignored --nocapture
+//! cargo test --release --test soak -- --ignored --nocapture soak
+//! SOAK_SECONDS=120 SOAK_RESTART_EVERY=30 cargo test --release --test soak -- --ignored --nocapture soak
 //! ```
-//!
-//! It prints, and checks: QoS-1 predictions delivered without gaps across every restart
-//! (at most one duplicate per restart: at-least-once), RSS growth after warm-up under
-//! 5 MiB, no file-descriptor growth.
 
 mod common;
 
@@ -28,6 +31,12 @@ fn env_secs(name: &str, default: u64) -> Duration {
 }
 
 fn write_config(dir: &Path, port: u16) -> std::path::PathBuf {
+    let cam = "interval = \"5s\"\non_class_change = false\nsteps = 2\nchannels = 32\n";
+    write_config_with(dir, port, 30, cam)
+}
+
+/// A config for the looping images source at `fps`, with these `[cam]` keys.
+fn write_config_with(dir: &Path, port: u16, fps: u32, cam: &str) -> std::path::PathBuf {
     let path = dir.join("iscamd.toml");
     let text = format!(
         r#"
@@ -38,16 +47,13 @@ id = "soak"
 kind = "images"
 path = "{images}"
 loop = true
-fps = 30
+fps = {fps}
 
 [model]
 path = "{model}"
 
 [cam]
-interval = "5s"
-on_class_change = false
-steps = 2
-channels = 32
+{cam}
 
 [mqtt]
 host = "127.0.0.1"
@@ -184,4 +190,89 @@ fn soak() {
         heatmaps as f64 >= total.as_secs_f64() / 20.0,
         "{heatmaps} heatmaps"
     );
+}
+
+/// Least-squares slope of `(seconds, bytes)` samples, in MiB per hour.
+fn slope_mib_per_hour(samples: &[(f64, u64)]) -> f64 {
+    let n = samples.len() as f64;
+    let (mx, my) = samples
+        .iter()
+        .fold((0.0, 0.0), |(x, y), s| (x + s.0 / n, y + s.1 as f64 / n));
+    let (sxy, sxx) = samples.iter().fold((0.0, 0.0), |(xy, xx), s| {
+        let dx = s.0 - mx;
+        (xy + dx * (s.1 as f64 - my), xx + dx * dx)
+    });
+    if sxx == 0.0 {
+        return 0.0;
+    }
+    sxy / sxx * 3600.0 / 1048576.0
+}
+
+/// Commands a subscriber might send, one every 10 s in turn: maps on request, schedule
+/// changes, a republish, refusals.
+const COMMANDS: [&str; 6] = [
+    r#"{"id":"x","cmd":"explain"}"#,
+    r#"{"id":"s","cmd":"set","interval":"20s"}"#,
+    r#"{"id":"r","cmd":"republish"}"#,
+    r#"{"id":"b","cmd":"explain","method":"sscam","steps":1000,"channels":0}"#,
+    r#"{"id":"c","cmd":"explain","class":7,"method":"scorecam:k=16"}"#,
+    r#"{"id":"t","cmd":"set","interval":"30s"}"#,
+];
+
+#[test]
+#[ignore = "30-minute soak: scripts/soak.sh"]
+fn live_maps_and_commands() {
+    let total = env_secs("SOAK_SECONDS", 1800);
+    let every = Duration::from_secs(30);
+    let tail = (total / 3).min(Duration::from_secs(600));
+    let broker = Mosquitto::start();
+    let observer = Observer::connect(broker.port, "iscamd/soak/#");
+    let dir = tempfile::tempdir().unwrap();
+    let cam = "interval = \"30s\"\non_class_change = true\nlive = true\nlive_max_age = \"1m\"\n";
+    let config = write_config_with(dir.path(), broker.port, 20, cam);
+    let mut daemon = Daemon::start(&config, dir.path());
+    let pid = daemon.child.id();
+    let start = Instant::now();
+    let mut samples: Vec<(f64, u64)> = Vec::new();
+    let mut sent = 0;
+    while start.elapsed() < total {
+        std::thread::sleep(Duration::from_secs(10));
+        assert!(
+            daemon.child.try_wait().unwrap().is_none(),
+            "iscamd exited during the soak:\n{}",
+            daemon.log_text()
+        );
+        observer.publish("iscamd/soak/cmd", COMMANDS[sent % COMMANDS.len()]);
+        sent += 1;
+        let t = start.elapsed();
+        if t.as_secs() % every.as_secs() < 10 {
+            let rss = usage(pid).0;
+            println!("{:>6.0} s  RSS {:.1} MiB", t.as_secs_f64(), rss as f64 / 1048576.0);
+            samples.push((t.as_secs_f64(), rss));
+        }
+    }
+    assert!(daemon.terminate().success(), "{}", daemon.log_text());
+    let predictions = observer.on("iscamd/soak/prediction").len();
+    let heatmaps = observer.on("iscamd/soak/heatmap");
+    let live = heatmaps.iter().filter(|m| m.json()["fresh"] == false).count();
+    let results = observer.on("iscamd/soak/cmd/result").len();
+    let tail_start = total.as_secs_f64() - tail.as_secs_f64();
+    let last: Vec<(f64, u64)> = samples.iter().copied().filter(|s| s.0 >= tail_start).collect();
+    let growth = last.last().unwrap().1 as f64 - last[0].1 as f64;
+    println!(
+        "soak {total:?}: {predictions} predictions ({:.1}/s), {} heatmaps ({live} live), \
+         {sent} commands, {results} results",
+        predictions as f64 / total.as_secs_f64(),
+        heatmaps.len()
+    );
+    println!(
+        "RSS slope: {:+.2} MiB/h over the run, {:+.2} MiB/h over the last {tail:?}; \
+         the last {tail:?} grew {:+.2} MiB",
+        slope_mib_per_hour(&samples),
+        slope_mib_per_hour(&last),
+        growth / 1048576.0
+    );
+    assert!(live > 0, "live maps were published");
+    assert!(results + 2 >= sent, "{results} results for {sent} commands");
+    assert!(growth < 2.0 * 1048576.0, "RSS grew {growth} bytes in the last {tail:?}");
 }
