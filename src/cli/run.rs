@@ -160,28 +160,11 @@ pub fn check(args: CheckArgs) -> Result<ExitCode> {
     }
 }
 
-/// Connects once to the configured broker and waits for its answer.
 fn check_broker(config: &Config, device: &str) -> Result<String> {
     let host = config
         .mqtt
         .host
-        .clone()
+        .as_deref()
         .context("no broker configured ([mqtt] host)")?;
-    let options = iscamd::publish::options(&config.mqtt, device, &host)?;
-    let (h, p) = options.broker_address();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async move {
-        let (_client, mut eventloop) = rumqttc::AsyncClient::new(options, 4);
-        let answer = tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await;
-        match answer {
-            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_)))) => {
-                Ok(format!("{h}:{p} accepted the connection"))
-            }
-            Ok(Ok(other)) => anyhow::bail!("{h}:{p} answered {other:?}"),
-            Ok(Err(e)) => anyhow::bail!("{h}:{p}: {e}"),
-            Err(_) => anyhow::bail!("{h}:{p}: no answer within 10 s"),
-        }
-    })
+    Ok(iscamd::publish::probe(&config.mqtt, device, host)?)
 }

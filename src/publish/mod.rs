@@ -8,11 +8,13 @@ pub mod embedded;
 mod mqtt;
 mod options;
 mod outbox;
+mod probe;
 mod tls;
 pub mod payload;
 
 pub use mqtt::{announcements, run_connection, ConnectionSettings, Incoming};
 pub use options::{client_id, credentials, options};
+pub use probe::probe;
 
 /// What a message is, for QoS, retention and the outbox policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -373,7 +373,7 @@ pub fn announcements(
 }
 
 /// A connection error in words that say what to check.
-fn explain_error(e: &ConnectionError) -> String {
+pub(super) fn explain_error(e: &ConnectionError) -> String {
     match e {
         ConnectionError::ConnectionRefused(ConnectReturnCode::BadUserNamePassword) => {
             "authentication failed: bad username or password (check [mqtt] username and password_file)".into()
