@@ -60,23 +60,9 @@ dynamic_filters = true
     );
     let mut config: rumqttd::Config = toml::from_str(&text)
         .map_err(|e| Error::invalid("embedded broker config", e.to_string()))?;
-    let daemon_login = access.map(|access| {
-        let server = config.v4.as_mut().and_then(|v4| v4.get_mut("1"));
-        let server = server.expect("the config above has [v4.1]");
-        let daemon_login = (access.username.clone(), format!("{:032x}", rand::random::<u128>()));
-        let allowed = daemon_login.clone();
-        server
-            .connections
-            .set_auth_handler(move |client_id: String, user: String, password: String| {
-                let ok = if client_id == access.daemon_client_id {
-                    (user, password) == allowed
-                } else {
-                    user == access.username && password == access.password
-                };
-                async move { ok }
-            });
-        daemon_login
-    });
+    let server = config.v4.as_mut().and_then(|v4| v4.get_mut("1"));
+    let server = server.expect("the config above has [v4.1]");
+    let daemon_login = access.map(|access| require_login(&mut server.connections, access));
     let mut broker = rumqttd::Broker::new(config);
     std::thread::Builder::new()
         .name("iscamd-broker".into())
@@ -94,4 +80,26 @@ dynamic_filters = true
         addr.port()
     );
     Ok(daemon_login)
+}
+
+/// Makes every client log in with `access`'s credentials, except the daemon's client id,
+/// which needs a password made now; returns the daemon's login.
+fn require_login(
+    connections: &mut rumqttd::ConnectionSettings,
+    access: Access,
+) -> (String, String) {
+    let daemon_login = (
+        access.username.clone(),
+        format!("{:032x}", rand::random::<u128>()),
+    );
+    let allowed = daemon_login.clone();
+    connections.set_auth_handler(move |client_id: String, user: String, password: String| {
+        let ok = if client_id == access.daemon_client_id {
+            (user, password) == allowed
+        } else {
+            user == access.username && password == access.password
+        };
+        async move { ok }
+    });
+    daemon_login
 }

@@ -106,7 +106,7 @@ pub async fn run_connection(
     loop {
         tokio::select! {
             event = eventloop.poll() => match event {
-                Ok(event) => conn.on_event(event, &incoming).await,
+                Ok(event) => conn.on_event(event, &incoming),
                 Err(e) => {
                     if conn.connected_at.is_some_and(|t| t.elapsed() >= STABLE_CONNECTION) {
                         backoff.reset();
@@ -135,73 +135,81 @@ pub async fn run_connection(
 
 impl Connection {
     /// Handles one event.
-    async fn on_event(&mut self, event: Event, incoming: &mpsc::Sender<Incoming>) {
+    fn on_event(&mut self, event: Event, incoming: &mpsc::Sender<Incoming>) {
         match event {
             Event::Incoming(Packet::ConnAck(ack)) if ack.code == ConnectReturnCode::Success => {
-                if self.ever_connected {
-                    tracing::info!(
-                        "reconnected to the broker; {} message(s) waiting in the outbox",
-                        self.outbox.queued()
-                    );
-                } else {
-                    tracing::info!("connected to the broker");
-                }
-                self.stats.broker_connected(true, self.ever_connected);
-                self.connected = true;
-                self.ever_connected = true;
-                self.connected_at = Some(tokio::time::Instant::now());
-                // Handed to the client before the subscriptions, so that the broker clears
-                // a retained command before it could send it.
-                self.announce();
-                self.outbox
-                    .push_first(vec![clear_retained_command(&self.settings.topics)]);
-                self.drain();
-                let t = &self.settings.topics;
-                let subs = [
-                    t.command(),
-                    self.settings
-                        .discovery_prefix
-                        .as_ref()
-                        .map(|p| format!("{p}/status"))
-                        .unwrap_or_default(),
-                ];
-                for topic in subs.into_iter().filter(|t| !t.is_empty()) {
-                    if let Err(e) = self.client.try_subscribe(topic.clone(), QoS::AtLeastOnce) {
-                        tracing::warn!("cannot subscribe to {topic}: {e}");
-                    }
-                }
+                self.on_connected()
             }
             Event::Outgoing(Outgoing::Publish(pkid)) => self.outbox.written(pkid),
             Event::Incoming(Packet::PubAck(ack)) => self.outbox.acknowledged(ack.pkid),
-            Event::Incoming(Packet::Publish(p)) => {
-                if p.topic == self.settings.topics.command() {
-                    if p.payload.is_empty() {
-                        // How a retained command is cleared: not a command.
-                        return;
-                    }
-                    self.stats.command_received();
-                    if p.retain {
-                        // A retained command would run again at every reconnect.
-                        self.stats.command_rejected();
-                        tracing::warn!(
-                            "ignoring a retained command on {}: commands act once; clear it with \
-                             `mosquitto_pub -r -n -t {}`",
-                            p.topic,
-                            p.topic
-                        );
-                    } else if incoming
-                        .try_send(Incoming::Command(p.payload.to_vec()))
-                        .is_err()
-                    {
-                        self.stats.command_rejected();
-                        tracing::warn!("command dropped: the daemon is busy with earlier commands");
-                    }
-                } else if p.payload.as_ref() == b"online" {
-                    tracing::info!("Home Assistant came online: sending discovery again");
-                    self.announce();
-                }
-            }
+            Event::Incoming(Packet::Publish(p)) => self.on_publish(p, incoming),
             _ => {}
+        }
+    }
+
+    /// A connection is made: announce, clear a retained command, subscribe.
+    fn on_connected(&mut self) {
+        if self.ever_connected {
+            tracing::info!(
+                "reconnected to the broker; {} message(s) waiting in the outbox",
+                self.outbox.queued()
+            );
+        } else {
+            tracing::info!("connected to the broker");
+        }
+        self.stats.broker_connected(true, self.ever_connected);
+        self.connected = true;
+        self.ever_connected = true;
+        self.connected_at = Some(tokio::time::Instant::now());
+        // Handed to the client before the subscriptions, so that the broker clears
+        // a retained command before it could send it.
+        self.announce();
+        self.outbox
+            .push_first(vec![clear_retained_command(&self.settings.topics)]);
+        self.drain();
+        let t = &self.settings.topics;
+        let subs = [
+            t.command(),
+            self.settings
+                .discovery_prefix
+                .as_ref()
+                .map(|p| format!("{p}/status"))
+                .unwrap_or_default(),
+        ];
+        for topic in subs.into_iter().filter(|t| !t.is_empty()) {
+            if let Err(e) = self.client.try_subscribe(topic.clone(), QoS::AtLeastOnce) {
+                tracing::warn!("cannot subscribe to {topic}: {e}");
+            }
+        }
+    }
+
+    /// A message on a subscribed topic: a command, or Home Assistant's status.
+    fn on_publish(&mut self, p: rumqttc::Publish, incoming: &mpsc::Sender<Incoming>) {
+        if p.topic == self.settings.topics.command() {
+            if p.payload.is_empty() {
+                // How a retained command is cleared: not a command.
+                return;
+            }
+            self.stats.command_received();
+            if p.retain {
+                // A retained command would run again at every reconnect.
+                self.stats.command_rejected();
+                tracing::warn!(
+                    "ignoring a retained command on {}: commands act once; clear it with \
+                     `mosquitto_pub -r -n -t {}`",
+                    p.topic,
+                    p.topic
+                );
+            } else if incoming
+                .try_send(Incoming::Command(p.payload.to_vec()))
+                .is_err()
+            {
+                self.stats.command_rejected();
+                tracing::warn!("command dropped: the daemon is busy with earlier commands");
+            }
+        } else if p.payload.as_ref() == b"online" {
+            tracing::info!("Home Assistant came online: sending discovery again");
+            self.announce();
         }
     }
 
@@ -295,7 +303,7 @@ impl Connection {
             match tokio::time::timeout_at(deadline, eventloop.poll()).await {
                 Ok(Ok(event)) => {
                     let (tx, _rx) = mpsc::channel(1);
-                    self.on_event(event, &tx).await;
+                    self.on_event(event, &tx);
                     self.drain();
                 }
                 Ok(Err(_)) | Err(_) => break,
