@@ -156,6 +156,8 @@ impl ModelConfig {
                 pixel_max: None,
             },
             batch_plan,
+            // ISCAMD_KERNELS, checked when iscamd starts.
+            kernels: crate::model::kernels::Policy::from_env().unwrap_or_default(),
             backend: self.backend,
             ort: OrtOptions {
                 library: self.ort_library.clone(),

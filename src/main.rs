@@ -9,12 +9,10 @@ use clap::Parser;
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
     cli::init_logging(args.verbose, args.is_daemon());
-    match iscamd::model::kernels::Policy::from_env() {
-        Ok(policy) => iscamd::model::kernels::set_policy(policy),
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
+    // Read where each model is loaded; refused here, once, with the variable's name.
+    if let Err(e) = iscamd::model::kernels::Policy::from_env() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
     }
     match cli::run(args) {
         Ok(code) => code,

@@ -175,22 +175,18 @@ fn int8_maps_follow_f32_maps() {
 /// pack several images per op).
 #[test]
 fn tuned_plans_compute_what_stock_tract_computes() {
-    use iscamd::model::kernels::{set_policy, Policy};
+    use iscamd::model::kernels::Policy;
     use iscamd::model::{BatchPlan, Classifier, ModelOptions};
 
-    // Plans are built on first use, under the policy set then; other tests running meanwhile
-    // may get stock plans, which compute the same.
-    let forward = |model, policy, batch_plan, batch: &Array4<f32>| {
-        set_policy(policy);
+    let forward = |model, kernels, batch_plan, batch: &Array4<f32>| {
         let classifier = Classifier::load(&ModelOptions {
             path: common::model_path(model),
             batch_plan,
+            kernels,
             ..Default::default()
         })
         .expect("model loads");
-        let out = classifier.forward(batch.view()).unwrap();
-        set_policy(Policy::Tuned);
-        out
+        classifier.forward(batch.view()).unwrap()
     };
     let (_, batch) = three_images(&load(F32_MODEL));
     for (model, tolerance) in [(INT8_MODEL, 0.0), (F32_MODEL, 1e-4)] {

@@ -25,3 +25,25 @@ fn every_swap_replaces_nodes_on_the_shipped_models() {
         );
     }
 }
+
+/// The kernel policy belongs to each model: a stock model loaded beside a tuned one (in
+/// either order) runs tract as it ships, and the tuned one keeps iscamd's ops.
+#[test]
+fn each_model_keeps_its_own_kernel_policy() {
+    use iscamd::model::kernels::Policy;
+    use iscamd::model::{Classifier, ModelOptions};
+    let open = |kernels| {
+        Classifier::load(&ModelOptions {
+            path: common::model_path(INT8_MODEL),
+            kernels,
+            ..Default::default()
+        })
+        .expect("model loads")
+    };
+    let (stock, tuned, stock_again) = (open(Policy::Stock), open(Policy::Tuned), open(Policy::Stock));
+    assert!(stock.op_swaps().is_none() && stock_again.op_swaps().is_none());
+    let swaps = tuned.op_swaps().expect("the tuned model's swaps");
+    assert!(swaps.0.iter().any(|(_, s)| s.replaced > 0), "{swaps}");
+    assert!(stock.backend().contains("stock"), "{}", stock.backend());
+    assert!(!tuned.backend().contains("stock"), "{}", tuned.backend());
+}

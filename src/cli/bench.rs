@@ -89,10 +89,9 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     }
     let live_weights = heatmap_table(&args, &models, &engines, &frame, &heatmaps)?;
     if let (Some((path, engine, spec, weights)), true) = (live_weights, args.live_frames > 0) {
-        kernels::set_policy(engine.kernels);
         let classifier = args
             .model
-            .load_with(&path, BatchPlan::Split, engine.backend, threads)?;
+            .load_with(&path, BatchPlan::Split, engine.pair(), threads)?;
         live_latency(&classifier, &frame, &weights, &spec, args.live_frames)?;
     }
     Ok(ExitCode::SUCCESS)
@@ -115,7 +114,7 @@ fn engines(args: &BenchArgs) -> Vec<Engine> {
                 .collect(),
             _ => vec![Engine {
                 backend,
-                kernels: kernels::policy(),
+                kernels: Policy::from_env().unwrap_or_default(),
             }],
         })
         .collect()
@@ -128,7 +127,8 @@ fn print_costs(args: &BenchArgs, models: &[PathBuf]) -> Result<(f64, HashMap<Pat
          at a time on that many intra-op threads. \"vs first\": against the model's first row \
          with the same batch and threads."
     );
-    println!("# tract kernels: {}", kernels::matrix_kernels());
+    let policy = Policy::from_env().unwrap_or_default();
+    println!("# tract kernels: {}", kernels::matrix_kernels(policy));
     let peak = cost::sgemm_gflops(1024, 5)?;
     println!(
         "# peak: {peak:.1} GFLOP/s on one thread, the best of 5 single-precision 1024×1024×1024 \
@@ -138,7 +138,7 @@ fn print_costs(args: &BenchArgs, models: &[PathBuf]) -> Result<(f64, HashMap<Pat
     for path in models {
         let classifier = args
             .model
-            .load_with(path, BatchPlan::Split, BackendKind::Tract, 1)?;
+            .load_with(path, BatchPlan::Split, (BackendKind::Tract, policy), 1)?;
         let m = cost::forward_macs(path, classifier.input_size())?;
         println!(
             "# {}: {:.3} G multiply-adds per image (tract's cost model)",
@@ -182,14 +182,9 @@ fn throughput_table(
             };
             for plan in plans {
                 for &t in &thread_counts {
-                    kernels::set_policy(engine.kernels);
                     let (classifier, in_flight) = match engine.backend {
-                        BackendKind::Tract => {
-                            (args.model.load_with(path, plan, engine.backend, 1)?, t)
-                        }
-                        BackendKind::Ort => {
-                            (args.model.load_with(path, plan, engine.backend, t)?, 1)
-                        }
+                        BackendKind::Tract => (args.model.load_with(path, plan, engine.pair(), 1)?, t),
+                        BackendKind::Ort => (args.model.load_with(path, plan, engine.pair(), t)?, 1),
                     };
                     let input = classifier.preprocess().tensor(frame);
                     for &batch in &args.batches {
@@ -243,18 +238,15 @@ fn heatmap_table(
         let loaded: Vec<(&Engine, Classifier)> = engines
             .iter()
             .map(|e| {
-                kernels::set_policy(e.kernels);
                 let classifier =
                     args.model
-                        .load_with(path, BatchPlan::Split, e.backend, threads)?;
+                        .load_with(path, BatchPlan::Split, e.pair(), threads)?;
                 Ok((e, classifier))
             })
             .collect::<Result<_>>()?;
         for (spec, params) in heatmaps {
             let mut first = None;
             for (engine, classifier) in &loaded {
-                // Plans are optimised on first use of each input size, under the policy then.
-                kernels::set_policy(engine.kernels);
                 let analysis = Analysis::of_frame(classifier, frame.clone())?;
                 let mut seconds = Vec::new();
                 let mut passes = 0;
@@ -286,6 +278,12 @@ fn heatmap_table(
 struct Engine {
     backend: BackendKind,
     kernels: Policy,
+}
+
+impl Engine {
+    fn pair(&self) -> (BackendKind, Policy) {
+        (self.backend, self.kernels)
+    }
 }
 
 impl std::fmt::Display for Engine {

@@ -15,7 +15,8 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use iscamd::config::ModelConfig;
-use iscamd::model::{BackendKind, BatchPlan, ChannelOrder, Classifier, Provider};
+use iscamd::model::kernels::Policy;
+use iscamd::model::{BackendKind, BatchPlan, ChannelOrder, Classifier, ModelOptions, Provider};
 
 /// Classify camera frames with SqueezeNet on tract, and explain each decision with a
 /// Score-CAM / SS-CAM / IS-CAM heatmap.
@@ -166,16 +167,17 @@ impl ModelArgs {
     }
 
     pub fn load_path(&self, path: &std::path::Path, batch_plan: BatchPlan) -> Result<Classifier> {
-        self.load_with(path, batch_plan, self.backend, self.threads.unwrap_or(0))
+        let engine = (self.backend, Policy::from_env().unwrap_or_default());
+        self.load_with(path, batch_plan, engine, self.threads.unwrap_or(0))
     }
 
-    /// Loads `path` on `backend`; `threads` is ONNX Runtime's intra-op thread count
-    /// (0: one per core). tract runs each pass on one thread.
+    /// Loads `path` on a backend (with, for tract, a kernel policy); `threads` is ONNX
+    /// Runtime's intra-op thread count (0: one per core). tract runs each pass on one thread.
     pub fn load_with(
         &self,
         path: &std::path::Path,
         batch_plan: BatchPlan,
-        backend: BackendKind,
+        (backend, kernels): (BackendKind, Policy),
         threads: usize,
     ) -> Result<Classifier> {
         let settings = ModelConfig {
@@ -192,8 +194,11 @@ impl ModelArgs {
             providers: self.providers.clone(),
             ..ModelConfig::default()
         };
-        Classifier::load(&settings.options(path.to_owned(), batch_plan))
-            .context("cannot load the model")
+        let options = ModelOptions {
+            kernels,
+            ..settings.options(path.to_owned(), batch_plan)
+        };
+        Classifier::load(&options).context("cannot load the model")
     }
 }
 

@@ -17,11 +17,13 @@
 //!   the 8×8 ymm kernel on these convolutions. Left to tract when the user sets
 //!   `TRACT_AVX512_FMA_UNITS`.
 //!
-//! Everything else falls through to tract's tiers. [`set_policy`] switches the tier off, and
-//! with it iscamd's own ops (for plans optimised afterwards), which is how
-//! `iscamd bench --kernels tuned,stock` compares both in one run.
+//! Everything else falls through to tract's tiers. A model loaded under [`Policy::Stock`]
+//! (`ModelOptions::kernels`) gets neither the tier nor iscamd's own ops, so that
+//! `iscamd bench --kernels tuned,stock` compares both in one run. tract asks the tiers while
+//! it optimises a plan, on the thread that optimises it: [`optimising_with`] tells the tier
+//! which model's policy holds there.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::cell::Cell;
 
 use tract_onnx::tract_core::tract_linalg;
 
@@ -35,11 +37,12 @@ pub const FMA_UNITS_KNOB: &str = "TRACT_AVX512_FMA_UNITS";
 /// The name iscamd's tier goes by in tract's dispatch ladder.
 pub const TIER_NAME: &str = "iscamd-zen4";
 
-/// Whose kernels plans optimised from now on run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Whose kernels and ops a model's plans run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Policy {
     /// The default: iscamd's own ops on every CPU — max-pooling, int8 packing and input
     /// quantisation, f32 ReLU folding (in `src/model/tract/`) — and its kernel tier where it applies.
+    #[default]
     Tuned,
     /// tract as it ships.
     Stock,
@@ -74,30 +77,23 @@ impl Policy {
     }
 }
 
-static POLICY: AtomicU8 = AtomicU8::new(0);
-
-/// Sets whose kernels plans optimised from now on use; plans already built keep theirs.
-pub fn set_policy(policy: Policy) {
-    POLICY.store(
-        match policy {
-            Policy::Tuned => 0,
-            Policy::Stock => 1,
-        },
-        Ordering::Relaxed,
-    );
+thread_local! {
+    /// The policy of the plan this thread is optimising.
+    static OPTIMISING: Cell<Policy> = const { Cell::new(Policy::Tuned) };
 }
 
-/// The policy plans optimised now are built under.
-pub fn policy() -> Policy {
-    match POLICY.load(Ordering::Relaxed) {
-        0 => Policy::Tuned,
-        _ => Policy::Stock,
-    }
+/// Runs `optimise` (which builds a tract plan) with the tier answering for `policy`.
+pub(crate) fn optimising_with<T>(policy: Policy, optimise: impl FnOnce() -> T) -> T {
+    let before = OPTIMISING.replace(policy);
+    let result = optimise();
+    OPTIMISING.set(before);
+    result
 }
 
-/// Which matrix kernels plans optimised now use, for `iscamd check`, logs and benchmarks.
-pub fn matrix_kernels() -> String {
-    if policy() == Policy::Stock {
+/// Which matrix kernels plans built under `policy` use, for `iscamd check`, logs and
+/// benchmarks.
+pub fn matrix_kernels(policy: Policy) -> String {
+    if policy == Policy::Stock {
         return format!("tract as it ships ({POLICY_VAR}=stock)");
     }
     if !tier_is_active() {
@@ -126,7 +122,7 @@ fn preferred(
     suitable: &[tract_linalg::mmm::Suitable],
 ) -> Option<&'static str> {
     use tract_onnx::prelude::DatumType;
-    if policy() == Policy::Stock {
+    if OPTIMISING.get() == Policy::Stock {
         return None;
     }
     match accumulator {

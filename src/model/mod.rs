@@ -50,6 +50,8 @@ pub struct ModelOptions {
     pub preprocess: PreprocessOverrides,
     /// tract only.
     pub batch_plan: BatchPlan,
+    /// tract only: iscamd's ops and kernel choices, or tract as it ships.
+    pub kernels: kernels::Policy,
     pub backend: BackendKind,
     /// ONNX Runtime only.
     pub ort: OrtOptions,
@@ -325,6 +327,7 @@ fn open_backend(
             graph,
             input_size,
             options.batch_plan,
+            options.kernels,
         )?),
         #[cfg(feature = "ort")]
         BackendKind::Ort => {

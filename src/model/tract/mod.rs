@@ -29,6 +29,7 @@ pub struct TractBackend {
     graph: InferenceModel,
     input_size: usize,
     batch_plan: BatchPlan,
+    kernels: kernels::Policy,
     /// By (batch, side).
     plans: Mutex<HashMap<(usize, usize), Plan>>,
     symbolic: Option<Plan>,
@@ -42,12 +43,14 @@ impl TractBackend {
         graph: InferenceModel,
         input_size: usize,
         batch_plan: BatchPlan,
+        kernels: kernels::Policy,
     ) -> Result<Self> {
         let mut backend = TractBackend {
             path,
             graph,
             input_size,
             batch_plan,
+            kernels,
             plans: Mutex::new(HashMap::new()),
             symbolic: None,
             swaps: Mutex::new(None),
@@ -86,9 +89,9 @@ impl TractBackend {
             .graph
             .clone()
             .with_input_fact(0, fact)
-            .and_then(|m| m.into_optimized())
+            .and_then(|m| kernels::optimising_with(self.kernels, || m.into_optimized()))
             .and_then(|mut m| {
-                let swaps = match kernels::policy() {
+                let swaps = match self.kernels {
                     kernels::Policy::Tuned => Some(install_ops(&mut m)?),
                     kernels::Policy::Stock => None,
                 };
@@ -193,9 +196,9 @@ impl Backend for TractBackend {
         match self.swaps() {
             Some(swaps) => format!(
                 "tract (iscamd's ops, replaced/found: {swaps}; {})",
-                kernels::matrix_kernels()
+                kernels::matrix_kernels(self.kernels)
             ),
-            None => format!("tract ({})", kernels::matrix_kernels()),
+            None => format!("tract ({})", kernels::matrix_kernels(self.kernels)),
         }
     }
 
