@@ -32,9 +32,14 @@ use limits::*;
 /// Only regular files are read. A JPEG cut short is refused rather than decoded with a
 /// grey lower part.
 pub fn decode_image(path: &Path) -> Result<RgbImage> {
-    let bytes = read_capped(path, "image", MAX_FILE_BYTES)?;
-    let image = decode(&bytes, path)?;
-    if is_jpeg(&bytes) && !jpeg_scan_is_complete(&bytes, &image, path)? {
+    decode_file_bytes(&read_capped(path, "image", MAX_FILE_BYTES)?, path)
+}
+
+/// Decodes the bytes of an image file as [`decode_image`] does; `path` only names the
+/// file in errors.
+pub fn decode_file_bytes(bytes: &[u8], path: &Path) -> Result<RgbImage> {
+    let image = decode(bytes, path)?;
+    if is_jpeg(bytes) && !jpeg_scan_is_complete(bytes, &image, path)? {
         return Err(Error::input(
             path,
             "cannot decode image: corrupt or truncated JPEG (its data ends before the picture does)",

@@ -7,6 +7,6 @@ mod files;
 mod frames;
 
 pub use camera::{CameraHealth, CameraSource};
-pub use decode::{decode_image, decode_image_bytes, limits};
+pub use decode::{decode_file_bytes, decode_image, decode_image_bytes, limits};
 pub use files::{expand_inputs, is_image_path};
 pub use frames::{Frame, FrameSource, ImageFiles, Pacer, Pattern};
