@@ -139,16 +139,7 @@ impl ExplainArgs {
 pub fn run(args: ExplainArgs) -> Result<ExitCode> {
     let params = args.params()?;
     let classifier = args.model.load()?;
-    let layer = classifier
-        .cam_layer()
-        .context("the model has no CAM layer: give one with --cam-layer NAME")?;
-    params.validate(layer.channels, classifier.input_size())?;
-    if let Some(c) = args.class.filter(|&c| c >= classifier.classes()) {
-        anyhow::bail!(
-            "--class {c}: the model has classes 0..{}",
-            classifier.classes() - 1
-        );
-    }
+    check_against(&classifier, &params, args.class)?;
     if let Some(dir) = &args.out {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create output directory {}", dir.display()))?;
@@ -184,31 +175,58 @@ pub fn run(args: ExplainArgs) -> Result<ExitCode> {
                 }
             }
         }
-        match args.format {
-            Format::Json => writeln!(stdout, "{}", serde_json::to_string(&record)?)?,
-            Format::Text => {
-                write!(
-                    stdout,
-                    "{}: {} [{}] {:.1}% — {} N={} K={}: {} passes, {:.0} ms",
-                    path.display(),
-                    record.class.label,
-                    record.class.index,
-                    record.class.score * 100.0,
-                    record.method.name,
-                    record.method.steps,
-                    record.channels_used,
-                    record.passes,
-                    record.latency_ms.total
-                )?;
-                match written {
-                    Some(png) => writeln!(stdout, " → {}", png.display())?,
-                    None => writeln!(stdout)?,
-                }
-            }
-        }
+        print_record(&mut stdout, args.format, &path, &record, written.as_deref())?;
         tally.ok += 1;
     }
     Ok(tally.finish())
+}
+
+/// One image's result: a JSON line, or a line of text naming the overlay written.
+fn print_record(
+    out: &mut impl Write,
+    format: Format,
+    path: &Path,
+    record: &Record,
+    written: Option<&Path>,
+) -> Result<()> {
+    match format {
+        Format::Json => writeln!(out, "{}", serde_json::to_string(record)?)?,
+        Format::Text => {
+            write!(
+                out,
+                "{}: {} [{}] {:.1}% — {} N={} K={}: {} passes, {:.0} ms",
+                path.display(),
+                record.class.label,
+                record.class.index,
+                record.class.score * 100.0,
+                record.method.name,
+                record.method.steps,
+                record.channels_used,
+                record.passes,
+                record.latency_ms.total
+            )?;
+            match written {
+                Some(png) => writeln!(out, " → {}", png.display())?,
+                None => writeln!(out)?,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The method fits the model's CAM layer and the class exists.
+fn check_against(classifier: &Classifier, params: &CamParams, class: Option<usize>) -> Result<()> {
+    let layer = classifier
+        .cam_layer()
+        .context("the model has no CAM layer: give one with --cam-layer NAME")?;
+    params.validate(layer.channels, classifier.input_size())?;
+    if let Some(c) = class.filter(|&c| c >= classifier.classes()) {
+        anyhow::bail!(
+            "--class {c}: the model has classes 0..{}",
+            classifier.classes() - 1
+        );
+    }
+    Ok(())
 }
 
 fn record<'a>(
