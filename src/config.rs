@@ -9,7 +9,8 @@ use serde::Deserialize;
 use crate::cam::{spec, CamParams, Method, Weighting};
 use crate::error::{Error, Result};
 use crate::model::{
-    BackendKind, BatchPlan, ChannelOrder, ModelOptions, OrtOptions, PreprocessOverrides, Provider,
+    BackendKind, BackendOptions, BatchPlan, ChannelOrder, ModelOptions, OrtOptions,
+    PreprocessOverrides, Provider, TractOptions,
 };
 use crate::source::camera::FormatChoice;
 
@@ -143,6 +144,23 @@ impl ModelConfig {
     /// What to load: the model at `path` (the configured one, or a default the caller found)
     /// with these overrides.
     pub fn options(&self, path: PathBuf, batch_plan: BatchPlan) -> ModelOptions {
+        let backend = match self.backend {
+            BackendKind::Tract => BackendOptions::Tract(TractOptions {
+                batch_plan,
+                // ISCAMD_KERNELS, checked when iscamd starts.
+                kernels: crate::model::kernels::Policy::from_env().unwrap_or_default(),
+            }),
+            BackendKind::Ort => BackendOptions::Ort(OrtOptions {
+                library: self.ort_library.clone(),
+                providers: self.providers.clone(),
+                threads: self.threads,
+                tensorrt_fp16: self.tensorrt_fp16,
+                tensorrt_int8: self.tensorrt_int8,
+                engine_cache: self.engine_cache.clone().or_else(|| {
+                    std::env::var_os("STATE_DIRECTORY").map(|d| PathBuf::from(d).join("tensorrt"))
+                }),
+            }),
+        };
         ModelOptions {
             path,
             labels: self.labels.clone(),
@@ -155,20 +173,7 @@ impl ModelConfig {
                 std: self.std,
                 pixel_max: None,
             },
-            batch_plan,
-            // ISCAMD_KERNELS, checked when iscamd starts.
-            kernels: crate::model::kernels::Policy::from_env().unwrap_or_default(),
-            backend: self.backend,
-            ort: OrtOptions {
-                library: self.ort_library.clone(),
-                providers: self.providers.clone(),
-                threads: self.threads,
-                tensorrt_fp16: self.tensorrt_fp16,
-                tensorrt_int8: self.tensorrt_int8,
-                engine_cache: self.engine_cache.clone().or_else(|| {
-                    std::env::var_os("STATE_DIRECTORY").map(|d| PathBuf::from(d).join("tensorrt"))
-                }),
-            },
+            backend,
         }
     }
 }
@@ -722,12 +727,14 @@ mod tests {
         if cfg!(feature = "ort") {
             let c = c.unwrap();
             let o = c.model.options(PathBuf::from("m.onnx"), BatchPlan::Split);
-            assert_eq!(o.backend, BackendKind::Ort);
+            let BackendOptions::Ort(ort) = o.backend else {
+                panic!("{:?}", o.backend)
+            };
             assert_eq!(
-                o.ort.providers,
+                ort.providers,
                 [Provider::TensorRt, Provider::Cuda, Provider::Cpu]
             );
-            assert!(o.ort.tensorrt_fp16 && !o.ort.tensorrt_int8);
+            assert!(ort.tensorrt_fp16 && !ort.tensorrt_int8);
         } else {
             let e = c.unwrap_err().to_string();
             assert!(

@@ -119,13 +119,16 @@ fn three_images(classifier: &iscamd::model::Classifier) -> (Vec<Array3<f32>>, Ar
 
 #[test]
 fn split_batches_match_batched_plans() {
-    use iscamd::model::{BatchPlan, Classifier, ModelOptions};
+    use iscamd::model::{BackendOptions, BatchPlan, Classifier, ModelOptions, TractOptions};
     use tract_onnx::prelude::tract_ndarray::Axis;
 
     let load_as = |batch_plan| {
         Classifier::load(&ModelOptions {
             path: common::model_path(F32_MODEL),
-            batch_plan,
+            backend: BackendOptions::Tract(TractOptions {
+                batch_plan,
+                ..Default::default()
+            }),
             ..Default::default()
         })
         .expect("model loads")
@@ -176,13 +179,15 @@ fn int8_maps_follow_f32_maps() {
 #[test]
 fn tuned_plans_compute_what_stock_tract_computes() {
     use iscamd::model::kernels::Policy;
-    use iscamd::model::{BatchPlan, Classifier, ModelOptions};
+    use iscamd::model::{BackendOptions, BatchPlan, Classifier, ModelOptions, TractOptions};
 
     let forward = |model, kernels, batch_plan, batch: &Array4<f32>| {
         let classifier = Classifier::load(&ModelOptions {
             path: common::model_path(model),
-            batch_plan,
-            kernels,
+            backend: BackendOptions::Tract(TractOptions {
+                batch_plan,
+                kernels,
+            }),
             ..Default::default()
         })
         .expect("model loads");

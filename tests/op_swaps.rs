@@ -31,11 +31,14 @@ fn every_swap_replaces_nodes_on_the_shipped_models() {
 #[test]
 fn each_model_keeps_its_own_kernel_policy() {
     use iscamd::model::kernels::Policy;
-    use iscamd::model::{Classifier, ModelOptions};
+    use iscamd::model::{BackendOptions, Classifier, ModelOptions, TractOptions};
     let open = |kernels| {
         Classifier::load(&ModelOptions {
             path: common::model_path(INT8_MODEL),
-            kernels,
+            backend: BackendOptions::Tract(TractOptions {
+                kernels,
+                ..Default::default()
+            }),
             ..Default::default()
         })
         .expect("model loads")

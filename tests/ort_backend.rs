@@ -11,7 +11,7 @@ use common::{labelled_images, load, model_path, npy, pearson, reference_dir, ref
 use common::{F32_MODEL, INT8_MODEL};
 use iscamd::analysis::Analysis;
 use iscamd::cam::{self, CamParams};
-use iscamd::model::{softmax, top_k, BackendKind, Classifier, ModelOptions, OrtOptions, Provider};
+use iscamd::model::{softmax, top_k, BackendOptions, Classifier, ModelOptions, OrtOptions, Provider};
 use iscamd::source::decode_image;
 use tract_onnx::prelude::tract_ndarray::{Axis, Ix3, Ix4};
 
@@ -39,12 +39,11 @@ fn ort_library() -> PathBuf {
 fn ort_options(name: &str, providers: Vec<Provider>) -> ModelOptions {
     ModelOptions {
         path: model_path(name),
-        backend: BackendKind::Ort,
-        ort: OrtOptions {
+        backend: BackendOptions::Ort(OrtOptions {
             library: Some(ort_library()),
             providers,
             ..Default::default()
-        },
+        }),
         ..Default::default()
     }
 }
@@ -184,7 +183,9 @@ fn a_provider_that_cannot_register_is_an_error() {
 #[test]
 fn a_missing_library_is_a_clear_error() {
     let mut options = ort_options(F32_MODEL, vec![Provider::Cpu]);
-    options.ort.library = Some(PathBuf::from("/nonexistent/libonnxruntime.so"));
+    if let BackendOptions::Ort(ort) = &mut options.backend {
+        ort.library = Some(PathBuf::from("/nonexistent/libonnxruntime.so"));
+    }
     let msg = Classifier::load(&options)
         .err()
         .expect("no library")

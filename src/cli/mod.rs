@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use iscamd::config::ModelConfig;
 use iscamd::model::kernels::Policy;
-use iscamd::model::{BackendKind, BatchPlan, ChannelOrder, Classifier, ModelOptions, Provider};
+use iscamd::model::{BackendKind, BackendOptions, BatchPlan, ChannelOrder, Classifier, Provider};
 
 /// Classify camera frames with SqueezeNet on tract, and explain each decision with a
 /// Score-CAM / SS-CAM / IS-CAM heatmap.
@@ -194,10 +194,10 @@ impl ModelArgs {
             providers: self.providers.clone(),
             ..ModelConfig::default()
         };
-        let options = ModelOptions {
-            kernels,
-            ..settings.options(path.to_owned(), batch_plan)
-        };
+        let mut options = settings.options(path.to_owned(), batch_plan);
+        if let BackendOptions::Tract(tract) = &mut options.backend {
+            tract.kernels = kernels;
+        }
         Classifier::load(&options).context("cannot load the model")
     }
 }

@@ -78,7 +78,7 @@ impl fmt::Display for Provider {
     }
 }
 
-/// How the ONNX Runtime backend is set up; ignored by tract.
+/// How the ONNX Runtime backend is set up.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OrtOptions {
     /// `libonnxruntime.so`; `None`: the `ORT_DYLIB_PATH` environment variable.

@@ -48,13 +48,38 @@ pub struct ModelOptions {
     /// Tensor name of the CAM layer (metadata key `cam_layer`).
     pub cam_layer: Option<String>,
     pub preprocess: PreprocessOverrides,
-    /// tract only.
+    /// Which backend runs the model, with its own options.
+    pub backend: BackendOptions,
+}
+
+/// Each backend's options.
+#[derive(Clone, Debug)]
+pub enum BackendOptions {
+    Tract(TractOptions),
+    Ort(OrtOptions),
+}
+
+impl Default for BackendOptions {
+    fn default() -> Self {
+        BackendOptions::Tract(TractOptions::default())
+    }
+}
+
+impl BackendOptions {
+    pub fn kind(&self) -> BackendKind {
+        match self {
+            BackendOptions::Tract(_) => BackendKind::Tract,
+            BackendOptions::Ort(_) => BackendKind::Ort,
+        }
+    }
+}
+
+/// How tract runs the model.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TractOptions {
     pub batch_plan: BatchPlan,
-    /// tract only: iscamd's ops and kernel choices, or tract as it ships.
+    /// iscamd's ops and kernel choices, or tract as it ships.
     pub kernels: kernels::Policy,
-    pub backend: BackendKind,
-    /// ONNX Runtime only.
-    pub ort: OrtOptions,
 }
 
 /// Shape of the CAM layer's activations for one image.
@@ -321,26 +346,22 @@ fn open_backend(
     input_size: usize,
 ) -> Result<Box<dyn Backend>> {
     let path = options.path.clone();
-    Ok(match options.backend {
-        BackendKind::Tract => Box::new(tract::TractBackend::new(
-            path,
-            graph,
-            input_size,
-            options.batch_plan,
-            options.kernels,
+    Ok(match &options.backend {
+        BackendOptions::Tract(tract) => Box::new(tract::TractBackend::new(
+            path, graph, input_size, *tract,
         )?),
         #[cfg(feature = "ort")]
-        BackendKind::Ort => {
+        BackendOptions::Ort(ort) => {
             let input = graph.node(graph.inputs[0].node).name.clone();
             Box::new(ort::OrtBackend::load(
                 &path,
                 &input,
                 &outputs.names(),
-                &options.ort,
+                ort,
             )?)
         }
         #[cfg(not(feature = "ort"))]
-        BackendKind::Ort => {
+        BackendOptions::Ort(_) => {
             let _ = (graph, outputs);
             return Err(Error::model(
                 &path,

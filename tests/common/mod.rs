@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use iscamd::analysis::Analysis;
 use iscamd::cam::CamParams;
-use iscamd::model::{top_k, BatchPlan, Classifier, ModelOptions};
+use iscamd::model::{top_k, BackendOptions, BatchPlan, Classifier, ModelOptions, TractOptions};
 use iscamd::source::decode_image;
 use tract_onnx::prelude::tract_ndarray::{ArrayD, IxDyn};
 
@@ -63,7 +63,10 @@ pub fn load(name: &str) -> Classifier {
 pub fn load_path(path: &Path) -> Classifier {
     Classifier::load(&ModelOptions {
         path: path.to_owned(),
-        batch_plan: BatchPlan::Split,
+        backend: BackendOptions::Tract(TractOptions {
+            batch_plan: BatchPlan::Split,
+            ..Default::default()
+        }),
         ..Default::default()
     })
     .expect("model loads")

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use tract_onnx::prelude::tract_ndarray::ArrayD;
 use tract_onnx::prelude::*;
 
-use super::{chain, kernels, Backend, BatchPlan};
+use super::{chain, kernels, Backend, BatchPlan, TractOptions};
 use crate::error::{Error, Result};
 
 // iscamd's own ops, swapped into tract's optimised plans under `kernels::Policy::Tuned`.
@@ -42,8 +42,10 @@ impl TractBackend {
         path: PathBuf,
         graph: InferenceModel,
         input_size: usize,
-        batch_plan: BatchPlan,
-        kernels: kernels::Policy,
+        TractOptions {
+            batch_plan,
+            kernels,
+        }: TractOptions,
     ) -> Result<Self> {
         let mut backend = TractBackend {
             path,
