@@ -155,3 +155,35 @@ fn a_retained_5_mib_command_costs_at_most_one_reconnect() {
     assert_eq!(retained(broker.port, &topic("availability")).as_deref(), Some("online"));
     assert!(daemon.terminate().success());
 }
+
+#[test]
+fn ids_come_back_exactly_and_duplicate_keys_are_refused() {
+    let Setup {
+        broker: _broker,
+        observer,
+        mut daemon,
+        _dir,
+    } = setup("iscamd/#", 5, "commands_per_second = 100\n[cam]\ninterval = \"0s\"\n");
+    first_prediction(&observer);
+    for payload in [
+        r#"{"id":123456789012345678901234567890,"cmd":"republish"}"#,
+        r#"{"id":"x\"y","cmd":"republish"}"#,
+        r#"{"cmd":"republish","cmd":"explain"}"#,
+    ] {
+        observer.publish(&topic("cmd"), payload);
+    }
+    let results = observer.wait_for(
+        &topic("cmd/result"),
+        Duration::from_secs(20),
+        "three results",
+        |m| m.len() >= 3,
+    );
+    let json: Vec<serde_json::Value> = results.iter().map(|r| r.json()).collect();
+    assert_eq!(json[0]["id"], "123456789012345678901234567890", "{}", json[0]);
+    assert_eq!(json[0]["ok"], true);
+    assert_eq!(json[1]["id"], "x\"y", "{}", json[1]);
+    assert_eq!(json[2]["ok"], false, "{}", json[2]);
+    let error = json[2]["error"].as_str().unwrap();
+    assert!(error.contains("\"cmd\" is given twice"), "{error}");
+    assert!(daemon.terminate().success());
+}
