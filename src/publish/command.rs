@@ -1,6 +1,7 @@
 //! Commands received on `<prefix>/<device>/cmd`: parsed, validated and bounded before
 //! anything acts on them, so that no payload can stall or crash the device.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -68,7 +69,7 @@ pub fn parse(payload: &[u8], limits: &Limits) -> (Option<String>, Result<Command
             )),
         );
     }
-    let mut object = match Fields::parse(payload) {
+    let mut object = match top_level_fields(payload) {
         Ok(fields) => fields,
         Err(e) => return (None, Err(e)),
     };
@@ -124,17 +125,16 @@ const MAX_ID_CHARS: usize = 128;
 
 /// A command's top-level fields as their JSON text; a key given twice is refused (a
 /// reader that kept the first and one that kept the last would run different commands).
-struct Fields(std::collections::BTreeMap<String, Box<RawValue>>);
-
-impl Fields {
-    fn parse(payload: &[u8]) -> Result<std::collections::BTreeMap<String, Box<RawValue>>, String> {
-        match serde_json::from_slice::<Fields>(payload) {
-            Ok(Fields(map)) => Ok(map),
-            Err(e) if e.is_data() => Err(e.to_string()),
-            Err(e) => Err(format!("invalid JSON: {e}")),
-        }
+fn top_level_fields(payload: &[u8]) -> Result<BTreeMap<String, Box<RawValue>>, String> {
+    match serde_json::from_slice::<Fields>(payload) {
+        Ok(Fields(map)) => Ok(map),
+        Err(e) if e.is_data() => Err(e.to_string()),
+        Err(e) => Err(format!("invalid JSON: {e}")),
     }
 }
+
+/// What [`top_level_fields`] deserialises, refusing duplicate keys.
+struct Fields(BTreeMap<String, Box<RawValue>>);
 
 impl<'de> Deserialize<'de> for Fields {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -145,7 +145,7 @@ impl<'de> Deserialize<'de> for Fields {
                 f.write_str("a command: a JSON object like {\"cmd\":\"explain\"}")
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Fields, A::Error> {
-                let mut fields = std::collections::BTreeMap::new();
+                let mut fields = BTreeMap::new();
                 while let Some((key, value)) = map.next_entry::<String, Box<RawValue>>()? {
                     if fields.contains_key(&key) {
                         return Err(serde::de::Error::custom(format!(

@@ -39,7 +39,7 @@ pub fn decode_image(path: &Path) -> Result<RgbImage> {
 /// file in errors.
 pub fn decode_file_bytes(bytes: &[u8], path: &Path) -> Result<RgbImage> {
     let image = decode(bytes, path)?;
-    if is_jpeg(bytes) && !jpeg_scan_is_complete(bytes, &image, path)? {
+    if is_jpeg(bytes) && !jpeg_scan_is_complete(bytes, &image, path) {
         return Err(Error::input(
             path,
             "cannot decode image: corrupt or truncated JPEG (its data ends before the picture does)",
@@ -103,18 +103,15 @@ fn is_jpeg(bytes: &[u8]) -> bool {
 /// end-of-image marker appended decodes without error. Decoding again with stuffed
 /// one-bits inserted before that marker changes the picture only if the decoder read
 /// past the real data.
-fn jpeg_scan_is_complete(bytes: &[u8], decoded: &RgbImage, path: &Path) -> Result<bool> {
+fn jpeg_scan_is_complete(bytes: &[u8], decoded: &RgbImage, path: &Path) -> bool {
     let Some(end) = bytes.windows(2).rposition(|w| w == [0xFF, 0xD9]) else {
-        return Ok(false);
+        return false;
     };
     let mut padded = Vec::with_capacity(bytes.len() + 128);
     padded.extend_from_slice(&bytes[..end]);
     padded.extend(std::iter::repeat_n([0xFF, 0x00], 64).flatten());
     padded.extend_from_slice(&bytes[end..]);
-    match decode_jpeg(&padded, path) {
-        Ok(again) => Ok(again == *decoded),
-        Err(_) => Ok(false),
-    }
+    decode_jpeg(&padded, path).is_ok_and(|again| again == *decoded)
 }
 
 fn decode_other(mut reader: ImageReader<Cursor<&[u8]>>, path: &Path) -> Result<RgbImage> {
