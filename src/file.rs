@@ -120,12 +120,18 @@ mod tests {
     #[test]
     fn devices_directories_and_fifos_are_refused_without_blocking() {
         let e = error(Path::new("/dev/zero"), 1 << 20);
-        assert!(e.ends_with("image must be a regular file, this is a device"), "{e}");
+        assert!(
+            e.ends_with("image must be a regular file, this is a device"),
+            "{e}"
+        );
         let dir = tempfile::tempdir().unwrap();
         let e = error(dir.path(), 1 << 20);
         assert!(e.ends_with("this is a directory"), "{e}");
         let fifo = dir.path().join("x.jpg");
-        let status = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+        let status = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
         assert!(status.success());
         let e = error(&fifo, 1 << 20);
         assert!(e.ends_with("this is a FIFO (named pipe)"), "{e}");

@@ -12,9 +12,9 @@ pub mod cam;
 pub mod config;
 pub mod daemon;
 pub mod error;
-pub mod file;
 #[cfg(feature = "eval")]
 pub mod eval;
+pub mod file;
 pub mod model;
 pub mod publish;
 pub mod source;

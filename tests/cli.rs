@@ -440,7 +440,11 @@ fn bad_daemon_configs_exit_2_naming_the_key() {
     std::fs::write(&good, ca.cert.pem()).unwrap();
     // TLS material is checked at start, before any connection is tried.
     let garbage_tls = |key: &str| {
-        let (ca, cert) = if key == "ca" { (&garbage, &good) } else { (&good, &garbage) };
+        let (ca, cert) = if key == "ca" {
+            (&garbage, &good)
+        } else {
+            (&good, &garbage)
+        };
         format!(
             "[mqtt]\nhost = \"127.0.0.1\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"",
             s(ca),

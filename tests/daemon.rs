@@ -18,7 +18,10 @@ fn check_prediction_for(p: &serde_json::Value, device: &str) {
     assert_eq!(p["schema"], "iscamd.prediction/1");
     assert_eq!(p["device"], device);
     let run = p["run"].as_str().unwrap();
-    assert!(run.len() == 16 && run.chars().all(|c| c.is_ascii_hexdigit()), "{run}");
+    assert!(
+        run.len() == 16 && run.chars().all(|c| c.is_ascii_hexdigit()),
+        "{run}"
+    );
     assert!(p["seq"].as_u64().unwrap() >= 1);
     assert!(p["frame"].as_u64().unwrap() >= 1);
     assert!(p["ts"].as_str().unwrap().ends_with('Z'));
@@ -168,25 +171,45 @@ fn every_payload_names_its_run_and_a_restart_starts_a_new_one() {
         let since = std::time::Instant::now();
         let mut daemon = Daemon::start(&config, dir.path());
         let fresh = |m: &[common::broker::Received]| m.iter().filter(|r| r.at > since).count();
-        observer.wait_for(&topic("heatmap"), Duration::from_secs(60), "a heatmap", |m| fresh(m) > 0);
+        observer.wait_for(
+            &topic("heatmap"),
+            Duration::from_secs(60),
+            "a heatmap",
+            |m| fresh(m) > 0,
+        );
         observer.publish(&topic("cmd"), r#"{"id":"r","cmd":"republish"}"#);
-        observer.wait_for(&topic("cmd/result"), Duration::from_secs(10), "a result", |m| fresh(m) > 0);
-        observer.wait_for(&topic("stats"), Duration::from_secs(10), "stats", |m| fresh(m) > 0);
+        observer.wait_for(
+            &topic("cmd/result"),
+            Duration::from_secs(10),
+            "a result",
+            |m| fresh(m) > 0,
+        );
+        observer.wait_for(&topic("stats"), Duration::from_secs(10), "stats", |m| {
+            fresh(m) > 0
+        });
         let announced: serde_json::Value =
-            serde_json::from_str(&retained(broker.port, &topic("run")).expect("run is retained")).unwrap();
+            serde_json::from_str(&retained(broker.port, &topic("run")).expect("run is retained"))
+                .unwrap();
         assert_eq!(announced["schema"], "iscamd.run/1");
         assert!(announced["started"].as_str().unwrap().ends_with('Z'));
         let run = announced["run"].as_str().unwrap().to_string();
         assert!(daemon.terminate().success());
         for kind in ["prediction", "heatmap", "stats", "cmd/result"] {
-            let of_this_start: Vec<_> =
-                observer.on(&topic(kind)).into_iter().filter(|m| m.at > since).collect();
+            let of_this_start: Vec<_> = observer
+                .on(&topic(kind))
+                .into_iter()
+                .filter(|m| m.at > since)
+                .collect();
             assert!(!of_this_start.is_empty(), "{kind}");
             for m in &of_this_start {
                 assert_eq!(m.json()["run"], run.as_str(), "{kind} of run {run}");
             }
             if kind == "prediction" {
-                assert_eq!(of_this_start[0].json()["seq"], 1, "seq starts at 1 in every run");
+                assert_eq!(
+                    of_this_start[0].json()["seq"],
+                    1,
+                    "seq starts at 1 in every run"
+                );
             }
         }
         runs.push(run);
@@ -404,8 +427,11 @@ fn the_embedded_broker_asks_for_the_login_and_keeps_the_daemons_client_id() {
     let dir = tempfile::tempdir().unwrap();
     let password_file = dir.path().join("password");
     std::fs::write(&password_file, "s3cret\n").unwrap();
-    std::fs::set_permissions(&password_file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .unwrap();
+    std::fs::set_permissions(
+        &password_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let config = dir.path().join("iscamd.toml");
     std::fs::write(
         &config,
@@ -427,17 +453,29 @@ fn the_embedded_broker_asks_for_the_login_and_keeps_the_daemons_client_id() {
 
     use common::broker::accepts;
     assert!(!accepts(port, "anonymous", None), "no login");
-    assert!(!accepts(port, "guess", Some(("viewer", "wrong"))), "a wrong password");
+    assert!(
+        !accepts(port, "guess", Some(("viewer", "wrong"))),
+        "a wrong password"
+    );
     assert!(accepts(port, "viewer-2", login), "the configured login");
     let own_id = format!("iscamd-{DEVICE}");
     for _ in 0..5 {
-        assert!(!accepts(port, &own_id, login), "the daemon's client id is the daemon's");
+        assert!(
+            !accepts(port, &own_id, login),
+            "the daemon's client id is the daemon's"
+        );
     }
     let before = observer.on(&topic("prediction")).len();
     std::thread::sleep(Duration::from_secs(2));
-    assert!(observer.on(&topic("prediction")).len() >= before + 5, "predictions go on");
+    assert!(
+        observer.on(&topic("prediction")).len() >= before + 5,
+        "predictions go on"
+    );
     let log = daemon.log_text();
-    assert!(!log.contains("lost the broker"), "the daemon's session was taken over:\n{log}");
+    assert!(
+        !log.contains("lost the broker"),
+        "the daemon's session was taken over:\n{log}"
+    );
     assert!(daemon.terminate().success());
 }
 
@@ -744,7 +782,11 @@ fn a_retained_command_is_cleared_at_connect_not_run() {
     let config = write_config(dir.path(), broker.port, 5, "");
     let mut daemon = Daemon::start(&config, dir.path());
     first_prediction(&observer);
-    assert_eq!(retained(broker.port, &topic("cmd")), None, "the retained command is cleared");
+    assert_eq!(
+        retained(broker.port, &topic("cmd")),
+        None,
+        "the retained command is cleared"
+    );
     std::thread::sleep(Duration::from_secs(1));
     assert!(
         observer.on(&topic("cmd/result")).is_empty(),

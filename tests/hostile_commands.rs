@@ -45,7 +45,9 @@ fn maps_over_the_budget_are_refused_or_abandoned_and_the_next_one_runs() {
         "three results",
         |m| m.len() >= 3,
     );
-    let huge = result_for(&results, "huge").expect("a result for huge").json();
+    let huge = result_for(&results, "huge")
+        .expect("a result for huge")
+        .json();
     assert_eq!(huge["ok"], false, "{huge}");
     let error = huge["error"].as_str().unwrap();
     assert!(
@@ -57,13 +59,24 @@ fn maps_over_the_budget_are_refused_or_abandoned_and_the_next_one_runs() {
     let json = slow.json();
     assert_eq!(json["ok"], false, "{json}");
     let error = json["error"].as_str().unwrap();
-    assert!(error.contains("cam.max_time") && error.contains("abandoned"), "{error}");
+    assert!(
+        error.contains("cam.max_time") && error.contains("abandoned"),
+        "{error}"
+    );
     let took = slow.at - sent;
     eprintln!("the 17,920-pass map was abandoned after {took:?}: {error}");
-    assert!(took < Duration::from_secs(30), "abandoned only after {took:?}");
+    assert!(
+        took < Duration::from_secs(30),
+        "abandoned only after {took:?}"
+    );
 
-    let next = result_for(&results, "next").expect("a result for next").json();
-    assert_eq!(next["ok"], true, "the map after an abandoned one is made: {next}");
+    let next = result_for(&results, "next")
+        .expect("a result for next")
+        .json();
+    assert_eq!(
+        next["ok"], true,
+        "the map after an abandoned one is made: {next}"
+    );
     assert!(daemon.terminate().success());
 }
 
@@ -82,10 +95,7 @@ fn fifty_explains_in_ten_seconds_are_answered_and_the_schedule_keeps_its_interva
     first_prediction(&observer);
     let start = Instant::now();
     for i in 0..50 {
-        observer.publish(
-            &topic("cmd"),
-            format!(r#"{{"id":"e{i}","cmd":"explain"}}"#),
-        );
+        observer.publish(&topic("cmd"), format!(r#"{{"id":"e{i}","cmd":"explain"}}"#));
         std::thread::sleep(Duration::from_millis(200));
     }
     let results = observer.wait_for(
@@ -96,7 +106,11 @@ fn fifty_explains_in_ten_seconds_are_answered_and_the_schedule_keeps_its_interva
     );
     let busy = results
         .iter()
-        .filter(|r| r.json()["error"].as_str().is_some_and(|e| e.starts_with("busy")))
+        .filter(|r| {
+            r.json()["error"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("busy"))
+        })
         .count();
     let ok = results.iter().filter(|r| r.json()["ok"] == true).count();
     assert_eq!(ok + busy, 50, "every explain is made or refused as busy");
@@ -111,7 +125,10 @@ fn fifty_explains_in_ten_seconds_are_answered_and_the_schedule_keeps_its_interva
         })
         .count();
     eprintln!("50 explains in 10 s: {ok} made, {busy} busy; {scheduled} scheduled maps meanwhile");
-    assert!(scheduled >= 4, "{scheduled} scheduled maps in 10 s at a 2 s interval");
+    assert!(
+        scheduled >= 4,
+        "{scheduled} scheduled maps in 10 s at a 2 s interval"
+    );
     assert!(daemon.terminate().success());
 }
 
@@ -151,8 +168,15 @@ fn a_retained_5_mib_command_costs_at_most_one_reconnect() {
     eprintln!("retained 5 MiB command: {reconnects} reconnect(s), {predictions} predictions in 30 s at 5 fps");
     assert!(reconnects <= 1, "{reconnects} reconnects:\n{log}");
     assert!(predictions >= 135, "{predictions} of 150 predictions");
-    assert_eq!(retained(broker.port, &topic("cmd")), None, "the command is cleared");
-    assert_eq!(retained(broker.port, &topic("availability")).as_deref(), Some("online"));
+    assert_eq!(
+        retained(broker.port, &topic("cmd")),
+        None,
+        "the command is cleared"
+    );
+    assert_eq!(
+        retained(broker.port, &topic("availability")).as_deref(),
+        Some("online")
+    );
     assert!(daemon.terminate().success());
 }
 
@@ -163,7 +187,11 @@ fn ids_come_back_exactly_and_duplicate_keys_are_refused() {
         observer,
         mut daemon,
         _dir,
-    } = setup("iscamd/#", 5, "commands_per_second = 100\n[cam]\ninterval = \"0s\"\n");
+    } = setup(
+        "iscamd/#",
+        5,
+        "commands_per_second = 100\n[cam]\ninterval = \"0s\"\n",
+    );
     first_prediction(&observer);
     for payload in [
         r#"{"id":123456789012345678901234567890,"cmd":"republish"}"#,
@@ -179,7 +207,11 @@ fn ids_come_back_exactly_and_duplicate_keys_are_refused() {
         |m| m.len() >= 3,
     );
     let json: Vec<serde_json::Value> = results.iter().map(|r| r.json()).collect();
-    assert_eq!(json[0]["id"], "123456789012345678901234567890", "{}", json[0]);
+    assert_eq!(
+        json[0]["id"], "123456789012345678901234567890",
+        "{}",
+        json[0]
+    );
     assert_eq!(json[0]["ok"], true);
     assert_eq!(json[1]["id"], "x\"y", "{}", json[1]);
     assert_eq!(json[2]["ok"], false, "{}", json[2]);

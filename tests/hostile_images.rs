@@ -111,23 +111,36 @@ fn hostile_images_are_one_line_errors_in_little_memory_and_time() {
     huge_jpeg_header(&at("huge.jpg"));
     truncated_jpeg_with_end_marker(&at("cut.jpg"));
     let fifo = at("fifo.jpg");
-    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
     let bomb_size = std::fs::metadata(at("bomb.png")).unwrap().len();
     assert!(bomb_size < 100_000, "the bomb is small: {bomb_size} bytes");
 
     let good = run(&["classify", image("n01440764_tench").to_str().unwrap()]);
     assert!(good.status.success(), "{}", good.stderr);
     let cases: [(PathBuf, &str); 5] = [
-        (at("bomb.png"), "image is 20000×20000: above the 50-megapixel limit"),
+        (
+            at("bomb.png"),
+            "image is 20000×20000: above the 50-megapixel limit",
+        ),
         (at("huge.jpg"), "65535"),
-        (PathBuf::from("/dev/zero"), "image must be a regular file, this is a device"),
+        (
+            PathBuf::from("/dev/zero"),
+            "image must be a regular file, this is a device",
+        ),
         (fifo, "image must be a regular file, this is a FIFO"),
         (at("cut.jpg"), "corrupt or truncated JPEG"),
     ];
     for (path, expected) in &cases {
         let path = path.to_str().unwrap();
         let out_dir = dir.path().to_str().unwrap();
-        for args in [vec!["classify", path], vec!["explain", "--out", out_dir, path]] {
+        for args in [
+            vec!["classify", path],
+            vec!["explain", "--out", out_dir, path],
+        ] {
             let command = args[0];
             let out = run(&args);
             println!(
@@ -136,10 +149,19 @@ fn hostile_images_are_one_line_errors_in_little_memory_and_time() {
                 out.peak_rss_mb,
                 out.took
             );
-            assert_eq!(out.status.code(), Some(1), "{command} {path}: {}", out.stderr);
+            assert_eq!(
+                out.status.code(),
+                Some(1),
+                "{command} {path}: {}",
+                out.stderr
+            );
             let errors: Vec<&str> = out.stderr.lines().filter(|l| l.contains(path)).collect();
             assert_eq!(errors.len(), 1, "{command} {path}: {}", out.stderr);
-            assert!(errors[0].contains(expected), "{command} {path}: {}", out.stderr);
+            assert!(
+                errors[0].contains(expected),
+                "{command} {path}: {}",
+                out.stderr
+            );
             assert!(
                 out.peak_rss_mb < MAX_PEAK_RSS_MB,
                 "{command} {path}: peak RSS {} MB",

@@ -43,7 +43,11 @@ fn each_model_keeps_its_own_kernel_policy() {
         })
         .expect("model loads")
     };
-    let (stock, tuned, stock_again) = (open(Policy::Stock), open(Policy::Tuned), open(Policy::Stock));
+    let (stock, tuned, stock_again) = (
+        open(Policy::Stock),
+        open(Policy::Tuned),
+        open(Policy::Stock),
+    );
     assert!(stock.op_swaps().is_none() && stock_again.op_swaps().is_none());
     let swaps = tuned.op_swaps().expect("the tuned model's swaps");
     assert!(swaps.0.iter().any(|(_, s)| s.replaced > 0), "{swaps}");

@@ -11,7 +11,9 @@ use common::{labelled_images, load, model_path, npy, pearson, reference_dir, ref
 use common::{F32_MODEL, INT8_MODEL};
 use iscamd::analysis::Analysis;
 use iscamd::cam::{self, CamParams};
-use iscamd::model::{softmax, top_k, BackendOptions, Classifier, ModelOptions, OrtOptions, Provider};
+use iscamd::model::{
+    softmax, top_k, BackendOptions, Classifier, ModelOptions, OrtOptions, Provider,
+};
 use iscamd::source::decode_image;
 use tract_onnx::prelude::tract_ndarray::{Axis, Ix3, Ix4};
 

@@ -247,17 +247,28 @@ fn live_maps_and_commands() {
         let t = start.elapsed();
         if t.as_secs() % every.as_secs() < 10 {
             let rss = usage(pid).0;
-            println!("{:>6.0} s  RSS {:.1} MiB", t.as_secs_f64(), rss as f64 / 1048576.0);
+            println!(
+                "{:>6.0} s  RSS {:.1} MiB",
+                t.as_secs_f64(),
+                rss as f64 / 1048576.0
+            );
             samples.push((t.as_secs_f64(), rss));
         }
     }
     assert!(daemon.terminate().success(), "{}", daemon.log_text());
     let predictions = observer.on("iscamd/soak/prediction").len();
     let heatmaps = observer.on("iscamd/soak/heatmap");
-    let live = heatmaps.iter().filter(|m| m.json()["fresh"] == false).count();
+    let live = heatmaps
+        .iter()
+        .filter(|m| m.json()["fresh"] == false)
+        .count();
     let results = observer.on("iscamd/soak/cmd/result").len();
     let tail_start = total.as_secs_f64() - tail.as_secs_f64();
-    let last: Vec<(f64, u64)> = samples.iter().copied().filter(|s| s.0 >= tail_start).collect();
+    let last: Vec<(f64, u64)> = samples
+        .iter()
+        .copied()
+        .filter(|s| s.0 >= tail_start)
+        .collect();
     // RSS moves by ±10 MiB with the frames and maps in flight: the growth is the fitted
     // line's, not the difference of two samples.
     let tail_slope = slope_mib_per_hour(&last);
@@ -275,5 +286,8 @@ fn live_maps_and_commands() {
     );
     assert!(live > 0, "live maps were published");
     assert!(results + 2 >= sent, "{results} results for {sent} commands");
-    assert!(growth < 2.0, "RSS grew {growth:.2} MiB in the last {tail:?}");
+    assert!(
+        growth < 2.0,
+        "RSS grew {growth:.2} MiB in the last {tail:?}"
+    );
 }

@@ -136,9 +136,9 @@ fn print_costs(args: &BenchArgs, models: &[PathBuf]) -> Result<(f64, HashMap<Pat
     );
     let mut macs = HashMap::new();
     for path in models {
-        let classifier = args
-            .model
-            .load_with(path, BatchPlan::Split, (BackendKind::Tract, policy), 1)?;
+        let classifier =
+            args.model
+                .load_with(path, BatchPlan::Split, (BackendKind::Tract, policy), 1)?;
         let m = cost::forward_macs(path, classifier.input_size())?;
         println!(
             "# {}: {:.3} G multiply-adds per image (tract's cost model)",
@@ -183,8 +183,12 @@ fn throughput_table(
             for plan in plans {
                 for &t in &thread_counts {
                     let (classifier, in_flight) = match engine.backend {
-                        BackendKind::Tract => (args.model.load_with(path, plan, engine.pair(), 1)?, t),
-                        BackendKind::Ort => (args.model.load_with(path, plan, engine.pair(), t)?, 1),
+                        BackendKind::Tract => {
+                            (args.model.load_with(path, plan, engine.pair(), 1)?, t)
+                        }
+                        BackendKind::Ort => {
+                            (args.model.load_with(path, plan, engine.pair(), t)?, 1)
+                        }
                     };
                     let input = classifier.preprocess().tensor(frame);
                     for &batch in &args.batches {
@@ -238,9 +242,9 @@ fn heatmap_table(
         let loaded: Vec<(&Engine, Classifier)> = engines
             .iter()
             .map(|e| {
-                let classifier =
-                    args.model
-                        .load_with(path, BatchPlan::Split, e.pair(), threads)?;
+                let classifier = args
+                    .model
+                    .load_with(path, BatchPlan::Split, e.pair(), threads)?;
                 Ok((e, classifier))
             })
             .collect::<Result<_>>()?;

@@ -11,11 +11,11 @@ use super::command_result;
 use super::inference::{Control, CONTROL_QUEUE};
 use super::scheduler::{Request, RequestId};
 use super::shutdown::Shutdown;
-use crate::publish::payload::Origin;
 use crate::cam::{Budget, CamParams};
 use crate::error::Result;
 use crate::model::Classifier;
 use crate::publish::command::{self, Command, Limits};
+use crate::publish::payload::Origin;
 use crate::publish::{announcements, Incoming, Message, Topics};
 use crate::stats::Stats;
 

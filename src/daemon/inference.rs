@@ -12,11 +12,11 @@ use super::heatmap::{Job, Live};
 use super::latest::Latest;
 use super::scheduler::{Decision, Reason, Request, Scheduler, MAX_PENDING_REQUESTS};
 use super::shutdown::Shutdown;
-use crate::publish::payload::Origin;
 use crate::analysis::Analysis;
 use crate::cam::CamParams;
 use crate::error::{Error, Result};
 use crate::model::{top_k, Classifier};
+use crate::publish::payload::Origin;
 use crate::publish::payload::{self, PredictionLatency};
 use crate::publish::{Kind, Message, Topics};
 use crate::source::Frame;
@@ -103,7 +103,8 @@ impl Inference {
                             "busy: {MAX_PENDING_REQUESTS} explain requests already wait; \
                              try again later"
                         );
-                        let reply = command_result(&self.topics, &self.origin, refused.id.0, Err(busy));
+                        let reply =
+                            command_result(&self.topics, &self.origin, refused.id.0, Err(busy));
                         self.send(reply)?;
                     }
                 }

@@ -52,7 +52,8 @@ fn command_result(
         id,
         ok,
         error,
-    }).expect("result serialises");
+    })
+    .expect("result serialises");
     Message {
         topic: topics.command_result(),
         payload,
@@ -132,13 +133,12 @@ type Broker = (String, Option<(String, String)>);
 fn start_embedded_broker(config: &mut Config, device: &str) -> Result<Broker> {
     let port = config.mqtt.port.unwrap_or(1883);
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let access = publish::credentials(&config.mqtt)?.map(|(username, password)| {
-        publish::embedded::Access {
+    let access =
+        publish::credentials(&config.mqtt)?.map(|(username, password)| publish::embedded::Access {
             username,
             password,
             daemon_client_id: publish::client_id(&config.mqtt, device),
-        }
-    });
+        });
     let daemon_login = publish::embedded::start(addr, config.mqtt.max_packet_size, access)?;
     config.mqtt.port = Some(port);
     Ok(("127.0.0.1".into(), daemon_login))

@@ -1,7 +1,7 @@
 //! When to explain a frame: requested maps and the schedule, taking turns when both
 //! wait (so that neither a stream of requests nor a schedule shorter than a map starves
-//! the other), then class changes, live maps in between. Pure: time comes in as an argument, so every rule is tested
-//! without a broker, a model or a clock.
+//! the other), then class changes, live maps in between. Pure: time comes in as an
+//! argument, so every rule is tested without a broker, a model or a clock.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -251,13 +251,19 @@ mod tests {
         assert!(matches!(&a, Decision::Requested(r) if r.id.0.as_deref() == Some("a")));
         s.started(t0, &a);
         let scheduled = s.decide(t0, 1, 0.9);
-        assert!(is_full(&scheduled, Reason::Schedule), "due, after a request");
+        assert!(
+            is_full(&scheduled, Reason::Schedule),
+            "due, after a request"
+        );
         s.started(t0, &scheduled);
         let b = s.decide(t0 + 5 * S, 1, 0.9);
         assert!(matches!(&b, Decision::Requested(r) if r.id.0.as_deref() == Some("b")));
         s.started(t0 + 5 * S, &b);
         let again = s.decide(t0 + 10 * S, 1, 0.9);
-        assert!(is_full(&again, Reason::Schedule), "requests do not move the schedule");
+        assert!(
+            is_full(&again, Reason::Schedule),
+            "requests do not move the schedule"
+        );
         s.started(t0 + 10 * S, &again);
         let c = s.decide(t0 + 30 * S, 1, 0.9);
         assert!(matches!(&c, Decision::Requested(r) if r.id.0.as_deref() == Some("c")));

@@ -7,8 +7,8 @@ use std::time::Duration;
 use tokio::sync::mpsc::Sender;
 
 use super::shutdown::Shutdown;
-use crate::publish::payload::Origin;
 use crate::error::{Error, Result};
+use crate::publish::payload::Origin;
 use crate::publish::{Kind, Message, Topics};
 use crate::stats::Stats;
 

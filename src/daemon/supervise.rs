@@ -18,8 +18,8 @@ use std::time::Duration;
 use sd_notify::NotifyState;
 
 use super::shutdown::Shutdown;
-use crate::publish::payload::Origin;
 use crate::error::Result;
+use crate::publish::payload::Origin;
 use crate::stats::Stats;
 
 /// Tells systemd we are stopping.
@@ -82,7 +82,10 @@ impl Supervisor {
                     continue;
                 }
                 ready = true;
-                notify(&[NotifyState::Ready, NotifyState::Status(&status(stats, &self.origin))]);
+                notify(&[
+                    NotifyState::Ready,
+                    NotifyState::Status(&status(stats, &self.origin)),
+                ]);
                 continue;
             }
             let stuck = stats.stuck_stage(period);

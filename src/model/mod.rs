@@ -347,18 +347,13 @@ fn open_backend(
 ) -> Result<Box<dyn Backend>> {
     let path = options.path.clone();
     Ok(match &options.backend {
-        BackendOptions::Tract(tract) => Box::new(tract::TractBackend::new(
-            path, graph, input_size, *tract,
-        )?),
+        BackendOptions::Tract(tract) => {
+            Box::new(tract::TractBackend::new(path, graph, input_size, *tract)?)
+        }
         #[cfg(feature = "ort")]
         BackendOptions::Ort(ort) => {
             let input = graph.node(graph.inputs[0].node).name.clone();
-            Box::new(ort::OrtBackend::load(
-                &path,
-                &input,
-                &outputs.names(),
-                ort,
-            )?)
+            Box::new(ort::OrtBackend::load(&path, &input, &outputs.names(), ort)?)
         }
         #[cfg(not(feature = "ort"))]
         BackendOptions::Ort(_) => {

@@ -144,7 +144,10 @@ impl<'de> Deserialize<'de> for Fields {
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a command: a JSON object like {\"cmd\":\"explain\"}")
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Fields, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Fields, A::Error> {
                 let mut fields = BTreeMap::new();
                 while let Some((key, value)) = map.next_entry::<String, Box<RawValue>>()? {
                     if fields.contains_key(&key) {
@@ -292,15 +295,24 @@ mod tests {
             (r#"{"cmd":"set","interval":"1ms"}"#, "interval"),
             (r#"{"cmd":7}"#, "\"cmd\" must be a string"),
             (r#"{"id":"1"}"#, "missing \"cmd\""),
-            (r#"{"cmd":"republish","cmd":"explain"}"#, "the key \"cmd\" is given twice"),
-            (r#"{"id":1,"id":2,"cmd":"republish"}"#, "the key \"id\" is given twice"),
+            (
+                r#"{"cmd":"republish","cmd":"explain"}"#,
+                "the key \"cmd\" is given twice",
+            ),
+            (
+                r#"{"id":1,"id":2,"cmd":"republish"}"#,
+                "the key \"id\" is given twice",
+            ),
             (r#"{"id":[1],"cmd":"republish"}"#, "\"id\" must be"),
             (r#"{"id":"","cmd":"republish"}"#, "\"id\" must be"),
             (
                 r#"{"cmd":"explain","method":"sscam","steps":1000,"channels":0}"#,
                 "needs 512000 masked passes, above the budget of 512",
             ),
-            (r#"{"cmd":"explain","method":"iscam:n=10,k=0"}"#, "cam.max_passes"),
+            (
+                r#"{"cmd":"explain","method":"iscam:n=10,k=0"}"#,
+                "cam.max_passes",
+            ),
         ] {
             let (_, r) = parse_str(payload);
             let e = r.unwrap_err();
@@ -313,10 +325,16 @@ mod tests {
     #[test]
     fn ids_come_back_exactly_as_given() {
         for (payload, id) in [
-            (r#"{"id":123456789012345678901234567890,"cmd":"republish"}"#, "123456789012345678901234567890"),
+            (
+                r#"{"id":123456789012345678901234567890,"cmd":"republish"}"#,
+                "123456789012345678901234567890",
+            ),
             (r#"{"id":1.50,"cmd":"republish"}"#, "1.50"),
             (r#"{"id":-7e3,"cmd":"republish"}"#, "-7e3"),
-            (r#"{"id":"caf\u00e9 \"7\"","cmd":"republish"}"#, "café \"7\""),
+            (
+                r#"{"id":"caf\u00e9 \"7\"","cmd":"republish"}"#,
+                "café \"7\"",
+            ),
         ] {
             let (got, cmd) = parse_str(payload);
             assert_eq!(got.as_deref(), Some(id), "{payload}");

@@ -73,7 +73,11 @@ dynamic_filters = true
         })
         .map_err(|e| Error::invalid("thread", e))?;
     crate::publish::wait_listening(addr);
-    let login = if daemon_login.is_some() { " -u <user> -P <password>" } else { "" };
+    let login = if daemon_login.is_some() {
+        " -u <user> -P <password>"
+    } else {
+        ""
+    };
     tracing::info!(
         "embedded MQTT broker listening on {addr} (watch it with: mosquitto_sub -h {} -p {}{login} -t 'iscamd/#' -v)",
         addr.ip(),

@@ -8,9 +8,9 @@ pub mod embedded;
 mod mqtt;
 mod options;
 mod outbox;
+pub mod payload;
 mod probe;
 mod tls;
-pub mod payload;
 
 pub use mqtt::{announcements, run_connection, ConnectionSettings, Incoming};
 pub use options::{client_id, credentials, options};

@@ -53,7 +53,10 @@ fn certificates(path: &Path, key: &'static str) -> Result<Vec<CertificateDer<'st
 fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
     let pem = read_capped(path, "mqtt.key", MAX_SMALL_FILE_BYTES)?;
     PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
-        Error::input(path, format!("mqtt.key: no PEM private key in the file ({e})"))
+        Error::input(
+            path,
+            format!("mqtt.key: no PEM private key in the file ({e})"),
+        )
     })
 }
 
@@ -73,15 +76,21 @@ mod tests {
         let good = dir.path().join("ca.pem");
         std::fs::write(&good, ca.cert.pem()).unwrap();
         client_config(&good, None).unwrap();
-        let e = client_config(&good, Some((&garbage, &garbage))).unwrap_err().to_string();
+        let e = client_config(&good, Some((&garbage, &garbage)))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("mqtt.cert: no PEM certificate"), "{e}");
-        let e = client_config(&good, Some((&good, &garbage))).unwrap_err().to_string();
+        let e = client_config(&good, Some((&good, &garbage)))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("mqtt.key: no PEM private key"), "{e}");
 
         let other = rcgen::generate_simple_self_signed(vec!["x".into()]).unwrap();
         let other_key = dir.path().join("other.key");
         std::fs::write(&other_key, other.signing_key.serialize_pem()).unwrap();
-        let e = client_config(&good, Some((&good, &other_key))).unwrap_err().to_string();
+        let e = client_config(&good, Some((&good, &other_key)))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("mqtt.key does not fit mqtt.cert"), "{e}");
     }
 }

@@ -81,7 +81,10 @@ fn decode_jpeg(bytes: &[u8], path: &Path) -> Result<RgbImage> {
         .jpeg_set_out_colorspace(ColorSpace::RGB);
     let mut decoder = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), options);
     let cannot = |e: zune_jpeg::errors::DecodeErrors| {
-        Error::input(path, format!("cannot decode image: corrupt or truncated JPEG ({e})"))
+        Error::input(
+            path,
+            format!("cannot decode image: corrupt or truncated JPEG ({e})"),
+        )
     };
     decoder.decode_headers().map_err(cannot)?;
     let (width, height) = decoder
@@ -125,18 +128,33 @@ fn decode_other(mut reader: ImageReader<Cursor<&[u8]>>, path: &Path) -> Result<R
     let decoder = reader.into_decoder().map_err(cannot)?;
     let (width, height) = decoder.dimensions();
     let color = decoder.color_type();
-    check_size(path, width, height, color.bytes_per_pixel(), color != ColorType::Rgb8)?;
+    check_size(
+        path,
+        width,
+        height,
+        color.bytes_per_pixel(),
+        color != ColorType::Rgb8,
+    )?;
     let image = DynamicImage::from_decoder(decoder).map_err(cannot)?;
     Ok(image.into_rgb8())
 }
 
 /// Refuses, from the header alone, an image beyond the limits: more pixels than
 /// [`MAX_PIXELS`], or decoded pixels plus their RGB conversion above [`MAX_DECODE_BYTES`].
-fn check_size(path: &Path, width: u32, height: u32, bytes_per_pixel: u8, converted: bool) -> Result<()> {
+fn check_size(
+    path: &Path,
+    width: u32,
+    height: u32,
+    bytes_per_pixel: u8,
+    converted: bool,
+) -> Result<()> {
     let pixels = u64::from(width) * u64::from(height);
-    let too_big = |reason: String| Error::input(path, format!("image is {width}×{height}: {reason}"));
+    let too_big =
+        |reason: String| Error::input(path, format!("image is {width}×{height}: {reason}"));
     if width > MAX_SIDE || height > MAX_SIDE {
-        return Err(too_big(format!("a side is above the {MAX_SIDE}-pixel limit")));
+        return Err(too_big(format!(
+            "a side is above the {MAX_SIDE}-pixel limit"
+        )));
     }
     if pixels > MAX_PIXELS {
         let limit = MAX_PIXELS / 1_000_000;
@@ -158,7 +176,9 @@ mod tests {
     use super::*;
 
     fn error(bytes: &[u8]) -> String {
-        decode_image_bytes(bytes, Path::new("x")).unwrap_err().to_string()
+        decode_image_bytes(bytes, Path::new("x"))
+            .unwrap_err()
+            .to_string()
     }
 
     /// Found by `fuzz/run.sh` (target image_decode): 377 bytes that asked the GIF decoder
@@ -174,7 +194,12 @@ mod tests {
     }
 
     /// A black PNG; `png` writes the 1-bit kind that `image` cannot.
-    pub(crate) fn png(width: u32, height: u32, color: png::ColorType, depth: png::BitDepth) -> Vec<u8> {
+    pub(crate) fn png(
+        width: u32,
+        height: u32,
+        color: png::ColorType,
+        depth: png::BitDepth,
+    ) -> Vec<u8> {
         let mut out = Vec::new();
         let mut encoder = png::Encoder::new(&mut out, width, height);
         encoder.set_color(color);
@@ -216,11 +241,21 @@ mod tests {
     fn sizes_beyond_the_limits_are_refused_from_the_header() {
         use png::{BitDepth, ColorType};
         let e = error(&png(20_001, 1, ColorType::Grayscale, BitDepth::One));
-        assert_eq!(e, "x: image is 20001×1: a side is above the 20000-pixel limit");
+        assert_eq!(
+            e,
+            "x: image is 20001×1: a side is above the 20000-pixel limit"
+        );
         let e = error(&png(10_000, 5_001, ColorType::Grayscale, BitDepth::One));
         assert_eq!(e, "x: image is 10000×5001: above the 50-megapixel limit");
-        let e = error(&with_size(png(1, 1, ColorType::Rgba, BitDepth::Sixteen), 7_000, 7_000));
-        assert_eq!(e, "x: image is 7000×7000: decoding needs 514 MiB, above the 512 MiB limit");
+        let e = error(&with_size(
+            png(1, 1, ColorType::Rgba, BitDepth::Sixteen),
+            7_000,
+            7_000,
+        ));
+        assert_eq!(
+            e,
+            "x: image is 7000×7000: decoding needs 514 MiB, above the 512 MiB limit"
+        );
     }
 
     #[test]
@@ -232,7 +267,10 @@ mod tests {
         let sof = jpeg.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
         jpeg[sof + 5..sof + 9].copy_from_slice(&[0xFF; 4]);
         let e = error(&jpeg);
-        assert!(e.starts_with("x: cannot decode image") || e.contains("limit"), "{e}");
+        assert!(
+            e.starts_with("x: cannot decode image") || e.contains("limit"),
+            "{e}"
+        );
         assert!(e.contains("65535"), "{e}");
     }
 }

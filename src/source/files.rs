@@ -35,7 +35,12 @@ pub fn expand_inputs(paths: &[PathBuf]) -> Vec<Result<PathBuf>> {
 fn images_in(dir: &Path) -> Vec<Result<PathBuf>> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
-        Err(e) => return vec![Err(Error::input(dir, format!("cannot read directory: {e}")))],
+        Err(e) => {
+            return vec![Err(Error::input(
+                dir,
+                format!("cannot read directory: {e}"),
+            ))]
+        }
     };
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))

@@ -115,4 +115,3 @@ pub fn wait_for_log(daemon: &Daemon, needle: &str, timeout: Duration) -> String 
         std::thread::sleep(Duration::from_millis(100));
     }
 }
-
