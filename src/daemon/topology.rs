@@ -30,6 +30,10 @@ use crate::publish::{run_connection, ConnectionSettings, Incoming, Message, Topi
 use crate::source::{Frame, FrameSource};
 use crate::stats::Stats;
 
+/// How long a stage's unexpected end waits for another stage to report the failure that
+/// caused it.
+const CAUSE_GRACE: Duration = Duration::from_millis(500);
+
 /// Messages waiting for the MQTT connection stage.
 const PUBLISH_QUEUE: usize = 256;
 /// Commands received and not yet parsed.
@@ -319,8 +323,9 @@ impl Topology {
                 _ = &mut stop => break None,
                 ended = self.ended.recv() => {
                     let Some(ended) = ended else { break None };
+                    let consequence = matches!(ended.end, End::Finished);
                     if let Some(why) = self.on_end(ended) {
-                        break Some(why);
+                        break Some(if consequence { self.cause_of(why).await } else { why });
                     }
                 }
             }
@@ -334,6 +339,23 @@ impl Topology {
         }
         self.shut_down().await;
         failure.map_or(Ok(()), |why| Err(Error::Stage(why)))
+    }
+
+    /// A stage that finishes unasked has lost the stage feeding it, which unwinds (drops
+    /// the channel) a moment before it reports its panic or error: waits that moment for
+    /// the report, to name the cause rather than the consequence.
+    async fn cause_of(&mut self, consequence: String) -> String {
+        let cause = tokio::time::timeout(CAUSE_GRACE, async {
+            while let Some(ended) = self.ended.recv().await {
+                let failed = !matches!(ended.end, End::Finished);
+                if let (true, Some(why)) = (failed, self.on_end(ended)) {
+                    return Some(why);
+                }
+            }
+            None
+        })
+        .await;
+        cause.ok().flatten().unwrap_or(consequence)
     }
 
     /// Records a stage's end; says why the daemon must stop, if it must.
