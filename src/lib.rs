@@ -8,6 +8,8 @@
 //! `eval` feature, `eval` measures how faithful the maps are.
 
 pub mod analysis;
+#[cfg(feature = "eval")]
+pub mod bench;
 pub mod cam;
 pub mod config;
 pub mod daemon;

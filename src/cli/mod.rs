@@ -15,8 +15,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use iscamd::config::ModelConfig;
-use iscamd::model::kernels::Policy;
-use iscamd::model::{BackendKind, BackendOptions, BatchPlan, ChannelOrder, Classifier, Provider};
+use iscamd::model::{BackendKind, BatchPlan, ChannelOrder, Classifier, Provider};
 
 /// Classify camera frames with SqueezeNet on tract, and explain each decision with a
 /// Score-CAM / SS-CAM / IS-CAM heatmap.
@@ -167,20 +166,16 @@ impl ModelArgs {
     }
 
     pub fn load_path(&self, path: &std::path::Path, batch_plan: BatchPlan) -> Result<Classifier> {
-        let engine = (self.backend, Policy::from_env().unwrap_or_default());
-        self.load_with(path, batch_plan, engine, self.threads.unwrap_or(0))
+        let options = self
+            .settings(self.threads.unwrap_or(0))
+            .options(path.to_owned(), batch_plan);
+        Classifier::load(&options).context("cannot load the model")
     }
 
-    /// Loads `path` on a backend (with, for tract, a kernel policy); `threads` is ONNX
-    /// Runtime's intra-op thread count (0: one per core). tract runs each pass on one thread.
-    pub fn load_with(
-        &self,
-        path: &std::path::Path,
-        batch_plan: BatchPlan,
-        (backend, kernels): (BackendKind, Policy),
-        threads: usize,
-    ) -> Result<Classifier> {
-        let settings = ModelConfig {
+    /// The model settings these flags give; `threads` is ONNX Runtime's intra-op thread
+    /// count (0: one per core). tract runs each pass on one thread.
+    pub fn settings(&self, threads: usize) -> ModelConfig {
+        ModelConfig {
             path: None,
             labels: self.labels.clone(),
             cam_layer: self.cam_layer.clone(),
@@ -190,15 +185,10 @@ impl ModelArgs {
             mean: self.mean,
             std: self.std,
             threads,
-            backend,
+            backend: self.backend,
             providers: self.providers.clone(),
             ..ModelConfig::default()
-        };
-        let mut options = settings.options(path.to_owned(), batch_plan);
-        if let BackendOptions::Tract(tract) = &mut options.backend {
-            tract.kernels = kernels;
         }
-        Classifier::load(&options).context("cannot load the model")
     }
 }
 

@@ -40,6 +40,24 @@ pub enum BatchPlan {
     Symbolic,
 }
 
+impl BatchPlan {
+    /// The name [`BatchPlan::parse`] reads.
+    pub fn name(self) -> &'static str {
+        match self {
+            BatchPlan::Split => "split",
+            BatchPlan::Batched => "batched",
+            BatchPlan::Symbolic => "symbolic",
+        }
+    }
+
+    pub fn parse(s: &str) -> std::result::Result<Self, String> {
+        [BatchPlan::Split, BatchPlan::Batched, BatchPlan::Symbolic]
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| format!("unknown plan {s:?}: expected split, batched or symbolic"))
+    }
+}
+
 /// What to load and how to read it; `None` fields come from the model's metadata.
 #[derive(Clone, Debug, Default)]
 pub struct ModelOptions {

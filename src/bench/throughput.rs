@@ -1,0 +1,148 @@
+//! Forward passes per second per model, engine, batch plan, thread count and batch size.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::time::Instant;
+
+use super::{file_name, Bench, Engine};
+use crate::error::{Error, Result};
+use crate::model::kernels::{self, Policy};
+use crate::model::ndarray::{Array4, Axis};
+use crate::model::{cost, BackendKind, BatchPlan, Classifier};
+
+/// What the machine and the models cost, against which throughput is read.
+pub struct Costs {
+    /// tract's matrix kernels under the process's kernel policy.
+    pub kernels: String,
+    /// Single-thread peak: the best of 5 f32 1024³ matrix products through tract's kernels.
+    pub peak_gflops: f64,
+    /// Multiply-adds per image of each model, by tract's cost model.
+    pub macs: Vec<(PathBuf, u64)>,
+}
+
+/// One throughput measurement.
+#[derive(Clone, Debug)]
+pub struct ThroughputRow {
+    pub model: String,
+    pub engine: Engine,
+    pub plan: BatchPlan,
+    pub batch: usize,
+    pub threads: usize,
+    pub images_per_s: f64,
+    /// Wall time of one pass, as one of `threads` passes in flight.
+    pub ms_per_pass: f64,
+    /// Against the model's first row with the same batch and threads.
+    pub vs_first: f64,
+    pub gflops: f64,
+    /// Against the single-thread peak × threads.
+    pub percent_of_peak: f64,
+}
+
+impl Bench {
+    /// The machine's peak and each model's cost.
+    pub fn costs(&self) -> Result<Costs> {
+        let policy = Policy::from_env().unwrap_or_default();
+        let mut macs = Vec::new();
+        for path in &self.models {
+            let tract = Engine {
+                backend: BackendKind::Tract,
+                kernels: policy,
+            };
+            let classifier = self.load(path, BatchPlan::Split, tract, 1)?;
+            macs.push((
+                path.clone(),
+                cost::forward_macs(path, classifier.input_size())?,
+            ));
+        }
+        Ok(Costs {
+            kernels: kernels::matrix_kernels(policy),
+            peak_gflops: cost::sgemm_gflops(1024, 5)?,
+            macs,
+        })
+    }
+
+    /// Measures every combination, handing each row to `on_row` as it is measured. tract
+    /// runs `threads` single-threaded passes at once; ONNX Runtime one pass on `threads`.
+    pub fn throughput(&self, costs: &Costs, mut on_row: impl FnMut(&ThroughputRow)) -> Result<()> {
+        let thread_counts: BTreeSet<usize> = [1, self.threads].into();
+        let mut first_rate: HashMap<(usize, usize, usize), f64> = HashMap::new();
+        for (m, (path, macs)) in costs.macs.iter().enumerate() {
+            for &engine in &self.engines {
+                let plans = match engine.backend {
+                    BackendKind::Tract => self.plans.clone(),
+                    BackendKind::Ort => vec![BatchPlan::Batched],
+                };
+                for plan in plans {
+                    for &threads in &thread_counts {
+                        let (classifier, in_flight) = match engine.backend {
+                            BackendKind::Tract => (self.load(path, plan, engine, 1)?, threads),
+                            BackendKind::Ort => (self.load(path, plan, engine, threads)?, 1),
+                        };
+                        let input = classifier.preprocess().tensor(&self.frame);
+                        let (c, h, w) = input.dim();
+                        for &batch in &self.batches {
+                            let batch_input = input
+                                .broadcast((batch, c, h, w))
+                                .ok_or_else(|| Error::invalid("batch", batch))?
+                                .to_owned();
+                            classifier.forward(batch_input.view())?; // builds the plan, warms up
+                            let (rate, ms_per_pass) =
+                                measure(&classifier, &batch_input, self.images, in_flight)?;
+                            let first = *first_rate.entry((m, batch, threads)).or_insert(rate);
+                            let gflops = rate * 2.0 * *macs as f64 / 1e9;
+                            on_row(&ThroughputRow {
+                                model: file_name(path),
+                                engine,
+                                plan,
+                                batch,
+                                threads,
+                                images_per_s: rate,
+                                ms_per_pass,
+                                vs_first: rate / first,
+                                gflops,
+                                percent_of_peak: 100.0 * gflops
+                                    / (costs.peak_gflops * threads as f64),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Images per second and wall milliseconds per forward pass, with `in_flight` passes at once.
+fn measure(
+    classifier: &Classifier,
+    batch_input: &Array4<f32>,
+    images: usize,
+    in_flight: usize,
+) -> Result<(f64, f64)> {
+    let batch = batch_input.len_of(Axis(0));
+    let passes = images.div_ceil(batch).max(in_flight);
+    let next = AtomicUsize::new(0);
+    let t0 = Instant::now();
+    std::thread::scope(|s| -> Result<()> {
+        let handles: Vec<_> = (0..in_flight)
+            .map(|_| {
+                s.spawn(|| -> Result<()> {
+                    while next.fetch_add(1, Relaxed) < passes {
+                        classifier.forward(batch_input.view())?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        handles.into_iter().try_for_each(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(Error::Inference("a benchmark pass panicked".into())))
+        })
+    })?;
+    let secs = t0.elapsed().as_secs_f64();
+    Ok((
+        (passes * batch) as f64 / secs,
+        secs * 1e3 / passes as f64 * in_flight as f64,
+    ))
+}
