@@ -169,3 +169,38 @@ fn bad_inputs_are_refused_clearly() {
         assert!(err.contains(expected), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn live_writes_a_row_per_frame_change_and_a_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    let run = eval(&[
+        &images(),
+        "--live",
+        "--live-method",
+        "iscam:n=1,k=8",
+        "--limit",
+        "1",
+        "--steps",
+        "4",
+        "--out",
+        out,
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let csv = std::fs::read_to_string(dir.path().join("live.csv")).unwrap();
+    let changes = ["shift", "noise", "cut to the next image"];
+    assert_eq!(
+        csv.lines().count(),
+        1 + 6,
+        "header + one row per frame change:\n{csv}"
+    );
+    let md = std::fs::read_to_string(dir.path().join("live.md")).unwrap();
+    for change in changes {
+        assert!(md.contains(change), "{md}");
+    }
+    assert!(String::from_utf8_lossy(&run.stdout).contains("Live maps vs fresh maps"));
+}

@@ -3,8 +3,8 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use iscamd::cam::{spec, Weighting};
-use iscamd::eval::{self, EvalOptions, MethodSpec};
+use iscamd::cam::Weighting;
+use iscamd::eval::{self, EvalOptions, MethodSpec, Methods, Resume};
 use iscamd::model::Classifier;
 use iscamd::source::expand_inputs;
 
@@ -77,88 +77,79 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
     if args.live {
         return run_live(args);
     }
-    let (labels, curve_methods) = method_labels(&args)?;
-    let specs: Vec<MethodSpec> = labels
-        .iter()
-        .map(|l| MethodSpec::parse(l, args.weighting, args.seed))
-        .collect::<Result<_, _>>()?;
+    let methods = Methods::new(
+        &args.methods,
+        args.baseline.as_deref(),
+        &args.sweep,
+        args.weighting,
+        args.seed,
+    )?;
     let mut tally = Tally::default();
     let images = collect_images(&args.inputs, args.limit, &mut tally);
     if images.is_empty() {
         bail!("no images to evaluate");
     }
     let classifier = args.model.load()?;
-    let layer_channels = classifier.cam_layer().map_or(0, |l| l.channels);
-    for spec in &specs {
-        if let eval::SpecKind::Cam(p) = &spec.kind {
-            p.validate(layer_channels, classifier.input_size())
-                .with_context(|| format!("method {}", spec.label))?;
-        }
-    }
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("cannot create {}", args.out.display()))?;
-    let options = EvalOptions {
-        steps: args.steps,
-        seed: args.seed,
-        threads: args.model.threads(),
-        blur_sigma: 5.0,
-    };
-    let csv = args.out.join("per_image.csv");
-    evaluate_all(&classifier, &images, &specs, &options, &csv, &mut tally)?;
-    report(
-        &args,
+    methods.check_against(&classifier)?;
+    create_dir(&args.out)?;
+    let options = options(&args);
+    let resume = Resume::read(&args.out.join("per_image.csv"))?;
+    evaluate_all(
         &classifier,
         &images,
-        &labels,
-        &curve_methods,
+        &methods.specs,
         &options,
+        &resume,
+        &mut tally,
     )?;
+    let baseline = args
+        .baseline
+        .as_deref()
+        .map(|b| (b, args.tolerance / 100.0));
+    let (md, plots) = eval::summarise_run(
+        &args.out,
+        &images,
+        &methods,
+        classifier.path(),
+        &options,
+        baseline,
+    )?;
+    println!("{md}");
+    for plot in plots {
+        eprintln!("wrote {}", plot.display());
+    }
     Ok(tally.finish())
 }
 
-/// The methods to evaluate, in order (asked for, the baseline, the controls, the sweeps),
-/// and those the curves plot shows.
-fn method_labels(args: &EvalArgs) -> Result<(Vec<String>, Vec<String>)> {
-    let mut labels = spec::split_list(&args.methods);
-    if let Some(b) = &args.baseline {
-        if !labels.contains(b) {
-            labels.push(b.clone());
-        }
+fn options(args: &EvalArgs) -> EvalOptions {
+    EvalOptions {
+        steps: args.steps,
+        seed: args.seed,
+        weighting: args.weighting,
+        threads: args.model.threads(),
+        blur_sigma: 5.0,
     }
-    for control in ["random", "center"] {
-        if !labels.iter().any(|l| l == control) {
-            labels.push(control.into());
-        }
-    }
-    // The curves plot shows the methods asked for by name; a sweep's members would crowd it.
-    let curve_methods = labels.clone();
-    for sweep in &args.sweep {
-        for label in eval::expand_sweep(sweep)? {
-            if !labels.contains(&label) {
-                labels.push(label);
-            }
-        }
-    }
-    Ok((labels, curve_methods))
 }
 
-/// Evaluates every method on every image not already in `csv`, appending rows to it,
+fn create_dir(out: &Path) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))
+}
+
+/// Evaluates every method on every image not already in the CSV, appending rows to it,
 /// with a progress bar (or a line per image without a terminal).
 fn evaluate_all(
     classifier: &Classifier,
     images: &[PathBuf],
     specs: &[MethodSpec],
     options: &EvalOptions,
-    csv: &Path,
+    resume: &Resume,
     tally: &mut Tally,
 ) -> Result<()> {
-    let previous = eval::read_rows(csv)?;
-    let done = eval::done(&previous);
-    if !previous.is_empty() {
+    if resume.rows > 0 {
         eprintln!(
             "resuming: {} result(s) already in {}",
-            previous.len(),
-            csv.display()
+            resume.rows,
+            resume.csv.display()
         );
     }
     let total = (images.len() * specs.len()) as u64;
@@ -168,16 +159,7 @@ fn evaluate_all(
         )
         .expect("template"),
     );
-    let already = images
-        .iter()
-        .map(|p| {
-            specs
-                .iter()
-                .filter(|s| done.contains(&(p.display().to_string(), s.label.clone())))
-                .count()
-        })
-        .sum::<usize>();
-    bar.set_position(already as u64);
+    bar.set_position(resume.maps_done(images, specs) as u64);
     bar.reset_eta();
     for (i, image) in images.iter().enumerate() {
         let name = image
@@ -185,9 +167,9 @@ fn evaluate_all(
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         bar.set_message(name.clone());
-        let result = eval::evaluate_image(classifier, image, specs, options, &done, |row| {
+        let result = eval::evaluate_image(classifier, image, specs, options, &resume.done, |row| {
             bar.inc(1);
-            row.append(csv)
+            row.append(&resume.csv)
         });
         match result {
             Ok(()) => tally.ok += 1,
@@ -212,45 +194,6 @@ fn evaluate_all(
     Ok(())
 }
 
-/// Summarises the rows of these images into report.md/json and the plots.
-fn report(
-    args: &EvalArgs,
-    classifier: &Classifier,
-    images: &[PathBuf],
-    labels: &[String],
-    curve_methods: &[String],
-    options: &EvalOptions,
-) -> Result<()> {
-    let rows = eval::read_rows(&args.out.join("per_image.csv"))?;
-    let wanted: std::collections::HashSet<String> =
-        images.iter().map(|p| p.display().to_string()).collect();
-    let rows: Vec<_> = rows
-        .into_iter()
-        .filter(|r| wanted.contains(&r.image))
-        .collect();
-    let summaries = eval::summarise(&rows, labels, args.seed);
-    let context = format!(
-        "Model `{}`, {} image(s), class = top-1 of each image, weighting `{}`, {} deletion/insertion steps, insertion \
-         baseline: Gaussian blur σ = {} px of the input. Maps of one method and steps that differ only in k are \
-         computed once at the largest k; the others' ms/map is that run's time × their share of its channels.",
-        classifier.path().display(),
-        wanted.len(),
-        args.weighting.name(),
-        args.steps,
-        options.blur_sigma
-    );
-    let pick = args
-        .baseline
-        .as_deref()
-        .and_then(|b| eval::pick_cheapest(&summaries, b, args.tolerance / 100.0));
-    let md = eval::write_report(&args.out, &summaries, pick.as_ref(), &context)?;
-    println!("{md}");
-    for plot in eval::write_plots(&args.out, &summaries, curve_methods)? {
-        eprintln!("wrote {}", plot.display());
-    }
-    Ok(())
-}
-
 fn run_live(args: EvalArgs) -> Result<ExitCode> {
     let params = match &args.live_method {
         Some(spec) => match MethodSpec::parse(spec, args.weighting, args.seed)?.kind {
@@ -270,14 +213,8 @@ fn run_live(args: EvalArgs) -> Result<ExitCode> {
         bail!("--live needs at least 2 images (each sequence cuts to the next image)");
     }
     let classifier = args.model.load()?;
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("cannot create {}", args.out.display()))?;
-    let options = EvalOptions {
-        steps: args.steps,
-        seed: args.seed,
-        threads: args.model.threads(),
-        blur_sigma: 5.0,
-    };
+    create_dir(&args.out)?;
+    let options = options(&args);
     let references = images.len() - 1;
     let mut rows = Vec::new();
     for (i, pair) in images.windows(2).enumerate() {
@@ -296,25 +233,14 @@ fn run_live(args: EvalArgs) -> Result<ExitCode> {
             started.elapsed().as_secs_f64()
         );
     }
-    let csv_path = args.out.join("live.csv");
-    let mut csv = csv::Writer::from_path(&csv_path)
-        .with_context(|| format!("cannot write {}", csv_path.display()))?;
-    for row in &rows {
-        csv.serialize(row)?;
-    }
-    csv.flush()
-        .with_context(|| format!("cannot write {}", csv_path.display()))?;
-    let md = format!(
-        "Live maps vs fresh maps: model `{}`, {references} reference image(s), full maps `{}` ({} steps, {} channels), class = top-1 of the reference, {} deletion/insertion steps.\n\n{}",
-        classifier.path().display(),
-        params.method.name(),
-        params.steps(),
-        params.channels,
-        args.steps,
-        eval::live::report(&rows)
-    );
-    let md_path = args.out.join("live.md");
-    std::fs::write(&md_path, &md).with_context(|| format!("cannot write {}", md_path.display()))?;
+    let md = eval::live::write_report(
+        &args.out,
+        &rows,
+        classifier.path(),
+        &params,
+        &options,
+        references,
+    )?;
     println!("{md}");
     Ok(tally.finish())
 }

@@ -173,6 +173,39 @@ pub fn evaluate_image(
     Ok(rows)
 }
 
+/// Writes live.csv and live.md into `out` and returns the Markdown.
+pub fn write_report(
+    out: &Path,
+    rows: &[LiveRow],
+    model: &Path,
+    params: &CamParams,
+    options: &EvalOptions,
+    references: usize,
+) -> Result<String> {
+    let csv_path = out.join("live.csv");
+    let cannot_write =
+        |e: &dyn std::fmt::Display| Error::input(&csv_path, format!("cannot write: {e}"));
+    let mut csv = csv::Writer::from_path(&csv_path).map_err(|e| cannot_write(&e))?;
+    for row in rows {
+        csv.serialize(row).map_err(|e| cannot_write(&e))?;
+    }
+    csv.flush().map_err(|e| cannot_write(&e))?;
+    let md = format!(
+        "Live maps vs fresh maps: model `{}`, {references} reference image(s), full maps `{}` ({} steps, {} channels), \
+         class = top-1 of the reference, {} deletion/insertion steps.\n\n{}",
+        model.display(),
+        params.method.name(),
+        params.steps(),
+        params.channels,
+        options.steps,
+        report(rows)
+    );
+    let md_path = out.join("live.md");
+    std::fs::write(&md_path, &md)
+        .map_err(|e| Error::input(&md_path, format!("cannot write: {e}")))?;
+    Ok(md)
+}
+
 /// Means per change over the rows where a live map was made, as a Markdown table, with
 /// the drift range of every change (all rows) so a threshold can be read off.
 pub fn report(rows: &[LiveRow]) -> String {

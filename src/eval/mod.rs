@@ -3,6 +3,7 @@
 
 pub mod live;
 pub mod metrics;
+mod plan;
 mod plot;
 mod report;
 
@@ -15,9 +16,11 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+pub use plan::{Methods, Resume};
 pub use plot::write_plots;
 pub use report::{
-    done, pick_cheapest, read_rows, summarise, write_report, MethodSummary, Pick, Row, CSV_HEADER,
+    done, pick_cheapest, read_rows, summarise, summarise_run, write_report, MethodSummary, Pick,
+    Row, CSV_HEADER,
 };
 
 use crate::analysis::Analysis;
@@ -131,6 +134,8 @@ pub struct EvalOptions {
     /// Deletion / insertion steps.
     pub steps: usize,
     pub seed: u64,
+    /// How a CAM map's channels are weighted (recorded in the report).
+    pub weighting: Weighting,
     pub threads: usize,
     /// σ of the insertion baseline's Gaussian blur, in input pixels.
     pub blur_sigma: f32,

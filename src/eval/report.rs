@@ -4,13 +4,14 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::metrics::Faithfulness;
+use super::{EvalOptions, Methods};
 use crate::error::{Error, Result};
 
 pub const CSV_HEADER: &str =
@@ -288,6 +289,38 @@ pub fn pick_cheapest(summaries: &[MethodSummary], baseline: &str, tolerance: f64
         method: best.map(|s| s.method.clone()),
         pass_ratio: best.map(|s| base.passes_per_map / s.passes_per_map),
     })
+}
+
+/// A run's summary of these images (the CSV may hold others): report.md/json and the
+/// plots in `out`; the Markdown comes back for printing.
+pub fn summarise_run(
+    out: &Path,
+    images: &[PathBuf],
+    methods: &Methods,
+    model: &Path,
+    options: &EvalOptions,
+    baseline: Option<(&str, f64)>,
+) -> Result<(String, Vec<PathBuf>)> {
+    let wanted: HashSet<String> = images.iter().map(|p| p.display().to_string()).collect();
+    let rows: Vec<Row> = read_rows(&out.join("per_image.csv"))?
+        .into_iter()
+        .filter(|r| wanted.contains(&r.image))
+        .collect();
+    let summaries = summarise(&rows, &methods.labels(), options.seed);
+    let context = format!(
+        "Model `{}`, {} image(s), class = top-1 of each image, weighting `{}`, {} deletion/insertion steps, insertion \
+         baseline: Gaussian blur σ = {} px of the input. Maps of one method and steps that differ only in k are \
+         computed once at the largest k; the others' ms/map is that run's time × their share of its channels.",
+        model.display(),
+        wanted.len(),
+        options.weighting.name(),
+        options.steps,
+        options.blur_sigma
+    );
+    let pick = baseline.and_then(|(b, tolerance)| pick_cheapest(&summaries, b, tolerance));
+    let md = write_report(out, &summaries, pick.as_ref(), &context)?;
+    let plots = super::write_plots(out, &summaries, &methods.curves)?;
+    Ok((md, plots))
 }
 
 /// Writes `report.md` and `report.json` into `out`; returns the Markdown.
