@@ -4,9 +4,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use super::ndarray::{Array4, ArrayD};
 use serde::Deserialize;
-use tract_onnx::prelude::tract_ndarray::ArrayD;
-use tract_onnx::prelude::Tensor;
 
 use crate::error::{Error, Result};
 
@@ -17,7 +16,7 @@ pub trait Backend: Send + Sync {
 
     /// Runs `input` (`[batch, 3, s, s]`) and returns the logits and, when a CAM layer was
     /// selected at load time, its activations — as the graph gives them.
-    fn run(&self, input: Tensor, batch: usize) -> Result<(ArrayD<f32>, Option<ArrayD<f32>>)>;
+    fn run(&self, input: Array4<f32>) -> Result<(ArrayD<f32>, Option<ArrayD<f32>>)>;
 
     /// What iscamd's own ops replaced in the backend's plan (tract only).
     fn op_swaps(&self) -> Option<super::Swaps> {

@@ -6,6 +6,7 @@ mod backend;
 pub mod cost;
 pub mod kernels;
 mod labels;
+mod onnx;
 #[cfg(feature = "ort")]
 mod ort;
 mod preprocess;
@@ -15,11 +16,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use tract_onnx::prelude::tract_ndarray::{Array2, Array4, ArrayD, ArrayView4, Ix4};
-use tract_onnx::prelude::*;
-use tract_onnx::tract_hir::infer::Factoid;
 
 pub use backend::{Backend, BackendKind, OrtOptions, Provider};
 pub use labels::Labels;
+use onnx::OnnxFile;
 pub use preprocess::{ChannelOrder, Preprocess, PreprocessMetadata, PreprocessOverrides};
 pub use tract::{Swapped, Swaps};
 /// The n-dimensional arrays iscamd's tensors are (the version tract is built with).
@@ -143,23 +143,14 @@ impl Classifier {
                 "no such file (give the model with --model PATH)",
             ));
         }
-        let mut graph = tract_onnx::onnx()
-            .with_ignore_value_info(true)
-            .model_for_path(&path)
-            .map_err(|e| {
-                Error::model(&path, format!("not a model tract can load: {}", chain(&e)))
-            })?;
-        let metadata = onnx_metadata(&graph);
-        if graph.inputs.len() != 1 {
-            let inputs = graph.inputs.len();
-            let why = format!("has {inputs} inputs; an image classifier has one");
-            return Err(Error::model(&path, why));
-        }
-        let outputs = select_outputs(&mut graph, &path, &metadata, options.cam_layer.clone())?;
+        let onnx = OnnxFile::read(&path)?;
+        let input = onnx.input(&path)?;
+        let outputs = Outputs::choose(&onnx, &path, options.cam_layer.clone())?;
+        let metadata = onnx.metadata.clone();
         let preprocess =
-            preprocessing(&graph, &metadata, options).map_err(|e| Error::model(&path, e))?;
+            preprocessing(input.side, &metadata, options).map_err(|e| Error::model(&path, e))?;
         let input_size = preprocess.input_size as usize;
-        let backend = open_backend(options, graph, &outputs, input_size)?;
+        let backend = open_backend(options, onnx, &input.name, &outputs, input_size)?;
         let (classes, cam) = output_shapes(&path, backend.as_ref(), &outputs, input_size)?;
         let labels_path = options
             .labels
@@ -231,7 +222,7 @@ impl Classifier {
     /// caller's to get right (`[B, 3, S, S]`, S the input size or a scoring size).
     pub fn forward_owned(&self, input: Array4<f32>) -> Result<Forward> {
         let batch = input.dim().0;
-        let (logits, activations) = self.backend.run(Tensor::from(input), batch)?;
+        let (logits, activations) = self.backend.run(input)?;
         let shape_error = |what: &str, e: &dyn std::fmt::Display| {
             Error::Inference(format!("{what} of unexpected shape: {e}"))
         };
@@ -264,19 +255,6 @@ impl Classifier {
     }
 }
 
-/// The ONNX `metadata_props` of a graph.
-fn onnx_metadata(graph: &InferenceModel) -> HashMap<String, String> {
-    graph
-        .properties
-        .iter()
-        .filter_map(|(k, v)| {
-            let key = k.strip_prefix("onnx.metadata_props.")?;
-            let value = v.as_plain_ram()?.to_scalar::<String>().ok()?.clone();
-            Some((key.to_string(), value))
-        })
-        .collect()
-}
-
 /// The names of the outputs a pass computes: the logits and, if there is one, the CAM
 /// layer. Selects them as the graph's outputs.
 struct Outputs {
@@ -292,59 +270,40 @@ impl Outputs {
     }
 }
 
-fn select_outputs(
-    graph: &mut InferenceModel,
-    path: &Path,
-    metadata: &HashMap<String, String>,
-    cam_layer: Option<String>,
-) -> Result<Outputs> {
-    let logits = match metadata.get("output_name") {
-        Some(n) => n.clone(),
-        None => {
-            let outlet = graph
-                .outputs
-                .first()
-                .ok_or_else(|| Error::model(path, "has no output"))?;
-            graph
-                .outlet_label(*outlet)
-                .map(str::to_string)
-                .unwrap_or_else(|| graph.node(outlet.node).name.clone())
+impl Outputs {
+    /// The logits (metadata `output_name`, or the first graph output) and the CAM layer
+    /// (`cam_layer`: the option, or metadata `cam_layer`), each checked to exist.
+    fn choose(onnx: &OnnxFile, path: &Path, cam_layer: Option<String>) -> Result<Self> {
+        let logits = match onnx.metadata.get("output_name") {
+            Some(n) => n.clone(),
+            None => onnx
+                .first_output()
+                .ok_or_else(|| Error::model(path, "has no output"))?
+                .to_string(),
+        };
+        if !onnx.has_tensor(&logits) {
+            return Err(Error::model(
+                path,
+                format!("has no output tensor named {logits:?}"),
+            ));
         }
-    };
-    let cam = cam_layer.or_else(|| metadata.get("cam_layer").cloned());
-    let outputs = Outputs { logits, cam };
-    let names = outputs.names();
-    graph.select_outputs_by_name(&names).map_err(|_| {
-        let missing = names.iter().find(|n| graph.clone().select_outputs_by_name([n]).is_err());
-        match missing {
-            Some(n) if Some(n) == outputs.cam.as_ref() => Error::model(
+        let cam = cam_layer.or_else(|| onnx.metadata.get("cam_layer").cloned());
+        if let Some(n) = cam.as_ref().filter(|n| !onnx.has_tensor(n)) {
+            return Err(Error::model(
                 path,
                 format!("has no tensor named {n:?} for the CAM layer (set --cam-layer to a conv/concat output of shape [N,C,h,w])"),
-            ),
-            Some(n) => Error::model(path, format!("has no output tensor named {n:?}")),
-            None => Error::model(path, "cannot select its outputs"),
+            ));
         }
-    })?;
-    Ok(outputs)
+        Ok(Outputs { logits, cam })
+    }
 }
 
 /// How to feed the model: its metadata, the overrides, and the graph's input size.
 fn preprocessing(
-    graph: &InferenceModel,
+    graph_size: Option<u32>,
     metadata: &HashMap<String, String>,
     options: &ModelOptions,
 ) -> Result<Preprocess> {
-    let graph_size = graph
-        .input_fact(0)
-        .ok()
-        .and_then(|f| {
-            f.shape
-                .dims()
-                .nth(3)
-                .and_then(|d| d.concretize())
-                .and_then(|d| d.as_i64())
-        })
-        .map(|d| d as u32);
     let meta = |k: &str| metadata.get(k).cloned();
     let from_metadata = PreprocessMetadata {
         input_size: meta("input_size"),
@@ -359,23 +318,28 @@ fn preprocessing(
 
 fn open_backend(
     options: &ModelOptions,
-    graph: InferenceModel,
+    onnx: OnnxFile,
+    input: &str,
     outputs: &Outputs,
     input_size: usize,
 ) -> Result<Box<dyn Backend>> {
     let path = options.path.clone();
+    let names = outputs.names();
     Ok(match &options.backend {
-        BackendOptions::Tract(tract) => {
-            Box::new(tract::TractBackend::new(path, graph, input_size, *tract)?)
-        }
+        BackendOptions::Tract(tract) => Box::new(tract::TractBackend::new(
+            path,
+            &onnx.proto,
+            &names,
+            input_size,
+            *tract,
+        )?),
         #[cfg(feature = "ort")]
-        BackendOptions::Ort(ort) => {
-            let input = graph.node(graph.inputs[0].node).name.clone();
-            Box::new(ort::OrtBackend::load(&path, &input, &outputs.names(), ort)?)
-        }
+        BackendOptions::Ort(ort) => Box::new(ort::OrtBackend::load(
+            &path, onnx.proto, input, &names, ort,
+        )?),
         #[cfg(not(feature = "ort"))]
         BackendOptions::Ort(_) => {
-            let _ = (graph, outputs);
+            let _ = (onnx, input, names);
             return Err(Error::model(
                 &path,
                 "backend \"ort\" is not built in: rebuild with `cargo build --release --features ort`",
@@ -392,9 +356,8 @@ fn output_shapes(
     outputs: &Outputs,
     input_size: usize,
 ) -> Result<(usize, Option<CamLayer>)> {
-    let blank = Tensor::zero::<f32>(&[1, 3, input_size, input_size])
-        .map_err(|e| Error::model(path, chain(&e)))?;
-    let (logits, activations) = backend.run(blank, 1)?;
+    let blank = Array4::zeros((1, 3, input_size, input_size));
+    let (logits, activations) = backend.run(blank)?;
     let classes = match logits.shape() {
         [1, n] => *n,
         other => {

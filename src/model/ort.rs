@@ -4,13 +4,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use super::ndarray::{Array4, ArrayD};
 use ort::ep::{self, ExecutionProviderDispatch};
 use ort::session::Session;
 use ort::value::TensorRef;
 use prost::Message;
 use tract_onnx::pb;
-use tract_onnx::prelude::tract_ndarray::ArrayD;
-use tract_onnx::prelude::{Framework, Tensor};
 
 use super::{Backend, OrtOptions, Provider};
 use crate::error::{Error, Result};
@@ -33,6 +32,7 @@ impl OrtBackend {
     /// return those).
     pub fn load(
         path: &Path,
+        mut proto: pb::ModelProto,
         input: &str,
         outputs: &[String],
         options: &OrtOptions,
@@ -41,9 +41,6 @@ impl OrtBackend {
             |what: &str, e: &dyn std::fmt::Display| Error::model(path, format!("{what}: {e}"));
         let environment = load_library(options).map_err(|e| Error::model(path, e))?;
 
-        let mut proto = tract_onnx::onnx()
-            .proto_model_for_path(path)
-            .map_err(|e| fail("not an ONNX model", &e))?;
         let graph = proto
             .graph
             .as_mut()
@@ -98,13 +95,10 @@ impl Backend for OrtBackend {
         format!("ort ({})", list(&self.providers))
     }
 
-    fn run(&self, input: Tensor, _batch: usize) -> Result<(ArrayD<f32>, Option<ArrayD<f32>>)> {
+    fn run(&self, input: Array4<f32>) -> Result<(ArrayD<f32>, Option<ArrayD<f32>>)> {
         let err = |e: ort::Error| Error::Inference(format!("ONNX Runtime: {e}"));
         let shape: Vec<i64> = input.shape().iter().map(|&d| d as i64).collect();
-        let view = input
-            .to_plain_array_view::<f32>()
-            .map_err(|e| Error::Inference(e.to_string()))?;
-        let data = view
+        let data = input
             .as_slice()
             .ok_or_else(|| Error::Inference("input tensor is not contiguous".into()))?;
         let value = TensorRef::from_array_view((shape, data)).map_err(err)?;

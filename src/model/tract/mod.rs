@@ -2,10 +2,10 @@
 //! (or one plan per batch size, or one with a symbolic batch, for comparison).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use tract_onnx::prelude::tract_ndarray::ArrayD;
+use tract_onnx::prelude::tract_ndarray::{Array4, ArrayD};
 use tract_onnx::prelude::*;
 
 use super::{chain, kernels, Backend, BatchPlan, TractOptions};
@@ -38,15 +38,18 @@ pub struct TractBackend {
 }
 
 impl TractBackend {
+    /// Builds tract's graph of `proto` with `outputs` (any tensors) as its outputs.
     pub fn new(
         path: PathBuf,
-        graph: InferenceModel,
+        proto: &tract_onnx::pb::ModelProto,
+        outputs: &[String],
         input_size: usize,
         TractOptions {
             batch_plan,
             kernels,
         }: TractOptions,
     ) -> Result<Self> {
+        let graph = parse(&path, proto, outputs)?;
         let mut backend = TractBackend {
             path,
             graph,
@@ -154,14 +157,12 @@ impl TractBackend {
     }
 
     /// Runs each image of the batch through the batch-1 plan and stacks the outputs.
-    fn run_split(&self, input: Tensor, batch: usize) -> Result<(ArrayD<f32>, Option<ArrayD<f32>>)> {
+    fn run_split(&self, input: Array4<f32>) -> Result<(ArrayD<f32>, Option<ArrayD<f32>>)> {
+        let batch = input.dim().0;
         let mut logits = Vec::with_capacity(batch);
         let mut activations = Vec::with_capacity(batch);
-        for i in 0..batch {
-            let one = input
-                .slice(0, i, i + 1)
-                .map_err(|e| Error::Inference(chain(&e)))?;
-            let (l, a) = self.run_plan(one, 1)?;
+        for one in input.axis_chunks_iter(tract_ndarray::Axis(0), 1) {
+            let (l, a) = self.run_plan(one.to_owned().into(), 1)?;
             logits.push(l);
             activations.extend(a);
         }
@@ -177,6 +178,32 @@ impl TractBackend {
         };
         Ok((stack(&logits)?, activations))
     }
+}
+
+/// tract's graph of the model, value info ignored (some exporters write wrong shapes
+/// there), with `outputs` selected.
+fn parse(
+    path: &Path,
+    proto: &tract_onnx::pb::ModelProto,
+    outputs: &[String],
+) -> Result<InferenceModel> {
+    let bad =
+        |e: TractError| Error::model(path, format!("not a model tract can load: {}", chain(&e)));
+    let dir = path.parent().and_then(Path::to_str);
+    let parsed = tract_onnx::onnx()
+        .with_ignore_value_info(true)
+        .parse(proto, dir)
+        .map_err(bad)?;
+    if !parsed.unresolved_inputs.is_empty() {
+        let why = format!("inputs nothing computes: {:?}", parsed.unresolved_inputs);
+        return Err(Error::model(
+            path,
+            format!("not a model tract can load: {why}"),
+        ));
+    }
+    let mut graph = parsed.model;
+    graph.select_outputs_by_name(outputs).map_err(bad)?;
+    Ok(graph)
 }
 
 /// Swaps iscamd's ops into an optimised plan, each through tract's patch API, then drops
@@ -208,10 +235,11 @@ impl Backend for TractBackend {
         self.swaps()
     }
 
-    fn run(&self, input: Tensor, batch: usize) -> Result<(ArrayD<f32>, Option<ArrayD<f32>>)> {
+    fn run(&self, input: Array4<f32>) -> Result<(ArrayD<f32>, Option<ArrayD<f32>>)> {
+        let batch = input.dim().0;
         if batch > 1 && self.batch_plan == BatchPlan::Split {
-            return self.run_split(input, batch);
+            return self.run_split(input);
         }
-        self.run_plan(input, batch)
+        self.run_plan(input.into(), batch)
     }
 }
