@@ -19,11 +19,23 @@ pub struct ClassScore {
     pub score: f64,
 }
 
-/// Milliseconds spent per stage.
-#[derive(Clone, Debug, Default, Serialize)]
+/// Milliseconds per stage of one image's way through iscamd: the one latency record of
+/// every output (`latency_ms` of predictions, heatmaps, `classify` and `explain`). Only the
+/// stages that ran are set, and only those are serialised.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq)]
 pub struct Latency {
-    pub preprocess: f64,
-    pub inference: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decode: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preprocess: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inference: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cam: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub render: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total: Option<f64>,
 }
 
 /// A classified frame, with what a CAM needs to explain it later.
@@ -59,8 +71,9 @@ impl Analysis {
             logits,
             activations,
             latency: Latency {
-                preprocess: ms(t1 - t0),
-                inference: ms(t2 - t1),
+                preprocess: Some(ms(t1 - t0)),
+                inference: Some(ms(t2 - t1)),
+                ..Latency::default()
             },
         })
     }
@@ -119,4 +132,20 @@ impl Analysis {
 
 pub(crate) fn ms(d: std::time::Duration) -> f64 {
     d.as_secs_f64() * 1e3
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Latency;
+
+    #[test]
+    fn latency_serialises_the_stages_that_ran() {
+        let heatmap = Latency {
+            cam: Some(812.5),
+            render: Some(9.0),
+            ..Latency::default()
+        };
+        let json = serde_json::to_string(&heatmap).unwrap();
+        assert_eq!(json, r#"{"cam":812.5,"render":9.0}"#);
+    }
 }

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use clap::Args;
-use iscamd::analysis::{Analysis, ClassScore};
+use iscamd::analysis::{Analysis, ClassScore, Latency};
 use iscamd::source::{decode_image, expand_inputs};
 use serde::Serialize;
 
@@ -30,14 +30,6 @@ struct Record<'a> {
     image: &'a std::path::Path,
     top: Vec<ClassScore>,
     latency_ms: Latency,
-}
-
-#[derive(Serialize)]
-struct Latency {
-    decode: f64,
-    preprocess: f64,
-    inference: f64,
-    total: f64,
 }
 
 pub fn run(args: ClassifyArgs) -> Result<ExitCode> {
@@ -68,10 +60,9 @@ pub fn run(args: ClassifyArgs) -> Result<ExitCode> {
             image: &path,
             top: analysis.top(&classifier, args.top.min(classifier.classes())),
             latency_ms: Latency {
-                decode: decoded.as_secs_f64() * 1e3,
-                preprocess: analysis.latency.preprocess,
-                inference: analysis.latency.inference,
-                total: t0.elapsed().as_secs_f64() * 1e3,
+                decode: Some(decoded.as_secs_f64() * 1e3),
+                total: Some(t0.elapsed().as_secs_f64() * 1e3),
+                ..analysis.latency
             },
         };
         match args.format {
@@ -81,7 +72,7 @@ pub fn run(args: ClassifyArgs) -> Result<ExitCode> {
                     stdout,
                     "{} ({:.0} ms)",
                     path.display(),
-                    record.latency_ms.total
+                    record.latency_ms.total.unwrap_or_default()
                 )?;
                 for (rank, c) in record.top.iter().enumerate() {
                     writeln!(

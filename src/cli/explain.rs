@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use iscamd::analysis::{Analysis, ClassScore};
+use iscamd::analysis::{Analysis, ClassScore, Latency};
 use iscamd::cam::{display, spec, CamParams, Explanation, Method, Weighting};
 use iscamd::model::Classifier;
 use iscamd::source::{decode_image, expand_inputs};
@@ -85,15 +85,6 @@ pub struct MethodRecord {
     pub sigma: Option<f32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
-}
-
-#[derive(Serialize)]
-pub struct Latency {
-    pub decode: f64,
-    pub preprocess: f64,
-    pub inference: f64,
-    pub cam: f64,
-    pub total: f64,
 }
 
 #[derive(Serialize)]
@@ -203,7 +194,7 @@ fn print_record(
                 record.method.steps,
                 record.channels_used,
                 record.passes,
-                record.latency_ms.total
+                record.latency_ms.total.unwrap_or_default()
             )?;
             match written {
                 Some(png) => writeln!(out, " → {}", png.display())?,
@@ -245,11 +236,10 @@ fn record<'a>(
         passes: explanation.passes,
         channels_used: explanation.channels_used.len(),
         latency_ms: Latency {
-            decode: decoded,
-            preprocess: analysis.latency.preprocess,
-            inference: analysis.latency.inference,
-            cam: explanation.millis,
-            total,
+            decode: Some(decoded),
+            cam: Some(explanation.millis),
+            total: Some(total),
+            ..analysis.latency
         },
         map: MapRecord {
             width,

@@ -16,8 +16,8 @@ use crate::analysis::Analysis;
 use crate::cam::CamParams;
 use crate::error::{Error, Result};
 use crate::model::{top_k, Classifier};
+use crate::publish::payload;
 use crate::publish::payload::Origin;
-use crate::publish::payload::{self, PredictionLatency};
 use crate::publish::{Kind, Message, Topics};
 use crate::source::Frame;
 use crate::stats::Stats;
@@ -85,7 +85,7 @@ impl Inference {
                     continue;
                 }
             };
-            stats.frame_processed(analysis.latency.inference);
+            stats.frame_processed(analysis.latency.inference.unwrap_or_default());
             seq += 1;
             self.publish_prediction(&analysis, stamp, seq, &model)?;
             self.explain(analysis, stamp)?;
@@ -134,10 +134,7 @@ impl Inference {
             ),
             model,
             top: analysis.top(&self.classifier, 5),
-            latency_ms: PredictionLatency {
-                preprocess: analysis.latency.preprocess,
-                inference: analysis.latency.inference,
-            },
+            latency_ms: analysis.latency,
         };
         let payload = serde_json::to_vec(&prediction).expect("prediction serialises");
         self.send(Message {

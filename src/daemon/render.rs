@@ -11,11 +11,12 @@ use super::command_result;
 use super::heatmap::{Freshness, Outcome, Ready};
 use super::shutdown::Shutdown;
 use crate::analysis::ms;
+use crate::analysis::Latency;
 use crate::cam::display;
 use crate::error::{Error, Result};
 use crate::model::Classifier;
 use crate::publish::payload::Origin;
-use crate::publish::payload::{self, HeatmapLatency, MapData};
+use crate::publish::payload::{self, MapData};
 use crate::publish::{Kind, Message, Topics};
 use crate::stats::Stats;
 
@@ -110,9 +111,10 @@ fn messages(
         age_ms,
         weights_frame,
         drift,
-        latency_ms: HeatmapLatency {
-            cam: ready.cam_ms,
-            render: ms(t0.elapsed()),
+        latency_ms: Latency {
+            cam: Some(ready.cam_ms),
+            render: Some(ms(t0.elapsed())),
+            ..Latency::default()
         },
         map: MapData::u8_base64(w, h, &display::map_u8(&ready.map)),
         request_id: ready.request_id.as_ref().and_then(|r| r.0.clone()),

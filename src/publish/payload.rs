@@ -5,18 +5,12 @@ use std::time::SystemTime;
 use base64::Engine;
 use serde::Serialize;
 
-use crate::analysis::ClassScore;
+use crate::analysis::{ClassScore, Latency};
 use crate::cam::CamParams;
 
 /// RFC 3339 UTC time with milliseconds.
 pub fn timestamp(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
-}
-
-#[derive(Serialize, Debug)]
-pub struct PredictionLatency {
-    pub preprocess: f64,
-    pub inference: f64,
 }
 
 /// Who publishes: the device and this run of the daemon. `run` is new at every start,
@@ -100,7 +94,7 @@ pub struct Prediction<'a> {
     pub header: Header<'a>,
     pub model: &'a str,
     pub top: Vec<ClassScore>,
-    pub latency_ms: PredictionLatency,
+    pub latency_ms: Latency,
 }
 
 #[derive(Serialize, Debug, Clone)]
@@ -120,12 +114,6 @@ impl From<&CamParams> for MethodInfo {
             weighting: p.weighting.name(),
         }
     }
-}
-
-#[derive(Serialize, Debug)]
-pub struct HeatmapLatency {
-    pub cam: f64,
-    pub render: f64,
 }
 
 #[derive(Serialize, Debug)]
@@ -167,7 +155,7 @@ pub struct Heatmap<'a> {
     /// per-channel mean activations).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drift: Option<f64>,
-    pub latency_ms: HeatmapLatency,
+    pub latency_ms: Latency,
     pub map: MapData,
     /// The `id` of the `explain` command this answers, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
