@@ -219,7 +219,13 @@ fn run_live(args: EvalArgs) -> Result<ExitCode> {
     let mut rows = Vec::new();
     for (i, pair) in images.windows(2).enumerate() {
         let started = std::time::Instant::now();
-        match eval::live::evaluate_image(&classifier, &pair[0], &pair[1], &params, &options) {
+        match eval::live_vs_fresh::evaluate_image(
+            &classifier,
+            &pair[0],
+            &pair[1],
+            &params,
+            &options,
+        ) {
             Ok(r) => {
                 tally.ok += 1;
                 rows.extend(r)
@@ -233,7 +239,7 @@ fn run_live(args: EvalArgs) -> Result<ExitCode> {
             started.elapsed().as_secs_f64()
         );
     }
-    let md = eval::live::write_report(
+    let md = eval::live_vs_fresh::write_report(
         &args.out,
         &rows,
         classifier.path(),

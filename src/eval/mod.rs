@@ -1,7 +1,7 @@
 //! `iscamd eval`: how faithful each explanation method is, and what it costs, over a set
 //! of images — so that claims about methods (and our own defaults) rest on numbers.
 
-pub mod live;
+pub mod live_vs_fresh;
 pub mod metrics;
 mod plan;
 mod plot;
