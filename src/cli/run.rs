@@ -123,34 +123,8 @@ pub fn check(args: CheckArgs) -> Result<ExitCode> {
         }
     };
     let device = config.device_id();
-    report(
-        "model",
-        load_model(&config).map(|c| {
-            let layer = c.cam_layer().map_or("no CAM layer".to_string(), |l| {
-                format!(
-                    "CAM layer {} {}x{}x{}",
-                    l.name, l.channels, l.height, l.width
-                )
-            });
-            format!(
-                "{} ({} classes, {layer}) on {}",
-                c.path().display(),
-                c.classes(),
-                c.backend()
-            )
-        }),
-    );
-    report(
-        "source",
-        iscamd::daemon::open_source(&config.source)
-            .map_err(anyhow::Error::from)
-            .and_then(|mut s| {
-                let d = s.describe();
-                s.next_frame()?
-                    .map(|f| format!("{d}, first frame {}x{}", f.width(), f.height()))
-                    .context("the source gave no frame")
-            }),
-    );
+    report("model", load_model(&config).map(|c| describe_model(&c)));
+    report("source", check_source(&config));
     report("broker", check_broker(&config, &device));
     if problems > 0 {
         println!("{problems} problem(s) found");
@@ -158,6 +132,33 @@ pub fn check(args: CheckArgs) -> Result<ExitCode> {
     } else {
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// The model as `check` shows it: file, classes, CAM layer and backend (with tract, the
+/// op swaps and their counts).
+fn describe_model(c: &Classifier) -> String {
+    let layer = c.cam_layer().map_or("no CAM layer".to_string(), |l| {
+        format!(
+            "CAM layer {} {}x{}x{}",
+            l.name, l.channels, l.height, l.width
+        )
+    });
+    format!(
+        "{} ({} classes, {layer}) on {}",
+        c.path().display(),
+        c.classes(),
+        c.backend()
+    )
+}
+
+/// Opens the source and reads one frame.
+fn check_source(config: &Config) -> Result<String> {
+    let mut source = iscamd::daemon::open_source(&config.source)?;
+    let d = source.describe();
+    source
+        .next_frame()?
+        .map(|f| format!("{d}, first frame {}x{}", f.width(), f.height()))
+        .context("the source gave no frame")
 }
 
 fn check_broker(config: &Config, device: &str) -> Result<String> {
