@@ -147,8 +147,9 @@ impl ModelConfig {
         let backend = match self.backend {
             BackendKind::Tract => BackendOptions::Tract(TractOptions {
                 batch_plan,
-                // ISCAMD_KERNELS, checked when iscamd starts.
+                // ISCAMD_KERNELS and ISCAMD_MATMUL, checked when iscamd starts.
                 kernels: crate::model::kernels::Policy::from_env().unwrap_or_default(),
+                matmul: crate::model::kernels::Matmul::from_env().unwrap_or_default(),
             }),
             BackendKind::Ort => BackendOptions::Ort(OrtOptions {
                 library: self.ort_library.clone(),

@@ -10,7 +10,8 @@ fn main() -> ExitCode {
     let args = cli::Cli::parse();
     cli::init_logging(args.verbose, args.is_daemon());
     // Read where each model is loaded; refused here, once, with the variable's name.
-    if let Err(e) = iscamd::model::kernels::Policy::from_env() {
+    use iscamd::model::kernels::{Matmul, Policy};
+    if let Err(e) = Policy::from_env().and(Matmul::from_env()) {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }

@@ -187,6 +187,7 @@ fn tuned_plans_compute_what_stock_tract_computes() {
             backend: BackendOptions::Tract(TractOptions {
                 batch_plan,
                 kernels,
+                ..Default::default()
             }),
             ..Default::default()
         })

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use image::RgbImage;
 
 pub use heatmaps::{HeatmapRow, LiveLatency, LiveWeights};
-pub use throughput::{Costs, ThroughputRow};
+pub use throughput::{Costs, ModelCost, ThroughputRow};
 
 use crate::cam::CamParams;
 use crate::config::ModelConfig;

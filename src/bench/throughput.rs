@@ -7,18 +7,24 @@ use std::time::Instant;
 
 use super::{file_name, Bench, Engine};
 use crate::error::{Error, Result};
-use crate::model::kernels::{self, Policy};
+use crate::model::kernels::Policy;
 use crate::model::ndarray::{Array4, Axis};
 use crate::model::{cost, BackendKind, BatchPlan, Classifier};
 
 /// What the machine and the models cost, against which throughput is read.
 pub struct Costs {
-    /// tract's matrix kernels under the process's kernel policy.
-    pub kernels: String,
     /// Single-thread peak: the best of 5 f32 1024³ matrix products through tract's kernels.
     pub peak_gflops: f64,
-    /// Multiply-adds per image of each model, by tract's cost model.
-    pub macs: Vec<(PathBuf, u64)>,
+    pub models: Vec<ModelCost>,
+}
+
+pub struct ModelCost {
+    pub path: PathBuf,
+    /// Multiply-adds per image, by tract's cost model.
+    pub macs: u64,
+    /// How tract runs it under the process's kernel policy: iscamd's ops, the matrix kernels
+    /// and how they were chosen.
+    pub tract: String,
 }
 
 /// One throughput measurement.
@@ -43,22 +49,22 @@ impl Bench {
     /// The machine's peak and each model's cost.
     pub fn costs(&self) -> Result<Costs> {
         let policy = Policy::from_env().unwrap_or_default();
-        let mut macs = Vec::new();
+        let mut models = Vec::new();
         for path in &self.models {
             let tract = Engine {
                 backend: BackendKind::Tract,
                 kernels: policy,
             };
             let classifier = self.load(path, BatchPlan::Split, tract, 1)?;
-            macs.push((
-                path.clone(),
-                cost::forward_macs(path, classifier.input_size())?,
-            ));
+            models.push(ModelCost {
+                path: path.clone(),
+                macs: cost::forward_macs(path, classifier.input_size())?,
+                tract: classifier.backend(),
+            });
         }
         Ok(Costs {
-            kernels: kernels::matrix_kernels(policy),
             peak_gflops: cost::sgemm_gflops(1024, 5)?,
-            macs,
+            models,
         })
     }
 
@@ -67,7 +73,7 @@ impl Bench {
     pub fn throughput(&self, costs: &Costs, mut on_row: impl FnMut(&ThroughputRow)) -> Result<()> {
         let thread_counts: BTreeSet<usize> = [1, self.threads].into();
         let mut first_rate: HashMap<(usize, usize, usize), f64> = HashMap::new();
-        for (m, (path, macs)) in costs.macs.iter().enumerate() {
+        for (m, ModelCost { path, macs, .. }) in costs.models.iter().enumerate() {
             for &engine in &self.engines {
                 let plans = match engine.backend {
                     BackendKind::Tract => self.plans.clone(),

@@ -34,7 +34,7 @@ pub struct BenchArgs {
     #[arg(long = "backends", value_name = "LIST", value_delimiter = ',', value_parser = super::parse_backend)]
     pub backends: Vec<BackendKind>,
     /// tract's kernels to compare, comma-separated: tuned (iscamd's own pooling, packing,
-    /// ReLU and quantize ops, and on AMD Zen 4 its matrix-kernel choice; row "tract") and
+    /// ReLU and quantize ops, and the matrix kernels measured fastest here; row "tract") and
     /// stock (tract as it ships; row "tract/stock"). Default: $ISCAMD_KERNELS, or tuned.
     #[arg(long, value_delimiter = ',', value_parser = Policy::parse)]
     pub kernels: Vec<Policy>,
@@ -118,17 +118,17 @@ fn print_costs(costs: &Costs) {
          at a time on that many intra-op threads. \"vs first\": against the model's first row \
          with the same batch and threads."
     );
-    println!("# tract kernels: {}", costs.kernels);
     println!(
         "# peak: {:.1} GFLOP/s on one thread, the best of 5 single-precision 1024×1024×1024 \
          matrix products through tract's kernels; \"% peak\" is against that × threads",
         costs.peak_gflops
     );
-    for (path, macs) in &costs.macs {
+    for model in &costs.models {
         println!(
-            "# {}: {:.3} G multiply-adds per image (tract's cost model)",
-            path.file_name().unwrap_or_default().to_string_lossy(),
-            *macs as f64 / 1e9
+            "# {}: {:.3} G multiply-adds per image (tract's cost model); {}",
+            model.path.file_name().unwrap_or_default().to_string_lossy(),
+            model.macs as f64 / 1e9,
+            model.tract
         );
     }
     println!(

@@ -22,6 +22,11 @@ pub trait Backend: Send + Sync {
     fn op_swaps(&self) -> Option<super::Swaps> {
         None
     }
+
+    /// The matrix kernels the backend's plans run and how they were chosen (tract only).
+    fn matrix_kernels(&self) -> Option<super::kernels::Chosen> {
+        None
+    }
 }
 
 /// Which backend loads the model (`[model] backend`, `--backend`).

@@ -93,11 +93,13 @@ impl BackendOptions {
 }
 
 /// How tract runs the model.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct TractOptions {
     pub batch_plan: BatchPlan,
     /// iscamd's ops and kernel choices, or tract as it ships.
     pub kernels: kernels::Policy,
+    /// How the matrix kernels are chosen under the tuned policy.
+    pub matmul: kernels::Matmul,
 }
 
 /// Shape of the CAM layer's activations for one image.
@@ -253,6 +255,12 @@ impl Classifier {
     pub fn op_swaps(&self) -> Option<Swaps> {
         self.backend.op_swaps()
     }
+
+    /// tract's matrix kernels for this model and how they were chosen (`None` on other
+    /// backends).
+    pub fn matrix_kernels(&self) -> Option<kernels::Chosen> {
+        self.backend.matrix_kernels()
+    }
 }
 
 /// The names of the outputs a pass computes: the logits and, if there is one, the CAM
@@ -331,7 +339,7 @@ fn open_backend(
             &onnx.proto,
             &names,
             input_size,
-            *tract,
+            tract,
         )?),
         #[cfg(feature = "ort")]
         BackendOptions::Ort(ort) => Box::new(ort::OrtBackend::load(

@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 // iscamd's own ops, swapped into tract's optimised plans under `kernels::Policy::Tuned`.
 mod im2col;
 mod maxpool;
+mod measure;
 mod packing;
 mod quant;
 mod relu;
@@ -30,6 +31,8 @@ pub struct TractBackend {
     input_size: usize,
     batch_plan: BatchPlan,
     kernels: kernels::Policy,
+    /// The matrix kernels every plan of this model runs, and how they were chosen.
+    chosen: kernels::Chosen,
     /// By (batch, side).
     plans: Mutex<HashMap<(usize, usize), Plan>>,
     symbolic: Option<Plan>,
@@ -44,23 +47,28 @@ impl TractBackend {
         proto: &tract_onnx::pb::ModelProto,
         outputs: &[String],
         input_size: usize,
-        TractOptions {
-            batch_plan,
-            kernels,
-        }: TractOptions,
+        options: &TractOptions,
     ) -> Result<Self> {
         let graph = parse(&path, proto, outputs)?;
         let mut backend = TractBackend {
             path,
             graph,
             input_size,
-            batch_plan,
-            kernels,
+            batch_plan: options.batch_plan,
+            kernels: options.kernels,
+            chosen: kernels::Chosen::Stock,
             plans: Mutex::new(HashMap::new()),
             symbolic: None,
             swaps: Mutex::new(None),
         };
-        if batch_plan == BatchPlan::Symbolic {
+        backend.chosen = match (options.kernels, &options.matmul) {
+            (kernels::Policy::Stock, _) => kernels::Chosen::Stock,
+            (_, kernels::Matmul::Forced(choice)) => kernels::Chosen::Forced(*choice),
+            (_, kernels::Matmul::Measured { cache, only }) => {
+                measure::choose(&backend, cache.as_deref(), only.as_deref())?
+            }
+        };
+        if options.batch_plan == BatchPlan::Symbolic {
             backend.symbolic = Some(backend.build_plan(None, input_size)?);
         }
         Ok(backend)
@@ -84,35 +92,51 @@ impl TractBackend {
     }
 
     fn build_plan(&self, batch: Option<usize>, s: usize) -> Result<Plan> {
+        let (plan, swaps, _) = self.build_plan_with(self.chosen.choice(), batch, s)?;
+        if s == self.input_size && batch.is_none_or(|b| b == 1) {
+            self.record(swaps);
+        }
+        Ok(plan)
+    }
+
+    /// A plan whose matrix products run `choice`'s kernels, what iscamd's ops replaced in
+    /// it, and the accumulators of its matrix products.
+    fn build_plan_with(
+        &self,
+        choice: kernels::Choice,
+        batch: Option<usize>,
+        s: usize,
+    ) -> Result<(Plan, Option<Swaps>, kernels::Accumulators)> {
         let n: TDim = match batch {
             Some(b) => b.into(),
             None => self.graph.symbols.sym("N").into(),
         };
         let fact =
             InferenceFact::dt_shape(f32::datum_type(), tvec![n, 3.into(), s.into(), s.into()]);
-        let prepared = self
-            .graph
-            .clone()
-            .with_input_fact(0, fact)
-            .and_then(|m| kernels::optimising_with(self.kernels, || m.into_optimized()))
-            .and_then(|mut m| {
-                let swaps = match self.kernels {
-                    kernels::Policy::Tuned => Some(install_ops(&mut m)?),
-                    kernels::Policy::Stock => None,
-                };
-                Ok((m.into_runnable()?, swaps))
-            })
-            .map_err(|e| {
-                Error::model(
-                    &self.path,
-                    format!("cannot be prepared for input [N,3,{s},{s}]: {}", chain(&e)),
-                )
-            })?;
-        let (plan, swaps) = prepared;
-        if s == self.input_size && batch.is_none_or(|b| b == 1) {
-            self.record(swaps);
-        }
-        Ok(plan)
+        let (optimised, asked) = kernels::optimising_with(self.kernels, choice, || {
+            self.graph
+                .clone()
+                .with_input_fact(0, fact)
+                .and_then(|m| m.into_optimized())
+        });
+        let prepared = optimised.and_then(|mut m| {
+            let swaps = match self.kernels {
+                kernels::Policy::Tuned => Some(install_ops(&mut m)?),
+                kernels::Policy::Stock => None,
+            };
+            Ok((m.into_runnable()?, swaps))
+        });
+        let (plan, swaps) = prepared.map_err(|e| {
+            Error::model(
+                &self.path,
+                format!("cannot be prepared for input [N,3,{s},{s}]: {}", chain(&e)),
+            )
+        })?;
+        Ok((plan, swaps, asked))
+    }
+
+    fn model_error(&self, e: TractError) -> Error {
+        Error::model(&self.path, chain(&e))
     }
 
     /// Keeps what the swaps did in the model's main plan, and warns about any that found
@@ -225,14 +249,18 @@ impl Backend for TractBackend {
         match self.swaps() {
             Some(swaps) => format!(
                 "tract (iscamd's ops, replaced/found: {swaps}; {})",
-                kernels::matrix_kernels(self.kernels)
+                self.chosen
             ),
-            None => format!("tract ({})", kernels::matrix_kernels(self.kernels)),
+            None => format!("tract ({})", self.chosen),
         }
     }
 
     fn op_swaps(&self) -> Option<Swaps> {
         self.swaps()
+    }
+
+    fn matrix_kernels(&self) -> Option<kernels::Chosen> {
+        Some(self.chosen.clone())
     }
 
     fn run(&self, input: Array4<f32>) -> Result<(ArrayD<f32>, Option<ArrayD<f32>>)> {

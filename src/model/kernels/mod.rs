@@ -1,0 +1,310 @@
+//! How tract runs iscamd's models: which of its matrix kernels, and (see [`Policy`]) whether
+//! iscamd's own ops replace some of its steps: max-pooling, int8 packing and input
+//! quantisation, f32 ReLU folding.
+//!
+//! tract ranks its matrix kernels through dispatch *tiers* that any linked crate may add
+//! (`tract_linalg::mmm_tiers`, collected with `inventory`); the highest tier with an answer
+//! picks the kernel when a plan is optimised. iscamd adds one tier above tract's own, on
+//! every machine, that answers with the [`Choice`] of the model being optimised — the
+//! candidate (a tract tier, or its widest tile) measured fastest for that model on this CPU
+//! (`model/tract/measure.rs`), or forced with [`CHOICE_VAR`]. Where the choice is tract's own
+//! ladder, the tier stays silent.
+//!
+//! A model loaded under [`Policy::Stock`] gets neither the choice nor iscamd's own ops, so
+//! that `iscamd bench --kernels tuned,stock` compares both in one run. tract asks the tiers
+//! while it optimises a plan, on the thread that optimises it: [`optimising_with`] tells the
+//! tier which model's policy and choice hold there.
+
+mod cache;
+mod choice;
+
+use std::cell::Cell;
+use std::path::PathBuf;
+
+use tract_onnx::prelude::DatumType;
+use tract_onnx::tract_core::tract_linalg;
+
+pub use cache::{cache_dir, CachedChoice};
+pub use choice::{candidates, Candidate, Choice};
+
+/// The environment variable that selects the [`Policy`] at start-up: `tuned` or `stock`.
+pub const POLICY_VAR: &str = "ISCAMD_KERNELS";
+
+/// The environment variable that forces a [`Choice`] instead of measuring one, e.g.
+/// `f32=fma,i32=avx512vnni+widest` (`tract`: tract's own ladder).
+pub const CHOICE_VAR: &str = "ISCAMD_MATMUL";
+
+/// The name iscamd's tier goes by in tract's dispatch ladder.
+pub const TIER_NAME: &str = "iscamd-measured";
+
+/// Whose kernels and ops a model's plans run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Policy {
+    /// The default: iscamd's own ops on every CPU — max-pooling, int8 packing and input
+    /// quantisation, f32 ReLU folding (in `src/model/tract/`) — and the measured kernel choice.
+    #[default]
+    Tuned,
+    /// tract as it ships.
+    Stock,
+}
+
+impl Policy {
+    /// The name [`Policy::parse`] reads.
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::Tuned => "tuned",
+            Policy::Stock => "stock",
+        }
+    }
+
+    /// The policy named `tuned` or `stock`.
+    pub fn parse(s: &str) -> Result<Policy, String> {
+        match s {
+            "tuned" => Ok(Policy::Tuned),
+            "stock" => Ok(Policy::Stock),
+            _ => Err(format!(
+                "unknown kernel policy {s:?}: expected tuned or stock"
+            )),
+        }
+    }
+
+    /// The policy [`POLICY_VAR`] names, [`Policy::Tuned`] when it is unset.
+    pub fn from_env() -> Result<Policy, String> {
+        match std::env::var(POLICY_VAR) {
+            Ok(v) => Policy::parse(v.trim()).map_err(|e| format!("{POLICY_VAR}: {e}")),
+            Err(_) => Ok(Policy::Tuned),
+        }
+    }
+}
+
+/// How a model's matrix kernels are chosen under [`Policy::Tuned`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Matmul {
+    /// Measured when the model is first loaded on this CPU — among every candidate, or
+    /// `only` these — and kept in `cache` (`None`: measured at every load).
+    Measured {
+        cache: Option<PathBuf>,
+        only: Option<Vec<Candidate>>,
+    },
+    /// As given ([`CHOICE_VAR`]).
+    Forced(Choice),
+}
+
+impl Default for Matmul {
+    fn default() -> Self {
+        Matmul::Measured {
+            cache: cache_dir(),
+            only: None,
+        }
+    }
+}
+
+impl Matmul {
+    /// [`Matmul::Forced`] when [`CHOICE_VAR`] is set, else measured and cached.
+    pub fn from_env() -> Result<Matmul, String> {
+        Ok(forced_choice()?.map_or_else(Matmul::default, Matmul::Forced))
+    }
+}
+
+/// The matrix kernels a model runs and how they were chosen, for `check`, logs and `bench`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Chosen {
+    /// tract as it ships.
+    Stock,
+    Forced(Choice),
+    /// Read from the cache file.
+    Cached {
+        choice: Choice,
+        file: PathBuf,
+    },
+    /// Measured now: milliseconds per pass of each candidate, fastest first.
+    Measured {
+        choice: Choice,
+        measured: Vec<(String, f64)>,
+        seconds: f64,
+    },
+}
+
+impl Chosen {
+    pub fn choice(&self) -> Choice {
+        match self {
+            Chosen::Stock => Choice::default(),
+            Chosen::Forced(choice)
+            | Chosen::Cached { choice, .. }
+            | Chosen::Measured { choice, .. } => *choice,
+        }
+    }
+}
+
+impl std::fmt::Display for Chosen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Chosen::Stock => write!(f, "tract as it ships ({POLICY_VAR}=stock)"),
+            Chosen::Forced(choice) => write!(f, "matrix kernels {choice}, forced by {CHOICE_VAR}"),
+            Chosen::Cached { choice, file } => write!(
+                f,
+                "matrix kernels {choice}, measured on this CPU (cached in {})",
+                file.display()
+            ),
+            Chosen::Measured {
+                choice,
+                measured,
+                seconds,
+            } => {
+                let table: Vec<String> = measured
+                    .iter()
+                    .map(|(name, ms)| format!("{name} {ms:.1}"))
+                    .collect();
+                write!(
+                    f,
+                    "matrix kernels {choice}, measured in {seconds:.1} s (ms per pass: {})",
+                    table.join(", ")
+                )
+            }
+        }
+    }
+}
+
+/// The policy and kernel choice of the plan a thread is optimising, and which accumulators
+/// tract asked about while it did.
+#[derive(Clone, Copy, Default)]
+struct Optimising {
+    policy: Policy,
+    choice: Choice,
+    asked: Accumulators,
+}
+
+/// The accumulators of a model's matrix products.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Accumulators {
+    pub f32: bool,
+    pub i32: bool,
+}
+
+impl Accumulators {
+    pub fn list(self) -> Vec<DatumType> {
+        [(self.f32, DatumType::F32), (self.i32, DatumType::I32)]
+            .into_iter()
+            .filter_map(|(asked, dt)| asked.then_some(dt))
+            .collect()
+    }
+}
+
+thread_local! {
+    static OPTIMISING: Cell<Optimising> = Cell::new(Optimising::default());
+}
+
+/// Runs `optimise` (which builds a tract plan) with the tier answering for `policy` and
+/// `choice`; returns its result and the accumulators tract asked the tier about.
+pub(crate) fn optimising_with<T>(
+    policy: Policy,
+    choice: Choice,
+    optimise: impl FnOnce() -> T,
+) -> (T, Accumulators) {
+    let before = OPTIMISING.replace(Optimising {
+        policy,
+        choice,
+        asked: Accumulators::default(),
+    });
+    let result = optimise();
+    let asked = OPTIMISING.replace(before).asked;
+    (result, asked)
+}
+
+/// The forced choice of [`CHOICE_VAR`], if it is set.
+pub fn forced_choice() -> Result<Option<Choice>, String> {
+    match std::env::var(CHOICE_VAR) {
+        Ok(v) => Choice::parse(&v)
+            .map(Some)
+            .map_err(|e| format!("{CHOICE_VAR}: {e}")),
+        Err(_) => Ok(None),
+    }
+}
+
+/// What iscamd's tier answers: the kernel of the model's candidate for this accumulator, or
+/// `None` to leave the query to tract's ladder.
+fn preferred(
+    isa: &tract_linalg::isa::IsaSet,
+    accumulator: DatumType,
+    query: &tract_linalg::mmm::Query,
+    suitable: &[tract_linalg::mmm::Suitable],
+) -> Option<&'static str> {
+    let mut now = OPTIMISING.get();
+    match accumulator {
+        DatumType::F32 => now.asked.f32 = true,
+        DatumType::I32 => now.asked.i32 = true,
+        _ => return None,
+    }
+    OPTIMISING.set(now);
+    if now.policy == Policy::Stock {
+        return None;
+    }
+    now.choice
+        .for_accumulator(accumulator)?
+        .answer(isa, accumulator, query, suitable)
+}
+
+inventory::submit! {
+    tract_linalg::mmm_tiers::MmmTier {
+        // Every architecture: the choice is measured, not known in advance.
+        arch: None,
+        // Above every tract tier (0–8), so it is asked first.
+        precedence: 32,
+        name: TIER_NAME,
+        applies: |_| true,
+        preferred,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policies_parse_and_reject_unknown_names() {
+        assert_eq!(Policy::parse("stock"), Ok(Policy::Stock));
+        assert_eq!(Policy::parse(Policy::Tuned.name()), Ok(Policy::Tuned));
+        assert!(Policy::parse("fast")
+            .unwrap_err()
+            .contains("tuned or stock"));
+    }
+
+    #[test]
+    fn the_tier_is_in_tracts_ladder_on_this_machine() {
+        assert!(tract_linalg::MmmDispatch::native()
+            .tiers()
+            .iter()
+            .any(|t| t.name == TIER_NAME));
+    }
+
+    /// The tier answers with the model's candidate, records what it was asked, and stays
+    /// silent under the stock policy and for tract's ladder.
+    #[test]
+    fn the_tier_answers_with_the_choice_being_optimised() {
+        use tract_linalg::mmm::Query;
+        let isa = tract_linalg::isa::native();
+        let dispatch = tract_linalg::MmmDispatch::native();
+        let query = Query::plain(DatumType::F32, Some(64), Some(144), Some(3025));
+        let suitable = dispatch.suitable(&query);
+        let generic = Choice::parse("f32=generic").unwrap();
+        let ask = |policy, choice| {
+            optimising_with(policy, choice, || {
+                preferred(&isa, DatumType::F32, &query, &suitable)
+            })
+        };
+        let (answer, asked) = ask(Policy::Tuned, generic);
+        assert!(
+            answer.is_some_and(|k| k.starts_with("generic_")),
+            "{answer:?}"
+        );
+        assert_eq!(
+            asked,
+            Accumulators {
+                f32: true,
+                i32: false
+            }
+        );
+        assert_eq!(ask(Policy::Stock, generic).0, None);
+        assert_eq!(ask(Policy::Tuned, Choice::default()).0, None);
+    }
+}

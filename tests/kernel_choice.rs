@@ -1,0 +1,114 @@
+//! The measured choice of tract's matrix kernels: it never settles on a deliberately slow
+//! candidate, it is kept per CPU and model, reused at the next start, and measured again
+//! when the model changes. Speed itself is not asserted (no timings in tests); the check
+//! is which candidate wins against kernels several times slower.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use common::{model_path, F32_MODEL};
+use iscamd::model::kernels::{Candidate, Chosen, Matmul};
+use iscamd::model::{BackendOptions, Classifier, ModelOptions, TractOptions};
+
+#[test]
+fn the_generic_kernels_are_measured_and_never_chosen() {
+    let dir = tempfile::tempdir().unwrap();
+    let generic = Candidate::parse("generic").expect("tract has a generic tier");
+    let classifier = Classifier::load(&ModelOptions {
+        path: model_path(F32_MODEL),
+        backend: BackendOptions::Tract(TractOptions {
+            matmul: Matmul::Measured {
+                cache: Some(dir.path().to_owned()),
+                only: Some(vec![generic]),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .expect("model loads");
+    let Some(Chosen::Measured {
+        choice, measured, ..
+    }) = classifier.matrix_kernels()
+    else {
+        panic!("measured: {:?}", classifier.matrix_kernels());
+    };
+    eprintln!("{measured:?}");
+    let labels: Vec<&str> = measured.iter().map(|(l, _)| l.as_str()).collect();
+    assert!(
+        labels.contains(&"f32:generic") && labels.contains(&"f32:tract"),
+        "{labels:?}"
+    );
+    assert_eq!(
+        choice.f32, None,
+        "tract's ladder, not the generic kernels: {measured:?}"
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "one cache entry"
+    );
+}
+
+/// `iscamd check` of a copy of the model, with the cache in a fresh directory: measured at
+/// the first start, read from the cache at the second, measured again once the model file
+/// changes (a metadata entry appended).
+#[test]
+fn the_choice_is_cached_per_model_and_measured_again_when_it_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model.onnx");
+    std::fs::copy(model_path(F32_MODEL), &model).unwrap();
+    let config = dir.path().join("iscamd.toml");
+    let text = format!(
+        "[source]\nkind = \"pattern\"\n[model]\npath = \"{}\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = 1\n",
+        model.display()
+    );
+    std::fs::write(&config, text).unwrap();
+    let check = || {
+        let t0 = Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_iscamd"))
+            .args(["check", "--config", config.to_str().unwrap()])
+            .env("XDG_CACHE_HOME", dir.path().join("cache"))
+            .env_remove("STATE_DIRECTORY")
+            .env_remove("ISCAMD_MATMUL")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let model_line = stdout
+            .lines()
+            .find(|l| l.contains("model:"))
+            .unwrap_or_else(|| panic!("no model line: {stdout}"))
+            .to_string();
+        eprintln!("{:.1} s: {model_line}", t0.elapsed().as_secs_f64());
+        model_line
+    };
+    assert!(check().contains("measured in"));
+    let cached = check();
+    assert!(
+        cached.contains("measured on this CPU (cached in"),
+        "{cached}"
+    );
+    append_metadata(&model);
+    assert!(
+        check().contains("measured in"),
+        "a changed model is measured again"
+    );
+    let entries = std::fs::read_dir(dir.path().join("cache/iscamd/kernels")).unwrap();
+    assert_eq!(entries.count(), 2, "one entry per model");
+}
+
+/// Appends a `metadata_props` entry (ONNX ModelProto field 14) to the protobuf: still the
+/// same model to every reader, another file to the cache.
+fn append_metadata(model: &Path) {
+    use std::io::Write;
+    let entry = [0x0a, 0x01, b'k', 0x12, 0x01, b'v'];
+    let mut bytes = vec![(14 << 3) | 2, entry.len() as u8];
+    bytes.extend(entry);
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(model)
+        .unwrap();
+    file.write_all(&bytes).unwrap();
+}
