@@ -172,10 +172,10 @@ fn int8_maps_follow_f32_maps() {
 }
 
 /// iscamd's replacements inside tract's plans (max-pooling, int8 packing and quantisation, ReLU
-/// folding; src/model/kernels.rs) change no value: the int8 model's logits and activations are bit for
+/// folding; src/model/tract/) change no value: the int8 model's logits and activations are bit for
 /// bit tract's own, the f32 model's equal up to the summation order of the matrix kernels
-/// (which iscamd's tier picks on Zen 4), in every way of running a batch (the batched plans
-/// pack several images per op).
+/// (which iscamd's measured choice may change), in every way of running a batch (the batched
+/// plans pack several images per op).
 #[test]
 fn tuned_plans_compute_what_stock_tract_computes() {
     use iscamd::model::kernels::Policy;

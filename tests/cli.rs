@@ -354,8 +354,12 @@ fn an_unknown_kernel_policy_in_the_environment_is_refused() {
 #[cfg(feature = "eval")]
 fn bench_prints_every_row_it_is_asked_for() {
     let tench = image("n01440764_tench");
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("bench.json");
     let out = iscamd(&[
         "bench",
+        "--report",
+        s(&report),
         "--image",
         s(&tench),
         "--plans",
@@ -417,6 +421,17 @@ fn bench_prints_every_row_it_is_asked_for() {
         assert_eq!(heatmap[3], "4", "passes of IS-CAM 1 × 4: {heatmap:?}");
     }
     assert!(stdout.contains("live map"), "{stdout}");
+
+    // The report holds the same rows, with the machine and the kernels chosen.
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(json["schema"], "iscamd.bench/1");
+    assert!(!json["machine"]["cpu"].as_str().unwrap().is_empty());
+    assert_eq!(json["throughput"].as_array().unwrap().len(), expected.len());
+    assert_eq!(json["throughput"][1]["plan"], "split");
+    assert_eq!(json["heatmaps"].as_array().unwrap().len(), 2);
+    assert!(json["live"]["prediction"]["p50"].as_f64().unwrap() > 0.0);
+    let tract = json["models"][0]["tract"].as_str().unwrap();
+    assert!(tract.contains("matrix kernels"), "{tract}");
 
     for (flag, value, refusal) in [
         ("--plans", "lazy", "unknown plan \"lazy\""),

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use image::codecs::jpeg::JpegEncoder;
+use serde::Serialize;
 
 use super::{file_name, Bench, Engine, Percentiles};
 use crate::analysis::Analysis;
@@ -12,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::model::{BatchPlan, Classifier};
 
 /// One heatmap latency measurement.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize)]
 pub struct HeatmapRow {
     pub model: String,
     pub engine: Engine,
@@ -33,7 +34,7 @@ pub struct LiveWeights {
 }
 
 /// Per frame: the prediction alone, with a live map, and the renderer's overlay + JPEG.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize)]
 pub struct LiveLatency {
     pub spec: String,
     pub frames: usize,

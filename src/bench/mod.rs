@@ -5,6 +5,7 @@
 //! its rows as they are measured; formatting them is the caller's.
 
 mod heatmaps;
+mod report;
 mod throughput;
 
 use std::path::{Path, PathBuf};
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 use image::RgbImage;
 
 pub use heatmaps::{HeatmapRow, LiveLatency, LiveWeights};
+pub use report::{Machine, Report};
 pub use throughput::{Costs, ModelCost, ThroughputRow};
 
 use crate::cam::CamParams;
@@ -94,6 +96,13 @@ impl Engine {
     }
 }
 
+/// As its label: `tract`, `tract/stock`, `ort`.
+impl serde::Serialize for Engine {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl std::fmt::Display for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let label = match (self.backend, self.kernels) {
@@ -105,7 +114,7 @@ impl std::fmt::Display for Engine {
 }
 
 /// p50 and p95 (nearest rank) of a set of timings, in seconds.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 pub struct Percentiles {
     pub p50: f64,
     pub p95: f64,

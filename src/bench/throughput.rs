@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Instant;
 
+use serde::Serialize;
+
 use super::{file_name, Bench, Engine};
 use crate::error::{Error, Result};
 use crate::model::kernels::Policy;
@@ -18,6 +20,7 @@ pub struct Costs {
     pub models: Vec<ModelCost>,
 }
 
+#[derive(Clone, Debug, Serialize)]
 pub struct ModelCost {
     pub path: PathBuf,
     /// Multiply-adds per image, by tract's cost model.
@@ -28,10 +31,11 @@ pub struct ModelCost {
 }
 
 /// One throughput measurement.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize)]
 pub struct ThroughputRow {
     pub model: String,
     pub engine: Engine,
+    #[serde(serialize_with = "plan_name")]
     pub plan: BatchPlan,
     pub batch: usize,
     pub threads: usize,
@@ -151,4 +155,8 @@ fn measure(
         (passes * batch) as f64 / secs,
         secs * 1e3 / passes as f64 * in_flight as f64,
     ))
+}
+
+fn plan_name<S: serde::Serializer>(plan: &BatchPlan, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(plan.name())
 }

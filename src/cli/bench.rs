@@ -3,7 +3,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use iscamd::bench::{Bench, Costs, Engine, HeatmapRow, LiveLatency, ThroughputRow};
+use iscamd::bench::{Bench, Costs, Engine, HeatmapRow, LiveLatency, Report, ThroughputRow};
 use iscamd::cam::{spec, CamParams};
 use iscamd::model::kernels::Policy;
 use iscamd::model::{BackendKind, BatchPlan};
@@ -45,6 +45,10 @@ pub struct BenchArgs {
     /// Times each heatmap is made, for its p50 and p95 latency.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub repeat: u32,
+    /// Also write the run's figures, with the CPU, its instruction sets and the kernels
+    /// chosen, as JSON (schema in docs/benchmarks.md) to attach to an issue.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
     /// Frames timed for the live-map latency (a forward pass plus the weighted sum, from
     /// the first heatmap's weights); 0 skips it.
     #[arg(long, default_value_t = 30)]
@@ -92,24 +96,44 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     );
     let costs = bench.costs().context("cannot load the model")?;
     print_costs(&costs);
-    bench.throughput(&costs, print_throughput)?;
-    if bench.heatmaps.is_empty() {
-        return Ok(ExitCode::SUCCESS);
+    let mut report = Report::new(
+        std::env::args().collect(),
+        costs.peak_gflops,
+        costs.models.clone(),
+    );
+    bench.throughput(&costs, |row| {
+        print_throughput(row);
+        report.throughput.push(row.clone());
+    })?;
+    if !bench.heatmaps.is_empty() {
+        print_heatmap_header(bench.repeat);
+        let first_weights = bench.heatmaps(|row| {
+            print_heatmap(row);
+            report.heatmaps.push(row.clone());
+        })?;
+        if let (Some(weights), true) = (first_weights, bench.live_frames > 0) {
+            let live = bench.live_latency(&weights)?;
+            print_live(&live);
+            report.live = Some(live);
+        }
     }
+    if let Some(path) = &args.report {
+        let json = serde_json::to_vec_pretty(&report)?;
+        std::fs::write(path, json).with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_heatmap_header(repeat: u32) {
     println!();
     println!(
-        "# heatmaps made {} time(s) each on the same frame: latency p50 / p95 (nearest rank)",
-        bench.repeat
+        "# heatmaps made {repeat} time(s) each on the same frame: latency p50 / p95 (nearest rank)"
     );
     println!(
         "{:<28} {:>11} {:<16} {:>7} {:>9} {:>9} {:>8} {:>9}",
         "model", "backend", "heatmap", "passes", "p50 s", "p95 s", "ms/pass", "vs first"
     );
-    let first_weights = bench.heatmaps(print_heatmap)?;
-    if let (Some(weights), true) = (first_weights, bench.live_frames > 0) {
-        print_live(&bench.live_latency(&weights)?);
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 fn print_costs(costs: &Costs) {

@@ -82,9 +82,19 @@ fn entry_path(dir: &Path, cpu: &str, model: &str) -> PathBuf {
     dir.join(format!("{}-{}.json", &cpu[..16], &model[..16]))
 }
 
-/// The CPU as the kernels see it: its model name (or ARM implementer and part), the
-/// instruction sets tract found, and iscamd's version (whose kernels may differ).
+/// The CPU as the kernels see it: its model, the instruction sets tract found, and
+/// iscamd's version (whose kernels may differ).
 pub fn cpu_identity() -> String {
+    format!(
+        "{}; {}; iscamd {}",
+        cpu_model(),
+        instruction_sets(),
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+/// The CPU's model name, or its ARM implementer and part numbers.
+pub fn cpu_model() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let field = |key: &str| {
         cpuinfo
@@ -93,17 +103,20 @@ pub fn cpu_identity() -> String {
             .and_then(|l| l.split_once(':'))
             .map(|(_, v)| v.trim().to_string())
     };
-    let model = field("model name")
+    field("model name")
         .or_else(|| {
             Some(format!(
-                "arm {:?} {:?}",
+                "arm implementer {} part {}",
                 field("CPU implementer")?,
                 field("CPU part")?
             ))
         })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let isa = tract_onnx::tract_core::tract_linalg::isa::native();
-    format!("{model}; {isa:?}; iscamd {}", env!("CARGO_PKG_VERSION"))
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+/// The instruction sets tract found (and may use), e.g. `x86_64,avx,avx2,fma,avx512f,…`.
+pub fn instruction_sets() -> String {
+    format!("{:?}", tract_onnx::tract_core::tract_linalg::isa::native())
 }
 
 /// SHA-256 of the file at `path`, in hex.

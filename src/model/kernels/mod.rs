@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use tract_onnx::prelude::DatumType;
 use tract_onnx::tract_core::tract_linalg;
 
-pub use cache::{cache_dir, CachedChoice};
+pub use cache::{cache_dir, cpu_model, instruction_sets, CachedChoice};
 pub use choice::{candidates, Candidate, Choice};
 
 /// The environment variable that selects the [`Policy`] at start-up: `tuned` or `stock`.
