@@ -49,6 +49,9 @@ cat >"$root/init" <<EOF
 /bin/busybox --install -s /bin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 export HOME=/tmp TMPDIR=/tmp PATH=/bin
+# tract's own kernel ladder (its NEON kernels), not a measured choice: this checks the
+# kernels' arithmetic, and timing candidates under emulation would take minutes.
+export ISCAMD_MATMUL=f32=tract,i32=tract
 cd /tmp
 echo "== guest: \$(uname -m), \$(nproc) cores"
 now() { cut -d' ' -f1 /proc/uptime; }
