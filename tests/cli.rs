@@ -331,20 +331,34 @@ fn cameras_lists_devices_or_says_there_are_none() {
 
 /// A kernel policy in the environment that iscamd does not know stops it before any work.
 #[test]
-fn an_unknown_kernel_policy_in_the_environment_is_refused() {
+fn unknown_kernel_settings_in_the_environment_are_refused() {
     let tench = image("n01440764_tench");
-    let out = Command::new(env!("CARGO_BIN_EXE_iscamd"))
-        .args(["classify", s(&tench)])
-        .env("ISCAMD_MODEL", model_path(F32_MODEL))
-        .env("ISCAMD_KERNELS", "fast")
-        .output()
-        .expect("run iscamd");
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("ISCAMD_KERNELS: unknown kernel policy \"fast\""),
-        "{}",
-        stderr(&out)
-    );
+    for (variable, value, refusal) in [
+        (
+            "ISCAMD_KERNELS",
+            "fast",
+            "ISCAMD_KERNELS: unknown kernel policy \"fast\"",
+        ),
+        (
+            "ISCAMD_MATMUL",
+            "f32=bogus",
+            "ISCAMD_MATMUL: \"bogus\": tract has no such tier",
+        ),
+        (
+            "ISCAMD_MATMUL",
+            "f16=tract",
+            "ISCAMD_MATMUL: \"f16\": expected f32 or i32",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_iscamd"))
+            .args(["classify", s(&tench)])
+            .env("ISCAMD_MODEL", model_path(F32_MODEL))
+            .env(variable, value)
+            .output()
+            .expect("run iscamd");
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        assert!(stderr(&out).contains(refusal), "{}", stderr(&out));
+    }
 }
 
 /// `bench` prints a throughput row per kernel choice, plan, batch and thread count, a heatmap
