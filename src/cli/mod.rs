@@ -20,7 +20,14 @@ use iscamd::model::{BackendKind, BatchPlan, ChannelOrder, Classifier, Provider};
 /// Classify camera frames with SqueezeNet on tract, and explain each decision with a
 /// Score-CAM / SS-CAM / IS-CAM heatmap.
 #[derive(Parser, Debug)]
-#[command(name = "iscamd", version, propagate_version = true)]
+#[command(
+    name = "iscamd",
+    version,
+    propagate_version = true,
+    after_help = "Environment: ISCAMD_MODEL, ISCAMD_MODEL_DIR, ISCAMD_KERNELS (tuned|stock), \
+                  ISCAMD_MATMUL (force tract's matrix kernels, e.g. f32=fma), ORT_DYLIB_PATH, \
+                  RUST_LOG; see docs/configuration.md, \"Environment\"."
+)]
 pub struct Cli {
     /// More log output (-v: debug, -vv: trace). RUST_LOG overrides it.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
