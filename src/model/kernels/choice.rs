@@ -136,9 +136,9 @@ const PROBES: [(usize, usize, usize); 4] =
     [(64, 144, 3025), (16, 128, 729), (1000, 512, 169), (8, 8, 8)];
 
 /// The candidates this machine can run for `accumulator`, tract's ladder excepted: every tier
-/// that answers for it (bf16 kernels excepted: they round f32 operands), and its widened form
-/// where that picks other kernels. Candidates that pick the same kernels as an earlier one
-/// are left out.
+/// that answers for it (f16 and bf16 kernels excepted: they round f32 operands), and its
+/// widened form where that picks other kernels. Candidates that pick the same kernels as
+/// tract's ladder or an earlier candidate are left out.
 pub fn candidates(accumulator: DatumType) -> Vec<Candidate> {
     let dispatch = tract_linalg::MmmDispatch::native();
     let isa = tract_linalg::isa::native();
@@ -156,7 +156,12 @@ pub fn candidates(accumulator: DatumType) -> Vec<Candidate> {
             .map(|(q, s)| c.answer(&isa, accumulator, q, s))
             .collect()
     };
-    let mut seen = HashSet::new();
+    // tract's own ladder is always measured: a candidate that picks what it picks is not.
+    let ladder: Vec<Option<&'static str>> = queries
+        .iter()
+        .map(|(q, _)| dispatch.pick(q).map(|(k, _, _)| interned(k.name())))
+        .collect();
+    let mut seen = HashSet::from([ladder]);
     let mut found = Vec::new();
     for tier in dispatch.tiers().iter().filter(|t| t.name != TIER_NAME) {
         for widest in [false, true] {
@@ -165,11 +170,9 @@ pub fn candidates(accumulator: DatumType) -> Vec<Candidate> {
                 widest,
             };
             let picks = answers(&candidate);
+            // "f16" also catches bf16 kernels.
             let usable = picks.iter().any(Option::is_some)
-                && !picks
-                    .iter()
-                    .flatten()
-                    .any(|k| k.contains("bf16") || k.contains("f16"));
+                && !picks.iter().flatten().any(|k| k.contains("f16"));
             if usable && seen.insert(picks) {
                 found.push(candidate);
             }
