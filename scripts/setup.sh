@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Installs what building and testing iscamd needs beside a Rust toolchain, on Debian or
 # Ubuntu (as root, or with sudo): libclang for the camera feature's V4L2 bindings,
-# mosquitto and systemd-analyze for the daemon's tests, and the ONNX Runtime wheel whose
-# libonnxruntime the `ort` backend's tests load. Skips what is already there.
+# GStreamer's development files for the gstreamer feature and its plugins (decoders,
+# RTSP, the x264 encoder the tests' streams use), mosquitto and systemd-analyze for the
+# daemon's tests, python3-gi with gst-rtsp-server for the tests' RTSP server, and the ONNX
+# Runtime wheel whose libonnxruntime the `ort` backend's tests load. Skips what is already
+# there.
 set -euo pipefail
 
 sudo=""
@@ -12,6 +15,15 @@ missing=()
 command -v mosquitto >/dev/null 2>&1 || missing+=(mosquitto)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || missing+=(libclang-dev)
+pkg-config --exists gstreamer-app-1.0 gstreamer-video-1.0 2>/dev/null \
+  || missing+=(pkg-config libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev)
+gst_plugins=(gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
+  gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav)
+command -v gst-inspect-1.0 >/dev/null 2>&1 && gst-inspect-1.0 x264enc >/dev/null 2>&1 \
+  && gst-inspect-1.0 rtspsrc >/dev/null 2>&1 && gst-inspect-1.0 avdec_h264 >/dev/null 2>&1 \
+  || missing+=("${gst_plugins[@]}")
+/usr/bin/python3 -c 'import gi; gi.require_version("GstRtspServer", "1.0")' >/dev/null 2>&1 \
+  || missing+=(python3-gi gir1.2-gst-rtsp-server-1.0)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive

@@ -51,6 +51,46 @@ pub enum SourceKind {
     Images,
     #[default]
     Pattern,
+    /// An RTSP camera (`url`), through GStreamer.
+    Rtsp,
+    /// A video file (`path`), through GStreamer.
+    Video,
+    /// Any GStreamer pipeline (`pipeline`).
+    Gstreamer,
+}
+
+impl SourceKind {
+    /// Sources built on GStreamer (feature `gstreamer`).
+    pub fn is_stream(self) -> bool {
+        matches!(
+            self,
+            SourceKind::Rtsp | SourceKind::Video | SourceKind::Gstreamer
+        )
+    }
+
+    /// The name in the config file.
+    pub fn name(self) -> &'static str {
+        match self {
+            SourceKind::Camera => "camera",
+            SourceKind::Images => "images",
+            SourceKind::Pattern => "pattern",
+            SourceKind::Rtsp => "rtsp",
+            SourceKind::Video => "video",
+            SourceKind::Gstreamer => "gstreamer",
+        }
+    }
+}
+
+/// `[source] transport`: how RTSP carries the stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// RTP interleaved in the RTSP connection: no lost packets, passes NAT and firewalls.
+    #[default]
+    Tcp,
+    Udp,
+    /// UDP, falling back to TCP when no packet arrives.
+    Auto,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -73,6 +113,20 @@ pub struct SourceConfig {
     pub device: CameraDevice,
     /// Camera pixel format: `mjpeg`, `yuyv` or `auto`.
     pub format: FormatChoice,
+    /// `gstreamer`: the pipeline, in `gst-launch-1.0` syntax.
+    pub pipeline: Option<String>,
+    /// `rtsp`: the camera's `rtsp://` URL.
+    pub url: Option<String>,
+    /// `rtsp`: `tcp`, `udp` or `auto`.
+    pub transport: Transport,
+    /// `rtsp`: the jitter buffer's length.
+    #[serde(with = "humantime_serde")]
+    pub latency: Duration,
+    /// `rtsp`: a file holding `user:password`, so that the password is in no URL.
+    pub credentials: Option<PathBuf>,
+    /// Streams: no frame for this long restarts the stream.
+    #[serde(with = "humantime_serde")]
+    pub stall_timeout: Duration,
 }
 
 /// `[source] device`: a number or a path.
@@ -109,6 +163,12 @@ impl Default for SourceConfig {
             height: 480,
             device: CameraDevice::default(),
             format: FormatChoice::Auto,
+            pipeline: None,
+            url: None,
+            transport: Transport::default(),
+            latency: Duration::from_millis(200),
+            credentials: None,
+            stall_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -381,10 +441,40 @@ impl SourceConfig {
                 format!("{} (expected a number in (0, 1000])", self.fps),
             ));
         }
-        if self.kind == SourceKind::Images && self.path.is_none() {
+        let required = match self.kind {
+            SourceKind::Images | SourceKind::Video => self.path.is_none().then_some("source.path"),
+            SourceKind::Rtsp => self.url.is_none().then_some("source.url"),
+            SourceKind::Gstreamer => self.pipeline.is_none().then_some("source.pipeline"),
+            SourceKind::Camera | SourceKind::Pattern => None,
+        };
+        if let Some(key) = required {
             return Err(key_error(
-                "source.path",
-                "required for kind = \"images\" (an image file or directory)",
+                key,
+                format!("required for kind = \"{}\"", self.kind.name()),
+            ));
+        }
+        if self.kind.is_stream() && !cfg!(feature = "gstreamer") {
+            return Err(key_error(
+                "source.kind",
+                format!(
+                    "\"{}\" needs the `gstreamer` feature (on by default); rebuild with it",
+                    self.kind.name()
+                ),
+            ));
+        }
+        if let Some(url) = &self.url {
+            if !url.starts_with("rtsp://") && !url.starts_with("rtsps://") {
+                return Err(key_error(
+                    "source.url",
+                    "expected an rtsp:// or rtsps:// URL",
+                ));
+            }
+        }
+        if self.stall_timeout < Duration::from_millis(100) || self.latency > Duration::from_secs(60)
+        {
+            return Err(key_error(
+                "source.stall_timeout/latency",
+                "expected stall_timeout ≥ 100ms and latency ≤ 60s",
             ));
         }
         if self.kind == SourceKind::Camera && !cfg!(all(feature = "camera", target_os = "linux")) {

@@ -6,11 +6,11 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::source::CameraHealth;
+use crate::source::SourceHealth;
 
 /// The daemon's counters: each stage records what happens to it through a method, and
 /// the stats stage and the supervisor read them as a [`Snapshot`]. Lock-free but for the
-/// camera's health.
+/// source's health and the latency window.
 #[derive(Debug)]
 pub struct Stats {
     started: Instant,
@@ -39,8 +39,10 @@ pub struct Stats {
     capture_stage: Stage,
     /// Analysing and publishing one frame.
     inference_stage: Stage,
-    /// Set by the capture stage when the source is a camera.
-    camera: Mutex<Option<CameraHealth>>,
+    /// Set by the capture stage when the source is live (a camera or a stream).
+    source: Mutex<Option<SourceHealth>>,
+    /// Capture→publish latency of the last predictions.
+    capture_to_publish: Mutex<LatencyWindow>,
 }
 
 impl Default for Stats {
@@ -67,12 +69,13 @@ impl Default for Stats {
             last_heatmap_ms: AtomicU64::new(0),
             capture_stage: Stage::default(),
             inference_stage: Stage::default(),
-            camera: Mutex::new(None),
+            source: Mutex::new(None),
+            capture_to_publish: Mutex::new(LatencyWindow::default()),
         }
     }
 }
 
-/// The stats payload (`schema: iscamd.stats/1`).
+/// The stats payload (`schema: iscamd.stats/2`).
 #[derive(Serialize, Debug)]
 pub struct Snapshot {
     pub schema: &'static str,
@@ -98,15 +101,44 @@ pub struct Snapshot {
     pub dropped_while_offline: u64,
     pub latency_ms: LatencySnapshot,
     pub rss_bytes: Option<u64>,
-    /// `{ok, last_error, reopen_count, mode}` when the source is a camera.
+    /// `{ok, last_error, restarts, mode, fps}` when the source is live (a camera or a stream).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub camera: Option<CameraHealth>,
+    pub source: Option<SourceHealth>,
 }
 
 #[derive(Serialize, Debug)]
 pub struct LatencySnapshot {
     pub inference_mean: f64,
     pub heatmap_last: f64,
+    /// Median time from a frame's capture to its prediction's publication, over the last
+    /// predictions; `null` before the first.
+    pub capture_to_publish_p50: Option<f64>,
+    pub capture_to_publish_p95: Option<f64>,
+}
+
+/// The last [`LatencyWindow::LEN`] latencies, in milliseconds.
+#[derive(Debug, Default)]
+struct LatencyWindow {
+    values: std::collections::VecDeque<f64>,
+}
+
+impl LatencyWindow {
+    const LEN: usize = 256;
+
+    fn push(&mut self, ms: f64) {
+        if self.values.len() == Self::LEN {
+            self.values.pop_front();
+        }
+        self.values.push_back(ms);
+    }
+
+    /// The `q` quantile (nearest rank), `None` when empty.
+    fn quantile(&self, q: f64) -> Option<f64> {
+        let mut sorted: Vec<f64> = self.values.iter().copied().collect();
+        sorted.sort_by(f64::total_cmp);
+        let last = sorted.len().checked_sub(1)?;
+        Some(sorted[((last as f64) * q).round() as usize])
+    }
 }
 
 impl Stats {
@@ -135,8 +167,14 @@ impl Stats {
         self.frames_processed.load(Relaxed)
     }
 
-    pub fn prediction_published(&self) {
+    /// A prediction for the frame captured at `captured` was handed to the publisher.
+    pub fn prediction_published(&self, captured: std::time::SystemTime) {
         self.predictions.fetch_add(1, Relaxed);
+        let age = captured.elapsed().unwrap_or_default();
+        self.capture_to_publish
+            .lock()
+            .expect("stats poisoned")
+            .push(age.as_secs_f64() * 1e3);
     }
 
     /// A heatmap was published: a full one that took `millis` to make and draw, or a live one.
@@ -183,13 +221,13 @@ impl Stats {
             .store(dropped_offline, Relaxed);
     }
 
-    pub fn camera(&self, health: CameraHealth) {
-        *self.camera.lock().expect("stats poisoned") = Some(health);
+    pub fn source(&self, health: SourceHealth) {
+        *self.source.lock().expect("stats poisoned") = Some(health);
     }
 
-    /// The camera is down and being retried.
-    pub fn camera_down(&self) -> bool {
-        self.camera
+    /// The live source is down and being retried.
+    pub fn source_down(&self) -> bool {
+        self.source
             .lock()
             .expect("stats poisoned")
             .as_ref()
@@ -220,8 +258,9 @@ impl Stats {
     pub fn snapshot(&self, origin: &crate::publish::payload::Origin) -> Snapshot {
         let uptime = self.started.elapsed().as_secs_f64();
         let processed = self.frames_processed.load(Relaxed);
+        let window = self.capture_to_publish.lock().expect("stats poisoned");
         Snapshot {
-            schema: "iscamd.stats/1",
+            schema: "iscamd.stats/2",
             device: origin.device.clone(),
             run: origin.run.clone(),
             uptime_s: uptime,
@@ -253,9 +292,11 @@ impl Stats {
                     0.0
                 },
                 heatmap_last: self.last_heatmap_ms.load(Relaxed) as f64,
+                capture_to_publish_p50: window.quantile(0.5),
+                capture_to_publish_p95: window.quantile(0.95),
             },
             rss_bytes: rss_bytes(),
-            camera: self.camera.lock().expect("stats poisoned").clone(),
+            source: self.source.lock().expect("stats poisoned").clone(),
         }
     }
 }

@@ -128,7 +128,7 @@ fn publishes_predictions_heatmaps_stats_and_availability() {
     assert_eq!(jpeg.width(), 200, "configured heatmap_image_width");
 
     let stats = observer.on(&topic("stats")).last().unwrap().json();
-    assert_eq!(stats["schema"], "iscamd.stats/1");
+    assert_eq!(stats["schema"], "iscamd.stats/2");
     assert!(stats["frames_processed"].as_u64().unwrap() > 0);
     assert!(stats["rss_bytes"].as_u64().unwrap() > 0);
 
@@ -830,9 +830,9 @@ fn an_absent_camera_is_retried_and_reported() {
         },
     );
     let last = stats.last().unwrap().json();
-    let camera = &last["camera"];
+    let camera = &last["source"];
     assert_eq!(camera["ok"], false, "{last}");
-    assert_eq!(camera["reopen_count"], 0, "{last}");
+    assert_eq!(camera["restarts"], 0, "{last}");
     let error = camera["last_error"].as_str().unwrap_or_default();
     assert!(
         error.contains("/dev/video-iscamd-absent") && error.contains("no such camera"),

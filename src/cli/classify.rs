@@ -1,21 +1,18 @@
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Result;
 use clap::Args;
 use iscamd::analysis::{Analysis, ClassScore, Latency};
-use iscamd::source::{decode_image, expand_inputs};
 use serde::Serialize;
 
-use super::{Format, ModelArgs, Tally};
+use super::{Format, Inputs, ModelArgs, Tally};
 
 #[derive(Args, Debug)]
 pub struct ClassifyArgs {
-    /// Image files, or directories of them (not recursive).
-    #[arg(required = true, value_name = "IMAGE|DIR")]
-    pub inputs: Vec<PathBuf>,
+    #[command(flatten)]
+    pub inputs: Inputs,
     /// How many classes to print per image.
     #[arg(long, default_value_t = 5)]
     pub top: usize,
@@ -36,32 +33,26 @@ pub fn run(args: ClassifyArgs) -> Result<ExitCode> {
     let classifier = args.model.load()?;
     let mut tally = Tally::default();
     let mut stdout = std::io::stdout().lock();
-    for input in expand_inputs(&args.inputs) {
-        let path = match input {
-            Ok(p) => p,
-            Err(e) => {
-                tally.fail(e);
-                continue;
-            }
-        };
+    for still in args.inputs.stills() {
         let t0 = Instant::now();
-        let analysis = match decode_image(&path).and_then(|frame| {
-            let decoded = t0.elapsed();
-            Analysis::of_frame(&classifier, frame).map(|a| (a, decoded))
-        }) {
-            Ok(a) => a,
+        let result = still.and_then(|still| {
+            let name = still.name();
+            let decode_ms = still.decode_ms;
+            Analysis::of_frame(&classifier, still.image).map(|a| (name, a, decode_ms))
+        });
+        let (name, analysis, decode_ms) = match result {
+            Ok(r) => r,
             Err(e) => {
                 tally.fail(e);
                 continue;
             }
         };
-        let (analysis, decoded) = analysis;
         let record = Record {
-            image: &path,
+            image: &name,
             top: analysis.top(&classifier, args.top.min(classifier.classes())),
             latency_ms: Latency {
-                decode: Some(decoded.as_secs_f64() * 1e3),
-                total: Some(t0.elapsed().as_secs_f64() * 1e3),
+                decode: Some(decode_ms),
+                total: Some(decode_ms + t0.elapsed().as_secs_f64() * 1e3),
                 ..analysis.latency
             },
         };
@@ -71,7 +62,7 @@ pub fn run(args: ClassifyArgs) -> Result<ExitCode> {
                 writeln!(
                     stdout,
                     "{} ({:.0} ms)",
-                    path.display(),
+                    name.display(),
                     record.latency_ms.total.unwrap_or_default()
                 )?;
                 for (rank, c) in record.top.iter().enumerate() {

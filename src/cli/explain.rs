@@ -8,19 +8,17 @@ use clap::Args;
 use iscamd::analysis::{Analysis, ClassScore, Latency};
 use iscamd::cam::{display, spec, CamParams, Explanation, Method, Weighting};
 use iscamd::model::Classifier;
-use iscamd::source::{decode_image, expand_inputs};
 use serde::Serialize;
 
-use super::{Format, ModelArgs, Tally};
+use super::{Format, Inputs, ModelArgs, Tally};
 
 /// Longest side of the overlay images written by `--out`.
 const OVERLAY_MAX_SIDE: u32 = 1024;
 
 #[derive(Args, Debug)]
 pub struct ExplainArgs {
-    /// Image files, or directories of them (not recursive).
-    #[arg(required = true, value_name = "IMAGE|DIR")]
-    pub inputs: Vec<PathBuf>,
+    #[command(flatten)]
+    pub inputs: Inputs,
     /// A method spec: scorecam, sscam (smoothed) or iscam (integrated), with optional
     /// parameters, e.g. iscam:n=10,k=0 (grammar: docs/commands.md, "Method specs").
     #[arg(long, default_value = "iscam", value_name = "SPEC")]
@@ -138,17 +136,16 @@ pub fn run(args: ExplainArgs) -> Result<ExitCode> {
     let threads = args.model.threads();
     let mut tally = Tally::default();
     let mut stdout = std::io::stdout().lock();
-    for input in expand_inputs(&args.inputs) {
-        let result = input.and_then(|path| {
+    for still in args.inputs.stills() {
+        let result = still.and_then(|still| {
             let t0 = Instant::now();
-            let frame = decode_image(&path)?;
-            let decoded = t0.elapsed().as_secs_f64() * 1e3;
-            let analysis = Analysis::of_frame(&classifier, frame)?;
+            let (name, stem, decoded) = (still.name(), still.stem(), still.decode_ms);
+            let analysis = Analysis::of_frame(&classifier, still.image)?;
             let explanation = analysis.explain(&classifier, args.class, &params, threads)?;
-            let total = t0.elapsed().as_secs_f64() * 1e3;
-            Ok((path, analysis, explanation, decoded, total))
+            let total = decoded + t0.elapsed().as_secs_f64() * 1e3;
+            Ok((name, stem, analysis, explanation, decoded, total))
         });
-        let (path, analysis, explanation, decoded, total) = match result {
+        let (path, stem, analysis, explanation, decoded, total) = match result {
             Ok(r) => r,
             Err(e) => {
                 tally.fail(e);
@@ -158,7 +155,7 @@ pub fn run(args: ExplainArgs) -> Result<ExitCode> {
         let record = record(&path, &classifier, &analysis, &explanation, decoded, total);
         let mut written = None;
         if let Some(dir) = &args.out {
-            match write_outputs(dir, &path, &classifier, &analysis, &explanation, &record) {
+            match write_outputs(dir, &stem, &classifier, &analysis, &explanation, &record) {
                 Ok(png) => written = Some(png),
                 Err(e) => {
                     tally.fail(anyhow::anyhow!("{}: {e:#}", path.display()));
@@ -249,19 +246,15 @@ fn record<'a>(
     }
 }
 
-/// Writes NAME.heatmap.png and NAME.heatmap.json; returns the PNG's path.
+/// Writes STEM.heatmap.png and STEM.heatmap.json; returns the PNG's path.
 fn write_outputs(
     dir: &Path,
-    image: &Path,
+    stem: &str,
     classifier: &Classifier,
     analysis: &Analysis,
     explanation: &Explanation,
     record: &Record,
 ) -> Result<PathBuf> {
-    let stem = image
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "image".into());
     let png = dir.join(format!("{stem}.heatmap.png"));
     let json = dir.join(format!("{stem}.heatmap.json"));
     let crop = classifier.preprocess().crop_region();

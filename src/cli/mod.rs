@@ -96,6 +96,24 @@ pub fn init_logging(verbose: u8, daemon: bool) {
 /// The model file used when `--model` is not given.
 pub const DEFAULT_MODEL: &str = "squeezenet1.0-dc.onnx";
 
+/// The images and videos a command reads.
+#[derive(Args, Debug, Clone)]
+pub struct Inputs {
+    /// Image files, directories of them (not recursive), or video files (.mp4, .mkv,
+    /// .avi, …; read through GStreamer).
+    #[arg(required = true, value_name = "IMAGE|DIR|VIDEO")]
+    pub inputs: Vec<PathBuf>,
+    /// For videos: one frame every this much of the video's timeline (e.g. 500ms, 2s).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub every: std::time::Duration,
+}
+
+impl Inputs {
+    pub fn stills(&self) -> impl Iterator<Item = iscamd::Result<iscamd::source::Still>> {
+        iscamd::source::stills(&self.inputs, self.every)
+    }
+}
+
 /// Which model to run and how to feed it.
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {

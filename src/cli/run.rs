@@ -155,10 +155,34 @@ fn describe_model(c: &Classifier) -> String {
 fn check_source(config: &Config) -> Result<String> {
     let mut source = iscamd::daemon::open_source(&config.source)?;
     let d = source.describe();
-    source
-        .next_frame()?
-        .map(|f| format!("{d}, first frame {}x{}", f.width(), f.height()))
-        .context("the source gave no frame")
+    // A live source starts asynchronously: wait for its first frame or its first failure.
+    let deadline = std::time::Instant::now() + config.source.stall_timeout + Duration::from_secs(1);
+    let frame = loop {
+        match source.next_frame() {
+            Ok(frame) => break frame,
+            Err(iscamd::Error::SourceUnavailable(waiting)) => {
+                let failure = source.health().and_then(|h| h.last_error);
+                if let Some(failure) = failure {
+                    anyhow::bail!("{d}: {failure}");
+                }
+                if std::time::Instant::now() > deadline {
+                    anyhow::bail!("{d}: {waiting}");
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let frame = frame.context("the source gave no frame")?;
+    let mode = source
+        .health()
+        .and_then(|h| h.mode)
+        .map(|m| format!(" ({m})"))
+        .unwrap_or_default();
+    Ok(format!(
+        "{d}, first frame {}x{}{mode}",
+        frame.width(),
+        frame.height()
+    ))
 }
 
 fn check_broker(config: &Config, device: &str) -> Result<String> {

@@ -21,6 +21,19 @@ pub fn open_source(s: &SourceConfig) -> Result<Box<dyn FrameSource>> {
             Box::new(ImageFiles::open(path, s.loop_)?)
         }
         SourceKind::Pattern => Box::new(Pattern::new(s.width, s.height)),
+        #[cfg(feature = "gstreamer")]
+        SourceKind::Rtsp | SourceKind::Video | SourceKind::Gstreamer => {
+            let spec = crate::source::stream::StreamSpec::from_config(s)?;
+            crate::source::stream::validate(&spec)?;
+            Box::new(crate::source::stream::StreamSource::new(spec))
+        }
+        #[cfg(not(feature = "gstreamer"))]
+        SourceKind::Rtsp | SourceKind::Video | SourceKind::Gstreamer => {
+            return Err(Error::invalid(
+                "source.kind",
+                "streams need the `gstreamer` feature (on by default)",
+            ))
+        }
         #[cfg(all(feature = "camera", target_os = "linux"))]
         SourceKind::Camera => Box::new(crate::source::CameraSource::new(
             Box::new(crate::source::camera::V4lDevice::new(&s.device.to_string())),
@@ -65,8 +78,8 @@ impl Capture {
                 let _step = self.stats.capture_step();
                 self.source.next_frame()
             };
-            if let Some(health) = self.source.camera_health() {
-                self.stats.camera(health);
+            if let Some(health) = self.source.health() {
+                self.stats.source(health);
             }
             match next {
                 Ok(Some(image)) => {
@@ -74,7 +87,7 @@ impl Capture {
                     let frame = Frame {
                         number,
                         image,
-                        captured: SystemTime::now(),
+                        captured: SystemTime::now() - self.source.captured_ago(),
                     };
                     self.stats.frame_captured(self.frames.put(frame));
                 }

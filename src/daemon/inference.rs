@@ -144,7 +144,7 @@ impl Inference {
             retain: false,
             kind: Kind::Prediction,
         })?;
-        self.stats.prediction_published();
+        self.stats.prediction_published(frame.captured);
         Ok(())
     }
 

@@ -78,7 +78,7 @@ impl Supervisor {
                 continue;
             }
             if !ready {
-                if stats.processed() == 0 && !stats.camera_down() {
+                if stats.processed() == 0 && !stats.source_down() {
                     continue;
                 }
                 ready = true;
@@ -117,16 +117,16 @@ impl Supervisor {
 
 fn status(stats: &Stats, origin: &Origin) -> String {
     let s = stats.snapshot(origin);
-    let camera = match &s.camera {
+    let source = match &s.source {
         Some(c) if !c.ok => format!(
-            ", camera down ({}; reopened {}×)",
+            ", source down ({}; restarted {}×)",
             c.last_error.as_deref().unwrap_or("starting"),
-            c.reopen_count
+            c.restarts
         ),
         _ => String::new(),
     };
     format!(
-        "{:.1} fps, {} predictions, {} heatmaps{camera}, broker {}",
+        "{:.1} fps, {} predictions, {} heatmaps{source}, broker {}",
         s.fps,
         s.predictions,
         s.heatmaps,

@@ -31,9 +31,14 @@ pub trait FrameSource: Send {
     fn paced_by_device(&self) -> bool {
         false
     }
-    /// The camera's state, for sources that are cameras.
-    fn camera_health(&self) -> Option<crate::source::CameraHealth> {
+    /// The state of a live source (a camera or a stream), which can go down and come back.
+    fn health(&self) -> Option<crate::source::SourceHealth> {
         None
+    }
+    /// How long before `next_frame` returned it the last frame was captured, where the
+    /// source can tell (a stream's clock); the frame is stamped that much earlier.
+    fn captured_ago(&self) -> Duration {
+        Duration::ZERO
     }
 }
 

@@ -5,8 +5,14 @@ pub mod camera;
 mod decode;
 mod files;
 mod frames;
+mod retry;
+mod stills;
+#[cfg(feature = "gstreamer")]
+pub mod stream;
 
-pub use camera::{CameraHealth, CameraSource};
+pub use camera::CameraSource;
 pub use decode::{decode_file_bytes, decode_image, decode_image_bytes, limits};
 pub use files::{expand_inputs, is_image_path};
 pub use frames::{Frame, FrameSource, ImageFiles, Pacer, Pattern};
+pub use retry::{Backoff, Reconnect, SourceHealth};
+pub use stills::{is_video_path, stills, Still};

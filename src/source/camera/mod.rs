@@ -7,16 +7,14 @@ mod format;
 #[cfg(all(feature = "camera", target_os = "linux"))]
 mod v4l;
 
-use std::time::{Duration, Instant};
-
 use image::RgbImage;
-use serde::Serialize;
 
 pub use format::{decode, negotiate, yuyv_to_rgb, FormatChoice, Mode, PixelFormat, Request};
 #[cfg(all(feature = "camera", target_os = "linux"))]
 pub use v4l::{list_cameras, CameraInfo, V4lDevice};
 
 use super::frames::FrameSource;
+use super::retry::{Backoff, Reconnect, SourceHealth};
 use crate::error::{Error, Result};
 
 /// A capture device, as the source needs it.
@@ -32,92 +30,40 @@ pub trait CameraDevice: Send {
     fn describe(&self) -> String;
 }
 
-/// How the camera is doing, for `stats` and logs.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct CameraHealth {
-    /// Streaming, and the last read gave a frame.
-    pub ok: bool,
-    pub last_error: Option<String>,
-    /// Times the device was reopened after a failure.
-    pub reopen_count: u64,
-    /// The mode streaming now.
-    pub mode: Option<String>,
-}
-
-/// Waits between attempts to open the camera: doubling from `first` up to `max`.
-#[derive(Clone, Debug)]
-pub struct Backoff {
-    first: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    pub fn new(first: Duration, max: Duration) -> Self {
-        Backoff {
-            first,
-            max,
-            next: first,
-        }
-    }
-
-    /// The wait before the next attempt; each call doubles the one after.
-    pub fn next_delay(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (self.next * 2).min(self.max);
-        d
-    }
-
-    pub fn reset(&mut self) {
-        self.next = self.first;
-    }
-}
-
 /// Consecutive undecodable frames after which the camera is reopened.
 const MAX_BAD_FRAMES: u32 = 10;
-/// Longest a call to `next_frame` waits for a retry, so the capture thread stays responsive.
-const MAX_WAIT: Duration = Duration::from_millis(200);
 
-enum State {
-    Closed { retry_at: Instant },
-    Streaming { mode: Mode, bad_frames: u32 },
+struct Streaming {
+    mode: Mode,
+    bad_frames: u32,
 }
 
 /// Frames from a camera, reopened with backoff whenever it fails.
 pub struct CameraSource {
     device: Box<dyn CameraDevice>,
     request: Request,
-    state: State,
-    backoff: Backoff,
-    health: CameraHealth,
-    /// Set once the camera has streamed: later opens are reopens.
-    opened_before: bool,
+    /// `None` while closed.
+    streaming: Option<Streaming>,
+    reconnect: Reconnect,
 }
 
 impl CameraSource {
     pub fn new(device: Box<dyn CameraDevice>, request: Request) -> Self {
-        Self::with_backoff(
-            device,
-            request,
-            Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
-        )
+        Self::with_backoff(device, request, Backoff::standard())
     }
 
     pub fn with_backoff(device: Box<dyn CameraDevice>, request: Request, backoff: Backoff) -> Self {
+        let name = format!("camera {}", device.describe());
         CameraSource {
             device,
             request,
-            state: State::Closed {
-                retry_at: Instant::now(),
-            },
-            backoff,
-            health: CameraHealth::default(),
-            opened_before: false,
+            streaming: None,
+            reconnect: Reconnect::new(name, backoff),
         }
     }
 
-    pub fn health(&self) -> &CameraHealth {
-        &self.health
+    pub fn health(&self) -> &SourceHealth {
+        self.reconnect.health()
     }
 
     fn open(&mut self) -> Result<Mode> {
@@ -130,87 +76,53 @@ impl CameraSource {
     /// Closes the device and schedules the next attempt.
     fn fail(&mut self, what: &str, e: &Error) -> Error {
         self.device.close();
-        let delay = self.backoff.next_delay();
-        let message = format!("{what}: {e}");
-        tracing::warn!(
-            "camera {}: {message}; retrying in {:.1} s",
-            self.device.describe(),
-            delay.as_secs_f64()
-        );
-        self.health.ok = false;
-        self.health.mode = None;
-        self.health.last_error = Some(message.clone());
-        self.state = State::Closed {
-            retry_at: Instant::now() + delay,
+        self.streaming = None;
+        self.reconnect.failed(what, e)
+    }
+
+    /// Reads and decodes one frame from the open device.
+    fn read(&mut self) -> Result<Option<RgbImage>> {
+        let raw = match self.device.read() {
+            Ok(raw) => raw,
+            Err(e) => return Err(self.fail("read failed", &e)),
         };
-        Error::SourceUnavailable(message)
+        let Some(streaming) = self.streaming.as_mut() else {
+            return Err(Error::SourceUnavailable("camera closed".into()));
+        };
+        match decode(&raw, &streaming.mode) {
+            Ok(image) => {
+                streaming.bad_frames = 0;
+                self.reconnect.frame();
+                Ok(Some(image))
+            }
+            Err(e) if streaming.bad_frames + 1 >= MAX_BAD_FRAMES => {
+                Err(self.fail(&format!("{MAX_BAD_FRAMES} frames in a row undecodable"), &e))
+            }
+            Err(e) => {
+                streaming.bad_frames += 1;
+                self.reconnect.note(format!("bad frame: {e}"));
+                Err(Error::input("camera frame", e))
+            }
+        }
     }
 }
 
 impl FrameSource for CameraSource {
     fn next_frame(&mut self) -> Result<Option<RgbImage>> {
-        loop {
-            match self.state {
-                State::Closed { retry_at } => {
-                    let now = Instant::now();
-                    if now < retry_at {
-                        let wait = (retry_at - now).min(MAX_WAIT);
-                        std::thread::sleep(wait);
-                        if Instant::now() < retry_at {
-                            return Err(Error::SourceUnavailable(
-                                self.health.last_error.clone().unwrap_or_default(),
-                            ));
-                        }
-                    }
-                    match self.open() {
-                        Ok(mode) => {
-                            if self.opened_before {
-                                self.health.reopen_count += 1;
-                            }
-                            self.opened_before = true;
-                            tracing::info!("camera {}: streaming {mode}", self.device.describe());
-                            self.health.mode = Some(mode.to_string());
-                            self.state = State::Streaming {
-                                mode,
-                                bad_frames: 0,
-                            };
-                        }
-                        Err(e) => return Err(self.fail("cannot open", &e)),
-                    }
+        if self.streaming.is_none() {
+            self.reconnect.wait_turn()?;
+            match self.open() {
+                Ok(mode) => {
+                    self.reconnect.opened(mode.to_string());
+                    self.streaming = Some(Streaming {
+                        mode,
+                        bad_frames: 0,
+                    });
                 }
-                State::Streaming { mode, bad_frames } => {
-                    let raw = match self.device.read() {
-                        Ok(raw) => raw,
-                        Err(e) => return Err(self.fail("read failed", &e)),
-                    };
-                    match decode(&raw, &mode) {
-                        Ok(image) => {
-                            self.backoff.reset();
-                            self.health.ok = true;
-                            self.state = State::Streaming {
-                                mode,
-                                bad_frames: 0,
-                            };
-                            return Ok(Some(image));
-                        }
-                        Err(e) if bad_frames + 1 >= MAX_BAD_FRAMES => {
-                            return Err(self.fail(
-                                &format!("{MAX_BAD_FRAMES} frames in a row undecodable"),
-                                &e,
-                            ))
-                        }
-                        Err(e) => {
-                            self.state = State::Streaming {
-                                mode,
-                                bad_frames: bad_frames + 1,
-                            };
-                            self.health.last_error = Some(format!("bad frame: {e}"));
-                            return Err(Error::input("camera frame", e));
-                        }
-                    }
-                }
+                Err(e) => return Err(self.fail("cannot open", &e)),
             }
         }
+        self.read()
     }
 
     fn describe(&self) -> String {
@@ -221,8 +133,8 @@ impl FrameSource for CameraSource {
         true
     }
 
-    fn camera_health(&self) -> Option<CameraHealth> {
-        Some(self.health.clone())
+    fn health(&self) -> Option<SourceHealth> {
+        Some(self.reconnect.health().clone())
     }
 }
 
@@ -230,6 +142,7 @@ impl FrameSource for CameraSource {
 mod tests {
     use std::collections::VecDeque;
     use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
 
     use super::*;
 
@@ -325,18 +238,6 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_up_to_its_bound_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
-        let delays: Vec<u64> = (0..9).map(|_| b.next_delay().as_millis() as u64).collect();
-        assert_eq!(
-            delays,
-            [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]
-        );
-        b.reset();
-        assert_eq!(b.next_delay(), Duration::from_millis(500));
-    }
-
-    #[test]
     fn absent_at_start_is_retried_with_growing_waits() {
         use Step::*;
         let (mut s, calls) = source(vec![
@@ -371,7 +272,7 @@ mod tests {
             .count();
         assert_eq!(opens, 4);
         let h = s.health();
-        assert!(h.ok && h.reopen_count == 0, "{h:?}");
+        assert!(h.ok && h.restarts == 0, "{h:?}");
         assert_eq!(h.mode.as_deref(), Some("yuyv 4x2 @ 30 fps"));
         assert!(h.last_error.as_deref().unwrap().contains("No such device"));
     }
@@ -394,7 +295,7 @@ mod tests {
         );
         let h = s.health();
         assert!(h.ok, "{h:?}");
-        assert_eq!(h.reopen_count, 1);
+        assert_eq!(h.restarts, 1);
         let calls = calls.lock().unwrap().clone();
         assert_eq!(
             calls,
@@ -425,7 +326,7 @@ mod tests {
         ]);
         until_frame(&mut s);
         until_frame(&mut s);
-        assert_eq!(s.health().reopen_count, 1);
+        assert_eq!(s.health().restarts, 1);
         assert!(s.health().ok);
     }
 
@@ -435,7 +336,7 @@ mod tests {
         let (mut s, _) = source(vec![Opens, BadFrame, Frame]);
         let errors = until_frame(&mut s);
         assert_eq!(errors.len(), 1, "{errors:?}");
-        assert_eq!(s.health().reopen_count, 0);
+        assert_eq!(s.health().restarts, 0);
 
         let mut script = vec![Opens];
         script.extend(std::iter::repeat_n(BadFrame, MAX_BAD_FRAMES as usize));
@@ -443,7 +344,7 @@ mod tests {
         let (mut s, _) = source(script);
         let errors = until_frame(&mut s);
         assert!(errors.last().unwrap().contains("in a row"), "{errors:?}");
-        assert_eq!(s.health().reopen_count, 1);
+        assert_eq!(s.health().restarts, 1);
     }
 
     #[test]
