@@ -12,6 +12,8 @@ use tract_onnx::prelude::tract_ndarray::{ArrayD, IxDyn};
 
 pub mod broker;
 pub mod daemon;
+#[cfg(feature = "gstreamer")]
+pub mod streams;
 
 pub const F32_MODEL: &str = "squeezenet1.0-dc.onnx";
 pub const INT8_MODEL: &str = "squeezenet1.0-dc-int8.onnx";

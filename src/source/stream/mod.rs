@@ -153,23 +153,33 @@ fn describe_error(e: &gst::message::Error) -> String {
     // iscamd's own source element by its kind (`rtspsrc`), the user's by their name.
     let element = e
         .src()
-        .map(|s| match s.downcast_ref::<gst::Element>().and_then(|e| e.factory()) {
-            Some(factory) if s.name() == spec::SRC => factory.name().to_string(),
-            _ => s.name().to_string(),
-        })
+        .map(
+            |s| match s.downcast_ref::<gst::Element>().and_then(|e| e.factory()) {
+                Some(factory) if s.name() == spec::SRC => factory.name().to_string(),
+                _ => s.name().to_string(),
+            },
+        )
         .unwrap_or_else(|| "pipeline".into());
+    // The debug text's last line, when it is a sentence and not a source location.
     let detail = e
         .debug()
         .and_then(|d| d.lines().last().map(|l| l.trim().to_string()))
-        .filter(|d| !d.is_empty() && !d.ends_with(':'));
-    let hint = if e.error().matches(gst::ResourceError::NotAuthorized) {
+        .filter(|d| !d.is_empty() && !d.ends_with(':') && !d.contains("(): /"));
+    let error = e.error();
+    let message = error.message().trim_end_matches('.');
+    let hint = if error.matches(gst::ResourceError::NotAuthorized) {
         "; check source.credentials"
+    } else if error.matches(gst::StreamError::TypeNotFound)
+        || error.matches(gst::StreamError::WrongType)
+        || error.matches(gst::StreamError::CodecNotFound)
+    {
+        "; not a video GStreamer can decode here"
     } else {
         ""
     };
     match detail {
-        Some(detail) => format!("{element}: {} ({detail}){hint}", e.error().message()),
-        None => format!("{element}: {}{hint}", e.error().message()),
+        Some(detail) => format!("{element}: {message} ({detail}){hint}"),
+        None => format!("{element}: {message}{hint}"),
     }
 }
 
