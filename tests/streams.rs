@@ -65,16 +65,21 @@ fn last_stats(observer: &Observer) -> serde_json::Value {
 fn rtsp_predictions_follow_the_stream_over_tcp_and_udp() {
     let dir = tempfile::tempdir().unwrap();
     let login = ("viewer".to_string(), "s3cret-pw".to_string());
-    let server = RtspServer::start(
-        &panda_then_macaw(dir.path()),
-        Serve {
-            fps: 5,
-            login: Some(login.clone()),
-            ..Serve::default()
-        },
-    );
+    let frames = panda_then_macaw(dir.path());
     std::fs::write(dir.path().join("camera.credentials"), "viewer:s3cret-pw\n").unwrap();
-    for transport in ["tcp", "udp"] {
+    for (transport, size) in [
+        ("tcp", (640, 480)),
+        ("udp", (640, 480)),
+        ("tcp", (1280, 720)),
+    ] {
+        let server = RtspServer::start(
+            &frames,
+            Serve {
+                fps: 5,
+                size: Some(size),
+                login: Some(login.clone()),
+            },
+        );
         let broker = Mosquitto::start();
         let observer = Observer::connect(broker.port, "iscamd/#");
         let run_dir = tempfile::tempdir().unwrap();
@@ -116,8 +121,9 @@ fn rtsp_predictions_follow_the_stream_over_tcp_and_udp() {
         let stats = stats.last().unwrap().json();
         let source = &stats["source"];
         assert_eq!(source["ok"], true, "{stats}");
+        let mode = format!("RGB {}x{}", size.0, size.1);
         assert!(
-            source["mode"].as_str().unwrap().starts_with("RGB 640x480"),
+            source["mode"].as_str().unwrap().starts_with(&mode),
             "{stats}"
         );
         let p50 = stats["latency_ms"]["capture_to_publish_p50"]
@@ -134,7 +140,9 @@ fn rtsp_predictions_follow_the_stream_over_tcp_and_udp() {
         );
         assert!(!stats.to_string().contains("s3cret-pw"));
         println!(
-            "{transport}: {} predictions, classes {seen:?}, capture→publish p50 {p50:.0} ms p95 {p95:.0} ms, stream {}",
+            "{transport} {}x{}: {} predictions, classes {seen:?}, capture→publish p50 {p50:.0} ms p95 {p95:.0} ms, stream {}",
+            size.0,
+            size.1,
             predictions.len(),
             source["mode"]
         );
