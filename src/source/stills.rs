@@ -12,8 +12,8 @@ use crate::error::Result;
 
 /// File extensions read as videos (through GStreamer).
 const VIDEO_EXTENSIONS: &[&str] = &[
-    "mp4", "m4v", "mov", "mkv", "webm", "avi", "ts", "mts", "m2ts", "mpg", "mpeg", "flv", "3gp",
-    "h264", "h265", "hevc", "mjpeg", "mjpg",
+    "mp4", "m4v", "mov", "mkv", "webm", "avi", "ogv", "ogg", "ts", "mts", "m2ts", "mpg", "mpeg",
+    "flv", "3gp", "h264", "h265", "hevc", "mjpeg", "mjpg",
 ];
 
 pub fn is_video_path(path: &Path) -> bool {
