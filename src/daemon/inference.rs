@@ -136,6 +136,15 @@ impl Inference {
             top: analysis.top(&self.classifier, 5),
             latency_ms: analysis.latency,
         };
+        if let Some(top) = prediction.top.first() {
+            tracing::debug!(
+                "prediction {seq}: frame {}: {} [{}] {:.1} %",
+                frame.number,
+                top.label,
+                top.index,
+                top.score * 100.0
+            );
+        }
         let payload = serde_json::to_vec(&prediction).expect("prediction serialises");
         self.send(Message {
             topic: self.topics.prediction(),
