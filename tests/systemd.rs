@@ -236,7 +236,7 @@ fn an_absent_camera_is_ready_and_fed_with_status_saying_so() {
         .find(|l| l.starts_with("STATUS="))
         .unwrap();
     assert!(
-        status.contains("camera down") && status.contains("no such camera"),
+        status.contains("source down") && status.contains("no such camera"),
         "{status}"
     );
     assert!(daemon.terminate().success(), "{}", daemon.log_text());
