@@ -245,6 +245,46 @@ fn sigkill_leaves_offline_through_the_last_will() {
 }
 
 #[test]
+fn hup_usr1_usr2_and_pipe_are_logged_and_do_not_end_the_daemon() {
+    let Setup {
+        broker: _broker,
+        observer,
+        mut daemon,
+        _dir,
+    } = setup("iscamd/#", 5, "[cam]\ninterval = \"0s\"\n");
+    first_prediction(&observer);
+    for signal in ["HUP", "USR1", "USR2", "PIPE"] {
+        let sent = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(daemon.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    }
+    let log = wait_for_log(
+        &daemon,
+        "SIGUSR2 received and ignored",
+        Duration::from_secs(10),
+    );
+    assert!(
+        log.contains("SIGHUP received and ignored") && log.contains("SIGUSR1 received and ignored"),
+        "{log}"
+    );
+    let before = observer.on(&topic("prediction")).len();
+    observer.wait_for(
+        &topic("prediction"),
+        Duration::from_secs(10),
+        "predictions after the signals",
+        |m| m.len() >= before + 5,
+    );
+    assert!(
+        daemon.child.try_wait().unwrap().is_none(),
+        "the daemon ended:\n{log}"
+    );
+    assert!(daemon.terminate().success(), "{}", daemon.log_text());
+}
+
+#[test]
 fn commands_are_validated_answered_and_never_stop_predictions() {
     let extra = "commands_per_second = 100\n[cam]\ninterval = \"0s\"\non_class_change = false\n";
     let Setup {

@@ -152,6 +152,43 @@ fn start_embedded_broker(_config: &mut Config, _device: &str) -> Result<Broker> 
     ))
 }
 
+/// SIGHUP, SIGUSR1 and SIGUSR2 would end the process by default, silently as far as a
+/// service manager can tell (systemd counts SIGHUP as a clean exit): each is logged and
+/// otherwise ignored. SIGPIPE is ignored by Rust's runtime.
+#[cfg(unix)]
+fn log_other_signals() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let ignored = [
+        (
+            SignalKind::hangup(),
+            "SIGHUP",
+            "iscamd does not reload its configuration; restart the service to apply changes",
+        ),
+        (
+            SignalKind::user_defined1(),
+            "SIGUSR1",
+            "iscamd gives it no meaning",
+        ),
+        (
+            SignalKind::user_defined2(),
+            "SIGUSR2",
+            "iscamd gives it no meaning",
+        ),
+    ];
+    for (kind, name, why) in ignored {
+        match signal(kind) {
+            Ok(mut received) => {
+                tokio::spawn(async move {
+                    while received.recv().await.is_some() {
+                        tracing::warn!("{name} received and ignored: {why}");
+                    }
+                });
+            }
+            Err(e) => tracing::warn!("cannot handle {name}: {e}"),
+        }
+    }
+}
+
 async fn wait_for_shutdown(stop: Option<watch::Receiver<bool>>) {
     let external = async move {
         match stop {
@@ -176,6 +213,8 @@ async fn wait_for_shutdown(stop: Option<watch::Receiver<bool>>) {
     };
     #[cfg(not(unix))]
     let terminate = std::future::pending::<()>();
+    #[cfg(unix)]
+    log_other_signals();
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate => {}
