@@ -9,6 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . cross/env.sh
 if [ "$(id -u)" = 0 ]; then cross_install; fi
+cross_gstreamer_dev
 "$CARGO" --version
 "$CARGO" build --locked --target "$CROSS_TARGET" "$@"
 find "$CARGO_TARGET_DIR/$CROSS_TARGET" -maxdepth 2 -name iscamd -type f -exec file {} \;

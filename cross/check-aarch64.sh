@@ -3,7 +3,15 @@
 # this runs tract's NEON kernels, which x86 never does:
 #   1. the library's unit tests (none needs a broker), on 2 threads;
 #   2. `classify` and `explain` on sample images with the f32 and int8 models: the same
-#      top-1 on both machines, and heatmaps with Pearson r ≥ 0.999.
+#      top-1 on both machines, and heatmaps with Pearson r ≥ 0.999;
+#   3. the GStreamer video source: `classify --every` on an Ogg/Theora clip made from two
+#      images, the same classes as on x86, and `run` with `kind = "video"` playing it
+#      through (GStreamer's arm64 libraries and base plugins are copied into the machine);
+#   4. V4L2 against a real kernel driver: the kernel's vivid module (a virtual camera) is
+#      loaded, `iscamd cameras` lists it, the camera source classifies its frames; then the
+#      camera is unplugged (vivid's Disconnect control, as a USB camera pulled out: the
+#      node vanishes, reads fail with ENODEV; then `rmmod vivid`, which a driver in use
+#      refuses) and plugged in again (the module loaded again): the source reopens it.
 # Needs cross/build-aarch64.sh (debug build) and the x86 `cargo build` first; installs
 # qemu-system-arm and fetches Debian's arm64 kernel and busybox when run as root.
 set -euo pipefail
@@ -44,6 +52,29 @@ aarch64-linux-gnu-strip -o "$root/bin/iscamd" "$arm"
 aarch64-linux-gnu-strip -o "$root/bin/unit-tests" "$unit"
 cp "$models"/squeezenet1.0-dc.onnx "$models"/squeezenet1.0-dc-int8.onnx "$models"/imagenet1k_labels.txt "$root/models/"
 for img in "${images[@]}"; do cp "$shared/images/$img.JPEG" "$root/images/"; done
+
+# A 4-s clip, 2 s of a panda then 2 s of a macaw, in Ogg/Theora: its demuxer and decoder
+# are base plugins, which arm64 Debian installs beside the amd64 ones.
+mkdir -p "$out/frames" "$root/videos"
+for i in $(seq 0 19); do
+  img=n02510455_giant_panda; [ "$i" -lt 10 ] || img=n01818515_macaw
+  ln -s "$(realpath "$shared/images/$img.JPEG")" "$out/frames/$(printf %05d "$i").jpg"
+done
+gst-launch-1.0 -q -e multifilesrc location="$out/frames/%05d.jpg" caps=image/jpeg,framerate=5/1 ! jpegdec \
+  ! videoconvert ! videoscale ! video/x-raw,width=320,height=240,pixel-aspect-ratio=1/1 \
+  ! theoraenc ! oggmux ! filesink location="$root/videos/clip.ogv"
+gst_plugins=/usr/lib/aarch64-linux-gnu/gstreamer-1.0
+mkdir -p "$root/gst"
+for plugin in coreelements playback typefindfunctions videoconvertscale videorate app ogg theora; do
+  cp "$gst_plugins/libgst$plugin.so" "$root/gst/"
+done
+vm_add_libs "$root" "$arm" "$unit" "$root"/gst/*.so
+aarch64-linux-gnu-gcc -O2 -o "$root/bin/vivid-unplug" cross/vivid-unplug.c
+mkdir -p "$root/modules"
+cp "$VM_DIR"/modules/*.ko "$root/modules/"
+vivid_modules=$(cat "$VM_DIR/modules/order")
+printf '[source]\nkind = "camera"\ndevice = "/dev/video0"\nwidth = 640\nheight = 360\nfps = 5\n[model]\npath = "/models/squeezenet1.0-dc-int8.onnx"\n[cam]\ninterval = "0s"\n' >"$root/camera.toml"
+printf '[source]\nkind = "video"\npath = "/videos/clip.ogv"\nloop = false\nfps = 5\n[model]\npath = "/models/squeezenet1.0-dc.onnx"\n[cam]\ninterval = "0s"\n' >"$root/video.toml"
 cat >"$root/init" <<EOF
 #!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -52,6 +83,8 @@ export HOME=/tmp TMPDIR=/tmp PATH=/bin
 # tract's own kernel ladder (its NEON kernels), not a measured choice: this checks the
 # kernels' arithmetic, and timing candidates under emulation would take minutes.
 export ISCAMD_MATMUL=f32=tract,i32=tract
+export GST_PLUGIN_SYSTEM_PATH=/gst GST_REGISTRY=/tmp/gst-registry.bin GST_REGISTRY_FORK=no
+ip link set lo up
 cd /tmp
 echo "== guest: \$(uname -m), \$(nproc) cores"
 now() { cut -d' ' -f1 /proc/uptime; }
@@ -67,6 +100,34 @@ for model in ${model_files[*]}; do
     echo "arm \$model \$img \$start \$(now)" >>/out/times
   done
 done
+echo "== video source"
+iscamd classify --format json --top 1 --every 1s --model /models/squeezenet1.0-dc.onnx /videos/clip.ogv >/out/arm-video.json || echo "VIDEO_CLASSIFY_FAILED"
+RUST_LOG=iscamd=info iscamd run --config /video.toml 2>/out/daemon.log &
+daemon=\$!
+for i in \$(seq 1 300); do grep -q "no more frames" /out/daemon.log && break; sleep 1; done
+kill -TERM \$daemon; wait \$daemon
+echo "== vivid"
+log_has() { for i in \$(seq 1 \$3); do [ "\$(grep -c "\$1" /out/camera.log)" -ge "\$2" ] && return 0; sleep 1; done; echo "VIVID_TIMEOUT waiting for \$2 × \$1"; }
+# Only a video capture node: /dev/video0.
+for m in $vivid_modules; do
+  case \$m in vivid) insmod /modules/\$m.ko n_devs=1 node_types=0x1 ;; *) insmod /modules/\$m.ko ;; esac || echo "INSMOD_FAILED \$m"
+done
+iscamd cameras >/out/cameras.txt 2>&1 || echo "CAMERAS_FAILED"
+RUST_LOG=iscamd=debug iscamd run --config /camera.toml 2>/out/camera.log &
+daemon=\$!
+log_has "] .* %" 3 300
+step() { echo "\$(now) \$1" >>/out/vivid-steps; }
+vivid-unplug /dev/video0 && step "unplugged (Disconnect)" || echo "VIVID_UNPLUG_FAILED"
+log_has "retrying in" 1 60
+for i in \$(seq 1 30); do rmmod vivid 2>/dev/null && break; sleep 1; done
+lsmod | grep -q "^vivid " && echo "VIVID_STILL_LOADED" || step "rmmod vivid"
+# Unplugged for a while: the source retries with backoff, and fails, meanwhile.
+sleep 4
+insmod /modules/vivid.ko n_devs=1 node_types=0x1 && step "insmod vivid" || echo "VIVID_RELOAD_FAILED"
+log_has ": streaming" 2 120
+replugged=\$(grep -c "] .* %" /out/camera.log)
+log_has "] .* %" \$((replugged + 3)) 120
+kill -TERM \$daemon; wait \$daemon
 echo "== BEGIN OUTPUTS"
 tar cz -C /out . | base64
 echo "== END OUTPUTS"
@@ -95,6 +156,7 @@ for model in "${model_files[@]}"; do
     echo "x86 $model $img $start $(date +%s.%N)" >>"$out/times"
   done
 done
+"$x86" classify --format json --top 1 --every 1s --model "$models/squeezenet1.0-dc.onnx" "$root/videos/clip.ogv" >"$out/x86-video.json"
 python3 - "$out" "${images[@]}" <<'PY'
 import json, math, sys
 out, images = sys.argv[1], sys.argv[2:]
@@ -124,5 +186,30 @@ for model in ["squeezenet1.0-dc.onnx", "squeezenet1.0-dc-int8.onnx"]:
 sys.exit(1 if failed else 0)
 PY
 echo "aarch64 classify/explain match x86"
+
+echo "== video source: x86 vs aarch64"
+python3 - "$out" <<'PY'
+import json, sys
+out = sys.argv[1]
+classes = {a: [json.loads(l)["top"][0]["label"] for l in open(f"{out}/{a}-video.json")] for a in ("x86", "arm")}
+print(f"classify --every 1s clip.ogv: x86 {classes['x86']}, aarch64 {classes['arm']}")
+sys.exit(0 if classes["x86"] == classes["arm"] and len(classes["arm"]) == 4 else 1)
+PY
+grep -E "streaming|no more frames|WARN|ERROR" "$out/daemon.log" | sed 's/^/  daemon: /' | head -8
+grep -q "stream /videos/clip.ogv: streaming" "$out/daemon.log" && grep -q "no more frames" "$out/daemon.log" \
+  || { echo "the video source did not play through on aarch64:" >&2; cat "$out/daemon.log" >&2; exit 1; }
+echo "aarch64 video source plays the clip through"
+
+echo "== V4L2 through the vivid driver on aarch64"
+sed 's/^/  cameras: /' "$out/cameras.txt"
+sed 's/^/  guest uptime /' "$out/vivid-steps"
+grep -E ": streaming|retrying" "$out/camera.log" | sed 's/\x1b\[[0-9;]*m//g; s/^/  daemon: /' | head -20
+grep -q "vivid\|/dev/video0" "$out/cameras.txt" || { echo "iscamd cameras did not list vivid" >&2; exit 1; }
+awk '/: streaming/ {s++} /prediction [0-9]+:/ && s == 1 {before++} /prediction [0-9]+:/ && s >= 2 {after++}
+  END {printf "vivid: %d predictions before rmmod, %d after reloading; opened %d times\n", before, after, s; exit !(before >= 3 && after >= 3 && s >= 2)}' "$out/camera.log" \
+  || { echo "the camera source did not classify vivid's frames, or did not reopen it:" >&2; tail -30 "$out/camera.log" >&2; exit 1; }
+grep -q "retrying in" "$out/camera.log" || { echo "no retry after the unplug" >&2; exit 1; }
+! grep -E "VIVID_|INSMOD_FAILED|CAMERAS_FAILED" "$out/console.log" || { echo "a vivid step failed (above)" >&2; exit 1; }
+echo "aarch64 camera source reads vivid, and reopens it after an unplug (rmmod) and a replug (insmod)"
 [ "$unit_ok" = yes ] || { echo "aarch64 unit tests failed (see above)" >&2; exit 1; }
 echo "aarch64 unit tests passed"

@@ -9,8 +9,9 @@
 
 VM_DIR=${VM_DIR:-target/cross/vm}
 
-# Installs qemu-system-aarch64 and fetches the arm64 kernel and busybox (Debian packages,
-# extracted into $VM_DIR, not installed), unless they are there.
+# Installs qemu-system-aarch64 and fetches the arm64 kernel, its vivid module (the kernel's
+# virtual V4L2 camera) with the modules it needs, and busybox (Debian packages, extracted
+# into $VM_DIR, not installed), unless they are there.
 vm_install() {
   mkdir -p "$VM_DIR"
   if ! command -v qemu-system-aarch64 >/dev/null; then
@@ -24,7 +25,7 @@ vm_install() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
       -t bookworm-backports qemu-system-arm >/dev/null
   fi
-  if [ ! -s "$VM_DIR/vmlinuz" ] || [ ! -x "$VM_DIR/busybox" ]; then
+  if [ ! -s "$VM_DIR/vmlinuz" ] || [ ! -x "$VM_DIR/busybox" ] || [ ! -s "$VM_DIR/modules/order" ]; then
     dpkg --print-foreign-architectures | grep -qx arm64 || { dpkg --add-architecture arm64; apt-get update -qq; }
     local debs
     debs=$(mktemp -d)
@@ -36,9 +37,52 @@ vm_install() {
     dpkg-deb -x "$debs"/busybox-static_*.deb "$debs/busybox"
     cp "$debs"/kernel/boot/vmlinuz-* "$VM_DIR/vmlinuz"
     cp "$debs/busybox/bin/busybox" "$VM_DIR/busybox"
+    vm_copy_modules "$debs/kernel" vivid
     rm -rf "$debs"
   fi
   command -v cpio >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cpio >/dev/null
+}
+
+# vm_copy_modules TREE MODULE: copies MODULE.ko and the modules it depends on from the
+# unpacked kernel package TREE into $VM_DIR/modules, with `order`: the order to load them.
+vm_copy_modules() {
+  local tree=$1 order="" seen=" "
+  mkdir -p "$VM_DIR/modules"
+  _vm_module() {
+    local file dep
+    case "$seen" in *" $1 "*) return ;; esac
+    seen="$seen$1 "
+    file=$(find "$tree"/lib/modules -name "$1.ko" | head -1)
+    [ -n "$file" ] || { echo "vm_copy_modules: no $1.ko in the kernel package" >&2; return 1; }
+    for dep in $(strings -a "$file" | sed -n 's/^depends=//p' | tr ',' ' '); do _vm_module "$dep"; done
+    cp "$file" "$VM_DIR/modules/"
+    order="$order $1"
+  }
+  _vm_module "$2"
+  echo "$order" >"$VM_DIR/modules/order"
+}
+
+# vm_add_libs ROOT FILE...: copies the shared libraries FILE... need (their NEEDED
+# closure, from the arm64 multiarch directories) into ROOT/lib; glibc's come with vm_run.
+vm_add_libs() {
+  local root=$1; shift
+  mkdir -p "$root/lib"
+  local todo=("$@") seen=" " file lib dir found
+  while [ ${#todo[@]} -gt 0 ]; do
+    file=${todo[0]}; todo=("${todo[@]:1}")
+    for lib in $(aarch64-linux-gnu-readelf -d "$file" 2>/dev/null | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'); do
+      case "$seen" in *" $lib "*) continue ;; esac
+      seen="$seen$lib "
+      [ -e "/usr/aarch64-linux-gnu/lib/$lib" ] && continue
+      found=""
+      for dir in /usr/lib/aarch64-linux-gnu /lib/aarch64-linux-gnu; do
+        [ -e "$dir/$lib" ] && { found=$dir/$lib; break; }
+      done
+      [ -n "$found" ] || { echo "vm_add_libs: $lib (needed by $file) not found" >&2; return 1; }
+      cp -L "$found" "$root/lib/$lib"
+      todo+=("$found")
+    done
+  done
 }
 
 # vm_run ROOT LOG TIMEOUT: packs the directory ROOT (with an executable /init) with busybox
