@@ -46,6 +46,8 @@ cross_install() {
   ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || need+=(libclang-dev)
   [ -f /usr/lib/aarch64-linux-gnu/pkgconfig/gstreamer-1.0.pc ] \
     || need+=(libgstreamer1.0-dev:arm64 libgstreamer-plugins-base1.0-0:arm64)
+  # The base plugins check-aarch64.sh copies into the emulated machine.
+  [ -f /usr/lib/aarch64-linux-gnu/gstreamer-1.0/libgstplayback.so ] || need+=(gstreamer1.0-plugins-base:arm64)
   if [ ${#need[@]} -gt 0 ]; then
     echo "installing: ${need[*]}"
     dpkg --add-architecture arm64

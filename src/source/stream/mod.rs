@@ -195,15 +195,11 @@ pub struct StreamSource {
 
 impl StreamSource {
     pub fn new(spec: StreamSpec) -> Self {
-        Self::with_backoff(spec, Backoff::standard())
-    }
-
-    pub fn with_backoff(spec: StreamSpec, backoff: Backoff) -> Self {
         let name = format!("stream {}", spec.name);
         StreamSource {
             spec,
             running: None,
-            reconnect: Reconnect::new(name, backoff),
+            reconnect: Reconnect::new(name, Backoff::standard()),
             last_age: Duration::ZERO,
             finished: false,
         }
