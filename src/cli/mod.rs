@@ -42,7 +42,7 @@ enum Command {
     Classify(classify::ClassifyArgs),
     /// Heatmaps that show which part of each image made the model decide.
     Explain(explain::ExplainArgs),
-    /// The daemon: classify every frame, explain on schedule, trigger or command, publish over MQTT.
+    /// The daemon: frames from a camera, an RTSP stream, a video or any GStreamer pipeline; classify every frame, explain on schedule, trigger or command, publish over MQTT.
     Run(run::RunArgs),
     /// Check a daemon config: model, source and broker; exit code 1 on any problem.
     Check(run::CheckArgs),
