@@ -352,7 +352,7 @@ fn a_video_file_runs_through_the_daemon_and_explain_every() {
             .args(["explain", "--every", "1s", "--format", "json", "--out"])
             .arg(&out_dir)
             .arg(&video)
-            .env("ISCAMD_MODEL_DIR", common::model_dir())
+            .env("ISCAMD_MODEL", common::model_path(common::F32_MODEL))
             .output()
             .unwrap();
         assert!(

@@ -7,12 +7,13 @@ mod classify;
 #[cfg(feature = "eval")]
 mod eval;
 mod explain;
+mod model;
 mod run;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use iscamd::config::ModelConfig;
 use iscamd::model::{BackendKind, BatchPlan, ChannelOrder, Classifier, Provider};
@@ -54,6 +55,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// List cameras (V4L2) and the modes iscamd can stream from each.
     Cameras,
+    /// Get a model: download it with its checksum, or annotate one with its metadata.
+    #[command(subcommand)]
+    Model(model::ModelCommand),
 }
 
 impl Cli {
@@ -73,6 +77,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         #[cfg(feature = "eval")]
         Command::Bench(a) => bench::run(a),
         Command::Cameras => cameras::run(),
+        Command::Model(c) => model::run(c),
     }
 }
 
@@ -92,9 +97,6 @@ pub fn init_logging(verbose: u8, daemon: bool) {
         .with_writer(std::io::stderr)
         .init();
 }
-
-/// The model file used when `--model` is not given.
-pub const DEFAULT_MODEL: &str = "squeezenet1.0-dc.onnx";
 
 /// The images and videos a command reads.
 #[derive(Args, Debug, Clone)]
@@ -117,7 +119,8 @@ impl Inputs {
 /// Which model to run and how to feed it.
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// ONNX classifier. Default: squeezenet1.0-dc.onnx in $ISCAMD_MODEL_DIR, else in ./models.
+    /// ONNX classifier. Default: squeezenet1.0.onnx in $ISCAMD_MODEL_DIR, ./models or
+    /// /var/lib/iscamd/models (`iscamd model fetch` puts it there).
     #[arg(long, env = "ISCAMD_MODEL", value_name = "PATH")]
     pub model: Option<PathBuf>,
     /// Labels file, one class per line (`WNID name` or `name`). Default: the one beside the model.
@@ -162,22 +165,9 @@ impl ModelArgs {
         }
     }
 
-    /// `squeezenet1.0-dc.onnx` in `$ISCAMD_MODEL_DIR`, else in `./models`.
+    /// The default model (see [`iscamd::model::fetch::model_dirs`]).
     pub fn default_model_path() -> Result<PathBuf> {
-        let mut tried = Vec::new();
-        if let Some(dir) = std::env::var_os("ISCAMD_MODEL_DIR") {
-            tried.push(PathBuf::from(dir).join(DEFAULT_MODEL));
-        }
-        tried.push(PathBuf::from("models").join(DEFAULT_MODEL));
-        if let Some(p) = tried.iter().find(|p| p.is_file()) {
-            return Ok(p.clone());
-        }
-        let list = tried
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ");
-        bail!("no model found (looked for {list}): pass --model PATH or set ISCAMD_MODEL_DIR; models/README.md says how to get one")
+        iscamd::model::fetch::default_model_path().map_err(anyhow::Error::msg)
     }
 
     pub fn threads(&self) -> usize {

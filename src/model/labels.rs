@@ -30,6 +30,18 @@ impl Labels {
         Ok(Labels { names })
     }
 
+    /// The class names iscamd carries for a `labels` metadata value: `imagenet1k` (the
+    /// 1000 ImageNet classes in WordNet-id order, as the ONNX model zoo's classifiers use).
+    pub fn builtin(key: &str) -> Option<Self> {
+        let text = match key {
+            "imagenet1k" => include_str!("imagenet1k_labels.txt"),
+            _ => return None,
+        };
+        Some(Labels {
+            names: text.lines().map(label_of_line).collect(),
+        })
+    }
+
     /// Labels `class 0`, `class 1`, … for a model without a labels file.
     pub fn numbered(n: usize) -> Self {
         Labels {

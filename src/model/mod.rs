@@ -2,8 +2,10 @@
 //! `ort` feature), returning in one forward pass both the class logits and the
 //! activations of the CAM layer.
 
+pub mod annotate;
 mod backend;
 pub mod cost;
+pub mod fetch;
 pub mod kernels;
 mod labels;
 mod onnx;
@@ -158,9 +160,13 @@ impl Classifier {
             .labels
             .clone()
             .or_else(|| Labels::beside_model(&path, metadata.get("labels").map(String::as_str)));
+        let builtin = || {
+            let key = metadata.get("labels")?;
+            Labels::builtin(key).filter(|l| l.len() == classes)
+        };
         let labels = match labels_path {
             Some(p) => Labels::load(&p)?,
-            None => Labels::numbered(classes),
+            None => builtin().unwrap_or_else(|| Labels::numbered(classes)),
         };
         Ok(Classifier {
             path,
