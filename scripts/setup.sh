@@ -13,6 +13,8 @@ sudo=""
 
 missing=()
 command -v mosquitto >/dev/null 2>&1 || missing+=(mosquitto)
+# mosquitto_sub: packaging/check-deb.sh listens to the installed daemon with it.
+command -v mosquitto_sub >/dev/null 2>&1 || missing+=(mosquitto-clients)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || missing+=(libclang-dev)
 pkg-config --exists gstreamer-app-1.0 gstreamer-video-1.0 2>/dev/null \

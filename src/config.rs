@@ -768,6 +768,29 @@ mod tests {
         );
     }
 
+    /// The package's /etc/iscamd/iscamd.toml shows every key commented out; each line,
+    /// uncommented, must be a key this version reads with a value it accepts.
+    #[test]
+    fn the_packaged_config_reads_with_every_key_uncommented() {
+        let packaged = include_str!("../packaging/iscamd.toml");
+        let uncommented: Vec<&str> = packaged
+            .lines()
+            .map(|line| match line.strip_prefix("# ") {
+                Some(rest) if rest.split_once(" = ").is_some_and(|(k, _)| is_key(k)) => rest,
+                _ => line,
+            })
+            .collect();
+        let keys = uncommented.iter().filter(|l| l.contains(" = ")).count();
+        assert!(keys >= 50, "only {keys} keys uncommented");
+        let config = Config::parse(&uncommented.join("\n")).unwrap();
+        assert_eq!(config.mqtt.host.as_deref(), Some("127.0.0.1"));
+        assert!(Config::parse(packaged).unwrap().mqtt.host.is_none());
+    }
+
+    fn is_key(word: &str) -> bool {
+        !word.is_empty() && word.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+    }
+
     #[test]
     fn fixed_key_names_parse() {
         let c = Config::parse(

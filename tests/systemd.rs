@@ -15,6 +15,7 @@ use common::broker::{retained, Daemon, Mosquitto};
 use common::{images_dir, model_path, F32_MODEL};
 
 const UNIT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/iscamd.service");
+const TEMPLATE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/iscamd@.service");
 
 fn systemd_analyze() -> Option<Command> {
     let found = Command::new("systemd-analyze")
@@ -33,47 +34,50 @@ fn systemd_analyze() -> Option<Command> {
 }
 
 #[test]
-fn unit_file_verifies_and_is_hardened() {
+fn unit_files_verify_and_are_hardened() {
     let Some(_) = systemd_analyze() else { return };
     let dir = tempfile::tempdir().unwrap();
-    // verify insists that ExecStart exists: point it at the binary under test.
-    let unit = std::fs::read_to_string(UNIT)
-        .unwrap()
-        .replace("/usr/local/bin/iscamd", env!("CARGO_BIN_EXE_iscamd"));
-    let path = dir.path().join("iscamd.service");
-    std::fs::write(&path, unit).unwrap();
-    let verify = Command::new("systemd-analyze")
-        .arg("verify")
-        .arg(&path)
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&verify.stderr).to_string()
-        + &String::from_utf8_lossy(&verify.stdout);
-    assert!(
-        verify.status.success() && said.trim().is_empty(),
-        "systemd-analyze verify:\n{said}"
-    );
+    for (source, name) in [(UNIT, "iscamd.service"), (TEMPLATE, "iscamd@cam1.service")] {
+        // verify insists that ExecStart exists: point it at the binary under test.
+        let unit = std::fs::read_to_string(source)
+            .unwrap()
+            .replace("/usr/bin/iscamd", env!("CARGO_BIN_EXE_iscamd"));
+        let path = dir.path().join(name);
+        std::fs::write(&path, unit).unwrap();
+        let verify = Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&verify.stderr).to_string()
+            + &String::from_utf8_lossy(&verify.stdout);
+        assert!(
+            verify.status.success() && said.trim().is_empty(),
+            "systemd-analyze verify {name}:\n{said}"
+        );
+        let exposure = exposure(&path, name);
+        eprintln!("systemd-analyze security {name}: exposure {exposure}");
+        assert!(
+            exposure <= 2.0,
+            "{name}: exposure {exposure} (was 1.7): the unit lost hardening"
+        );
+    }
+}
 
+/// `systemd-analyze security`'s overall exposure level of a unit file.
+fn exposure(path: &Path, name: &str) -> f64 {
     let security = Command::new("systemd-analyze")
         .args(["security", "--offline=yes"])
-        .arg(&path)
+        .arg(path)
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&security.stdout);
-    let exposure: f64 = text
-        .lines()
-        .find_map(|l| {
-            l.split("Overall exposure level for iscamd.service: ")
-                .nth(1)
-        })
+    let marker = format!("Overall exposure level for {name}: ");
+    text.lines()
+        .find_map(|l| l.split(&marker).nth(1))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no exposure level in:\n{text}"));
-    eprintln!("systemd-analyze security: exposure {exposure}");
-    assert!(
-        exposure <= 2.0,
-        "exposure {exposure} (was 1.7): the unit lost hardening"
-    );
+        .unwrap_or_else(|| panic!("no exposure level in:\n{text}"))
 }
 
 /// A config for the images source, or for `source` (a `[source]` table) when given.
