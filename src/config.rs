@@ -14,7 +14,7 @@ use crate::model::{
 };
 use crate::source::camera::FormatChoice;
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, PartialEq, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub device: DeviceConfig,
@@ -25,7 +25,7 @@ pub struct Config {
     pub homeassistant: HomeAssistantConfig,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, PartialEq, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeviceConfig {
     /// Device id in topics; default: the host name.
@@ -93,7 +93,7 @@ pub enum Transport {
     Auto,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, PartialEq, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SourceConfig {
     pub kind: SourceKind,
@@ -173,7 +173,7 @@ impl Default for SourceConfig {
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, PartialEq, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
     pub path: Option<PathBuf>,
@@ -239,7 +239,7 @@ impl ModelConfig {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, PartialEq, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CamConfig {
     pub method: String,
@@ -345,14 +345,14 @@ impl CamConfig {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, Deserialize)]
+#[derive(Clone, PartialEq, Copy, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QosConfig {
     pub prediction: u8,
     pub heatmap: u8,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, PartialEq, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MqttConfig {
     /// Broker host; unset = no broker configured.
@@ -411,7 +411,7 @@ impl Default for MqttConfig {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, PartialEq, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HomeAssistantConfig {
     pub discovery: bool,

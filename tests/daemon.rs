@@ -245,7 +245,7 @@ fn sigkill_leaves_offline_through_the_last_will() {
 }
 
 #[test]
-fn hup_usr1_usr2_and_pipe_are_logged_and_do_not_end_the_daemon() {
+fn hup_reloads_and_usr1_usr2_and_pipe_do_not_end_the_daemon() {
     let Setup {
         broker: _broker,
         observer,
@@ -267,7 +267,7 @@ fn hup_usr1_usr2_and_pipe_are_logged_and_do_not_end_the_daemon() {
         Duration::from_secs(10),
     );
     assert!(
-        log.contains("SIGHUP received and ignored") && log.contains("SIGUSR1 received and ignored"),
+        log.contains("reloaded: nothing changed") && log.contains("SIGUSR1 received and ignored"),
         "{log}"
     );
     let before = observer.on(&topic("prediction")).len();

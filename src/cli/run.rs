@@ -1,10 +1,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
 use iscamd::config::{Config, SourceKind};
+use iscamd::daemon::Reload;
 use iscamd::model::{BatchPlan, Classifier};
 
 use super::ModelArgs;
@@ -89,8 +91,26 @@ fn load_model(config: &Config) -> Result<Classifier> {
 pub fn run(args: RunArgs) -> Result<ExitCode> {
     let config = args.config()?;
     let classifier = load_model(&config)?;
-    iscamd::daemon::run(config, classifier, None)?;
+    let reload = args
+        .config
+        .is_some()
+        .then(|| Arc::new(FromFile(args)) as Arc<dyn Reload>);
+    iscamd::daemon::run(config, classifier, reload, None)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A reload reads the config file again, with the same command-line overrides, and the
+/// model it names.
+struct FromFile(RunArgs);
+
+impl Reload for FromFile {
+    fn config(&self) -> std::result::Result<Config, String> {
+        self.0.config().map_err(|e| format!("{e:#}"))
+    }
+
+    fn model(&self, config: &Config) -> std::result::Result<Classifier, String> {
+        load_model(config).map_err(|e| format!("{e:#}"))
+    }
 }
 
 pub fn check(args: CheckArgs) -> Result<ExitCode> {

@@ -1,5 +1,6 @@
 //! The capture stage: reads frames from the source into the latest-frame slot.
 
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -54,8 +55,13 @@ pub fn open_source(s: &SourceConfig) -> Result<Box<dyn FrameSource>> {
     })
 }
 
+/// A source a reload opened, with its `[source] fps`.
+pub type NewSource = (Box<dyn FrameSource>, f64);
+
 pub struct Capture {
     pub source: Box<dyn FrameSource>,
+    /// Sources a reload opened: each replaces the one in use between two frames.
+    pub replacements: Receiver<NewSource>,
     pub frames: Arc<Latest<Frame>>,
     pub stats: Arc<Stats>,
     /// `[source] fps`, for sources that do not pace themselves.
@@ -67,10 +73,16 @@ impl Capture {
     pub fn run(mut self, shutdown: Shutdown) -> Result<()> {
         // A camera streams at its own rate: read every frame (the latest wins) rather
         // than pace, which would hand out stale buffered frames.
-        let paced_by_device = self.source.paced_by_device();
+        let mut paced_by_device = self.source.paced_by_device();
         let mut pacer = Pacer::new(self.fps);
         let mut number = 0u64;
         while !shutdown.is_shutdown() {
+            if let Ok((source, fps)) = self.replacements.try_recv() {
+                tracing::info!("source replaced: {}", source.describe());
+                self.source = source;
+                paced_by_device = self.source.paced_by_device();
+                pacer = Pacer::new(fps);
+            }
             if !paced_by_device {
                 pacer.wait();
             }

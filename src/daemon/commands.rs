@@ -9,11 +9,11 @@ use tokio::sync::mpsc::{Receiver, Sender};
 
 use super::command_result;
 use super::inference::{Control, CONTROL_QUEUE};
+use super::pipeline::Current;
+use super::reload::ReloadRequest;
 use super::scheduler::{Request, RequestId};
 use super::shutdown::Shutdown;
-use crate::cam::{Budget, CamParams};
 use crate::error::Result;
-use crate::model::Classifier;
 use crate::publish::command::{self, Command, Limits};
 use crate::publish::payload::Origin;
 use crate::publish::{announcements, Incoming, Message, Topics};
@@ -23,11 +23,11 @@ pub struct Commands {
     pub incoming: Receiver<Incoming>,
     pub control: SyncSender<Control>,
     pub publish: Sender<Message>,
-    pub classifier: Arc<Classifier>,
-    /// The configured method: what a command's unset fields default to.
-    pub defaults: CamParams,
-    /// `[cam] max_passes`: requests above it are refused.
-    pub budget: Budget,
+    /// The configured method (what a command's unset fields default to), the budget
+    /// requests must fit and the model they must suit.
+    pub pipeline: Current,
+    /// Where `reload` goes; the topology answers it.
+    pub reloads: Sender<ReloadRequest>,
     pub stats: Arc<Stats>,
     pub topics: Topics,
     pub origin: Origin,
@@ -47,7 +47,15 @@ impl Commands {
                 },
                 _ = shutdown.recv() => return Ok(()),
             };
-            let (id, parsed) = command::parse(&payload, &self.limits());
+            let pipeline = self.pipeline.borrow().clone();
+            let limits = Limits {
+                defaults: &pipeline.params,
+                budget: &pipeline.budget(),
+                layer_channels: pipeline.classifier.cam_layer().map_or(0, |l| l.channels),
+                classes: pipeline.classifier.classes(),
+                input_size: pipeline.classifier.input_size(),
+            };
+            let (id, parsed) = command::parse(&payload, &limits);
             let parsed = match bucket.take(Instant::now()) {
                 true => parsed,
                 false => Err(format!(
@@ -65,16 +73,6 @@ impl Commands {
                     .send(command_result(&self.topics, &self.origin, id, result))
                     .await;
             }
-        }
-    }
-
-    fn limits(&self) -> Limits<'_> {
-        Limits {
-            defaults: &self.defaults,
-            budget: &self.budget,
-            layer_channels: self.classifier.cam_layer().map_or(0, |l| l.channels),
-            classes: self.classifier.classes(),
-            input_size: self.classifier.input_size(),
         }
     }
 
@@ -101,6 +99,13 @@ impl Commands {
                 id: RequestId(id.clone()),
             }),
             Ok(Command::Set { interval }) => Control::SetInterval(interval),
+            Ok(Command::Reload) => {
+                let request = ReloadRequest::Command(id.clone());
+                return match self.reloads.try_send(request) {
+                    Ok(()) => None,
+                    Err(_) => Some(Err("busy: a reload is already under way".into())),
+                };
+            }
         };
         let answer_now = matches!(control, Control::SetInterval(_));
         match self.control.try_send(control) {

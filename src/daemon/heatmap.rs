@@ -10,10 +10,11 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::model::ndarray::Array2;
 
 use super::latest::Latest;
+use super::pipeline::Pipeline;
 use super::scheduler::RequestId;
 use super::shutdown::Shutdown;
 use crate::analysis::Analysis;
-use crate::cam::{live, Budget, CamParams, Deadline};
+use crate::cam::{live, CamParams, Deadline};
 use crate::error::{Error, Result};
 use crate::model::Classifier;
 use crate::publish::payload::MethodInfo;
@@ -21,6 +22,8 @@ use crate::stats::Stats;
 
 /// One full map to make.
 pub struct Job {
+    /// The model and settings the frame was analysed with.
+    pub pipeline: Arc<Pipeline>,
     pub analysis: Arc<Analysis>,
     pub frame: u64,
     pub captured: SystemTime,
@@ -34,6 +37,8 @@ pub struct Job {
 
 /// The newest full map's weights, for the inference thread's live maps.
 pub struct Weights {
+    /// Whose: weights of a pipeline a reload replaced are of no use.
+    pub pipeline: Arc<Pipeline>,
     pub reference: live::Reference,
     pub made: Instant,
 }
@@ -49,6 +54,7 @@ pub enum Outcome {
 }
 
 pub struct Ready {
+    pub classifier: Arc<Classifier>,
     pub analysis: Arc<Analysis>,
     pub frame: u64,
     pub captured: SystemTime,
@@ -74,14 +80,10 @@ pub enum Freshness {
 
 /// The CAM worker: full maps, one at a time.
 pub struct HeatmapWorker {
-    pub classifier: Arc<Classifier>,
     pub jobs: Receiver<Job>,
     pub render: SyncSender<Outcome>,
     /// Where the newest reference map's weights go, for live maps.
     pub weights: Arc<Latest<Weights>>,
-    pub threads: usize,
-    /// `[cam] max_time`: a map still running then is abandoned.
-    pub budget: Budget,
 }
 
 impl HeatmapWorker {
@@ -91,14 +93,15 @@ impl HeatmapWorker {
             if shutdown.is_shutdown() {
                 break;
             }
-            let deadline = self.budget.deadline();
-            let (outcome, reference) = compute(&self.classifier, job, self.threads, deadline);
+            let pipeline = job.pipeline.clone();
+            let (outcome, reference) = compute(job);
             if self.render.send(outcome).is_err() {
                 return Err(Error::Stage("the render stage is gone".into()));
             }
             // After the full map is queued, so no live map made from it is published first.
             if let Some(reference) = reference {
                 self.weights.put(Weights {
+                    pipeline,
                     reference,
                     made: Instant::now(),
                 });
@@ -108,13 +111,13 @@ impl HeatmapWorker {
     }
 }
 
-/// One full map, and its weights when the job keeps them for live maps.
-fn compute(
-    classifier: &Classifier,
-    job: Job,
-    threads: usize,
-    deadline: Deadline,
-) -> (Outcome, Option<live::Reference>) {
+/// One full map, and its weights when the job keeps them for live maps. A map still
+/// running after `[cam] max_time` is abandoned.
+fn compute(job: Job) -> (Outcome, Option<live::Reference>) {
+    let pipeline = &job.pipeline;
+    let deadline: Deadline = pipeline.budget().deadline();
+    let threads = pipeline.heatmap_threads;
+    let classifier = &pipeline.classifier;
     match job
         .analysis
         .explain_until(classifier, job.class, &job.params, threads, deadline)
@@ -125,6 +128,7 @@ fn compute(
                 _ => None,
             };
             let ready = Ready {
+                classifier: classifier.clone(),
                 analysis: job.analysis,
                 frame: job.frame,
                 captured: job.captured,
@@ -179,10 +183,16 @@ impl Live {
         analysis: &Arc<Analysis>,
         (frame, captured): (u64, SystemTime),
         class: usize,
+        pipeline: &Arc<Pipeline>,
         stats: &Stats,
     ) -> Result<(), live::Refresh> {
         if let Some(newer) = self.weights.take(Duration::ZERO) {
             self.current = Some(newer);
+        }
+        if let Some(w) = &self.current {
+            if !Arc::ptr_eq(&w.pipeline, pipeline) {
+                self.current = None;
+            }
         }
         let (Some(w), Some(activations)) = (&self.current, &analysis.activations) else {
             return Err(live::Refresh::NoReference);
@@ -193,6 +203,7 @@ impl Live {
             .reference
             .live_map(class, activations.view(), age, &self.policy)?;
         let ready = Ready {
+            classifier: pipeline.classifier.clone(),
             analysis: analysis.clone(),
             frame,
             captured,

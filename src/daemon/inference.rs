@@ -8,14 +8,14 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc::Sender;
 
 use super::command_result;
-use super::heatmap::{Job, Live};
+use super::heatmap::{Job, Live, Outcome, Weights};
 use super::latest::Latest;
-use super::scheduler::{Decision, Reason, Request, Scheduler, MAX_PENDING_REQUESTS};
+use super::pipeline::{Current, Pipeline};
+use super::scheduler::{Decision, Reason, Request, Scheduler, Triggers, MAX_PENDING_REQUESTS};
 use super::shutdown::Shutdown;
 use crate::analysis::Analysis;
-use crate::cam::CamParams;
 use crate::error::{Error, Result};
-use crate::model::{top_k, Classifier};
+use crate::model::top_k;
 use crate::publish::payload;
 use crate::publish::payload::Origin;
 use crate::publish::{Kind, Message, Topics};
@@ -38,37 +38,53 @@ struct Stamp {
 /// Control messages that may wait; the command stage refuses more as busy.
 pub const CONTROL_QUEUE: usize = 8;
 
-pub struct Inference {
-    pub classifier: Arc<Classifier>,
+/// What the inference stage is built from.
+pub struct InferenceParts {
+    pub pipeline: Current,
     pub frames: Arc<Latest<Frame>>,
     pub stats: Arc<Stats>,
     pub publish: Sender<Message>,
     pub jobs: SyncSender<Job>,
-    /// Live maps between full maps (`[cam] live`).
-    pub live: Option<Live>,
+    /// Where the CAM worker leaves reference weights, and where live maps go.
+    pub weights: Arc<Latest<Weights>>,
+    pub render: SyncSender<Outcome>,
     pub control: Receiver<Control>,
-    pub scheduler: Scheduler,
     pub topics: Topics,
     pub origin: Origin,
     pub qos: u8,
-    /// The configured method, for scheduled maps.
-    pub params: CamParams,
+}
+
+pub struct Inference {
+    parts: InferenceParts,
+    /// The pipeline in use, swapped between frames when a reload changes it.
+    current: Arc<Pipeline>,
+    model: String,
+    scheduler: Scheduler,
+    /// Live maps between full maps (`[cam] live`).
+    live: Option<Live>,
 }
 
 impl Inference {
+    pub fn new(mut parts: InferenceParts) -> Self {
+        let current = parts.pipeline.borrow_and_update().clone();
+        let (triggers, live) = schedule(&current, &parts);
+        Inference {
+            model: current.model_name(),
+            current,
+            scheduler: Scheduler::new(triggers),
+            live,
+            parts,
+        }
+    }
+
     pub fn run(mut self, shutdown: Shutdown) -> Result<()> {
-        let model = self
-            .classifier
-            .path()
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
         let hooks = hooks::TestHooks::from_env();
-        let stats = self.stats.clone();
+        let stats = self.parts.stats.clone();
         let mut seq = 0u64;
         while !shutdown.is_shutdown() {
+            self.take_reload();
             self.take_control()?;
-            let Some(frame) = self.frames.take(Duration::from_millis(200)) else {
+            let Some(frame) = self.parts.frames.take(Duration::from_millis(200)) else {
                 continue;
             };
             let _step = stats.inference_step();
@@ -77,7 +93,7 @@ impl Inference {
                 number: frame.number,
                 captured: frame.captured,
             };
-            let analysis = match Analysis::of_frame(&self.classifier, frame.image) {
+            let analysis = match Analysis::of_frame(&self.current.classifier, frame.image) {
                 Ok(a) => Arc::new(a),
                 Err(e) => {
                     stats.frame_error();
@@ -87,24 +103,43 @@ impl Inference {
             };
             stats.frame_processed(analysis.latency.inference.unwrap_or_default());
             seq += 1;
-            self.publish_prediction(&analysis, stamp, seq, &model)?;
+            self.publish_prediction(&analysis, stamp, seq)?;
             self.explain(analysis, stamp)?;
         }
         Ok(())
     }
 
+    /// Takes up a pipeline a reload made: the next frame runs through it. Requests that
+    /// wait are kept; the schedule starts afresh, and live maps wait for a full map of
+    /// the new pipeline.
+    fn take_reload(&mut self) {
+        if !self.parts.pipeline.has_changed().unwrap_or(false) {
+            return;
+        }
+        let next = self.parts.pipeline.borrow_and_update().clone();
+        let (triggers, live) = schedule(&next, &self.parts);
+        self.scheduler.set_triggers(triggers);
+        self.live = live;
+        self.model = next.model_name();
+        self.current = next;
+    }
+
     /// Takes the commands' requests into the scheduler; refuses those it has no room for.
     fn take_control(&mut self) -> Result<()> {
         loop {
-            match self.control.try_recv() {
+            match self.parts.control.try_recv() {
                 Ok(Control::Explain(request)) => {
                     if let Err(refused) = self.scheduler.request(request) {
                         let busy = format!(
                             "busy: {MAX_PENDING_REQUESTS} explain requests already wait; \
                              try again later"
                         );
-                        let reply =
-                            command_result(&self.topics, &self.origin, refused.id.0, Err(busy));
+                        let reply = command_result(
+                            &self.parts.topics,
+                            &self.parts.origin,
+                            refused.id.0,
+                            Err(busy),
+                        );
                         self.send(reply)?;
                     }
                 }
@@ -117,23 +152,17 @@ impl Inference {
         }
     }
 
-    fn publish_prediction(
-        &self,
-        analysis: &Analysis,
-        frame: Stamp,
-        seq: u64,
-        model: &str,
-    ) -> Result<()> {
+    fn publish_prediction(&self, analysis: &Analysis, frame: Stamp, seq: u64) -> Result<()> {
         let prediction = payload::Prediction {
             header: payload::Header::new(
                 "iscamd.prediction/1",
-                &self.origin,
+                &self.parts.origin,
                 seq,
                 frame.number,
                 frame.captured,
             ),
-            model,
-            top: analysis.top(&self.classifier, 5),
+            model: &self.model,
+            top: analysis.top(&self.current.classifier, 5),
             latency_ms: analysis.latency,
         };
         if let Some(top) = prediction.top.first() {
@@ -147,13 +176,13 @@ impl Inference {
         }
         let payload = serde_json::to_vec(&prediction).expect("prediction serialises");
         self.send(Message {
-            topic: self.topics.prediction(),
+            topic: self.parts.topics.prediction(),
             payload,
-            qos: self.qos,
+            qos: self.parts.qos,
             retain: false,
             kind: Kind::Prediction,
         })?;
-        self.stats.prediction_published(frame.captured);
+        self.parts.stats.prediction_published(frame.captured);
         Ok(())
     }
 
@@ -165,7 +194,8 @@ impl Inference {
             .scheduler
             .decide(now, top1, analysis.probabilities[top1]);
         if let (Decision::Live, Some(live)) = (&decision, &mut self.live) {
-            match live.publish(&analysis, (frame.number, frame.captured), top1, &self.stats) {
+            let stamp = (frame.number, frame.captured);
+            match live.publish(&analysis, stamp, top1, &self.current, &self.parts.stats) {
                 Ok(()) => return Ok(()),
                 Err(why) => {
                     tracing::debug!("frame {}: full map needed: {why}", frame.number);
@@ -177,11 +207,12 @@ impl Inference {
             Decision::Requested(r) => (r.params.clone(), r.class, Some(r.id.clone()), false),
             Decision::Full(reason) => {
                 tracing::debug!("frame {}: full map ({reason:?})", frame.number);
-                (self.params.clone(), None, None, true)
+                (self.current.params.clone(), None, None, true)
             }
             Decision::Live | Decision::Nothing => return Ok(()),
         };
         let job = Job {
+            pipeline: self.current.clone(),
             analysis,
             frame: frame.number,
             captured: frame.captured,
@@ -190,7 +221,7 @@ impl Inference {
             request_id,
             reference,
         };
-        match self.jobs.try_send(job) {
+        match self.parts.jobs.try_send(job) {
             Ok(()) => self.scheduler.started(now, &decision),
             Err(TrySendError::Full(_)) => self.scheduler.worker_busy(decision),
             Err(TrySendError::Disconnected(_)) => {
@@ -201,10 +232,30 @@ impl Inference {
     }
 
     fn send(&self, message: Message) -> Result<()> {
-        self.publish
+        self.parts
+            .publish
             .blocking_send(message)
             .map_err(|_| Error::Stage("the MQTT connection stage is gone".into()))
     }
+}
+
+/// The schedule and live maps a pipeline's `[cam]` settings ask for.
+fn schedule(pipeline: &Pipeline, parts: &InferenceParts) -> (Triggers, Option<Live>) {
+    let cam = &pipeline.cam;
+    let triggers = Triggers {
+        interval: cam.interval,
+        on_class_change: cam.on_class_change,
+        min_confidence: cam.min_confidence,
+        live: cam.live,
+    };
+    let live = cam.live.then(|| {
+        Live::new(
+            cam.live_policy(),
+            parts.weights.clone(),
+            parts.render.clone(),
+        )
+    });
+    (triggers, live)
 }
 
 /// Test-only faults, read from the environment in builds with the `test-hooks` feature

@@ -17,6 +17,8 @@ mod commands;
 mod heatmap;
 mod inference;
 mod latest;
+mod pipeline;
+mod reload;
 mod render;
 mod scheduler;
 mod shutdown;
@@ -26,7 +28,7 @@ mod topology;
 
 use std::sync::Arc;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -34,7 +36,10 @@ use crate::model::Classifier;
 use crate::publish::payload::{CommandResult, Origin};
 use crate::publish::{self, Kind, Message, Topics};
 pub use capture::open_source;
-use topology::{Parts, Topology};
+use pipeline::Pipeline;
+pub use reload::Reload;
+use reload::{ModelFile, ReloadRequest, Running, RELOAD_QUEUE};
+use topology::{Exit, Parts, Reloads, Topology};
 
 /// A `cmd/result` message.
 fn command_result(
@@ -64,39 +69,89 @@ fn command_result(
 }
 
 /// Runs the daemon until SIGINT/SIGTERM (or until `stop` turns true, for embedding).
+/// With `reload`, SIGHUP and the reload command read the config and the model again.
 pub fn run(
     config: Config,
     classifier: Classifier,
+    reload: Option<Arc<dyn Reload>>,
     stop: Option<watch::Receiver<bool>>,
 ) -> Result<()> {
-    let device = config.device_id();
+    let running = reload.as_ref().map(|_| Running {
+        config: config.clone(),
+        model: ModelFile::of(classifier.path()),
+    });
     let mut config = config;
-    let (host, daemon_login) = match config.mqtt.host.clone() {
+    let device = config.device_id();
+    let broker = match config.mqtt.host.clone() {
         Some(h) => (h, None),
         None => start_embedded_broker(&mut config, &device)?,
     };
-    let mut options = publish::options(&config.mqtt, &device, &host)?;
-    if let Some((user, password)) = daemon_login {
-        options.set_credentials(user, password);
-    }
-    let source = open_source(&config.source)?;
-    let params = config.cam.params()?;
-    let layer = classifier.cam_layer().cloned().ok_or_else(|| {
-        Error::model(
-            classifier.path(),
-            "has no CAM layer (set [model] cam_layer)",
-        )
-    })?;
-    params
-        .validate(layer.channels, classifier.input_size())
-        .map_err(crate::config::cam_key)?;
-    config.cam.budget().admit(&params, layer.channels)?;
+    let embedded_port = config
+        .mqtt
+        .host
+        .is_none()
+        .then_some(config.mqtt.port)
+        .flatten();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .thread_name(format!("{}io", shutdown::STAGE_THREAD_PREFIX))
         .build()
         .map_err(|e| Error::Stage(format!("cannot start the I/O runtime: {e}")))?;
+    let (requests, mut reload_requests) = mpsc::channel(RELOAD_QUEUE);
+    let reloads = Reloads {
+        requests,
+        reload,
+        embedded_broker: embedded_port.is_some(),
+    };
+    let mut next = (config, Arc::new(classifier), running);
+    let result = runtime.block_on(async move {
+        #[cfg(unix)]
+        handle_other_signals(reloads.requests.clone());
+        loop {
+            let (config, classifier, running) = next;
+            let parts = parts(config, classifier, running, &broker, reloads.clone())?;
+            let topology = Topology::start(parts)?;
+            let stopped = wait_for_shutdown(stop.clone());
+            match topology
+                .run_until_stopped(stopped, &mut reload_requests)
+                .await?
+            {
+                Exit::Stopped => return Ok(()),
+                Exit::Restart {
+                    running,
+                    classifier,
+                } => {
+                    let mut config = running.config.clone();
+                    if embedded_port.is_some() {
+                        config.mqtt.port = embedded_port;
+                    }
+                    next = (config, classifier, Some(*running));
+                }
+            }
+        }
+    });
+    // Dropping the runtime would wait for a heatmap abandoned at shutdown (minutes for a
+    // full IS-CAM): shutdown is bounded by `shutdown_timeout`, not by the heatmap.
+    runtime.shutdown_background();
+    result
+}
+
+/// What a topology starts from: the connection's options, the source, the pipeline.
+fn parts(
+    config: Config,
+    classifier: Arc<Classifier>,
+    running: Option<Running>,
+    (host, daemon_login): &Broker,
+    reloads: Reloads,
+) -> Result<Parts> {
+    let device = config.device_id();
+    let mut options = publish::options(&config.mqtt, &device, host)?;
+    if let Some((user, password)) = daemon_login {
+        options.set_credentials(user.clone(), password.clone());
+    }
+    let source = open_source(&config.source)?;
+    let pipeline = Pipeline::new(&config, classifier)?;
     let origin = Origin::new(device);
     tracing::info!(
         "iscamd {} starting: device {}, run {}, source {}, model {} on {}",
@@ -104,25 +159,18 @@ pub fn run(
         origin.device,
         origin.run,
         source.describe(),
-        classifier.path().display(),
-        classifier.backend()
+        pipeline.classifier.path().display(),
+        pipeline.classifier.backend()
     );
-    let parts = Parts {
+    Ok(Parts {
         config,
-        classifier: Arc::new(classifier),
+        pipeline,
         source,
         options,
         origin,
-        params,
-    };
-    let result = runtime.block_on(async move {
-        let topology = Topology::start(parts)?;
-        topology.run_until_stopped(wait_for_shutdown(stop)).await
-    });
-    // Dropping the runtime would wait for a heatmap abandoned at shutdown (minutes for a
-    // full IS-CAM): shutdown is bounded by `shutdown_timeout`, not by the heatmap.
-    runtime.shutdown_background();
-    result
+        running,
+        reloads,
+    })
 }
 
 /// The host to connect to and the login the daemon's own client needs there.
@@ -152,35 +200,33 @@ fn start_embedded_broker(_config: &mut Config, _device: &str) -> Result<Broker> 
     ))
 }
 
-/// SIGHUP, SIGUSR1 and SIGUSR2 would end the process by default, silently as far as a
-/// service manager can tell (systemd counts SIGHUP as a clean exit): each is logged and
-/// otherwise ignored. SIGPIPE is ignored by Rust's runtime.
+/// SIGHUP reloads (its default would end the process, which systemd counts as a clean
+/// exit). SIGUSR1 and SIGUSR2 would end it too, silently: each is logged and otherwise
+/// ignored. SIGPIPE is ignored by Rust's runtime.
 #[cfg(unix)]
-fn log_other_signals() {
+fn handle_other_signals(reloads: mpsc::Sender<ReloadRequest>) {
     use tokio::signal::unix::{signal, SignalKind};
-    let ignored = [
-        (
-            SignalKind::hangup(),
-            "SIGHUP",
-            "iscamd does not reload its configuration; restart the service to apply changes",
-        ),
-        (
-            SignalKind::user_defined1(),
-            "SIGUSR1",
-            "iscamd gives it no meaning",
-        ),
-        (
-            SignalKind::user_defined2(),
-            "SIGUSR2",
-            "iscamd gives it no meaning",
-        ),
-    ];
-    for (kind, name, why) in ignored {
+    match signal(SignalKind::hangup()) {
+        Ok(mut received) => {
+            tokio::spawn(async move {
+                while received.recv().await.is_some() {
+                    if reloads.try_send(ReloadRequest::Signal).is_err() {
+                        tracing::warn!("SIGHUP received: a reload is already under way");
+                    }
+                }
+            });
+        }
+        Err(e) => tracing::warn!("cannot handle SIGHUP: {e}"),
+    }
+    for (kind, name) in [
+        (SignalKind::user_defined1(), "SIGUSR1"),
+        (SignalKind::user_defined2(), "SIGUSR2"),
+    ] {
         match signal(kind) {
             Ok(mut received) => {
                 tokio::spawn(async move {
                     while received.recv().await.is_some() {
-                        tracing::warn!("{name} received and ignored: {why}");
+                        tracing::warn!("{name} received and ignored: iscamd gives it no meaning");
                     }
                 });
             }
@@ -213,8 +259,6 @@ async fn wait_for_shutdown(stop: Option<watch::Receiver<bool>>) {
     };
     #[cfg(not(unix))]
     let terminate = std::future::pending::<()>();
-    #[cfg(unix)]
-    log_other_signals();
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate => {}

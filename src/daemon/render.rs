@@ -14,7 +14,6 @@ use crate::analysis::ms;
 use crate::analysis::Latency;
 use crate::cam::display;
 use crate::error::{Error, Result};
-use crate::model::Classifier;
 use crate::publish::payload::Origin;
 use crate::publish::payload::{self, MapData};
 use crate::publish::{Kind, Message, Topics};
@@ -32,7 +31,6 @@ pub struct Output {
 
 /// The render stage: overlay, JPEG, payload, publish.
 pub struct Render {
-    pub classifier: Arc<Classifier>,
     pub maps: Receiver<Outcome>,
     pub output: Output,
     pub publish: Sender<Message>,
@@ -48,7 +46,7 @@ impl Render {
             let messages = match outcome {
                 Outcome::Map(ready) => {
                     seq += 1;
-                    messages(&self.classifier, *ready, seq, &self.output, &self.stats)
+                    messages(*ready, seq, &self.output, &self.stats)
                 }
                 Outcome::Failed {
                     frame,
@@ -74,14 +72,9 @@ impl Render {
     }
 }
 
-fn messages(
-    classifier: &Classifier,
-    ready: Ready,
-    seq: u64,
-    out: &Output,
-    stats: &Stats,
-) -> Vec<Message> {
+fn messages(ready: Ready, seq: u64, out: &Output, stats: &Stats) -> Vec<Message> {
     let t0 = Instant::now();
+    let classifier = &ready.classifier;
     let (h, w) = ready.map.dim();
     let crop = classifier.preprocess().crop_region();
     let overlay = display::overlay(&ready.analysis.frame, &ready.map, crop, out.image_width);

@@ -90,6 +90,13 @@ impl Scheduler {
         self.triggers.interval = interval;
     }
 
+    /// New triggers (a reload): the schedule starts afresh, so the next frame gets a map
+    /// when there is a schedule; requests that wait are kept.
+    pub fn set_triggers(&mut self, triggers: Triggers) {
+        self.triggers = triggers;
+        self.last_full = None;
+    }
+
     /// Decides for a frame whose top-1 class is `class` with probability `confidence`.
     pub fn decide(&mut self, now: Instant, class: usize, confidence: f64) -> Decision {
         let changed = self.triggers.on_class_change

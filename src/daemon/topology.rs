@@ -11,17 +11,18 @@ use std::time::Duration;
 use rumqttc::MqttOptions;
 use tokio::sync::{mpsc, watch};
 
-use super::capture::Capture;
+use super::capture::{Capture, NewSource};
+use super::command_result;
 use super::commands::Commands;
-use super::heatmap::{HeatmapWorker, Job, Live, Outcome, Weights};
-use super::inference::{Control, Inference, CONTROL_QUEUE};
+use super::heatmap::{HeatmapWorker, Job, Outcome, Weights};
+use super::inference::{Control, Inference, InferenceParts, CONTROL_QUEUE};
 use super::latest::Latest;
+use super::pipeline::Pipeline;
+use super::reload::{self, Change, Reload, ReloadRequest, Running};
 use super::render::{Output, Render};
-use super::scheduler::{Scheduler, Triggers};
 use super::shutdown::{panic_message, End, Ended, Ends, Shutdown, Trigger, STAGE_THREAD_PREFIX};
 use super::stats::StatsPublisher;
 use super::supervise::{self, Supervisor};
-use crate::cam::CamParams;
 use crate::config::Config;
 use crate::error::{with_causes, Error, Result};
 use crate::model::Classifier;
@@ -46,12 +47,33 @@ const CONNECTION: &str = "mqtt";
 
 /// What the topology is built from.
 pub struct Parts {
+    /// With the embedded broker's port filled in.
     pub config: Config,
-    pub classifier: Arc<Classifier>,
+    pub pipeline: Pipeline,
     pub source: Box<dyn FrameSource>,
     pub options: MqttOptions,
     pub origin: Origin,
-    pub params: CamParams,
+    /// What a reload compares with; `None`: nothing to reload from.
+    pub running: Option<Running>,
+    pub reloads: Reloads,
+}
+
+/// Where reload requests come from (SIGHUP, the reload command) and how they are met.
+#[derive(Clone)]
+pub struct Reloads {
+    pub requests: mpsc::Sender<ReloadRequest>,
+    pub reload: Option<Arc<dyn Reload>>,
+    pub embedded_broker: bool,
+}
+
+/// How the topology ended.
+pub enum Exit {
+    Stopped,
+    /// A reload changed the connection's settings: start again from these.
+    Restart {
+        running: Box<Running>,
+        classifier: Arc<Classifier>,
+    },
 }
 
 /// The running stages.
@@ -66,13 +88,19 @@ pub struct Topology {
     frames: Arc<Latest<Frame>>,
     stop_connection: watch::Sender<bool>,
     grace: Duration,
+    pipeline: watch::Sender<Arc<Pipeline>>,
+    sources: SyncSender<NewSource>,
+    running_config: Option<Running>,
+    reloads: Reloads,
+    topics: Topics,
+    origin: Origin,
+    publish: mpsc::Sender<Message>,
 }
 
 /// What every stage is built from: the parts, and the channels and state they share.
 struct Shared {
     config: Config,
-    classifier: Arc<Classifier>,
-    params: CamParams,
+    pipeline: watch::Receiver<Arc<Pipeline>>,
     origin: Origin,
     topics: Topics,
     discovery_prefix: Option<String>,
@@ -87,21 +115,29 @@ struct HeatmapPath {
     weights: Arc<Latest<Weights>>,
 }
 
+/// Sources a reload opened that may wait for the capture stage.
+const NEW_SOURCE_QUEUE: usize = 1;
+
 impl Topology {
     /// Starts every stage.
     pub fn start(parts: Parts) -> Result<Topology> {
         let Parts {
             config,
-            classifier,
+            pipeline,
             source,
             options,
             origin,
-            params,
+            running,
+            reloads,
         } = parts;
         let (trigger, shutdown) = Trigger::new();
         let (ends, ended) = Ends::new(16);
         ends.flag_panics();
         let (stop_connection, connection_stop) = watch::channel(false);
+        let (pipeline, pipeline_rx) = watch::channel(Arc::new(pipeline));
+        let (sources, replacements) = sync_channel::<NewSource>(NEW_SOURCE_QUEUE);
+        let (publish, messages) = mpsc::channel::<Message>(PUBLISH_QUEUE);
+        let topics = Topics::new(&config.mqtt.prefix, &origin.device);
         let mut t = Topology {
             trigger,
             shutdown,
@@ -112,22 +148,28 @@ impl Topology {
             frames: Arc::new(Latest::default()),
             stop_connection,
             grace: config.device.shutdown_timeout,
+            pipeline,
+            sources,
+            running_config: running,
+            reloads,
+            topics: topics.clone(),
+            origin: origin.clone(),
+            publish: publish.clone(),
         };
-        let (publish, messages) = mpsc::channel::<Message>(PUBLISH_QUEUE);
         let shared = Shared {
-            topics: Topics::new(&config.mqtt.prefix, &origin.device),
+            topics,
             discovery_prefix: (config.homeassistant.discovery)
                 .then(|| config.homeassistant.prefix.clone()),
             stats: Arc::new(Stats::default()),
             config,
-            classifier,
-            params,
+            pipeline: pipeline_rx,
             origin,
             publish,
         };
         let incoming = t.start_connection(&shared, options, messages, connection_stop);
         let capture = Capture {
             source,
+            replacements,
             frames: t.frames.clone(),
             stats: shared.stats.clone(),
             fps: shared.config.source.fps,
@@ -171,17 +213,13 @@ impl Topology {
         let (render, maps) = sync_channel::<Outcome>(RENDER_QUEUE);
         let weights = Arc::new(Latest::<Weights>::default());
         let worker = HeatmapWorker {
-            classifier: shared.classifier.clone(),
             jobs: job_rx,
             render: render.clone(),
             weights: weights.clone(),
-            threads: heatmap_threads(&shared.config),
-            budget: shared.config.cam.budget(),
         };
         self.thread("heatmap", move |s| worker.run(s))?;
         let mqtt = &shared.config.mqtt;
         let renderer = Render {
-            classifier: shared.classifier.clone(),
             maps,
             output: Output {
                 topics: shared.topics.clone(),
@@ -208,29 +246,20 @@ impl Topology {
         shared: &Shared,
         heatmaps: HeatmapPath,
     ) -> Result<SyncSender<Control>> {
-        let cam = &shared.config.cam;
         let (control_tx, control) = sync_channel::<Control>(CONTROL_QUEUE);
-        let inference = Inference {
-            classifier: shared.classifier.clone(),
+        let inference = Inference::new(InferenceParts {
+            pipeline: shared.pipeline.clone(),
             frames: self.frames.clone(),
             stats: shared.stats.clone(),
             publish: shared.publish.clone(),
             jobs: heatmaps.jobs,
-            live: cam
-                .live
-                .then(|| Live::new(cam.live_policy(), heatmaps.weights, heatmaps.render)),
+            weights: heatmaps.weights,
+            render: heatmaps.render,
             control,
-            scheduler: Scheduler::new(Triggers {
-                interval: cam.interval,
-                on_class_change: cam.on_class_change,
-                min_confidence: cam.min_confidence,
-                live: cam.live,
-            }),
             topics: shared.topics.clone(),
             origin: shared.origin.clone(),
             qos: shared.config.mqtt.qos.prediction,
-            params: shared.params.clone(),
-        };
+        });
         self.thread("inference", move |s| inference.run(s))?;
         Ok(control_tx)
     }
@@ -246,9 +275,8 @@ impl Topology {
             incoming,
             control,
             publish: shared.publish.clone(),
-            classifier: shared.classifier,
-            defaults: shared.params,
-            budget: shared.config.cam.budget(),
+            pipeline: shared.pipeline,
+            reloads: self.reloads.requests.clone(),
             stats: shared.stats.clone(),
             topics: shared.topics.clone(),
             origin: shared.origin.clone(),
@@ -314,31 +342,119 @@ impl Topology {
         self.running.insert(stage);
     }
 
-    /// Waits for SIGINT/SIGTERM (or `stop`) or for a stage to end; then stops every stage.
-    /// An error names the stage that ended the daemon.
-    pub async fn run_until_stopped(mut self, stop: impl Future<Output = ()>) -> Result<()> {
+    /// Waits for SIGINT/SIGTERM (or `stop`) or for a stage to end, meeting reload
+    /// requests meanwhile; then stops every stage. An error names the stage that ended
+    /// the daemon.
+    pub async fn run_until_stopped(
+        mut self,
+        stop: impl Future<Output = ()>,
+        reloads: &mut mpsc::Receiver<ReloadRequest>,
+    ) -> Result<Exit> {
         tokio::pin!(stop);
-        let failure = loop {
+        let (failure, exit) = loop {
             tokio::select! {
-                _ = &mut stop => break None,
+                _ = &mut stop => break (None, Exit::Stopped),
                 ended = self.ended.recv() => {
-                    let Some(ended) = ended else { break None };
+                    let Some(ended) = ended else { break (None, Exit::Stopped) };
                     let consequence = matches!(ended.end, End::Finished);
                     if let Some(why) = self.on_end(ended) {
-                        break Some(if consequence { self.cause_of(why).await } else { why });
+                        let why = if consequence { self.cause_of(why).await } else { why };
+                        break (Some(why), Exit::Stopped);
+                    }
+                }
+                Some(request) = reloads.recv() => {
+                    if let Some(restart) = self.reload(request).await {
+                        break (None, restart);
                     }
                 }
             }
         };
-        match &failure {
-            Some(why) => {
+        match (&failure, &exit) {
+            (Some(why), _) => {
                 tracing::error!("{why}; stopping (a service manager restarts the daemon)");
                 supervise::failing(why);
             }
-            None => tracing::info!("shutting down"),
+            (None, Exit::Stopped) => tracing::info!("shutting down"),
+            (None, Exit::Restart { .. }) => {}
         }
         self.shut_down().await;
-        failure.map_or(Ok(()), |why| Err(Error::Stage(why)))
+        failure.map_or(Ok(exit), |why| Err(Error::Stage(why)))
+    }
+
+    /// Reads the config and the model again and applies what changed; returns how to
+    /// restart when the connection's settings changed.
+    async fn reload(&mut self, request: ReloadRequest) -> Option<Exit> {
+        let (Some(running), Some(reload)) =
+            (self.running_config.clone(), self.reloads.reload.clone())
+        else {
+            let why = "nothing to reload: the daemon was started without a config file";
+            tracing::warn!("{why}");
+            self.answer(&request, Err(why.into())).await;
+            return None;
+        };
+        tracing::info!("reloading ({request:?})");
+        let current = self.pipeline.borrow().clone();
+        let embedded = self.reloads.embedded_broker;
+        let prepared = tokio::task::spawn_blocking(move || {
+            reload::prepare(&running, reload.as_ref(), &current, embedded)
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("the reload failed: {e}")));
+        let change = match prepared {
+            Ok(change) => change,
+            Err(why) => {
+                tracing::error!("reload refused: {why}; running on unchanged");
+                self.answer(&request, Err(why)).await;
+                return None;
+            }
+        };
+        let restart = match change {
+            Change::Nothing => {
+                tracing::info!("reloaded: nothing changed");
+                None
+            }
+            Change::Swap {
+                running,
+                pipeline,
+                source,
+                what,
+            } => {
+                if let Some(pipeline) = pipeline {
+                    self.pipeline.send_replace(Arc::new(*pipeline));
+                }
+                if let Some(source) = source {
+                    // The queue holds one: a second reload within a frame replaces it.
+                    let _ = self.sources.try_send((source, running.config.source.fps));
+                }
+                tracing::info!("reloaded: {} changed", what.join(", "));
+                self.running_config = Some(*running);
+                None
+            }
+            Change::Restart {
+                running,
+                classifier,
+                what,
+            } => {
+                tracing::info!(
+                    "reloaded: {} changed: restarting the stages",
+                    what.join(", ")
+                );
+                Some(Exit::Restart {
+                    running,
+                    classifier,
+                })
+            }
+        };
+        self.answer(&request, Ok(())).await;
+        restart
+    }
+
+    /// Answers a reload command on `cmd/result`.
+    async fn answer(&self, request: &ReloadRequest, result: std::result::Result<(), String>) {
+        if let ReloadRequest::Command(id) = request {
+            let reply = command_result(&self.topics, &self.origin, id.clone(), result);
+            let _ = self.publish.send(reply).await;
+        }
     }
 
     /// A stage that finishes unasked has lost the stage feeding it, which unwinds (drops
@@ -408,13 +524,4 @@ impl Topology {
         };
         let _ = tokio::time::timeout(grace + Duration::from_secs(3), connection_done).await;
     }
-}
-
-/// Threads for each full map: all cores but the one inference needs.
-fn heatmap_threads(config: &Config) -> usize {
-    let threads = match config.model.threads {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
-    threads.saturating_sub(1).max(1)
 }

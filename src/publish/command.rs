@@ -26,6 +26,8 @@ pub enum Command {
     Republish,
     /// Change the heatmap schedule; zero turns it off.
     Set { interval: Duration },
+    /// Read the config file and the model again (as SIGHUP does).
+    Reload,
 }
 
 #[derive(Deserialize)]
@@ -92,7 +94,7 @@ pub fn parse(payload: &[u8], limits: &Limits) -> (Option<String>, Result<Command
         None => {
             return (
                 id,
-                Err("missing \"cmd\" (explain, republish or set)".into()),
+                Err("missing \"cmd\" (explain, republish, reload or set)".into()),
             )
         }
     };
@@ -101,13 +103,11 @@ pub fn parse(payload: &[u8], limits: &Limits) -> (Option<String>, Result<Command
         "explain" => serde_json::from_value::<ExplainFields>(value)
             .map_err(|e| format!("explain: {e}"))
             .and_then(|f| explain(f, limits)),
-        "republish" => {
-            if object_is_empty(&value) {
-                Ok(Command::Republish)
-            } else {
-                Err("republish takes no fields".into())
-            }
+        "republish" | "reload" if !object_is_empty(&value) => {
+            Err(format!("{cmd} takes no fields"))
         }
+        "republish" => Ok(Command::Republish),
+        "reload" => Ok(Command::Reload),
         "set" => serde_json::from_value::<SetFields>(value).map_err(|e| format!("set: {e}")).and_then(|f| {
             if f.interval.is_zero() || (MIN_INTERVAL..=MAX_INTERVAL).contains(&f.interval) {
                 Ok(Command::Set { interval: f.interval })
@@ -115,7 +115,7 @@ pub fn parse(payload: &[u8], limits: &Limits) -> (Option<String>, Result<Command
                 Err(format!("set: interval must be 0 (off) or between {MIN_INTERVAL:?} and {MAX_INTERVAL:?}"))
             }
         }),
-        other => Err(format!("unknown command {other:?} (expected explain, republish or set)")),
+        other => Err(format!("unknown command {other:?} (expected explain, republish, reload or set)")),
     };
     (id, result)
 }

@@ -1,0 +1,68 @@
+//! What every frame goes through: the model and the `[cam]` settings. The stages read the
+//! current one from a watch channel, so a reload swaps it between two frames.
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::cam::{Budget, CamParams};
+use crate::config::{CamConfig, Config};
+use crate::error::{Error, Result};
+use crate::model::Classifier;
+
+pub struct Pipeline {
+    pub classifier: Arc<Classifier>,
+    /// The configured method, for scheduled maps and as the defaults of commands.
+    pub params: CamParams,
+    pub cam: CamConfig,
+    /// Threads for each full map.
+    pub heatmap_threads: usize,
+}
+
+/// Where the stages find the current pipeline.
+pub type Current = watch::Receiver<Arc<Pipeline>>;
+
+impl Pipeline {
+    /// Checks that the configured method fits the model and the budget.
+    pub fn new(config: &Config, classifier: Arc<Classifier>) -> Result<Pipeline> {
+        let params = config.cam.params()?;
+        let layer = classifier.cam_layer().cloned().ok_or_else(|| {
+            Error::model(
+                classifier.path(),
+                "has no CAM layer (set [model] cam_layer)",
+            )
+        })?;
+        params
+            .validate(layer.channels, classifier.input_size())
+            .map_err(crate::config::cam_key)?;
+        config.cam.budget().admit(&params, layer.channels)?;
+        Ok(Pipeline {
+            classifier,
+            params,
+            cam: config.cam.clone(),
+            heatmap_threads: heatmap_threads(config),
+        })
+    }
+
+    pub fn budget(&self) -> Budget {
+        self.cam.budget()
+    }
+
+    /// The model's file name, as predictions name it.
+    pub fn model_name(&self) -> String {
+        self.classifier
+            .path()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+}
+
+/// Threads for each full map: all cores but the one inference needs.
+fn heatmap_threads(config: &Config) -> usize {
+    let threads = match config.model.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    threads.saturating_sub(1).max(1)
+}

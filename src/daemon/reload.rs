@@ -1,0 +1,141 @@
+//! Reloading without a restart: SIGHUP or `{"cmd":"reload"}` reads the config file and
+//! the model again. What changed decides what is rebuilt: `[cam]` or the model swap the
+//! pipeline between two frames; `[source]` reopens the source; `[mqtt]`, `[device]` or
+//! `[homeassistant]` restart the stages with a new connection. A config or model that
+//! does not load is refused and the daemon runs on unchanged.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::pipeline::Pipeline;
+use crate::config::Config;
+use crate::model::Classifier;
+use crate::source::FrameSource;
+
+/// Reads what the daemon runs from where it came: the config file (with the command
+/// line's overrides) and the model it names.
+pub trait Reload: Send + Sync {
+    fn config(&self) -> Result<Config, String>;
+    fn model(&self, config: &Config) -> Result<Classifier, String>;
+}
+
+/// Who asked for a reload, and so who hears the result.
+#[derive(Debug)]
+pub enum ReloadRequest {
+    Signal,
+    /// A command, answered on `cmd/result` with its id.
+    Command(Option<String>),
+}
+
+/// Reload requests that may wait; more are refused as busy.
+pub const RELOAD_QUEUE: usize = 1;
+
+/// What the running daemon was built from, to tell what a reload changes.
+#[derive(Clone)]
+pub struct Running {
+    /// As the file said, before the embedded broker filled in its port.
+    pub config: Config,
+    pub model: ModelFile,
+}
+
+/// A model file as loaded: a new file at the same path is a change.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelFile {
+    path: PathBuf,
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+impl ModelFile {
+    pub fn of(path: &Path) -> ModelFile {
+        let meta = std::fs::metadata(path).ok();
+        ModelFile {
+            path: path.to_owned(),
+            len: meta.as_ref().map_or(0, |m| m.len()),
+            modified: meta.and_then(|m| m.modified().ok()),
+        }
+    }
+}
+
+/// What a reload does.
+pub enum Change {
+    Nothing,
+    /// Swap in a new pipeline and/or source; the connection stays.
+    Swap {
+        running: Box<Running>,
+        pipeline: Option<Box<Pipeline>>,
+        source: Option<Box<dyn FrameSource>>,
+        what: Vec<&'static str>,
+    },
+    /// Restart the stages: the connection's settings changed.
+    Restart {
+        running: Box<Running>,
+        classifier: Arc<Classifier>,
+        what: Vec<&'static str>,
+    },
+}
+
+/// Reads the config and, when it changed, the model; checks them as a start would.
+pub fn prepare(
+    running: &Running,
+    reload: &dyn Reload,
+    current: &Pipeline,
+    embedded_broker: bool,
+) -> Result<Change, String> {
+    let config = reload.config()?;
+    let old = &running.config;
+    let model_changed =
+        config.model != old.model || ModelFile::of(&running.model.path) != running.model;
+    let mut what = Vec::new();
+    for (changed, section) in [
+        (config.device != old.device, "[device]"),
+        (config.mqtt != old.mqtt, "[mqtt]"),
+        (config.homeassistant != old.homeassistant, "[homeassistant]"),
+        (config.source != old.source, "[source]"),
+        (model_changed, "the model"),
+        (config.cam != old.cam, "[cam]"),
+    ] {
+        if changed {
+            what.push(section);
+        }
+    }
+    if what.is_empty() {
+        return Ok(Change::Nothing);
+    }
+    let reconnect = what.contains(&"[device]") || what.contains(&"[mqtt]");
+    if embedded_broker && reconnect {
+        return Err(format!(
+            "{} changed, and the embedded broker cannot change its settings while it runs: \
+             restart the daemon to apply this",
+            what[..what.len().min(2)].join(" and ")
+        ));
+    }
+    let classifier = match model_changed {
+        true => Arc::new(reload.model(&config)?),
+        false => current.classifier.clone(),
+    };
+    let pipeline = Pipeline::new(&config, classifier.clone()).map_err(|e| e.to_string())?;
+    let running = Box::new(Running {
+        model: ModelFile::of(classifier.path()),
+        config,
+    });
+    if reconnect || what.contains(&"[homeassistant]") {
+        return Ok(Change::Restart {
+            running,
+            classifier,
+            what,
+        });
+    }
+    let source = match what.contains(&"[source]") {
+        true => Some(super::open_source(&running.config.source).map_err(|e| e.to_string())?),
+        false => None,
+    };
+    let pipeline = (model_changed || what.contains(&"[cam]")).then(|| Box::new(pipeline));
+    Ok(Change::Swap {
+        running,
+        pipeline,
+        source,
+        what,
+    })
+}

@@ -1,0 +1,248 @@
+//! Reloading a running daemon (SIGHUP, `{"cmd":"reload"}`) against a real mosquitto: a
+//! changed `[cam]` reaches the next heatmap without a reconnect or a gap in seq, a broken
+//! config is refused while predictions go on, and a new model file runs the next frames.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::broker::{Daemon, Mosquitto, Observer};
+use common::daemon::*;
+use common::{image, model_path, F32_MODEL, INT8_MODEL};
+
+fn hup(daemon: &Daemon) {
+    let sent = Command::new("kill")
+        .args(["-HUP", &daemon.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+}
+
+/// Replaces the config's `[cam]` tail (write_config puts `extra` last).
+fn rewrite(config: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(config).unwrap();
+    assert!(text.contains(from), "{text}");
+    std::fs::write(config, text.replace(from, to)).unwrap();
+}
+
+#[test]
+fn a_changed_cam_section_reaches_the_next_heatmap_without_a_reconnect_or_a_gap() {
+    let cam = "[cam]\ninterval = \"1s\"\non_class_change = false\nmethod = \"iscam:n=1,k=4\"\n";
+    let Setup {
+        broker: _broker,
+        observer,
+        mut daemon,
+        _dir,
+    } = setup("iscamd/#", 5, cam);
+    let config = _dir.path().join("iscamd.toml");
+    let first = observer.wait_for(
+        &topic("heatmap"),
+        Duration::from_secs(60),
+        "a heatmap",
+        |m| !m.is_empty(),
+    );
+    assert_eq!(first[0].json()["method"]["name"], "iscam");
+
+    rewrite(
+        &config,
+        "method = \"iscam:n=1,k=4\"",
+        "method = \"sscam:n=2,k=4\"",
+    );
+    hup(&daemon);
+    let log = wait_for_log(&daemon, "reloaded:", Duration::from_secs(30));
+    assert!(log.contains("reloaded: [cam] changed"), "{log}");
+    observer.wait_for(
+        &topic("heatmap"),
+        Duration::from_secs(60),
+        "a heatmap of the new method",
+        |m| m.iter().any(|h| h.json()["method"]["name"] == "sscam"),
+    );
+    let before = observer.on(&topic("prediction")).len();
+    observer.wait_for(
+        &topic("prediction"),
+        Duration::from_secs(10),
+        "more predictions",
+        |m| m.len() >= before + 3,
+    );
+    assert!(daemon.terminate().success(), "{}", daemon.log_text());
+
+    let heatmaps: Vec<_> = observer
+        .on(&topic("heatmap"))
+        .iter()
+        .map(|h| h.json())
+        .collect();
+    let first_new = heatmaps
+        .iter()
+        .position(|h| h["method"]["name"] == "sscam")
+        .unwrap();
+    assert!(
+        heatmaps[first_new..]
+            .iter()
+            .all(|h| h["method"]["name"] == "sscam"),
+        "after the reload every heatmap is sscam"
+    );
+    assert_eq!(heatmaps[first_new]["method"]["steps"], 2);
+    let predictions: Vec<_> = observer
+        .on(&topic("prediction"))
+        .iter()
+        .map(|p| p.json())
+        .collect();
+    let run = &predictions[0]["run"];
+    for (i, p) in predictions.iter().enumerate() {
+        assert_eq!(
+            p["seq"].as_u64().unwrap(),
+            i as u64 + 1,
+            "seq without a gap"
+        );
+        assert_eq!(&p["run"], run, "one run: the stages were not restarted");
+    }
+    let log = daemon.log_text();
+    assert_eq!(log.matches("connected to the broker").count(), 1, "{log}");
+}
+
+#[test]
+fn a_broken_config_is_refused_and_the_daemon_runs_on() {
+    let cam = "[cam]\ninterval = \"0s\"\non_class_change = false\n";
+    let Setup {
+        broker: _broker,
+        observer,
+        mut daemon,
+        _dir,
+    } = setup("iscamd/#", 5, cam);
+    let config = _dir.path().join("iscamd.toml");
+    first_prediction(&observer);
+
+    rewrite(&config, "interval = \"0s\"", "interval = \"soon\"");
+    hup(&daemon);
+    let log = wait_for_log(&daemon, "reload refused", Duration::from_secs(30));
+    let line = log.lines().find(|l| l.contains("reload refused")).unwrap();
+    assert!(
+        line.contains("interval") && line.contains("running on unchanged"),
+        "{line}"
+    );
+
+    // The same through the command, answered on cmd/result.
+    observer.publish(&topic("cmd"), r#"{"id":"r1","cmd":"reload"}"#);
+    let results = observer.wait_for(&topic("cmd/result"), Duration::from_secs(30), "r1", |m| {
+        m.iter().any(|r| r.json()["id"] == "r1")
+    });
+    let r1 = results
+        .iter()
+        .map(|r| r.json())
+        .find(|r| r["id"] == "r1")
+        .unwrap();
+    assert_eq!(r1["ok"], false);
+    assert!(r1["error"].as_str().unwrap().contains("interval"), "{r1}");
+
+    let before = observer.on(&topic("prediction")).len();
+    observer.wait_for(
+        &topic("prediction"),
+        Duration::from_secs(10),
+        "predictions after the refused reloads",
+        |m| m.len() >= before + 5,
+    );
+
+    rewrite(
+        &config,
+        "interval = \"soon\"",
+        "interval = \"0s\"\nmin_confidence = 0.6",
+    );
+    observer.publish(&topic("cmd"), r#"{"id":"r2","cmd":"reload"}"#);
+    let results = observer.wait_for(&topic("cmd/result"), Duration::from_secs(30), "r2", |m| {
+        m.iter().any(|r| r.json()["id"] == "r2")
+    });
+    let r2 = results
+        .iter()
+        .map(|r| r.json())
+        .find(|r| r["id"] == "r2")
+        .unwrap();
+    assert_eq!(r2["ok"], true, "{r2}");
+    assert!(
+        daemon.child.try_wait().unwrap().is_none(),
+        "{}",
+        daemon.log_text()
+    );
+    assert!(daemon.terminate().success(), "{}", daemon.log_text());
+}
+
+/// The top-1 score `iscamd classify` gives `image` with `model`.
+fn classify_score(model: &Path, image: &Path) -> f64 {
+    let out = Command::new(env!("CARGO_BIN_EXE_iscamd"))
+        .args(["classify", "--format", "json", "--top", "1", "--model"])
+        .arg(model)
+        .arg(image)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    line["top"][0]["score"].as_f64().unwrap()
+}
+
+#[test]
+fn a_new_model_file_runs_the_next_frames() {
+    let broker = Mosquitto::start();
+    let observer = Observer::connect(broker.port, "iscamd/#");
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model.onnx");
+    std::fs::copy(model_path(F32_MODEL), &model).unwrap();
+    let tench = image("n01440764_tench");
+    let config = write_config(dir.path(), broker.port, 5, "[cam]\ninterval = \"0s\"\n");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text
+        .replace(
+            &model_path(F32_MODEL).display().to_string(),
+            &model.display().to_string(),
+        )
+        .replace(
+            &common::images_dir().display().to_string(),
+            &tench.display().to_string(),
+        );
+    std::fs::write(&config, text).unwrap();
+    let mut daemon = Daemon::start(&config, dir.path());
+    let score = |p: &common::broker::Received| p.json()["top"][0]["score"].as_f64().unwrap();
+
+    let f32_score = classify_score(&model_path(F32_MODEL), &tench);
+    let int8_score = classify_score(&model_path(INT8_MODEL), &tench);
+    assert!(
+        (f32_score - int8_score).abs() > 1e-3,
+        "{f32_score} {int8_score}"
+    );
+    let first = observer.wait_for(
+        &topic("prediction"),
+        Duration::from_secs(30),
+        "a prediction",
+        |m| !m.is_empty(),
+    );
+    assert!(
+        (score(&first[0]) - f32_score).abs() < 1e-4,
+        "{} {f32_score}",
+        score(&first[0])
+    );
+
+    // A new file takes the old one's name in one rename, as a package or `model fetch` does.
+    let staged = dir.path().join("model.onnx.new");
+    std::fs::copy(model_path(INT8_MODEL), &staged).unwrap();
+    std::fs::rename(&staged, &model).unwrap();
+    hup(&daemon);
+    let log = wait_for_log(&daemon, "reloaded:", Duration::from_secs(60));
+    assert!(log.contains("reloaded: the model changed"), "{log}");
+    let predictions = observer.wait_for(
+        &topic("prediction"),
+        Duration::from_secs(30),
+        "a prediction from the int8 model",
+        |m| m.iter().any(|p| (score(p) - int8_score).abs() < 1e-4),
+    );
+    let switched = predictions
+        .iter()
+        .position(|p| (score(p) - int8_score).abs() < 1e-4)
+        .unwrap();
+    assert!(
+        predictions[..switched]
+            .iter()
+            .all(|p| (score(p) - f32_score).abs() < 1e-4),
+        "every prediction comes from one of the two models"
+    );
+    assert!(daemon.terminate().success(), "{}", daemon.log_text());
+}
