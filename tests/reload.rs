@@ -124,15 +124,7 @@ fn a_broken_config_is_refused_and_the_daemon_runs_on() {
     );
 
     // The same through the command, answered on cmd/result.
-    observer.publish(&topic("cmd"), r#"{"id":"r1","cmd":"reload"}"#);
-    let results = observer.wait_for(&topic("cmd/result"), Duration::from_secs(30), "r1", |m| {
-        m.iter().any(|r| r.json()["id"] == "r1")
-    });
-    let r1 = results
-        .iter()
-        .map(|r| r.json())
-        .find(|r| r["id"] == "r1")
-        .unwrap();
+    let r1 = reload_command(&observer, "r1");
     assert_eq!(r1["ok"], false);
     assert!(r1["error"].as_str().unwrap().contains("interval"), "{r1}");
 
@@ -149,15 +141,7 @@ fn a_broken_config_is_refused_and_the_daemon_runs_on() {
         "interval = \"soon\"",
         "interval = \"0s\"\nmin_confidence = 0.6",
     );
-    observer.publish(&topic("cmd"), r#"{"id":"r2","cmd":"reload"}"#);
-    let results = observer.wait_for(&topic("cmd/result"), Duration::from_secs(30), "r2", |m| {
-        m.iter().any(|r| r.json()["id"] == "r2")
-    });
-    let r2 = results
-        .iter()
-        .map(|r| r.json())
-        .find(|r| r["id"] == "r2")
-        .unwrap();
+    let r2 = reload_command(&observer, "r2");
     assert_eq!(r2["ok"], true, "{r2}");
     assert!(
         daemon.child.try_wait().unwrap().is_none(),
@@ -165,6 +149,16 @@ fn a_broken_config_is_refused_and_the_daemon_runs_on() {
         daemon.log_text()
     );
     assert!(daemon.terminate().success(), "{}", daemon.log_text());
+}
+
+/// Sends `{"cmd":"reload"}` with `id`; returns its result.
+fn reload_command(observer: &Observer, id: &str) -> serde_json::Value {
+    observer.publish(&topic("cmd"), format!(r#"{{"id":"{id}","cmd":"reload"}}"#));
+    let results = observer.wait_for(&topic("cmd/result"), Duration::from_secs(30), id, |m| {
+        m.iter().any(|r| r.json()["id"] == id)
+    });
+    let result = results.iter().map(|r| r.json()).find(|r| r["id"] == id);
+    result.unwrap()
 }
 
 /// The top-1 score `iscamd classify` gives `image` with `model`.
