@@ -1,6 +1,12 @@
 #!/usr/bin/env bash
-# Checks the aarch64 build on an emulated ARM machine (cross/vm.sh) against the x86 one —
-# this runs tract's NEON kernels, which x86 never does:
+# Checks the aarch64 build on an emulated ARM machine (cross/vm.sh) with Debian 11's
+# userland (glibc 2.31, GStreamer 1.18) against the x86 one — this runs tract's NEON
+# kernels, which x86 never does:
+#
+#   cross/check-aarch64.sh [iscamd_VERSION_arm64.deb]
+#
+# With a package, the binary it installs is the one checked; else the debug build's.
+#
 #   1. the library's unit tests (none needs a broker), on 2 threads;
 #   2. `classify` and `explain` on sample images with the f32 and int8 models: the same
 #      top-1 on both machines, and heatmaps with Pearson r ≥ 0.999;
@@ -12,7 +18,8 @@
 #      camera is unplugged (vivid's Disconnect control, as a USB camera pulled out: the
 #      node vanishes, reads fail with ENODEV; then `rmmod vivid`, which a driver in use
 #      refuses) and plugged in again (the module loaded again): the source reopens it.
-# Needs cross/build-aarch64.sh (debug build) and the x86 `cargo build` first; installs
+# Needs cross/build-aarch64.sh (debug build: the unit tests) and the x86 `cargo build`
+# first; installs
 # qemu-system-arm and fetches Debian's arm64 kernel and busybox when run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +30,13 @@ shared=${ISCAMD_TEST_DATA:-../shared}
 models=${ISCAMD_MODEL_DIR:-$shared/models}
 x86=${X86_ISCAMD:-target/debug/iscamd}
 arm=$CARGO_TARGET_DIR/$CROSS_TARGET/debug/iscamd
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+if [ $# -gt 0 ]; then
+  dpkg-deb -x "$1" "$out/deb"
+  arm=$out/deb/usr/bin/iscamd
+  echo "checking $arm from $(basename "$1")"
+fi
 for f in "$x86" "$arm" "$models/squeezenet1.0-dc.onnx" "$models/squeezenet1.0-dc-int8.onnx" "$shared/images"; do
   [ -e "$f" ] || { echo "missing: $f" >&2; exit 1; }
 done
@@ -37,9 +51,9 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m["target"]["kind"] == ["lib"] and m["profile"]["test"]:
         print(m["executable"])')
 [ -x "$unit" ] || { echo "no aarch64 unit-test binary (cargo test --no-run failed?)" >&2; exit 1; }
+cross_check_glibc "$arm"
+cross_check_glibc "$unit"
 
-out=$(mktemp -d)
-trap 'rm -rf "$out"' EXIT
 images=(n01440764_tench n02643566_lionfish)
 model_files=(squeezenet1.0-dc.onnx squeezenet1.0-dc-int8.onnx)
 # IS-CAM with 1 step on the top 4 channels: 4 masked passes, enough to compare the
@@ -54,7 +68,7 @@ cp "$models"/squeezenet1.0-dc.onnx "$models"/squeezenet1.0-dc-int8.onnx "$models
 for img in "${images[@]}"; do cp "$shared/images/$img.JPEG" "$root/images/"; done
 
 # A 4-s clip, 2 s of a panda then 2 s of a macaw, in Ogg/Theora: its demuxer and decoder
-# are base plugins, which arm64 Debian installs beside the amd64 ones.
+# are base plugins, in the sysroot.
 mkdir -p "$out/frames" "$root/videos"
 for i in $(seq 0 19); do
   img=n02510455_giant_panda; [ "$i" -lt 10 ] || img=n01818515_macaw
@@ -63,13 +77,13 @@ done
 gst-launch-1.0 -q -e multifilesrc location="$out/frames/%05d.jpg" caps=image/jpeg,framerate=5/1 ! jpegdec \
   ! videoconvert ! videoscale ! video/x-raw,width=320,height=240,pixel-aspect-ratio=1/1 \
   ! theoraenc ! oggmux ! filesink location="$root/videos/clip.ogv"
-gst_plugins=/usr/lib/aarch64-linux-gnu/gstreamer-1.0
+gst_plugins=$CROSS_SYSROOT/usr/lib/aarch64-linux-gnu/gstreamer-1.0
 mkdir -p "$root/gst"
-for plugin in coreelements playback typefindfunctions videoconvertscale videorate app ogg theora; do
+for plugin in coreelements playback typefindfunctions videoconvert videoscale videorate app ogg theora; do
   cp "$gst_plugins/libgst$plugin.so" "$root/gst/"
 done
 vm_add_libs "$root" "$arm" "$unit" "$root"/gst/*.so
-aarch64-linux-gnu-gcc -O2 -o "$root/bin/vivid-unplug" cross/vivid-unplug.c
+aarch64-linux-gnu-gcc "${CROSS_LINK_FLAGS[@]}" -O2 -o "$root/bin/vivid-unplug" cross/vivid-unplug.c
 mkdir -p "$root/modules"
 cp "$VM_DIR"/modules/*.ko "$root/modules/"
 vivid_modules=$(cat "$VM_DIR/modules/order")
@@ -86,7 +100,7 @@ export ISCAMD_MATMUL=f32=tract,i32=tract
 export GST_PLUGIN_SYSTEM_PATH=/gst GST_REGISTRY=/tmp/gst-registry.bin GST_REGISTRY_FORK=no
 ip link set lo up
 cd /tmp
-echo "== guest: \$(uname -m), \$(nproc) cores"
+echo "== guest: \$(uname -m), \$(nproc) cores, \$(/lib/libc.so.6 | head -1)"
 now() { cut -d' ' -f1 /proc/uptime; }
 echo "== aarch64 unit tests"
 /bin/unit-tests --test-threads 2

@@ -1,6 +1,7 @@
 # Sourced by check-aarch64.sh: an emulated 64-bit ARM machine (qemu-system-aarch64,
 # "virt" board, Cortex-A72, 2 cores) that boots Debian's arm64 kernel straight into an
-# initramfs holding busybox, the aarch64 glibc and whatever the check puts there.
+# initramfs holding busybox, Debian 11's glibc 2.31 (the floor the binary is built for) and
+# whatever the check puts there.
 #
 # Why full-system emulation and not qemu-user: on these machines qemu-user hangs as soon
 # as a program starts a thread (a 5-line C pthread_create + join does, under qemu 7.2 and
@@ -63,7 +64,7 @@ vm_copy_modules() {
 }
 
 # vm_add_libs ROOT FILE...: copies the shared libraries FILE... need (their NEEDED
-# closure, from the arm64 multiarch directories) into ROOT/lib; glibc's come with vm_run.
+# closure) from the Debian 11 sysroot (cross/env.sh) into ROOT/lib.
 vm_add_libs() {
   local root=$1; shift
   mkdir -p "$root/lib"
@@ -73,9 +74,8 @@ vm_add_libs() {
     for lib in $(aarch64-linux-gnu-readelf -d "$file" 2>/dev/null | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'); do
       case "$seen" in *" $lib "*) continue ;; esac
       seen="$seen$lib "
-      [ -e "/usr/aarch64-linux-gnu/lib/$lib" ] && continue
       found=""
-      for dir in /usr/lib/aarch64-linux-gnu /lib/aarch64-linux-gnu; do
+      for dir in "$CROSS_SYSROOT/lib/aarch64-linux-gnu" "$CROSS_SYSROOT/usr/lib/aarch64-linux-gnu"; do
         [ -e "$dir/$lib" ] && { found=$dir/$lib; break; }
       done
       [ -n "$found" ] || { echo "vm_add_libs: $lib (needed by $file) not found" >&2; return 1; }
@@ -86,12 +86,15 @@ vm_add_libs() {
 }
 
 # vm_run ROOT LOG TIMEOUT: packs the directory ROOT (with an executable /init) with busybox
-# and the aarch64 glibc into an initramfs, boots it and writes the console to LOG.
+# and the sysroot's glibc 2.31 into an initramfs, boots it and writes the console to LOG.
 vm_run() {
   local root=$1 log=$2 limit=$3
   mkdir -p "$root"/{bin,lib,proc,sys,dev,tmp}
   cp "$VM_DIR/busybox" "$root/bin/busybox"
-  cp -L /usr/aarch64-linux-gnu/lib/*.so.* "$root/lib/"
+  local glibc=$CROSS_SYSROOT/lib/aarch64-linux-gnu lib
+  for lib in ld-linux-aarch64.so.1 libc.so.6 libm.so.6 libpthread.so.0 libdl.so.2 librt.so.1 libresolv.so.2 libgcc_s.so.1; do
+    cp -L "$glibc/$lib" "$root/lib/"
+  done
   (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$root.cpio.gz"
   timeout "$limit" qemu-system-aarch64 -M virt -cpu cortex-a72 -smp 2 -m 3072 \
     -nographic -no-reboot -nic none \
