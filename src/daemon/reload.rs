@@ -103,12 +103,17 @@ pub fn prepare(
     if what.is_empty() {
         return Ok(Change::Nothing);
     }
-    let reconnect = what.contains(&"[device]") || what.contains(&"[mqtt]");
+    let connection: Vec<_> = what
+        .iter()
+        .copied()
+        .filter(|section| matches!(*section, "[device]" | "[mqtt]"))
+        .collect();
+    let reconnect = !connection.is_empty();
     if embedded_broker && reconnect {
         return Err(format!(
             "{} changed, and the embedded broker cannot change its settings while it runs: \
              restart the daemon to apply this",
-            what[..what.len().min(2)].join(" and ")
+            connection.join(" and ")
         ));
     }
     let classifier = match model_changed {
