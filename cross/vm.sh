@@ -96,8 +96,10 @@ vm_run() {
     cp -L "$glibc/$lib" "$root/lib/"
   done
   (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$root.cpio.gz"
-  timeout "$limit" qemu-system-aarch64 -M virt -cpu cortex-a72 -smp 2 -m 3072 \
-    -nographic -no-reboot -nic none \
+  # VM_CPU, VM_SMP and VM_QEMU_ARGS (say, -icount) change the machine.
+  # shellcheck disable=SC2086
+  timeout "$limit" qemu-system-aarch64 -M virt -cpu "${VM_CPU:-cortex-a72}" -smp "${VM_SMP:-2}" -m 3072 \
+    -nographic -no-reboot -nic none ${VM_QEMU_ARGS:-} \
     -kernel "$VM_DIR/vmlinuz" -initrd "$root.cpio.gz" \
     -append "console=ttyAMA0 rdinit=/init quiet" >"$log" 2>&1
 }

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Instructions per forward pass on aarch64 — a Cortex-A72-class core (NEON, no dot
+# product) and a Cortex-A76-class one (dot product) — and on x86 (AVX2/FMA, the widest set
+# valgrind emulates), for the f32 and the int8 model: the basis of an estimate, not a
+# measurement on a board (docs/benchmarks.md).
+#
+#   cross/arm-estimate.sh [arm] [x86]   after cross/build-aarch64.sh --release and
+#                                       cargo build --release; both sides by default
+#
+# ARM: the emulated machine of cross/vm.sh runs with `-icount shift=0`, where the guest's
+# clock advances 1 ns per instruction executed, so a time read in the guest is a count of
+# instructions (all of them: the kernel's, every thread's). x86: valgrind's callgrind
+# counts the instructions of `iscamd classify` in user space. On both, a pass is
+# (instructions for 9 images − for 1 image) / 8: model loading, start-up and the first
+# image cancel out; decoding and resizing one JPEG (a few percent) remain.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. cross/env.sh
+. cross/vm.sh
+
+shared=${ISCAMD_TEST_DATA:-../shared}
+models=${ISCAMD_MODEL_DIR:-$shared/models}
+image=n01440764_tench
+model_files=(squeezenet1.0-dc.onnx squeezenet1.0-dc-int8.onnx)
+# tract's own kernel ladder, as on a board without a cached measurement of its own.
+export ISCAMD_MATMUL=f32=tract,i32=tract
+
+row() { printf '%-16s %-28s %14d\n' "$1" "$2" "$3"; }
+
+count_arm() {
+  local arm=${ARM_ISCAMD:-$CARGO_TARGET_DIR/$CROSS_TARGET/release/iscamd} out=$1
+  [ -e "$arm" ] || { echo "missing: $arm" >&2; return 1; }
+  if [ "$(id -u)" = 0 ]; then vm_install; fi
+  local root=$out/root m nine cpu
+  mkdir -p "$root/bin" "$root/models" "$root/images"
+  aarch64-linux-gnu-strip -o "$root/bin/iscamd" "$arm"
+  for m in "${model_files[@]}"; do cp "$models/$m" "$root/models/"; done
+  cp "$models/imagenet1k_labels.txt" "$root/models/"
+  cp "$shared/images/$image.JPEG" "$root/images/"
+  vm_add_libs "$root" "$arm"
+  nine=$(for i in $(seq 9); do printf '/images/%s.JPEG ' "$image"; done)
+  cat >"$root/init" <<INIT
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+export HOME=/tmp TMPDIR=/tmp PATH=/bin ISCAMD_MATMUL=$ISCAMD_MATMUL
+# The uptime in 10-ms steps: 10^7 instructions each.
+ticks() { cut -d' ' -f1 /proc/uptime | tr -d .; }
+grep -m1 Features /proc/cpuinfo
+for model in ${model_files[*]}; do
+  a=\$(ticks); iscamd classify --top 1 --model /models/\$model /images/$image.JPEG >/dev/null
+  b=\$(ticks); iscamd classify --top 1 --model /models/\$model $nine >/dev/null
+  c=\$(ticks)
+  echo "COUNT \$model \$(((b - a) * 10000000)) \$(((c - b) * 10000000))"
+done
+poweroff -f
+INIT
+  chmod +x "$root/init"
+  for cpu in cortex-a72 cortex-a76; do
+    VM_CPU=$cpu VM_SMP=1 VM_QEMU_ARGS="-icount shift=0,sleep=off" vm_run "$root" "$out/$cpu.log" 1800 \
+      || echo "qemu exited with $?"
+    grep -a -m1 Features "$out/$cpu.log" | tr -d '\r' | sed "s/^/$cpu: /" >&2
+    grep -a '^COUNT' "$out/$cpu.log" | tr -d '\r' | while read -r _ m one nine; do
+      row "$cpu" "$m" $(((nine - one) / 8))
+    done
+  done
+}
+
+count_x86() {
+  local x86=${X86_ISCAMD:-target/release/iscamd} m one nine path=$shared/images/$image.JPEG
+  [ -e "$x86" ] || { echo "missing: $x86" >&2; return 1; }
+  command -v valgrind >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null
+  callgrind() {
+    valgrind --tool=callgrind --callgrind-out-file=/dev/null "$x86" classify --top 1 "$@" 2>&1 >/dev/null \
+      | sed -n 's/.*Collected : *//p'
+  }
+  for m in "${model_files[@]}"; do
+    one=$(callgrind --model "$models/$m" "$path")
+    # shellcheck disable=SC2046
+    nine=$(callgrind --model "$models/$m" $(for i in $(seq 9); do echo "$path"; done))
+    row "x86 (AVX2)" "$m" $(((nine - one) / 8))
+  done
+}
+
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+printf '%-16s %-28s %14s\n' machine model "insns/pass"
+for side in ${*:-arm x86}; do
+  case $side in
+    arm) count_arm "$out" ;;
+    x86) count_x86 ;;
+    *) echo "usage: $0 [arm] [x86]" >&2; exit 2 ;;
+  esac
+done
