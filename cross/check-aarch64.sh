@@ -19,8 +19,8 @@
 #      node vanishes, reads fail with ENODEV; then `rmmod vivid`, which a driver in use
 #      refuses) and plugged in again (the module loaded again): the source reopens it.
 # Needs cross/build-aarch64.sh (debug build: the unit tests) and the x86 `cargo build`
-# first; installs
-# qemu-system-arm and fetches Debian's arm64 kernel and busybox when run as root.
+# first; installs qemu-system-arm and fetches Debian's arm64 kernel and busybox when run
+# as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . cross/env.sh

@@ -1,5 +1,5 @@
-# Sourced by check-aarch64.sh: an emulated 64-bit ARM machine (qemu-system-aarch64,
-# "virt" board, Cortex-A72, 2 cores) that boots Debian's arm64 kernel straight into an
+# Sourced by check-aarch64.sh and arm-estimate.sh: an emulated 64-bit ARM machine
+# (qemu-system-aarch64, "virt" board, by default a Cortex-A72 with 2 cores) that boots Debian's arm64 kernel straight into an
 # initramfs holding busybox, Debian 11's glibc 2.31 (the floor the binary is built for) and
 # whatever the check puts there.
 #
