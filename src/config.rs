@@ -201,15 +201,25 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
+    /// Threads for each full map: all cores but the one inference needs.
+    pub fn heatmap_threads(&self) -> usize {
+        let threads = match self.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        threads.saturating_sub(1).max(1)
+    }
+
     /// What to load: the model at `path` (the configured one, or a default the caller found)
     /// with these overrides.
     pub fn options(&self, path: PathBuf, batch_plan: BatchPlan) -> ModelOptions {
         let backend = match self.backend {
             BackendKind::Tract => BackendOptions::Tract(TractOptions {
                 batch_plan,
-                // ISCAMD_KERNELS and ISCAMD_MATMUL, checked when iscamd starts.
+                // ISCAMD_KERNELS, ISCAMD_MATMUL and ISCAMD_IN_FLIGHT, checked when iscamd starts.
                 kernels: crate::model::kernels::Policy::from_env().unwrap_or_default(),
                 matmul: crate::model::kernels::Matmul::from_env().unwrap_or_default(),
+                in_flight: crate::model::kernels::InFlight::from_env().unwrap_or_default(),
             }),
             BackendKind::Ort => BackendOptions::Ort(OrtOptions {
                 library: self.ort_library.clone(),

@@ -10,8 +10,11 @@ fn main() -> ExitCode {
     let args = cli::Cli::parse();
     cli::init_logging(args.verbose, args.is_daemon());
     // Read where each model is loaded; refused here, once, with the variable's name.
-    use iscamd::model::kernels::{Matmul, Policy};
-    if let Err(e) = Policy::from_env().and(Matmul::from_env()) {
+    use iscamd::model::kernels::{InFlight, Matmul, Policy};
+    let checked = Policy::from_env()
+        .and(Matmul::from_env())
+        .and(InFlight::from_env());
+    if let Err(e) = checked {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }

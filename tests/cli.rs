@@ -347,7 +347,7 @@ fn unknown_kernel_settings_in_the_environment_are_refused() {
         (
             "ISCAMD_MATMUL",
             "f16=tract",
-            "ISCAMD_MATMUL: \"f16\": expected f32 or i32",
+            "ISCAMD_MATMUL: \"f16\": expected f32, i32, without or max-pool",
         ),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_iscamd"))

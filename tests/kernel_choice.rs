@@ -52,6 +52,93 @@ fn the_generic_kernels_are_measured_and_never_chosen() {
     );
 }
 
+/// iscamd's own ops are measured after the kernels: the plan with every op, without each
+/// op that replaced something, and with max-pooling in each form this CPU has; the choice
+/// names what runs, and the plan runs just that.
+#[test]
+fn own_ops_are_measured_one_by_one() {
+    use iscamd::model::kernels::{PoolIsa, OWN_OPS};
+    let classifier = Classifier::load(&ModelOptions {
+        path: model_path(F32_MODEL),
+        backend: BackendOptions::Tract(TractOptions {
+            matmul: Matmul::Measured {
+                cache: None,
+                only: Some(vec![]),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .expect("model loads");
+    let Some(Chosen::Measured {
+        choice, measured, ..
+    }) = classifier.matrix_kernels()
+    else {
+        panic!("measured: {:?}", classifier.matrix_kernels());
+    };
+    eprintln!("{choice}: {measured:?}");
+    let labels: Vec<&str> = measured.iter().map(|(l, _)| l.as_str()).collect();
+    assert!(labels.contains(&"ops:every"), "{labels:?}");
+    for name in ["max-pool", "relu-fold"] {
+        let without = format!("ops:without {name}");
+        assert!(labels.contains(&without.as_str()), "{labels:?}");
+    }
+    for isa in PoolIsa::available()
+        .into_iter()
+        .filter(|&i| i != PoolIsa::widest())
+    {
+        let form = format!("ops:max-pool {}", isa.name());
+        assert!(labels.contains(&form.as_str()), "{labels:?}");
+    }
+    let swaps = classifier.op_swaps().expect("tuned");
+    for name in OWN_OPS {
+        assert_eq!(
+            swaps.get(name).is_some(),
+            choice.ops.runs(name),
+            "{name}: the plan runs what the choice says ({choice}; {swaps})"
+        );
+    }
+}
+
+/// How a map's passes share two threads is measured once per model and thread count (two
+/// in flight against one pass on two threads), kept in the model's cache entry and read from
+/// it at the next load; a forced number of passes in flight is taken as it is.
+#[test]
+fn passes_in_flight_are_measured_cached_and_forced() {
+    use iscamd::model::kernels::{InFlight, Split};
+    let dir = tempfile::tempdir().unwrap();
+    let open = |in_flight| {
+        Classifier::load(&ModelOptions {
+            path: model_path(F32_MODEL),
+            backend: BackendOptions::Tract(TractOptions {
+                matmul: Matmul::Measured {
+                    cache: Some(dir.path().to_owned()),
+                    only: Some(vec![]),
+                },
+                in_flight,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .expect("model loads")
+    };
+    let measured = open(InFlight::Measured).split(2);
+    eprintln!("{measured}");
+    assert_eq!(measured.how, "measured");
+    let candidates: Vec<&str> = measured.measured.iter().map(|(c, _)| c.as_str()).collect();
+    assert!(
+        candidates.contains(&"2x1") && candidates.contains(&"1x2"),
+        "{candidates:?}"
+    );
+    assert!(Split::candidates(2).contains(&measured.split));
+    let cached = open(InFlight::Measured).split(2);
+    assert!(cached.how.contains("cached in"), "{cached}");
+    assert_eq!(cached.split, measured.split);
+    let forced = open(InFlight::Forced(1)).split(2);
+    assert_eq!(forced.split, Split::with_in_flight(2, 1), "{forced}");
+    assert_eq!(open(InFlight::Measured).split(1).split, Split::passes(1));
+}
+
 /// `iscamd check` of a copy of the model, with the cache in a fresh directory: measured at
 /// the first start, read from the cache at the second, measured again once the model file
 /// changes (a metadata entry appended).

@@ -4,14 +4,36 @@
 
 mod common;
 
-use common::{load, F32_MODEL, INT8_MODEL};
+use common::{F32_MODEL, INT8_MODEL};
+use iscamd::model::kernels::{Choice, Matmul};
+use iscamd::model::{BackendOptions, Classifier, ModelOptions, TractOptions};
+
+/// The model with every one of iscamd's ops put in (a measured choice may leave some out).
+fn with_every_op(name: &str) -> Classifier {
+    Classifier::load(&ModelOptions {
+        path: common::model_path(name),
+        backend: BackendOptions::Tract(TractOptions {
+            matmul: Matmul::Forced(Choice::default()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .expect("model loads")
+}
 
 #[test]
 fn every_swap_replaces_nodes_on_the_shipped_models() {
-    let f32_swaps = load(F32_MODEL).op_swaps().expect("tract, tuned by default");
-    let int8_swaps = load(INT8_MODEL)
+    let f32_swaps = with_every_op(F32_MODEL)
         .op_swaps()
         .expect("tract, tuned by default");
+    let int8_swaps = with_every_op(INT8_MODEL)
+        .op_swaps()
+        .expect("tract, tuned by default");
+    assert_eq!(
+        f32_swaps.0.len(),
+        iscamd::model::kernels::OWN_OPS.len(),
+        "{f32_swaps}"
+    );
     eprintln!("f32: {f32_swaps}\nint8: {int8_swaps}");
     for (name, f32_swap) in &f32_swaps.0 {
         let int8_swap = int8_swaps.get(name).expect("the same swaps on every model");
@@ -31,7 +53,6 @@ fn every_swap_replaces_nodes_on_the_shipped_models() {
 #[test]
 fn each_model_keeps_its_own_kernel_policy() {
     use iscamd::model::kernels::Policy;
-    use iscamd::model::{BackendOptions, Classifier, ModelOptions, TractOptions};
     let open = |kernels| {
         Classifier::load(&ModelOptions {
             path: common::model_path(INT8_MODEL),

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::{file_name, Bench, Engine};
 use crate::error::{Error, Result};
-use crate::model::kernels::Policy;
+use crate::model::kernels::{Policy, Split};
 use crate::model::ndarray::{Array4, Axis};
 use crate::model::{cost, BackendKind, BatchPlan, Classifier};
 
@@ -39,8 +39,10 @@ pub struct ThroughputRow {
     pub plan: BatchPlan,
     pub batch: usize,
     pub threads: usize,
+    /// How the threads ran passes: `2x1` is two passes in flight, one thread each.
+    pub split: String,
     pub images_per_s: f64,
-    /// Wall time of one pass, as one of `threads` passes in flight.
+    /// Wall time of one pass, as one of the passes in flight.
     pub ms_per_pass: f64,
     /// Against the model's first row with the same batch and threads.
     pub vs_first: f64,
@@ -73,7 +75,8 @@ impl Bench {
     }
 
     /// Measures every combination, handing each row to `on_row` as it is measured. tract
-    /// runs `threads` single-threaded passes at once; ONNX Runtime one pass on `threads`.
+    /// shares `threads` between passes as measured for the model ([`Classifier::split`]);
+    /// ONNX Runtime runs one pass on `threads`.
     pub fn throughput(&self, costs: &Costs, mut on_row: impl FnMut(&ThroughputRow)) -> Result<()> {
         let thread_counts: BTreeSet<usize> = [1, self.threads].into();
         let mut first_rate: HashMap<(usize, usize, usize), f64> = HashMap::new();
@@ -85,9 +88,15 @@ impl Bench {
                 };
                 for plan in plans {
                     for &threads in &thread_counts {
-                        let (classifier, in_flight) = match engine.backend {
-                            BackendKind::Tract => (self.load(path, plan, engine, 1)?, threads),
-                            BackendKind::Ort => (self.load(path, plan, engine, threads)?, 1),
+                        let (classifier, split) = match engine.backend {
+                            BackendKind::Tract => {
+                                let classifier = self.load(path, plan, engine, 1)?;
+                                let split = classifier.split(threads).split;
+                                (classifier, split)
+                            }
+                            BackendKind::Ort => {
+                                (self.load(path, plan, engine, threads)?, Split::passes(1))
+                            }
                         };
                         let input = classifier.preprocess().tensor(&self.frame);
                         let (c, h, w) = input.dim();
@@ -98,7 +107,7 @@ impl Bench {
                                 .to_owned();
                             classifier.forward(batch_input.view())?; // builds the plan, warms up
                             let (rate, ms_per_pass) =
-                                measure(&classifier, &batch_input, self.images, in_flight)?;
+                                measure(&classifier, &batch_input, self.images, split)?;
                             let first = *first_rate.entry((m, batch, threads)).or_insert(rate);
                             let gflops = rate * 2.0 * *macs as f64 / 1e9;
                             on_row(&ThroughputRow {
@@ -107,6 +116,7 @@ impl Bench {
                                 plan,
                                 batch,
                                 threads,
+                                split: format!("{}x{}", split.in_flight, split.per_pass),
                                 images_per_s: rate,
                                 ms_per_pass,
                                 vs_first: rate / first,
@@ -123,13 +133,14 @@ impl Bench {
     }
 }
 
-/// Images per second and wall milliseconds per forward pass, with `in_flight` passes at once.
+/// Images per second and wall milliseconds per forward pass, with `split`'s passes at once.
 fn measure(
     classifier: &Classifier,
     batch_input: &Array4<f32>,
     images: usize,
-    in_flight: usize,
+    split: Split,
 ) -> Result<(f64, f64)> {
+    let in_flight = split.in_flight;
     let batch = batch_input.len_of(Axis(0));
     let passes = images.div_ceil(batch).max(in_flight);
     let next = AtomicUsize::new(0);
@@ -138,10 +149,12 @@ fn measure(
         let handles: Vec<_> = (0..in_flight)
             .map(|_| {
                 s.spawn(|| -> Result<()> {
-                    while next.fetch_add(1, Relaxed) < passes {
-                        classifier.forward(batch_input.view())?;
-                    }
-                    Ok(())
+                    split.scope(|| {
+                        while next.fetch_add(1, Relaxed) < passes {
+                            classifier.forward(batch_input.view())?;
+                        }
+                        Ok(())
+                    })
                 })
             })
             .collect();

@@ -1,5 +1,5 @@
 //! Batched scoring of masked inputs: the expensive part of every method.
-//! Workers (one per thread) take batches of (channel, step) jobs in order, build the
+//! Workers (one per pass in flight) take batches of (channel, step) jobs in order, build the
 //! masked inputs and run them through the model.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -93,11 +93,15 @@ pub(crate) fn score_masks(
             }
         }
     };
+    // As many passes at once as the model runs fastest on these threads (measured once per
+    // model and thread count); any threads left split each pass's matrix products.
+    let split = classifier.split(threads).split;
+    let pass_worker = || split.scope(worker);
     std::thread::scope(|scope| {
-        for _ in 1..threads.max(1) {
-            scope.spawn(worker);
+        for _ in 1..split.in_flight {
+            scope.spawn(pass_worker);
         }
-        worker();
+        pass_worker();
     });
     if let Some(e) = failure.into_inner().expect("poisoned") {
         return Err(e);

@@ -138,9 +138,10 @@ fn print_heatmap_header(repeat: u32) {
 
 fn print_costs(costs: &Costs) {
     println!(
-        "# threads: tract runs that many passes at once (one thread each); ort runs one pass \
-         at a time on that many intra-op threads. \"vs first\": against the model's first row \
-         with the same batch and threads."
+        "# threads: tract shares them as measured for the model, passes in flight × threads \
+         per pass (2x1: two passes at once, one thread each); ort runs one pass at a time on \
+         that many intra-op threads. \"vs first\": against the model's first row with the \
+         same batch and threads."
     );
     println!(
         "# peak: {:.1} GFLOP/s on one thread, the best of 5 single-precision 1024×1024×1024 \
@@ -156,7 +157,7 @@ fn print_costs(costs: &Costs) {
         );
     }
     println!(
-        "{:<28} {:>11} {:>9} {:>6} {:>8} {:>10} {:>9} {:>9} {:>8} {:>7}",
+        "{:<28} {:>11} {:>9} {:>6} {:>10} {:>10} {:>9} {:>9} {:>8} {:>7}",
         "model",
         "backend",
         "plan",
@@ -172,12 +173,12 @@ fn print_costs(costs: &Costs) {
 
 fn print_throughput(r: &ThroughputRow) {
     println!(
-        "{:<28} {:>11} {:>9} {:>6} {:>8} {:>10.1} {:>9.1} {:>8.2}x {:>8.1} {:>6.0}%",
+        "{:<28} {:>11} {:>9} {:>6} {:>10} {:>10.1} {:>9.1} {:>8.2}x {:>8.1} {:>6.0}%",
         r.model,
         r.engine,
         r.plan.name(),
         r.batch,
-        r.threads,
+        format!("{} ({})", r.threads, r.split),
         r.images_per_s,
         r.ms_per_pass,
         r.vs_first,

@@ -26,7 +26,8 @@ use iscamd::model::{BackendKind, BatchPlan, ChannelOrder, Classifier, Provider};
     version,
     propagate_version = true,
     after_help = "Environment: ISCAMD_MODEL, ISCAMD_MODEL_DIR, ISCAMD_KERNELS (tuned|stock), \
-                  ISCAMD_MATMUL (force tract's matrix kernels, e.g. f32=fma), ORT_DYLIB_PATH, \
+                  ISCAMD_MATMUL (force tract's matrix kernels and iscamd's ops, e.g. f32=fma), \
+                  ISCAMD_IN_FLIGHT (force how many passes of a map run at once), ORT_DYLIB_PATH, \
                   RUST_LOG; see docs/configuration.md, \"Environment\"."
 )]
 pub struct Cli {

@@ -143,7 +143,14 @@ pub fn check(args: CheckArgs) -> Result<ExitCode> {
         }
     };
     let device = config.device_id();
-    report("model", load_model(&config).map(|c| describe_model(&c)));
+    match load_model(&config) {
+        Ok(classifier) => {
+            report("model", Ok(describe_model(&classifier)));
+            let split = classifier.split(config.model.heatmap_threads());
+            report("map passes", Ok(split.to_string()));
+        }
+        Err(e) => report("model", Err(e)),
+    }
     report("source", check_source(&config));
     report("broker", check_broker(&config, &device));
     if problems > 0 {

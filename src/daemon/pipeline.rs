@@ -40,7 +40,7 @@ impl Pipeline {
             classifier,
             params,
             cam: config.cam.clone(),
-            heatmap_threads: heatmap_threads(config),
+            heatmap_threads: config.model.heatmap_threads(),
         })
     }
 
@@ -56,13 +56,4 @@ impl Pipeline {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default()
     }
-}
-
-/// Threads for each full map: all cores but the one inference needs.
-fn heatmap_threads(config: &Config) -> usize {
-    let threads = match config.model.threads {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
-    threads.saturating_sub(1).max(1)
 }

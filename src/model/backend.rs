@@ -27,6 +27,13 @@ pub trait Backend: Send + Sync {
     fn matrix_kernels(&self) -> Option<super::kernels::Chosen> {
         None
     }
+
+    /// How `threads` threads run passes: one pass per thread unless the backend measures
+    /// (tract) or splits passes itself (ONNX Runtime's intra-op threads).
+    fn split(&self, threads: usize) -> super::kernels::ChosenSplit {
+        use super::kernels::{ChosenSplit, Split};
+        ChosenSplit::unmeasured(threads, Split::passes(threads), "one pass per thread")
+    }
 }
 
 /// Which backend loads the model (`[model] backend`, `--backend`).

@@ -102,6 +102,8 @@ pub struct TractOptions {
     pub kernels: kernels::Policy,
     /// How the matrix kernels are chosen under the tuned policy.
     pub matmul: kernels::Matmul,
+    /// How a map's passes share their threads under the tuned policy.
+    pub in_flight: kernels::InFlight,
 }
 
 /// Shape of the CAM layer's activations for one image.
@@ -266,6 +268,12 @@ impl Classifier {
     /// backends).
     pub fn matrix_kernels(&self) -> Option<kernels::Chosen> {
         self.backend.matrix_kernels()
+    }
+
+    /// How `threads` threads run this model's passes for a map: how many at once, how many
+    /// threads each, and how that was chosen.
+    pub fn split(&self, threads: usize) -> kernels::ChosenSplit {
+        self.backend.split(threads)
     }
 }
 

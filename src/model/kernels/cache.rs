@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::Choice;
+use super::{Choice, ChosenSplit};
 
 /// Where choices are kept: `$STATE_DIRECTORY/kernels` under systemd, else
 /// `$XDG_CACHE_HOME/iscamd/kernels` or `~/.cache/iscamd/kernels`.
@@ -35,6 +35,9 @@ pub struct CachedChoice {
     pub choice: String,
     /// Milliseconds per pass of each candidate, fastest first (`tract`: tract's own ladder).
     pub measured: Vec<(String, f64)>,
+    /// How maps share their threads, per thread count measured so far.
+    #[serde(default)]
+    pub splits: Vec<ChosenSplit>,
 }
 
 impl CachedChoice {
@@ -58,7 +61,13 @@ impl CachedChoice {
             model: model_hash(model)?,
             choice: choice.to_string(),
             measured,
+            splits: Vec::new(),
         })
+    }
+
+    /// The split measured for `threads`, if this entry holds one.
+    pub fn split(&self, threads: usize) -> Option<&ChosenSplit> {
+        self.splits.iter().find(|s| s.threads == threads)
     }
 
     /// The file of this entry in `dir`.
@@ -83,10 +92,10 @@ fn entry_path(dir: &Path, cpu: &str, model: &str) -> PathBuf {
 }
 
 /// The CPU as the kernels see it: its model, the instruction sets tract found, and
-/// iscamd's version (whose kernels may differ).
+/// iscamd's version and choice format (whose kernels and ops may differ).
 pub fn cpu_identity() -> String {
     format!(
-        "{}; {}; iscamd {}",
+        "{}; {}; iscamd {} (choices with own ops)",
         cpu_model(),
         instruction_sets(),
         env!("CARGO_PKG_VERSION")

@@ -11,7 +11,7 @@ use std::sync::{Mutex, OnceLock};
 use tract_onnx::prelude::DatumType;
 use tract_onnx::tract_core::tract_linalg::{self, isa::IsaSet, mmm::Query, mmm::Suitable};
 
-use super::TIER_NAME;
+use super::{OwnOps, TIER_NAME};
 
 /// One way to pick a kernel for a matrix product.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -60,11 +60,13 @@ impl fmt::Display for Candidate {
     }
 }
 
-/// The candidate per accumulator; `None` leaves the product to tract's own ladder.
+/// The candidate per accumulator (`None` leaves the product to tract's own ladder), and
+/// which of iscamd's own ops run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Choice {
     pub f32: Option<Candidate>,
     pub i32: Option<Candidate>,
+    pub ops: OwnOps,
 }
 
 impl Choice {
@@ -85,17 +87,21 @@ impl Choice {
         self
     }
 
-    /// Parses `f32=fma,i32=avx512vnni+widest` (`tract`: tract's ladder).
+    /// Parses `f32=fma,i32=avx512vnni+widest,without=im2col,max-pool=avx2` (`tract`: tract's
+    /// ladder); keys left out keep their defaults.
     pub fn parse(s: &str) -> Result<Choice, String> {
         let mut choice = Choice::default();
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (accumulator, value) = part
+            let (key, value) = part
                 .split_once('=')
-                .ok_or_else(|| format!("{part:?}: expected f32=TIER or i32=TIER"))?;
-            let accumulator = match accumulator.trim() {
+                .ok_or_else(|| format!("{part:?}: expected KEY=VALUE, e.g. f32=fma"))?;
+            if choice.ops.parse_part(key.trim(), value.trim())? {
+                continue;
+            }
+            let accumulator = match key.trim() {
                 "f32" => DatumType::F32,
                 "i32" => DatumType::I32,
-                other => return Err(format!("{other:?}: expected f32 or i32")),
+                other => return Err(format!("{other:?}: expected f32, i32, without or max-pool")),
             };
             let candidate = match value.trim() {
                 "tract" => None,
@@ -115,7 +121,13 @@ impl Choice {
 impl fmt::Display for Choice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let show = |c: Option<Candidate>| c.map_or("tract".to_string(), |c| c.to_string());
-        write!(f, "f32={},i32={}", show(self.f32), show(self.i32))
+        write!(
+            f,
+            "f32={},i32={},{}",
+            show(self.f32),
+            show(self.i32),
+            self.ops
+        )
     }
 }
 
@@ -231,7 +243,8 @@ mod tests {
             choice,
             Choice {
                 f32: Some(generic),
-                i32: None
+                i32: None,
+                ops: OwnOps::default(),
             }
         );
         assert_eq!(Choice::parse(&choice.to_string()).unwrap(), choice);
@@ -240,7 +253,7 @@ mod tests {
             .contains("no such tier"));
         assert!(Choice::parse("f16=generic")
             .unwrap_err()
-            .contains("f32 or i32"));
+            .contains("expected f32, i32"));
         assert!(Choice::parse(&format!("f32={TIER_NAME}")).is_err());
     }
 

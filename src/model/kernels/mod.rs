@@ -17,6 +17,8 @@
 
 mod cache;
 mod choice;
+mod ops;
+mod split;
 
 use std::cell::Cell;
 use std::path::PathBuf;
@@ -26,6 +28,8 @@ use tract_onnx::tract_core::tract_linalg;
 
 pub use cache::{cache_dir, cpu_model, instruction_sets, CachedChoice};
 pub use choice::{candidates, Candidate, Choice};
+pub use ops::{OwnOps, PoolIsa, OWN_OPS};
+pub use split::{ChosenSplit, InFlight, Split, IN_FLIGHT_VAR};
 
 /// The environment variable that selects the [`Policy`] at start-up: `tuned` or `stock`.
 pub const POLICY_VAR: &str = "ISCAMD_KERNELS";

@@ -17,6 +17,8 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::{OptMaxPool, PaddingSpec};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
+use crate::model::kernels::PoolIsa;
+
 /// Max-pooling of an NCHW tensor without padding or dilation.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RowMaxPool {
@@ -24,19 +26,26 @@ pub struct RowMaxPool {
     pub kernel: [usize; 2],
     /// Stride along height and width.
     pub stride: [usize; 2],
+    /// The compiled form that runs.
+    pub isa: PoolIsa,
 }
 
-/// Replaces every `OptMaxPool` of `model` that [`RowMaxPool`] computes identically; says
-/// how many it found and replaced.
-pub fn install(model: &mut TypedModel) -> TractResult<super::swap::Swapped> {
+/// Replaces every `OptMaxPool` of `model` that [`RowMaxPool`] computes identically, with
+/// the form compiled for `isa`; says how many it found and replaced.
+pub fn install(model: &mut TypedModel, isa: PoolIsa) -> TractResult<super::swap::Swapped> {
     super::swap::replace_ops::<OptMaxPool>(model, |pool, input, output| {
-        RowMaxPool::replacing(pool, input, output).into()
+        RowMaxPool::replacing(pool, input, output, isa).into()
     })
 }
 
 impl RowMaxPool {
     /// The op computing what `pool` does on `input`, if its geometry is one this op has.
-    fn replacing(pool: &OptMaxPool, input: &TypedFact, output: &TypedFact) -> Option<RowMaxPool> {
+    fn replacing(
+        pool: &OptMaxPool,
+        input: &TypedFact,
+        output: &TypedFact,
+        isa: PoolIsa,
+    ) -> Option<RowMaxPool> {
         let spec = &pool.pool_spec;
         let unpadded = match &spec.padding {
             PaddingSpec::Valid => true,
@@ -57,6 +66,7 @@ impl RowMaxPool {
         let op = RowMaxPool {
             kernel: [spec.kernel_shape[0], spec.kernel_shape[1]],
             stride: [spec.strides()[0], spec.strides()[1]],
+            isa,
         };
         let shape = input.shape.as_concrete()?;
         // Ceil-mode rounding or anything else that changes the output shape: leave it to tract.
@@ -76,13 +86,20 @@ impl RowMaxPool {
         Ok([n, c, (h - kh) / sh + 1, (w - kw) / sw + 1])
     }
 
-    /// Pools `input`: compiled twice on x86-64, for its SSE2 baseline and for AVX2 (twice the
-    /// lanes per instruction), picked at run time.
+    /// Pools `input` with the loop compiled for `self.isa` (on x86-64: the SSE2 baseline,
+    /// AVX2 or AVX-512 — more lanes per instruction, not always faster: measured per CPU).
     fn eval_t<T: Datum + Copy + PartialOrd>(&self, input: &Tensor) -> TractResult<Tensor> {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: this CPU has AVX2, checked just above.
-            return unsafe { self.eval_avx2::<T>(input) };
+        match self.isa {
+            // SAFETY (both): the CPU has the instruction set — `PoolIsa::available` checked
+            // it when the choice was made, and a choice names only those.
+            PoolIsa::Avx2 if PoolIsa::available().contains(&PoolIsa::Avx2) => {
+                return unsafe { self.eval_avx2::<T>(input) }
+            }
+            PoolIsa::Avx512 if PoolIsa::available().contains(&PoolIsa::Avx512) => {
+                return unsafe { self.eval_avx512::<T>(input) }
+            }
+            _ => {}
         }
         self.eval_any::<T>(input)
     }
@@ -90,6 +107,12 @@ impl RowMaxPool {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
     fn eval_avx2<T: Datum + Copy + PartialOrd>(&self, input: &Tensor) -> TractResult<Tensor> {
+        self.eval_any::<T>(input)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn eval_avx512<T: Datum + Copy + PartialOrd>(&self, input: &Tensor) -> TractResult<Tensor> {
         self.eval_any::<T>(input)
     }
 
@@ -166,8 +189,10 @@ impl Op for RowMaxPool {
 
     fn info(&self) -> TractResult<Vec<String>> {
         Ok(vec![format!(
-            "kernel {:?}, stride {:?} (iscamd)",
-            self.kernel, self.stride
+            "kernel {:?}, stride {:?}, {} (iscamd)",
+            self.kernel,
+            self.stride,
+            self.isa.name()
         )])
     }
 
@@ -260,13 +285,15 @@ mod tests {
         ] {
             let input = random_nchw(shape, shape[1] as u64);
             let reference = run(tracts(&input, kernel, stride, PaddingSpec::Valid), &input);
-            let mut model = tracts(&input, kernel, stride, PaddingSpec::Valid);
-            assert_eq!(install(&mut model).unwrap().replaced, 1, "{shape:?}");
-            assert_eq!(
-                run(model, &input),
-                reference,
-                "{shape:?} k{kernel} s{stride}"
-            );
+            for isa in PoolIsa::available() {
+                let mut model = tracts(&input, kernel, stride, PaddingSpec::Valid);
+                assert_eq!(install(&mut model, isa).unwrap().replaced, 1, "{shape:?}");
+                assert_eq!(
+                    run(model, &input),
+                    reference,
+                    "{shape:?} k{kernel} s{stride} {isa:?}"
+                );
+            }
         }
     }
 
@@ -280,11 +307,13 @@ mod tests {
         for dt in [u8::datum_type().quantize(qp), i8::datum_type().quantize(qp)] {
             let quantized = input.cast_to_dt(dt).unwrap().into_owned();
             let reference = run(tracts(&quantized, 3, 2, PaddingSpec::Valid), &quantized);
-            let mut model = tracts(&quantized, 3, 2, PaddingSpec::Valid);
-            assert_eq!(install(&mut model).unwrap().replaced, 1);
-            let ours = run(model, &quantized);
-            assert_eq!(ours.datum_type(), dt);
-            assert_eq!(ours, reference, "{dt:?}");
+            for isa in PoolIsa::available() {
+                let mut model = tracts(&quantized, 3, 2, PaddingSpec::Valid);
+                assert_eq!(install(&mut model, isa).unwrap().replaced, 1);
+                let ours = run(model, &quantized);
+                assert_eq!(ours.datum_type(), dt);
+                assert_eq!(ours, reference, "{dt:?} {isa:?}");
+            }
         }
     }
 
@@ -293,6 +322,6 @@ mod tests {
         let input = random_nchw([1, 2, 7, 7], 1);
         let padding = PaddingSpec::Explicit(tvec!(1, 1), tvec!(1, 1));
         let mut model = tracts(&input, 3, 2, padding);
-        assert_eq!(install(&mut model).unwrap().replaced, 0);
+        assert_eq!(install(&mut model, PoolIsa::widest()).unwrap().replaced, 0);
     }
 }

@@ -13,7 +13,9 @@ use tract_onnx::prelude::*;
 
 use super::{Plan, TractBackend};
 use crate::error::Result;
-use crate::model::kernels::{self, CachedChoice, Candidate, Choice, Chosen};
+use crate::model::kernels::{
+    self, CachedChoice, Candidate, Choice, Chosen, ChosenSplit, OwnOps, PoolIsa, Split, OWN_OPS,
+};
 
 /// Rounds of timing: every plan runs in each, so that a slow spell of the machine (another
 /// process, frequency steps) falls on all of them; each plan's best round counts.
@@ -93,9 +95,7 @@ fn measure(
 ) -> Result<(Choice, Vec<(String, f64)>)> {
     let side = backend.input_size;
     let (mut baseline, _, asked) = backend.build_plan_with(Choice::default(), Some(1), side)?;
-    let input: TValue = Tensor::zero::<f32>(&[1, 3, side, side])
-        .map_err(|e| backend.model_error(e))?
-        .into();
+    let input = zero_input(backend)?;
     let mut choice = Choice::default();
     let mut table = Vec::new();
     for accumulator in asked.list() {
@@ -124,8 +124,181 @@ fn measure(
         }
         table.extend(entries.iter().map(|e| e.0.clone()).zip(times));
     }
+    choice = measure_own_ops(backend, choice, &input, &mut table)?;
     table.sort_by(|a, b| a.1.total_cmp(&b.1));
     Ok((choice, table))
+}
+
+/// With the kernels of `choice`: the plan with each of iscamd's ops that replaced something
+/// left out, and with max-pooling in each compiled form. What beats the plan with every op
+/// by more than [`MARGIN`] is kept — each op on its own (their effects add up: they replace
+/// different steps).
+fn measure_own_ops(
+    backend: &TractBackend,
+    mut choice: Choice,
+    input: &TValue,
+    table: &mut Vec<(String, f64)>,
+) -> Result<Choice> {
+    let side = backend.input_size;
+    let (plan, swaps, _) = backend.build_plan_with(choice, Some(1), side)?;
+    let replaced = |name| {
+        swaps
+            .as_ref()
+            .and_then(|s| s.get(name))
+            .is_some_and(|s| s.replaced > 0)
+    };
+    let mut entries = vec![("ops:every".to_string(), choice.ops, plan)];
+    let mut trials: Vec<(String, OwnOps)> = OWN_OPS
+        .into_iter()
+        .filter(|name| replaced(name))
+        .map(|name| (format!("ops:without {name}"), choice.ops.with(name, false)))
+        .collect();
+    if replaced("max-pool") {
+        trials.extend(
+            PoolIsa::available()
+                .into_iter()
+                .filter(|&isa| isa != choice.ops.pool())
+                .map(|isa| {
+                    (
+                        format!("ops:max-pool {}", isa.name()),
+                        choice.ops.with_pool(isa),
+                    )
+                }),
+        );
+    }
+    for (label, ops) in trials {
+        let (plan, _, _) = backend.build_plan_with(Choice { ops, ..choice }, Some(1), side)?;
+        entries.push((label, ops, plan));
+    }
+    let times = time_plans(backend, &entries, input)?;
+    let beats = |i: usize| times[i] < times[0] * (1.0 - MARGIN);
+    let mut ops = choice.ops;
+    let faster = entries
+        .iter()
+        .enumerate()
+        .skip(1)
+        .filter(|(i, _)| beats(*i));
+    for (_, (_, trial, _)) in faster {
+        for name in OWN_OPS.into_iter().filter(|n| !trial.runs(n)) {
+            ops = ops.with(name, false);
+        }
+    }
+    let fastest_pool = (0..entries.len())
+        .filter(|&i| i == 0 || entries[i].0.starts_with("ops:max-pool") && beats(i))
+        .min_by(|&a, &b| times[a].total_cmp(&times[b]));
+    if let Some(i) = fastest_pool {
+        ops = ops.with_pool(entries[i].1.pool());
+    }
+    choice.ops = ops;
+    table.extend(entries.iter().map(|e| e.0.clone()).zip(times));
+    Ok(choice)
+}
+
+/// How `threads` threads run this model's passes fastest, from the cache or measured now:
+/// each even way to share them ([`Split::candidates`]) runs the model's plan as a map runs
+/// it, passes per second counted; all passes in flight stay unless another way beats that
+/// by more than [`MARGIN`]. Kept in the model's cache entry, if it has one.
+pub(super) fn split(backend: &TractBackend, threads: usize) -> Result<ChosenSplit> {
+    let path = backend.path.as_path();
+    let cached = backend
+        .cache
+        .as_deref()
+        .and_then(|dir| Some((dir, CachedChoice::read(dir, path)?.0)));
+    if let Some((dir, entry)) = &cached {
+        if let Some(known) = entry.split(threads) {
+            let how = format!(
+                "measured on this CPU (cached in {})",
+                entry.file(dir).display()
+            );
+            return Ok(ChosenSplit {
+                how,
+                ..known.clone()
+            });
+        }
+    }
+    let plan = backend.plan(1, backend.input_size)?;
+    let input = zero_input(backend)?;
+    let candidates = Split::candidates(threads);
+    let mut rates = vec![0.0f64; candidates.len()];
+    for _ in 0..ROUNDS {
+        for (split, rate) in candidates.iter().zip(&mut rates) {
+            *rate = rate.max(passes_per_second(backend, &plan, &input, *split)?);
+        }
+    }
+    let (best, _) = rates
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .expect("every thread count has a split");
+    let chosen = if rates[best] > rates[0] * (1.0 + MARGIN) {
+        best
+    } else {
+        0
+    };
+    let mut measured: Vec<(String, f64)> = candidates
+        .iter()
+        .map(|s| format!("{}x{}", s.in_flight, s.per_pass))
+        .zip(rates)
+        .collect();
+    measured.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let split = ChosenSplit {
+        threads,
+        split: candidates[chosen],
+        how: "measured".into(),
+        measured,
+    };
+    tracing::info!("{}: {split}", path.display());
+    if let Some((dir, mut entry)) = cached {
+        entry.splits.push(split.clone());
+        if let Err(e) = entry.write(dir) {
+            tracing::warn!(
+                "cannot keep how passes share threads in {}: {e}",
+                dir.display()
+            );
+        }
+    }
+    Ok(split)
+}
+
+/// Passes per second of `split`: its passes in flight, each running [`PASSES`] passes.
+fn passes_per_second(
+    backend: &TractBackend,
+    plan: &Plan,
+    input: &TValue,
+    split: Split,
+) -> Result<f64> {
+    let run_passes = || -> Result<()> {
+        split.scope(|| {
+            for _ in 0..PASSES {
+                plan.run(tvec![input.clone()])
+                    .map_err(|e| backend.model_error(e))?;
+            }
+            Ok(())
+        })
+    };
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (1..split.in_flight)
+            .map(|_| scope.spawn(run_passes))
+            .collect();
+        let mine = run_passes();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .chain([mine])
+            .collect::<Result<Vec<()>>>()
+    })?;
+    Ok((split.in_flight * PASSES) as f64 / started.elapsed().as_secs_f64())
+}
+
+fn zero_input(backend: &TractBackend) -> Result<TValue> {
+    let side = backend.input_size;
+    Ok(Tensor::zero::<f32>(&[1, 3, side, side])
+        .map_err(|e| backend.model_error(e))?
+        .into())
 }
 
 /// Milliseconds per pass of each plan: its best round. A plan whose first pass takes more
@@ -133,7 +306,7 @@ fn measure(
 /// slowest candidates (emulated instruction sets) would otherwise cost seconds each.
 fn time_plans(
     backend: &TractBackend,
-    entries: &[(String, Choice, Plan)],
+    entries: &[(String, impl Sized, Plan)],
     input: &TValue,
 ) -> Result<Vec<f64>> {
     let run = |plan: &Plan| -> Result<f64> {

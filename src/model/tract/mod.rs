@@ -33,6 +33,11 @@ pub struct TractBackend {
     kernels: kernels::Policy,
     /// The matrix kernels every plan of this model runs, and how they were chosen.
     chosen: kernels::Chosen,
+    in_flight: kernels::InFlight,
+    /// Where measured choices are kept (`None`: not kept).
+    cache: Option<PathBuf>,
+    /// How maps share their threads, per thread count asked so far.
+    splits: Mutex<Vec<kernels::ChosenSplit>>,
     /// By (batch, side).
     plans: Mutex<HashMap<(usize, usize), Plan>>,
     symbolic: Option<Plan>,
@@ -57,6 +62,12 @@ impl TractBackend {
             batch_plan: options.batch_plan,
             kernels: options.kernels,
             chosen: kernels::Chosen::Stock,
+            in_flight: options.in_flight,
+            cache: match &options.matmul {
+                kernels::Matmul::Measured { cache, .. } => cache.clone(),
+                kernels::Matmul::Forced(_) => None,
+            },
+            splits: Mutex::new(Vec::new()),
             plans: Mutex::new(HashMap::new()),
             symbolic: None,
             swaps: Mutex::new(None),
@@ -121,7 +132,7 @@ impl TractBackend {
         });
         let prepared = optimised.and_then(|mut m| {
             let swaps = match self.kernels {
-                kernels::Policy::Tuned => Some(install_ops(&mut m)?),
+                kernels::Policy::Tuned => Some(install_ops(&mut m, choice.ops)?),
                 kernels::Policy::Stock => None,
             };
             Ok((m.into_runnable()?, swaps))
@@ -230,18 +241,25 @@ fn parse(
     Ok(graph)
 }
 
-/// Swaps iscamd's ops into an optimised plan, each through tract's patch API, then drops
-/// the nodes the patches left unreachable.
-fn install_ops(model: &mut TypedModel) -> TractResult<Swaps> {
-    let swaps = Swaps(vec![
-        ("max-pool", maxpool::install(model)?),
-        ("im2col", im2col::install(model)?),
-        ("row-packing", packing::install(model)?),
-        ("relu-fold", relu::install(model)?),
-        ("quantize", quant::install(model)?),
-    ]);
+/// iscamd's ops, in the order they are swapped in, by their names in [`kernels::OWN_OPS`].
+type Install = fn(&mut TypedModel, &kernels::OwnOps) -> TractResult<Swapped>;
+const INSTALLS: [(&str, Install); 5] = [
+    ("max-pool", |m, ops| maxpool::install(m, ops.pool())),
+    ("im2col", |m, _| im2col::install(m)),
+    ("row-packing", |m, _| packing::install(m)),
+    ("relu-fold", |m, _| relu::install(m)),
+    ("quantize", |m, _| quant::install(m)),
+];
+
+/// Swaps the ops `ops` runs into an optimised plan, each through tract's patch API, then
+/// drops the nodes the patches left unreachable. An op left out is not in the list.
+fn install_ops(model: &mut TypedModel, ops: kernels::OwnOps) -> TractResult<Swaps> {
+    let mut swaps = Vec::new();
+    for (name, install) in INSTALLS.iter().filter(|(n, _)| ops.runs(n)) {
+        swaps.push((*name, install(model, &ops)?));
+    }
     model.compact()?;
-    Ok(swaps)
+    Ok(Swaps(swaps))
 }
 
 impl Backend for TractBackend {
@@ -263,11 +281,51 @@ impl Backend for TractBackend {
         Some(self.chosen.clone())
     }
 
+    fn split(&self, threads: usize) -> kernels::ChosenSplit {
+        use kernels::{ChosenSplit, InFlight, Split};
+        let threads = threads.max(1);
+        let unmeasured = |split, how: &str| ChosenSplit::unmeasured(threads, split, how);
+        match (self.kernels, self.in_flight) {
+            (kernels::Policy::Stock, _) => {
+                return unmeasured(Split::passes(threads), "one pass per thread (stock)")
+            }
+            (_, InFlight::Forced(n)) => {
+                let how = format!("forced by {}", kernels::IN_FLIGHT_VAR);
+                return unmeasured(Split::with_in_flight(threads, n), &how);
+            }
+            _ if threads == 1 => return unmeasured(Split::passes(1), "one thread"),
+            _ => {}
+        }
+        // Held while measuring: two maps starting at once measure once, undisturbed.
+        let mut splits = self.splits.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(known) = splits.iter().find(|s| s.threads == threads) {
+            return known.clone();
+        }
+        let chosen = measure::split(self, threads).unwrap_or_else(|e| {
+            tracing::warn!(
+                "{}: cannot measure how passes share {threads} threads: {e}",
+                self.path.display()
+            );
+            unmeasured(Split::passes(threads), "one pass per thread (not measured)")
+        });
+        splits.push(chosen.clone());
+        chosen
+    }
+
     fn run(&self, input: Array4<f32>) -> Result<(ArrayD<f32>, Option<ArrayD<f32>>)> {
         let batch = input.dim().0;
         if batch > 1 && self.batch_plan == BatchPlan::Split {
             return self.run_split(input);
         }
         self.run_plan(input.into(), batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_own_op_has_an_install() {
+        let names: Vec<&str> = super::INSTALLS.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, super::kernels::OWN_OPS);
     }
 }
