@@ -400,9 +400,10 @@ fn bench_prints_every_row_it_is_asked_for() {
         .filter(|l| l.starts_with("squeezenet1.0-dc.onnx"))
         .map(|l| l.split_whitespace().collect())
         .collect();
+    // model, backend, plan, batch, threads, (in flight x per pass), images/s, …
     let throughput: Vec<(&str, &str, &str)> = rows
         .iter()
-        .filter(|r| r.len() == 10)
+        .filter(|r| r.len() == 11)
         .map(|r| (r[1], r[2], r[3]))
         .collect();
     let expected: Vec<(&str, &str, &str)> = ["tract", "tract/stock"]
@@ -418,8 +419,9 @@ fn bench_prints_every_row_it_is_asked_for() {
         })
         .collect();
     assert_eq!(throughput, expected, "{stdout}");
-    for r in rows.iter().filter(|r| r.len() == 10) {
-        let rate: f64 = r[5].parse().unwrap();
+    for r in rows.iter().filter(|r| r.len() == 11) {
+        assert_eq!((r[4], r[5]), ("1", "(1x1)"), "one thread, one pass: {r:?}");
+        let rate: f64 = r[6].parse().unwrap();
         assert!(rate > 0.0, "{r:?}");
     }
     let heatmaps: Vec<&Vec<&str>> = rows
