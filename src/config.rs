@@ -583,6 +583,28 @@ impl CamConfig {
     }
 }
 
+/// A device id is one MQTT topic level: no `/`, `+` or `#` (they would split it or make
+/// it a wildcard), no spaces or control characters (which other tools mangle).
+fn validate_device_id(id: &str) -> Result<()> {
+    if id.trim().is_empty() {
+        return Err(key_error(
+            "device.id",
+            "empty (unset it to use the host name)",
+        ));
+    }
+    let bad = |c: char| matches!(c, '/' | '+' | '#') || c.is_whitespace() || c.is_control();
+    if let Some(c) = id.chars().find(|&c| bad(c)) {
+        return Err(key_error(
+            "device.id",
+            format!(
+                "{id:?} contains {c:?} (expected one MQTT topic level: letters, digits, \
+                 - _ . and the like; no /, +, #, spaces or control characters)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl MqttConfig {
     fn validate(&self) -> Result<()> {
         for (key, q) in [
@@ -733,16 +755,8 @@ impl Config {
     /// Checks values serde cannot: ranges and combinations. Each error names its key and
     /// what it accepts.
     pub fn validate(&self) -> Result<()> {
-        if self
-            .device
-            .id
-            .as_deref()
-            .is_some_and(|id| id.trim().is_empty())
-        {
-            return Err(key_error(
-                "device.id",
-                "empty (unset it to use the host name)",
-            ));
+        if let Some(id) = self.device.id.as_deref() {
+            validate_device_id(id)?;
         }
         self.source.validate()?;
         self.model.validate()?;
@@ -904,6 +918,11 @@ mod tests {
         for (text, key) in [
             ("[device]\nid = \"\"", "device.id"),
             ("[device]\nid = \"  \"", "device.id"),
+            ("[device]\nid = \"cams/7\"", "device.id"),
+            ("[device]\nid = \"cam+\"", "device.id"),
+            ("[device]\nid = \"#\"", "device.id"),
+            ("[device]\nid = \"cam 7\"", "device.id"),
+            ("[device]\nid = \"cam\\u0000\"", "device.id"),
             ("[mqtt]\nport = 0", "mqtt.port"),
             ("[mqtt]\nkeep_alive = \"65536s\"", "mqtt.keep_alive"),
             ("[mqtt]\nkeep_alive = \"0s\"", "mqtt.keep_alive"),

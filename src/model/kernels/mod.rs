@@ -10,6 +10,9 @@
 //! (`model/tract/measure.rs`), or forced with [`CHOICE_VAR`]. Where the choice is tract's own
 //! ladder, the tier stays silent.
 //!
+//! The same measurement decides which of iscamd's own ops a plan runs ([`OwnOps`]), and,
+//! when a map first runs on some number of threads, how its passes share them ([`Split`]).
+//!
 //! A model loaded under [`Policy::Stock`] gets neither the choice nor iscamd's own ops, so
 //! that `iscamd bench --kernels tuned,stock` compares both in one run. tract asks the tiers
 //! while it optimises a plan, on the thread that optimises it: [`optimising_with`] tells the
@@ -35,7 +38,7 @@ pub use split::{ChosenSplit, InFlight, Split, IN_FLIGHT_VAR};
 pub const POLICY_VAR: &str = "ISCAMD_KERNELS";
 
 /// The environment variable that forces a [`Choice`] instead of measuring one, e.g.
-/// `f32=fma,i32=avx512vnni+widest` (`tract`: tract's own ladder).
+/// `f32=fma,i32=avx512vnni+widest,without=im2col,max-pool=avx2` (`tract`: tract's own ladder).
 pub const CHOICE_VAR: &str = "ISCAMD_MATMUL";
 
 /// The name iscamd's tier goes by in tract's dispatch ladder.
