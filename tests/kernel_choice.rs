@@ -10,31 +10,43 @@ use std::process::Command;
 use std::time::Instant;
 
 use common::{model_path, F32_MODEL};
-use iscamd::model::kernels::{Candidate, Chosen, Matmul};
+use iscamd::model::kernels::{Candidate, Choice, Chosen, InFlight, Matmul};
 use iscamd::model::{BackendOptions, Classifier, ModelOptions, TractOptions};
+
+/// The f32 model with its kernel choice measured among `only` (and tract's ladder), kept in
+/// `cache`, its passes in flight as `in_flight` says.
+fn load_measured(cache: Option<&Path>, only: Vec<Candidate>, in_flight: InFlight) -> Classifier {
+    Classifier::load(&ModelOptions {
+        path: model_path(F32_MODEL),
+        backend: BackendOptions::Tract(TractOptions {
+            matmul: Matmul::Measured {
+                cache: cache.map(Path::to_owned),
+                only: Some(only),
+            },
+            in_flight,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .expect("model loads")
+}
+
+/// The measurement's choice and table; fails unless the kernels were measured at this load.
+fn measured_choice(classifier: &Classifier) -> (Choice, Vec<(String, f64)>) {
+    match classifier.matrix_kernels() {
+        Some(Chosen::Measured {
+            choice, measured, ..
+        }) => (choice, measured),
+        other => panic!("measured: {other:?}"),
+    }
+}
 
 #[test]
 fn the_generic_kernels_are_measured_and_never_chosen() {
     let dir = tempfile::tempdir().unwrap();
     let generic = Candidate::parse("generic").expect("tract has a generic tier");
-    let classifier = Classifier::load(&ModelOptions {
-        path: model_path(F32_MODEL),
-        backend: BackendOptions::Tract(TractOptions {
-            matmul: Matmul::Measured {
-                cache: Some(dir.path().to_owned()),
-                only: Some(vec![generic]),
-            },
-            ..Default::default()
-        }),
-        ..Default::default()
-    })
-    .expect("model loads");
-    let Some(Chosen::Measured {
-        choice, measured, ..
-    }) = classifier.matrix_kernels()
-    else {
-        panic!("measured: {:?}", classifier.matrix_kernels());
-    };
+    let classifier = load_measured(Some(dir.path()), vec![generic], InFlight::Measured);
+    let (choice, measured) = measured_choice(&classifier);
     eprintln!("{measured:?}");
     let labels: Vec<&str> = measured.iter().map(|(l, _)| l.as_str()).collect();
     assert!(
@@ -58,24 +70,8 @@ fn the_generic_kernels_are_measured_and_never_chosen() {
 #[test]
 fn own_ops_are_measured_one_by_one() {
     use iscamd::model::kernels::{PoolIsa, OWN_OPS};
-    let classifier = Classifier::load(&ModelOptions {
-        path: model_path(F32_MODEL),
-        backend: BackendOptions::Tract(TractOptions {
-            matmul: Matmul::Measured {
-                cache: None,
-                only: Some(vec![]),
-            },
-            ..Default::default()
-        }),
-        ..Default::default()
-    })
-    .expect("model loads");
-    let Some(Chosen::Measured {
-        choice, measured, ..
-    }) = classifier.matrix_kernels()
-    else {
-        panic!("measured: {:?}", classifier.matrix_kernels());
-    };
+    let classifier = load_measured(None, vec![], InFlight::Measured);
+    let (choice, measured) = measured_choice(&classifier);
     eprintln!("{choice}: {measured:?}");
     let labels: Vec<&str> = measured.iter().map(|(l, _)| l.as_str()).collect();
     assert!(labels.contains(&"ops:every"), "{labels:?}");
@@ -105,23 +101,9 @@ fn own_ops_are_measured_one_by_one() {
 /// it at the next load; a forced number of passes in flight is taken as it is.
 #[test]
 fn passes_in_flight_are_measured_cached_and_forced() {
-    use iscamd::model::kernels::{InFlight, Split};
+    use iscamd::model::kernels::Split;
     let dir = tempfile::tempdir().unwrap();
-    let open = |in_flight| {
-        Classifier::load(&ModelOptions {
-            path: model_path(F32_MODEL),
-            backend: BackendOptions::Tract(TractOptions {
-                matmul: Matmul::Measured {
-                    cache: Some(dir.path().to_owned()),
-                    only: Some(vec![]),
-                },
-                in_flight,
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .expect("model loads")
-    };
+    let open = |in_flight| load_measured(Some(dir.path()), vec![], in_flight);
     let measured = open(InFlight::Measured).split(2);
     eprintln!("{measured}");
     assert_eq!(measured.how, "measured");
