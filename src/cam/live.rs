@@ -144,6 +144,7 @@ mod tests {
             class,
             params: CamParams::new("iscam", None, None).unwrap(),
             channels_used: (0..weights.len()).collect(),
+            ranking: vec![0.0; weights.len()],
             passes: 0,
             prob_scores: weights.clone(),
             logit_diff_scores: weights.clone(),

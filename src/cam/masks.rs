@@ -102,16 +102,17 @@ pub fn min_max(map: ArrayView2<f32>) -> (f32, f32) {
 }
 
 /// The channels a CAM uses: all non-constant ones, or (for `top_k > 0`) the `top_k`
-/// with the largest population variance over the map, in channel order.
-pub fn select_channels(activations: ArrayView3<f32>, top_k: usize) -> Vec<usize> {
+/// ranked highest by `ranking` (one value per channel), in channel order.
+pub fn select_channels(activations: ArrayView3<f32>, top_k: usize, ranking: &[f64]) -> Vec<usize> {
     let mut ranked: Vec<(usize, f64)> = activations
         .axis_iter(Axis(0))
+        .zip(ranking)
         .enumerate()
-        .filter(|(_, a)| {
+        .filter(|(_, (a, _))| {
             let (lo, hi) = min_max(*a);
             hi > lo
         })
-        .map(|(k, a)| (k, variance(a)))
+        .map(|(k, (_, &r))| (k, r))
         .collect();
     if top_k > 0 && top_k < ranked.len() {
         ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
@@ -119,6 +120,11 @@ pub fn select_channels(activations: ArrayView3<f32>, top_k: usize) -> Vec<usize>
         ranked.sort_by_key(|r| r.0);
     }
     ranked.into_iter().map(|r| r.0).collect()
+}
+
+/// Each channel's population variance over the map: the class-blind ranking.
+pub fn variances(activations: ArrayView3<f32>) -> Vec<f64> {
+    activations.axis_iter(Axis(0)).map(variance).collect()
 }
 
 fn variance(a: ArrayView2<f32>) -> f64 {
@@ -189,8 +195,12 @@ mod tests {
         a.index_axis_mut(Axis(0), 3).fill(7.0); // constant
         assert!(normalise(a.index_axis(Axis(0), 3)).is_none());
         assert_eq!(normalise(a.index_axis(Axis(0), 2)).unwrap()[[0, 0]], 1.0);
-        assert_eq!(select_channels(a.view(), 0), vec![1, 2]);
-        assert_eq!(select_channels(a.view(), 1), vec![2]);
-        assert_eq!(select_channels(a.view(), 10), vec![1, 2]);
+        let by_variance = variances(a.view());
+        assert_eq!(select_channels(a.view(), 0, &by_variance), vec![1, 2]);
+        assert_eq!(select_channels(a.view(), 1, &by_variance), vec![2]);
+        assert_eq!(select_channels(a.view(), 10, &by_variance), vec![1, 2]);
+        // Another ranking picks other channels; constant ones stay out whatever it says.
+        let other = [9.0, 3.0, 1.0, 100.0];
+        assert_eq!(select_channels(a.view(), 1, &other), vec![1]);
     }
 }

@@ -18,6 +18,9 @@ pub const REDUCED_N_CHANNELS: usize = 64;
 /// How channel weights are computed.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Method {
+    /// Zhou et al.'s class activation map, `ReLU(Σ_k w_{c,k} A_k + b_c)` with the
+    /// classifier's own weights: no masked passes.
+    Cam,
     /// `α_k = p(x ⊙ M_k)`.
     ScoreCam,
     /// Mean over `steps` noisy masks `M_k + ε`, `ε ~ N(0, σ²)` from a seeded RNG.
@@ -29,6 +32,7 @@ pub enum Method {
 impl Method {
     pub fn name(&self) -> &'static str {
         match self {
+            Method::Cam => "cam",
             Method::ScoreCam => "scorecam",
             Method::SsCam { .. } => "sscam",
             Method::IsCam { .. } => "iscam",
@@ -69,12 +73,47 @@ impl std::str::FromStr for Weighting {
     }
 }
 
+/// Which K channels a masked method scores (when it does not score them all).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Selection {
+    /// Largest activation variance: the same channels whatever the class explained.
+    #[default]
+    Variance,
+    /// Largest `w_{c,k} · mean(A_k)` (the classifier's weight times the channel's mean):
+    /// the channels that add most to the explained class's logit.
+    Contribution,
+}
+
+impl Selection {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Selection::Variance => "variance",
+            Selection::Contribution => "contribution",
+        }
+    }
+}
+
+impl std::str::FromStr for Selection {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "variance" => Ok(Selection::Variance),
+            "contribution" => Ok(Selection::Contribution),
+            _ => Err(Error::invalid(
+                "select",
+                format!("{s:?} (expected variance or contribution)"),
+            )),
+        }
+    }
+}
+
 /// Everything that defines a map besides the image and the class.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CamParams {
     pub method: Method,
-    /// Top-K channels by activation variance; 0 = all non-constant channels.
+    /// Top-K channels by `select`; 0 = all non-constant channels.
     pub channels: usize,
+    pub select: Selection,
     pub weighting: Weighting,
     /// Masked inputs per forward pass.
     pub batch: usize,
@@ -93,6 +132,18 @@ impl CamParams {
     /// Score-CAM all channels.
     pub fn new(method_name: &str, steps: Option<usize>, channels: Option<usize>) -> Result<Self> {
         let (method, default_channels) = match method_name {
+            "cam" => {
+                if let Some(s) = steps.filter(|&s| s != 1) {
+                    return Err(Error::invalid(
+                        "steps",
+                        format!("{s}: cam runs no masked passes (use sscam or iscam for steps)"),
+                    ));
+                }
+                if let Some(k) = channels.filter(|&k| k != 0) {
+                    return Err(Error::invalid("channels", format!("{k}: cam weighs every channel with the classifier's weights (k applies to the masked methods)")));
+                }
+                (Method::Cam, 0)
+            }
             "scorecam" => {
                 if let Some(s) = steps.filter(|&s| s != 1) {
                     return Err(Error::invalid("steps", format!("{s}: scorecam takes one mask per channel (use sscam or iscam for steps)")));
@@ -115,13 +166,14 @@ impl CamParams {
             other => {
                 return Err(Error::invalid(
                     "method",
-                    format!("{other:?} (expected scorecam, sscam or iscam)"),
+                    format!("{other:?} (expected cam, scorecam, sscam or iscam)"),
                 ));
             }
         };
         Ok(CamParams {
             method,
             channels: channels.unwrap_or(default_channels),
+            select: Selection::Variance,
             weighting: Weighting::Prob,
             batch: 1,
             seed: 0,
@@ -131,12 +183,16 @@ impl CamParams {
 
     /// Sets the masks per channel (Score-CAM has exactly one).
     pub fn set_steps(&mut self, n: usize) -> Result<()> {
+        let why = match self.method {
+            Method::Cam => "cam runs no masked passes",
+            _ => "scorecam takes one mask per channel",
+        };
         match &mut self.method {
-            Method::ScoreCam if n != 1 => Err(Error::invalid(
+            Method::Cam | Method::ScoreCam if n != 1 => Err(Error::invalid(
                 "steps",
-                format!("{n}: scorecam takes one mask per channel (use sscam or iscam for steps)"),
+                format!("{n}: {why} (use sscam or iscam for steps)"),
             )),
-            Method::ScoreCam => Ok(()),
+            Method::Cam | Method::ScoreCam => Ok(()),
             Method::SsCam { steps, .. } | Method::IsCam { steps } => {
                 *steps = n;
                 Ok(())
@@ -144,19 +200,20 @@ impl CamParams {
         }
     }
 
-    /// Masked inputs per channel.
+    /// Masked inputs per channel (`cam` counts as one step of no passes).
     pub fn steps(&self) -> usize {
         match self.method {
-            Method::ScoreCam => 1,
+            Method::Cam | Method::ScoreCam => 1,
             Method::SsCam { steps, .. } | Method::IsCam { steps } => steps,
         }
     }
 
-    /// Checks the parameters against a CAM layer of `layer_channels` channels and a
-    /// model input of `input_size` pixels.
     /// Masked forward passes a map with these parameters runs on a layer of
     /// `layer_channels` (at most: constant channels are skipped).
     pub fn passes(&self, layer_channels: usize) -> usize {
+        if self.method == Method::Cam {
+            return 0;
+        }
         let channels = match self.channels {
             0 => layer_channels,
             k => k.min(layer_channels),
@@ -164,6 +221,8 @@ impl CamParams {
         channels.saturating_mul(self.steps())
     }
 
+    /// Checks the parameters against a CAM layer of `layer_channels` channels and a
+    /// model input of `input_size` pixels.
     pub fn validate(&self, layer_channels: usize, input_size: usize) -> Result<()> {
         if let Some(size) = self.score_size {
             if !(MIN_SCORE_SIZE..=input_size).contains(&size) {
@@ -180,6 +239,12 @@ impl CamParams {
             return Err(Error::invalid(
                 "steps",
                 format!("{steps} (expected 1..={MAX_STEPS})"),
+            ));
+        }
+        if self.method == Method::Cam && self.channels != 0 {
+            return Err(Error::invalid(
+                "channels",
+                format!("{}: cam weighs every channel with the classifier's weights (k applies to the masked methods)", self.channels),
             ));
         }
         if self.channels > layer_channels {

@@ -1,5 +1,6 @@
-//! Gradient-free class activation maps (docs/maps.md): Score-CAM, SS-CAM and IS-CAM,
-//! all channels or the top-K by variance, scored in batches of masked inputs on all
+//! Gradient-free class activation maps (docs/maps.md): CAM from the classifier's own
+//! weights (no masked passes), and Score-CAM, SS-CAM and IS-CAM on all channels or the
+//! top-K by variance or by class contribution, scored in batches of masked inputs on all
 //! cores, from the activations of the prediction pass.
 
 mod budget;
@@ -16,7 +17,9 @@ use crate::model::ndarray::{Array2, Array3, ArrayView3, Axis};
 
 pub use budget::{Budget, Deadline, DEFAULT_MAX_PASSES, DEFAULT_MAX_TIME};
 pub use display::pearson;
-pub use method::{CamParams, Method, Weighting, MAX_STEPS, REDUCED_N_CHANNELS, REDUCED_N_STEPS};
+pub use method::{
+    CamParams, Method, Selection, Weighting, MAX_STEPS, REDUCED_N_CHANNELS, REDUCED_N_STEPS,
+};
 
 use crate::error::{Error, Result};
 use crate::model::{softmax, Classifier};
@@ -27,8 +30,11 @@ pub struct Explanation {
     /// The class explained.
     pub class: usize,
     pub params: CamParams,
-    /// Channels that received a mask (constant ones and those outside the top-K do not).
+    /// Channels that received a mask (constant ones and those outside the top-K do not);
+    /// every channel for `cam`.
     pub channels_used: Vec<usize>,
+    /// Per layer channel, the value the top-K were chosen by (variance or contribution).
+    pub ranking: Vec<f64>,
     /// Masked forward passes run for this map (the prediction pass is not counted).
     pub passes: usize,
     /// Per layer channel, mean over steps of `p_c(masked)`; 0 for unused channels.
@@ -92,7 +98,14 @@ pub fn explain_until(
             format!("{class} (the model has classes 0..{})", logits.len() - 1),
         ));
     }
-    let channels = masks::select_channels(activations, params.channels);
+    if params.method == Method::Cam {
+        return class_activation_map(classifier, activations, class, params, started);
+    }
+    let ranking = match params.select {
+        Selection::Variance => masks::variances(activations),
+        Selection::Contribution => classifier.linear_head()?.contributions(activations, class),
+    };
+    let channels = masks::select_channels(activations, params.channels, &ranking);
     let scores = score::score_masks(
         classifier,
         x,
@@ -124,10 +137,35 @@ pub fn explain_until(
         params: params.clone(),
         passes: channels.len() * params.steps(),
         channels_used: channels,
+        ranking,
         prob_scores,
         logit_diff_scores,
         weights,
         map,
+        millis: started.elapsed().as_secs_f64() * 1e3,
+    })
+}
+
+/// Zhou et al.'s CAM: the class's map from the linear head, without a masked pass.
+fn class_activation_map(
+    classifier: &Classifier,
+    activations: ArrayView3<f32>,
+    class: usize,
+    params: &CamParams,
+    started: Instant,
+) -> Result<Explanation> {
+    let head = classifier.linear_head()?;
+    let k_all = activations.len_of(Axis(0));
+    Ok(Explanation {
+        class,
+        params: params.clone(),
+        channels_used: (0..k_all).collect(),
+        ranking: head.contributions(activations, class),
+        passes: 0,
+        prob_scores: vec![0.0; k_all],
+        logit_diff_scores: vec![0.0; k_all],
+        weights: head.class_weights(class),
+        map: head.class_map(activations, class),
         millis: started.elapsed().as_secs_f64() * 1e3,
     })
 }
@@ -162,13 +200,17 @@ pub fn weights(
 }
 
 impl Explanation {
-    /// The map this explanation would have been with only the top `k` channels by
-    /// variance (0 = all it used): top-K channels are a prefix of the same ranking, and
+    /// The map this explanation would have been with only the top `k` channels of its
+    /// ranking (0 = all it used): top-K channels are a prefix of the same ranking, and
     /// each channel's score depends on its own masks only, so no new passes are needed.
-    /// `None` when `k` asks for channels this explanation did not score. `millis` is this
-    /// run's time scaled by the share of channels kept: an estimate, not a measurement.
+    /// `None` for `cam` and when `k` asks for channels this explanation did not score.
+    /// `millis` is this run's time scaled by the share of channels kept: an estimate, not
+    /// a measurement.
     pub fn restricted(&self, activations: ArrayView3<f32>, k: usize) -> Option<Explanation> {
-        let channels = masks::select_channels(activations, k);
+        if self.params.method == Method::Cam {
+            return (k == 0).then(|| self.clone());
+        }
+        let channels = masks::select_channels(activations, k, &self.ranking);
         if !channels
             .iter()
             .all(|c| self.channels_used.binary_search(c).is_ok())
@@ -200,6 +242,7 @@ impl Explanation {
             map: weighted_map(activations, &weights),
             millis: self.millis * channels.len() as f64 / self.channels_used.len().max(1) as f64,
             channels_used: channels,
+            ranking: self.ranking.clone(),
             prob_scores,
             logit_diff_scores,
             weights,

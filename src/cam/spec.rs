@@ -2,26 +2,28 @@
 //! `eval --methods`, `bench --heatmaps`, `[cam] method`, MQTT `explain` commands):
 //!
 //! ```text
-//! NAME[:key=value,...]     NAME = scorecam | sscam | iscam
+//! NAME[:key=value,...]     NAME = cam | scorecam | sscam | iscam
 //!   n=STEPS    masks per channel (IS-CAM steps, SS-CAM noise samples)
-//!   k=K        the K channels of largest activation variance; 0 = all non-constant ones
+//!   k=K        the K channels ranked highest by `select`; 0 = all non-constant ones
+//!   select=S   variance (largest activation variance, the default) or contribution
+//!              (largest w_{c,k}·mean(A_k): the classifier's weight for the class)
 //!   sigma=S    SS-CAM's noise standard deviation
 //!   r=PIXELS   score the masked inputs at PIXELS×PIXELS
 //! ```
 //! Unset keys take the method's defaults ([`CamParams::new`]): `iscam` is the reduced-N
 //! default (1 step, top 64 channels), `sscam` 35 steps with σ = 2 on all channels,
-//! `scorecam` all channels. A spec prints back as it parses ([`std::fmt::Display`]).
+//! `scorecam` all channels. `cam` runs no masked passes and takes no keys. A spec prints back as it parses ([`std::fmt::Display`]).
 
 use std::fmt;
 
-use super::method::{CamParams, Method};
+use super::method::{CamParams, Method, Selection};
 use crate::error::{Error, Result};
 
 /// Parses one spec such as `iscam:n=10,k=0`.
 pub fn parse(spec: &str) -> Result<CamParams> {
     let bad = |reason: String| Error::invalid("method", format!("{spec:?}: {reason}"));
     let (name, args) = spec.trim().split_once(':').unwrap_or((spec.trim(), ""));
-    let (mut n, mut k, mut sigma, mut r) = (None, None, None, None);
+    let (mut n, mut k, mut sigma, mut r, mut select) = (None, None, None, None, None);
     for arg in args.split(',').map(str::trim).filter(|a| !a.is_empty()) {
         let (key, value) = arg
             .split_once('=')
@@ -41,7 +43,16 @@ pub fn parse(spec: &str) -> Result<CamParams> {
                 set_once(&mut sigma, v).map_err(|_| bad("sigma is given twice".into()))?;
                 continue;
             }
-            other => return Err(bad(format!("unknown parameter {other:?} (n, k, sigma, r)"))),
+            "select" => {
+                let v = value.parse::<Selection>().map_err(|e| bad(e.to_string()))?;
+                set_once(&mut select, v).map_err(|_| bad("select is given twice".into()))?;
+                continue;
+            }
+            other => {
+                return Err(bad(format!(
+                    "unknown parameter {other:?} (n, k, select, sigma, r)"
+                )))
+            }
         };
         set_once(slot, whole(value)?).map_err(|_| bad(format!("{key} is given twice")))?;
     }
@@ -54,7 +65,13 @@ pub fn parse(spec: &str) -> Result<CamParams> {
         (_, Some(_)) => return Err(bad("sigma applies to sscam only".into())),
         _ => {}
     }
+    if params.method == Method::Cam && (r.is_some() || select.is_some()) {
+        return Err(bad(
+            "cam runs no masked passes: r and select apply to the masked methods".into(),
+        ));
+    }
     params.score_size = r;
+    params.select = select.unwrap_or_default();
     Ok(params)
 }
 
@@ -102,13 +119,20 @@ pub fn split_list(list: &str) -> Vec<String> {
 /// score size (weighting, seed and batch are not part of a spec).
 impl fmt::Display for CamParams {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.method == Method::Cam {
+            return write!(f, "cam");
+        }
         write!(f, "{}:", self.method.name())?;
         match self.method {
+            Method::Cam => {}
             Method::ScoreCam => write!(f, "k={}", self.channels)?,
             Method::IsCam { steps } => write!(f, "n={steps},k={}", self.channels)?,
             Method::SsCam { steps, sigma } => {
                 write!(f, "n={steps},k={},sigma={sigma}", self.channels)?
             }
+        }
+        if self.select != Selection::Variance {
+            write!(f, ",select={}", self.select.name())?;
         }
         if let Some(r) = self.score_size {
             write!(f, ",r={r}")?;
@@ -155,6 +179,11 @@ mod tests {
             }
         );
         assert_eq!((p.channels, p.score_size), (32, Some(163)));
+        let p = parse("iscam:k=16,select=contribution").unwrap();
+        assert_eq!((p.channels, p.select), (16, Selection::Contribution));
+        assert_eq!(parse("iscam").unwrap().select, Selection::Variance);
+        let cam = parse("cam").unwrap();
+        assert_eq!((cam.method, cam.passes(512)), (Method::Cam, 0));
     }
 
     #[test]
@@ -164,6 +193,8 @@ mod tests {
             "iscam:n=10,k=0",
             "scorecam",
             "sscam:n=4,k=32,sigma=0.5,r=163",
+            "cam",
+            "scorecam:k=16,select=contribution",
         ] {
             let p = parse(spec).unwrap();
             assert_eq!(parse(&p.to_string()).unwrap(), p, "{spec} → {p}");
@@ -182,6 +213,10 @@ mod tests {
             ("iscam:sigma=2", "sscam only"),
             ("iscam:n=2,n=3", "given twice"),
             ("scorecam:n=3", "one mask per channel"),
+            ("cam:n=2", "no masked passes"),
+            ("cam:k=8", "every channel"),
+            ("cam:r=163", "r and select"),
+            ("iscam:select=gradient", "expected variance or contribution"),
         ] {
             let e = parse(spec).unwrap_err().to_string();
             assert!(e.contains(expected), "{spec}: {e}");

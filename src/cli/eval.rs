@@ -197,8 +197,13 @@ fn evaluate_all(
 fn run_live(args: EvalArgs) -> Result<ExitCode> {
     let params = match &args.live_method {
         Some(spec) => match MethodSpec::parse(spec, args.weighting, args.seed)?.kind {
+            eval::SpecKind::Cam(p) if p.method == iscamd::cam::Method::Cam => {
+                bail!("--live-method {spec}: cam needs no live weights (each frame's map costs no pass)")
+            }
             eval::SpecKind::Cam(p) => p,
-            _ => bail!("--live-method {spec}: expected a CAM method (scorecam, sscam, iscam)"),
+            _ => {
+                bail!("--live-method {spec}: expected a masked CAM method (scorecam, sscam, iscam)")
+            }
         },
         None => {
             let mut p = iscamd::cam::CamParams::new("iscam", None, None)?;

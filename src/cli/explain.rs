@@ -19,14 +19,15 @@ const OVERLAY_MAX_SIDE: u32 = 1024;
 pub struct ExplainArgs {
     #[command(flatten)]
     pub inputs: Inputs,
-    /// A method spec: scorecam, sscam (smoothed) or iscam (integrated), with optional
-    /// parameters, e.g. iscam:n=10,k=0 (grammar: docs/commands.md, "Method specs").
+    /// A method spec: cam (the classifier's weights, no masked passes), scorecam, sscam
+    /// (smoothed) or iscam (integrated), with optional parameters, e.g. iscam:n=10,k=0 or
+    /// iscam:k=16,select=contribution (grammar: docs/commands.md, "Method specs").
     #[arg(long, default_value = "iscam", value_name = "SPEC")]
     pub method: String,
     /// Masks per channel (the spec's n): iscam's integration steps (default 1), sscam's noise samples (default 35).
     #[arg(long, value_name = "N")]
     pub steps: Option<usize>,
-    /// Use the K channels with the largest activation variance (the spec's k); 0 = all. Default: 64 for iscam, all otherwise.
+    /// Use the K channels ranked highest by the spec's select (default: activation variance) (the spec's k); 0 = all. Default: 64 for iscam, all otherwise.
     #[arg(long, value_name = "K")]
     pub channels: Option<usize>,
     /// prob (α = class probability) or logit-softmax (α = softmax of logit increase, as torchcam).

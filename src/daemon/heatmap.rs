@@ -14,7 +14,7 @@ use super::pipeline::Pipeline;
 use super::scheduler::RequestId;
 use super::shutdown::Shutdown;
 use crate::analysis::Analysis;
-use crate::cam::{live, CamParams, Deadline};
+use crate::cam::{live, CamParams, Deadline, Method};
 use crate::error::{Error, Result};
 use crate::model::Classifier;
 use crate::publish::payload::MethodInfo;
@@ -194,10 +194,33 @@ impl Live {
                 self.current = None;
             }
         }
-        let (Some(w), Some(activations)) = (&self.current, &analysis.activations) else {
+        let Some(activations) = &analysis.activations else {
             return Err(live::Refresh::NoReference);
         };
         let t0 = Instant::now();
+        if pipeline.params.method == Method::Cam {
+            // The classifier's own weights: every frame's map costs no pass and no full map.
+            let head = pipeline.classifier.linear_head();
+            let head = head.map_err(|_| live::Refresh::NoReference)?;
+            let ready = Ready {
+                classifier: pipeline.classifier.clone(),
+                analysis: analysis.clone(),
+                frame,
+                captured,
+                class,
+                map: head.class_map(activations.view(), class),
+                method: MethodInfo::from(&pipeline.params),
+                passes: 0,
+                cam_ms: t0.elapsed().as_secs_f64() * 1e3,
+                freshness: Freshness::Fresh,
+                request_id: None,
+            };
+            self.send(ready, stats);
+            return Ok(());
+        }
+        let Some(w) = &self.current else {
+            return Err(live::Refresh::NoReference);
+        };
         let age = w.made.elapsed();
         let live = w
             .reference
@@ -219,9 +242,14 @@ impl Live {
             },
             request_id: None,
         };
+        self.send(ready, stats);
+        Ok(())
+    }
+
+    /// Hands a map to the render stage, or counts it dropped while the stage is busy.
+    fn send(&self, ready: Ready, stats: &Stats) {
         if self.render.try_send(Outcome::Map(Box::new(ready))).is_err() {
             stats.live_map_dropped();
         }
-        Ok(())
     }
 }

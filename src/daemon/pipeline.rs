@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::cam::{Budget, CamParams};
+use crate::cam::{Budget, CamParams, Method, Selection};
 use crate::config::{CamConfig, Config};
 use crate::error::{Error, Result};
 use crate::model::Classifier;
@@ -36,6 +36,10 @@ impl Pipeline {
             .validate(layer.channels, classifier.input_size())
             .map_err(crate::config::cam_key)?;
         config.cam.budget().admit(&params, layer.channels)?;
+        if params.method == Method::Cam || params.select == Selection::Contribution {
+            // Read at load; refused here so a model without a linear head fails at start.
+            classifier.linear_head()?;
+        }
         Ok(Pipeline {
             classifier,
             params,

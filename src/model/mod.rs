@@ -6,6 +6,7 @@ pub mod annotate;
 mod backend;
 pub mod cost;
 pub mod fetch;
+mod head;
 pub mod kernels;
 mod labels;
 mod onnx;
@@ -20,6 +21,7 @@ use std::path::{Path, PathBuf};
 use tract_onnx::prelude::tract_ndarray::{Array2, Array4, ArrayD, ArrayView4, Ix4};
 
 pub use backend::{Backend, BackendKind, OrtOptions, Provider};
+pub use head::LinearHead;
 pub use labels::Labels;
 use onnx::OnnxFile;
 pub use preprocess::{ChannelOrder, Preprocess, PreprocessMetadata, PreprocessOverrides};
@@ -131,6 +133,8 @@ pub struct Classifier {
     preprocess: Preprocess,
     labels: Labels,
     cam: Option<CamLayer>,
+    /// The classifier's weights over the CAM layer, or why they cannot be read.
+    head: Option<std::result::Result<LinearHead, String>>,
     classes: usize,
     /// The output holds probabilities (metadata `output_kind=probabilities`): logits
     /// are recovered as their logarithm, so that softmax gives them back.
@@ -156,8 +160,13 @@ impl Classifier {
         let preprocess =
             preprocessing(input.side, &metadata, options).map_err(|e| Error::model(&path, e))?;
         let input_size = preprocess.input_size as usize;
+        let head = outputs.cam.as_ref().map(|cam| {
+            let graph = onnx.proto.graph.as_ref().ok_or("the model has no graph")?;
+            LinearHead::read(graph, cam, &outputs.logits)
+        });
         let backend = open_backend(options, onnx, &input.name, &outputs, input_size)?;
         let (classes, cam) = output_shapes(&path, backend.as_ref(), &outputs, input_size)?;
+        let head = head.map(|h| h.and_then(|h| head_fits(h, classes, cam.as_ref())));
         let labels_path = options
             .labels
             .clone()
@@ -176,6 +185,7 @@ impl Classifier {
             preprocess,
             labels,
             cam,
+            head,
             classes,
             output_is_probability: metadata
                 .get("output_kind")
@@ -199,6 +209,19 @@ impl Classifier {
     /// The CAM layer, or `None` for a model loaded without one.
     pub fn cam_layer(&self) -> Option<&CamLayer> {
         self.cam.as_ref()
+    }
+
+    /// The linear head after the CAM layer (what the `cam` method and class-aware channel
+    /// ranking read), or why the model has none they can use.
+    pub fn linear_head(&self) -> Result<&LinearHead> {
+        match &self.head {
+            Some(Ok(head)) => Ok(head),
+            Some(Err(why)) => Err(Error::model(&self.path, why)),
+            None => Err(Error::model(
+                &self.path,
+                "has no CAM layer (set --cam-layer)",
+            )),
+        }
     }
 
     pub fn classes(&self) -> usize {
@@ -405,6 +428,24 @@ fn output_shapes(
         _ => None,
     };
     Ok((classes, cam))
+}
+
+/// The head, if its weights span the model's classes and the CAM layer's channels.
+fn head_fits(
+    head: LinearHead,
+    classes: usize,
+    cam: Option<&CamLayer>,
+) -> std::result::Result<LinearHead, String> {
+    let channels = cam.map_or(0, |c| c.channels);
+    if head.classes() == classes && head.channels() == channels {
+        return Ok(head);
+    }
+    Err(format!(
+        "the head after the CAM layer ({}) has weights for {} classes × {} channels; the model has {classes} classes and {channels} CAM channels",
+        head.description,
+        head.classes(),
+        head.channels()
+    ))
 }
 
 /// Softmax of a row of logits, computed in f64 for stable tails.

@@ -278,6 +278,17 @@ mod tests {
             panic!()
         };
         assert_eq!((params.steps(), params.channels), (4, 8));
+        let (_, cmd) =
+            parse_str(r#"{"cmd":"explain","method":"scorecam:k=8,select=contribution"}"#);
+        let Command::Explain { params, .. } = cmd.unwrap() else {
+            panic!()
+        };
+        assert_eq!(params.select, crate::cam::Selection::Contribution);
+        let (_, cmd) = parse_str(r#"{"cmd":"explain","method":"cam"}"#);
+        let Command::Explain { params, .. } = cmd.unwrap() else {
+            panic!()
+        };
+        assert_eq!(params.method, Method::Cam);
     }
 
     #[test]
@@ -289,6 +300,10 @@ mod tests {
             (r#"{"cmd":"explain","steps":0}"#, "steps"),
             (r#"{"cmd":"explain","steps":1000000}"#, "steps"),
             (r#"{"cmd":"explain","channels":600}"#, "600"),
+            (
+                r#"{"cmd":"explain","method":"cam","channels":8}"#,
+                "every channel",
+            ),
             (r#"{"cmd":"explain","steps":"four"}"#, "invalid type"),
             (r#"{"cmd":"explain","class":1000}"#, "class 1000"),
             (r#"{"cmd":"explain","colour":"red"}"#, "colour"),

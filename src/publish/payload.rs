@@ -102,6 +102,8 @@ pub struct MethodInfo {
     pub name: &'static str,
     pub steps: usize,
     pub channels: usize,
+    /// How the `channels` were chosen: variance or contribution.
+    pub select: &'static str,
     pub weighting: &'static str,
 }
 
@@ -111,6 +113,7 @@ impl From<&CamParams> for MethodInfo {
             name: p.method.name(),
             steps: p.steps(),
             channels: p.channels,
+            select: p.select.name(),
             weighting: p.weighting.name(),
         }
     }

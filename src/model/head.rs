@@ -1,0 +1,441 @@
+//! The linear head that follows the CAM layer, read from the ONNX graph: the classifier's
+//! own weights `w_{c,k}` for class `c` and CAM channel `k`. The zero-pass `cam` method
+//! (Zhou et al., CVPR 2016: `CAM_c = Σ_k w_{c,k} A_k`) and the class-aware channel ranking
+//! (`w_{c,k} · mean(A_k)`) need nothing else.
+//!
+//! Two shapes of head are understood, with QuantizeLinear/DequantizeLinear anywhere between
+//! their ops and dequantized weights (`QLinearConv`, or `DequantizeLinear` of a constant):
+//! - a 1×1 convolution, optionally a ReLU, then a global average pool (SqueezeNet's
+//!   `conv_final → relu → GlobalAveragePool`). Padding adds a border where the convolution
+//!   sees only zeros: its value is `ReLU(b_c)` everywhere, so it carries no spatial
+//!   information and the map keeps the CAM layer's grid;
+//! - a global average pool, Flatten/Reshape/Squeeze, then `Gemm`, or `MatMul` and `Add`
+//!   (ResNet, MobileNet, EfficientNet).
+
+use std::collections::HashMap;
+
+use tract_onnx::pb::{GraphProto, NodeProto, TensorProto};
+
+use super::ndarray::{Array2, ArrayView3, Axis};
+
+/// The classifier's weights over the CAM layer's channels.
+#[derive(Clone, Debug)]
+pub struct LinearHead {
+    /// `[classes, channels]`.
+    weights: Array2<f32>,
+    bias: Vec<f32>,
+    /// The ops found, e.g. `Conv "conv_final" (1×1) → Relu → GlobalAveragePool → Flatten`.
+    pub description: String,
+}
+
+/// Ops that reshape, quantize or normalise without changing which class wins.
+const PASS_THROUGH: [&str; 7] = [
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "Flatten",
+    "Reshape",
+    "Squeeze",
+    "Identity",
+    "Softmax",
+];
+
+const EXPECTED: &str =
+    "the cam method needs a linear head after the CAM layer: a 1×1 Conv (then ReLU and GlobalAveragePool), or GlobalAveragePool → Flatten → Gemm/MatMul";
+
+impl LinearHead {
+    /// Follows the graph from the CAM layer `cam` to the `logits` output.
+    pub fn read(graph: &GraphProto, cam: &str, logits: &str) -> Result<Self, String> {
+        let g = Graph::new(graph);
+        let mut ops = Vec::new();
+        let mut tensor = g.skip(cam, &["QuantizeLinear", "DequantizeLinear"], &mut ops)?;
+        let node = g.consumer(&tensor)?;
+        let (weights, bias) = match node.op_type.as_str() {
+            "Conv" | "QLinearConv" => {
+                let linear = g.conv(node)?;
+                ops.push(format!("{} {:?} (1×1)", node.op_type, node.name));
+                tensor = g.skip(
+                    &node.output[0],
+                    &["Relu", "QuantizeLinear", "DequantizeLinear"],
+                    &mut ops,
+                )?;
+                let pool = g.consumer(&tensor)?;
+                if pool.op_type != "GlobalAveragePool" {
+                    return Err(unsupported(cam, pool));
+                }
+                ops.push(pool.op_type.clone());
+                tensor = pool.output[0].clone();
+                linear
+            }
+            "GlobalAveragePool" => {
+                ops.push(node.op_type.clone());
+                tensor = g.skip(&node.output[0], &PASS_THROUGH, &mut ops)?;
+                let dense = g.consumer(&tensor)?;
+                let (linear, out) = g.dense(dense)?;
+                ops.push(dense.op_type.clone());
+                tensor = out;
+                linear
+            }
+            _ => return Err(unsupported(cam, node)),
+        };
+        let end = g.skip(&tensor, &PASS_THROUGH, &mut ops)?;
+        if end != logits {
+            let next = g.consumer(&end)?;
+            return Err(unsupported(cam, next));
+        }
+        Ok(LinearHead {
+            weights,
+            bias,
+            description: ops.join(" → "),
+        })
+    }
+
+    pub fn classes(&self) -> usize {
+        self.weights.nrows()
+    }
+
+    pub fn channels(&self) -> usize {
+        self.weights.ncols()
+    }
+
+    /// `w_{c,k}` for every channel `k`.
+    pub fn class_weights(&self, class: usize) -> Vec<f64> {
+        self.weights.row(class).iter().map(|&w| w as f64).collect()
+    }
+
+    /// `ReLU(Σ_k w_{c,k} A_k + b_c)` over `activations` (`[C,h,w]`): the class's score at
+    /// each place before the pooling averages it into the logit.
+    pub fn class_map(&self, activations: ArrayView3<f32>, class: usize) -> Array2<f32> {
+        let (_, h, w) = activations.dim();
+        let mut acc = Array2::<f64>::from_elem((h, w), self.bias[class] as f64);
+        for (a, &wk) in activations.axis_iter(Axis(0)).zip(self.weights.row(class)) {
+            if wk != 0.0 {
+                acc.zip_mut_with(&a, |s, &v| *s += wk as f64 * v as f64);
+            }
+        }
+        acc.mapv(|v| v.max(0.0) as f32)
+    }
+
+    /// `w_{c,k} · mean(A_k)` per channel: how much channel `k` adds to class `c`'s logit.
+    pub fn contributions(&self, activations: ArrayView3<f32>, class: usize) -> Vec<f64> {
+        activations
+            .axis_iter(Axis(0))
+            .zip(self.weights.row(class))
+            .map(|(a, &w)| {
+                let mean = a.iter().map(|&v| v as f64).sum::<f64>() / a.len().max(1) as f64;
+                w as f64 * mean
+            })
+            .collect()
+    }
+}
+
+fn unsupported(cam: &str, found: &NodeProto) -> String {
+    format!(
+        "the CAM layer {cam:?} leads to {} {:?}; {EXPECTED}",
+        found.op_type, found.name
+    )
+}
+
+/// Weights `[classes, channels]` and bias.
+type Linear = (Array2<f32>, Vec<f32>);
+
+/// The graph's nodes by the tensors they read, and its constants.
+struct Graph<'a> {
+    consumers: HashMap<&'a str, Vec<&'a NodeProto>>,
+    producers: HashMap<&'a str, &'a NodeProto>,
+    constants: HashMap<&'a str, &'a TensorProto>,
+}
+
+impl<'a> Graph<'a> {
+    fn new(graph: &'a GraphProto) -> Self {
+        let mut consumers: HashMap<&str, Vec<&NodeProto>> = HashMap::new();
+        let mut producers = HashMap::new();
+        for node in &graph.node {
+            for input in &node.input {
+                consumers.entry(input.as_str()).or_default().push(node);
+            }
+            for output in &node.output {
+                producers.insert(output.as_str(), node);
+            }
+        }
+        let constants = graph
+            .initializer
+            .iter()
+            .map(|t| (t.name.as_str(), t))
+            .collect();
+        Graph {
+            consumers,
+            producers,
+            constants,
+        }
+    }
+
+    /// The one op that reads `tensor`.
+    fn consumer(&self, tensor: &str) -> Result<&'a NodeProto, String> {
+        match self.consumers.get(tensor).map(Vec::as_slice) {
+            Some([one]) if !one.output.is_empty() => Ok(one),
+            Some([_]) => Err(format!("the op reading {tensor:?} has no output")),
+            None | Some([]) => Err(format!(
+                "nothing reads {tensor:?} on the way to the logits; {EXPECTED}"
+            )),
+            Some(many) => Err(format!(
+                "{tensor:?} feeds {} ops on the way to the logits; {EXPECTED}",
+                many.len()
+            )),
+        }
+    }
+
+    /// Follows `tensor` through ops of the kinds `ops` and returns the first tensor whose
+    /// reader is of another kind (or that nothing reads), noting the ops passed in `path`.
+    fn skip(&self, tensor: &str, ops: &[&str], path: &mut Vec<String>) -> Result<String, String> {
+        let mut tensor = tensor.to_string();
+        // A graph is acyclic, but a hostile file need not be: bound the walk.
+        for _ in 0..self.producers.len() + 1 {
+            match self.consumers.get(tensor.as_str()).map(Vec::as_slice) {
+                Some([one]) if ops.contains(&one.op_type.as_str()) && !one.output.is_empty() => {
+                    path.push(one.op_type.clone());
+                    tensor = one.output[0].clone();
+                }
+                _ => return Ok(tensor),
+            }
+        }
+        Err(format!("the graph after {tensor:?} has a cycle"))
+    }
+
+    /// A constant's values: an initializer, or the DequantizeLinear of one.
+    fn constant(&self, name: &str) -> Result<Constant, String> {
+        if let Some(t) = self.constants.get(name) {
+            return Constant::decode(t);
+        }
+        // The quantized values must be an initializer: no chain of ops, so a hostile
+        // graph cannot send this into a loop.
+        let dequantize = self
+            .producers
+            .get(name)
+            .filter(|n| n.op_type == "DequantizeLinear");
+        let Some(node) = dequantize else {
+            return Err(format!("{name:?} is not a constant the graph holds"));
+        };
+        let not_constant = || format!("{name:?} dequantizes a tensor that is not a constant");
+        let input = |i: usize| -> Option<Result<Constant, String>> {
+            let t = node.input.get(i).filter(|n| !n.is_empty())?;
+            Some(
+                self.constants
+                    .get(t.as_str())
+                    .map_or_else(|| Err(not_constant()), |t| Constant::decode(t)),
+            )
+        };
+        let q = input(0).unwrap_or_else(|| Err(not_constant()))?;
+        let scale = input(1).unwrap_or_else(|| Err(not_constant()))?;
+        let zero = input(2).transpose()?.map_or(vec![0.0], |z| z.values);
+        // Per-channel parameters run along `axis` (ONNX's default: 1).
+        let axis = node
+            .attribute
+            .iter()
+            .find(|a| a.name == "axis")
+            .map_or(1, |a| a.i);
+        let axis = usize::try_from(if axis < 0 {
+            axis + q.dims.len() as i64
+        } else {
+            axis
+        })
+        .ok()
+        .filter(|&a| a < q.dims.len().max(1));
+        let Some(axis) = axis else {
+            return Err(format!("{name:?} is dequantized along a missing axis"));
+        };
+        let along = q.dims.get(axis).copied().unwrap_or(1);
+        let inner: usize = q.dims.iter().skip(axis + 1).product();
+        let scale = per_row_values(&scale.values, along, "scale")?;
+        let zero = per_row_values(&zero, along, "zero point")?;
+        let values = q
+            .values
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                let j = (i / inner.max(1)) % along.max(1);
+                (v - zero[j]) * scale[j]
+            })
+            .collect();
+        Ok(Constant { values, ..q })
+    }
+
+    /// Weights `[M, C]` and bias of a 1×1 `Conv` or `QLinearConv`.
+    fn conv(&self, node: &NodeProto) -> Result<Linear, String> {
+        let ints = |name: &str| {
+            node.attribute
+                .iter()
+                .find(|a| a.name == name)
+                .map(|a| a.ints.clone())
+        };
+        let group = node
+            .attribute
+            .iter()
+            .find(|a| a.name == "group")
+            .map(|a| a.i);
+        if group.is_some_and(|g| g != 1)
+            || ints("strides").is_some_and(|s| s.iter().any(|&v| v != 1))
+        {
+            return Err(format!(
+                "{} {:?} is grouped or strided; {EXPECTED}",
+                node.op_type, node.name
+            ));
+        }
+        let input = |i: usize| node.input.get(i).filter(|n| !n.is_empty());
+        let missing = || format!("{} {:?} lacks an input", node.op_type, node.name);
+        let quantized = node.op_type == "QLinearConv";
+        let (w_at, b_at) = if quantized { (3, 8) } else { (1, 2) };
+        let mut w = self.constant(input(w_at).ok_or_else(missing)?)?;
+        if w.dims.len() != 4 || w.dims[2] != 1 || w.dims[3] != 1 {
+            return Err(format!(
+                "{} {:?} has weights of shape {:?}, not [M, C, 1, 1]; {EXPECTED}",
+                node.op_type, node.name, w.dims
+            ));
+        }
+        let (m, c) = (w.dims[0], w.dims[1]);
+        let mut bias_scale = vec![1.0; m];
+        if quantized {
+            let scalar = |i: usize| -> Result<Vec<f32>, String> {
+                Ok(self.constant(input(i).ok_or_else(missing)?)?.values)
+            };
+            let w_scale = per_row_values(&scalar(4)?, m, "weight scale")?;
+            let w_zero = per_row_values(&scalar(5)?, m, "weight zero point")?;
+            let x_scale = per_row_values(&scalar(1)?, 1, "input scale")?[0];
+            for (i, v) in w.values.iter_mut().enumerate() {
+                *v = (*v - w_zero[i / c]) * w_scale[i / c];
+            }
+            bias_scale = w_scale.iter().map(|s| s * x_scale).collect();
+        }
+        let bias = match input(b_at) {
+            Some(b) => {
+                let b = per_row_values(&self.constant(b)?.values, m, "bias")?;
+                b.iter().zip(&bias_scale).map(|(b, s)| b * s).collect()
+            }
+            None => vec![0.0; m],
+        };
+        let weights = Array2::from_shape_vec((m, c), w.values).map_err(|e| e.to_string())?;
+        Ok((weights, bias))
+    }
+
+    /// Weights `[M, C]`, bias and output tensor of a `Gemm`, or of a `MatMul` and the
+    /// `Add` of a constant after it.
+    fn dense(&self, node: &NodeProto) -> Result<(Linear, String), String> {
+        let attr = |name: &str| node.attribute.iter().find(|a| a.name == name);
+        let b = node
+            .input
+            .get(1)
+            .ok_or_else(|| format!("{:?} lacks weights", node.name))?;
+        let b = self.constant(b)?;
+        let [rows, cols] = b.dims[..] else {
+            return Err(format!(
+                "{} {:?} has weights of shape {:?}, not 2-D",
+                node.op_type, node.name, b.dims
+            ));
+        };
+        let b_matrix = Array2::from_shape_vec((rows, cols), b.values).map_err(|e| e.to_string())?;
+        match node.op_type.as_str() {
+            "Gemm" => {
+                if attr("transA").is_some_and(|a| a.i != 0) {
+                    return Err(format!(
+                        "Gemm {:?} transposes its input; {EXPECTED}",
+                        node.name
+                    ));
+                }
+                let alpha = attr("alpha").map_or(1.0, |a| a.f);
+                let beta = attr("beta").map_or(1.0, |a| a.f);
+                let w = if attr("transB").is_some_and(|a| a.i != 0) {
+                    b_matrix
+                } else {
+                    b_matrix.reversed_axes().as_standard_layout().into_owned()
+                };
+                let m = w.nrows();
+                let bias = match node.input.get(2).filter(|n| !n.is_empty()) {
+                    Some(c) => per_row_values(&self.constant(c)?.values, m, "bias")?,
+                    None => vec![0.0; m],
+                };
+                let bias = bias.iter().map(|v| v * beta).collect();
+                Ok(((w.mapv(|v| v * alpha), bias), node.output[0].clone()))
+            }
+            "MatMul" => {
+                let w = b_matrix.reversed_axes().as_standard_layout().into_owned();
+                let m = w.nrows();
+                let out = node.output[0].clone();
+                match self.consumers.get(out.as_str()).map(Vec::as_slice) {
+                    Some([add]) if add.op_type == "Add" && !add.output.is_empty() => {
+                        let other = add
+                            .input
+                            .iter()
+                            .find(|i| **i != out)
+                            .ok_or("Add of itself")?;
+                        let bias = per_row_values(&self.constant(other)?.values, m, "bias")?;
+                        Ok(((w, bias), add.output[0].clone()))
+                    }
+                    _ => Ok(((w, vec![0.0; m]), out)),
+                }
+            }
+            _ => Err(format!(
+                "the CAM layer's pool leads to {} {:?}; {EXPECTED}",
+                node.op_type, node.name
+            )),
+        }
+    }
+}
+
+/// A constant tensor as f32 values and its shape.
+struct Constant {
+    dims: Vec<usize>,
+    values: Vec<f32>,
+}
+
+impl Constant {
+    /// Float, 8-bit and 32-bit integer tensors, stored raw or in typed fields. Written here
+    /// because tract's loader panics on tensor types it does not know, and a hostile model
+    /// file must get an error instead.
+    fn decode(t: &TensorProto) -> Result<Self, String> {
+        let name = &t.name;
+        let dims = t
+            .dims
+            .iter()
+            .map(|&d| usize::try_from(d).map_err(|_| format!("tensor {name:?} has dimension {d}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let len = dims
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .ok_or_else(|| format!("tensor {name:?} is too large"))?;
+        let raw = &t.raw_data;
+        let words = |f: fn([u8; 4]) -> f32| -> Vec<f32> {
+            raw.chunks_exact(4)
+                .map(|b| f([b[0], b[1], b[2], b[3]]))
+                .collect()
+        };
+        // ONNX TensorProto.DataType: 1 FLOAT, 2 UINT8, 3 INT8, 6 INT32.
+        let values: Vec<f32> = match (t.data_type, raw.is_empty()) {
+            (1, false) => words(f32::from_le_bytes),
+            (1, true) => t.float_data.clone(),
+            (2, false) => raw.iter().map(|&v| v as f32).collect(),
+            (3, false) => raw.iter().map(|&v| v as i8 as f32).collect(),
+            (6, false) => words(|b| i32::from_le_bytes(b) as f32),
+            (2 | 3 | 6, true) => t.int32_data.iter().map(|&v| v as f32).collect(),
+            (other, _) => {
+                return Err(format!(
+                    "tensor {name:?} has ONNX data type {other}; the head's weights must be float, int8, uint8 or int32"
+                ))
+            }
+        };
+        if values.len() != len {
+            return Err(format!(
+                "tensor {name:?} holds {} values for shape {dims:?} (external data is not read)",
+                values.len()
+            ));
+        }
+        Ok(Constant { dims, values })
+    }
+}
+
+/// One value per row from a scalar or a per-row vector.
+fn per_row_values(values: &[f32], rows: usize, what: &str) -> Result<Vec<f32>, String> {
+    match values.len() {
+        1 => Ok(vec![values[0]; rows]),
+        n if n == rows => Ok(values.to_vec()),
+        n => Err(format!("a {what} of {n} values for {rows} rows")),
+    }
+}
