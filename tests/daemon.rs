@@ -980,3 +980,53 @@ fn live_maps_fill_the_frames_between_full_maps_and_never_outlive_their_class() {
     let live = heatmaps.iter().filter(|h| h["fresh"] == false).count();
     assert!(live >= 2, "{live} live maps");
 }
+
+#[test]
+fn cam_method_maps_every_frame_with_no_pass_and_no_full_map_first() {
+    let Setup {
+        broker: _broker,
+        observer,
+        mut daemon,
+        _dir,
+    } = setup(
+        "iscamd/#",
+        4,
+        "[cam]\nmethod = \"cam\"\ninterval = \"0s\"\nlive = true\n",
+    );
+    let heatmaps = observer.wait_for(
+        &topic("heatmap"),
+        Duration::from_secs(60),
+        "six cam maps",
+        |m| m.len() >= 6,
+    );
+    let predictions = observer.on(&topic("prediction"));
+    assert!(daemon.terminate().success(), "{}", daemon.log_text());
+    let top1: std::collections::HashMap<u64, serde_json::Value> = predictions
+        .iter()
+        .map(|m| m.json())
+        .map(|p| (p["frame"].as_u64().unwrap(), p["top"][0]["index"].clone()))
+        .collect();
+    let frames: Vec<u64> = heatmaps
+        .iter()
+        .map(|m| m.json()["frame"].as_u64().unwrap())
+        .collect();
+    // The render stage may drop a map while it is busy, so frames may be skipped; but the
+    // first frame already has its map: no full map is needed first.
+    assert!(frames.windows(2).all(|w| w[1] > w[0]), "{frames:?}");
+    assert_eq!(Some(&frames[0]), top1.keys().min(), "the first frame's map");
+    for h in heatmaps.iter().map(|m| m.json()) {
+        assert_eq!(h["method"]["name"], "cam", "{h}");
+        assert_eq!(
+            (h["passes"].clone(), h["fresh"].clone()),
+            (0.into(), true.into()),
+            "{h}"
+        );
+        let frame = h["frame"].as_u64().unwrap();
+        if let Some(class) = top1.get(&frame) {
+            assert_eq!(
+                &h["class"]["index"], class,
+                "the frame's own top-1 class: {h}"
+            );
+        }
+    }
+}

@@ -76,9 +76,12 @@ pub struct Record<'a> {
 
 #[derive(Serialize)]
 pub struct MethodRecord {
+    /// The method spec that makes this map again.
+    pub spec: String,
     pub name: &'static str,
     pub steps: usize,
     pub channels: usize,
+    pub select: &'static str,
     pub weighting: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sigma: Option<f32>,
@@ -101,9 +104,11 @@ impl MethodRecord {
             _ => (None, None),
         };
         MethodRecord {
+            spec: params.to_string(),
             name: params.method.name(),
             steps: params.steps(),
             channels: params.channels,
+            select: params.select.name(),
             weighting: params.weighting.name(),
             sigma,
             seed,
@@ -183,13 +188,12 @@ fn print_record(
         Format::Text => {
             write!(
                 out,
-                "{}: {} [{}] {:.1}% — {} N={} K={}: {} passes, {:.0} ms",
+                "{}: {} [{}] {:.1}% — {} ({} channels): {} passes, {:.0} ms",
                 path.display(),
                 record.class.label,
                 record.class.index,
                 record.class.score * 100.0,
-                record.method.name,
-                record.method.steps,
+                record.method.spec,
                 record.channels_used,
                 record.passes,
                 record.latency_ms.total.unwrap_or_default()
