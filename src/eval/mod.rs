@@ -379,6 +379,12 @@ mod tests {
                 "iscam:n=3,k=16"
             ]
         );
+        let by_select = expand_sweep("scorecam:k=8|16,select=variance|contribution").unwrap();
+        assert_eq!(by_select.len(), 4);
+        for spec in &by_select {
+            crate::cam::spec::parse(spec).unwrap();
+        }
+        assert_eq!(by_select[1], "scorecam:k=8,select=contribution");
         for bad in ["iscam", "iscam:n=3..1", "iscam:n=a..3", "iscam:n"] {
             assert!(expand_sweep(bad).is_err(), "{bad}");
         }
