@@ -12,7 +12,7 @@ use common::{load, load_path, model_path, npy, pearson, reference_dir, reference
 use common::{F32_MODEL, INT8_MODEL};
 use iscamd::cam::{self, CamParams, Method, Selection};
 use iscamd::model::{softmax, top_k, Classifier};
-use tract_onnx::prelude::tract_ndarray::{Array4, Axis, Ix4};
+use tract_onnx::prelude::tract_ndarray::{Array3, Array4, Axis, Ix4};
 
 fn script(args: &[&Path]) -> String {
     let out = Command::new("python3")
@@ -28,14 +28,19 @@ fn script(args: &[&Path]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// iscamd's `cam` map of the top-1 class of `input`, that class, and the CAM layer's
-/// activations (raw little-endian f32).
-fn cam_map(classifier: &Classifier, input: Array4<f32>) -> (usize, Vec<f32>, Vec<u8>) {
+/// The input without its batch axis, its logits and its CAM-layer activations.
+fn forward(classifier: &Classifier, input: Array4<f32>) -> (Array3<f32>, Vec<f32>, Array3<f32>) {
     let forward = classifier.forward(input.view()).unwrap();
     let logits = forward.logits.index_axis(Axis(0), 0).to_vec();
     let activations = forward.activations.unwrap().index_axis_move(Axis(0), 0);
+    (input.index_axis_move(Axis(0), 0), logits, activations)
+}
+
+/// iscamd's `cam` map of the top-1 class of `input`, that class, and the CAM layer's
+/// activations (raw little-endian f32).
+fn cam_map(classifier: &Classifier, input: Array4<f32>) -> (usize, Vec<f32>, Vec<u8>) {
+    let (x, logits, activations) = forward(classifier, input);
     let class = top_k(&softmax(&logits), 1)[0];
-    let x = input.index_axis_move(Axis(0), 0);
     let params = cam::spec::parse("cam").unwrap();
     let e = cam::explain(
         classifier,
@@ -129,12 +134,7 @@ fn gemm_and_matmul_heads_give_numpy_maps_and_other_heads_a_named_error() {
     let e = classifier.linear_head().unwrap_err().to_string();
     assert!(e.contains("MaxPool") && e.contains("features"), "{e}");
     // The error reaches whoever asks for a cam map or a class-aware selection.
-    let input = input.index_axis_move(Axis(0), 0);
-    let forward = classifier
-        .forward(input.clone().insert_axis(Axis(0)).view())
-        .unwrap();
-    let logits = forward.logits.index_axis(Axis(0), 0).to_vec();
-    let activations = forward.activations.unwrap().index_axis_move(Axis(0), 0);
+    let (input, logits, activations) = forward(&classifier, input);
     for spec in ["cam", "scorecam:k=2,select=contribution"] {
         let params = cam::spec::parse(spec).unwrap();
         let err = cam::explain(
@@ -160,10 +160,7 @@ fn contribution_selection_follows_the_class_and_variance_does_not() {
     let input = npy(&reference_dir().join(format!("{name}.input.npy")))
         .into_dimensionality::<Ix4>()
         .unwrap();
-    let forward = classifier.forward(input.view()).unwrap();
-    let logits = forward.logits.index_axis(Axis(0), 0).to_vec();
-    let activations = forward.activations.unwrap().index_axis_move(Axis(0), 0);
-    let x = input.index_axis_move(Axis(0), 0);
+    let (x, logits, activations) = forward(&classifier, input);
     let ranked = top_k(&softmax(&logits), 2);
     let chosen = |select: Selection, class: usize| {
         let mut params = CamParams::new("scorecam", None, Some(8)).unwrap();

@@ -198,58 +198,43 @@ impl Live {
             return Err(live::Refresh::NoReference);
         };
         let t0 = Instant::now();
-        if pipeline.params.method == Method::Cam {
+        let (map, method, freshness) = if pipeline.params.method == Method::Cam {
             // The classifier's own weights: every frame's map costs no pass and no full map.
             let head = pipeline.classifier.linear_head();
             let head = head.map_err(|_| live::Refresh::NoReference)?;
-            let ready = Ready {
-                classifier: pipeline.classifier.clone(),
-                analysis: analysis.clone(),
-                frame,
-                captured,
-                class,
-                map: head.class_map(activations.view(), class),
-                method: MethodInfo::from(&pipeline.params),
-                passes: 0,
-                cam_ms: t0.elapsed().as_secs_f64() * 1e3,
-                freshness: Freshness::Fresh,
-                request_id: None,
+            let map = head.class_map(activations.view(), class);
+            (map, MethodInfo::from(&pipeline.params), Freshness::Fresh)
+        } else {
+            let Some(w) = &self.current else {
+                return Err(live::Refresh::NoReference);
             };
-            self.send(ready, stats);
-            return Ok(());
-        }
-        let Some(w) = &self.current else {
-            return Err(live::Refresh::NoReference);
+            let age = w.made.elapsed();
+            let live = w
+                .reference
+                .live_map(class, activations.view(), age, &self.policy)?;
+            let freshness = Freshness::Live {
+                age,
+                weights_frame: w.reference.frame,
+                drift: live.drift,
+            };
+            (live.map, MethodInfo::from(&w.reference.params), freshness)
         };
-        let age = w.made.elapsed();
-        let live = w
-            .reference
-            .live_map(class, activations.view(), age, &self.policy)?;
         let ready = Ready {
             classifier: pipeline.classifier.clone(),
             analysis: analysis.clone(),
             frame,
             captured,
             class,
-            map: live.map,
-            method: MethodInfo::from(&w.reference.params),
+            map,
+            method,
             passes: 0,
             cam_ms: t0.elapsed().as_secs_f64() * 1e3,
-            freshness: Freshness::Live {
-                age,
-                weights_frame: w.reference.frame,
-                drift: live.drift,
-            },
+            freshness,
             request_id: None,
         };
-        self.send(ready, stats);
-        Ok(())
-    }
-
-    /// Hands a map to the render stage, or counts it dropped while the stage is busy.
-    fn send(&self, ready: Ready, stats: &Stats) {
         if self.render.try_send(Outcome::Map(Box::new(ready))).is_err() {
             stats.live_map_dropped();
         }
+        Ok(())
     }
 }
