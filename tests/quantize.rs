@@ -9,6 +9,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use common::{accuracy, images_dir, load, load_path, mean_map_r, model_path, F32_MODEL};
+use iscamd::analysis::Analysis;
+use iscamd::source::decode_image;
 use tract_onnx::prelude::Framework;
 
 fn quantize(args: &[&std::ffi::OsStr]) -> Output {
@@ -76,6 +78,26 @@ fn quantized_model_keeps_accuracy_and_maps() {
         mean >= 0.95,
         "int8 maps drift from f32 maps: mean r = {mean}"
     );
+
+    // The CAM layer is a float view of a quantized Concat here; the head reads the latter.
+    let head = int8_model.linear_head().unwrap();
+    assert!(
+        head.description.contains("QLinearConv"),
+        "{}",
+        head.description
+    );
+    let cam = iscamd::cam::spec::parse("cam").unwrap();
+    let frame = decode_image(&common::image("n01440764_tench")).unwrap();
+    let map = |model: &iscamd::model::Classifier| {
+        let analysis = Analysis::of_frame(model, frame.clone()).unwrap();
+        analysis.explain(model, Some(0), &cam, 1).unwrap().map
+    };
+    let r = common::pearson(
+        map(&f32_model).as_slice().unwrap(),
+        map(&int8_model).as_slice().unwrap(),
+    );
+    println!("cam r(quantize.py int8, f32) on the tench: {r:.4}");
+    assert!(r >= 0.95, "int8 cam map drifts from f32's: r = {r}");
 }
 
 /// The op type that produces each input of each Concat in an ONNX file.

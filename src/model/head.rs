@@ -45,9 +45,10 @@ const EXPECTED: &str =
 impl LinearHead {
     /// Follows the graph from the CAM layer `cam` to the `logits` output.
     pub fn read(graph: &GraphProto, cam: &str, logits: &str) -> Result<Self, String> {
-        let g = Graph::new(graph);
+        let g = Graph::new(graph, logits);
         let mut ops = Vec::new();
-        let mut tensor = g.skip(cam, &["QuantizeLinear", "DequantizeLinear"], &mut ops)?;
+        let start = g.quantized_source(cam).unwrap_or(cam);
+        let mut tensor = g.skip(start, &["QuantizeLinear", "DequantizeLinear"], &mut ops)?;
         let node = g.consumer(&tensor)?;
         let (weights, bias) = match node.op_type.as_str() {
             "Conv" | "QLinearConv" => {
@@ -146,7 +147,7 @@ struct Graph<'a> {
 }
 
 impl<'a> Graph<'a> {
-    fn new(graph: &'a GraphProto) -> Self {
+    fn new(graph: &'a GraphProto, logits: &str) -> Self {
         let mut consumers: HashMap<&str, Vec<&NodeProto>> = HashMap::new();
         let mut producers = HashMap::new();
         for node in &graph.node {
@@ -157,6 +158,21 @@ impl<'a> Graph<'a> {
                 producers.insert(output.as_str(), node);
             }
         }
+        // A quantized graph keeps float views of quantized tensors that nothing reads
+        // (models/quantize.py names them after the float tensors): they lead nowhere.
+        let read = |t: &String| consumers.contains_key(t.as_str()) || t == logits;
+        let dead: Vec<&NodeProto> = graph
+            .node
+            .iter()
+            .filter(|n| {
+                matches!(n.op_type.as_str(), "QuantizeLinear" | "DequantizeLinear")
+                    && !n.output.iter().any(read)
+            })
+            .collect();
+        for readers in consumers.values_mut() {
+            readers.retain(|n| !dead.iter().any(|d| std::ptr::eq(*d, *n)));
+        }
+        consumers.retain(|_, readers| !readers.is_empty());
         let constants = graph
             .initializer
             .iter()
@@ -167,6 +183,15 @@ impl<'a> Graph<'a> {
             producers,
             constants,
         }
+    }
+
+    /// The quantized tensor of which `cam` is a float view that nothing reads.
+    fn quantized_source(&self, cam: &str) -> Option<&'a str> {
+        let view = self.producers.get(cam)?;
+        let unread = !self.consumers.contains_key(cam);
+        (unread && view.op_type == "DequantizeLinear")
+            .then(|| view.input.first().map(String::as_str))
+            .flatten()
     }
 
     /// The one op that reads `tensor`.
