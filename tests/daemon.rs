@@ -619,8 +619,9 @@ fn check_reports_each_part() {
             "{part}: {out}"
         );
     }
+    // Which ops stay in the plan is measured on the machine at hand, so any may be left out.
     assert!(
-        out.contains("on tract (iscamd's ops, replaced/found: max-pool 3/3, "),
+        out.contains("on tract (iscamd's ops, replaced/found: ") && out.contains("matrix kernels"),
         "check names what runs the model: {out}"
     );
     drop(broker);
