@@ -36,22 +36,23 @@ fn forward(classifier: &Classifier, input: Array4<f32>) -> (Array3<f32>, Vec<f32
     (input.index_axis_move(Axis(0), 0), logits, activations)
 }
 
+/// The map of `class` from one forward pass's input, logits and activations.
+fn explain(
+    classifier: &Classifier,
+    (x, logits, activations): (&Array3<f32>, &[f32], &Array3<f32>),
+    class: usize,
+    params: &CamParams,
+) -> iscamd::Result<cam::Explanation> {
+    cam::explain(classifier, x, logits, activations.view(), class, params, 2)
+}
+
 /// iscamd's `cam` map of the top-1 class of `input`, that class, and the CAM layer's
 /// activations (raw little-endian f32).
 fn cam_map(classifier: &Classifier, input: Array4<f32>) -> (usize, Vec<f32>, Vec<u8>) {
     let (x, logits, activations) = forward(classifier, input);
     let class = top_k(&softmax(&logits), 1)[0];
     let params = cam::spec::parse("cam").unwrap();
-    let e = cam::explain(
-        classifier,
-        &x,
-        &logits,
-        activations.view(),
-        class,
-        &params,
-        1,
-    )
-    .unwrap();
+    let e = explain(classifier, (&x, &logits, &activations), class, &params).unwrap();
     assert_eq!((e.passes, e.params.method), (0, Method::Cam));
     let raw = activations.iter().flat_map(|v| v.to_le_bytes()).collect();
     (class, e.map.iter().copied().collect(), raw)
@@ -137,17 +138,9 @@ fn gemm_and_matmul_heads_give_numpy_maps_and_other_heads_a_named_error() {
     let (input, logits, activations) = forward(&classifier, input);
     for spec in ["cam", "scorecam:k=2,select=contribution"] {
         let params = cam::spec::parse(spec).unwrap();
-        let err = cam::explain(
-            &classifier,
-            &input,
-            &logits,
-            activations.view(),
-            0,
-            &params,
-            1,
-        )
-        .unwrap_err()
-        .to_string();
+        let err = explain(&classifier, (&input, &logits, &activations), 0, &params)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("MaxPool"), "{spec}: {err}");
     }
     std::fs::remove_dir_all(&dir).ok();
@@ -165,16 +158,7 @@ fn contribution_selection_follows_the_class_and_variance_does_not() {
     let chosen = |select: Selection, class: usize| {
         let mut params = CamParams::new("scorecam", None, Some(8)).unwrap();
         params.select = select;
-        let e = cam::explain(
-            &classifier,
-            &x,
-            &logits,
-            activations.view(),
-            class,
-            &params,
-            2,
-        )
-        .unwrap();
+        let e = explain(&classifier, (&x, &logits, &activations), class, &params).unwrap();
         assert_eq!(e.passes, 8);
         e.channels_used
     };

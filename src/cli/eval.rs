@@ -15,9 +15,10 @@ pub struct EvalArgs {
     /// Image files or directories.
     #[arg(required = true, value_name = "IMAGE|DIR")]
     pub inputs: Vec<PathBuf>,
-    /// Method specs, comma-separated, e.g. "scorecam,sscam:n=35,sigma=2,iscam:n=10,k=0,iscam"
-    /// (n = steps, k = top-K channels by variance, 0 = all; grammar: docs/commands.md,
-    /// "Method specs"). The controls random and center are always added.
+    /// Method specs, comma-separated, e.g. "scorecam,sscam:n=35,sigma=2,iscam:n=10,k=0,iscam,cam"
+    /// (n = steps, k = top-K channels, 0 = all, chosen by select=variance or
+    /// select=contribution; cam = the classifier's weights, no passes; grammar:
+    /// docs/commands.md, "Method specs"). The controls random and center are always added.
     #[arg(long, default_value = "scorecam,iscam:n=10,k=0,iscam")]
     pub methods: String,
     /// Also evaluate every combination of a parameter sweep, e.g.
