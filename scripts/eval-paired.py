@@ -5,7 +5,7 @@
 
 For every method against the one named by --against, over the images both have: the mean of
 the per-image differences (method minus baseline) of Average Drop (points), Deletion AUC and
-Insertion AUC, with a 95 % percentile bootstrap interval (images resampled with replacement),
+Insertion AUC, and — when the run scored ROAD — ROAD (LeRF − MoRF)/2, with a 95 % percentile bootstrap interval (images resampled with replacement),
 and the relative difference of the means in percent (what `--baseline --tolerance` compares).
 Prints a Markdown table.
 """
@@ -14,7 +14,16 @@ import csv
 import random
 from collections import defaultdict
 
-METRICS = [("drop_percent", "Avg Drop (points)"), ("deletion_auc", "Deletion AUC"), ("insertion_auc", "Insertion AUC")]
+METRICS = [("drop_percent", "Avg Drop (points)"), ("deletion_auc", "Deletion AUC"), ("insertion_auc", "Insertion AUC"),
+           ("road_combined", "ROAD (LeRF − MoRF)/2")]
+
+
+def value(row, key):
+    if key == "road_combined":
+        if not row.get("road_lerf") or not row.get("road_morf"):
+            return None
+        return (float(row["road_lerf"]) - float(row["road_morf"])) / 2
+    return float(row[key])
 
 
 def bootstrap(diffs, resamples, rng):
@@ -41,9 +50,10 @@ def main():
         raise SystemExit(f"eval-paired: no method {args.against!r} in {args.csv} (methods: {', '.join(order)})")
     base = rows[args.against]
     rng = random.Random(args.seed)
-    head = " | ".join(f"{label} Δ [95 %] (Δ of means %)" for _, label in METRICS)
+    metrics = [(k, l) for k, l in METRICS if any(value(r, k) is not None for r in base.values())]
+    head = " | ".join(f"{label} Δ [95 %] (Δ of means %)" for _, label in metrics)
     print(f"| method | images | passes | {head} |")
-    print("| --- | --- | --- |" + " --- |" * len(METRICS))
+    print("| --- | --- | --- |" + " --- |" * len(metrics))
     for method in order:
         if method == args.against:
             continue
@@ -52,13 +62,17 @@ def main():
             continue
         passes = sum(float(rows[method][i]["passes"]) for i in images) / len(images)
         cells = []
-        for key, _ in METRICS:
-            ours = [float(rows[method][i][key]) for i in images]
-            theirs = [float(base[i][key]) for i in images]
+        for key, _ in metrics:
+            pairs = [(value(rows[method][i], key), value(base[i], key)) for i in images]
+            pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+            if not pairs:
+                cells.append("–")
+                continue
+            ours, theirs = [a for a, _ in pairs], [b for _, b in pairs]
             diffs = [a - b for a, b in zip(ours, theirs)]
             lo, hi = bootstrap(diffs, args.resamples, rng)
             mean = sum(diffs) / len(diffs)
-            rel = 100 * (sum(ours) - sum(theirs)) / sum(theirs)
+            rel = 100 * (sum(ours) - sum(theirs)) / abs(sum(theirs))
             fmt = "{:+.2f}" if key == "drop_percent" else "{:+.4f}"
             cells.append(f"{fmt.format(mean)} [{fmt.format(lo)}, {fmt.format(hi)}] ({rel:+.1f} %)")
         print(f"| {method} | {len(images)} | {passes:.0f} | " + " | ".join(cells) + " |")

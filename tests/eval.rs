@@ -88,9 +88,27 @@ fn reports_every_method_and_resumes_an_interrupted_run() {
             "{method} in:\n{report}"
         );
     }
+    // ROAD (on by default): every map scored, a second table, the random control last.
+    let rows: Vec<iscamd::eval::Row> = iscamd::eval::read_rows(&csv).unwrap();
+    assert!(rows
+        .iter()
+        .all(|r| r.road_morf_curve.split(' ').count() == 9));
+    for method in ["iscam:n=1,k=4", "random"] {
+        assert!(
+            report.contains(&format!("| {method} | 2 | 0.")),
+            "ROAD row of {method} in:\n{report}"
+        );
+    }
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("report.json")).unwrap()).unwrap();
     let methods = json["methods"].as_array().unwrap();
+    assert_eq!(
+        methods[0]["road"]["mean_lerf_curve"]
+            .as_array()
+            .unwrap()
+            .len(),
+        9
+    );
     assert_eq!(methods.len(), 4);
     assert_eq!(
         methods[0]["mean_deletion_curve"].as_array().unwrap().len(),
@@ -162,6 +180,14 @@ fn bad_inputs_are_refused_clearly() {
             "n must be at least 1",
         ),
         (vec![&images(), "--steps", "0", "--out", o], "--steps 0"),
+        (
+            vec![&images(), "--road", "0,50", "--out", o],
+            "percentages in 1..=99",
+        ),
+        (
+            vec![&images(), "--road-noise", "2", "--out", o],
+            "--road-noise 2",
+        ),
     ] {
         let r = eval(&args);
         assert!(!r.status.success(), "{args:?} accepted");

@@ -43,6 +43,19 @@ pub struct EvalArgs {
     /// Steps of the deletion and insertion curves.
     #[arg(long, default_value_t = 20)]
     pub steps: usize,
+    /// ROAD's removal shares in percent, comma-separated, or "none": each map is also
+    /// scored with the most and the least relevant pixels removed and filled by noisy
+    /// linear imputation (2 passes per share).
+    #[arg(long, default_value = "10,20,30,40,50,60,70,80,90", value_parser = parse_shares)]
+    pub road: Shares,
+    /// σ of ROAD's imputation noise, in the model's input units.
+    #[arg(long, default_value_t = eval::road::NOISE, value_name = "SIGMA")]
+    pub road_noise: f32,
+    /// Also write each image's model input and each method's display map into DIR as raw
+    /// little-endian f32: STEM.input.f32 ([3,S,S]) and STEM.METHOD.saliency.f32 ([S,S],
+    /// METHOD with every character but letters, digits and "=._-" made "_").
+    #[arg(long, value_name = "DIR")]
+    pub save_maps: Option<PathBuf>,
     #[arg(long, default_value = "prob", value_parser = parse_weighting)]
     pub weighting: Weighting,
     /// Seed of SS-CAM's noise, the random control and the bootstrap.
@@ -61,6 +74,25 @@ pub struct EvalArgs {
     pub model: ModelArgs,
 }
 
+/// ROAD's removal shares (percent).
+#[derive(Clone, Debug)]
+pub struct Shares(Vec<u32>);
+
+fn parse_shares(s: &str) -> Result<Shares, String> {
+    if s.trim() == "none" {
+        return Ok(Shares(Vec::new()));
+    }
+    s.split(',')
+        .map(|v| match v.trim().parse::<u32>() {
+            Ok(p) if (1..100).contains(&p) => Ok(p),
+            _ => Err(format!(
+                "{v:?}: expected whole percentages in 1..=99, or none"
+            )),
+        })
+        .collect::<Result<_, _>>()
+        .map(Shares)
+}
+
 fn parse_weighting(s: &str) -> Result<Weighting, String> {
     s.parse().map_err(|e: iscamd::Error| e.to_string())
 }
@@ -74,6 +106,9 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
             "--tolerance {}: expected a percentage in [0, 100)",
             args.tolerance
         );
+    }
+    if !(0.0..=1.0).contains(&args.road_noise) {
+        bail!("--road-noise {}: expected a σ in [0, 1]", args.road_noise);
     }
     if args.live {
         return run_live(args);
@@ -93,6 +128,9 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
     let classifier = args.model.load()?;
     methods.check_against(&classifier)?;
     create_dir(&args.out)?;
+    if let Some(dir) = &args.save_maps {
+        create_dir(dir)?;
+    }
     let options = options(&args);
     let resume = Resume::read(&args.out.join("per_image.csv"))?;
     evaluate_all(
@@ -129,6 +167,9 @@ fn options(args: &EvalArgs) -> EvalOptions {
         weighting: args.weighting,
         threads: args.model.threads(),
         blur_sigma: 5.0,
+        road: args.road.0.clone(),
+        road_noise: args.road_noise,
+        save_maps: args.save_maps.clone(),
     }
 }
 

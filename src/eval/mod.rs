@@ -6,9 +6,10 @@ pub mod metrics;
 mod plan;
 mod plot;
 mod report;
+pub mod road;
 
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::model::ndarray::{Array2, Array3, Axis};
@@ -139,6 +140,13 @@ pub struct EvalOptions {
     pub threads: usize,
     /// σ of the insertion baseline's Gaussian blur, in input pixels.
     pub blur_sigma: f32,
+    /// ROAD's removal shares in percent ([`road`]); none: no ROAD.
+    pub road: Vec<u32>,
+    /// σ of ROAD's imputation noise.
+    pub road_noise: f32,
+    /// Where to write each input and display map as raw little-endian f32 (for checks by
+    /// other tools, e.g. scripts/road-gradcam.py).
+    pub save_maps: Option<PathBuf>,
 }
 
 /// Evaluates every method not yet in `done` (image, method) on one image.
@@ -202,17 +210,71 @@ pub fn evaluate_image(
         };
         let saliency = display::display_map(&map, s, s);
         let control = display::display_map(&shuffled(&map, options.seed, &name), s, s);
+        let score = |inputs: Vec<Array3<f32>>| {
+            class_probabilities(classifier, inputs, class, options.threads)
+        };
         let f = metrics::faithfulness(
             &analysis.input,
             &blurred,
             &saliency,
             &control,
             options.steps,
-            |inputs| class_probabilities(classifier, inputs, class, options.threads),
+            score,
         )?;
-        on_row(Row::new(&name, &spec.label, class, &f, passes, millis))?;
+        let mut row = Row::new(&name, &spec.label, class, &f, passes, millis);
+        if !options.road.is_empty() {
+            let t0 = Instant::now();
+            // The same noise for every method of an image: differences between methods are
+            // then the maps', not the noise's.
+            let road = road::road(
+                &analysis.input,
+                &metrics::ranking(&saliency),
+                &options.road,
+                options.road_noise,
+                options.seed ^ salt(&name),
+                options.threads,
+                score,
+            )?;
+            row = row.with_road(&road, elapsed_ms(t0));
+        }
+        if let Some(dir) = &options.save_maps {
+            save_maps(dir, image, &spec.label, &analysis.input, &saliency)?;
+        }
+        on_row(row)?;
     }
     Ok(())
+}
+
+/// `DIR/STEM.input.f32` (`[3,S,S]`) and `DIR/STEM.METHOD.saliency.f32` (`[S,S]`), METHOD
+/// with every character but letters, digits and `=._-` made `_`.
+fn save_maps(
+    dir: &Path,
+    image: &Path,
+    method: &str,
+    input: &Array3<f32>,
+    saliency: &Array2<f32>,
+) -> Result<()> {
+    let stem = image
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let method: String = method
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '=' | '.' | '_' | '-' => c,
+            _ => '_',
+        })
+        .collect();
+    let write = |name: String, values: Vec<f32>| {
+        let path = dir.join(name);
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        std::fs::write(&path, bytes).map_err(|e| Error::input(&path, format!("cannot write: {e}")))
+    };
+    write(format!("{stem}.input.f32"), input.iter().copied().collect())?;
+    write(
+        format!("{stem}.{method}.saliency.f32"),
+        saliency.iter().copied().collect(),
+    )
 }
 
 fn elapsed_ms(t0: Instant) -> f64 {

@@ -11,11 +11,12 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::metrics::Faithfulness;
+use super::road::Road;
 use super::{EvalOptions, Methods};
 use crate::error::{Error, Result};
 
 pub const CSV_HEADER: &str =
-    "image,method,class,y,o,drop_percent,increase,coverage,shuffled_drop_percent,deletion_auc,insertion_auc,passes,millis,deletion_curve,insertion_curve";
+    "image,method,class,y,o,drop_percent,increase,coverage,shuffled_drop_percent,deletion_auc,insertion_auc,passes,millis,deletion_curve,insertion_curve,road_morf,road_lerf,road_millis,road_morf_curve,road_lerf_curve";
 
 /// One image × method.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -38,6 +39,14 @@ pub struct Row {
     /// Space-separated curve values.
     pub deletion_curve: String,
     pub insertion_curve: String,
+    /// ROAD ([`super::road`]): mean `p_c` with the most / least relevant pixels imputed,
+    /// over the removal shares; empty when the run had no ROAD.
+    pub road_morf: Option<f64>,
+    pub road_lerf: Option<f64>,
+    /// Imputation and scoring time of ROAD for this map.
+    pub road_millis: Option<f64>,
+    pub road_morf_curve: String,
+    pub road_lerf_curve: String,
 }
 
 fn join(curve: &[f64]) -> String {
@@ -80,7 +89,28 @@ impl Row {
             millis,
             deletion_curve: join(&f.deletion),
             insertion_curve: join(&f.insertion),
+            road_morf: None,
+            road_lerf: None,
+            road_millis: None,
+            road_morf_curve: String::new(),
+            road_lerf_curve: String::new(),
         }
+    }
+
+    pub fn with_road(self, road: &Road, millis: f64) -> Self {
+        Row {
+            road_morf: Some(road.morf_mean()),
+            road_lerf: Some(road.lerf_mean()),
+            road_millis: Some(millis),
+            road_morf_curve: join(&road.morf),
+            road_lerf_curve: join(&road.lerf),
+            ..self
+        }
+    }
+
+    /// ROAD's (LeRF − MoRF) / 2.
+    pub fn road_combined(&self) -> Option<f64> {
+        Some((self.road_lerf? - self.road_morf?) / 2.0)
     }
 
     /// Appends the row to `per_image.csv` (header first when the file is new).
@@ -205,6 +235,44 @@ pub struct MethodSummary {
     pub insertion_auc: Estimate,
     pub mean_deletion_curve: Vec<f64>,
     pub mean_insertion_curve: Vec<f64>,
+    /// Over the maps scored by ROAD; none when none was.
+    pub road: Option<RoadSummary>,
+}
+
+/// ROAD of one method ([`super::road`]).
+#[derive(Clone, Debug, Serialize)]
+pub struct RoadSummary {
+    pub images: usize,
+    pub morf: Estimate,
+    pub lerf: Estimate,
+    /// (LeRF − MoRF) / 2.
+    pub combined: Estimate,
+    pub median_ms_per_map: f64,
+    pub mean_morf_curve: Vec<f64>,
+    pub mean_lerf_curve: Vec<f64>,
+}
+
+fn road_summary(rows: &[&Row], seed: u64) -> Option<RoadSummary> {
+    let scored: Vec<&Row> = rows
+        .iter()
+        .copied()
+        .filter(|r| r.road_combined().is_some())
+        .collect();
+    if scored.is_empty() {
+        return None;
+    }
+    let col = |f: fn(&Row) -> Option<f64>| scored.iter().filter_map(|r| f(r)).collect::<Vec<f64>>();
+    let mut ms = col(|r| r.road_millis);
+    ms.sort_by(f64::total_cmp);
+    Some(RoadSummary {
+        images: scored.len(),
+        morf: estimate(&col(|r| r.road_morf), seed),
+        lerf: estimate(&col(|r| r.road_lerf), seed),
+        combined: estimate(&col(Row::road_combined), seed),
+        median_ms_per_map: ms.get(ms.len() / 2).copied().unwrap_or(f64::NAN),
+        mean_morf_curve: mean_curve(scored.iter().map(|r| split(&r.road_morf_curve))),
+        mean_lerf_curve: mean_curve(scored.iter().map(|r| split(&r.road_lerf_curve))),
+    })
 }
 
 fn mean_curve(curves: impl Iterator<Item = Vec<f64>>) -> Vec<f64> {
@@ -248,6 +316,7 @@ pub fn summarise(rows: &[Row], order: &[String], seed: u64) -> Vec<MethodSummary
                 insertion_auc: estimate(&col(|r| r.insertion_auc), seed),
                 mean_deletion_curve: mean_curve(rs.iter().map(|r| split(&r.deletion_curve))),
                 mean_insertion_curve: mean_curve(rs.iter().map(|r| split(&r.insertion_curve))),
+                road: road_summary(rs, seed),
             }
         })
         .collect()
@@ -259,11 +328,15 @@ fn cell(e: &Estimate, digits: usize) -> String {
 
 /// The cheapest method that is as faithful as a baseline: fewer passes per map, Insertion
 /// AUC at least `(1 − tolerance)` times the baseline's and Average Drop at most
-/// `(1 + tolerance)` times it. Ties in passes go to the higher Insertion AUC.
+/// `(1 + tolerance)` times it, and — where both were scored by ROAD — ROAD's (LeRF − MoRF)/2
+/// no more than `tolerance` of the baseline's below it. Ties in passes go to the higher
+/// Insertion AUC.
 #[derive(Clone, Debug, Serialize)]
 pub struct Pick {
     pub baseline: String,
     pub tolerance_percent: f64,
+    /// Whether ROAD took part in the rule.
+    pub road: bool,
     /// `None` when nothing cheaper qualifies.
     pub method: Option<String>,
     /// Baseline passes ÷ picked passes.
@@ -278,6 +351,12 @@ pub fn pick_cheapest(summaries: &[MethodSummary], baseline: &str, tolerance: f64
         .iter()
         .filter(|s| s.passes_per_map > 0.0 && s.passes_per_map < base.passes_per_map)
         .filter(|s| s.insertion_auc.mean >= ins && s.average_drop_percent.mean <= drop)
+        .filter(|s| match (&s.road, &base.road) {
+            (Some(r), Some(b)) => {
+                r.combined.mean >= b.combined.mean - tolerance * b.combined.mean.abs()
+            }
+            _ => true,
+        })
         .min_by(|a, b| {
             a.passes_per_map
                 .total_cmp(&b.passes_per_map)
@@ -286,6 +365,7 @@ pub fn pick_cheapest(summaries: &[MethodSummary], baseline: &str, tolerance: f64
     Some(Pick {
         baseline: baseline.to_string(),
         tolerance_percent: tolerance * 100.0,
+        road: base.road.is_some(),
         method: best.map(|s| s.method.clone()),
         pass_ratio: best.map(|s| base.passes_per_map / s.passes_per_map),
     })
@@ -307,10 +387,17 @@ pub fn summarise_run(
         .filter(|r| wanted.contains(&r.image))
         .collect();
     let summaries = summarise(&rows, &methods.labels(), options.seed);
+    let road = match options.road.as_slice() {
+        [] => "no ROAD".to_string(),
+        shares => format!(
+            "ROAD removal shares {:?} %, imputation noise σ = {}",
+            shares, options.road_noise
+        ),
+    };
     let context = format!(
         "Model `{}`, {} image(s), class = top-1 of each image, weighting `{}`, {} deletion/insertion steps, insertion \
-         baseline: Gaussian blur σ = {} px of the input. Maps of one method and steps that differ only in k are \
-         computed once at the largest k; the others' ms/map is that run's time × their share of its channels.",
+         baseline: Gaussian blur σ = {} px of the input; {road}. Maps of one method and steps that differ only in k \
+         are computed once at the largest k; the others' ms/map is that run's time × their share of its channels.",
         model.display(),
         wanted.len(),
         options.weighting.name(),
@@ -321,6 +408,38 @@ pub fn summarise_run(
     let md = write_report(out, &summaries, pick.as_ref(), &context)?;
     let plots = super::write_plots(out, &summaries, &methods.curves)?;
     Ok((md, plots))
+}
+
+/// The ROAD table, for the methods ROAD scored (empty when none).
+fn road_table(summaries: &[MethodSummary]) -> String {
+    let scored: Vec<(&str, &RoadSummary)> = summaries
+        .iter()
+        .filter_map(|s| s.road.as_ref().map(|r| (s.method.as_str(), r)))
+        .collect();
+    let Some((_, first)) = scored.first() else {
+        return String::new();
+    };
+    let shares = first.mean_morf_curve.len();
+    let mut md = format!(
+        "\nROAD (Rong et al. 2022): `p_c` with a share of the pixels removed and filled by noisy linear \
+         imputation, the most relevant first (MoRF ↓) or the least relevant first (LeRF ↑), averaged over {shares} \
+         removal shares; (LeRF − MoRF)/2 ↑ is pytorch-grad-cam's ROADCombined. Cost: {} masked passes per map plus \
+         the imputations.\n\n\
+         | method | images | ROAD MoRF ↓ | ROAD LeRF ↑ | (LeRF − MoRF)/2 ↑ | ROAD ms/map (median) |\n\
+         | --- | --- | --- | --- | --- | --- |\n",
+        2 * shares
+    );
+    for (method, r) in scored {
+        md.push_str(&format!(
+            "| {method} | {} | {} | {} | {} | {:.0} |\n",
+            r.images,
+            cell(&r.morf, 4),
+            cell(&r.lerf, 4),
+            cell(&r.combined, 4),
+            r.median_ms_per_map
+        ));
+    }
+    md
 }
 
 /// Writes `report.md` and `report.json` into `out`; returns the Markdown.
@@ -353,14 +472,20 @@ pub fn write_report(
             cell(&s.shuffled_average_drop_percent, 2),
         ));
     }
+    md.push_str(&road_table(summaries));
     if let Some(p) = pick {
+        let rule = if p.road {
+            "Insertion AUC, Average Drop and ROAD (LeRF − MoRF)/2"
+        } else {
+            "Insertion AUC and Average Drop"
+        };
         md.push_str(&match (&p.method, p.pass_ratio) {
             (Some(m), Some(r)) => format!(
-                "\nCheapest within {}% of `{}` (Insertion AUC and Average Drop): **`{m}`**, {r:.1}× fewer passes.\n",
+                "\nCheapest within {}% of `{}` ({rule}): **`{m}`**, {r:.1}× fewer passes.\n",
                 p.tolerance_percent, p.baseline
             ),
             _ => format!(
-                "\nNothing cheaper than `{}` is within {}% of it on both Insertion AUC and Average Drop.\n",
+                "\nNothing cheaper than `{}` is within {}% of it on {rule}.\n",
                 p.baseline, p.tolerance_percent
             ),
         });
@@ -442,5 +567,43 @@ mod tests {
             "19 ≤ 20 qualifies at 0 %"
         );
         assert!(pick_cheapest(&summaries, "absent", 0.02).is_none());
+    }
+
+    #[test]
+    fn road_vetoes_a_pick_it_does_not_confirm() {
+        let at = |method: &str, passes: usize, morf: f64| {
+            let mut r = row("a.jpg", method, 20.0);
+            r.passes = passes;
+            let road = Road {
+                percentages: vec![10, 90],
+                morf: vec![morf, morf],
+                lerf: vec![0.8, 0.8],
+            };
+            r.with_road(&road, 5.0)
+        };
+        let rows = vec![
+            at("full", 500, 0.2),
+            at("cheap", 8, 0.5),
+            at("middle", 64, 0.2),
+        ];
+        let order: Vec<String> = rows.iter().map(|r| r.method.clone()).collect();
+        let summaries = summarise(&rows, &order, 0);
+        assert!((summaries[0].road.as_ref().unwrap().combined.mean - 0.3).abs() < 1e-12);
+        let pick = pick_cheapest(&summaries, "full", 0.01).unwrap();
+        assert!(pick.road);
+        assert_eq!(pick.method.as_deref(), Some("middle"), "cheap fails ROAD");
+        let md = write_report(
+            tempfile::tempdir().unwrap().path(),
+            &summaries,
+            Some(&pick),
+            "",
+        )
+        .unwrap();
+        assert!(
+            md.contains("| cheap | 1 | 0.5000 [0.5000, 0.5000] | 0.8000"),
+            "{md}"
+        );
+        let plain = summarise(&[row("a.jpg", "full", 20.0)], &["full".into()], 0);
+        assert!(plain[0].road.is_none());
     }
 }
