@@ -2,8 +2,8 @@
 # Installs what building and testing iscamd needs beside a Rust toolchain, on Debian or
 # Ubuntu (as root, or with sudo): libclang for the camera feature's V4L2 bindings,
 # GStreamer's development files for the gstreamer feature and its plugins (decoders,
-# RTSP, the x264 encoder the tests' streams use), mosquitto and systemd-analyze for the
-# daemon's tests, python3-gi with gst-rtsp-server for the tests' RTSP server, and the ONNX
+# RTSP, the x264 encoder the tests' streams use), mosquitto, systemd-analyze and promtool
+# for the daemon's tests, python3-gi with gst-rtsp-server for the tests' RTSP server, and the ONNX
 # Runtime wheel whose libonnxruntime the `ort` backend's tests load. Skips what is already
 # there.
 set -euo pipefail
@@ -16,6 +16,8 @@ command -v mosquitto >/dev/null 2>&1 || missing+=(mosquitto)
 # mosquitto_sub: packaging/check-deb.sh listens to the installed daemon with it.
 command -v mosquitto_sub >/dev/null 2>&1 || missing+=(mosquitto-clients)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+# promtool: tests/metrics.rs checks the /metrics endpoint's text with it.
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || missing+=(libclang-dev)
 pkg-config --exists gstreamer-app-1.0 gstreamer-video-1.0 2>/dev/null \
   || missing+=(pkg-config libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev)
@@ -32,8 +34,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-# The package may start a broker on 1883; the tests start their own.
-($sudo systemctl stop mosquitto || $sudo service mosquitto stop) >/dev/null 2>&1 || true
+# The packages may start a broker on 1883 and a Prometheus server; the tests need neither.
+for service in mosquitto prometheus; do
+  ($sudo systemctl stop $service || $sudo service $service stop) >/dev/null 2>&1 || true
+done
 
 # Pinned: the ort crate is built against this C API. tests/quantize.rs runs
 # models/quantize.py, which needs onnx, pillow and numpy.

@@ -12,6 +12,8 @@ use crate::model::{
     BackendKind, BackendOptions, BatchPlan, ChannelOrder, ModelOptions, OrtOptions,
     PreprocessOverrides, Provider, TractOptions,
 };
+use crate::publish::discovery::Format as DiscoveryFormat;
+use crate::publish::policy::PredictionPolicy;
 use crate::source::camera::FormatChoice;
 
 #[derive(Clone, PartialEq, Debug, Default, Deserialize)]
@@ -23,6 +25,15 @@ pub struct Config {
     pub cam: CamConfig,
     pub mqtt: MqttConfig,
     pub homeassistant: HomeAssistantConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Clone, PartialEq, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Where `/metrics` is served, e.g. `127.0.0.1:9810`; unset = no endpoint.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Clone, PartialEq, Debug, Deserialize)]
@@ -386,9 +397,19 @@ pub struct MqttConfig {
     pub max_packet_size: usize,
     /// QoS ≥ 1 messages kept while the broker is unreachable (oldest dropped first).
     pub outbox: usize,
+    /// Which predictions are published: `every`, `on_change` or `interval`.
+    pub prediction_policy: PredictionPolicy,
+    /// `interval`: the period; `on_change`: the longest time without a prediction.
+    #[serde(with = "humantime_serde")]
+    pub prediction_interval: Duration,
+    /// `on_change`: how far the top-1 score must move to count as a change.
+    pub prediction_min_change: f64,
     pub retain_heatmap_image: bool,
     pub heatmap_image_width: u32,
     pub heatmap_image_quality: u8,
+    /// Images of maps that cost no passes (live maps, `cam`) at most this often.
+    #[serde(with = "humantime_serde")]
+    pub heatmap_image_interval: Duration,
     #[serde(with = "humantime_serde")]
     pub stats_interval: Duration,
     /// Commands accepted per second on `<prefix>/<device>/cmd`; more are refused.
@@ -411,9 +432,13 @@ impl Default for MqttConfig {
             keep_alive: Duration::from_secs(30),
             max_packet_size: 4 << 20,
             outbox: 1000,
+            prediction_policy: PredictionPolicy::default(),
+            prediction_interval: Duration::from_secs(10),
+            prediction_min_change: 0.05,
             retain_heatmap_image: true,
             heatmap_image_width: 640,
             heatmap_image_quality: 80,
+            heatmap_image_interval: Duration::from_secs(1),
             stats_interval: Duration::from_secs(30),
             commands_per_second: 2.0,
             qos: QosConfig::default(),
@@ -426,6 +451,9 @@ impl Default for MqttConfig {
 pub struct HomeAssistantConfig {
     pub discovery: bool,
     pub prefix: String,
+    /// `device`: one config per device (Home Assistant 2024.12 and later); `entity`: one
+    /// per entity, for older versions.
+    pub format: DiscoveryFormat,
 }
 
 impl Default for HomeAssistantConfig {
@@ -433,6 +461,7 @@ impl Default for HomeAssistantConfig {
         HomeAssistantConfig {
             discovery: true,
             prefix: "homeassistant".into(),
+            format: DiscoveryFormat::default(),
         }
     }
 }
@@ -605,6 +634,21 @@ fn validate_device_id(id: &str) -> Result<()> {
     Ok(())
 }
 
+/// A topic prefix: one or more levels, none empty, no wildcards.
+fn validate_topic_prefix(key: &'static str, prefix: &str) -> Result<()> {
+    let empty_level = prefix.split('/').any(str::is_empty);
+    if empty_level || prefix.contains(['#', '+']) {
+        return Err(key_error(
+            key,
+            format!(
+                "{prefix:?} (expected topic levels without # or +, none empty: no leading, \
+                 trailing or double /)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl MqttConfig {
     fn validate(&self) -> Result<()> {
         for (key, q) in [
@@ -615,17 +659,7 @@ impl MqttConfig {
                 return Err(key_error(key, format!("{q} (expected 0 or 1)")));
             }
         }
-        let empty_level = self.prefix.split('/').any(str::is_empty);
-        if empty_level || self.prefix.contains(['#', '+']) {
-            return Err(key_error(
-                "mqtt.prefix",
-                format!(
-                    "{:?} (expected topic levels without # or +, none empty: no leading, \
-                     trailing or double /)",
-                    self.prefix
-                ),
-            ));
-        }
+        validate_topic_prefix("mqtt.prefix", &self.prefix)?;
         if self.port == Some(0) {
             return Err(key_error("mqtt.port", "0 (expected 1..=65535)"));
         }
@@ -679,11 +713,35 @@ impl MqttConfig {
                 format!("{:?} (expected 1s to 65535s)", self.keep_alive),
             ));
         }
-        let stats = Duration::from_secs(1)..=Duration::from_secs(24 * 3600);
-        if !stats.contains(&self.stats_interval) {
-            return Err(key_error(
+        let day = Duration::from_secs(24 * 3600);
+        for (key, value, least) in [
+            (
                 "mqtt.stats_interval",
-                format!("{:?} (expected 1s to 24h)", self.stats_interval),
+                self.stats_interval,
+                Duration::from_secs(1),
+            ),
+            (
+                "mqtt.prediction_interval",
+                self.prediction_interval,
+                MIN_INTERVAL,
+            ),
+            (
+                "mqtt.heatmap_image_interval",
+                self.heatmap_image_interval,
+                Duration::ZERO,
+            ),
+        ] {
+            if !(least..=day).contains(&value) {
+                return Err(key_error(
+                    key,
+                    format!("{value:?} (expected {least:?} to 24h)"),
+                ));
+            }
+        }
+        if !(self.prediction_min_change > 0.0 && self.prediction_min_change <= 1.0) {
+            return Err(key_error(
+                "mqtt.prediction_min_change",
+                format!("{} (expected above 0, up to 1)", self.prediction_min_change),
             ));
         }
         Ok(())
@@ -761,7 +819,18 @@ impl Config {
         self.source.validate()?;
         self.model.validate()?;
         self.cam.validate()?;
+        validate_topic_prefix("homeassistant.prefix", &self.homeassistant.prefix)?;
         self.mqtt.validate()
+    }
+
+    /// Home Assistant discovery, when `[homeassistant] discovery` is on.
+    pub fn discovery(&self) -> Option<crate::publish::discovery::Settings> {
+        let ha = &self.homeassistant;
+        ha.discovery.then(|| crate::publish::discovery::Settings {
+            prefix: ha.prefix.clone(),
+            format: ha.format,
+            stats_interval: self.mqtt.stats_interval,
+        })
     }
 
     /// The device id: configured, else the host name, else `iscamd`.
@@ -927,6 +996,24 @@ mod tests {
             ("[mqtt]\nkeep_alive = \"65536s\"", "mqtt.keep_alive"),
             ("[mqtt]\nkeep_alive = \"0s\"", "mqtt.keep_alive"),
             ("[mqtt]\nstats_interval = \"0s\"", "mqtt.stats_interval"),
+            (
+                "[mqtt]\nprediction_interval = \"10ms\"",
+                "mqtt.prediction_interval",
+            ),
+            (
+                "[mqtt]\nprediction_min_change = 0",
+                "mqtt.prediction_min_change",
+            ),
+            (
+                "[mqtt]\nprediction_policy = \"sometimes\"",
+                "prediction_policy",
+            ),
+            (
+                "[mqtt]\nheatmap_image_interval = \"2d\"",
+                "mqtt.heatmap_image_interval",
+            ),
+            ("[homeassistant]\nprefix = \"ha/\"", "homeassistant.prefix"),
+            ("[homeassistant]\nformat = \"legacy\"", "format"),
             ("[mqtt]\nprefix = \"a/\"", "mqtt.prefix"),
             ("[mqtt]\nprefix = \"/a\"", "mqtt.prefix"),
             ("[mqtt]\nprefix = \"a//b\"", "mqtt.prefix"),

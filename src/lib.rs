@@ -18,6 +18,7 @@ pub mod error;
 pub mod eval;
 pub mod file;
 pub mod model;
+pub mod prometheus;
 pub mod publish;
 pub mod source;
 pub mod stats;

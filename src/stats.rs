@@ -1,9 +1,11 @@
-//! Counters shared by the daemon's stages, published periodically on `<p>/<d>/stats`.
+//! Counters shared by the daemon's stages, published periodically on `<p>/<d>/stats` and,
+//! with `[metrics] listen`, recorded for Prometheus (crate::prometheus).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use metrics::{counter, gauge, histogram};
 use serde::Serialize;
 
 use crate::source::SourceHealth;
@@ -145,14 +147,17 @@ impl Stats {
     /// A frame was read; `replaced_unread` when it replaced one inference never took.
     pub fn frame_captured(&self, replaced_unread: bool) {
         self.frames_captured.fetch_add(1, Relaxed);
+        counter!("iscamd_frames_captured_total").increment(1);
         if replaced_unread {
             self.frames_dropped.fetch_add(1, Relaxed);
+            counter!("iscamd_frames_dropped_total").increment(1);
         }
     }
 
     /// A frame could not be read or analysed.
     pub fn frame_error(&self) {
         self.frame_errors.fetch_add(1, Relaxed);
+        counter!("iscamd_frame_errors_total").increment(1);
     }
 
     /// A frame was classified in `inference_ms`.
@@ -160,6 +165,8 @@ impl Stats {
         self.frames_processed.fetch_add(1, Relaxed);
         self.inference_us_total
             .fetch_add((inference_ms * 1e3) as u64, Relaxed);
+        counter!("iscamd_frames_processed_total").increment(1);
+        histogram!("iscamd_inference_seconds").record(inference_ms / 1e3);
     }
 
     /// Frames classified since the start.
@@ -171,6 +178,8 @@ impl Stats {
     pub fn prediction_published(&self, captured: std::time::SystemTime) {
         self.predictions.fetch_add(1, Relaxed);
         let age = captured.elapsed().unwrap_or_default();
+        counter!("iscamd_predictions_total").increment(1);
+        histogram!("iscamd_capture_to_publish_seconds").record(age.as_secs_f64());
         self.capture_to_publish
             .lock()
             .expect("stats poisoned")
@@ -180,35 +189,45 @@ impl Stats {
     /// A heatmap was published: a full one that took `millis` to make and draw, or a live one.
     pub fn heatmap_published(&self, fresh: bool, millis: f64) {
         self.heatmaps.fetch_add(1, Relaxed);
-        if fresh {
+        let kind = if fresh {
             self.last_heatmap_ms.store(millis as u64, Relaxed);
+            histogram!("iscamd_heatmap_seconds").record(millis / 1e3);
+            "full"
         } else {
             self.live_maps.fetch_add(1, Relaxed);
-        }
+            "live"
+        };
+        counter!("iscamd_heatmaps_total", "kind" => kind).increment(1);
     }
 
     /// A live map was skipped: the renderer was still busy.
     pub fn live_map_dropped(&self) {
         self.live_maps_dropped.fetch_add(1, Relaxed);
+        counter!("iscamd_live_maps_dropped_total").increment(1);
     }
 
     pub fn heatmap_failed(&self) {
         self.heatmap_errors.fetch_add(1, Relaxed);
+        counter!("iscamd_heatmap_errors_total").increment(1);
     }
 
     pub fn command_received(&self) {
         self.commands.fetch_add(1, Relaxed);
+        counter!("iscamd_commands_total").increment(1);
     }
 
     pub fn command_rejected(&self) {
         self.commands_rejected.fetch_add(1, Relaxed);
+        counter!("iscamd_commands_rejected_total").increment(1);
     }
 
     /// The broker connection came up (`reconnect`: not for the first time) or went down.
     pub fn broker_connected(&self, up: bool, reconnect: bool) {
         self.connected.store(up, Relaxed);
+        gauge!("iscamd_broker_connected").set(f64::from(u8::from(up)));
         if up && reconnect {
             self.reconnects.fetch_add(1, Relaxed);
+            counter!("iscamd_reconnects_total").increment(1);
         }
     }
 
@@ -219,9 +238,14 @@ impl Stats {
         self.outbox_dropped.store(dropped, Relaxed);
         self.messages_dropped_offline
             .store(dropped_offline, Relaxed);
+        gauge!("iscamd_outbox_queued").set(queued as f64);
+        counter!("iscamd_outbox_dropped_total").absolute(dropped);
+        counter!("iscamd_dropped_while_offline_total").absolute(dropped_offline);
     }
 
     pub fn source(&self, health: SourceHealth) {
+        gauge!("iscamd_source_up").set(f64::from(u8::from(health.ok)));
+        counter!("iscamd_source_restarts_total").absolute(health.restarts);
         *self.source.lock().expect("stats poisoned") = Some(health);
     }
 

@@ -150,12 +150,13 @@ fn publishes_predictions_heatmaps_stats_and_availability() {
         retained(broker.port, &topic("heatmap/image")).is_some(),
         "the heatmap image is retained"
     );
-    let discovery = retained(
-        broker.port,
-        "homeassistant/image/iscamd_cam7/heatmap/config",
-    )
-    .expect("discovery retained");
-    assert!(discovery.contains(&topic("heatmap/image")));
+    let discovery = retained(broker.port, "homeassistant/device/iscamd_cam7/config")
+        .expect("discovery retained");
+    let discovery: serde_json::Value = serde_json::from_str(&discovery).unwrap();
+    assert_eq!(
+        discovery["components"]["heatmap"]["image_topic"],
+        topic("heatmap/image")
+    );
 }
 
 /// A restart and a loss both make `seq` jump; `run` tells them apart.
@@ -245,6 +246,36 @@ fn sigkill_leaves_offline_through_the_last_will() {
 }
 
 #[test]
+fn remove_discovery_leaves_nothing_retained() {
+    let Setup {
+        broker,
+        observer,
+        mut daemon,
+        _dir: dir,
+    } = setup("homeassistant/#", 5, "");
+    let discovery = "homeassistant/device/iscamd_cam7/config";
+    observer.wait_for(discovery, Duration::from_secs(30), "discovery", |m| {
+        !m.is_empty()
+    });
+    assert!(daemon.terminate().success());
+    let removed = std::process::Command::new(env!("CARGO_BIN_EXE_iscamd"))
+        .args(["run", "--remove-discovery", "--config"])
+        .arg(dir.path().join("iscamd.toml"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&removed.stdout);
+    assert!(
+        removed.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&removed.stderr)
+    );
+    assert!(said.contains("retained topics emptied"), "{said}");
+    for t in [discovery.to_string(), topic("availability"), topic("run")] {
+        assert_eq!(retained(broker.port, &t), None, "{t} is still retained");
+    }
+}
+
+#[test]
 fn hup_reloads_and_usr1_usr2_and_pipe_do_not_end_the_daemon() {
     let Setup {
         broker: _broker,
@@ -261,15 +292,15 @@ fn hup_reloads_and_usr1_usr2_and_pipe_do_not_end_the_daemon() {
             .unwrap();
         assert!(sent.success());
     }
-    let log = wait_for_log(
-        &daemon,
+    // The reload runs beside the signal handler, so its line may come after SIGUSR2's.
+    let mut log = String::new();
+    for line in [
+        "SIGUSR1 received and ignored",
         "SIGUSR2 received and ignored",
-        Duration::from_secs(10),
-    );
-    assert!(
-        log.contains("reloaded: nothing changed") && log.contains("SIGUSR1 received and ignored"),
-        "{log}"
-    );
+        "reloaded: nothing changed",
+    ] {
+        log = wait_for_log(&daemon, line, Duration::from_secs(10));
+    }
     let before = observer.on(&topic("prediction")).len();
     observer.wait_for(
         &topic("prediction"),
@@ -288,7 +319,7 @@ fn hup_reloads_and_usr1_usr2_and_pipe_do_not_end_the_daemon() {
 fn commands_are_validated_answered_and_never_stop_predictions() {
     let extra = "commands_per_second = 100\n[cam]\ninterval = \"0s\"\non_class_change = false\n";
     let Setup {
-        broker: _broker,
+        broker,
         observer,
         mut daemon,
         _dir,
@@ -371,6 +402,35 @@ fn commands_are_validated_answered_and_never_stop_predictions() {
         Duration::from_secs(10),
         "predictions after the bad commands",
         |m| m.len() > before + 5,
+    );
+
+    let settings = observer.on(&topic("settings"));
+    assert_eq!(
+        settings[0].json()["heatmap_interval_s"],
+        0.0,
+        "the config's"
+    );
+    assert_eq!(settings[0].json()["live"], false);
+    observer.publish(
+        &topic("cmd"),
+        r#"{"id":"s","cmd":"set","interval":"30s","live":true}"#,
+    );
+    let settings = observer.wait_for(
+        &topic("settings"),
+        Duration::from_secs(10),
+        "new settings",
+        |m| m.len() >= 2,
+    );
+    let now = settings.last().unwrap().json();
+    assert_eq!(now["schema"], "iscamd.settings/1");
+    assert_eq!(
+        (now["heatmap_interval_s"].as_f64(), now["live"].as_bool()),
+        (Some(30.0), Some(true))
+    );
+    let retained_settings = retained(broker.port, &topic("settings")).expect("settings retained");
+    assert!(
+        retained_settings.contains(r#""live":true"#),
+        "{retained_settings}"
     );
     assert!(daemon.terminate().success());
 }
@@ -477,7 +537,7 @@ fn the_embedded_broker_asks_for_the_login_and_keeps_the_daemons_client_id() {
         &config,
         format!(
             "[device]\nid = \"{DEVICE}\"\n[source]\nkind = \"images\"\npath = \"{}\"\nfps = 5\n\
-             [model]\npath = \"{}\"\n[mqtt]\nport = {port}\nusername = \"viewer\"\n\
+             [model]\npath = \"{}\"\n[mqtt]\nport = {port}\nprediction_policy = \"every\"\nusername = \"viewer\"\n\
              password_file = \"{}\"\n[cam]\ninterval = \"0s\"\n",
             images_dir().display(),
             model_path(F32_MODEL).display(),
@@ -659,13 +719,15 @@ fn commands_beyond_the_rate_are_refused_and_discovery_follows_home_assistant() {
         5,
         "commands_per_second = 1\n[cam]\ninterval = \"0s\"\n",
     );
-    let discovery = "homeassistant/sensor/iscamd_cam7/label/config";
+    let discovery = "homeassistant/device/iscamd_cam7/config";
     observer.wait_for(discovery, Duration::from_secs(30), "discovery", |m| {
         !m.is_empty()
     });
     let config: serde_json::Value = observer.on(discovery)[0].json();
-    assert_eq!(config["state_topic"], topic("prediction"));
     assert_eq!(config["availability_topic"], topic("availability"));
+    let label = &config["components"]["label"];
+    assert_eq!(label["state_topic"], topic("prediction"));
+    assert_eq!(label["default_entity_id"], "sensor.iscamd_cam7_label");
 
     observer.publish("homeassistant/status", "online");
     observer.wait_for(discovery, Duration::from_secs(10), "discovery again", |m| {
@@ -836,6 +898,61 @@ fn a_retained_command_is_cleared_at_connect_not_run() {
     assert!(daemon.terminate().success());
 }
 
+/// The default prediction policy on a still scene: every frame is classified, but only the
+/// first prediction and one per `prediction_interval` are published, and `seq` has no gaps.
+#[test]
+fn a_still_scene_gets_few_predictions_by_default_and_seq_has_no_gaps() {
+    let broker = Mosquitto::start();
+    let observer = Observer::connect(broker.port, "iscamd/#");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("iscamd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[device]\nid = \"{DEVICE}\"\n[source]\nkind = \"images\"\npath = \"{}\"\nfps = 5\n\
+             [model]\npath = \"{}\"\n[cam]\ninterval = \"0s\"\n[mqtt]\nhost = \"127.0.0.1\"\n\
+             port = {}\nstats_interval = \"1s\"\nprediction_interval = \"2s\"\n",
+            images_dir().join("n01440764_tench.JPEG").display(),
+            model_path(F32_MODEL).display(),
+            broker.port
+        ),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let mut daemon = Daemon::start(&config, dir.path());
+    let processed =
+        |m: &common::broker::Received| m.json()["frames_processed"].as_u64().unwrap_or(0);
+    observer.wait_for(
+        &topic("stats"),
+        Duration::from_secs(60),
+        "30 frames processed",
+        |m| m.last().is_some_and(|s| processed(s) >= 30),
+    );
+    assert!(daemon.terminate().success());
+    let elapsed = started.elapsed().as_secs_f64();
+    let seqs: Vec<u64> = observer
+        .on(&topic("prediction"))
+        .iter()
+        .map(|m| m.json()["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "seq has gaps"
+    );
+    // `every` would have published at least 30.
+    assert!(
+        seqs.len() >= 2 && seqs.len() as f64 <= 2.0 + elapsed / 2.0,
+        "{} predictions in {elapsed:.1} s",
+        seqs.len()
+    );
+    eprintln!(
+        "{} predictions for 30+ frames in {elapsed:.1} s: {:.2} messages/s",
+        seqs.len(),
+        seqs.len() as f64 / elapsed
+    );
+}
+
 /// A camera absent at start: the daemon stays up and online, retries with backoff (not a
 /// busy loop), says so in its log, and reports `camera` in its stats.
 #[test]
@@ -1002,6 +1119,24 @@ fn cam_method_maps_every_frame_with_no_pass_and_no_full_map_first() {
     );
     let predictions = observer.on(&topic("prediction"));
     assert!(daemon.terminate().success(), "{}", daemon.log_text());
+    // Maps at frame rate (4 fps), images at most one a second (heatmap_image_interval),
+    // each with its info.
+    let (all, images, infos) = (
+        observer.on(&topic("heatmap")),
+        observer.on(&topic("heatmap/image")),
+        observer.on(&topic("heatmap/info")),
+    );
+    let span = all.last().unwrap().at - all[0].at;
+    assert!(
+        !images.is_empty() && images.len() as f64 <= 2.0 + span.as_secs_f64(),
+        "{} images for {} maps in {span:?}",
+        images.len(),
+        all.len()
+    );
+    assert_eq!(images.len(), infos.len());
+    let info = infos.last().unwrap().json();
+    assert_eq!(info["schema"], "iscamd.heatmap_info/1");
+    assert!(info.get("map").is_none(), "{info}");
     let top1: std::collections::HashMap<u64, serde_json::Value> = predictions
         .iter()
         .map(|m| m.json())

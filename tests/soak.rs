@@ -58,6 +58,7 @@ path = "{model}"
 [mqtt]
 host = "127.0.0.1"
 port = {port}
+prediction_policy = "every"
 keep_alive = "5s"
 outbox = 100000
 stats_interval = "5s"

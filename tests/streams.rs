@@ -26,7 +26,7 @@ fn config(dir: &Path, port: u16, source: &str) -> std::path::PathBuf {
     let path = dir.join("iscamd.toml");
     let text = format!(
         "[device]\nid = \"{DEVICE}\"\nshutdown_timeout = \"3s\"\n[source]\n{source}\n\
-         [model]\npath = \"{}\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nstats_interval = \"1s\"\n",
+         [model]\npath = \"{}\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nstats_interval = \"1s\"\nprediction_policy = \"every\"\n",
         model_path(F32_MODEL).display()
     );
     std::fs::write(&path, text).unwrap();

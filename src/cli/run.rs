@@ -37,6 +37,10 @@ pub struct RunArgs {
     /// ONNX model ([model] path).
     #[arg(long, env = "ISCAMD_MODEL", value_name = "PATH")]
     pub model: Option<PathBuf>,
+    /// Remove this device from Home Assistant and the broker (empties its retained
+    /// discovery, availability, run and heatmap image topics), then exit. Stop the daemon first.
+    #[arg(long)]
+    pub remove_discovery: bool,
 }
 
 #[derive(Args, Debug)]
@@ -90,6 +94,10 @@ fn load_model(config: &Config) -> Result<Classifier> {
 
 pub fn run(args: RunArgs) -> Result<ExitCode> {
     let config = args.config()?;
+    if args.remove_discovery {
+        println!("{}", iscamd::publish::remove_discovery(&config)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let classifier = load_model(&config)?;
     let reload = args
         .config

@@ -16,7 +16,7 @@ use super::shutdown::Shutdown;
 use crate::error::Result;
 use crate::publish::command::{self, Command, Limits};
 use crate::publish::payload::Origin;
-use crate::publish::{announcements, Incoming, Message, Topics};
+use crate::publish::{announcements, discovery, Incoming, Message, Topics};
 use crate::stats::Stats;
 
 pub struct Commands {
@@ -31,7 +31,7 @@ pub struct Commands {
     pub stats: Arc<Stats>,
     pub topics: Topics,
     pub origin: Origin,
-    pub discovery_prefix: Option<String>,
+    pub discovery: Option<discovery::Settings>,
     /// `[mqtt] commands_per_second`.
     pub rate: f64,
 }
@@ -86,8 +86,7 @@ impl Commands {
         let control = match parsed {
             Err(e) => return Some(Err(e)),
             Ok(Command::Republish) => {
-                let announce =
-                    announcements(&self.topics, &self.origin, self.discovery_prefix.as_deref());
+                let announce = announcements(&self.topics, &self.origin, self.discovery.as_ref());
                 for m in announce {
                     let _ = self.publish.send(m).await;
                 }
@@ -98,7 +97,7 @@ impl Commands {
                 class,
                 id: RequestId(id.clone()),
             }),
-            Ok(Command::Set { interval }) => Control::SetInterval(interval),
+            Ok(Command::Set { interval, live }) => Control::Set { interval, live },
             Ok(Command::Reload) => {
                 let request = ReloadRequest::Command(id.clone());
                 return match self.reloads.try_send(request) {
@@ -107,7 +106,7 @@ impl Commands {
                 };
             }
         };
-        let answer_now = matches!(control, Control::SetInterval(_));
+        let answer_now = matches!(control, Control::Set { .. });
         match self.control.try_send(control) {
             Ok(()) => answer_now.then_some(Ok(())),
             Err(TrySendError::Full(_)) => Some(Err(format!(

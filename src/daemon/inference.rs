@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::model::top_k;
 use crate::publish::payload;
 use crate::publish::payload::Origin;
+use crate::publish::policy::PredictionGate;
 use crate::publish::{Kind, Message, Topics};
 use crate::source::Frame;
 use crate::stats::Stats;
@@ -25,7 +26,10 @@ use crate::stats::Stats;
 /// What the command stage asks of the inference stage.
 pub enum Control {
     Explain(Request),
-    SetInterval(Duration),
+    Set {
+        interval: Option<Duration>,
+        live: Option<bool>,
+    },
 }
 
 /// Which frame a result is of.
@@ -52,6 +56,8 @@ pub struct InferenceParts {
     pub topics: Topics,
     pub origin: Origin,
     pub qos: u8,
+    /// Which predictions are published (`[mqtt] prediction_policy`).
+    pub predictions: PredictionGate,
 }
 
 pub struct Inference {
@@ -81,8 +87,9 @@ impl Inference {
         let hooks = hooks::TestHooks::from_env();
         let stats = self.parts.stats.clone();
         let mut seq = 0u64;
+        self.publish_settings()?;
         while !shutdown.is_shutdown() {
-            self.take_reload();
+            self.take_reload()?;
             self.take_control()?;
             let Some(frame) = self.parts.frames.take(Duration::from_millis(200)) else {
                 continue;
@@ -102,8 +109,12 @@ impl Inference {
                 }
             };
             stats.frame_processed(analysis.latency.inference.unwrap_or_default());
-            seq += 1;
-            self.publish_prediction(&analysis, stamp, seq)?;
+            let top1 = top_k(&analysis.probabilities, 1)[0];
+            let score = analysis.probabilities[top1];
+            if self.parts.predictions.admit(Instant::now(), top1, score) {
+                seq += 1;
+                self.publish_prediction(&analysis, stamp, seq)?;
+            }
             self.explain(analysis, stamp)?;
         }
         Ok(())
@@ -111,10 +122,10 @@ impl Inference {
 
     /// Takes up a pipeline a reload made: the next frame runs through it. Requests that
     /// wait are kept; the schedule starts afresh, and live maps wait for a full map of
-    /// the new pipeline.
-    fn take_reload(&mut self) {
+    /// the new pipeline. Publishes the settings it brings.
+    fn take_reload(&mut self) -> Result<()> {
         if !self.parts.pipeline.has_changed().unwrap_or(false) {
-            return;
+            return Ok(());
         }
         let next = self.parts.pipeline.borrow_and_update().clone();
         let (triggers, live) = schedule(&next, &self.parts);
@@ -122,6 +133,7 @@ impl Inference {
         self.live = live;
         self.model = next.model_name();
         self.current = next;
+        self.publish_settings()
     }
 
     /// Takes the commands' requests into the scheduler; refuses those it has no room for.
@@ -143,13 +155,50 @@ impl Inference {
                         self.send(reply)?;
                     }
                 }
-                Ok(Control::SetInterval(d)) => {
-                    tracing::info!("heatmap interval set to {d:?} by command");
-                    self.scheduler.set_interval(d);
+                Ok(Control::Set { interval, live }) => {
+                    if let Some(d) = interval {
+                        tracing::info!("heatmap interval set to {d:?} by command");
+                        self.scheduler.set_interval(d);
+                    }
+                    if let Some(on) = live {
+                        let state = if on { "on" } else { "off" };
+                        tracing::info!("live maps turned {state} by command");
+                        self.set_live(on);
+                    }
+                    self.publish_settings()?;
                 }
                 Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => return Ok(()),
             }
         }
+    }
+
+    fn set_live(&mut self, on: bool) {
+        self.scheduler.set_live(on);
+        if !on {
+            self.live = None;
+        } else if self.live.is_none() {
+            self.live = Some(live_maps(&self.current, &self.parts));
+        }
+    }
+
+    /// The schedule and live maps in force, retained for subscribers (Home Assistant's
+    /// number and switch read it).
+    fn publish_settings(&self) -> Result<()> {
+        let triggers = self.scheduler.triggers();
+        let settings = payload::Settings {
+            schema: "iscamd.settings/1",
+            device: &self.parts.origin.device,
+            run: &self.parts.origin.run,
+            heatmap_interval_s: triggers.interval.as_secs_f64(),
+            live: triggers.live,
+        };
+        self.send(Message {
+            topic: self.parts.topics.settings(),
+            payload: serde_json::to_vec(&settings).expect("settings serialise"),
+            qos: 1,
+            retain: true,
+            kind: Kind::Settings,
+        })
     }
 
     fn publish_prediction(&self, analysis: &Analysis, frame: Stamp, seq: u64) -> Result<()> {
@@ -248,14 +297,16 @@ fn schedule(pipeline: &Pipeline, parts: &InferenceParts) -> (Triggers, Option<Li
         min_confidence: cam.min_confidence,
         live: cam.live,
     };
-    let live = cam.live.then(|| {
-        Live::new(
-            cam.live_policy(),
-            parts.weights.clone(),
-            parts.render.clone(),
-        )
-    });
+    let live = cam.live.then(|| live_maps(pipeline, parts));
     (triggers, live)
+}
+
+fn live_maps(pipeline: &Pipeline, parts: &InferenceParts) -> Live {
+    Live::new(
+        pipeline.cam.live_policy(),
+        parts.weights.clone(),
+        parts.render.clone(),
+    )
 }
 
 /// Test-only faults, read from the environment in builds with the `test-hooks` feature

@@ -53,6 +53,7 @@ fn command_result(
         Err(e) => (false, Some(e)),
     };
     let payload = serde_json::to_vec(&CommandResult {
+        schema: "iscamd.command_result/1",
         run: &origin.run,
         id,
         ok,
@@ -98,6 +99,11 @@ pub fn run(
         .thread_name(format!("{}io", shutdown::STAGE_THREAD_PREFIX))
         .build()
         .map_err(|e| Error::Stage(format!("cannot start the I/O runtime: {e}")))?;
+    if let Some(listen) = config.metrics.listen {
+        let _runtime = runtime.enter();
+        crate::prometheus::serve(listen)?;
+        tracing::info!("Prometheus metrics on http://{listen}/metrics");
+    }
     let (requests, mut reload_requests) = mpsc::channel(RELOAD_QUEUE);
     let reloads = Reloads {
         requests,
@@ -146,6 +152,9 @@ fn parts(
     reloads: Reloads,
 ) -> Result<Parts> {
     let device = config.device_id();
+    if config.homeassistant.discovery {
+        publish::discovery::warn_if_renamed(&device);
+    }
     let mut options = publish::options(&config.mqtt, &device, host)?;
     if let Some((user, password)) = daemon_login {
         options.set_credentials(user.clone(), password.clone());
@@ -162,6 +171,7 @@ fn parts(
         pipeline.classifier.path().display(),
         pipeline.classifier.backend()
     );
+    crate::prometheus::model_info(&pipeline.model_name(), &config.model.backend.to_string());
     Ok(Parts {
         config,
         pipeline,

@@ -100,6 +100,13 @@ pub fn prepare(
             what.push(section);
         }
     }
+    if config.metrics != old.metrics {
+        return Err(
+            "[metrics] changed: the endpoint is set up once, at start; restart the \
+                    daemon to apply this"
+                .into(),
+        );
+    }
     if what.is_empty() {
         return Ok(Change::Nothing);
     }

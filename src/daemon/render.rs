@@ -2,7 +2,7 @@
 
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use image::codecs::jpeg::JpegEncoder;
 use tokio::sync::mpsc::Sender;
@@ -27,6 +27,8 @@ pub struct Output {
     pub retain_image: bool,
     pub image_width: u32,
     pub image_quality: u8,
+    /// Images of maps that cost no passes (live maps, `cam`) at most this often.
+    pub image_interval: Duration,
 }
 
 /// The render stage: overlay, JPEG, payload, publish.
@@ -42,11 +44,21 @@ impl Render {
     /// shutdown), so that every map made is published.
     pub fn run(self, _shutdown: Shutdown) -> Result<()> {
         let mut seq = 0u64;
+        let mut last_image: Option<Instant> = None;
         for outcome in self.maps.iter() {
             let messages = match outcome {
                 Outcome::Map(ready) => {
                     seq += 1;
-                    messages(*ready, seq, &self.output, &self.stats)
+                    // Maps that cost passes or answer a command always get their image;
+                    // those that come at frame rate (live maps, `cam`) are thinned out.
+                    let now = Instant::now();
+                    let with_image = ready.passes > 0
+                        || ready.request_id.is_some()
+                        || last_image.is_none_or(|t| now - t >= self.output.image_interval);
+                    if with_image {
+                        last_image = Some(now);
+                    }
+                    messages(*ready, seq, &self.output, &self.stats, with_image)
                 }
                 Outcome::Failed {
                     frame,
@@ -72,15 +84,10 @@ impl Render {
     }
 }
 
-fn messages(ready: Ready, seq: u64, out: &Output, stats: &Stats) -> Vec<Message> {
+fn messages(ready: Ready, seq: u64, out: &Output, stats: &Stats, with_image: bool) -> Vec<Message> {
     let t0 = Instant::now();
     let classifier = &ready.classifier;
     let (h, w) = ready.map.dim();
-    let crop = classifier.preprocess().crop_region();
-    let overlay = display::overlay(&ready.analysis.frame, &ready.map, crop, out.image_width);
-    let mut jpeg = Vec::new();
-    let encoded =
-        JpegEncoder::new_with_quality(&mut jpeg, out.image_quality).encode_image(&overlay);
     let (fresh, age_ms, weights_frame, drift) = match ready.freshness {
         Freshness::Fresh => (true, 0.0, ready.frame, None),
         Freshness::Live {
@@ -89,21 +96,22 @@ fn messages(ready: Ready, seq: u64, out: &Output, stats: &Stats) -> Vec<Message>
             drift,
         } => (false, ms(age), weights_frame, Some(drift)),
     };
-    let heatmap = payload::Heatmap {
-        header: payload::Header::new(
-            "iscamd.heatmap/1",
-            &out.origin,
-            seq,
-            ready.frame,
-            ready.captured,
-        ),
+    let about = payload::MapAbout {
         class: ready.analysis.class_score(classifier, ready.class),
-        method: ready.method,
+        method: ready.method.clone(),
         passes: ready.passes,
         fresh,
         age_ms,
         weights_frame,
         drift,
+    };
+    let header =
+        |schema| payload::Header::new(schema, &out.origin, seq, ready.frame, ready.captured);
+    let image =
+        with_image.then(|| image_messages(&ready, out, header("iscamd.heatmap_info/1"), &about));
+    let heatmap = payload::Heatmap {
+        header: header("iscamd.heatmap/1"),
+        about: &about,
         latency_ms: Latency {
             cam: Some(ready.cam_ms),
             render: Some(ms(t0.elapsed())),
@@ -121,18 +129,45 @@ fn messages(ready: Ready, seq: u64, out: &Output, stats: &Stats) -> Vec<Message>
         retain: false,
         kind: Kind::Heatmap,
     }];
-    match encoded {
-        Ok(()) => messages.push(Message {
-            topic: out.topics.heatmap_image(),
-            payload: jpeg,
-            qos: out.qos,
-            retain: out.retain_image,
-            kind: Kind::HeatmapImage,
-        }),
-        Err(err) => tracing::warn!("cannot encode the heatmap image: {err}"),
-    }
+    messages.extend(image.into_iter().flatten());
     if let Some(id) = ready.request_id {
         messages.push(command_result(&out.topics, &out.origin, id.0, Ok(())));
     }
     messages
+}
+
+/// The overlay JPEG and its context, retained together so that the picture and what it
+/// shows never disagree.
+fn image_messages(
+    ready: &Ready,
+    out: &Output,
+    header: payload::Header<'_>,
+    about: &payload::MapAbout,
+) -> Vec<Message> {
+    let crop = ready.classifier.preprocess().crop_region();
+    let overlay = display::overlay(&ready.analysis.frame, &ready.map, crop, out.image_width);
+    let mut jpeg = Vec::new();
+    if let Err(err) =
+        JpegEncoder::new_with_quality(&mut jpeg, out.image_quality).encode_image(&overlay)
+    {
+        tracing::warn!("cannot encode the heatmap image: {err}");
+        return Vec::new();
+    }
+    let info = payload::HeatmapInfo { header, about };
+    [
+        (out.topics.heatmap_image(), jpeg),
+        (
+            out.topics.heatmap_info(),
+            serde_json::to_vec(&info).expect("heatmap info serialises"),
+        ),
+    ]
+    .into_iter()
+    .map(|(topic, payload)| Message {
+        topic,
+        payload,
+        qos: out.qos,
+        retain: out.retain_image,
+        kind: Kind::HeatmapImage,
+    })
+    .collect()
 }

@@ -90,6 +90,14 @@ impl Scheduler {
         self.triggers.interval = interval;
     }
 
+    pub fn set_live(&mut self, live: bool) {
+        self.triggers.live = live;
+    }
+
+    pub fn triggers(&self) -> &Triggers {
+        &self.triggers
+    }
+
     /// New triggers (a reload): the schedule starts afresh, so the next frame gets a map
     /// when there is a schedule; requests that wait are kept.
     pub fn set_triggers(&mut self, triggers: Triggers) {

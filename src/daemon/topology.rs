@@ -27,7 +27,8 @@ use crate::config::Config;
 use crate::error::{with_causes, Error, Result};
 use crate::model::Classifier;
 use crate::publish::payload::Origin;
-use crate::publish::{run_connection, ConnectionSettings, Incoming, Message, Topics};
+use crate::publish::policy::PredictionGate;
+use crate::publish::{discovery, run_connection, ConnectionSettings, Incoming, Message, Topics};
 use crate::source::{Frame, FrameSource};
 use crate::stats::Stats;
 
@@ -103,7 +104,7 @@ struct Shared {
     pipeline: watch::Receiver<Arc<Pipeline>>,
     origin: Origin,
     topics: Topics,
-    discovery_prefix: Option<String>,
+    discovery: Option<discovery::Settings>,
     stats: Arc<Stats>,
     publish: mpsc::Sender<Message>,
 }
@@ -158,8 +159,7 @@ impl Topology {
         };
         let shared = Shared {
             topics,
-            discovery_prefix: (config.homeassistant.discovery)
-                .then(|| config.homeassistant.prefix.clone()),
+            discovery: config.discovery(),
             stats: Arc::new(Stats::default()),
             config,
             pipeline: pipeline_rx,
@@ -195,7 +195,7 @@ impl Topology {
             topics: shared.topics.clone(),
             origin: shared.origin.clone(),
             outbox: shared.config.mqtt.outbox,
-            discovery_prefix: shared.discovery_prefix.clone(),
+            discovery: shared.discovery.clone(),
             shutdown_timeout: shared.config.device.shutdown_timeout,
         };
         let stats = shared.stats.clone();
@@ -228,6 +228,7 @@ impl Topology {
                 retain_image: mqtt.retain_heatmap_image,
                 image_width: mqtt.heatmap_image_width,
                 image_quality: mqtt.heatmap_image_quality,
+                image_interval: mqtt.heatmap_image_interval,
             },
             publish: shared.publish.clone(),
             stats: shared.stats.clone(),
@@ -259,6 +260,11 @@ impl Topology {
             topics: shared.topics.clone(),
             origin: shared.origin.clone(),
             qos: shared.config.mqtt.qos.prediction,
+            predictions: PredictionGate::new(
+                shared.config.mqtt.prediction_policy,
+                shared.config.mqtt.prediction_interval,
+                shared.config.mqtt.prediction_min_change,
+            ),
         });
         self.thread("inference", move |s| inference.run(s))?;
         Ok(control_tx)
@@ -280,7 +286,7 @@ impl Topology {
             stats: shared.stats.clone(),
             topics: shared.topics.clone(),
             origin: shared.origin.clone(),
-            discovery_prefix: shared.discovery_prefix,
+            discovery: shared.discovery,
             rate: shared.config.mqtt.commands_per_second,
         };
         self.task("commands", commands.run(self.shutdown.clone()));

@@ -24,8 +24,11 @@ pub enum Command {
     },
     /// Publish availability and discovery again.
     Republish,
-    /// Change the heatmap schedule; zero turns it off.
-    Set { interval: Duration },
+    /// Change the heatmap schedule (zero turns it off), turn live maps on or off, or both.
+    Set {
+        interval: Option<Duration>,
+        live: Option<bool>,
+    },
     /// Read the config file and the model again (as SIGHUP does).
     Reload,
 }
@@ -44,8 +47,9 @@ struct ExplainFields {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SetFields {
-    #[serde(with = "humantime_serde")]
-    interval: Duration,
+    #[serde(default, with = "humantime_serde")]
+    interval: Option<Duration>,
+    live: Option<bool>,
 }
 
 /// What a command may be checked against.
@@ -103,21 +107,34 @@ pub fn parse(payload: &[u8], limits: &Limits) -> (Option<String>, Result<Command
         "explain" => serde_json::from_value::<ExplainFields>(value)
             .map_err(|e| format!("explain: {e}"))
             .and_then(|f| explain(f, limits)),
-        "republish" | "reload" if !object_is_empty(&value) => {
-            Err(format!("{cmd} takes no fields"))
-        }
+        "republish" | "reload" if !object_is_empty(&value) => Err(format!("{cmd} takes no fields")),
         "republish" => Ok(Command::Republish),
         "reload" => Ok(Command::Reload),
-        "set" => serde_json::from_value::<SetFields>(value).map_err(|e| format!("set: {e}")).and_then(|f| {
-            if f.interval.is_zero() || (MIN_INTERVAL..=MAX_INTERVAL).contains(&f.interval) {
-                Ok(Command::Set { interval: f.interval })
-            } else {
-                Err(format!("set: interval must be 0 (off) or between {MIN_INTERVAL:?} and {MAX_INTERVAL:?}"))
-            }
-        }),
-        other => Err(format!("unknown command {other:?} (expected explain, republish, reload or set)")),
+        "set" => serde_json::from_value::<SetFields>(value)
+            .map_err(|e| format!("set: {e}"))
+            .and_then(set),
+        other => Err(format!(
+            "unknown command {other:?} (expected explain, republish, reload or set)"
+        )),
     };
     (id, result)
+}
+
+fn set(f: SetFields) -> std::result::Result<Command, String> {
+    if f.interval.is_none() && f.live.is_none() {
+        return Err("set: expected \"interval\", \"live\" or both".into());
+    }
+    if let Some(i) = f.interval {
+        if !(i.is_zero() || (MIN_INTERVAL..=MAX_INTERVAL).contains(&i)) {
+            return Err(format!(
+                "set: interval must be 0 (off) or between {MIN_INTERVAL:?} and {MAX_INTERVAL:?}"
+            ));
+        }
+    }
+    Ok(Command::Set {
+        interval: f.interval,
+        live: f.live,
+    })
 }
 
 /// Most characters of a command's `id`.
@@ -359,18 +376,32 @@ mod tests {
     }
 
     #[test]
-    fn set_changes_the_interval() {
+    fn set_changes_the_interval_and_live_maps() {
+        let set = |interval, live| Ok(Command::Set { interval, live });
         assert_eq!(
             parse_str(r#"{"cmd":"set","interval":"10s"}"#).1,
-            Ok(Command::Set {
-                interval: Duration::from_secs(10)
-            })
+            set(Some(Duration::from_secs(10)), None)
         );
         assert_eq!(
             parse_str(r#"{"cmd":"set","interval":"0s"}"#).1,
-            Ok(Command::Set {
-                interval: Duration::ZERO
-            })
+            set(Some(Duration::ZERO), None)
         );
+        assert_eq!(
+            parse_str(r#"{"cmd":"set","live":false,"interval":"1m"}"#).1,
+            set(Some(Duration::from_secs(60)), Some(false))
+        );
+        assert_eq!(
+            parse_str(r#"{"cmd":"set","live":true}"#).1,
+            set(None, Some(true))
+        );
+        for (bad, says) in [
+            (r#"{"cmd":"set"}"#, "expected \"interval\""),
+            (r#"{"cmd":"set","live":"yes"}"#, "invalid type"),
+            (r#"{"cmd":"set","interval":"50ms"}"#, "between"),
+            (r#"{"cmd":"set","fps":3}"#, "unknown field"),
+        ] {
+            let error = parse_str(bad).1.unwrap_err();
+            assert!(error.contains(says), "{bad}: {error}");
+        }
     }
 }

@@ -1,74 +1,103 @@
-//! Home Assistant MQTT discovery: a sensor for the top label, one for its confidence,
-//! and an image entity for the heatmap overlay.
+//! Home Assistant MQTT discovery (docs/mqtt.md#home-assistant): one device per daemon with
+//! its label, confidence and heatmap, the source's health, diagnostics from `stats`, an
+//! "Explain now" button, and the heatmap interval and live maps as controls.
+//!
+//! Entity names are chosen so that the entity id Home Assistant makes from the device
+//! and entity names equals `default_entity_id`: versions that ignore that key (before
+//! 2025.10) arrive at the same ids.
 
-use serde_json::json;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
 
 use super::{Kind, Message, Topics};
 
-/// Discovery messages (retained) for this device.
-pub fn messages(ha_prefix: &str, device: &str, topics: &Topics) -> Vec<Message> {
-    let node = sanitize(device);
-    let dev = json!({
-        "identifiers": [format!("iscamd_{node}")],
-        "name": format!("iscamd {device}"),
-        "model": "iscamd",
-        "sw_version": env!("CARGO_PKG_VERSION"),
+/// Where and how discovery is published.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    pub prefix: String,
+    pub format: Format,
+    /// Diagnostics expire after three stats intervals without a stats message.
+    pub stats_interval: Duration,
+}
+
+/// `[homeassistant] format`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// One config for the device on `<prefix>/device/<node>/config` (Home Assistant 2024.12
+    /// and later).
+    #[default]
+    Device,
+    /// One config per entity on `<prefix>/<component>/<node>/<object>/config`.
+    Entity,
+}
+
+/// One entity: its component (Home Assistant platform), object id and config.
+struct Entity {
+    component: &'static str,
+    object: &'static str,
+    config: Value,
+}
+
+/// The retained discovery config(s) for this device.
+pub fn messages(settings: &Settings, device: &str, topics: &Topics) -> Vec<Message> {
+    let node = node_id(device);
+    let entities = entities(topics, settings.stats_interval);
+    let common = json!({
+        "device": device_block(device, &node),
+        "origin": origin_block(),
+        "availability_topic": topics.availability(),
     });
-    let availability = topics.availability();
-    let entities = [
-        (
-            "sensor",
-            "label",
-            json!({
-                "name": "Top class",
-                "state_topic": topics.prediction(),
-                "value_template": "{{ value_json.top[0].label }}",
-                "icon": "mdi:eye",
-            }),
-        ),
-        (
-            "sensor",
-            "confidence",
-            json!({
-                "name": "Confidence",
-                "state_topic": topics.prediction(),
-                "value_template": "{{ (value_json.top[0].score * 100) | round(1) }}",
-                "unit_of_measurement": "%",
-                "state_class": "measurement",
-            }),
-        ),
-        (
-            "image",
-            "heatmap",
-            json!({
-                "name": "Heatmap",
-                "image_topic": topics.heatmap_image(),
-                "content_type": "image/jpeg",
-            }),
-        ),
-    ];
-    entities
+    match settings.format {
+        Format::Device => {
+            let components: Map<String, Value> = entities
+                .into_iter()
+                .map(|e| {
+                    let mut config = identify(e.config, e.component, e.object, &node, device);
+                    config.insert("platform".into(), json!(e.component));
+                    (e.object.to_string(), Value::Object(config))
+                })
+                .collect();
+            let mut root = common;
+            root["components"] = Value::Object(components);
+            vec![retained(
+                device_topic(&settings.prefix, &node),
+                root.to_string(),
+            )]
+        }
+        Format::Entity => entities
+            .into_iter()
+            .map(|e| {
+                let mut config = identify(e.config, e.component, e.object, &node, device);
+                for (k, v) in common.as_object().expect("object") {
+                    config.insert(k.clone(), v.clone());
+                }
+                let topic = entity_topic(&settings.prefix, e.component, &node, e.object);
+                retained(topic, Value::Object(config).to_string())
+            })
+            .collect(),
+    }
+}
+
+/// Empty retained messages on every discovery topic of both formats, which makes Home
+/// Assistant delete the device and its entities.
+pub fn removal(prefix: &str, device: &str, topics: &Topics) -> Vec<Message> {
+    let node = node_id(device);
+    let per_entity = entities(topics, Duration::ZERO)
         .into_iter()
-        .map(|(component, object, mut config)| {
-            let c = config.as_object_mut().expect("object");
-            c.insert("unique_id".into(), json!(format!("iscamd_{node}_{object}")));
-            c.insert("object_id".into(), json!(format!("iscamd_{node}_{object}")));
-            c.insert("availability_topic".into(), json!(availability));
-            c.insert("device".into(), dev.clone());
-            Message {
-                topic: format!("{ha_prefix}/{component}/iscamd_{node}/{object}/config"),
-                payload: config.to_string().into_bytes(),
-                qos: 1,
-                retain: true,
-                kind: Kind::Discovery,
-            }
-        })
+        .map(|e| entity_topic(prefix, e.component, &node, e.object));
+    std::iter::once(device_topic(prefix, &node))
+        .chain(per_entity)
+        .map(|topic| retained(topic, String::new()))
         .collect()
 }
 
-/// Home Assistant node ids allow `[a-zA-Z0-9_-]`.
-fn sanitize(s: &str) -> String {
-    s.chars()
+/// Home Assistant's node and object ids allow `[a-zA-Z0-9_-]`.
+pub fn node_id(device: &str) -> String {
+    let id: String = device
+        .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
                 c
@@ -76,5 +105,328 @@ fn sanitize(s: &str) -> String {
                 '_'
             }
         })
-        .collect()
+        .collect();
+    format!("iscamd_{id}")
+}
+
+/// Home Assistant knows a device by [`node_id`] and its entities by [`entity_slug`]: a
+/// device id those change may share them with another device's.
+pub fn warn_if_renamed(device: &str) {
+    let slug = entity_slug(device);
+    if node_id(device) != format!("iscamd_{device}") || slug != device {
+        tracing::warn!(
+            "device id {device:?} is {:?} in Home Assistant's discovery and {slug:?} in its \
+             entity ids; a device whose id maps to the same names (e.g. {slug:?}) would \
+             take over these entities: give each device an id of lower-case letters, \
+             digits and _",
+            node_id(device)
+        );
+    }
+}
+
+/// What Home Assistant makes of a name in an entity id: lower case, runs of anything
+/// else than letters and digits as one `_`.
+pub fn entity_slug(name: &str) -> String {
+    let mut slug = String::new();
+    for c in name.chars().flat_map(char::to_lowercase) {
+        if c.is_ascii_alphanumeric() {
+            slug.push(c);
+        } else if !slug.is_empty() && !slug.ends_with('_') {
+            slug.push('_');
+        }
+    }
+    slug.trim_end_matches('_').to_string()
+}
+
+fn device_name(device: &str) -> String {
+    format!("iscamd {device}")
+}
+
+fn device_topic(prefix: &str, node: &str) -> String {
+    format!("{prefix}/device/{node}/config")
+}
+
+fn entity_topic(prefix: &str, component: &str, node: &str, object: &str) -> String {
+    format!("{prefix}/{component}/{node}/{object}/config")
+}
+
+fn retained(topic: String, payload: String) -> Message {
+    Message {
+        topic,
+        payload: payload.into_bytes(),
+        qos: 1,
+        retain: true,
+        kind: Kind::Discovery,
+    }
+}
+
+/// Adds `unique_id` and `default_entity_id` to an entity's config.
+fn identify(
+    config: Value,
+    component: &str,
+    object: &str,
+    node: &str,
+    device: &str,
+) -> Map<String, Value> {
+    let Value::Object(mut config) = config else {
+        unreachable!("entity configs are objects")
+    };
+    let name = config["name"].as_str().unwrap_or(object).to_string();
+    let slug = entity_slug(&format!("{} {name}", device_name(device)));
+    config.insert("unique_id".into(), json!(format!("{node}_{object}")));
+    config.insert(
+        "default_entity_id".into(),
+        json!(format!("{component}.{slug}")),
+    );
+    config
+}
+
+fn device_block(device: &str, node: &str) -> Value {
+    json!({
+        "identifiers": [node],
+        "name": device_name(device),
+        "manufacturer": "iscamd",
+        "model": "iscamd",
+        "sw_version": env!("CARGO_PKG_VERSION"),
+    })
+}
+
+/// No `support_url`: the project has no address of its own to point to.
+fn origin_block() -> Value {
+    json!({
+        "name": "iscamd",
+        "sw_version": env!("CARGO_PKG_VERSION"),
+    })
+}
+
+fn entities(topics: &Topics, stats_interval: Duration) -> Vec<Entity> {
+    let mut all = vec![
+        Entity {
+            component: "sensor",
+            object: "label",
+            config: json!({
+                "name": "Label",
+                "state_topic": topics.prediction(),
+                "value_template": "{{ value_json.top[0].label }}",
+                "icon": "mdi:eye",
+            }),
+        },
+        Entity {
+            component: "sensor",
+            object: "confidence",
+            config: json!({
+                "name": "Confidence",
+                "state_topic": topics.prediction(),
+                "value_template": "{{ (value_json.top[0].score * 100) | round(1) }}",
+                "unit_of_measurement": "%",
+                "state_class": "measurement",
+            }),
+        },
+        Entity {
+            component: "image",
+            object: "heatmap",
+            config: json!({
+                "name": "Heatmap",
+                "image_topic": topics.heatmap_image(),
+                "content_type": "image/jpeg",
+                // Published with each image, so the attributes describe the picture shown.
+                "json_attributes_topic": topics.heatmap_info(),
+            }),
+        },
+        Entity {
+            component: "button",
+            object: "explain",
+            config: json!({
+                "name": "Explain now",
+                "command_topic": topics.command(),
+                "payload_press": r#"{"id":"homeassistant","cmd":"explain"}"#,
+                "icon": "mdi:image-search",
+            }),
+        },
+        Entity {
+            component: "number",
+            object: "heatmap_interval",
+            config: json!({
+                "name": "Heatmap interval",
+                "command_topic": topics.command(),
+                "command_template":
+                    r#"{"id":"homeassistant","cmd":"set","interval":"{{ value | int }}s"}"#,
+                "state_topic": topics.settings(),
+                "value_template": "{{ value_json.heatmap_interval_s }}",
+                // Whole seconds: `set` refuses intervals between 0 (off) and 100 ms.
+                "min": 0,
+                "max": crate::config::MAX_INTERVAL.as_secs(),
+                "step": 1,
+                "mode": "box",
+                "unit_of_measurement": "s",
+                "entity_category": "config",
+                "icon": "mdi:timer-outline",
+            }),
+        },
+        Entity {
+            component: "switch",
+            object: "live",
+            config: json!({
+                "name": "Live maps",
+                "command_topic": topics.command(),
+                "payload_on": r#"{"id":"homeassistant","cmd":"set","live":true}"#,
+                "payload_off": r#"{"id":"homeassistant","cmd":"set","live":false}"#,
+                "state_topic": topics.settings(),
+                "value_template": "{{ 'ON' if value_json.live else 'OFF' }}",
+                "state_on": "ON",
+                "state_off": "OFF",
+                "entity_category": "config",
+                "icon": "mdi:motion-play-outline",
+            }),
+        },
+        Entity {
+            component: "binary_sensor",
+            object: "source",
+            config: json!({
+                "name": "Source",
+                "device_class": "connectivity",
+                "state_topic": topics.stats(),
+                // Files and folders report no health: they are up while stats flow.
+                "value_template":
+                    "{{ 'OFF' if value_json.source is defined and not value_json.source.ok else 'ON' }}",
+            }),
+        },
+    ];
+    all.extend(diagnostics(topics));
+    let expire = (3 * stats_interval.as_secs()).max(1);
+    for e in &mut all {
+        if e.config["state_topic"] == json!(topics.stats()) {
+            e.config["entity_category"] = json!("diagnostic");
+            if !stats_interval.is_zero() {
+                e.config["expire_after"] = json!(expire);
+            }
+        }
+    }
+    all
+}
+
+/// Sensors that read the `stats` payload.
+fn diagnostics(topics: &Topics) -> Vec<Entity> {
+    let sensor = |object, name, template, unit: Option<&str>, extra: Value| {
+        let mut config = json!({
+            "name": name,
+            "state_topic": topics.stats(),
+            "value_template": template,
+        });
+        if let Some(unit) = unit {
+            config["unit_of_measurement"] = json!(unit);
+        }
+        for (k, v) in extra.as_object().expect("object") {
+            config[k] = v.clone();
+        }
+        Entity {
+            component: "sensor",
+            object,
+            config,
+        }
+    };
+    let measurement = json!({"state_class": "measurement"});
+    let duration = json!({"state_class": "measurement", "device_class": "duration"});
+    vec![
+        sensor(
+            "fps",
+            "Frame rate",
+            "{{ value_json.fps | round(2) }}",
+            Some("fps"),
+            measurement,
+        ),
+        sensor(
+            "inference_latency",
+            "Inference latency",
+            "{{ value_json.latency_ms.inference_mean | round(1) }}",
+            Some("ms"),
+            duration.clone(),
+        ),
+        sensor(
+            "heatmap_latency",
+            "Heatmap latency",
+            "{{ value_json.latency_ms.heatmap_last | round(1) }}",
+            Some("ms"),
+            duration,
+        ),
+        sensor(
+            "dropped_frames",
+            "Dropped frames",
+            "{{ value_json.frames_dropped }}",
+            None,
+            json!({"state_class": "total_increasing", "icon": "mdi:image-off"}),
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(format: Format) -> Settings {
+        Settings {
+            prefix: "homeassistant".into(),
+            format,
+            stats_interval: Duration::from_secs(30),
+        }
+    }
+
+    #[test]
+    fn device_format_is_one_config_with_every_component() {
+        let topics = Topics::new("iscamd", "Cam.7");
+        let m = messages(&settings(Format::Device), "Cam.7", &topics);
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].topic, "homeassistant/device/iscamd_Cam_7/config");
+        assert!(m[0].retain);
+        let root: Value = serde_json::from_slice(&m[0].payload).unwrap();
+        assert_eq!(root["origin"]["name"], "iscamd");
+        assert_eq!(root["availability_topic"], "iscamd/Cam.7/availability");
+        let c = root["components"].as_object().unwrap();
+        assert_eq!(c.len(), 11);
+        assert_eq!(c["label"]["platform"], "sensor");
+        assert_eq!(c["label"]["default_entity_id"], "sensor.iscamd_cam_7_label");
+        assert_eq!(c["label"]["unique_id"], "iscamd_Cam_7_label");
+        assert_eq!(
+            c["explain"]["default_entity_id"],
+            "button.iscamd_cam_7_explain_now"
+        );
+        assert_eq!(c["fps"]["entity_category"], "diagnostic");
+        assert_eq!(c["fps"]["expire_after"], 90);
+        assert!(c["label"].get("entity_category").is_none());
+        assert!(c.values().all(|v| v.get("object_id").is_none()));
+    }
+
+    #[test]
+    fn entity_format_repeats_device_and_origin_in_each() {
+        let topics = Topics::new("iscamd", "cam7");
+        let m = messages(&settings(Format::Entity), "cam7", &topics);
+        assert_eq!(m.len(), 11);
+        assert!(m
+            .iter()
+            .any(|m| m.topic == "homeassistant/image/iscamd_cam7/heatmap/config"));
+        for message in &m {
+            let config: Value = serde_json::from_slice(&message.payload).unwrap();
+            assert_eq!(config["device"]["identifiers"][0], "iscamd_cam7");
+            assert_eq!(config["origin"]["name"], "iscamd");
+            assert!(config.get("platform").is_none());
+        }
+    }
+
+    #[test]
+    fn removal_empties_both_formats() {
+        let topics = Topics::new("iscamd", "cam7");
+        let removal = removal("ha", "cam7", &topics);
+        assert_eq!(removal.len(), 12);
+        assert!(removal.iter().all(|m| m.payload.is_empty() && m.retain));
+        assert_eq!(removal[0].topic, "ha/device/iscamd_cam7/config");
+    }
+
+    #[test]
+    fn slugs_follow_home_assistant() {
+        assert_eq!(entity_slug("iscamd Cam-7.a  Label"), "iscamd_cam_7_a_label");
+        assert_eq!(
+            entity_slug("iscamd cam7 Explain now"),
+            "iscamd_cam7_explain_now"
+        );
+    }
 }

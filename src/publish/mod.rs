@@ -9,12 +9,15 @@ mod mqtt;
 mod options;
 mod outbox;
 pub mod payload;
+pub mod policy;
 mod probe;
+mod retire;
 mod tls;
 
 pub use mqtt::{announcements, run_connection, ConnectionSettings, Incoming};
 pub use options::{client_id, credentials, options};
 pub use probe::probe;
+pub use retire::remove_discovery;
 
 /// What a message is, for QoS, retention and the outbox policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,6 +28,8 @@ pub enum Kind {
     /// Never kept through an outage: a stale image must not be replayed.
     HeatmapImage,
     Stats,
+    /// The schedule and live maps in force (retained), changed by `set`.
+    Settings,
     CommandResult,
     Discovery,
 }
@@ -66,6 +71,13 @@ impl Topics {
     }
     pub fn heatmap_image(&self) -> String {
         format!("{}/heatmap/image", self.base)
+    }
+    /// The retained image's class, frame and method.
+    pub fn heatmap_info(&self) -> String {
+        format!("{}/heatmap/info", self.base)
+    }
+    pub fn settings(&self) -> String {
+        format!("{}/settings", self.base)
     }
     pub fn stats(&self) -> String {
         format!("{}/stats", self.base)

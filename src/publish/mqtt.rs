@@ -35,8 +35,8 @@ pub struct ConnectionSettings {
     pub topics: Topics,
     pub origin: Origin,
     pub outbox: usize,
-    /// Home Assistant discovery prefix, when discovery is on.
-    pub discovery_prefix: Option<String>,
+    /// Home Assistant discovery, when it is on.
+    pub discovery: Option<discovery::Settings>,
     pub shutdown_timeout: Duration,
 }
 
@@ -171,9 +171,9 @@ impl Connection {
         let subs = [
             t.command(),
             self.settings
-                .discovery_prefix
+                .discovery
                 .as_ref()
-                .map(|p| format!("{p}/status"))
+                .map(|d| format!("{}/status", d.prefix))
                 .unwrap_or_default(),
         ];
         for topic in subs.into_iter().filter(|t| !t.is_empty()) {
@@ -218,7 +218,7 @@ impl Connection {
         self.outbox.push_first(announcements(
             &self.settings.topics,
             &self.settings.origin,
-            self.settings.discovery_prefix.as_deref(),
+            self.settings.discovery.as_ref(),
         ));
         self.update_stats();
     }
@@ -350,12 +350,11 @@ fn clear_retained_command(topics: &Topics) -> Message {
     }
 }
 
-/// The run, availability `online` (retained) and, with a discovery prefix, Home Assistant
-/// discovery.
+/// The run, availability `online` (retained) and, when it is on, Home Assistant discovery.
 pub fn announcements(
     topics: &Topics,
     origin: &Origin,
-    discovery_prefix: Option<&str>,
+    discovery: Option<&discovery::Settings>,
 ) -> Vec<Message> {
     let run = serde_json::to_vec(&Run::new(origin)).expect("run serialises");
     let mut messages = vec![
@@ -374,8 +373,8 @@ pub fn announcements(
             kind: Kind::Availability,
         },
     ];
-    if let Some(prefix) = discovery_prefix {
-        messages.extend(discovery::messages(prefix, &origin.device, topics));
+    if let Some(settings) = discovery {
+        messages.extend(discovery::messages(settings, &origin.device, topics));
     }
     messages
 }

@@ -138,13 +138,13 @@ impl Outbox {
     }
 }
 
-/// Messages worth keeping through an outage: QoS ≥ 1 data and command results. A stale
-/// heatmap image, stats, availability and discovery are regenerated instead.
+/// Messages worth keeping through an outage: QoS ≥ 1 data, settings and command results.
+/// A stale heatmap image, stats, availability and discovery are regenerated instead.
 fn keep_offline(m: &Message) -> bool {
     m.qos > 0
         && matches!(
             m.kind,
-            Kind::Prediction | Kind::Heatmap | Kind::CommandResult
+            Kind::Prediction | Kind::Heatmap | Kind::CommandResult | Kind::Settings
         )
 }
 

@@ -57,6 +57,17 @@ impl<'a> Run<'a> {
 }
 
 /// The fields every per-frame message starts with.
+/// The settings `set` changes, as they are in force (retained on `<p>/<d>/settings`).
+#[derive(Serialize, Debug)]
+pub struct Settings<'a> {
+    pub schema: &'static str,
+    pub device: &'a str,
+    pub run: &'a str,
+    /// Seconds between scheduled heatmaps; 0 = no schedule.
+    pub heatmap_interval_s: f64,
+    pub live: bool,
+}
+
 #[derive(Serialize, Debug)]
 pub struct Header<'a> {
     pub schema: &'static str,
@@ -139,10 +150,10 @@ impl MapData {
     }
 }
 
+/// What a map shows and how it was made: part of every heatmap, and published alone
+/// beside its image (`heatmap/info`).
 #[derive(Serialize, Debug)]
-pub struct Heatmap<'a> {
-    #[serde(flatten)]
-    pub header: Header<'a>,
+pub struct MapAbout {
     pub class: ClassScore,
     pub method: MethodInfo,
     /// Masked forward passes this map cost (0 for a live map).
@@ -158,6 +169,23 @@ pub struct Heatmap<'a> {
     /// per-channel mean activations).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drift: Option<f64>,
+}
+
+/// The context of the retained heatmap image (`iscamd.heatmap_info/1`).
+#[derive(Serialize, Debug)]
+pub struct HeatmapInfo<'a> {
+    #[serde(flatten)]
+    pub header: Header<'a>,
+    #[serde(flatten)]
+    pub about: &'a MapAbout,
+}
+
+#[derive(Serialize, Debug)]
+pub struct Heatmap<'a> {
+    #[serde(flatten)]
+    pub header: Header<'a>,
+    #[serde(flatten)]
+    pub about: &'a MapAbout,
     pub latency_ms: Latency,
     pub map: MapData,
     /// The `id` of the `explain` command this answers, if any.
@@ -167,6 +195,7 @@ pub struct Heatmap<'a> {
 
 #[derive(Serialize, Debug)]
 pub struct CommandResult<'a> {
+    pub schema: &'static str,
     pub run: &'a str,
     pub id: Option<String>,
     pub ok: bool,

@@ -148,6 +148,8 @@ impl Received {
 pub struct Observer {
     pub client: Client,
     pub messages: Arc<Mutex<Vec<Received>>>,
+    /// Payloads that break docs/schemas, found as they arrive; `on` fails on the first.
+    violations: Arc<Mutex<Vec<String>>>,
 }
 
 impl Observer {
@@ -167,7 +169,9 @@ impl Observer {
         options.set_max_packet_size(16 << 20, 16 << 20);
         let (client, mut connection) = Client::new(options, 64);
         let messages = Arc::new(Mutex::new(Vec::new()));
+        let violations = Arc::new(Mutex::new(Vec::new()));
         let (sub_client, sink, filter) = (client.clone(), messages.clone(), filter.to_string());
+        let broken = violations.clone();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for event in connection.iter() {
@@ -179,6 +183,9 @@ impl Observer {
                         let _ = ready_tx.send(());
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
+                        if let Some(v) = super::schemas::violation(&p.topic, &p.payload) {
+                            broken.lock().unwrap().push(v);
+                        }
                         sink.lock().unwrap().push(Received {
                             topic: p.topic.clone(),
                             payload: p.payload.to_vec(),
@@ -195,10 +202,17 @@ impl Observer {
         ready_rx
             .recv_timeout(Duration::from_secs(10))
             .expect("observer subscribed");
-        Observer { client, messages }
+        Observer {
+            client,
+            messages,
+            violations,
+        }
     }
 
     pub fn on(&self, topic: &str) -> Vec<Received> {
+        if let Some(v) = self.violations.lock().unwrap().first() {
+            panic!("a payload breaks its schema: {v}");
+        }
         self.messages
             .lock()
             .unwrap()

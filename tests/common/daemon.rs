@@ -35,6 +35,7 @@ path = "{model}"
 host = "127.0.0.1"
 port = {port}
 stats_interval = "1s"
+prediction_policy = "every"
 heatmap_image_width = 200
 keep_alive = "2s"
 {extra}
