@@ -830,6 +830,13 @@ impl Config {
             prefix: ha.prefix.clone(),
             format: ha.format,
             stats_interval: self.mqtt.stats_interval,
+            // No prediction can come faster than frames do.
+            prediction_interval: (self.mqtt.prediction_policy != PredictionPolicy::Every).then(
+                || {
+                    let frame = Duration::from_secs_f64(1.0 / self.source.fps);
+                    self.mqtt.prediction_interval.max(frame)
+                },
+            ),
         })
     }
 

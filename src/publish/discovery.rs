@@ -20,6 +20,9 @@ pub struct Settings {
     pub format: Format,
     /// Diagnostics expire after three stats intervals without a stats message.
     pub stats_interval: Duration,
+    /// The longest time between predictions when the policy promises one
+    /// (`on_change`, `interval`): label and confidence expire after three.
+    pub prediction_interval: Option<Duration>,
 }
 
 /// `[homeassistant] format`.
@@ -44,7 +47,7 @@ struct Entity {
 /// The retained discovery config(s) for this device.
 pub fn messages(settings: &Settings, device: &str, topics: &Topics) -> Vec<Message> {
     let node = node_id(device);
-    let entities = entities(topics, settings.stats_interval);
+    let entities = entities(topics, settings);
     let common = json!({
         "device": device_block(device, &node),
         "origin": origin_block(),
@@ -85,7 +88,13 @@ pub fn messages(settings: &Settings, device: &str, topics: &Topics) -> Vec<Messa
 /// Assistant delete the device and its entities.
 pub fn removal(prefix: &str, device: &str, topics: &Topics) -> Vec<Message> {
     let node = node_id(device);
-    let per_entity = entities(topics, Duration::ZERO)
+    let any = Settings {
+        prefix: prefix.into(),
+        format: Format::Device,
+        stats_interval: Duration::ZERO,
+        prediction_interval: None,
+    };
+    let per_entity = entities(topics, &any)
         .into_iter()
         .map(|e| entity_topic(prefix, e.component, &node, e.object));
     std::iter::once(device_topic(prefix, &node))
@@ -199,7 +208,7 @@ fn origin_block() -> Value {
     })
 }
 
-fn entities(topics: &Topics, stats_interval: Duration) -> Vec<Entity> {
+fn entities(topics: &Topics, settings: &Settings) -> Vec<Entity> {
     let mut all = vec![
         Entity {
             component: "sensor",
@@ -293,12 +302,17 @@ fn entities(topics: &Topics, stats_interval: Duration) -> Vec<Entity> {
         },
     ];
     all.extend(diagnostics(topics));
-    let expire = (3 * stats_interval.as_secs()).max(1);
+    let expire = |interval: Duration| json!((3 * interval.as_secs()).max(1));
     for e in &mut all {
         if e.config["state_topic"] == json!(topics.stats()) {
             e.config["entity_category"] = json!("diagnostic");
-            if !stats_interval.is_zero() {
-                e.config["expire_after"] = json!(expire);
+            if !settings.stats_interval.is_zero() {
+                e.config["expire_after"] = expire(settings.stats_interval);
+            }
+        }
+        if let Some(interval) = settings.prediction_interval {
+            if e.config["state_topic"] == json!(topics.prediction()) {
+                e.config["expire_after"] = expire(interval);
             }
         }
     }
@@ -368,6 +382,7 @@ mod tests {
             prefix: "homeassistant".into(),
             format,
             stats_interval: Duration::from_secs(30),
+            prediction_interval: Some(Duration::from_secs(10)),
         }
     }
 
@@ -392,6 +407,7 @@ mod tests {
         );
         assert_eq!(c["fps"]["entity_category"], "diagnostic");
         assert_eq!(c["fps"]["expire_after"], 90);
+        assert_eq!(c["confidence"]["expire_after"], 30);
         assert!(c["label"].get("entity_category").is_none());
         assert!(c.values().all(|v| v.get("object_id").is_none()));
     }
