@@ -104,26 +104,47 @@ pub async fn run_connection(
     };
     let mut backoff = Backoff::new();
     loop {
-        tokio::select! {
-            event = eventloop.poll() => match event {
-                Ok(event) => conn.on_event(event, &incoming),
-                Err(e) => {
-                    if conn.connected_at.is_some_and(|t| t.elapsed() >= STABLE_CONNECTION) {
-                        backoff.reset();
-                    }
-                    let delay = backoff.next_delay();
-                    conn.on_disconnect(&mut eventloop, &e, delay);
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = shutdown.changed() => {}
+        // One `poll` is kept until it completes: dropped while it connects, it would leave
+        // a half-made connection behind and start another under the same client id, and
+        // the broker would publish the first one's last will (`offline`).
+        let event = {
+            let poll = eventloop.poll();
+            tokio::pin!(poll);
+            loop {
+                tokio::select! {
+                    event = &mut poll => break Some(event),
+                    message = messages.recv() => match message {
+                        Some(m) => {
+                            conn.submit(m);
+                            conn.drain();
+                        }
+                        None => break None,
+                    },
+                    changed = shutdown.changed() => {
+                        if changed.is_err() || *shutdown.borrow() {
+                            break None;
+                        }
                     }
                 }
-            },
-            message = messages.recv() => match message {
-                Some(m) => conn.submit(m),
-                None => break,
-            },
-            _ = shutdown.changed() => {}
+            }
+        };
+        match event {
+            None => break,
+            Some(Ok(event)) => conn.on_event(event, &incoming),
+            Some(Err(e)) => {
+                if conn
+                    .connected_at
+                    .is_some_and(|t| t.elapsed() >= STABLE_CONNECTION)
+                {
+                    backoff.reset();
+                }
+                let delay = backoff.next_delay();
+                conn.on_disconnect(&mut eventloop, &e, delay);
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
         }
         if *shutdown.borrow() {
             break;
