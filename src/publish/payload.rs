@@ -56,7 +56,6 @@ impl<'a> Run<'a> {
     }
 }
 
-/// The fields every per-frame message starts with.
 /// The settings `set` changes, as they are in force (retained on `<p>/<d>/settings`).
 #[derive(Serialize, Debug)]
 pub struct Settings<'a> {
@@ -68,6 +67,7 @@ pub struct Settings<'a> {
     pub live: bool,
 }
 
+/// The fields every per-frame message starts with.
 #[derive(Serialize, Debug)]
 pub struct Header<'a> {
     pub schema: &'static str,
