@@ -16,6 +16,7 @@ pub mod daemon;
 pub mod error;
 #[cfg(feature = "eval")]
 pub mod eval;
+pub mod events;
 pub mod file;
 pub mod model;
 pub mod prometheus;

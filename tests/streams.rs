@@ -9,9 +9,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::broker::{Daemon, Mosquitto, Observer, Received};
-use common::daemon::{topic, wait_for_log, DEVICE};
+use common::daemon::{topic, wait_for_log, write_config_with_source};
 use common::streams::{cpu_time, encode_video, frames, RtspServer, Serve};
-use common::{model_path, F32_MODEL};
 
 /// Two images SqueezeNet is sure of, and their classes.
 const PANDA: (&str, u64) = ("n02510455_giant_panda", 388);
@@ -23,14 +22,7 @@ fn iscamd() -> Command {
 
 /// A daemon config: `[source]` as given, a broker on `port`, stats every second.
 fn config(dir: &Path, port: u16, source: &str) -> std::path::PathBuf {
-    let path = dir.join("iscamd.toml");
-    let text = format!(
-        "[device]\nid = \"{DEVICE}\"\nshutdown_timeout = \"3s\"\n[source]\n{source}\n\
-         [model]\npath = \"{}\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nstats_interval = \"1s\"\nprediction_policy = \"every\"\n",
-        model_path(F32_MODEL).display()
-    );
-    std::fs::write(&path, text).unwrap();
-    path
+    write_config_with_source(dir, port, source, "")
 }
 
 fn top1(m: &Received) -> u64 {

@@ -11,7 +11,7 @@ use super::command_result;
 use super::inference::{Control, CONTROL_QUEUE};
 use super::pipeline::Current;
 use super::reload::ReloadRequest;
-use super::scheduler::{Request, RequestId};
+use super::scheduler::{Asker, Request, RequestId};
 use super::shutdown::Shutdown;
 use crate::error::Result;
 use crate::publish::command::{self, Command, Limits};
@@ -95,7 +95,7 @@ impl Commands {
             Ok(Command::Explain { params, class }) => Control::Explain(Request {
                 params,
                 class,
-                id: RequestId(id.clone()),
+                asker: Asker::Command(RequestId(id.clone())),
             }),
             Ok(Command::Set { interval, live }) => Control::Set { interval, live },
             Ok(Command::Reload) => {

@@ -11,7 +11,7 @@ use crate::model::ndarray::Array2;
 
 use super::latest::Latest;
 use super::pipeline::Pipeline;
-use super::scheduler::RequestId;
+use super::scheduler::Asker;
 use super::shutdown::Shutdown;
 use crate::analysis::Analysis;
 use crate::cam::{live, CamParams, Deadline, Method};
@@ -29,8 +29,8 @@ pub struct Job {
     pub captured: SystemTime,
     pub params: CamParams,
     pub class: Option<usize>,
-    /// The command that asked for it, if any.
-    pub request_id: Option<RequestId>,
+    /// The command or event that asked for it, if any.
+    pub asker: Option<Asker>,
     /// Keep its weights for live maps (the schedule's maps of the top-1 class).
     pub reference: bool,
 }
@@ -49,7 +49,7 @@ pub enum Outcome {
     Failed {
         frame: u64,
         error: String,
-        request_id: Option<RequestId>,
+        asker: Option<Asker>,
     },
 }
 
@@ -65,7 +65,7 @@ pub struct Ready {
     pub passes: usize,
     pub cam_ms: f64,
     pub freshness: Freshness,
-    pub request_id: Option<RequestId>,
+    pub asker: Option<Asker>,
 }
 
 pub enum Freshness {
@@ -138,7 +138,7 @@ fn compute(job: Job) -> (Outcome, Option<live::Reference>) {
                 cam_ms: e.millis,
                 map: e.map,
                 freshness: Freshness::Fresh,
-                request_id: job.request_id,
+                asker: job.asker,
             };
             (Outcome::Map(Box::new(ready)), reference)
         }
@@ -146,7 +146,7 @@ fn compute(job: Job) -> (Outcome, Option<live::Reference>) {
             let failed = Outcome::Failed {
                 frame: job.frame,
                 error: err.to_string(),
-                request_id: job.request_id,
+                asker: job.asker,
             };
             (failed, None)
         }
@@ -230,7 +230,7 @@ impl Live {
             passes: 0,
             cam_ms: t0.elapsed().as_secs_f64() * 1e3,
             freshness,
-            request_id: None,
+            asker: None,
         };
         if self.render.try_send(Outcome::Map(Box::new(ready))).is_err() {
             stats.live_map_dropped();

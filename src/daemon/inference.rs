@@ -3,18 +3,22 @@
 
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::Sender;
 
 use super::command_result;
+use super::events::{EventOutput, Events, Snapshot, Step};
 use super::heatmap::{Job, Live, Outcome, Weights};
 use super::latest::Latest;
 use super::pipeline::{Current, Pipeline};
-use super::scheduler::{Decision, Reason, Request, Scheduler, Triggers, MAX_PENDING_REQUESTS};
+use super::scheduler::{
+    Asker, Decision, Reason, Request, Scheduler, Triggers, MAX_PENDING_REQUESTS,
+};
 use super::shutdown::Shutdown;
 use crate::analysis::Analysis;
 use crate::error::{Error, Result};
+use crate::events::Mark;
 use crate::model::top_k;
 use crate::publish::payload;
 use crate::publish::payload::Origin;
@@ -30,13 +34,6 @@ pub enum Control {
         interval: Option<Duration>,
         live: Option<bool>,
     },
-}
-
-/// Which frame a result is of.
-#[derive(Clone, Copy)]
-struct Stamp {
-    number: u64,
-    captured: SystemTime,
 }
 
 /// Control messages that may wait; the command stage refuses more as busy.
@@ -58,6 +55,7 @@ pub struct InferenceParts {
     pub qos: u8,
     /// Which predictions are published (`[mqtt] prediction_policy`).
     pub predictions: PredictionGate,
+    pub events: EventOutput,
 }
 
 pub struct Inference {
@@ -68,6 +66,8 @@ pub struct Inference {
     scheduler: Scheduler,
     /// Live maps between full maps (`[cam] live`).
     live: Option<Live>,
+    /// Episodes of a class (`[events]`).
+    events: Option<Events>,
 }
 
 impl Inference {
@@ -75,6 +75,7 @@ impl Inference {
         let current = parts.pipeline.borrow_and_update().clone();
         let (triggers, live) = schedule(&current, &parts);
         Inference {
+            events: Events::new(&current.events, parts.events.clone()),
             model: current.model_name(),
             current,
             scheduler: Scheduler::new(triggers),
@@ -96,9 +97,9 @@ impl Inference {
             };
             let _step = stats.inference_step();
             hooks.before_frame(stats.processed(), &shutdown);
-            let stamp = Stamp {
-                number: frame.number,
-                captured: frame.captured,
+            let mark = Mark {
+                frame: frame.number,
+                at: frame.captured,
             };
             let analysis = match Analysis::of_frame(&self.current.classifier, frame.image) {
                 Ok(a) => Arc::new(a),
@@ -113,11 +114,64 @@ impl Inference {
             let score = analysis.probabilities[top1];
             if self.parts.predictions.admit(Instant::now(), top1, score) {
                 seq += 1;
-                self.publish_prediction(&analysis, stamp, seq)?;
+                self.publish_prediction(&analysis, mark, seq)?;
             }
-            self.explain(analysis, stamp)?;
+            if let Some(events) = &mut self.events {
+                let steps = events.observe(&analysis, mark, (top1, score), &self.current);
+                self.take_steps(steps)?;
+            }
+            self.explain(analysis, mark)?;
+        }
+        self.stop_events()
+    }
+
+    /// Publishes what the events say, and asks for the maps of ended episodes' peak
+    /// frames; an end that finds no room waits for no map.
+    fn take_steps(&mut self, steps: Vec<Step>) -> Result<()> {
+        for step in steps {
+            let ended = match step {
+                Step::Publish(message) => {
+                    self.send(message)?;
+                    continue;
+                }
+                Step::Explain(ended) => ended,
+            };
+            let request = Request {
+                params: ended.pipeline.params.clone(),
+                class: Some(ended.episode.class),
+                asker: Asker::Event(ended),
+            };
+            if let Err(refused) = self.scheduler.request(request) {
+                tracing::debug!("no room to explain an event's peak frame");
+                self.end_without_map(refused)?;
+            }
         }
         Ok(())
+    }
+
+    /// Ends the open episode now: the daemon stops, or new rules take over.
+    fn end_episode(&mut self) -> Result<()> {
+        match self.events.as_mut().and_then(|e| e.stop(&self.current)) {
+            Some(step) => self.take_steps(vec![step]),
+            None => Ok(()),
+        }
+    }
+
+    /// At shutdown: the open episode ends, and ends that wait for a map go without one
+    /// (the CAM worker stops too).
+    fn stop_events(&mut self) -> Result<()> {
+        self.end_episode()?;
+        for request in self.scheduler.take_requests() {
+            self.end_without_map(request)?;
+        }
+        Ok(())
+    }
+
+    fn end_without_map(&self, request: Request) -> Result<()> {
+        match request.asker {
+            Asker::Event(ended) => self.send(self.parts.events.end(&ended, Snapshot::none())),
+            Asker::Command(_) => Ok(()),
+        }
     }
 
     /// Takes up a pipeline a reload made: the next frame runs through it. Requests that
@@ -132,6 +186,10 @@ impl Inference {
         self.scheduler.set_triggers(triggers);
         self.live = live;
         self.model = next.model_name();
+        if next.events != self.current.events {
+            self.end_episode()?;
+            self.events = Events::new(&next.events, self.parts.events.clone());
+        }
         self.current = next;
         self.publish_settings()
     }
@@ -146,13 +204,15 @@ impl Inference {
                             "busy: {MAX_PENDING_REQUESTS} explain requests already wait; \
                              try again later"
                         );
-                        let reply = command_result(
-                            &self.parts.topics,
-                            &self.parts.origin,
-                            refused.id.0,
-                            Err(busy),
-                        );
-                        self.send(reply)?;
+                        if let Asker::Command(id) = refused.asker {
+                            let reply = command_result(
+                                &self.parts.topics,
+                                &self.parts.origin,
+                                id.0,
+                                Err(busy),
+                            );
+                            self.send(reply)?;
+                        }
                     }
                 }
                 Ok(Control::Set { interval, live }) => {
@@ -201,14 +261,14 @@ impl Inference {
         })
     }
 
-    fn publish_prediction(&self, analysis: &Analysis, frame: Stamp, seq: u64) -> Result<()> {
+    fn publish_prediction(&self, analysis: &Analysis, mark: Mark, seq: u64) -> Result<()> {
         let prediction = payload::Prediction {
             header: payload::Header::new(
                 "iscamd.prediction/1",
                 &self.parts.origin,
                 seq,
-                frame.number,
-                frame.captured,
+                mark.frame,
+                mark.at,
             ),
             model: &self.model,
             top: analysis.top(&self.current.classifier, 5),
@@ -217,7 +277,7 @@ impl Inference {
         if let Some(top) = prediction.top.first() {
             tracing::debug!(
                 "prediction {seq}: frame {}: {} [{}] {:.1} %",
-                frame.number,
+                mark.frame,
                 top.label,
                 top.index,
                 top.score * 100.0
@@ -231,53 +291,80 @@ impl Inference {
             retain: false,
             kind: Kind::Prediction,
         })?;
-        self.parts.stats.prediction_published(frame.captured);
+        self.parts.stats.prediction_published(mark.at);
         Ok(())
     }
 
     /// Hands the CAM worker the map the scheduler asks for, or publishes a live map.
-    fn explain(&mut self, analysis: Arc<Analysis>, frame: Stamp) -> Result<()> {
+    fn explain(&mut self, analysis: Arc<Analysis>, mark: Mark) -> Result<()> {
         let top1 = top_k(&analysis.probabilities, 1)[0];
         let now = Instant::now();
         let mut decision = self
             .scheduler
             .decide(now, top1, analysis.probabilities[top1]);
         if let (Decision::Live, Some(live)) = (&decision, &mut self.live) {
-            let stamp = (frame.number, frame.captured);
+            let stamp = (mark.frame, mark.at);
             match live.publish(&analysis, stamp, top1, &self.current, &self.parts.stats) {
                 Ok(()) => return Ok(()),
                 Err(why) => {
-                    tracing::debug!("frame {}: full map needed: {why}", frame.number);
+                    tracing::debug!("frame {}: full map needed: {why}", mark.frame);
                     decision = Decision::Full(Reason::LiveExpired);
                 }
             }
         }
-        let (params, class, request_id, reference) = match &decision {
-            Decision::Requested(r) => (r.params.clone(), r.class, Some(r.id.clone()), false),
+        let job = match decision {
+            Decision::Requested(request) => self.requested_job(request, analysis, mark),
             Decision::Full(reason) => {
-                tracing::debug!("frame {}: full map ({reason:?})", frame.number);
-                (self.current.params.clone(), None, None, true)
+                tracing::debug!("frame {}: full map ({reason:?})", mark.frame);
+                Job {
+                    pipeline: self.current.clone(),
+                    analysis,
+                    frame: mark.frame,
+                    captured: mark.at,
+                    params: self.current.params.clone(),
+                    class: None,
+                    asker: None,
+                    reference: true,
+                }
             }
             Decision::Live | Decision::Nothing => return Ok(()),
         };
-        let job = Job {
-            pipeline: self.current.clone(),
-            analysis,
-            frame: frame.number,
-            captured: frame.captured,
-            params,
-            class,
-            request_id,
-            reference,
-        };
+        let requested = job.asker.is_some();
         match self.parts.jobs.try_send(job) {
-            Ok(()) => self.scheduler.started(now, &decision),
-            Err(TrySendError::Full(_)) => self.scheduler.worker_busy(decision),
+            Ok(()) if requested => self.scheduler.started_request(),
+            Ok(()) => self.scheduler.started_full(now),
+            Err(TrySendError::Full(job)) => {
+                if let Some(asker) = job.asker {
+                    self.scheduler.requeue(Request {
+                        params: job.params,
+                        class: job.class,
+                        asker,
+                    });
+                }
+            }
             Err(TrySendError::Disconnected(_)) => {
                 return Err(Error::Stage("the heatmap stage is gone".into()))
             }
         }
         Ok(())
+    }
+
+    /// A command's map is of this frame; an event's, of its peak frame.
+    fn requested_job(&self, request: Request, analysis: Arc<Analysis>, mark: Mark) -> Job {
+        let (pipeline, analysis, mark) = match &request.asker {
+            Asker::Event(e) => (e.pipeline.clone(), e.peak.clone(), e.episode.peak),
+            Asker::Command(_) => (self.current.clone(), analysis, mark),
+        };
+        Job {
+            pipeline,
+            analysis,
+            frame: mark.frame,
+            captured: mark.at,
+            params: request.params,
+            class: request.class,
+            asker: Some(request.asker),
+            reference: false,
+        }
     }
 
     fn send(&self, message: Message) -> Result<()> {

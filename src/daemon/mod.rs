@@ -14,6 +14,7 @@
 
 mod capture;
 mod commands;
+mod events;
 mod heatmap;
 mod inference;
 mod latest;

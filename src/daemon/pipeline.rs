@@ -1,4 +1,4 @@
-//! What every frame goes through: the model and the `[cam]` settings. The stages read the
+//! What every frame goes through: the model, the `[cam]` and the `[events]` settings. The stages read the
 //! current one from a watch channel, so a reload swaps it between two frames.
 
 use std::sync::Arc;
@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::cam::{Budget, CamParams, Method, Selection};
-use crate::config::{CamConfig, Config};
+use crate::config::{CamConfig, Config, EventsConfig};
 use crate::error::{Error, Result};
 use crate::model::Classifier;
 
@@ -15,6 +15,7 @@ pub struct Pipeline {
     /// The configured method, for scheduled maps and as the defaults of commands.
     pub params: CamParams,
     pub cam: CamConfig,
+    pub events: EventsConfig,
     /// Threads for each full map.
     pub heatmap_threads: usize,
 }
@@ -44,6 +45,7 @@ impl Pipeline {
             classifier,
             params,
             cam: config.cam.clone(),
+            events: config.events.clone(),
             heatmap_threads: config.model.heatmap_threads(),
         })
     }

@@ -1,6 +1,6 @@
 //! Reloading without a restart: SIGHUP or `{"cmd":"reload"}` reads the config file and
-//! the model again. What changed decides what is rebuilt: `[cam]` or the model swap the
-//! pipeline between two frames; `[source]` reopens the source; `[mqtt]`, `[device]` or
+//! the model again. What changed decides what is rebuilt: `[cam]`, `[events]` or the model
+//! swap the pipeline between two frames; `[source]` reopens the source; `[mqtt]`, `[device]` or
 //! `[homeassistant]` restart the stages with a new connection. A config or model that
 //! does not load is refused and the daemon runs on unchanged.
 
@@ -95,6 +95,7 @@ pub fn prepare(
         (config.source != old.source, "[source]"),
         (model_changed, "the model"),
         (config.cam != old.cam, "[cam]"),
+        (config.events != old.events, "[events]"),
     ] {
         if changed {
             what.push(section);
@@ -128,11 +129,14 @@ pub fn prepare(
         false => current.classifier.clone(),
     };
     let pipeline = Pipeline::new(&config, classifier.clone()).map_err(|e| e.to_string())?;
+    // Discovery also follows `[events]` and `[source] fps`: when what it announces changes,
+    // the stages restart to announce it.
+    let rediscover = config.discovery() != old.discovery();
     let running = Box::new(Running {
         model: ModelFile::of(classifier.path()),
         config,
     });
-    if reconnect || what.contains(&"[homeassistant]") {
+    if reconnect || rediscover {
         return Ok(Change::Restart {
             running,
             classifier,
@@ -143,7 +147,8 @@ pub fn prepare(
         true => Some(super::open_source(&running.config.source).map_err(|e| e.to_string())?),
         false => None,
     };
-    let pipeline = (model_changed || what.contains(&"[cam]")).then(|| Box::new(pipeline));
+    let swap = model_changed || what.contains(&"[cam]") || what.contains(&"[events]");
+    let pipeline = swap.then(|| Box::new(pipeline));
     Ok(Change::Swap {
         running,
         pipeline,

@@ -8,7 +8,9 @@ use image::codecs::jpeg::JpegEncoder;
 use tokio::sync::mpsc::Sender;
 
 use super::command_result;
+use super::events::{EventOutput, Snapshot};
 use super::heatmap::{Freshness, Outcome, Ready};
+use super::scheduler::Asker;
 use super::shutdown::Shutdown;
 use crate::analysis::ms;
 use crate::analysis::Latency;
@@ -29,6 +31,8 @@ pub struct Output {
     pub image_quality: u8,
     /// Images of maps that cost no passes (live maps, `cam`) at most this often.
     pub image_interval: Duration,
+    /// Where the ends of episodes go, with their snapshots.
+    pub events: EventOutput,
 }
 
 /// The render stage: overlay, JPEG, payload, publish.
@@ -53,7 +57,7 @@ impl Render {
                     // those that come at frame rate (live maps, `cam`) are thinned out.
                     let now = Instant::now();
                     let with_image = ready.passes > 0
-                        || ready.request_id.is_some()
+                        || ready.asker.is_some()
                         || last_image.is_none_or(|t| now - t >= self.output.image_interval);
                     if with_image {
                         last_image = Some(now);
@@ -63,15 +67,20 @@ impl Render {
                 Outcome::Failed {
                     frame,
                     error,
-                    request_id,
+                    asker,
                 } => {
                     self.stats.heatmap_failed();
                     tracing::warn!("heatmap for frame {frame} failed: {error}");
-                    let Output { topics, origin, .. } = &self.output;
-                    request_id
-                        .map(|id| command_result(topics, origin, id.0, Err(error)))
-                        .into_iter()
-                        .collect()
+                    let out = &self.output;
+                    match asker {
+                        Some(Asker::Command(id)) => {
+                            vec![command_result(&out.topics, &out.origin, id.0, Err(error))]
+                        }
+                        Some(Asker::Event(ended)) => {
+                            vec![out.events.end(&ended, Snapshot::none())]
+                        }
+                        None => Vec::new(),
+                    }
                 }
             };
             for m in messages {
@@ -107,8 +116,22 @@ fn messages(ready: Ready, seq: u64, out: &Output, stats: &Stats, with_image: boo
     };
     let header =
         |schema| payload::Header::new(schema, &out.origin, seq, ready.frame, ready.captured);
-    let image =
-        with_image.then(|| image_messages(&ready, out, header("iscamd.heatmap_info/1"), &about));
+    let event = matches!(ready.asker, Some(Asker::Event(_)));
+    let jpeg = (with_image || event)
+        .then(|| overlay_jpeg(&ready, out))
+        .flatten();
+    let request_id = match &ready.asker {
+        Some(Asker::Command(id)) => id.0.clone(),
+        _ => None,
+    };
+    let image = jpeg.clone().filter(|_| with_image).map(|jpeg| {
+        let info = payload::HeatmapInfo {
+            header: header("iscamd.heatmap_info/1"),
+            about: &about,
+            request_id: request_id.as_deref(),
+        };
+        image_messages(jpeg, out, &info)
+    });
     let heatmap = payload::Heatmap {
         header: header("iscamd.heatmap/1"),
         about: &about,
@@ -118,7 +141,7 @@ fn messages(ready: Ready, seq: u64, out: &Output, stats: &Stats, with_image: boo
             ..Latency::default()
         },
         map: MapData::u8_base64(w, h, &display::map_u8(&ready.map)),
-        request_id: ready.request_id.as_ref().and_then(|r| r.0.clone()),
+        request_id: request_id.clone(),
     };
     stats.heatmap_published(fresh, ready.cam_ms + ms(t0.elapsed()));
     let json = serde_json::to_vec(&heatmap).expect("heatmap serialises");
@@ -130,35 +153,46 @@ fn messages(ready: Ready, seq: u64, out: &Output, stats: &Stats, with_image: boo
         kind: Kind::Heatmap,
     }];
     messages.extend(image.into_iter().flatten());
-    if let Some(id) = ready.request_id {
-        messages.push(command_result(&out.topics, &out.origin, id.0, Ok(())));
+    match ready.asker {
+        Some(Asker::Command(id)) => {
+            messages.push(command_result(&out.topics, &out.origin, id.0, Ok(())))
+        }
+        Some(Asker::Event(ended)) => {
+            let published = jpeg.is_some();
+            messages.extend(jpeg.map(|jpeg| out.events.snapshot(jpeg)));
+            let snapshot = Snapshot {
+                heatmap_seq: Some(seq),
+                published,
+            };
+            messages.push(out.events.end(&ended, snapshot));
+        }
+        None => {}
     }
     messages
 }
 
-/// The overlay JPEG and its context, retained together so that the picture and what it
-/// shows never disagree.
-fn image_messages(
-    ready: &Ready,
-    out: &Output,
-    header: payload::Header<'_>,
-    about: &payload::MapAbout,
-) -> Vec<Message> {
+/// The frame with its map laid over it, as a JPEG.
+fn overlay_jpeg(ready: &Ready, out: &Output) -> Option<Vec<u8>> {
     let crop = ready.classifier.preprocess().crop_region();
     let overlay = display::overlay(&ready.analysis.frame, &ready.map, crop, out.image_width);
     let mut jpeg = Vec::new();
-    if let Err(err) =
-        JpegEncoder::new_with_quality(&mut jpeg, out.image_quality).encode_image(&overlay)
-    {
+    let encoded =
+        JpegEncoder::new_with_quality(&mut jpeg, out.image_quality).encode_image(&overlay);
+    if let Err(err) = encoded {
         tracing::warn!("cannot encode the heatmap image: {err}");
-        return Vec::new();
+        return None;
     }
-    let info = payload::HeatmapInfo { header, about };
+    Some(jpeg)
+}
+
+/// The overlay JPEG and its context, retained together so that the picture and what it
+/// shows never disagree.
+fn image_messages(jpeg: Vec<u8>, out: &Output, info: &payload::HeatmapInfo) -> Vec<Message> {
     [
         (out.topics.heatmap_image(), jpeg),
         (
             out.topics.heatmap_info(),
-            serde_json::to_vec(&info).expect("heatmap info serialises"),
+            serde_json::to_vec(info).expect("heatmap info serialises"),
         ),
     ]
     .into_iter()

@@ -6,6 +6,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use super::events::Ended;
 use crate::cam::CamParams;
 
 /// Explain requests that may wait for the CAM worker; more are refused as busy.
@@ -15,12 +16,21 @@ pub const MAX_PENDING_REQUESTS: usize = 4;
 #[derive(Clone, Debug, PartialEq)]
 pub struct RequestId(pub Option<String>);
 
-/// A map asked for by a command.
-#[derive(Clone, Debug)]
+/// Who asked for a map beyond the schedule, and so who hears of it.
+#[derive(Debug)]
+pub enum Asker {
+    /// An `explain` command, answered on `cmd/result`: the map is of the next frame.
+    Command(RequestId),
+    /// An episode that ended: the map is of its peak frame, and the `end` goes with it.
+    Event(Box<Ended>),
+}
+
+/// A map asked for by a command or an event.
+#[derive(Debug)]
 pub struct Request {
     pub params: CamParams,
     pub class: Option<usize>,
-    pub id: RequestId,
+    pub asker: Asker,
 }
 
 /// Why a full map of the configured method is due.
@@ -130,21 +140,26 @@ impl Scheduler {
         }
     }
 
-    /// The CAM worker took the map `decision` asked for at `now`. Requested maps do not
-    /// move the schedule.
-    pub fn started(&mut self, now: Instant, decision: &Decision) {
-        if matches!(decision, Decision::Full(_)) {
-            self.last_full = Some(now);
-        }
-        self.request_was_last = matches!(decision, Decision::Requested(_));
+    /// The CAM worker took a full map of the configured method at `now`.
+    pub fn started_full(&mut self, now: Instant) {
+        self.last_full = Some(now);
+        self.request_was_last = false;
     }
 
-    /// The CAM worker was busy: a requested map waits for the next frame, first in line;
-    /// a scheduled one is simply due again.
-    pub fn worker_busy(&mut self, decision: Decision) {
-        if let Decision::Requested(request) = decision {
-            self.requests.push_front(request);
-        }
+    /// The CAM worker took a requested map; it does not move the schedule.
+    pub fn started_request(&mut self) {
+        self.request_was_last = true;
+    }
+
+    /// The CAM worker was busy: the request waits for the next frame, first in line. (A
+    /// scheduled map needs nothing: it is simply due again.)
+    pub fn requeue(&mut self, request: Request) {
+        self.requests.push_front(request);
+    }
+
+    /// Takes the requests that wait (the daemon stops).
+    pub fn take_requests(&mut self) -> Vec<Request> {
+        self.requests.drain(..).collect()
     }
 }
 
@@ -167,7 +182,34 @@ mod tests {
         Request {
             params: CamParams::new("iscam", None, None).unwrap(),
             class: None,
-            id: RequestId(Some(id.into())),
+            asker: Asker::Command(RequestId(Some(id.into()))),
+        }
+    }
+
+    /// The id of the command a decision answers.
+    fn requested(d: &Decision) -> Option<&str> {
+        match d {
+            Decision::Requested(Request {
+                asker: Asker::Command(RequestId(id)),
+                ..
+            }) => id.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The CAM worker takes what `d` asks for.
+    fn start(s: &mut Scheduler, now: Instant, d: &Decision) {
+        match d {
+            Decision::Requested(_) => s.started_request(),
+            Decision::Full(_) => s.started_full(now),
+            Decision::Live | Decision::Nothing => {}
+        }
+    }
+
+    /// The CAM worker is busy.
+    fn busy(s: &mut Scheduler, d: Decision) {
+        if let Decision::Requested(r) = d {
+            s.requeue(r);
         }
     }
 
@@ -180,7 +222,7 @@ mod tests {
         let t0 = Instant::now();
         let mut s = scheduler(10 * S, false, false);
         assert!(is_full(&s.decide(t0, 1, 0.9), Reason::Schedule));
-        s.started(t0, &Decision::Full(Reason::Schedule));
+        start(&mut s, t0, &Decision::Full(Reason::Schedule));
         assert!(matches!(s.decide(t0 + 9 * S, 1, 0.9), Decision::Nothing));
         assert!(is_full(&s.decide(t0 + 10 * S, 1, 0.9), Reason::Schedule));
     }
@@ -199,7 +241,7 @@ mod tests {
         let t0 = Instant::now();
         let mut s = scheduler(10 * S, false, false);
         let d = s.decide(t0, 1, 0.9);
-        s.worker_busy(d);
+        busy(&mut s, d);
         assert!(is_full(&s.decide(t0 + S, 1, 0.9), Reason::Schedule));
     }
 
@@ -232,7 +274,7 @@ mod tests {
         let t0 = Instant::now();
         let mut s = scheduler(10 * S, true, true);
         assert!(is_full(&s.decide(t0, 1, 0.9), Reason::Schedule));
-        s.started(t0, &Decision::Full(Reason::Schedule));
+        start(&mut s, t0, &Decision::Full(Reason::Schedule));
         assert!(matches!(s.decide(t0 + S, 1, 0.9), Decision::Live));
         assert!(is_full(&s.decide(t0 + 2 * S, 2, 0.9), Reason::ClassChange));
     }
@@ -242,17 +284,17 @@ mod tests {
         let t0 = Instant::now();
         let mut s = scheduler(10 * S, true, true);
         let scheduled = s.decide(t0, 1, 0.9);
-        s.started(t0, &scheduled);
+        start(&mut s, t0, &scheduled);
         s.request(request("a")).unwrap();
         s.request(request("b")).unwrap();
         let first = s.decide(t0, 1, 0.9);
-        assert!(matches!(&first, Decision::Requested(r) if r.id.0.as_deref() == Some("a")));
-        s.worker_busy(first);
+        assert_eq!(requested(&first), Some("a"));
+        busy(&mut s, first);
         let again = s.decide(t0, 1, 0.9);
-        assert!(matches!(&again, Decision::Requested(r) if r.id.0.as_deref() == Some("a")));
-        s.started(t0, &again);
+        assert_eq!(requested(&again), Some("a"));
+        start(&mut s, t0, &again);
         let next = s.decide(t0, 2, 0.9);
-        assert!(matches!(&next, Decision::Requested(r) if r.id.0.as_deref() == Some("b")));
+        assert_eq!(requested(&next), Some("b"));
     }
 
     #[test]
@@ -263,25 +305,25 @@ mod tests {
             s.request(request(id)).unwrap();
         }
         let a = s.decide(t0, 1, 0.9);
-        assert!(matches!(&a, Decision::Requested(r) if r.id.0.as_deref() == Some("a")));
-        s.started(t0, &a);
+        assert_eq!(requested(&a), Some("a"));
+        start(&mut s, t0, &a);
         let scheduled = s.decide(t0, 1, 0.9);
         assert!(
             is_full(&scheduled, Reason::Schedule),
             "due, after a request"
         );
-        s.started(t0, &scheduled);
+        start(&mut s, t0, &scheduled);
         let b = s.decide(t0 + 5 * S, 1, 0.9);
-        assert!(matches!(&b, Decision::Requested(r) if r.id.0.as_deref() == Some("b")));
-        s.started(t0 + 5 * S, &b);
+        assert_eq!(requested(&b), Some("b"));
+        start(&mut s, t0 + 5 * S, &b);
         let again = s.decide(t0 + 10 * S, 1, 0.9);
         assert!(
             is_full(&again, Reason::Schedule),
             "requests do not move the schedule"
         );
-        s.started(t0 + 10 * S, &again);
+        start(&mut s, t0 + 10 * S, &again);
         let c = s.decide(t0 + 30 * S, 1, 0.9);
-        assert!(matches!(&c, Decision::Requested(r) if r.id.0.as_deref() == Some("c")));
+        assert_eq!(requested(&c), Some("c"));
     }
 
     #[test]
@@ -291,6 +333,7 @@ mod tests {
             s.request(request(&i.to_string())).unwrap();
         }
         let refused = s.request(request("one too many")).unwrap_err();
-        assert_eq!(refused.id.0.as_deref(), Some("one too many"));
+        let refused = Decision::Requested(refused);
+        assert_eq!(requested(&refused), Some("one too many"));
     }
 }

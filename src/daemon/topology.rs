@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, watch};
 use super::capture::{Capture, NewSource};
 use super::command_result;
 use super::commands::Commands;
+use super::events::EventOutput;
 use super::heatmap::{HeatmapWorker, Job, Outcome, Weights};
 use super::inference::{Control, Inference, InferenceParts, CONTROL_QUEUE};
 use super::latest::Latest;
@@ -107,6 +108,8 @@ struct Shared {
     discovery: Option<discovery::Settings>,
     stats: Arc<Stats>,
     publish: mpsc::Sender<Message>,
+    /// Episodes go out from the inference and render stages, counted together.
+    events: EventOutput,
 }
 
 /// The ends of the channels between the heatmap path and the inference stage.
@@ -158,6 +161,7 @@ impl Topology {
             publish: publish.clone(),
         };
         let shared = Shared {
+            events: EventOutput::new(topics.clone(), origin.clone()),
             topics,
             discovery: config.discovery(),
             stats: Arc::new(Stats::default()),
@@ -229,6 +233,7 @@ impl Topology {
                 image_width: mqtt.heatmap_image_width,
                 image_quality: mqtt.heatmap_image_quality,
                 image_interval: mqtt.heatmap_image_interval,
+                events: shared.events.clone(),
             },
             publish: shared.publish.clone(),
             stats: shared.stats.clone(),
@@ -265,6 +270,7 @@ impl Topology {
                 shared.config.mqtt.prediction_interval,
                 shared.config.mqtt.prediction_min_change,
             ),
+            events: shared.events.clone(),
         });
         self.thread("inference", move |s| inference.run(s))?;
         Ok(control_tx)

@@ -23,6 +23,10 @@ pub struct Settings {
     /// The longest time between predictions when the policy promises one
     /// (`on_change`, `interval`): label and confidence expire after three.
     pub prediction_interval: Option<Duration>,
+    /// `[events]` is on: an event entity for episodes.
+    pub events: bool,
+    /// `[events] snapshot` is on too: an image entity for the last episode's snapshot.
+    pub event_snapshots: bool,
 }
 
 /// `[homeassistant] format`.
@@ -93,6 +97,8 @@ pub fn removal(prefix: &str, device: &str, topics: &Topics) -> Vec<Message> {
         format: Format::Device,
         stats_interval: Duration::ZERO,
         prediction_interval: None,
+        events: true,
+        event_snapshots: true,
     };
     let per_entity = entities(topics, &any)
         .into_iter()
@@ -301,6 +307,32 @@ fn entities(topics: &Topics, settings: &Settings) -> Vec<Entity> {
             }),
         },
     ];
+    if settings.events {
+        all.push(Entity {
+            component: "event",
+            object: "episode",
+            config: json!({
+                "name": "Episode",
+                "state_topic": topics.event(),
+                "event_types": ["new", "update", "end"],
+                "value_template": "{{ {'event_type': value_json.type, 'id': value_json.id, \
+                    'class': value_json.class.label, 'peak_score': value_json.peak.score, \
+                    'start': value_json.start.ts, 'last': value_json.last.ts} | to_json }}",
+                "icon": "mdi:timeline-clock-outline",
+            }),
+        });
+    }
+    if settings.event_snapshots {
+        all.push(Entity {
+            component: "image",
+            object: "episode_snapshot",
+            config: json!({
+                "name": "Episode snapshot",
+                "image_topic": topics.event_snapshot(),
+                "content_type": "image/jpeg",
+            }),
+        });
+    }
     all.extend(diagnostics(topics));
     let expire = |interval: Duration| json!((3 * interval.as_secs()).max(1));
     for e in &mut all {
@@ -383,6 +415,8 @@ mod tests {
             format,
             stats_interval: Duration::from_secs(30),
             prediction_interval: Some(Duration::from_secs(10)),
+            events: true,
+            event_snapshots: true,
         }
     }
 
@@ -397,8 +431,13 @@ mod tests {
         assert_eq!(root["origin"]["name"], "iscamd");
         assert_eq!(root["availability_topic"], "iscamd/Cam.7/availability");
         let c = root["components"].as_object().unwrap();
-        assert_eq!(c.len(), 11);
+        assert_eq!(c.len(), 13);
         assert_eq!(c["label"]["platform"], "sensor");
+        assert_eq!(
+            c["episode"]["default_entity_id"],
+            "event.iscamd_cam_7_episode"
+        );
+        assert_eq!(c["episode"]["event_types"], json!(["new", "update", "end"]));
         assert_eq!(c["label"]["default_entity_id"], "sensor.iscamd_cam_7_label");
         assert_eq!(c["label"]["unique_id"], "iscamd_Cam_7_label");
         assert_eq!(
@@ -416,7 +455,7 @@ mod tests {
     fn entity_format_repeats_device_and_origin_in_each() {
         let topics = Topics::new("iscamd", "cam7");
         let m = messages(&settings(Format::Entity), "cam7", &topics);
-        assert_eq!(m.len(), 11);
+        assert_eq!(m.len(), 13);
         assert!(m
             .iter()
             .any(|m| m.topic == "homeassistant/image/iscamd_cam7/heatmap/config"));
@@ -429,10 +468,28 @@ mod tests {
     }
 
     #[test]
+    fn event_entities_follow_the_events_config() {
+        let topics = Topics::new("iscamd", "cam7");
+        let objects = |events, event_snapshots| {
+            let s = Settings {
+                events,
+                event_snapshots,
+                ..settings(Format::Entity)
+            };
+            let m = messages(&s, "cam7", &topics);
+            let has = |object: &str| m.iter().any(|m| m.topic.contains(&format!("/{object}/")));
+            (has("episode"), has("episode_snapshot"))
+        };
+        assert_eq!(objects(true, true), (true, true));
+        assert_eq!(objects(true, false), (true, false));
+        assert_eq!(objects(false, false), (false, false));
+    }
+
+    #[test]
     fn removal_empties_both_formats() {
         let topics = Topics::new("iscamd", "cam7");
         let removal = removal("ha", "cam7", &topics);
-        assert_eq!(removal.len(), 12);
+        assert_eq!(removal.len(), 14);
         assert!(removal.iter().all(|m| m.payload.is_empty() && m.retain));
         assert_eq!(removal[0].topic, "ha/device/iscamd_cam7/config");
     }

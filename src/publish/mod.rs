@@ -30,6 +30,8 @@ pub enum Kind {
     Stats,
     /// The schedule and live maps in force (retained), changed by `set`.
     Settings,
+    /// An episode's `new`, `update` or `end`, and its snapshot.
+    Event,
     CommandResult,
     Discovery,
 }
@@ -75,6 +77,14 @@ impl Topics {
     /// The retained image's class, frame and method.
     pub fn heatmap_info(&self) -> String {
         format!("{}/heatmap/info", self.base)
+    }
+    /// Episodes of a class: `new`, `update`, `end`.
+    pub fn event(&self) -> String {
+        format!("{}/event", self.base)
+    }
+    /// The overlay of the last ended episode's peak frame (retained).
+    pub fn event_snapshot(&self) -> String {
+        format!("{}/event/snapshot", self.base)
     }
     pub fn settings(&self) -> String {
         format!("{}/settings", self.base)

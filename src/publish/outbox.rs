@@ -138,13 +138,14 @@ impl Outbox {
     }
 }
 
-/// Messages worth keeping through an outage: QoS ≥ 1 data, settings and command results.
+/// Messages worth keeping through an outage: QoS ≥ 1 data, settings, events and command
+/// results.
 /// A stale heatmap image, stats, availability and discovery are regenerated instead.
 fn keep_offline(m: &Message) -> bool {
     m.qos > 0
         && matches!(
             m.kind,
-            Kind::Prediction | Kind::Heatmap | Kind::CommandResult | Kind::Settings
+            Kind::Prediction | Kind::Heatmap | Kind::CommandResult | Kind::Settings | Kind::Event
         )
 }
 

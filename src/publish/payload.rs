@@ -178,6 +178,9 @@ pub struct HeatmapInfo<'a> {
     pub header: Header<'a>,
     #[serde(flatten)]
     pub about: &'a MapAbout,
+    /// The `id` of the `explain` command the map answers, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<&'a str>,
 }
 
 #[derive(Serialize, Debug)]
@@ -201,4 +204,54 @@ pub struct CommandResult<'a> {
     pub ok: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// A frame an event refers to.
+#[derive(Serialize, Debug)]
+pub struct FrameRef {
+    pub frame: u64,
+    pub ts: String,
+}
+
+/// An episode of a class (`iscamd.event/1` on `<prefix>/<device>/event`); see
+/// [`crate::events`] for when each is sent.
+#[derive(Serialize, Debug)]
+pub struct Event<'a> {
+    /// `frame` and `ts` are those of the frame the change was decided on.
+    #[serde(flatten)]
+    pub header: Header<'a>,
+    /// `new`, `update` or `end`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// `<run>-<n>`: the same in every message of one episode.
+    pub id: String,
+    pub class: ClassRef,
+    pub start: FrameRef,
+    /// The last frame of the class so far; on `end`, the episode's end.
+    pub last: FrameRef,
+    /// Frames of the class in the episode so far.
+    pub frames: u64,
+    pub peak: Peak,
+    /// `end` only: why it ended (`left`, `stopped`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+    /// `end` only: the `seq` of the heatmap of the peak frame (null when none was made).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heatmap_seq: Option<Option<u64>>,
+    /// `end` only: whether `event/snapshot` now holds this episode's overlay.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<bool>,
+}
+
+#[derive(Serialize, Debug)]
+pub struct ClassRef {
+    pub index: usize,
+    pub label: String,
+}
+
+#[derive(Serialize, Debug)]
+pub struct Peak {
+    pub score: f64,
+    pub frame: u64,
+    pub ts: String,
 }

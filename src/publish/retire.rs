@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The retained topics of `device`: both discovery formats, availability, run and the
-/// heatmap image and settings.
+/// heatmap image, the event snapshot and settings.
 fn retained_topics(config: &Config, device: &str) -> Vec<Message> {
     let topics = Topics::new(&config.mqtt.prefix, device);
     let mut messages = discovery::removal(&config.homeassistant.prefix, device, &topics);
@@ -23,6 +23,7 @@ fn retained_topics(config: &Config, device: &str) -> Vec<Message> {
         topics.run(),
         topics.heatmap_image(),
         topics.heatmap_info(),
+        topics.event_snapshot(),
         topics.settings(),
     ] {
         messages.push(Message {

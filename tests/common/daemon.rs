@@ -16,6 +16,20 @@ pub fn topic(t: &str) -> String {
 /// A config for the images source at `fps` against `port`; `extra` is appended inside
 /// `[mqtt]` (so it may add mqtt keys first, then further tables).
 pub fn write_config(dir: &Path, port: u16, fps: u32, extra: &str) -> std::path::PathBuf {
+    let source = format!(
+        "kind = \"images\"\npath = \"{}\"\nfps = {fps}",
+        images_dir().display()
+    );
+    write_config_with_source(dir, port, &source, extra)
+}
+
+/// A config with `source` as the body of `[source]`, against `port`; `extra` as above.
+pub fn write_config_with_source(
+    dir: &Path,
+    port: u16,
+    source: &str,
+    extra: &str,
+) -> std::path::PathBuf {
     let path = dir.join("iscamd.toml");
     let text = format!(
         r#"
@@ -24,9 +38,7 @@ id = "{DEVICE}"
 shutdown_timeout = "3s"
 
 [source]
-kind = "images"
-path = "{images}"
-fps = {fps}
+{source}
 
 [model]
 path = "{model}"
@@ -40,7 +52,6 @@ heatmap_image_width = 200
 keep_alive = "2s"
 {extra}
 "#,
-        images = images_dir().display(),
         model = model_path(F32_MODEL).display(),
     );
     std::fs::write(&path, text).unwrap();

@@ -78,7 +78,7 @@ impl Schemas {
 /// Topics of the daemon whose payloads are not JSON, or not the daemon's.
 fn carries_json(topic: &str) -> bool {
     topic.starts_with("iscamd/")
-        && !["/availability", "/heatmap/image", "/cmd"]
+        && !["/availability", "/heatmap/image", "/event/snapshot", "/cmd"]
             .iter()
             .any(|end| topic.ends_with(end))
 }

@@ -1,0 +1,147 @@
+//! Episodes on `<prefix>/<device>/event`, from a real daemon on a real mosquitto classifying
+//! a laid-out image sequence with the real model: class A for 10 frames, then B, then A,
+//! then flicker between B and A.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::broker::{retained, Daemon, Mosquitto, Observer, Received};
+use common::daemon::{topic, write_config_with_source};
+use common::streams::frames;
+use serde_json::Value;
+
+/// Two images SqueezeNet is sure of, and their classes.
+const PANDA: (&str, u64) = ("n02510455_giant_panda", 388);
+const MACAW: (&str, u64) = ("n01818515_macaw", 88);
+
+const FRAMES: u64 = 50;
+
+/// The messages of one episode, in the order they came.
+fn episodes(events: &[Received]) -> BTreeMap<String, Vec<Value>> {
+    let mut by_id: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for e in events.iter().map(Received::json) {
+        by_id
+            .entry(e["id"].as_str().unwrap().to_string())
+            .or_default()
+            .push(e);
+    }
+    by_id
+}
+
+fn frame(v: &Value) -> u64 {
+    v["frame"].as_u64().unwrap()
+}
+
+#[test]
+fn a_b_a_gives_three_episodes_and_flicker_gives_none() {
+    let broker = Mosquitto::start();
+    let observer = Observer::connect(broker.port, "iscamd/#");
+    let dir = tempfile::tempdir().unwrap();
+    // Panda ×10, macaw ×10, panda ×10, then macaw and panda in turn ×10.
+    let mut segments = vec![(PANDA.0, 10), (MACAW.0, 10), (PANDA.0, 10)];
+    segments.extend([(MACAW.0, 1), (PANDA.0, 1)].repeat(10));
+    let frames = frames(dir.path(), &segments);
+    let source = format!(
+        "kind = \"images\"\npath = \"{}\"\nloop = false\nfps = 5",
+        frames.display()
+    );
+    // No scheduled maps: the only maps are those of the episodes' peak frames.
+    let extra = "[cam]\ninterval = \"0s\"\non_class_change = false\n\
+                 [events]\nmin_frames = 3\nend_frames = 3\n";
+    let config = write_config_with_source(dir.path(), broker.port, &source, extra);
+    let mut daemon = Daemon::start(&config, dir.path());
+    let stats = observer.wait_for(
+        &topic("stats"),
+        Duration::from_secs(90),
+        "every frame processed",
+        |m| {
+            m.last()
+                .is_some_and(|s| s.json()["frames_processed"].as_u64() == Some(FRAMES))
+        },
+    );
+    let dropped = stats.last().unwrap().json()["frames_dropped"].as_u64();
+    // Both ends that wait for a map of their peak frame.
+    observer.wait_for(&topic("event"), Duration::from_secs(60), "two ends", |m| {
+        m.iter().filter(|e| e.json()["type"] == "end").count() >= 2
+    });
+    assert!(daemon.terminate().success(), "{}", daemon.log_text());
+
+    let events = observer.on(&topic("event"));
+    let seqs: Vec<u64> = events
+        .iter()
+        .map(|e| e.json()["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (1..=events.len() as u64).collect::<Vec<_>>());
+    let episodes = episodes(&events);
+    let summary: Vec<(u64, Vec<String>)> = episodes
+        .values()
+        .map(|msgs| {
+            let class = msgs[0]["class"]["index"].as_u64().unwrap();
+            let kinds = msgs
+                .iter()
+                .map(|m| format!("{} {}", m["type"], m["reason"]))
+                .collect();
+            (class, kinds)
+        })
+        .collect();
+    let left = || vec!["\"new\" null".to_string(), "\"end\" \"left\"".to_string()];
+    let stopped = vec![
+        "\"new\" null".to_string(),
+        "\"end\" \"stopped\"".to_string(),
+    ];
+    assert_eq!(
+        summary,
+        [(PANDA.1, left()), (MACAW.1, left()), (PANDA.1, stopped)],
+        "{events:#?}"
+    );
+
+    let heatmaps = observer.on(&topic("heatmap"));
+    for (n, (id, msgs)) in episodes.iter().enumerate() {
+        let (new, end) = (&msgs[0], &msgs[1]);
+        assert_eq!(new["start"], end["start"], "{id}");
+        assert_eq!(new["frames"], 3, "opens on the third frame: {new}");
+        if dropped == Some(0) {
+            // 1–10, 11–20, 21–50 (the flicker keeps the third open), each decided on
+            // its `min_frames`th frame and, when left, `end_frames` after its last.
+            let (first, last) = [(1, 10), (11, 20), (21, 50)][n];
+            assert_eq!((frame(&end["start"]), frame(&end["last"])), (first, last));
+            assert_eq!(frame(new), first + 2, "{new}");
+            if end["reason"] == "left" {
+                assert_eq!(frame(end), last + 3, "{end}");
+            }
+        }
+        if end["reason"] == "stopped" {
+            assert_eq!(
+                (&end["heatmap_seq"], &end["snapshot"]),
+                (&Value::Null, &false.into())
+            );
+            continue;
+        }
+        // Explained at its peak frame.
+        assert_eq!(end["snapshot"], true, "{end}");
+        let seq = end["heatmap_seq"].as_u64().expect("a heatmap of the peak");
+        let map = heatmaps
+            .iter()
+            .map(Received::json)
+            .find(|h| h["seq"] == seq)
+            .unwrap_or_else(|| panic!("no heatmap {seq}"));
+        assert_eq!(map["frame"], end["peak"]["frame"], "{map}");
+        assert_eq!(map["class"]["index"], end["class"]["index"], "{map}");
+        assert!(map["passes"].as_u64().unwrap() > 0);
+    }
+
+    // The two ends' snapshots: the overlay as a JPEG, the last one retained.
+    let snapshots = observer.on(&topic("event/snapshot"));
+    assert_eq!(snapshots.len(), 2);
+    for s in &snapshots {
+        let jpeg = image::load_from_memory_with_format(&s.payload, image::ImageFormat::Jpeg)
+            .expect("a JPEG");
+        assert_eq!(jpeg.width(), 200, "[mqtt] heatmap_image_width");
+    }
+    assert!(
+        retained(broker.port, &topic("event/snapshot")).is_some(),
+        "the last snapshot is retained"
+    );
+}
