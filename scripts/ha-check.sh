@@ -6,11 +6,16 @@
 # target/ha-venv, once. Needs Python 3.13 (pyenv's, or python3.13 on PATH), mosquitto and
 # the shared test data.
 #   scripts/ha-check.sh [ISCAMD_BINARY]     (default target/debug/iscamd)
+#   scripts/ha-check.sh --install           (only the virtualenv: CI makes it while it builds)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+install_only=false
+[ "${1:-}" = "--install" ] && install_only=true
 iscamd=${1:-target/debug/iscamd}
-[ -x "$iscamd" ] || { echo "ha-check: no iscamd binary at $iscamd; build it first" >&2; exit 1; }
+if ! $install_only; then
+  [ -x "$iscamd" ] || { echo "ha-check: no iscamd binary at $iscamd; build it first" >&2; exit 1; }
+fi
 data=${ISCAMD_TEST_DATA:-../shared}
 models=${ISCAMD_MODEL_DIR:-$data/models}
 model=$models/squeezenet1.0-dc.onnx
@@ -36,4 +41,5 @@ if ! "$venv/bin/python" -c 'from homeassistant.const import __version__ as v; as
   "$python" -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check "${packages[@]}"
 fi
+$install_only && exit 0
 "$venv/bin/python" tests/support/home_assistant.py "$iscamd" "$model" "$panda" "giant panda" "$macaw" "macaw"

@@ -1,10 +1,11 @@
 //! `iscamd run`: the daemon, as stages joined by bounded channels (see [`topology`]):
 //!
 //! ```text
-//! capture ──latest frame wins──► inference ──► prediction ─────────────────┐
-//!                                   │ scheduler: schedule, class change,  ├─► mqtt (connection)
-//!                                   ▼ live maps, commands                 │
-//!                                heatmap ──► render ──► heatmap + image ───┘
+//! capture ──latest frame wins──► inference ──► prediction, event ──────────┐
+//!                                   │ scheduler: schedule, class change,   ├─► mqtt (connection)
+//!                                   ▼ live maps, commands, episode ends    │
+//!                                heatmap ──► render ──► heatmap + image, ───┘
+//!                                                       episode end + snapshot
 //! mqtt cmd ──► commands ──► inference        stats ─────────────────────────► mqtt
 //!                                            supervise ──► systemd (sd_notify)
 //! ```

@@ -338,7 +338,7 @@ mod tests {
     #[test]
     fn morf_and_lerf_favour_the_map_on_the_pixels_that_matter() {
         let (h, w) = (16, 16);
-        let board = |r: usize, c: usize| if (r + c) % 2 == 0 { 1.0 } else { -1.0 };
+        let board = |r: usize, c: usize| if (r + c).is_multiple_of(2) { 1.0 } else { -1.0 };
         let x = Array3::from_shape_fn(
             (3, h, w),
             |(_, r, c)| {
