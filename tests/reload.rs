@@ -240,3 +240,66 @@ fn a_new_model_file_runs_the_next_frames() {
     );
     assert!(daemon.terminate().success(), "{}", daemon.log_text());
 }
+
+/// A changed `[events]` ends the open episode (`stopped`, with its snapshot) and the next
+/// one opens by the new rules, on the same connection.
+#[test]
+fn a_changed_events_section_ends_the_episode_and_the_next_follows_the_new_rules() {
+    let broker = Mosquitto::start();
+    let observer = Observer::connect(broker.port, "iscamd/#");
+    let dir = tempfile::tempdir().unwrap();
+    let source = format!(
+        "kind = \"images\"\npath = \"{}\"\nfps = 5",
+        image("n01440764_tench").display()
+    );
+    let extra = "[cam]\ninterval = \"0s\"\non_class_change = false\n[events]\nmin_frames = 3\n";
+    let config = write_config_with_source(dir.path(), broker.port, &source, extra);
+    let mut daemon = Daemon::start(&config, dir.path());
+    let events = |observer: &Observer| -> Vec<serde_json::Value> {
+        observer
+            .on(&topic("event"))
+            .iter()
+            .map(|m| m.json())
+            .collect()
+    };
+    observer.wait_for(&topic("event"), Duration::from_secs(60), "a new", |m| {
+        !m.is_empty()
+    });
+
+    rewrite(&config, "min_frames = 3", "min_frames = 10");
+    hup(&daemon);
+    let log = wait_for_log(&daemon, "reloaded:", Duration::from_secs(30));
+    assert!(log.contains("[events]"), "{log}");
+    observer.wait_for(
+        &topic("event"),
+        Duration::from_secs(60),
+        "the second episode",
+        |m| m.iter().filter(|e| e.json()["type"] == "new").count() >= 2,
+    );
+    assert!(daemon.terminate().success(), "{}", daemon.log_text());
+
+    // The end goes after the map of its peak frame, so it may come after the next new.
+    let events = events(&observer);
+    let of = |id: &serde_json::Value| -> Vec<&serde_json::Value> {
+        events.iter().filter(|e| &e["id"] == id).collect()
+    };
+    let first = of(&events[0]["id"]);
+    assert_eq!(first.len(), 2, "{events:#?}");
+    let (new, end) = (first[0], first[1]);
+    assert_eq!((&new["type"], &new["frames"]), (&"new".into(), &3.into()));
+    assert_eq!(
+        (&end["type"], &end["reason"]),
+        (&"end".into(), &"stopped".into())
+    );
+    assert_eq!(end["snapshot"], true, "{end}");
+    let second = events
+        .iter()
+        .find(|e| e["id"] != new["id"])
+        .expect("a second episode");
+    assert_eq!(second["type"], "new");
+    assert_eq!(
+        second["frames"], 10,
+        "opened by the new min_frames: {second}"
+    );
+    assert_eq!(second["run"], new["run"], "the same run: no restart");
+}

@@ -2,12 +2,14 @@
 //! sends `new` and `update` at once; an `end` waits for the map of its peak frame when
 //! `[events] snapshot` is on, and the render stage sends it after the snapshot.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::mpsc::Sender;
 
 use super::pipeline::Pipeline;
 use crate::analysis::Analysis;
 use crate::config::EventsConfig;
+use crate::error::{Error, Result};
 use crate::events::{Change, EndReason, Episode, Mark, Seen, Tracker};
 use crate::publish::payload::{self, ClassRef, FrameRef, Origin, Peak};
 use crate::publish::{Kind, Message, Topics};
@@ -33,13 +35,15 @@ impl std::fmt::Debug for Ended {
     }
 }
 
-/// Where events go. The inference and render stages both send them, so they share the
-/// count that becomes `seq`.
+/// Where events go. The inference and render stages both send them: each message is
+/// numbered and sent under one lock, so `seq` reaches the connection stage in order.
 #[derive(Clone)]
 pub struct EventOutput {
     topics: Topics,
     origin: Origin,
-    sent: Arc<AtomicU64>,
+    publish: Sender<Message>,
+    /// Event messages sent so far.
+    sent: Arc<Mutex<u64>>,
 }
 
 /// How an `end` went with its map.
@@ -50,22 +54,38 @@ pub struct Snapshot {
     pub published: bool,
 }
 
+impl Snapshot {
+    pub fn none() -> Self {
+        Snapshot {
+            heatmap_seq: None,
+            published: false,
+        }
+    }
+}
+
 impl EventOutput {
-    pub fn new(topics: Topics, origin: Origin) -> Self {
+    pub fn new(topics: Topics, origin: Origin, publish: Sender<Message>) -> Self {
         EventOutput {
             topics,
             origin,
-            sent: Arc::new(AtomicU64::new(0)),
+            publish,
+            sent: Arc::new(Mutex::new(0)),
         }
     }
 
-    /// The `end` of `ended`, after its snapshot (or without one).
-    pub fn end(&self, ended: &Ended, snapshot: Snapshot) -> Message {
-        let mut event = self.event("end", &ended.episode, &ended.label, ended.decided);
-        event.reason = Some(ended.reason.name());
-        event.heatmap_seq = Some(snapshot.heatmap_seq);
-        event.snapshot = Some(snapshot.published);
-        self.message(&event)
+    /// Sends the `end` of `ended`, after its snapshot (or without one).
+    pub fn end(&self, ended: &Ended, snapshot: Snapshot) -> Result<()> {
+        self.send(
+            "end",
+            &ended.episode,
+            &ended.label,
+            ended.decided,
+            |event| {
+                event.reason = Some(ended.reason.name());
+                event.heatmap_seq = Some(snapshot.heatmap_seq);
+                event.snapshot = Some(snapshot.published);
+            },
+        )
     }
 
     /// The overlay of an ended episode's peak frame, retained.
@@ -79,14 +99,38 @@ impl EventOutput {
         }
     }
 
+    fn send(
+        &self,
+        kind: &'static str,
+        e: &Episode,
+        label: &str,
+        decided: Mark,
+        finish: impl FnOnce(&mut payload::Event),
+    ) -> Result<()> {
+        let mut sent = self.sent.lock().unwrap_or_else(PoisonError::into_inner);
+        *sent += 1;
+        let mut event = self.event(*sent, kind, e, label, decided);
+        finish(&mut event);
+        let message = Message {
+            topic: self.topics.event(),
+            payload: serde_json::to_vec(&event).expect("event serialises"),
+            qos: 1,
+            retain: false,
+            kind: Kind::Event,
+        };
+        self.publish
+            .blocking_send(message)
+            .map_err(|_| Error::Stage("the MQTT connection stage is gone".into()))
+    }
+
     fn event<'a>(
         &'a self,
+        seq: u64,
         kind: &'static str,
         e: &Episode,
         label: &str,
         decided: Mark,
     ) -> payload::Event<'a> {
-        let seq = self.sent.fetch_add(1, Ordering::Relaxed) + 1;
         let frame_ref = |m: Mark| FrameRef {
             frame: m.frame,
             ts: payload::timestamp(m.at),
@@ -118,23 +162,6 @@ impl EventOutput {
             snapshot: None,
         }
     }
-
-    fn message(&self, event: &payload::Event) -> Message {
-        Message {
-            topic: self.topics.event(),
-            payload: serde_json::to_vec(event).expect("event serialises"),
-            qos: 1,
-            retain: false,
-            kind: Kind::Event,
-        }
-    }
-}
-
-/// What the inference stage does with a change.
-pub enum Step {
-    Publish(Message),
-    /// Explain the peak frame, then publish the end with its snapshot.
-    Explain(Box<Ended>),
 }
 
 /// The inference stage's side: the tracker and the peak frame of the open episode.
@@ -158,14 +185,15 @@ impl Events {
         })
     }
 
-    /// Takes in a classified frame.
+    /// Takes in a classified frame and sends what changed. Returns the episodes that
+    /// ended and wait for a map of their peak frame.
     pub fn observe(
         &mut self,
         analysis: &Arc<Analysis>,
         mark: Mark,
         (class, score): (usize, f64),
         pipeline: &Arc<Pipeline>,
-    ) -> Vec<Step> {
+    ) -> Result<Vec<Box<Ended>>> {
         self.last = Some(mark);
         let seen = Seen {
             mark,
@@ -173,55 +201,66 @@ impl Events {
             score,
             detail: analysis.clone(),
         };
-        let changes = self.tracker.observe(seen);
-        changes
-            .into_iter()
-            .map(|change| self.step(change, mark, pipeline))
-            .collect()
+        let mut waiting = Vec::new();
+        for change in self.tracker.observe(seen) {
+            waiting.extend(self.take(change, mark, pipeline)?);
+        }
+        Ok(waiting)
     }
 
     /// Ends the open episode now, at the newest frame: the daemon stops, or new rules
-    /// take over.
-    pub fn stop(&mut self, pipeline: &Arc<Pipeline>) -> Option<Step> {
-        let decided = self.last?;
-        let change = self.tracker.end(EndReason::Stopped)?;
-        Some(self.step(change, decided, pipeline))
+    /// take over. Returns it if it waits for a map.
+    pub fn stop(&mut self, pipeline: &Arc<Pipeline>) -> Result<Option<Box<Ended>>> {
+        let Some(decided) = self.last else {
+            return Ok(None);
+        };
+        match self.tracker.end(EndReason::Stopped) {
+            Some(change) => self.take(change, decided, pipeline),
+            None => Ok(None),
+        }
     }
 
-    fn step(&self, change: Change<Arc<Analysis>>, decided: Mark, pipeline: &Arc<Pipeline>) -> Step {
+    /// New rules (a reload): the open episode ends, and the next follows them.
+    pub fn renew(
+        &mut self,
+        config: &EventsConfig,
+        pipeline: &Arc<Pipeline>,
+    ) -> Result<Option<Box<Ended>>> {
+        let ended = match self.last.zip(self.tracker.set_rules(config.rules())) {
+            Some((decided, change)) => self.take(change, decided, pipeline)?,
+            None => None,
+        };
+        self.snapshot = config.snapshot;
+        Ok(ended)
+    }
+
+    /// Sends a change; an end that waits for a map comes back instead.
+    fn take(
+        &self,
+        change: Change<Arc<Analysis>>,
+        decided: Mark,
+        pipeline: &Arc<Pipeline>,
+    ) -> Result<Option<Box<Ended>>> {
         let label = |e: &Episode| pipeline.classifier.labels().name(e.class);
+        let out = &self.output;
         match change {
-            Change::New(e) => Step::Publish(self.publish("new", &e, &label(&e), decided)),
-            Change::Update(e) => Step::Publish(self.publish("update", &e, &label(&e), decided)),
+            Change::New(e) => out.send("new", &e, &label(&e), decided, |_| {})?,
+            Change::Update(e) => out.send("update", &e, &label(&e), decided, |_| {})?,
             Change::End(episode, reason, peak) => {
-                let ended = Ended {
+                let ended = Box::new(Ended {
                     label: label(&episode),
                     episode,
                     reason,
                     decided,
                     peak,
                     pipeline: pipeline.clone(),
-                };
+                });
                 if self.snapshot {
-                    Step::Explain(Box::new(ended))
-                } else {
-                    Step::Publish(self.output.end(&ended, Snapshot::none()))
+                    return Ok(Some(ended));
                 }
+                out.end(&ended, Snapshot::none())?;
             }
         }
-    }
-
-    fn publish(&self, kind: &'static str, e: &Episode, label: &str, decided: Mark) -> Message {
-        self.output
-            .message(&self.output.event(kind, e, label, decided))
-    }
-}
-
-impl Snapshot {
-    pub fn none() -> Self {
-        Snapshot {
-            heatmap_seq: None,
-            published: false,
-        }
+        Ok(None)
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::Sender;
 
 use super::command_result;
-use super::events::{EventOutput, Events, Snapshot, Step};
+use super::events::{Ended, EventOutput, Events, Snapshot};
 use super::heatmap::{Job, Live, Outcome, Weights};
 use super::latest::Latest;
 use super::pipeline::{Current, Pipeline};
@@ -117,25 +117,18 @@ impl Inference {
                 self.publish_prediction(&analysis, mark, seq)?;
             }
             if let Some(events) = &mut self.events {
-                let steps = events.observe(&analysis, mark, (top1, score), &self.current);
-                self.take_steps(steps)?;
+                let ended = events.observe(&analysis, mark, (top1, score), &self.current)?;
+                self.explain_peaks(ended)?;
             }
             self.explain(analysis, mark)?;
         }
         self.stop_events()
     }
 
-    /// Publishes what the events say, and asks for the maps of ended episodes' peak
-    /// frames; an end that finds no room waits for no map.
-    fn take_steps(&mut self, steps: Vec<Step>) -> Result<()> {
-        for step in steps {
-            let ended = match step {
-                Step::Publish(message) => {
-                    self.send(message)?;
-                    continue;
-                }
-                Step::Explain(ended) => ended,
-            };
+    /// Asks for the maps of ended episodes' peak frames; an end that finds no room in
+    /// the queue goes without one.
+    fn explain_peaks(&mut self, ended: Vec<Box<Ended>>) -> Result<()> {
+        for ended in ended {
             let request = Request {
                 params: ended.pipeline.params.clone(),
                 class: Some(ended.episode.class),
@@ -151,10 +144,11 @@ impl Inference {
 
     /// Ends the open episode now: the daemon stops, or new rules take over.
     fn end_episode(&mut self) -> Result<()> {
-        match self.events.as_mut().and_then(|e| e.stop(&self.current)) {
-            Some(step) => self.take_steps(vec![step]),
-            None => Ok(()),
-        }
+        let ended = match &mut self.events {
+            Some(events) => events.stop(&self.current)?,
+            None => None,
+        };
+        self.explain_peaks(ended.into_iter().collect())
     }
 
     /// At shutdown: the open episode ends, and ends that wait for a map go without one
@@ -169,7 +163,7 @@ impl Inference {
 
     fn end_without_map(&self, request: Request) -> Result<()> {
         match request.asker {
-            Asker::Event(ended) => self.send(self.parts.events.end(&ended, Snapshot::none())),
+            Asker::Event(ended) => self.parts.events.end(&ended, Snapshot::none()),
             Asker::Command(_) => Ok(()),
         }
     }
@@ -187,8 +181,16 @@ impl Inference {
         self.live = live;
         self.model = next.model_name();
         if next.events != self.current.events {
-            self.end_episode()?;
-            self.events = Events::new(&next.events, self.parts.events.clone());
+            match &mut self.events {
+                Some(events) if next.events.enabled => {
+                    let ended = events.renew(&next.events, &self.current)?;
+                    self.explain_peaks(ended.into_iter().collect())?;
+                }
+                _ => {
+                    self.end_episode()?;
+                    self.events = Events::new(&next.events, self.parts.events.clone());
+                }
+            }
         }
         self.current = next;
         self.publish_settings()

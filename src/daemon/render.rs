@@ -8,7 +8,7 @@ use image::codecs::jpeg::JpegEncoder;
 use tokio::sync::mpsc::Sender;
 
 use super::command_result;
-use super::events::{EventOutput, Snapshot};
+use super::events::{Ended, EventOutput, Snapshot};
 use super::heatmap::{Freshness, Outcome, Ready};
 use super::scheduler::Asker;
 use super::shutdown::Shutdown;
@@ -43,6 +43,14 @@ pub struct Render {
     pub stats: Arc<Stats>,
 }
 
+/// What a map or a failed one brings: messages, then the end of the episode whose peak
+/// frame it explains.
+#[derive(Default)]
+struct Rendered {
+    messages: Vec<Message>,
+    end: Option<(Box<Ended>, Snapshot)>,
+}
+
 impl Render {
     /// Runs until the heatmap and inference stages stop sending maps (they end at
     /// shutdown), so that every map made is published.
@@ -50,10 +58,10 @@ impl Render {
         let mut seq = 0u64;
         let mut last_image: Option<Instant> = None;
         for outcome in self.maps.iter() {
-            let messages = match outcome {
+            let rendered = match outcome {
                 Outcome::Map(ready) => {
                     seq += 1;
-                    // Maps that cost passes or answer a command always get their image;
+                    // Maps that cost passes or were asked for always get their image;
                     // those that come at frame rate (live maps, `cam`) are thinned out.
                     let now = Instant::now();
                     let with_image = ready.passes > 0
@@ -62,7 +70,7 @@ impl Render {
                     if with_image {
                         last_image = Some(now);
                     }
-                    messages(*ready, seq, &self.output, &self.stats, with_image)
+                    rendered(*ready, seq, &self.output, &self.stats, with_image)
                 }
                 Outcome::Failed {
                     frame,
@@ -71,49 +79,42 @@ impl Render {
                 } => {
                     self.stats.heatmap_failed();
                     tracing::warn!("heatmap for frame {frame} failed: {error}");
-                    let out = &self.output;
-                    match asker {
-                        Some(Asker::Command(id)) => {
-                            vec![command_result(&out.topics, &out.origin, id.0, Err(error))]
-                        }
-                        Some(Asker::Event(ended)) => {
-                            vec![out.events.end(&ended, Snapshot::none())]
-                        }
-                        None => Vec::new(),
-                    }
+                    failed(asker, error, &self.output)
                 }
             };
-            for m in messages {
+            for m in rendered.messages {
                 if self.publish.blocking_send(m).is_err() {
                     return Err(Error::Stage("the MQTT connection stage is gone".into()));
                 }
+            }
+            if let Some((ended, snapshot)) = rendered.end {
+                self.output.events.end(&ended, snapshot)?;
             }
         }
         Ok(())
     }
 }
 
-fn messages(ready: Ready, seq: u64, out: &Output, stats: &Stats, with_image: bool) -> Vec<Message> {
+/// What a map that could not be made answers: the command's error, or the end of the
+/// episode without a snapshot.
+fn failed(asker: Option<Asker>, error: String, out: &Output) -> Rendered {
+    match asker {
+        Some(Asker::Command(id)) => Rendered {
+            messages: vec![command_result(&out.topics, &out.origin, id.0, Err(error))],
+            end: None,
+        },
+        Some(Asker::Event(ended)) => Rendered {
+            messages: Vec::new(),
+            end: Some((ended, Snapshot::none())),
+        },
+        None => Rendered::default(),
+    }
+}
+
+fn rendered(ready: Ready, seq: u64, out: &Output, stats: &Stats, with_image: bool) -> Rendered {
     let t0 = Instant::now();
-    let classifier = &ready.classifier;
     let (h, w) = ready.map.dim();
-    let (fresh, age_ms, weights_frame, drift) = match ready.freshness {
-        Freshness::Fresh => (true, 0.0, ready.frame, None),
-        Freshness::Live {
-            age,
-            weights_frame,
-            drift,
-        } => (false, ms(age), weights_frame, Some(drift)),
-    };
-    let about = payload::MapAbout {
-        class: ready.analysis.class_score(classifier, ready.class),
-        method: ready.method.clone(),
-        passes: ready.passes,
-        fresh,
-        age_ms,
-        weights_frame,
-        drift,
-    };
+    let about = about(&ready);
     let header =
         |schema| payload::Header::new(schema, &out.origin, seq, ready.frame, ready.captured);
     let event = matches!(ready.asker, Some(Asker::Event(_)));
@@ -141,34 +142,58 @@ fn messages(ready: Ready, seq: u64, out: &Output, stats: &Stats, with_image: boo
             ..Latency::default()
         },
         map: MapData::u8_base64(w, h, &display::map_u8(&ready.map)),
-        request_id: request_id.clone(),
+        request_id,
     };
-    stats.heatmap_published(fresh, ready.cam_ms + ms(t0.elapsed()));
-    let json = serde_json::to_vec(&heatmap).expect("heatmap serialises");
-    let mut messages = vec![Message {
+    stats.heatmap_published(about.fresh, ready.cam_ms + ms(t0.elapsed()));
+    let mut rendered = Rendered::default();
+    rendered.messages.push(Message {
         topic: out.topics.heatmap(),
-        payload: json,
+        payload: serde_json::to_vec(&heatmap).expect("heatmap serialises"),
         qos: out.qos,
         retain: false,
         kind: Kind::Heatmap,
-    }];
-    messages.extend(image.into_iter().flatten());
+    });
+    rendered.messages.extend(image.into_iter().flatten());
     match ready.asker {
         Some(Asker::Command(id)) => {
-            messages.push(command_result(&out.topics, &out.origin, id.0, Ok(())))
+            let ok = command_result(&out.topics, &out.origin, id.0, Ok(()));
+            rendered.messages.push(ok);
         }
         Some(Asker::Event(ended)) => {
             let published = jpeg.is_some();
-            messages.extend(jpeg.map(|jpeg| out.events.snapshot(jpeg)));
+            rendered
+                .messages
+                .extend(jpeg.map(|jpeg| out.events.snapshot(jpeg)));
             let snapshot = Snapshot {
                 heatmap_seq: Some(seq),
                 published,
             };
-            messages.push(out.events.end(&ended, snapshot));
+            rendered.end = Some((ended, snapshot));
         }
         None => {}
     }
-    messages
+    rendered
+}
+
+/// What the map shows and how it was made.
+fn about(ready: &Ready) -> payload::MapAbout {
+    let (fresh, age_ms, weights_frame, drift) = match ready.freshness {
+        Freshness::Fresh => (true, 0.0, ready.frame, None),
+        Freshness::Live {
+            age,
+            weights_frame,
+            drift,
+        } => (false, ms(age), weights_frame, Some(drift)),
+    };
+    payload::MapAbout {
+        class: ready.analysis.class_score(&ready.classifier, ready.class),
+        method: ready.method.clone(),
+        passes: ready.passes,
+        fresh,
+        age_ms,
+        weights_frame,
+        drift,
+    }
 }
 
 /// The frame with its map laid over it, as a JPEG.

@@ -161,7 +161,7 @@ impl Topology {
             publish: publish.clone(),
         };
         let shared = Shared {
-            events: EventOutput::new(topics.clone(), origin.clone()),
+            events: EventOutput::new(topics.clone(), origin.clone(), publish.clone()),
             topics,
             discovery: config.discovery(),
             stats: Arc::new(Stats::default()),
