@@ -193,7 +193,7 @@ impl Events {
         mark: Mark,
         (class, score): (usize, f64),
         pipeline: &Arc<Pipeline>,
-    ) -> Result<Vec<Box<Ended>>> {
+    ) -> Result<Vec<Ended>> {
         self.last = Some(mark);
         let seen = Seen {
             mark,
@@ -210,7 +210,7 @@ impl Events {
 
     /// Ends the open episode now, at the newest frame: the daemon stops, or new rules
     /// take over. Returns it if it waits for a map.
-    pub fn stop(&mut self, pipeline: &Arc<Pipeline>) -> Result<Option<Box<Ended>>> {
+    pub fn stop(&mut self, pipeline: &Arc<Pipeline>) -> Result<Option<Ended>> {
         let Some(decided) = self.last else {
             return Ok(None);
         };
@@ -225,7 +225,7 @@ impl Events {
         &mut self,
         config: &EventsConfig,
         pipeline: &Arc<Pipeline>,
-    ) -> Result<Option<Box<Ended>>> {
+    ) -> Result<Option<Ended>> {
         let ended = match self.last.zip(self.tracker.set_rules(config.rules())) {
             Some((decided, change)) => self.take(change, decided, pipeline)?,
             None => None,
@@ -240,21 +240,21 @@ impl Events {
         change: Change<Arc<Analysis>>,
         decided: Mark,
         pipeline: &Arc<Pipeline>,
-    ) -> Result<Option<Box<Ended>>> {
+    ) -> Result<Option<Ended>> {
         let label = |e: &Episode| pipeline.classifier.labels().name(e.class);
         let out = &self.output;
         match change {
             Change::New(e) => out.send("new", &e, &label(&e), decided, |_| {})?,
             Change::Update(e) => out.send("update", &e, &label(&e), decided, |_| {})?,
             Change::End(episode, reason, peak) => {
-                let ended = Box::new(Ended {
+                let ended = Ended {
                     label: label(&episode),
                     episode,
                     reason,
                     decided,
                     peak,
                     pipeline: pipeline.clone(),
-                });
+                };
                 if self.snapshot {
                     return Ok(Some(ended));
                 }

@@ -127,12 +127,12 @@ impl Inference {
 
     /// Asks for the maps of ended episodes' peak frames; an end that finds no room in
     /// the queue goes without one.
-    fn explain_peaks(&mut self, ended: Vec<Box<Ended>>) -> Result<()> {
+    fn explain_peaks(&mut self, ended: Vec<Ended>) -> Result<()> {
         for ended in ended {
             let request = Request {
                 params: ended.pipeline.params.clone(),
                 class: Some(ended.episode.class),
-                asker: Asker::Event(ended),
+                asker: Asker::Event(Box::new(ended)),
             };
             if let Err(refused) = self.scheduler.request(request) {
                 tracing::debug!("no room to explain an event's peak frame");
