@@ -33,7 +33,8 @@ packages=("homeassistant==2025.4.4" "home-assistant-frontend==20250411.0" "paho-
   "securetar==2025.2.1")
 if ! "$venv/bin/python" -c 'from homeassistant.const import __version__ as v; assert v == "2025.4.4"; import paho.mqtt, PIL, hass_frontend' 2>/dev/null; then
   python=""
-  for candidate in "$(pyenv root 2>/dev/null)"/versions/3.13*/bin/python3.13 "$(command -v python3.13 || true)"; do
+  pyenv_root=${PYENV_ROOT:-$(pyenv root 2>/dev/null || echo "$HOME/.pyenv")}
+  for candidate in "$pyenv_root"/versions/3.13*/bin/python3.13 "$(command -v python3.13 || true)"; do
     [ -x "$candidate" ] && { python=$candidate; break; }
   done
   [ -n "$python" ] || { echo "ha-check: Home Assistant 2025.4 needs Python 3.13; none found (pyenv install 3.13.0)" >&2; exit 1; }

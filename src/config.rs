@@ -527,6 +527,8 @@ pub struct HomeAssistantConfig {
     /// `device`: one config per device (Home Assistant 2024.12 and later); `entity`: one
     /// per entity, for older versions.
     pub format: DiscoveryFormat,
+    /// The device page's "Visit" link, e.g. the camera's dashboard (`http://` or `https://`).
+    pub configuration_url: Option<String>,
 }
 
 impl Default for HomeAssistantConfig {
@@ -535,6 +537,7 @@ impl Default for HomeAssistantConfig {
             discovery: true,
             prefix: "homeassistant".into(),
             format: DiscoveryFormat::default(),
+            configuration_url: None,
         }
     }
 }
@@ -894,15 +897,25 @@ impl Config {
         self.cam.validate()?;
         self.events.validate()?;
         validate_topic_prefix("homeassistant.prefix", &self.homeassistant.prefix)?;
+        if let Some(url) = &self.homeassistant.configuration_url {
+            let scheme = url.split_once("://").map(|(scheme, _)| scheme);
+            if !matches!(scheme, Some("http" | "https")) || url.len() > 2048 {
+                return Err(key_error(
+                    "homeassistant.configuration_url",
+                    format!("{url:?} (expected an http:// or https:// URL)"),
+                ));
+            }
+        }
         self.mqtt.validate()
     }
 
     /// Home Assistant discovery, when `[homeassistant] discovery` is on.
-    pub fn discovery(&self) -> Option<crate::publish::discovery::Settings> {
+    pub fn discovery(&self) -> Option<crate::publish::discovery::Options> {
         let ha = &self.homeassistant;
-        ha.discovery.then(|| crate::publish::discovery::Settings {
+        ha.discovery.then(|| crate::publish::discovery::Options {
             prefix: ha.prefix.clone(),
             format: ha.format,
+            configuration_url: ha.configuration_url.clone(),
             stats_interval: self.mqtt.stats_interval,
             // No prediction can come faster than frames do.
             prediction_interval: (self.mqtt.prediction_policy != PredictionPolicy::Every).then(
@@ -1097,6 +1110,14 @@ mod tests {
             ),
             ("[homeassistant]\nprefix = \"ha/\"", "homeassistant.prefix"),
             ("[homeassistant]\nformat = \"legacy\"", "format"),
+            (
+                "[homeassistant]\nconfiguration_url = \"cam7.local\"",
+                "homeassistant.configuration_url",
+            ),
+            ("[events]\nmin_frames = 0", "events.min_frames"),
+            ("[events]\nend_frames = 10001", "events.end_frames"),
+            ("[events]\nmin_confidence = 1.5", "events.min_confidence"),
+            ("[events]\npeak_step = 0", "events.peak_step"),
             ("[mqtt]\nprefix = \"a/\"", "mqtt.prefix"),
             ("[mqtt]\nprefix = \"/a\"", "mqtt.prefix"),
             ("[mqtt]\nprefix = \"a//b\"", "mqtt.prefix"),
@@ -1121,6 +1142,8 @@ mod tests {
             "[cam]\ninterval = \"0s\"",
             "[model]\nthreads = 0",
             "[mqtt]\nkeep_alive = \"65535s\"",
+            "[homeassistant]\nconfiguration_url = \"https://grafana.local/d/cam7\"",
+            "[events]\nenabled = false\nmin_frames = 1\nend_frames = 1\npeak_step = 1",
         ] {
             Config::parse(fine).unwrap();
         }

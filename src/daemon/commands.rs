@@ -31,7 +31,7 @@ pub struct Commands {
     pub stats: Arc<Stats>,
     pub topics: Topics,
     pub origin: Origin,
-    pub discovery: Option<discovery::Settings>,
+    pub discovery: Option<discovery::Options>,
     /// `[mqtt] commands_per_second`.
     pub rate: f64,
 }

@@ -105,7 +105,7 @@ struct Shared {
     pipeline: watch::Receiver<Arc<Pipeline>>,
     origin: Origin,
     topics: Topics,
-    discovery: Option<discovery::Settings>,
+    discovery: Option<discovery::Options>,
     stats: Arc<Stats>,
     publish: mpsc::Sender<Message>,
     /// Episodes go out from the inference and render stages, counted together.

@@ -15,9 +15,11 @@ use super::{Kind, Message, Topics};
 
 /// Where and how discovery is published.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Settings {
+pub struct Options {
     pub prefix: String,
     pub format: Format,
+    /// The device's link in Home Assistant (`[homeassistant] configuration_url`).
+    pub configuration_url: Option<String>,
     /// Diagnostics expire after three stats intervals without a stats message.
     pub stats_interval: Duration,
     /// The longest time between predictions when the policy promises one
@@ -49,15 +51,15 @@ struct Entity {
 }
 
 /// The retained discovery config(s) for this device.
-pub fn messages(settings: &Settings, device: &str, topics: &Topics) -> Vec<Message> {
+pub fn messages(options: &Options, device: &str, topics: &Topics) -> Vec<Message> {
     let node = node_id(device);
-    let entities = entities(topics, settings);
+    let entities = entities(topics, options);
     let common = json!({
-        "device": device_block(device, &node),
+        "device": device_block(device, &node, options.configuration_url.as_deref()),
         "origin": origin_block(),
         "availability_topic": topics.availability(),
     });
-    match settings.format {
+    match options.format {
         Format::Device => {
             let components: Map<String, Value> = entities
                 .into_iter()
@@ -70,7 +72,7 @@ pub fn messages(settings: &Settings, device: &str, topics: &Topics) -> Vec<Messa
             let mut root = common;
             root["components"] = Value::Object(components);
             vec![retained(
-                device_topic(&settings.prefix, &node),
+                device_topic(&options.prefix, &node),
                 root.to_string(),
             )]
         }
@@ -81,7 +83,7 @@ pub fn messages(settings: &Settings, device: &str, topics: &Topics) -> Vec<Messa
                 for (k, v) in common.as_object().expect("object") {
                     config.insert(k.clone(), v.clone());
                 }
-                let topic = entity_topic(&settings.prefix, e.component, &node, e.object);
+                let topic = entity_topic(&options.prefix, e.component, &node, e.object);
                 retained(topic, Value::Object(config).to_string())
             })
             .collect(),
@@ -92,9 +94,10 @@ pub fn messages(settings: &Settings, device: &str, topics: &Topics) -> Vec<Messa
 /// Assistant delete the device and its entities.
 pub fn removal(prefix: &str, device: &str, topics: &Topics) -> Vec<Message> {
     let node = node_id(device);
-    let any = Settings {
+    let any = Options {
         prefix: prefix.into(),
         format: Format::Device,
+        configuration_url: None,
         stats_interval: Duration::ZERO,
         prediction_interval: None,
         events: true,
@@ -196,17 +199,21 @@ fn identify(
     config
 }
 
-fn device_block(device: &str, node: &str) -> Value {
-    json!({
+fn device_block(device: &str, node: &str, configuration_url: Option<&str>) -> Value {
+    let mut block = json!({
         "identifiers": [node],
         "name": device_name(device),
         "manufacturer": "iscamd",
         "model": "iscamd",
         "sw_version": env!("CARGO_PKG_VERSION"),
-    })
+    });
+    if let Some(url) = configuration_url {
+        block["configuration_url"] = json!(url);
+    }
+    block
 }
 
-/// No `support_url`: the project has no address of its own to point to.
+/// No `support_url`: the project has no address of its own to point to yet.
 fn origin_block() -> Value {
     json!({
         "name": "iscamd",
@@ -214,7 +221,7 @@ fn origin_block() -> Value {
     })
 }
 
-fn entities(topics: &Topics, settings: &Settings) -> Vec<Entity> {
+fn entities(topics: &Topics, options: &Options) -> Vec<Entity> {
     let mut all = vec![
         Entity {
             component: "sensor",
@@ -307,7 +314,7 @@ fn entities(topics: &Topics, settings: &Settings) -> Vec<Entity> {
             }),
         },
     ];
-    if settings.events {
+    if options.events {
         all.push(Entity {
             component: "event",
             object: "episode",
@@ -322,7 +329,7 @@ fn entities(topics: &Topics, settings: &Settings) -> Vec<Entity> {
             }),
         });
     }
-    if settings.event_snapshots {
+    if options.event_snapshots {
         all.push(Entity {
             component: "image",
             object: "episode_snapshot",
@@ -338,11 +345,11 @@ fn entities(topics: &Topics, settings: &Settings) -> Vec<Entity> {
     for e in &mut all {
         if e.config["state_topic"] == json!(topics.stats()) {
             e.config["entity_category"] = json!("diagnostic");
-            if !settings.stats_interval.is_zero() {
-                e.config["expire_after"] = expire(settings.stats_interval);
+            if !options.stats_interval.is_zero() {
+                e.config["expire_after"] = expire(options.stats_interval);
             }
         }
-        if let Some(interval) = settings.prediction_interval {
+        if let Some(interval) = options.prediction_interval {
             if e.config["state_topic"] == json!(topics.prediction()) {
                 e.config["expire_after"] = expire(interval);
             }
@@ -409,10 +416,11 @@ fn diagnostics(topics: &Topics) -> Vec<Entity> {
 mod tests {
     use super::*;
 
-    fn settings(format: Format) -> Settings {
-        Settings {
+    fn options(format: Format) -> Options {
+        Options {
             prefix: "homeassistant".into(),
             format,
+            configuration_url: Some("http://cam7.local:3000/d/iscamd".into()),
             stats_interval: Duration::from_secs(30),
             prediction_interval: Some(Duration::from_secs(10)),
             events: true,
@@ -423,13 +431,15 @@ mod tests {
     #[test]
     fn device_format_is_one_config_with_every_component() {
         let topics = Topics::new("iscamd", "Cam.7");
-        let m = messages(&settings(Format::Device), "Cam.7", &topics);
+        let m = messages(&options(Format::Device), "Cam.7", &topics);
         assert_eq!(m.len(), 1);
         assert_eq!(m[0].topic, "homeassistant/device/iscamd_Cam_7/config");
         assert!(m[0].retain);
         let root: Value = serde_json::from_slice(&m[0].payload).unwrap();
         assert_eq!(root["origin"]["name"], "iscamd");
         assert_eq!(root["availability_topic"], "iscamd/Cam.7/availability");
+        let url = &root["device"]["configuration_url"];
+        assert_eq!(url, "http://cam7.local:3000/d/iscamd");
         let c = root["components"].as_object().unwrap();
         assert_eq!(c.len(), 13);
         assert_eq!(c["label"]["platform"], "sensor");
@@ -454,7 +464,7 @@ mod tests {
     #[test]
     fn entity_format_repeats_device_and_origin_in_each() {
         let topics = Topics::new("iscamd", "cam7");
-        let m = messages(&settings(Format::Entity), "cam7", &topics);
+        let m = messages(&options(Format::Entity), "cam7", &topics);
         assert_eq!(m.len(), 13);
         assert!(m
             .iter()
@@ -471,10 +481,10 @@ mod tests {
     fn event_entities_follow_the_events_config() {
         let topics = Topics::new("iscamd", "cam7");
         let objects = |events, event_snapshots| {
-            let s = Settings {
+            let s = Options {
                 events,
                 event_snapshots,
-                ..settings(Format::Entity)
+                ..options(Format::Entity)
             };
             let m = messages(&s, "cam7", &topics);
             let has = |object: &str| m.iter().any(|m| m.topic.contains(&format!("/{object}/")));

@@ -36,7 +36,7 @@ pub struct ConnectionSettings {
     pub origin: Origin,
     pub outbox: usize,
     /// Home Assistant discovery, when it is on.
-    pub discovery: Option<discovery::Settings>,
+    pub discovery: Option<discovery::Options>,
     pub shutdown_timeout: Duration,
 }
 
@@ -375,7 +375,7 @@ fn clear_retained_command(topics: &Topics) -> Message {
 pub fn announcements(
     topics: &Topics,
     origin: &Origin,
-    discovery: Option<&discovery::Settings>,
+    discovery: Option<&discovery::Options>,
 ) -> Vec<Message> {
     let run = serde_json::to_vec(&Run::new(origin)).expect("run serialises");
     let mut messages = vec![

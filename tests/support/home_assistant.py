@@ -30,6 +30,7 @@ from pathlib import Path
 import aiohttp
 
 DEVICE = "cam7"
+CONFIGURATION_URL = "http://grafana.invalid/d/iscamd?var-device=cam7"
 PREFIX = f"iscamd_{DEVICE}"
 # object id → entity id, as docs/mqtt.md lists them.
 ENTITIES = {
@@ -139,6 +140,8 @@ host = "127.0.0.1"
 port = {mqtt_port}
 stats_interval = "2s"
 heatmap_image_width = 320
+[homeassistant]
+configuration_url = "{CONFIGURATION_URL}"
 """
     )
     return path
@@ -261,6 +264,8 @@ async def check_registry(ha):
     check(device["name"] == f"iscamd {DEVICE}", f"device name: {device['name']}")
     check(device["manufacturer"] == "iscamd", f"manufacturer: {device['manufacturer']}")
     check(bool(device["sw_version"]), "device sw_version")
+    url = device["configuration_url"]
+    check(url == CONFIGURATION_URL, f"configuration_url: {url}")
     categories = {e["entity_id"]: e["entity_category"] for e in entities}
     check(categories[ENTITIES["fps"]] == "diagnostic", f"fps category: {categories}")
     check(categories[ENTITIES["live"]] == "config", f"switch category: {categories}")
