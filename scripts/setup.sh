@@ -4,8 +4,8 @@
 # GStreamer's development files for the gstreamer feature and its plugins (decoders,
 # RTSP, the x264 encoder the tests' streams use), mosquitto, systemd-analyze and promtool
 # for the daemon's tests, python3-gi with gst-rtsp-server for the tests' RTSP server, and the ONNX
-# Runtime wheel whose libonnxruntime the `ort` backend's tests load. Skips what is already
-# there.
+# Runtime wheel whose libonnxruntime the `ort` backend's tests load, and cargo-nextest, which
+# runs the tests. Skips what is already there.
 set -euo pipefail
 
 sudo=""
@@ -45,3 +45,7 @@ if ! python3 -c 'import onnxruntime, onnx, PIL, numpy; assert onnxruntime.__vers
   echo "setup: installing onnxruntime, onnx, pillow, numpy (pip)" >&2
   python3 -m pip install -q "onnxruntime==1.32.0" onnx pillow numpy
 fi
+
+# The README's test command runs the tests with cargo-nextest (one process per test,
+# several at once).
+command -v cargo-nextest >/dev/null 2>&1 || cargo install --locked cargo-nextest

@@ -33,7 +33,10 @@ fn f32_accuracy_matches_onnxruntime() {
     check(F32_MODEL, 165, 211);
 }
 
+/// CI checks the int8 model's top-1 against ONNX Runtime image by image
+/// (tests/ort_backend.rs, `int8_logits_agree_with_tract`); this is the aggregate figure.
 #[test]
+#[ignore = "heavy: scripts/test-heavy.sh"]
 fn int8_accuracy_matches_onnxruntime() {
     check(INT8_MODEL, 168, 212);
 }

@@ -799,9 +799,14 @@ fn a_256_mib_command_costs_a_reconnect_and_nothing_else() {
         .iter()
         .map(|m| m.json()["seq"].as_u64().unwrap())
         .collect();
+    // QoS 1 is at least once: a prediction in flight when the connection dropped may come
+    // twice (docs/mqtt.md: subscribers deduplicate by seq), but none may be missing.
+    let mut distinct = seqs.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
     assert!(
-        seqs.windows(2).all(|w| w[1] == w[0] + 1),
-        "QoS-1 predictions lost or repeated across the reconnect: {seqs:?}"
+        distinct.windows(2).all(|w| w[1] == w[0] + 1) && distinct.len() >= 10,
+        "QoS-1 predictions lost across the reconnect: {seqs:?}"
     );
     assert!(daemon.child.try_wait().unwrap().is_none());
     assert!(daemon.terminate().success());

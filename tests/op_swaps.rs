@@ -52,12 +52,16 @@ fn every_swap_replaces_nodes_on_the_shipped_models() {
 /// either order) runs tract as it ships, and the tuned one keeps iscamd's ops.
 #[test]
 fn each_model_keeps_its_own_kernel_policy() {
-    use iscamd::model::kernels::Policy;
+    use iscamd::model::kernels::{Choice, Matmul, Policy};
+    // tract's matrix kernels and every own op, as given: a measured choice may leave the
+    // own ops out on a busy machine, and then there would be nothing to tell apart.
+    let every_own_op = Choice::parse("f32=tract,i32=tract").unwrap();
     let open = |kernels| {
         Classifier::load(&ModelOptions {
             path: common::model_path(INT8_MODEL),
             backend: BackendOptions::Tract(TractOptions {
                 kernels,
+                matmul: Matmul::Forced(every_own_op.clone()),
                 ..Default::default()
             }),
             ..Default::default()
