@@ -19,9 +19,8 @@ pub mod eval;
 pub mod events;
 pub mod file;
 pub mod model;
-pub mod prometheus;
 pub mod publish;
 pub mod source;
-pub mod stats;
+pub mod telemetry;
 
 pub use error::{Error, Result};

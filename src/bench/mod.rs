@@ -17,8 +17,8 @@ pub use report::{Machine, Report};
 pub use throughput::{Costs, ModelCost, ThroughputRow};
 
 use crate::cam::CamParams;
-use crate::config::ModelConfig;
 use crate::error::Result;
+use crate::model::config::ModelConfig;
 use crate::model::kernels::Policy;
 use crate::model::{BackendKind, BackendOptions, BatchPlan, Classifier};
 

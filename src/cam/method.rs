@@ -41,7 +41,8 @@ impl Method {
 }
 
 /// How scores become the weights α.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Weighting {
     /// α = softmax probability of the class (the authors' code).
     #[default]
@@ -126,6 +127,23 @@ pub struct CamParams {
     pub score_size: Option<usize>,
 }
 
+/// The default map: reduced-N IS-CAM.
+impl Default for CamParams {
+    fn default() -> Self {
+        CamParams {
+            method: Method::IsCam {
+                steps: REDUCED_N_STEPS,
+            },
+            channels: REDUCED_N_CHANNELS,
+            select: Selection::Variance,
+            weighting: Weighting::Prob,
+            batch: 1,
+            seed: 0,
+            score_size: None,
+        }
+    }
+}
+
 impl CamParams {
     /// The method's defaults: reduced-N IS-CAM ([`REDUCED_N_STEPS`] steps on the top
     /// [`REDUCED_N_CHANNELS`] channels), SS-CAM 35 steps with σ = 2 on all channels,
@@ -173,11 +191,7 @@ impl CamParams {
         Ok(CamParams {
             method,
             channels: channels.unwrap_or(default_channels),
-            select: Selection::Variance,
-            weighting: Weighting::Prob,
-            batch: 1,
-            seed: 0,
-            score_size: None,
+            ..CamParams::default()
         })
     }
 

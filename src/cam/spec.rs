@@ -75,17 +75,40 @@ pub fn parse(spec: &str) -> Result<CamParams> {
     Ok(params)
 }
 
-/// A spec with separate `steps` and `channels` settings (flags, config keys, command
-/// fields) laid over it.
-pub fn parse_with(spec: &str, steps: Option<usize>, channels: Option<usize>) -> Result<CamParams> {
-    let mut params = parse(spec)?;
-    if let Some(n) = steps {
-        params.set_steps(n)?;
+/// What the settings beside a spec (config keys, flags, command fields) lay over it: each
+/// one given replaces the spec's value, or the method's default.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Overrides {
+    pub steps: Option<usize>,
+    pub channels: Option<usize>,
+    /// SS-CAM's σ; ignored by the other methods.
+    pub sigma: Option<f32>,
+    pub score_size: Option<usize>,
+}
+
+impl CamParams {
+    /// These parameters with `overrides` laid over them.
+    pub fn overridden(mut self, overrides: Overrides) -> Result<CamParams> {
+        if let Some(n) = overrides.steps {
+            self.set_steps(n)?;
+        }
+        if let Some(k) = overrides.channels {
+            self.channels = k;
+        }
+        if let (Method::SsCam { sigma, .. }, Some(s)) = (&mut self.method, overrides.sigma) {
+            *sigma = s;
+        }
+        self.score_size = overrides.score_size.or(self.score_size);
+        Ok(self)
     }
-    if let Some(k) = channels {
-        params.channels = k;
-    }
-    Ok(params)
+}
+
+/// Reads a spec where serde reads a string (`[cam] method`), so that it is parsed once.
+pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<CamParams, D::Error> {
+    let text = <String as serde::Deserialize>::deserialize(d)?;
+    parse(&text).map_err(serde::de::Error::custom)
 }
 
 fn set_once<T>(slot: &mut Option<T>, value: T) -> std::result::Result<(), ()> {
@@ -225,11 +248,27 @@ mod tests {
 
     #[test]
     fn separate_settings_override_the_spec() {
-        let p = parse_with("iscam:n=4,k=32", Some(2), None).unwrap();
+        let with = |spec: &str, steps, channels| {
+            parse(spec).unwrap().overridden(Overrides {
+                steps,
+                channels,
+                ..Overrides::default()
+            })
+        };
+        let p = with("iscam:n=4,k=32", Some(2), None).unwrap();
         assert_eq!((p.steps(), p.channels), (2, 32));
-        let p = parse_with("sscam", None, Some(8)).unwrap();
+        let p = with("sscam", None, Some(8)).unwrap();
         assert_eq!((p.steps(), p.channels), (35, 8));
-        assert!(parse_with("scorecam", Some(3), None).is_err());
+        assert!(with("scorecam", Some(3), None).is_err());
+        let p = parse("sscam:r=96")
+            .unwrap()
+            .overridden(Overrides {
+                sigma: Some(1.5),
+                score_size: Some(128),
+                ..Overrides::default()
+            })
+            .unwrap();
+        assert_eq!(p.to_string(), "sscam:n=35,k=0,sigma=1.5,r=128");
     }
 
     #[test]

@@ -119,14 +119,16 @@ impl MethodRecord {
 impl ExplainArgs {
     /// The map these flags ask for: `--method`'s spec with the other flags laid over it.
     pub fn params(&self) -> iscamd::Result<CamParams> {
-        let mut params = spec::parse_with(&self.method, self.steps, self.channels)?;
-        if let (Method::SsCam { ref mut sigma, .. }, Some(s)) = (&mut params.method, self.sigma) {
-            *sigma = s;
-        }
+        let overrides = spec::Overrides {
+            steps: self.steps,
+            channels: self.channels,
+            sigma: self.sigma,
+            score_size: self.score_size,
+        };
+        let mut params = spec::parse(&self.method)?.overridden(overrides)?;
         params.weighting = self.weighting;
         params.batch = self.batch;
         params.seed = self.seed;
-        params.score_size = self.score_size.or(params.score_size);
         Ok(params)
     }
 }

@@ -15,7 +15,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use iscamd::config::ModelConfig;
+use iscamd::model::config::ModelConfig;
 use iscamd::model::{BackendKind, BatchPlan, ChannelOrder, Classifier, Provider};
 
 /// Classify camera frames with SqueezeNet on tract, and explain each decision with a

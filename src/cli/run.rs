@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use iscamd::config::{Config, SourceKind};
+use iscamd::config::Config;
 use iscamd::daemon::Reload;
 use iscamd::model::{BatchPlan, Classifier};
+use iscamd::source::config::SourceKind;
 
 use super::ModelArgs;
 

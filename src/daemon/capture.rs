@@ -6,10 +6,10 @@ use std::time::{Duration, SystemTime};
 
 use super::latest::Latest;
 use super::shutdown::Shutdown;
-use crate::config::{SourceConfig, SourceKind};
 use crate::error::{with_causes, Error, Result};
+use crate::source::config::{SourceConfig, SourceKind};
 use crate::source::{Frame, FrameSource, ImageFiles, Pacer, Pattern};
-use crate::stats::Stats;
+use crate::telemetry::Stats;
 
 /// Builds the frame source `[source]` describes.
 pub fn open_source(s: &SourceConfig) -> Result<Box<dyn FrameSource>> {

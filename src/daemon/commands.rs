@@ -17,7 +17,7 @@ use crate::error::Result;
 use crate::publish::command::{self, Command, Limits};
 use crate::publish::payload::Origin;
 use crate::publish::{announcements, discovery, Incoming, Message, Topics};
-use crate::stats::Stats;
+use crate::telemetry::Stats;
 
 pub struct Commands {
     pub incoming: Receiver<Incoming>,

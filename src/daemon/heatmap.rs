@@ -18,7 +18,7 @@ use crate::cam::{live, CamParams, Deadline, Method};
 use crate::error::{Error, Result};
 use crate::model::Classifier;
 use crate::publish::payload::MethodInfo;
-use crate::stats::Stats;
+use crate::telemetry::Stats;
 
 /// One full map to make.
 pub struct Job {
@@ -91,7 +91,17 @@ impl HeatmapWorker {
     pub fn run(self, shutdown: Shutdown) -> Result<()> {
         for job in self.jobs.iter() {
             if shutdown.is_shutdown() {
-                break;
+                // No more maps, but whoever asked for one still gets its answer: a
+                // command its error, an episode its end (without a snapshot).
+                let stopping = Outcome::Failed {
+                    frame: job.frame,
+                    error: "the daemon is stopping".into(),
+                    asker: job.asker,
+                };
+                if self.render.send(stopping).is_err() {
+                    break;
+                }
+                continue;
             }
             let pipeline = job.pipeline.clone();
             let (outcome, reference) = compute(job);

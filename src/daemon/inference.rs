@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::Sender;
 
 use super::command_result;
-use super::events::{Ended, EventOutput, Events, Snapshot};
 use super::heatmap::{Job, Live, Outcome, Weights};
 use super::latest::Latest;
 use super::pipeline::{Current, Pipeline};
@@ -18,6 +17,7 @@ use super::scheduler::{
 use super::shutdown::Shutdown;
 use crate::analysis::Analysis;
 use crate::error::{Error, Result};
+use crate::events::stage::{Ended, EventOutput, Events, Snapshot};
 use crate::events::Mark;
 use crate::model::top_k;
 use crate::publish::payload;
@@ -25,7 +25,7 @@ use crate::publish::payload::Origin;
 use crate::publish::policy::PredictionGate;
 use crate::publish::{Kind, Message, Topics};
 use crate::source::Frame;
-use crate::stats::Stats;
+use crate::telemetry::Stats;
 
 /// What the command stage asks of the inference stage.
 pub enum Control {

@@ -1,4 +1,4 @@
-//! `iscamd run`: the daemon, as stages joined by bounded channels (see [`topology`]):
+//! `iscamd run`: the daemon, as stages joined by bounded channels (see `topology.rs`):
 //!
 //! ```text
 //! capture ──latest frame wins──► inference ──► prediction, event ──────────┐
@@ -9,22 +9,20 @@
 //! mqtt cmd ──► commands ──► inference        stats ─────────────────────────► mqtt
 //!                                            supervise ──► systemd (sd_notify)
 //! ```
-//! Every stage runs until one [`shutdown::Shutdown`] fires; a stage that ends before
+//! Every stage runs until one `shutdown::Shutdown` fires; a stage that ends before
 //! that (an error or a panic) ends the daemon with an error naming it, so that a service
 //! manager restarts it.
 
 mod capture;
 mod commands;
-mod events;
 mod heatmap;
 mod inference;
 mod latest;
-mod pipeline;
+pub(crate) mod pipeline;
 mod reload;
 mod render;
 mod scheduler;
-mod shutdown;
-mod stats;
+pub(crate) mod shutdown;
 mod supervise;
 mod topology;
 
@@ -103,7 +101,7 @@ pub fn run(
         .map_err(|e| Error::Stage(format!("cannot start the I/O runtime: {e}")))?;
     if let Some(listen) = config.metrics.listen {
         let _runtime = runtime.enter();
-        crate::prometheus::serve(listen)?;
+        crate::telemetry::prometheus::serve(listen)?;
         tracing::info!("Prometheus metrics on http://{listen}/metrics");
     }
     let (requests, mut reload_requests) = mpsc::channel(RELOAD_QUEUE);
@@ -173,7 +171,10 @@ fn parts(
         pipeline.classifier.path().display(),
         pipeline.classifier.backend()
     );
-    crate::prometheus::model_info(&pipeline.model_name(), &config.model.backend.to_string());
+    crate::telemetry::prometheus::model_info(
+        &pipeline.model_name(),
+        &config.model.backend.to_string(),
+    );
     Ok(Parts {
         config,
         pipeline,

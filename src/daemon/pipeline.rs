@@ -5,9 +5,11 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use crate::cam::config::CamConfig;
 use crate::cam::{Budget, CamParams, Method, Selection};
-use crate::config::{CamConfig, Config, EventsConfig};
+use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::events::config::EventsConfig;
 use crate::model::Classifier;
 
 pub struct Pipeline {
@@ -35,7 +37,7 @@ impl Pipeline {
         })?;
         params
             .validate(layer.channels, classifier.input_size())
-            .map_err(crate::config::cam_key)?;
+            .map_err(crate::cam::config::cam_key)?;
         config.cam.budget().admit(&params, layer.channels)?;
         if params.method == Method::Cam || params.select == Selection::Contribution {
             // Read at load; refused here so a model without a linear head fails at start.

@@ -8,7 +8,6 @@ use image::codecs::jpeg::JpegEncoder;
 use tokio::sync::mpsc::Sender;
 
 use super::command_result;
-use super::events::{Ended, EventOutput, Snapshot};
 use super::heatmap::{Freshness, Outcome, Ready};
 use super::scheduler::Asker;
 use super::shutdown::Shutdown;
@@ -16,10 +15,11 @@ use crate::analysis::ms;
 use crate::analysis::Latency;
 use crate::cam::display;
 use crate::error::{Error, Result};
+use crate::events::stage::{Ended, EventOutput, Snapshot};
 use crate::publish::payload::Origin;
 use crate::publish::payload::{self, MapData};
 use crate::publish::{Kind, Message, Topics};
-use crate::stats::Stats;
+use crate::telemetry::Stats;
 
 /// How heatmaps are published.
 pub struct Output {

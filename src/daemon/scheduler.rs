@@ -6,8 +6,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::events::Ended;
 use crate::cam::CamParams;
+use crate::events::stage::Ended;
 
 /// Explain requests that may wait for the CAM worker; more are refused as busy.
 pub const MAX_PENDING_REQUESTS: usize = 4;

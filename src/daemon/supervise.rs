@@ -5,7 +5,7 @@
 //! the pipeline makes progress, `STOPPING=1` at shutdown. Without `NOTIFY_SOCKET` (not
 //! under systemd) every notification is a no-op.
 //!
-//! Progress is judged per [`Stage`](crate::stats::Stage): a thread marks when it starts
+//! Progress is judged per [`Stage`](crate::telemetry::Stage): a thread marks when it starts
 //! a step (reading a frame, analysing one) and when it finishes; a stage stuck in one step
 //! for longer than the watchdog's ping interval starves the watchdog, and systemd restarts
 //! the service. A stage that is waiting (for a frame, for the pacer) is not stuck.
@@ -20,7 +20,7 @@ use sd_notify::NotifyState;
 use super::shutdown::Shutdown;
 use crate::error::Result;
 use crate::publish::payload::Origin;
-use crate::stats::Stats;
+use crate::telemetry::Stats;
 
 /// Tells systemd we are stopping.
 pub fn stopping() {

@@ -14,7 +14,6 @@ use tokio::sync::{mpsc, watch};
 use super::capture::{Capture, NewSource};
 use super::command_result;
 use super::commands::Commands;
-use super::events::EventOutput;
 use super::heatmap::{HeatmapWorker, Job, Outcome, Weights};
 use super::inference::{Control, Inference, InferenceParts, CONTROL_QUEUE};
 use super::latest::Latest;
@@ -22,16 +21,17 @@ use super::pipeline::Pipeline;
 use super::reload::{self, Change, Reload, ReloadRequest, Running};
 use super::render::{Output, Render};
 use super::shutdown::{panic_message, End, Ended, Ends, Shutdown, Trigger, STAGE_THREAD_PREFIX};
-use super::stats::StatsPublisher;
 use super::supervise::{self, Supervisor};
 use crate::config::Config;
 use crate::error::{with_causes, Error, Result};
+use crate::events::stage::EventOutput;
 use crate::model::Classifier;
 use crate::publish::payload::Origin;
 use crate::publish::policy::PredictionGate;
 use crate::publish::{discovery, run_connection, ConnectionSettings, Incoming, Message, Topics};
 use crate::source::{Frame, FrameSource};
-use crate::stats::Stats;
+use crate::telemetry::stage::StatsPublisher;
+use crate::telemetry::Stats;
 
 /// How long a stage's unexpected end waits for another stage to report the failure that
 /// caused it.

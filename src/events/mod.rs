@@ -16,6 +16,9 @@
 //! The peak frame's `detail` (the daemon keeps its analysis, to explain it at the end)
 //! is generic so the tests need none.
 
+pub mod config;
+pub mod stage;
+
 use std::time::SystemTime;
 
 /// `[events]`'s rules.

@@ -6,11 +6,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::mpsc::Sender;
 
-use super::pipeline::Pipeline;
+use super::config::EventsConfig;
+use super::{Change, EndReason, Episode, Mark, Seen, Tracker};
 use crate::analysis::Analysis;
-use crate::config::EventsConfig;
+use crate::daemon::pipeline::Pipeline;
 use crate::error::{Error, Result};
-use crate::events::{Change, EndReason, Episode, Mark, Seen, Tracker};
 use crate::publish::payload::{self, ClassRef, FrameRef, Origin, Peak};
 use crate::publish::{Kind, Message, Topics};
 

@@ -1,6 +1,7 @@
 //! What a forward pass costs, by tract's own cost model, and what this CPU can do at best:
 //! together they say how much of the machine a measured throughput uses (`iscamd bench`).
 
+use crate::error::with_causes;
 use std::path::Path;
 use std::time::Instant;
 
@@ -8,13 +9,12 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::{AxesMapping, Cost};
 use tract_onnx::tract_core::ops::einsum::EinSum;
 
-use super::chain;
 use crate::error::{Error, Result};
 
 /// Multiply-adds of one forward pass of the ONNX model at `path` on a `[1,3,S,S]` input:
 /// the sum of every node's FMA cost (whatever its datum type) in the decluttered graph.
 pub fn forward_macs(path: &Path, input_size: usize) -> Result<u64> {
-    let bad = |e: TractError| Error::model(path, chain(&e));
+    let bad = |e: TractError| Error::model(path, with_causes(e.as_ref()));
     let s = input_size;
     let model = tract_onnx::onnx()
         .model_for_path(path)
@@ -44,7 +44,7 @@ pub fn forward_macs(path: &Path, input_size: usize) -> Result<u64> {
 /// warm-up. The practical peak that convolutions (which tract lowers to such products)
 /// can approach.
 pub fn sgemm_gflops(n: usize, repeat: usize) -> Result<f64> {
-    let bad = |e: TractError| Error::Inference(chain(&e));
+    let bad = |e: TractError| Error::Inference(with_causes(e.as_ref()));
     let mut model = TypedModel::default();
     let a = model.add_source("a", f32::fact([n, n])).map_err(bad)?;
     let b = model

@@ -4,6 +4,7 @@
 
 pub mod annotate;
 mod backend;
+pub mod config;
 pub mod cost;
 pub mod fetch;
 mod head;
@@ -462,12 +463,4 @@ pub fn top_k(values: &[f64], k: usize) -> Vec<usize> {
     idx.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
     idx.truncate(k);
     idx
-}
-
-/// One line from an error and its causes.
-fn chain(e: &anyhow::Error) -> String {
-    e.chain()
-        .map(|c| c.to_string())
-        .collect::<Vec<_>>()
-        .join(": ")
 }

@@ -3,6 +3,7 @@
 //! decoding only, so each backend builds its own graph from the same bytes (ONNX Runtime
 //! never waits for tract's analysis).
 
+use crate::error::with_causes;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
@@ -10,7 +11,6 @@ use tract_onnx::pb::tensor_shape_proto::dimension;
 use tract_onnx::pb::{self, type_proto};
 use tract_onnx::prelude::Framework;
 
-use super::chain;
 use crate::error::{Error, Result};
 
 pub struct OnnxFile {
@@ -27,9 +27,12 @@ pub struct Input {
 
 impl OnnxFile {
     pub fn read(path: &Path) -> Result<Self> {
-        let proto = tract_onnx::onnx()
-            .proto_model_for_path(path)
-            .map_err(|e| Error::model(path, format!("not an ONNX model: {}", chain(&e))))?;
+        let proto = tract_onnx::onnx().proto_model_for_path(path).map_err(|e| {
+            Error::model(
+                path,
+                format!("not an ONNX model: {}", with_causes(e.as_ref())),
+            )
+        })?;
         let metadata = proto
             .metadata_props
             .iter()

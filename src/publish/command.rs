@@ -12,7 +12,7 @@ use crate::cam::{spec, Budget, CamParams, Weighting};
 
 /// Largest command payload accepted.
 pub const MAX_COMMAND_BYTES: usize = 16 * 1024;
-use crate::config::{MAX_INTERVAL, MIN_INTERVAL};
+use crate::cam::config::{MAX_INTERVAL, MIN_INTERVAL};
 
 /// A validated command.
 #[derive(Clone, Debug, PartialEq)]
@@ -206,16 +206,18 @@ fn object_is_empty(v: &Value) -> bool {
 fn explain(f: ExplainFields, limits: &Limits) -> Result<Command, String> {
     let defaults = limits.defaults;
     // Without a method, the configured map; with one, a spec read as everywhere else.
-    let mut params = match f.method.as_deref() {
+    let method = match f.method.as_deref() {
         None => defaults.clone(),
         Some(method) => spec::parse(method).map_err(|e| format!("explain: {e}"))?,
     };
-    if let Some(n) = f.steps {
-        params.set_steps(n).map_err(|e| format!("explain: {e}"))?;
-    }
-    if let Some(k) = f.channels {
-        params.channels = k;
-    }
+    let overrides = spec::Overrides {
+        steps: f.steps,
+        channels: f.channels,
+        ..spec::Overrides::default()
+    };
+    let mut params = method
+        .overridden(overrides)
+        .map_err(|e| format!("explain: {e}"))?;
     params.weighting = match f.weighting {
         Some(w) => w
             .parse::<Weighting>()

@@ -8,9 +8,9 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use super::config::Format;
 use super::{Kind, Message, Topics};
 
 /// Where and how discovery is published.
@@ -29,18 +29,6 @@ pub struct Options {
     pub events: bool,
     /// `[events] snapshot` is on too: an image entity for the last episode's snapshot.
     pub event_snapshots: bool,
-}
-
-/// `[homeassistant] format`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Format {
-    /// One config for the device on `<prefix>/device/<node>/config` (Home Assistant 2024.12
-    /// and later).
-    #[default]
-    Device,
-    /// One config per entity on `<prefix>/<component>/<node>/<object>/config`.
-    Entity,
 }
 
 /// One entity: its component (Home Assistant platform), object id and config.
@@ -277,7 +265,7 @@ fn entities(topics: &Topics, options: &Options) -> Vec<Entity> {
                 "value_template": "{{ value_json.heatmap_interval_s }}",
                 // Whole seconds: `set` refuses intervals between 0 (off) and 100 ms.
                 "min": 0,
-                "max": crate::config::MAX_INTERVAL.as_secs(),
+                "max": crate::cam::config::MAX_INTERVAL.as_secs(),
                 "step": 1,
                 "mode": "box",
                 "unit_of_measurement": "s",

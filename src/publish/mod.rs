@@ -2,6 +2,7 @@
 //! discovery, and the connection task that keeps an outbox through broker outages.
 
 pub mod command;
+pub mod config;
 pub mod discovery;
 #[cfg(feature = "embedded-broker")]
 pub mod embedded;

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, watch};
 use super::outbox::{Outbox, MAX_IN_FLIGHT};
 use super::{discovery, Kind, Message, Topics};
 use crate::publish::payload::{Origin, Run};
-use crate::stats::Stats;
+use crate::telemetry::Stats;
 
 /// What the connection passes back to the daemon.
 #[derive(Debug)]

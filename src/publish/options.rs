@@ -3,9 +3,9 @@
 use rumqttc::{MqttOptions, Transport};
 
 use super::Topics;
-use crate::config::MqttConfig;
 use crate::error::Result;
 use crate::file::{read_text, MAX_SMALL_FILE_BYTES};
+use crate::publish::config::MqttConfig;
 
 /// The daemon's MQTT client id: `[mqtt] client_id`, default `iscamd-<device>`.
 pub fn client_id(m: &MqttConfig, device: &str) -> String {

@@ -6,8 +6,8 @@ use std::time::Duration;
 use rumqttc::{AsyncClient, Event, Packet};
 
 use super::mqtt::explain_error;
-use crate::config::MqttConfig;
 use crate::error::{Error, Result};
+use crate::publish::config::MqttConfig;
 
 /// How long the broker has to answer.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -2,6 +2,7 @@
 //! the daemon's `images` source), a test pattern, and cameras.
 
 pub mod camera;
+pub mod config;
 mod decode;
 mod files;
 mod frames;

@@ -97,7 +97,7 @@ impl Reconnect {
     }
 
     /// While closed: `Ok` once it is time to try opening again, else (after waiting at
-    /// most [`MAX_WAIT`]) [`Error::SourceUnavailable`] with the last failure.
+    /// most `MAX_WAIT`) [`Error::SourceUnavailable`] with the last failure.
     pub fn wait_turn(&mut self) -> Result<(), Error> {
         let Some(retry_at) = self.retry_at else {
             return Ok(());

@@ -1,6 +1,10 @@
 //! Counters shared by the daemon's stages, published periodically on `<p>/<d>/stats` and,
 //! with `[metrics] listen`, recorded for Prometheus (crate::prometheus).
 
+pub mod config;
+pub mod prometheus;
+pub mod stage;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

@@ -1,5 +1,5 @@
 //! The Prometheus endpoint (`[metrics] listen`, docs/metrics.md): the `metrics` crate's
-//! recorder, served by `metrics-exporter-prometheus`. [`crate::stats::Stats`] records into
+//! recorder, served by `metrics-exporter-prometheus`. [`crate::telemetry::Stats`] records into
 //! it beside its own counters; without `listen` no recorder is installed and those calls
 //! cost next to nothing.
 

@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use tokio::sync::mpsc::Sender;
 
-use super::shutdown::Shutdown;
+use super::Stats;
+use crate::daemon::shutdown::Shutdown;
 use crate::error::{Error, Result};
 use crate::publish::payload::Origin;
 use crate::publish::{Kind, Message, Topics};
-use crate::stats::Stats;
 
 pub struct StatsPublisher {
     pub stats: Arc<Stats>,

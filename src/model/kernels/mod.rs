@@ -15,7 +15,7 @@
 //!
 //! A model loaded under [`Policy::Stock`] gets neither the choice nor iscamd's own ops, so
 //! that `iscamd bench --kernels tuned,stock` compares both in one run. tract asks the tiers
-//! while it optimises a plan, on the thread that optimises it: [`optimising_with`] tells the
+//! while it optimises a plan, on the thread that optimises it: `optimising_with` tells the
 //! tier which model's policy and choice hold there.
 
 mod cache;

@@ -1,6 +1,7 @@
 //! The tract backend: optimised plans per input side, run one image at a time by default
 //! (or one plan per batch size, or one with a symbolic batch, for comparison).
 
+use crate::error::with_causes;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -8,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use tract_onnx::prelude::tract_ndarray::{Array4, ArrayD};
 use tract_onnx::prelude::*;
 
-use super::{chain, kernels, Backend, BatchPlan, TractOptions};
+use super::{kernels, Backend, BatchPlan, TractOptions};
 use crate::error::{Error, Result};
 
 // iscamd's own ops, swapped into tract's optimised plans under `kernels::Policy::Tuned`.
@@ -140,14 +141,17 @@ impl TractBackend {
         let (plan, swaps) = prepared.map_err(|e| {
             Error::model(
                 &self.path,
-                format!("cannot be prepared for input [N,3,{s},{s}]: {}", chain(&e)),
+                format!(
+                    "cannot be prepared for input [N,3,{s},{s}]: {}",
+                    with_causes(e.as_ref())
+                ),
             )
         })?;
         Ok((plan, swaps, asked))
     }
 
     fn model_error(&self, e: TractError) -> Error {
-        Error::model(&self.path, chain(&e))
+        Error::model(&self.path, with_causes(e.as_ref()))
     }
 
     /// Keeps what the swaps did in the model's main plan, and warns about any that found
@@ -180,11 +184,11 @@ impl TractBackend {
         let outputs = self
             .plan(batch, side)?
             .run(tvec!(input.into()))
-            .map_err(|e| Error::Inference(chain(&e)))?;
+            .map_err(|e| Error::Inference(with_causes(e.as_ref())))?;
         let mut arrays = outputs.into_iter().map(|v| {
             v.into_tensor()
                 .into_plain_array::<f32>()
-                .map_err(|e| Error::Inference(chain(&e)))
+                .map_err(|e| Error::Inference(with_causes(e.as_ref())))
         });
         let logits = arrays.next().expect("a plan has an output")?;
         let activations = arrays.next().transpose()?;
@@ -222,8 +226,12 @@ fn parse(
     proto: &tract_onnx::pb::ModelProto,
     outputs: &[String],
 ) -> Result<InferenceModel> {
-    let bad =
-        |e: TractError| Error::model(path, format!("not a model tract can load: {}", chain(&e)));
+    let bad = |e: TractError| {
+        Error::model(
+            path,
+            format!("not a model tract can load: {}", with_causes(e.as_ref())),
+        )
+    };
     let dir = path.parent().and_then(Path::to_str);
     let parsed = tract_onnx::onnx()
         .with_ignore_value_info(true)

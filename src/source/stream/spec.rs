@@ -6,8 +6,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::config::{SourceConfig, SourceKind, Transport};
 use crate::error::{Error, Result};
+use crate::source::config::{SourceConfig, SourceKind, Transport};
 
 /// The name of iscamd's appsink, and of the source element whose properties it sets.
 pub const SINK: &str = "iscamd";
@@ -25,7 +25,7 @@ pub enum Value {
 #[derive(Clone, Debug)]
 pub struct StreamSpec {
     pub description: String,
-    /// `(property, value)` for the element named [`SRC`].
+    /// `(property, value)` for the element named `SRC`.
     pub properties: Vec<(&'static str, Value)>,
     /// Names the stream in logs: the URL without credentials, the file or the pipeline.
     pub name: String,
