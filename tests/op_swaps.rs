@@ -61,7 +61,7 @@ fn each_model_keeps_its_own_kernel_policy() {
             path: common::model_path(INT8_MODEL),
             backend: BackendOptions::Tract(TractOptions {
                 kernels,
-                matmul: Matmul::Forced(every_own_op.clone()),
+                matmul: Matmul::Forced(every_own_op),
                 ..Default::default()
             }),
             ..Default::default()
