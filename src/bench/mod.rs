@@ -19,7 +19,7 @@ pub use throughput::{Costs, ModelCost, ThroughputRow};
 use crate::cam::CamParams;
 use crate::error::Result;
 use crate::model::config::ModelConfig;
-use crate::model::kernels::Policy;
+use crate::model::kernels::{EnvSettings, Policy};
 use crate::model::{BackendKind, BackendOptions, BatchPlan, Classifier};
 
 /// What to measure.
@@ -79,7 +79,7 @@ impl Engine {
     /// Every backend asked for, and for tract every kernel policy asked for (none: the
     /// process default).
     pub fn all(backends: &[BackendKind], kernels: &[Policy]) -> Vec<Engine> {
-        let default = Policy::from_env().unwrap_or_default();
+        let default = EnvSettings::or_default().policy;
         backends
             .iter()
             .flat_map(|&backend| match backend {

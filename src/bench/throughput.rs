@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::{file_name, Bench, Engine};
 use crate::error::{Error, Result};
-use crate::model::kernels::{Policy, Split};
+use crate::model::kernels::{EnvSettings, Split};
 use crate::model::ndarray::{Array4, Axis};
 use crate::model::{cost, BackendKind, BatchPlan, Classifier};
 
@@ -54,7 +54,7 @@ pub struct ThroughputRow {
 impl Bench {
     /// The machine's peak and each model's cost.
     pub fn costs(&self) -> Result<Costs> {
-        let policy = Policy::from_env().unwrap_or_default();
+        let policy = EnvSettings::or_default().policy;
         let mut models = Vec::new();
         for path in &self.models {
             let tract = Engine {

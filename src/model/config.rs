@@ -50,13 +50,14 @@ impl ModelConfig {
     /// What to load: the model at `path` (the configured one, or a default the caller found)
     /// with these overrides.
     pub fn options(&self, path: PathBuf, batch_plan: BatchPlan) -> ModelOptions {
+        // ISCAMD_KERNELS, ISCAMD_MATMUL and ISCAMD_IN_FLIGHT, checked when iscamd starts.
+        let kernels = super::kernels::EnvSettings::or_default();
         let backend = match self.backend {
             BackendKind::Tract => BackendOptions::Tract(TractOptions {
                 batch_plan,
-                // ISCAMD_KERNELS, ISCAMD_MATMUL and ISCAMD_IN_FLIGHT, checked when iscamd starts.
-                kernels: crate::model::kernels::Policy::from_env().unwrap_or_default(),
-                matmul: crate::model::kernels::Matmul::from_env().unwrap_or_default(),
-                in_flight: crate::model::kernels::InFlight::from_env().unwrap_or_default(),
+                kernels: kernels.policy,
+                matmul: kernels.matmul,
+                in_flight: kernels.in_flight,
             }),
             BackendKind::Ort => BackendOptions::Ort(OrtOptions {
                 library: self.ort_library.clone(),

@@ -11,7 +11,7 @@ use std::sync::{Mutex, OnceLock};
 use tract_onnx::prelude::DatumType;
 use tract_onnx::tract_core::tract_linalg::{self, isa::IsaSet, mmm::Query, mmm::Suitable};
 
-use super::{OwnOps, TIER_NAME};
+use super::{OwnOps, SettingError, TIER_NAME};
 
 /// One way to pick a kernel for a matrix product.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -89,28 +89,28 @@ impl Choice {
 
     /// Parses `f32=fma,i32=avx512vnni+widest,without=im2col,max-pool=avx2` (`tract`: tract's
     /// ladder); keys left out keep their defaults.
-    pub fn parse(s: &str) -> Result<Choice, String> {
+    pub fn parse(s: &str) -> Result<Choice, SettingError> {
         let mut choice = Choice::default();
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (key, value) = part
                 .split_once('=')
-                .ok_or_else(|| format!("{part:?}: expected KEY=VALUE, e.g. f32=fma"))?;
+                .ok_or_else(|| SettingError::NotKeyValue(part.into()))?;
             if choice.ops.parse_part(key.trim(), value.trim())? {
                 continue;
             }
             let accumulator = match key.trim() {
                 "f32" => DatumType::F32,
                 "i32" => DatumType::I32,
-                other => return Err(format!("{other:?}: expected f32, i32, without or max-pool")),
+                other => return Err(SettingError::UnknownKey(other.into())),
             };
             let candidate = match value.trim() {
                 "tract" => None,
-                name => Some(Candidate::parse(name).ok_or_else(|| {
-                    format!(
-                        "{name:?}: tract has no such tier (tiers here: {})",
-                        tier_names()
-                    )
-                })?),
+                name => Some(
+                    Candidate::parse(name).ok_or_else(|| SettingError::UnknownTier {
+                        name: name.into(),
+                        tiers: tier_names(),
+                    })?,
+                ),
             };
             choice = choice.with(accumulator, candidate);
         }
@@ -250,9 +250,11 @@ mod tests {
         assert_eq!(Choice::parse(&choice.to_string()).unwrap(), choice);
         assert!(Choice::parse("f32=nonesuch")
             .unwrap_err()
+            .to_string()
             .contains("no such tier"));
         assert!(Choice::parse("f16=generic")
             .unwrap_err()
+            .to_string()
             .contains("expected f32, i32"));
         assert!(Choice::parse(&format!("f32={TIER_NAME}")).is_err());
     }

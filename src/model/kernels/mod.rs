@@ -21,6 +21,7 @@
 mod cache;
 mod choice;
 mod ops;
+mod settings;
 mod split;
 
 use std::cell::Cell;
@@ -32,6 +33,7 @@ use tract_onnx::tract_core::tract_linalg;
 pub use cache::{cache_dir, cpu_model, instruction_sets, CachedChoice};
 pub use choice::{candidates, Candidate, Choice};
 pub use ops::{OwnOps, PoolIsa, OWN_OPS};
+pub use settings::{EnvSettings, SettingError};
 pub use split::{ChosenSplit, InFlight, Split, IN_FLIGHT_VAR};
 
 /// The environment variable that selects the [`Policy`] at start-up: `tuned` or `stock`.
@@ -65,21 +67,11 @@ impl Policy {
     }
 
     /// The policy named `tuned` or `stock`.
-    pub fn parse(s: &str) -> Result<Policy, String> {
+    pub fn parse(s: &str) -> Result<Policy, SettingError> {
         match s {
             "tuned" => Ok(Policy::Tuned),
             "stock" => Ok(Policy::Stock),
-            _ => Err(format!(
-                "unknown kernel policy {s:?}: expected tuned or stock"
-            )),
-        }
-    }
-
-    /// The policy [`POLICY_VAR`] names, [`Policy::Tuned`] when it is unset.
-    pub fn from_env() -> Result<Policy, String> {
-        match std::env::var(POLICY_VAR) {
-            Ok(v) => Policy::parse(v.trim()).map_err(|e| format!("{POLICY_VAR}: {e}")),
-            Err(_) => Ok(Policy::Tuned),
+            _ => Err(SettingError::Policy(s.into())),
         }
     }
 }
@@ -103,13 +95,6 @@ impl Default for Matmul {
             cache: cache_dir(),
             only: None,
         }
-    }
-}
-
-impl Matmul {
-    /// [`Matmul::Forced`] when [`CHOICE_VAR`] is set, else measured and cached.
-    pub fn from_env() -> Result<Matmul, String> {
-        Ok(forced_choice()?.map_or_else(Matmul::default, Matmul::Forced))
     }
 }
 
@@ -218,16 +203,6 @@ pub(crate) fn optimising_with<T>(
     (result, asked)
 }
 
-/// The forced choice of [`CHOICE_VAR`], if it is set.
-pub fn forced_choice() -> Result<Option<Choice>, String> {
-    match std::env::var(CHOICE_VAR) {
-        Ok(v) => Choice::parse(&v)
-            .map(Some)
-            .map_err(|e| format!("{CHOICE_VAR}: {e}")),
-        Err(_) => Ok(None),
-    }
-}
-
 /// What iscamd's tier answers: the kernel of the model's candidate for this accumulator, or
 /// `None` to leave the query to tract's ladder.
 fn preferred(
@@ -273,6 +248,7 @@ mod tests {
         assert_eq!(Policy::parse(Policy::Tuned.name()), Ok(Policy::Tuned));
         assert!(Policy::parse("fast")
             .unwrap_err()
+            .to_string()
             .contains("tuned or stock"));
     }
 

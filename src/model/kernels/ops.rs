@@ -6,6 +6,8 @@
 
 use std::fmt;
 
+use super::SettingError;
+
 /// iscamd's ops, by the names logs, `check` and the choice's text use.
 pub const OWN_OPS: [&str; 5] = ["max-pool", "im2col", "row-packing", "relu-fold", "quantize"];
 
@@ -53,7 +55,7 @@ impl PoolIsa {
         }
     }
 
-    fn parse(s: &str) -> Result<PoolIsa, String> {
+    fn parse(s: &str) -> Result<PoolIsa, SettingError> {
         let available = PoolIsa::available();
         available
             .iter()
@@ -61,10 +63,10 @@ impl PoolIsa {
             .find(|isa| isa.name() == s)
             .ok_or_else(|| {
                 let names: Vec<_> = available.iter().map(|i| i.name()).collect();
-                format!(
-                    "max-pool={s:?}: not a form this CPU runs (here: {})",
-                    names.join(", ")
-                )
+                SettingError::UnknownPool {
+                    name: s.into(),
+                    here: names.join(", "),
+                }
             })
     }
 }
@@ -107,7 +109,7 @@ impl OwnOps {
 
     /// Reads one `key=value` of a choice's text if it is about own ops: `without=im2col+relu-fold`
     /// (`none`: every op) or `max-pool=avx2`. `Ok(false)`: another key.
-    pub(super) fn parse_part(&mut self, key: &str, value: &str) -> Result<bool, String> {
+    pub(super) fn parse_part(&mut self, key: &str, value: &str) -> Result<bool, SettingError> {
         match key {
             "without" => {
                 let mut ops = OwnOps {
@@ -116,10 +118,10 @@ impl OwnOps {
                 };
                 for name in value.split('+').map(str::trim).filter(|n| *n != "none") {
                     if index(name).is_none() {
-                        return Err(format!(
-                            "without={name:?}: iscamd has no such op (ops: {})",
-                            OWN_OPS.join(", ")
-                        ));
+                        return Err(SettingError::UnknownOp {
+                            name: name.into(),
+                            ops: OWN_OPS.join(", "),
+                        });
                     }
                     ops = ops.with(name, false);
                 }
@@ -182,10 +184,12 @@ mod tests {
         assert!(read
             .parse_part("without", "conv")
             .unwrap_err()
+            .to_string()
             .contains("no such op"));
         assert!(read
             .parse_part("max-pool", "sve")
             .unwrap_err()
+            .to_string()
             .contains("not a form"));
         assert_eq!(read.parse_part("f32", "fma"), Ok(false));
     }

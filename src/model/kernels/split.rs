@@ -138,21 +138,6 @@ pub enum InFlight {
     Forced(usize),
 }
 
-impl InFlight {
-    /// [`InFlight::Forced`] when [`IN_FLIGHT_VAR`] is set to a positive number.
-    pub fn from_env() -> Result<InFlight, String> {
-        let Ok(value) = std::env::var(IN_FLIGHT_VAR) else {
-            return Ok(InFlight::Measured);
-        };
-        match value.trim().parse::<usize>() {
-            Ok(n) if n > 0 => Ok(InFlight::Forced(n)),
-            _ => Err(format!(
-                "{IN_FLIGHT_VAR}: {value:?}: expected how many passes run at once, a number ≥ 1"
-            )),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
