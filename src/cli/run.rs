@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 use iscamd::config::Config;
-use iscamd::daemon::Reload;
+use iscamd::daemon::{Cause, Reload};
 use iscamd::model::{BatchPlan, Classifier};
 use iscamd::source::config::SourceKind;
 
@@ -113,12 +113,12 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
 struct FromFile(RunArgs);
 
 impl Reload for FromFile {
-    fn config(&self) -> std::result::Result<Config, String> {
-        self.0.config().map_err(|e| format!("{e:#}"))
+    fn config(&self) -> std::result::Result<Config, Cause> {
+        Ok(self.0.config()?)
     }
 
-    fn model(&self, config: &Config) -> std::result::Result<Classifier, String> {
-        load_model(config).map_err(|e| format!("{e:#}"))
+    fn model(&self, config: &Config) -> std::result::Result<Classifier, Cause> {
+        Ok(load_model(config)?)
     }
 }
 

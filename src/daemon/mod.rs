@@ -37,7 +37,7 @@ use crate::publish::payload::{CommandResult, Origin};
 use crate::publish::{self, Kind, Message, Topics};
 pub use capture::open_source;
 use pipeline::Pipeline;
-pub use reload::Reload;
+pub use reload::{Cause, Reload, ReloadError};
 use reload::{ModelFile, ReloadRequest, Running, RELOAD_QUEUE};
 use topology::{Exit, Parts, Reloads, Topology};
 

@@ -13,11 +13,33 @@ use crate::config::Config;
 use crate::model::Classifier;
 use crate::source::FrameSource;
 
+/// Why the config or the model did not load, with its causes.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
 /// Reads what the daemon runs from where it came: the config file (with the command
 /// line's overrides) and the model it names.
 pub trait Reload: Send + Sync {
-    fn config(&self) -> Result<Config, String>;
-    fn model(&self, config: &Config) -> Result<Classifier, String>;
+    fn config(&self) -> Result<Config, Cause>;
+    fn model(&self, config: &Config) -> Result<Classifier, Cause>;
+}
+
+/// Why a reload was refused: the daemon runs on unchanged.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("nothing to reload: the daemon was started without a config file")]
+    NoConfigFile,
+    /// The config file or the model does not load.
+    #[error(transparent)]
+    Load(Cause),
+    /// The new config does not make a pipeline or a source.
+    #[error(transparent)]
+    Invalid(#[from] crate::Error),
+    #[error("[metrics] changed: the endpoint is set up once, at start; restart the daemon to apply this")]
+    Metrics,
+    #[error("{0} changed, and the embedded broker cannot change its settings while it runs: restart the daemon to apply this")]
+    EmbeddedBroker(String),
+    #[error("the reload failed")]
+    Task(#[source] tokio::task::JoinError),
 }
 
 /// Who asked for a reload, and so who hears the result.
@@ -82,8 +104,8 @@ pub fn prepare(
     reload: &dyn Reload,
     current: &Pipeline,
     embedded_broker: bool,
-) -> Result<Change, String> {
-    let config = reload.config()?;
+) -> Result<Change, ReloadError> {
+    let config = reload.config().map_err(ReloadError::Load)?;
     let old = &running.config;
     let model_changed =
         config.model != old.model || ModelFile::of(&running.model.path) != running.model;
@@ -102,11 +124,7 @@ pub fn prepare(
         }
     }
     if config.metrics != old.metrics {
-        return Err(
-            "[metrics] changed: the endpoint is set up once, at start; restart the \
-                    daemon to apply this"
-                .into(),
-        );
+        return Err(ReloadError::Metrics);
     }
     if what.is_empty() {
         return Ok(Change::Nothing);
@@ -118,17 +136,13 @@ pub fn prepare(
         .collect();
     let reconnect = !connection.is_empty();
     if embedded_broker && reconnect {
-        return Err(format!(
-            "{} changed, and the embedded broker cannot change its settings while it runs: \
-             restart the daemon to apply this",
-            connection.join(" and ")
-        ));
+        return Err(ReloadError::EmbeddedBroker(connection.join(" and ")));
     }
     let classifier = match model_changed {
-        true => Arc::new(reload.model(&config)?),
+        true => Arc::new(reload.model(&config).map_err(ReloadError::Load)?),
         false => current.classifier.clone(),
     };
-    let pipeline = Pipeline::new(&config, classifier.clone()).map_err(|e| e.to_string())?;
+    let pipeline = Pipeline::new(&config, classifier.clone())?;
     // Discovery also follows `[events]` and `[source] fps`: when what it announces changes,
     // the stages restart to announce it.
     let rediscover = config.discovery() != old.discovery();
@@ -144,7 +158,7 @@ pub fn prepare(
         });
     }
     let source = match what.contains(&"[source]") {
-        true => Some(super::open_source(&running.config.source).map_err(|e| e.to_string())?),
+        true => Some(super::open_source(&running.config.source)?),
         false => None,
     };
     let swap = model_changed || what.contains(&"[cam]") || what.contains(&"[events]");

@@ -18,7 +18,7 @@ use super::heatmap::{HeatmapWorker, Job, Outcome, Weights};
 use super::inference::{Control, Inference, InferenceParts, CONTROL_QUEUE};
 use super::latest::Latest;
 use super::pipeline::Pipeline;
-use super::reload::{self, Change, Reload, ReloadRequest, Running};
+use super::reload::{self, Change, Reload, ReloadError, ReloadRequest, Running};
 use super::render::{Output, Render};
 use super::shutdown::{panic_message, End, Ended, Ends, Shutdown, Trigger, STAGE_THREAD_PREFIX};
 use super::supervise::{self, Supervisor};
@@ -399,9 +399,9 @@ impl Topology {
         let (Some(running), Some(reload)) =
             (self.running_config.clone(), self.reloads.reload.clone())
         else {
-            let why = "nothing to reload: the daemon was started without a config file";
+            let why = ReloadError::NoConfigFile;
             tracing::warn!("{why}");
-            self.answer(&request, Err(why.into())).await;
+            self.answer(&request, Err(why.to_string())).await;
             return None;
         };
         tracing::info!("reloading ({request:?})");
@@ -411,10 +411,11 @@ impl Topology {
             reload::prepare(&running, reload.as_ref(), &current, embedded)
         })
         .await
-        .unwrap_or_else(|e| Err(format!("the reload failed: {e}")));
+        .unwrap_or_else(|e| Err(ReloadError::Task(e)));
         let change = match prepared {
             Ok(change) => change,
-            Err(why) => {
+            Err(e) => {
+                let why = with_causes(&e);
                 tracing::error!("reload refused: {why}; running on unchanged");
                 self.answer(&request, Err(why)).await;
                 return None;
