@@ -59,7 +59,10 @@ pub fn parse(spec: &str) -> Result<CamParams> {
     if n == Some(0) {
         return Err(bad("n must be at least 1".into()));
     }
-    let mut params = CamParams::new(name, n, k).map_err(|e| bad(e.to_string()))?;
+    let mut params = CamParams::new(name, n, k).map_err(|e| match e {
+        Error::Invalid { reason, .. } => bad(reason),
+        other => other,
+    })?;
     match (&mut params.method, sigma) {
         (Method::SsCam { sigma: s, .. }, Some(v)) => *s = v,
         (_, Some(_)) => return Err(bad("sigma applies to sscam only".into())),
