@@ -3,7 +3,9 @@
 #![no_main]
 
 use iscamd::cam::{Budget, CamParams};
-use iscamd::publish::command::{parse, Command, Limits, MAX_INTERVAL, MIN_INTERVAL};
+use iscamd::cam::config::{MAX_INTERVAL, MIN_INTERVAL};
+use iscamd::error::with_causes;
+use iscamd::publish::command::{parse, Command, Limits};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|payload: &[u8]| {
@@ -26,10 +28,12 @@ fuzz_target!(|payload: &[u8]| {
             assert!(params.passes(limits.layer_channels) <= budget.max_passes);
             assert!(class.is_none_or(|c| c < limits.classes));
         }
-        Ok(Command::Set { interval }) => {
-            assert!(interval.is_zero() || (MIN_INTERVAL..=MAX_INTERVAL).contains(&interval));
+        Ok(Command::Set { interval, live }) => {
+            assert!(interval.is_some() || live.is_some());
+            assert!(interval
+                .is_none_or(|i| i.is_zero() || (MIN_INTERVAL..=MAX_INTERVAL).contains(&i)));
         }
-        Ok(Command::Republish) => {}
-        Err(message) => assert!(!message.is_empty()),
+        Ok(Command::Republish | Command::Reload) => {}
+        Err(e) => assert!(!with_causes(&e).is_empty()),
     }
 });

@@ -13,8 +13,8 @@ use super::pipeline::Current;
 use super::reload::ReloadRequest;
 use super::scheduler::{Asker, Request, RequestId};
 use super::shutdown::Shutdown;
-use crate::error::Result;
-use crate::publish::command::{self, Command, Limits};
+use crate::error::{with_causes, Result};
+use crate::publish::command::{self, Command, CommandError, Limits};
 use crate::publish::payload::Origin;
 use crate::publish::{announcements, discovery, Incoming, Message, Topics};
 use crate::telemetry::Stats;
@@ -58,19 +58,17 @@ impl Commands {
             let (id, parsed) = command::parse(&payload, &limits);
             let parsed = match bucket.take(Instant::now()) {
                 true => parsed,
-                false => Err(format!(
-                    "rate limited: at most {} command(s) per second",
-                    self.rate
-                )),
+                false => Err(CommandError::RateLimited(self.rate)),
             };
             if let Some(result) = self.act(parsed, &id).await {
-                if let Err(e) = &result {
+                let error = result.err().map(|e| with_causes(&e));
+                if let Some(e) = &error {
                     self.stats.command_rejected();
                     tracing::warn!("command refused: {e}");
                 }
                 let _ = self
                     .publish
-                    .send(command_result(&self.topics, &self.origin, id, result))
+                    .send(command_result(&self.topics, &self.origin, id, error))
                     .await;
             }
         }
@@ -80,9 +78,9 @@ impl Commands {
     /// with the heatmap.
     async fn act(
         &self,
-        parsed: std::result::Result<Command, String>,
+        parsed: std::result::Result<Command, CommandError>,
         id: &Option<String>,
-    ) -> Option<std::result::Result<(), String>> {
+    ) -> Option<std::result::Result<(), CommandError>> {
         let control = match parsed {
             Err(e) => return Some(Err(e)),
             Ok(Command::Republish) => {
@@ -102,17 +100,19 @@ impl Commands {
                 let request = ReloadRequest::Command(id.clone());
                 return match self.reloads.try_send(request) {
                     Ok(()) => None,
-                    Err(_) => Some(Err("busy: a reload is already under way".into())),
+                    Err(_) => Some(Err(CommandError::Busy(
+                        "a reload is already under way".into(),
+                    ))),
                 };
             }
         };
         let answer_now = matches!(control, Control::Set { .. });
         match self.control.try_send(control) {
             Ok(()) => answer_now.then_some(Ok(())),
-            Err(TrySendError::Full(_)) => Some(Err(format!(
-                "busy: {CONTROL_QUEUE} commands already wait for the inference stage"
-            ))),
-            Err(TrySendError::Disconnected(_)) => Some(Err("the daemon is stopping".to_string())),
+            Err(TrySendError::Full(_)) => Some(Err(CommandError::Busy(format!(
+                "{CONTROL_QUEUE} commands already wait for the inference stage"
+            )))),
+            Err(TrySendError::Disconnected(_)) => Some(Err(CommandError::Stopping)),
         }
     }
 }

@@ -211,7 +211,7 @@ impl Inference {
                                 &self.parts.topics,
                                 &self.parts.origin,
                                 id.0,
-                                Err(busy),
+                                Some(busy),
                             );
                             self.send(reply)?;
                         }

@@ -41,17 +41,14 @@ pub use reload::{Cause, Reload, ReloadError};
 use reload::{ModelFile, ReloadRequest, Running, RELOAD_QUEUE};
 use topology::{Exit, Parts, Reloads, Topology};
 
-/// A `cmd/result` message.
+/// A `cmd/result` message: done, or the error why not.
 fn command_result(
     topics: &Topics,
     origin: &Origin,
     id: Option<String>,
-    result: std::result::Result<(), String>,
+    error: Option<String>,
 ) -> Message {
-    let (ok, error) = match result {
-        Ok(()) => (true, None),
-        Err(e) => (false, Some(e)),
-    };
+    let ok = error.is_none();
     let payload = serde_json::to_vec(&CommandResult {
         schema: "iscamd.command_result/1",
         run: &origin.run,

@@ -100,7 +100,7 @@ impl Render {
 fn failed(asker: Option<Asker>, error: String, out: &Output) -> Rendered {
     match asker {
         Some(Asker::Command(id)) => Rendered {
-            messages: vec![command_result(&out.topics, &out.origin, id.0, Err(error))],
+            messages: vec![command_result(&out.topics, &out.origin, id.0, Some(error))],
             end: None,
         },
         Some(Asker::Event(ended)) => Rendered {
@@ -156,7 +156,7 @@ fn rendered(ready: Ready, seq: u64, out: &Output, stats: &Stats, with_image: boo
     rendered.messages.extend(image.into_iter().flatten());
     match ready.asker {
         Some(Asker::Command(id)) => {
-            let ok = command_result(&out.topics, &out.origin, id.0, Ok(()));
+            let ok = command_result(&out.topics, &out.origin, id.0, None);
             rendered.messages.push(ok);
         }
         Some(Asker::Event(ended)) => {

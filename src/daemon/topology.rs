@@ -401,7 +401,7 @@ impl Topology {
         else {
             let why = ReloadError::NoConfigFile;
             tracing::warn!("{why}");
-            self.answer(&request, Err(why.to_string())).await;
+            self.answer(&request, Some(why.to_string())).await;
             return None;
         };
         tracing::info!("reloading ({request:?})");
@@ -417,7 +417,7 @@ impl Topology {
             Err(e) => {
                 let why = with_causes(&e);
                 tracing::error!("reload refused: {why}; running on unchanged");
-                self.answer(&request, Err(why)).await;
+                self.answer(&request, Some(why)).await;
                 return None;
             }
         };
@@ -458,14 +458,14 @@ impl Topology {
                 })
             }
         };
-        self.answer(&request, Ok(())).await;
+        self.answer(&request, None).await;
         restart
     }
 
     /// Answers a reload command on `cmd/result`.
-    async fn answer(&self, request: &ReloadRequest, result: std::result::Result<(), String>) {
+    async fn answer(&self, request: &ReloadRequest, error: Option<String>) {
         if let ReloadRequest::Command(id) = request {
-            let reply = command_result(&self.topics, &self.origin, id.clone(), result);
+            let reply = command_result(&self.topics, &self.origin, id.clone(), error);
             let _ = self.publish.send(reply).await;
         }
     }

@@ -52,6 +52,51 @@ struct SetFields {
     live: Option<bool>,
 }
 
+/// Why a command is refused: the `error` of its `cmd/result`, with its causes
+/// ([`crate::error::with_causes`]).
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("command payload is {0} bytes; at most {MAX_COMMAND_BYTES} are accepted")]
+    TooLarge(usize),
+    #[error("invalid JSON")]
+    Json(#[source] serde_json::Error),
+    /// Valid JSON that is no command object, or one with a key given twice.
+    #[error(transparent)]
+    NotACommand(serde_json::Error),
+    #[error("\"id\" must be a string of 1 to {MAX_ID_CHARS} characters or a number")]
+    Id,
+    #[error("\"cmd\" must be a string")]
+    CmdNotAString,
+    #[error("missing \"cmd\" (explain, republish, reload or set)")]
+    MissingCmd,
+    #[error("unknown command {0:?} (expected explain, republish, reload or set)")]
+    Unknown(String),
+    #[error("{0} takes no fields")]
+    TakesNoFields(String),
+    /// A field the command does not have, or of the wrong type.
+    #[error("{cmd}")]
+    Fields {
+        cmd: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A map the device cannot or will not make.
+    #[error("explain")]
+    Explain(#[source] crate::Error),
+    #[error("explain: class {class} does not exist (0..{last})")]
+    NoSuchClass { class: usize, last: usize },
+    #[error("set: expected \"interval\", \"live\" or both")]
+    SetNothing,
+    #[error("set: interval must be 0 (off) or between {MIN_INTERVAL:?} and {MAX_INTERVAL:?}")]
+    SetInterval,
+    #[error("rate limited: at most {0} command(s) per second")]
+    RateLimited(f64),
+    #[error("busy: {0}")]
+    Busy(String),
+    #[error("the daemon is stopping")]
+    Stopping,
+}
+
 /// What a command may be checked against.
 pub struct Limits<'a> {
     pub defaults: &'a CamParams,
@@ -65,15 +110,9 @@ pub struct Limits<'a> {
 
 /// Parses a command payload. Returns the command's `id` (when one could be read) with
 /// the command or a message naming what is wrong.
-pub fn parse(payload: &[u8], limits: &Limits) -> (Option<String>, Result<Command, String>) {
+pub fn parse(payload: &[u8], limits: &Limits) -> (Option<String>, Result<Command, CommandError>) {
     if payload.len() > MAX_COMMAND_BYTES {
-        return (
-            None,
-            Err(format!(
-                "command payload is {} bytes; at most {MAX_COMMAND_BYTES} are accepted",
-                payload.len()
-            )),
-        );
+        return (None, Err(CommandError::TooLarge(payload.len())));
     }
     let mut object = match top_level_fields(payload) {
         Ok(fields) => fields,
@@ -90,45 +129,39 @@ pub fn parse(payload: &[u8], limits: &Limits) -> (Option<String>, Result<Command
         .collect()
     {
         Ok(map) => map,
-        Err(e) => return (id, Err(format!("invalid JSON: {e}"))),
+        Err(e) => return (id, Err(CommandError::Json(e))),
     };
     let cmd = match object.remove("cmd") {
         Some(Value::String(s)) => s,
-        Some(_) => return (id, Err("\"cmd\" must be a string".into())),
-        None => {
-            return (
-                id,
-                Err("missing \"cmd\" (explain, republish, reload or set)".into()),
-            )
-        }
+        Some(_) => return (id, Err(CommandError::CmdNotAString)),
+        None => return (id, Err(CommandError::MissingCmd)),
     };
     let value = Value::Object(object);
     let result = match cmd.as_str() {
         "explain" => serde_json::from_value::<ExplainFields>(value)
-            .map_err(|e| format!("explain: {e}"))
+            .map_err(|source| CommandError::Fields {
+                cmd: "explain",
+                source,
+            })
             .and_then(|f| explain(f, limits)),
-        "republish" | "reload" if !object_is_empty(&value) => Err(format!("{cmd} takes no fields")),
+        "republish" | "reload" if !object_is_empty(&value) => Err(CommandError::TakesNoFields(cmd)),
         "republish" => Ok(Command::Republish),
         "reload" => Ok(Command::Reload),
         "set" => serde_json::from_value::<SetFields>(value)
-            .map_err(|e| format!("set: {e}"))
+            .map_err(|source| CommandError::Fields { cmd: "set", source })
             .and_then(set),
-        other => Err(format!(
-            "unknown command {other:?} (expected explain, republish, reload or set)"
-        )),
+        _ => Err(CommandError::Unknown(cmd)),
     };
     (id, result)
 }
 
-fn set(f: SetFields) -> std::result::Result<Command, String> {
+fn set(f: SetFields) -> Result<Command, CommandError> {
     if f.interval.is_none() && f.live.is_none() {
-        return Err("set: expected \"interval\", \"live\" or both".into());
+        return Err(CommandError::SetNothing);
     }
     if let Some(i) = f.interval {
         if !(i.is_zero() || (MIN_INTERVAL..=MAX_INTERVAL).contains(&i)) {
-            return Err(format!(
-                "set: interval must be 0 (off) or between {MIN_INTERVAL:?} and {MAX_INTERVAL:?}"
-            ));
+            return Err(CommandError::SetInterval);
         }
     }
     Ok(Command::Set {
@@ -142,11 +175,11 @@ const MAX_ID_CHARS: usize = 128;
 
 /// A command's top-level fields as their JSON text; a key given twice is refused (a
 /// reader that kept the first and one that kept the last would run different commands).
-fn top_level_fields(payload: &[u8]) -> Result<BTreeMap<String, Box<RawValue>>, String> {
+fn top_level_fields(payload: &[u8]) -> Result<BTreeMap<String, Box<RawValue>>, CommandError> {
     match serde_json::from_slice::<Fields>(payload) {
         Ok(Fields(map)) => Ok(map),
-        Err(e) if e.is_data() => Err(e.to_string()),
-        Err(e) => Err(format!("invalid JSON: {e}")),
+        Err(e) if e.is_data() => Err(CommandError::NotACommand(e)),
+        Err(e) => Err(CommandError::Json(e)),
     }
 }
 
@@ -183,18 +216,16 @@ impl<'de> Deserialize<'de> for Fields {
 
 /// The `id` as given: a string's text, or a number's JSON text digit for digit (a float
 /// would round a long numeric id).
-fn id_of(raw: &RawValue) -> Result<Option<String>, String> {
+fn id_of(raw: &RawValue) -> Result<Option<String>, CommandError> {
     let text = raw.get();
     let id = match text.as_bytes().first() {
-        Some(b'"') => serde_json::from_str::<String>(text).map_err(|e| e.to_string())?,
+        Some(b'"') => serde_json::from_str::<String>(text).map_err(CommandError::NotACommand)?,
         Some(b'-' | b'0'..=b'9') => text.to_string(),
         _ if text == "null" => return Ok(None),
         _ => String::new(),
     };
     if id.is_empty() || id.chars().count() > MAX_ID_CHARS {
-        return Err(format!(
-            "\"id\" must be a string of 1 to {MAX_ID_CHARS} characters or a number"
-        ));
+        return Err(CommandError::Id);
     }
     Ok(Some(id))
 }
@@ -203,12 +234,12 @@ fn object_is_empty(v: &Value) -> bool {
     v.as_object().is_some_and(|o| o.is_empty())
 }
 
-fn explain(f: ExplainFields, limits: &Limits) -> Result<Command, String> {
+fn explain(f: ExplainFields, limits: &Limits) -> Result<Command, CommandError> {
     let defaults = limits.defaults;
     // Without a method, the configured map; with one, a spec read as everywhere else.
     let method = match f.method.as_deref() {
         None => defaults.clone(),
-        Some(method) => spec::parse(method).map_err(|e| format!("explain: {e}"))?,
+        Some(method) => spec::parse(method).map_err(CommandError::Explain)?,
     };
     let overrides = spec::Overrides {
         steps: f.steps,
@@ -217,11 +248,9 @@ fn explain(f: ExplainFields, limits: &Limits) -> Result<Command, String> {
     };
     let mut params = method
         .overridden(overrides)
-        .map_err(|e| format!("explain: {e}"))?;
+        .map_err(CommandError::Explain)?;
     params.weighting = match f.weighting {
-        Some(w) => w
-            .parse::<Weighting>()
-            .map_err(|e| format!("explain: {e}"))?,
+        Some(w) => w.parse::<Weighting>().map_err(CommandError::Explain)?,
         None => defaults.weighting,
     };
     params.batch = defaults.batch;
@@ -230,16 +259,16 @@ fn explain(f: ExplainFields, limits: &Limits) -> Result<Command, String> {
     params.score_size = params.score_size.or(defaults.score_size);
     params
         .validate(limits.layer_channels, limits.input_size)
-        .map_err(|e| format!("explain: {e}"))?;
+        .map_err(CommandError::Explain)?;
     limits
         .budget
         .admit(&params, limits.layer_channels)
-        .map_err(|e| format!("explain: {e}"))?;
-    if let Some(c) = f.class.filter(|&c| c >= limits.classes) {
-        return Err(format!(
-            "explain: class {c} does not exist (0..{})",
-            limits.classes - 1
-        ));
+        .map_err(CommandError::Explain)?;
+    if let Some(class) = f.class.filter(|&c| c >= limits.classes) {
+        return Err(CommandError::NoSuchClass {
+            class,
+            last: limits.classes - 1,
+        });
     }
     Ok(Command::Explain {
         params,
@@ -254,7 +283,7 @@ mod tests {
 
     fn parse_str(s: &str) -> (Option<String>, Result<Command, String>) {
         let defaults = CamParams::new("iscam", None, None).unwrap();
-        parse(
+        let (id, parsed) = parse(
             s.as_bytes(),
             &Limits {
                 defaults: &defaults,
@@ -263,7 +292,8 @@ mod tests {
                 classes: 1000,
                 input_size: 227,
             },
-        )
+        );
+        (id, parsed.map_err(|e| crate::error::with_causes(&e)))
     }
 
     #[test]
