@@ -31,7 +31,7 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "split", value_parser = BatchPlan::parse)]
     pub plans: Vec<BatchPlan>,
     /// Backends to compare side by side, e.g. "tract,ort". Default: --backend.
-    #[arg(long = "backends", value_name = "LIST", value_delimiter = ',', value_parser = super::parse_backend)]
+    #[arg(long = "backends", value_name = "LIST", value_delimiter = ',', value_parser = str::parse::<BackendKind>)]
     pub backends: Vec<BackendKind>,
     /// tract's kernels to compare, comma-separated: tuned (iscamd's own pooling, packing,
     /// ReLU and quantize ops, and the matrix kernels measured fastest here; row "tract") and

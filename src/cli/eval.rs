@@ -56,7 +56,7 @@ pub struct EvalArgs {
     /// METHOD with every character but letters, digits and "=._-" made "_").
     #[arg(long, value_name = "DIR")]
     pub save_maps: Option<PathBuf>,
-    #[arg(long, default_value = "prob", value_parser = parse_weighting)]
+    #[arg(long, default_value = "prob", value_parser = str::parse::<Weighting>)]
     pub weighting: Weighting,
     /// Seed of SS-CAM's noise, the random control and the bootstrap.
     #[arg(long, default_value_t = 0)]
@@ -78,23 +78,17 @@ pub struct EvalArgs {
 #[derive(Clone, Debug)]
 pub struct Shares(Vec<u32>);
 
-fn parse_shares(s: &str) -> Result<Shares, String> {
+fn parse_shares(s: &str) -> Result<Shares> {
     if s.trim() == "none" {
         return Ok(Shares(Vec::new()));
     }
     s.split(',')
         .map(|v| match v.trim().parse::<u32>() {
             Ok(p) if (1..100).contains(&p) => Ok(p),
-            _ => Err(format!(
-                "{v:?}: expected whole percentages in 1..=99, or none"
-            )),
+            _ => bail!("{v:?}: expected whole percentages in 1..=99, or none"),
         })
-        .collect::<Result<_, _>>()
+        .collect::<Result<_>>()
         .map(Shares)
-}
-
-fn parse_weighting(s: &str) -> Result<Weighting, String> {
-    s.parse().map_err(|e: iscamd::Error| e.to_string())
 }
 
 pub fn run(args: EvalArgs) -> Result<ExitCode> {

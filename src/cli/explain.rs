@@ -31,7 +31,7 @@ pub struct ExplainArgs {
     #[arg(long, value_name = "K")]
     pub channels: Option<usize>,
     /// prob (α = class probability) or logit-softmax (α = softmax of logit increase, as torchcam).
-    #[arg(long, default_value = "prob", value_parser = parse_weighting)]
+    #[arg(long, default_value = "prob", value_parser = str::parse::<Weighting>)]
     pub weighting: Weighting,
     /// Masked inputs per forward pass.
     #[arg(long, default_value_t = 1, value_name = "B")]
@@ -56,10 +56,6 @@ pub struct ExplainArgs {
     pub format: Format,
     #[command(flatten)]
     pub model: ModelArgs,
-}
-
-fn parse_weighting(s: &str) -> Result<Weighting, String> {
-    s.parse().map_err(|e: iscamd::Error| e.to_string())
 }
 
 /// The JSON object printed per image and written as NAME.heatmap.json.

@@ -139,7 +139,7 @@ pub struct ModelArgs {
     #[arg(long, value_name = "PIXELS")]
     pub resize: Option<u32>,
     /// Channel order of the input tensor, RGB or BGR. Default: metadata `channel_order`.
-    #[arg(long, value_name = "ORDER", value_parser = parse_channel_order)]
+    #[arg(long, value_name = "ORDER", value_parser = str::parse::<ChannelOrder>)]
     pub channel_order: Option<ChannelOrder>,
     /// Per-channel mean subtracted, "A,B,C" in tensor channel order. Default: metadata `mean`.
     #[arg(long, value_name = "A,B,C", value_parser = parse_triplet)]
@@ -152,11 +152,11 @@ pub struct ModelArgs {
     pub threads: Option<usize>,
     /// What runs the model: tract (built in) or ort (ONNX Runtime, feature `ort`; the
     /// library comes from $ORT_DYLIB_PATH).
-    #[arg(long, env = "ISCAMD_BACKEND", value_name = "NAME", default_value = "tract", value_parser = parse_backend)]
+    #[arg(long, env = "ISCAMD_BACKEND", value_name = "NAME", default_value = "tract", value_parser = str::parse::<BackendKind>)]
     pub backend: BackendKind,
     /// ONNX Runtime execution providers in order of preference, e.g. "tensorrt,cuda,cpu";
     /// each must register or loading fails. Default: cpu.
-    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = parse_provider)]
+    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = str::parse::<Provider>)]
     pub providers: Vec<Provider>,
 }
 
@@ -210,26 +210,13 @@ impl ModelArgs {
     }
 }
 
-fn parse_backend(s: &str) -> Result<BackendKind, String> {
-    s.parse().map_err(|e: iscamd::Error| e.to_string())
-}
-
-fn parse_provider(s: &str) -> Result<Provider, String> {
-    s.parse().map_err(|e: iscamd::Error| e.to_string())
-}
-
-fn parse_channel_order(s: &str) -> Result<ChannelOrder, String> {
-    s.parse().map_err(|e: iscamd::Error| e.to_string())
-}
-
-fn parse_triplet(s: &str) -> Result<[f32; 3], String> {
+fn parse_triplet(s: &str) -> Result<[f32; 3]> {
     let v: Vec<f32> = s
         .split(',')
         .map(|p| p.trim().parse::<f32>())
-        .collect::<Result<_, _>>()
-        .map_err(|e| e.to_string())?;
+        .collect::<std::result::Result<_, _>>()?;
     v.try_into()
-        .map_err(|_| format!("{s:?}: expected three comma-separated numbers"))
+        .map_err(|_| anyhow::anyhow!("{s:?}: expected three comma-separated numbers"))
 }
 
 /// Output format of per-image results.

@@ -99,12 +99,12 @@ impl MetadataArgs {
     }
 }
 
-fn parse_sha256(s: &str) -> std::result::Result<String, String> {
+fn parse_sha256(s: &str) -> Result<String> {
     let hex = s.trim().to_ascii_lowercase();
     if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         Ok(hex)
     } else {
-        Err("expected 64 hex digits".into())
+        bail!("expected 64 hex digits")
     }
 }
 
