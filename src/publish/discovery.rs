@@ -210,7 +210,30 @@ fn origin_block() -> Value {
 }
 
 fn entities(topics: &Topics, options: &Options) -> Vec<Entity> {
-    let mut all = vec![
+    let mut all = sensors(topics);
+    all.extend(controls(topics));
+    all.extend(event_entities(topics, options));
+    all.extend(diagnostics(topics));
+    let expire = |interval: Duration| json!((3 * interval.as_secs()).max(1));
+    for e in &mut all {
+        if e.config["state_topic"] == json!(topics.stats()) {
+            e.config["entity_category"] = json!("diagnostic");
+            if !options.stats_interval.is_zero() {
+                e.config["expire_after"] = expire(options.stats_interval);
+            }
+        }
+        if let Some(interval) = options.prediction_interval {
+            if e.config["state_topic"] == json!(topics.prediction()) {
+                e.config["expire_after"] = expire(interval);
+            }
+        }
+    }
+    all
+}
+
+/// What the camera sees: the top class, its score, the heatmap and the source's state.
+fn sensors(topics: &Topics) -> Vec<Entity> {
+    vec![
         Entity {
             component: "sensor",
             object: "label",
@@ -243,6 +266,24 @@ fn entities(topics: &Topics, options: &Options) -> Vec<Entity> {
                 "json_attributes_topic": topics.heatmap_info(),
             }),
         },
+        Entity {
+            component: "binary_sensor",
+            object: "source",
+            config: json!({
+                "name": "Source",
+                "device_class": "connectivity",
+                "state_topic": topics.stats(),
+                // Files and folders report no health: they are up while stats flow.
+                "value_template":
+                    "{{ 'OFF' if value_json.source is defined and not value_json.source.ok else 'ON' }}",
+            }),
+        },
+    ]
+}
+
+/// The controls: explain now, the heatmap interval, live maps.
+fn controls(topics: &Topics) -> Vec<Entity> {
+    vec![
         Entity {
             component: "button",
             object: "explain",
@@ -289,19 +330,12 @@ fn entities(topics: &Topics, options: &Options) -> Vec<Entity> {
                 "icon": "mdi:motion-play-outline",
             }),
         },
-        Entity {
-            component: "binary_sensor",
-            object: "source",
-            config: json!({
-                "name": "Source",
-                "device_class": "connectivity",
-                "state_topic": topics.stats(),
-                // Files and folders report no health: they are up while stats flow.
-                "value_template":
-                    "{{ 'OFF' if value_json.source is defined and not value_json.source.ok else 'ON' }}",
-            }),
-        },
-    ];
+    ]
+}
+
+/// Episodes, when `[events]` is on, and their snapshots.
+fn event_entities(topics: &Topics, options: &Options) -> Vec<Entity> {
+    let mut all = Vec::new();
     if options.events {
         all.push(Entity {
             component: "event",
@@ -327,21 +361,6 @@ fn entities(topics: &Topics, options: &Options) -> Vec<Entity> {
                 "content_type": "image/jpeg",
             }),
         });
-    }
-    all.extend(diagnostics(topics));
-    let expire = |interval: Duration| json!((3 * interval.as_secs()).max(1));
-    for e in &mut all {
-        if e.config["state_topic"] == json!(topics.stats()) {
-            e.config["entity_category"] = json!("diagnostic");
-            if !options.stats_interval.is_zero() {
-                e.config["expire_after"] = expire(options.stats_interval);
-            }
-        }
-        if let Some(interval) = options.prediction_interval {
-            if e.config["state_topic"] == json!(topics.prediction()) {
-                e.config["expire_after"] = expire(interval);
-            }
-        }
     }
     all
 }
