@@ -6,8 +6,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine;
-use common::broker::{retained, Daemon, Mosquitto, Observer};
+use common::broker::{retained, Mosquitto, Observer};
 use common::daemon::*;
+use common::process::Daemon;
 use common::{images_dir, model_path, F32_MODEL};
 
 fn check_prediction(p: &serde_json::Value) {

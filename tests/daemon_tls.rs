@@ -6,7 +6,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::broker::{free_port, Daemon, Mosquitto, Observer};
+use common::broker::{free_port, Mosquitto, Observer};
+use common::process::Daemon;
 use common::{images_dir, model_path, F32_MODEL};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 

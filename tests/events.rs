@@ -7,8 +7,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::broker::{retained, Daemon, Mosquitto, Observer, Received};
+use common::broker::{retained, Mosquitto, Observer, Received};
 use common::daemon::{topic, write_config_with_source};
+use common::process::Daemon;
 use common::streams::frames;
 use serde_json::Value;
 

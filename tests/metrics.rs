@@ -6,8 +6,9 @@ mod common;
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use common::broker::{free_port, Daemon, Mosquitto};
+use common::broker::{free_port, Mosquitto};
 use common::daemon::*;
+use common::process::Daemon;
 
 /// `GET /metrics` over plain HTTP/1.0: the body of a 200 answer.
 fn scrape(port: u16) -> String {

@@ -8,8 +8,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::broker::{Daemon, Mosquitto, Observer};
+use common::broker::{Mosquitto, Observer};
 use common::daemon::*;
+use common::process::Daemon;
 use common::{image, model_path, F32_MODEL, INT8_MODEL};
 
 fn hup(daemon: &Daemon) {

@@ -18,7 +18,8 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::broker::{Daemon, Mosquitto, Observer};
+use common::broker::{Mosquitto, Observer};
+use common::process::Daemon;
 use common::{images_dir, model_path, F32_MODEL};
 
 fn env_secs(name: &str, default: u64) -> Duration {

@@ -8,8 +8,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::broker::{Daemon, Mosquitto, Observer, Received};
+use common::broker::{Mosquitto, Observer, Received};
 use common::daemon::{topic, wait_for_log, write_config_with_source};
+use common::process::Daemon;
 use common::streams::{cpu_time, encode_video, frames, RtspServer, Serve};
 
 /// Two images SqueezeNet is sure of, and their classes.

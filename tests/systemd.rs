@@ -11,7 +11,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::broker::{retained, Daemon, Mosquitto};
+use common::broker::{retained, Mosquitto};
+use common::process::Daemon;
 use common::{images_dir, model_path, F32_MODEL};
 
 const UNIT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/iscamd.service");

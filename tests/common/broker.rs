@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -274,62 +274,6 @@ pub fn retained(port: u16, topic: &str) -> Option<String> {
         }
     }
     None
-}
-
-/// A running `iscamd run`, its stderr kept in a file.
-pub struct Daemon {
-    pub child: Child,
-    pub log: PathBuf,
-}
-
-impl Daemon {
-    pub fn start(config: &Path, dir: &Path) -> Self {
-        Self::start_with_env(config, dir, &[])
-    }
-
-    pub fn start_with_env(config: &Path, dir: &Path, env: &[(&str, &str)]) -> Self {
-        let log = dir.join("iscamd.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_iscamd"))
-            .args(["run", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "iscamd=debug")
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Daemon { child, log }
-    }
-
-    pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "iscamd did not stop within 20 s of SIGTERM:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Whether the broker on `port` accepts a connection as `client_id` with `login`: the

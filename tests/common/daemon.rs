@@ -3,7 +3,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::broker::{Daemon, Mosquitto, Observer};
+use super::broker::{Mosquitto, Observer};
+use super::process::Daemon;
 use super::{images_dir, model_path, F32_MODEL};
 
 pub const DEVICE: &str = "cam7";
