@@ -7,16 +7,20 @@ mod common;
 use common::schemas::Schemas;
 use serde_json::{json, Value};
 
-/// Every `"iscamd.<kind>/<n>"` the code that publishes names.
+/// Every `"iscamd.<kind>/<n>"` the sources name.
 fn schema_names_in_sources() -> Vec<String> {
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut names = Vec::new();
-    let mut files = vec![src.join("stats.rs")];
-    for dir in ["publish", "daemon"] {
-        for entry in std::fs::read_dir(src.join(dir)).unwrap() {
-            files.push(entry.unwrap().path());
+    let mut dirs = vec![std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src")];
+    let mut files = Vec::new();
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            match path.is_dir() {
+                true => dirs.push(path),
+                false => files.push(path),
+            }
         }
     }
+    let mut names = Vec::new();
     for path in files
         .iter()
         .filter(|p| p.extension().is_some_and(|e| e == "rs"))
