@@ -16,7 +16,7 @@ command -v mosquitto >/dev/null 2>&1 || missing+=(mosquitto)
 # mosquitto_sub: packaging/check-deb.sh listens to the installed daemon with it.
 command -v mosquitto_sub >/dev/null 2>&1 || missing+=(mosquitto-clients)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
-# promtool: tests/metrics.rs checks the /metrics endpoint's text with it.
+# promtool: tests/it/metrics.rs checks the /metrics endpoint's text with it.
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || missing+=(libclang-dev)
 pkg-config --exists gstreamer-app-1.0 gstreamer-video-1.0 2>/dev/null \
@@ -39,7 +39,7 @@ for service in mosquitto prometheus; do
   ($sudo systemctl stop $service || $sudo service $service stop) >/dev/null 2>&1 || true
 done
 
-# Pinned: the ort crate is built against this C API. tests/quantize.rs runs
+# Pinned: the ort crate is built against this C API. tests/it/quantize.rs runs
 # models/quantize.py, which needs onnx, pillow and numpy.
 if ! python3 -c 'import onnxruntime, onnx, PIL, numpy; assert onnxruntime.__version__ == "1.32.0"' >/dev/null 2>&1; then
   echo "setup: installing onnxruntime, onnx, pillow, numpy (pip)" >&2

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Runs the soaks of tests/soak.rs on a release build (not part of the default test run):
+# Runs the soaks of tests/it/soak.rs on a release build (not part of the default test run):
 # the 10-minute broker-restart soak and the 30-minute live-maps-and-commands soak.
 # SOAK_SECONDS shortens both, e.g. SOAK_SECONDS=120 scripts/soak.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec cargo test --release --locked --test soak -- --ignored --nocapture --test-threads 1 "$@"
+exec cargo test --release --locked --test it -- --ignored --nocapture --test-threads 1 soak:: "$@"

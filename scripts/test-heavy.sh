@@ -5,8 +5,8 @@
 #
 #   scripts/test-heavy.sh [cargo nextest run flags...]
 #
-# The soak tests (tests/soak.rs, also ignored) have their own script: scripts/soak.sh.
+# The soak tests (tests/it/soak.rs, also ignored) have their own script: scripts/soak.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 exec cargo nextest run --locked --features ort,test-hooks --run-ignored only \
-  -E 'not binary(soak)' "$@"
+  -E 'not test(/^soak::/)' "$@"

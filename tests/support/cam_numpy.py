@@ -1,5 +1,5 @@
 """The class activation map of Zhou et al. computed with NumPy and onnxruntime, as an
-outside reference for iscamd's `cam` method (tests/cam_method.rs).
+outside reference for iscamd's `cam` method (tests/it/cam_method.rs).
 
     python3 cam_numpy.py squeezenet MODEL.onnx INPUT.npy OUT.npy [ACTIVATIONS.f32]
         runs MODEL on INPUT with onnxruntime, reads the 1x1 convolution after the CAM layer

@@ -2,16 +2,14 @@
 //! tract update (or a change in how tract optimises these models) that turned a swap off
 //! would otherwise only show as a slower device: here it fails.
 
-mod common;
-
-use common::{F32_MODEL, INT8_MODEL};
+use crate::common::{F32_MODEL, INT8_MODEL};
 use iscamd::model::kernels::{Choice, Matmul};
 use iscamd::model::{BackendOptions, Classifier, ModelOptions, TractOptions};
 
 /// The model with every one of iscamd's ops put in (a measured choice may leave some out).
 fn with_every_op(name: &str) -> Classifier {
     Classifier::load(&ModelOptions {
-        path: common::model_path(name),
+        path: crate::common::model_path(name),
         backend: BackendOptions::Tract(TractOptions {
             matmul: Matmul::Forced(Choice::default()),
             ..Default::default()
@@ -58,7 +56,7 @@ fn each_model_keeps_its_own_kernel_policy() {
     let every_own_op = Choice::parse("f32=tract,i32=tract").unwrap();
     let open = |kernels| {
         Classifier::load(&ModelOptions {
-            path: common::model_path(INT8_MODEL),
+            path: crate::common::model_path(INT8_MODEL),
             backend: BackendOptions::Tract(TractOptions {
                 kernels,
                 matmul: Matmul::Forced(every_own_op),

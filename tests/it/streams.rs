@@ -2,16 +2,14 @@
 //! and UDP, with and without credentials, killed and restarted) and video files encoded
 //! from the shared images, through `iscamd run`, `check` and `explain --every`.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::broker::{Mosquitto, Observer, Received};
-use common::daemon::{topic, wait_for_log, write_config_with_source};
-use common::process::Daemon;
-use common::streams::{cpu_time, encode_video, frames, RtspServer, Serve};
+use crate::common::broker::{Mosquitto, Observer, Received};
+use crate::common::daemon::{topic, wait_for_log, write_config_with_source};
+use crate::common::process::Daemon;
+use crate::common::streams::{cpu_time, encode_video, frames, RtspServer, Serve};
 
 /// Two images SqueezeNet is sure of, and their classes.
 const PANDA: (&str, u64) = ("n02510455_giant_panda", 388);
@@ -257,7 +255,7 @@ fn broken_streams_get_one_clear_line_each_and_the_daemon_retries() {
     );
     std::fs::write(dir.path().join("wrong.credentials"), "viewer:wrong-pw\n").unwrap();
     std::fs::write(dir.path().join("right.credentials"), "viewer:right\n").unwrap();
-    let closed = common::broker::free_port();
+    let closed = crate::common::broker::free_port();
     let not_a_video = dir.path().join("notes.mp4");
     let noise: Vec<u8> = (0..4096u32).map(|i| (i * 7919 % 251) as u8).collect();
     std::fs::write(&not_a_video, noise).unwrap();
@@ -345,7 +343,10 @@ fn a_video_file_runs_through_the_daemon_and_explain_every() {
             .args(["explain", "--every", "1s", "--format", "json", "--out"])
             .arg(&out_dir)
             .arg(&video)
-            .env("ISCAMD_MODEL", common::model_path(common::F32_MODEL))
+            .env(
+                "ISCAMD_MODEL",
+                crate::common::model_path(crate::common::F32_MODEL),
+            )
             .output()
             .unwrap();
         assert!(

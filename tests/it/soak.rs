@@ -9,18 +9,16 @@
 //!   minutes must grow less than 2 MiB.
 //!
 //! ```sh
-//! cargo test --release --test soak -- --ignored --nocapture soak
-//! SOAK_SECONDS=120 SOAK_RESTART_EVERY=30 cargo test --release --test soak -- --ignored --nocapture soak
+//! cargo test --release --test it -- --ignored --nocapture soak::soak
+//! SOAK_SECONDS=120 SOAK_RESTART_EVERY=30 cargo test --release --test it -- --ignored --nocapture soak::soak
 //! ```
-
-mod common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::broker::{Mosquitto, Observer};
-use common::process::Daemon;
-use common::{images_dir, model_path, F32_MODEL};
+use crate::common::broker::{Mosquitto, Observer};
+use crate::common::process::Daemon;
+use crate::common::{images_dir, model_path, F32_MODEL};
 
 fn env_secs(name: &str, default: u64) -> Duration {
     Duration::from_secs(
@@ -90,7 +88,7 @@ fn usage(pid: u32) -> (u64, usize) {
 }
 
 #[test]
-#[ignore = "10-minute soak: cargo test --release --test soak -- --ignored --nocapture"]
+#[ignore = "10-minute soak: cargo test --release --test it -- --ignored --nocapture soak::soak"]
 fn soak() {
     let total = env_secs("SOAK_SECONDS", 600);
     let restart_every = env_secs("SOAK_RESTART_EVERY", 120);

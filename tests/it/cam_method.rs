@@ -3,13 +3,11 @@
 //! reads (tests/support/cam_numpy.py), on SqueezeNet (f32 and int8) and on small graphs
 //! with the other head shapes built by the script.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{load, load_path, model_path, npy, pearson, reference_dir, reference_images};
-use common::{F32_MODEL, INT8_MODEL};
+use crate::common::{load, load_path, model_path, npy, pearson, reference_dir, reference_images};
+use crate::common::{F32_MODEL, INT8_MODEL};
 use iscamd::cam::{self, CamParams, Method, Selection};
 use iscamd::model::{softmax, top_k, Classifier};
 use tract_onnx::prelude::tract_ndarray::{Array3, Array4, Axis, Ix4};

@@ -1,14 +1,12 @@
 //! `[metrics] listen`: a Prometheus endpoint whose text `promtool check metrics` accepts
 //! and whose counters match the stats payload.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use common::broker::{free_port, Mosquitto};
-use common::daemon::*;
-use common::process::Daemon;
+use crate::common::broker::{free_port, Mosquitto};
+use crate::common::daemon::*;
+use crate::common::process::Daemon;
 
 /// `GET /metrics` over plain HTTP/1.0: the body of a 200 answer.
 fn scrape(port: u16) -> String {

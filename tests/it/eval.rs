@@ -1,10 +1,8 @@
 //! `iscamd eval` end to end on real images: reports, resume, and refusals.
 
-mod common;
-
 use std::process::{Command, Output};
 
-use common::{image, images_dir, load, model_path, F32_MODEL};
+use crate::common::{image, images_dir, load, model_path, F32_MODEL};
 use iscamd::analysis::Analysis;
 use iscamd::cam::CamParams;
 use iscamd::source::decode_image;

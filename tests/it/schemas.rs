@@ -1,10 +1,8 @@
 //! docs/schemas/: one schema per payload the daemon names, and the command schema accepts
 //! what docs/mqtt.md shows and refuses what the daemon refuses. The daemon's own payloads
-//! are checked in every integration test that observes them (tests/common/schemas.rs).
+//! are checked in every integration test that observes them (tests/it/common/schemas.rs).
 
-mod common;
-
-use common::schemas::Schemas;
+use crate::common::schemas::Schemas;
 use serde_json::{json, Value};
 
 /// Every `"iscamd.<kind>/<n>"` the sources name.

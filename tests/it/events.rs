@@ -2,15 +2,13 @@
 //! a laid-out image sequence with the real model: class A for 10 frames, then B, then A,
 //! then flicker between B and A.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::broker::{retained, Mosquitto, Observer, Received};
-use common::daemon::{topic, write_config_with_source};
-use common::process::Daemon;
-use common::streams::frames;
+use crate::common::broker::{retained, Mosquitto, Observer, Received};
+use crate::common::daemon::{topic, write_config_with_source};
+use crate::common::process::Daemon;
+use crate::common::streams::frames;
 use serde_json::Value;
 
 /// Two images SqueezeNet is sure of, and their classes.

@@ -1,11 +1,9 @@
 //! The CAM library against the PyTorch reference maps of ../shared/reference, fed the
 //! reference input tensors (docs/maps.md).
 
-mod common;
-
 use std::time::Instant;
 
-use common::{load, npy, pearson, reference_dir, reference_images, F32_MODEL};
+use crate::common::{load, npy, pearson, reference_dir, reference_images, F32_MODEL};
 use iscamd::cam::{self, CamParams, Explanation, Weighting};
 use iscamd::model::{softmax, top_k, Classifier};
 use tract_onnx::prelude::tract_ndarray::{Array3, Axis, Ix3, Ix4};

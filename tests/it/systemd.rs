@@ -4,16 +4,14 @@
 //! hangs starves the watchdog; a stage that dies ends the daemon with a failure (both
 //! through faults of the `test-hooks` feature, which the test command turns on).
 
-mod common;
-
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::broker::{retained, Mosquitto};
-use common::process::Daemon;
-use common::{images_dir, model_path, F32_MODEL};
+use crate::common::broker::{retained, Mosquitto};
+use crate::common::process::Daemon;
+use crate::common::{images_dir, model_path, F32_MODEL};
 
 const UNIT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/iscamd.service");
 const TEMPLATE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/iscamd@.service");

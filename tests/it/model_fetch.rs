@@ -5,14 +5,12 @@
 //! The server is a few lines of std: it must misbehave on purpose (announce a length and
 //! close early), which a stock file server does not.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Shutdown, TcpListener};
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{image, model_path, F32_MODEL};
+use crate::common::{image, model_path, F32_MODEL};
 
 /// Serves `/squeezenet1.0.onnx` (the shared float model) whole, `/short.onnx` cut off
 /// after half its announced length, and 404 for anything else. Returns its port.

@@ -2,9 +2,7 @@
 //! against onnxruntime's figures (../shared/models/MODELS.md), preprocessing against the
 //! reference tensors, and heatmaps end to end.
 
-mod common;
-
-use common::{
+use crate::common::{
     accuracy, image, load, mean_map_r, npy, pearson, reference_dir, reference_images, F32_MODEL,
     INT8_MODEL,
 };
@@ -34,7 +32,7 @@ fn f32_accuracy_matches_onnxruntime() {
 }
 
 /// CI checks the int8 model's top-1 against ONNX Runtime image by image
-/// (tests/ort_backend.rs, `int8_logits_agree_with_tract`); this is the aggregate figure.
+/// (tests/it/ort_backend.rs, `int8_logits_agree_with_tract`); this is the aggregate figure.
 #[test]
 #[ignore = "heavy: scripts/test-heavy.sh"]
 fn int8_accuracy_matches_onnxruntime() {
@@ -127,7 +125,7 @@ fn split_batches_match_batched_plans() {
 
     let load_as = |batch_plan| {
         Classifier::load(&ModelOptions {
-            path: common::model_path(F32_MODEL),
+            path: crate::common::model_path(F32_MODEL),
             backend: BackendOptions::Tract(TractOptions {
                 batch_plan,
                 ..Default::default()
@@ -186,7 +184,7 @@ fn tuned_plans_compute_what_stock_tract_computes() {
 
     let forward = |model, kernels, batch_plan, batch: &Array4<f32>| {
         let classifier = Classifier::load(&ModelOptions {
-            path: common::model_path(model),
+            path: crate::common::model_path(model),
             backend: BackendOptions::Tract(TractOptions {
                 batch_plan,
                 kernels,

@@ -1,14 +1,13 @@
 //! The ONNX Runtime backend (feature `ort`, CPU provider) against tract: logits of both
 //! shipped models on every sample image, and CAM maps on the reference inputs.
 //! Needs libonnxruntime: $ORT_DYLIB_PATH, else the one in python3's onnxruntime wheel.
-#![cfg(feature = "ort")]
-
-mod common;
 
 use std::path::PathBuf;
 
-use common::{labelled_images, load, model_path, npy, pearson, reference_dir, reference_images};
-use common::{F32_MODEL, INT8_MODEL};
+use crate::common::{
+    labelled_images, load, model_path, npy, pearson, reference_dir, reference_images,
+};
+use crate::common::{F32_MODEL, INT8_MODEL};
 use iscamd::analysis::Analysis;
 use iscamd::cam::{self, CamParams};
 use iscamd::model::{
@@ -204,7 +203,7 @@ fn a_missing_library_is_a_clear_error() {
 /// The same frame through `Analysis`, as the daemon runs it: same prediction either way.
 #[test]
 fn analysis_is_backend_independent() {
-    let frame = decode_image(&common::image("n01440764_tench")).unwrap();
+    let frame = decode_image(&crate::common::image("n01440764_tench")).unwrap();
     let a = Analysis::of_frame(&load(F32_MODEL), frame.clone()).unwrap();
     let b = Analysis::of_frame(&load_ort(F32_MODEL), frame).unwrap();
     assert_eq!(top_k(&a.probabilities, 5), top_k(&b.probabilities, 5));

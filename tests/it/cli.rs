@@ -1,12 +1,10 @@
 //! The `iscamd` binary end to end: output formats, files written, and bad input of every
 //! kind getting a one-line error that names it — never a panic.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{image, model_path, F32_MODEL};
+use crate::common::{image, model_path, F32_MODEL};
 use image::{GrayImage, RgbImage, RgbaImage};
 
 fn iscamd(args: &[&str]) -> Output {

@@ -2,16 +2,14 @@
 //! changed `[cam]` reaches the next heatmap without a reconnect or a gap in seq, a broken
 //! config is refused while predictions go on, and a new model file runs the next frames.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::broker::{Mosquitto, Observer};
-use common::daemon::*;
-use common::process::Daemon;
-use common::{image, model_path, F32_MODEL, INT8_MODEL};
+use crate::common::broker::{Mosquitto, Observer};
+use crate::common::daemon::*;
+use crate::common::process::Daemon;
+use crate::common::{image, model_path, F32_MODEL, INT8_MODEL};
 
 fn hup(daemon: &Daemon) {
     let sent = Command::new("kill")
@@ -191,12 +189,12 @@ fn a_new_model_file_runs_the_next_frames() {
             &model.display().to_string(),
         )
         .replace(
-            &common::images_dir().display().to_string(),
+            &crate::common::images_dir().display().to_string(),
             &tench.display().to_string(),
         );
     std::fs::write(&config, text).unwrap();
     let mut daemon = Daemon::start(&config, dir.path());
-    let score = |p: &common::broker::Received| p.json()["top"][0]["score"].as_f64().unwrap();
+    let score = |p: &crate::common::broker::Received| p.json()["top"][0]["score"].as_f64().unwrap();
 
     let f32_score = classify_score(&model_path(F32_MODEL), &tench);
     let int8_score = classify_score(&model_path(INT8_MODEL), &tench);

@@ -1,15 +1,13 @@
 //! `iscamd run` end to end against a real mosquitto: the MQTT contract of docs/mqtt.md.
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
+use crate::common::broker::{retained, Mosquitto, Observer};
+use crate::common::daemon::*;
+use crate::common::process::Daemon;
+use crate::common::{images_dir, model_path, F32_MODEL};
 use base64::Engine;
-use common::broker::{retained, Mosquitto, Observer};
-use common::daemon::*;
-use common::process::Daemon;
-use common::{images_dir, model_path, F32_MODEL};
 
 fn check_prediction(p: &serde_json::Value) {
     check_prediction_for(p, DEVICE)
@@ -172,7 +170,8 @@ fn every_payload_names_its_run_and_a_restart_starts_a_new_one() {
     for _ in 0..2 {
         let since = std::time::Instant::now();
         let mut daemon = Daemon::start(&config, dir.path());
-        let fresh = |m: &[common::broker::Received]| m.iter().filter(|r| r.at > since).count();
+        let fresh =
+            |m: &[crate::common::broker::Received]| m.iter().filter(|r| r.at > since).count();
         observer.wait_for(
             &topic("heatmap"),
             Duration::from_secs(60),
@@ -498,7 +497,7 @@ fn broker_outage_loses_no_qos1_prediction() {
 
 #[test]
 fn starts_without_a_broker_and_connects_when_it_appears() {
-    let port = common::broker::free_port();
+    let port = crate::common::broker::free_port();
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), port, 5, "[cam]\ninterval = \"0s\"\n");
     let mut daemon = Daemon::start(&config, dir.path());
@@ -524,7 +523,7 @@ fn starts_without_a_broker_and_connects_when_it_appears() {
 /// the daemon's client id for the daemon.
 #[test]
 fn the_embedded_broker_asks_for_the_login_and_keeps_the_daemons_client_id() {
-    let port = common::broker::free_port();
+    let port = crate::common::broker::free_port();
     let dir = tempfile::tempdir().unwrap();
     let password_file = dir.path().join("password");
     std::fs::write(&password_file, "s3cret\n").unwrap();
@@ -547,12 +546,12 @@ fn the_embedded_broker_asks_for_the_login_and_keeps_the_daemons_client_id() {
     )
     .unwrap();
     let mut daemon = Daemon::start(&config, dir.path());
-    common::broker::wait_for_port(port);
+    crate::common::broker::wait_for_port(port);
     let login = Some(("viewer", "s3cret"));
     let observer = Observer::connect_as(port, &topic("prediction"), login);
     first_prediction(&observer);
 
-    use common::broker::accepts;
+    use crate::common::broker::accepts;
     assert!(!accepts(port, "anonymous", None), "no login");
     assert!(
         !accepts(port, "guess", Some(("viewer", "wrong"))),
@@ -582,7 +581,7 @@ fn the_embedded_broker_asks_for_the_login_and_keeps_the_daemons_client_id() {
 
 #[test]
 fn zero_setup_runs_its_own_broker() {
-    let port = common::broker::free_port();
+    let port = crate::common::broker::free_port();
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("iscamd.log");
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_iscamd"))
@@ -600,7 +599,7 @@ fn zero_setup_runs_its_own_broker() {
         .spawn()
         .unwrap();
     let mut daemon = Daemon { child, log };
-    common::broker::wait_for_port(port);
+    crate::common::broker::wait_for_port(port);
     let observer = Observer::connect(port, "iscamd/zero/#");
     let predictions = observer.wait_for(
         "iscamd/zero/prediction",
@@ -788,7 +787,7 @@ fn a_256_mib_command_costs_a_reconnect_and_nothing_else() {
     let log = wait_for_log(&daemon, "lost the broker", Duration::from_secs(60));
     let reason = log.lines().find(|l| l.contains("lost the broker")).unwrap();
     eprintln!("{reason}");
-    let after = |m: &[common::broker::Received]| m.iter().filter(|r| r.at > sent).count();
+    let after = |m: &[crate::common::broker::Received]| m.iter().filter(|r| r.at > sent).count();
     observer.wait_for(
         &topic("prediction"),
         Duration::from_secs(60),
@@ -927,7 +926,7 @@ fn a_still_scene_gets_few_predictions_by_default_and_seq_has_no_gaps() {
     let started = std::time::Instant::now();
     let mut daemon = Daemon::start(&config, dir.path());
     let processed =
-        |m: &common::broker::Received| m.json()["frames_processed"].as_u64().unwrap_or(0);
+        |m: &crate::common::broker::Received| m.json()["frames_processed"].as_u64().unwrap_or(0);
     observer.wait_for(
         &topic("stats"),
         Duration::from_secs(60),
@@ -1030,7 +1029,7 @@ fn live_maps_fill_the_frames_between_full_maps_and_never_outlive_their_class() {
         ("f", "n02643566_lionfish"),
     ] {
         std::fs::copy(
-            common::image(stem),
+            crate::common::image(stem),
             scene.path().join(format!("{name}.JPEG")),
         )
         .unwrap();

@@ -3,13 +3,11 @@
 //! when the model changes. Speed itself is not asserted (no timings in tests); the check
 //! is which candidate wins against kernels several times slower.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use common::{model_path, F32_MODEL};
+use crate::common::{model_path, F32_MODEL};
 use iscamd::model::kernels::{Candidate, Choice, Chosen, InFlight, Matmul};
 use iscamd::model::{BackendOptions, Classifier, ModelOptions, TractOptions};
 

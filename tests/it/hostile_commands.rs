@@ -1,12 +1,10 @@
 //! Commands meant to tie the daemon up, against a real mosquitto: maps over the cost
 //! budget, floods of explain requests, oversized retained commands, ambiguous payloads.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::broker::{retained, Received};
-use common::daemon::*;
+use crate::common::broker::{retained, Received};
+use crate::common::daemon::*;
 
 fn result_for<'a>(results: &'a [Received], id: &str) -> Option<&'a Received> {
     results.iter().find(|r| r.json()["id"] == id)

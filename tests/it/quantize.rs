@@ -2,13 +2,11 @@
 //! then load the result in iscamd and check it against the f32 model. Needs python3 with
 //! onnx, onnxruntime, pillow and numpy (.ci/run installs them); without them the tests fail.
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{accuracy, images_dir, load, load_path, mean_map_r, model_path, F32_MODEL};
+use crate::common::{accuracy, images_dir, load, load_path, mean_map_r, model_path, F32_MODEL};
 use iscamd::analysis::Analysis;
 use iscamd::source::decode_image;
 use tract_onnx::prelude::Framework;
@@ -87,12 +85,12 @@ fn quantized_model_keeps_accuracy_and_maps() {
         head.description
     );
     let cam = iscamd::cam::spec::parse("cam").unwrap();
-    let frame = decode_image(&common::image("n01440764_tench")).unwrap();
+    let frame = decode_image(&crate::common::image("n01440764_tench")).unwrap();
     let map = |model: &iscamd::model::Classifier| {
         let analysis = Analysis::of_frame(model, frame.clone()).unwrap();
         analysis.explain(model, Some(0), &cam, 1).unwrap().map
     };
-    let r = common::pearson(
+    let r = crate::common::pearson(
         map(&f32_model).as_slice().unwrap(),
         map(&int8_model).as_slice().unwrap(),
     );

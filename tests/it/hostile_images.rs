@@ -2,14 +2,12 @@
 //! line, the process stays small (peak RSS measured by the kernel for the child), and
 //! nothing blocks.
 
-mod common;
-
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{image, model_path, F32_MODEL};
+use crate::common::{image, model_path, F32_MODEL};
 
 const MAX_PEAK_RSS_MB: u64 = 300;
 /// How much longer than classifying a good image a refused input may take.

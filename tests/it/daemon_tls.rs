@@ -1,14 +1,12 @@
 //! TLS and password authentication against a real mosquitto with certificates made here.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::broker::{free_port, Mosquitto, Observer};
-use common::process::Daemon;
-use common::{images_dir, model_path, F32_MODEL};
+use crate::common::broker::{free_port, Mosquitto, Observer};
+use crate::common::process::Daemon;
+use crate::common::{images_dir, model_path, F32_MODEL};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 
 /// Writes ca.pem (and another, unrelated other-ca.pem), server.pem and server.key.
