@@ -5,9 +5,14 @@
 use crate::common::schemas::Schemas;
 use serde_json::{json, Value};
 
-/// Every `"iscamd.<kind>/<n>"` the sources name.
+/// Every `"iscamd.<kind>/<n>"` the code that publishes names: the daemon's stages and
+/// what they publish.
 fn schema_names_in_sources() -> Vec<String> {
-    let mut dirs = vec![std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src")];
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut dirs: Vec<_> = ["publish", "daemon", "events", "telemetry"]
+        .iter()
+        .map(|d| src.join(d))
+        .collect();
     let mut files = Vec::new();
     while let Some(dir) = dirs.pop() {
         for entry in std::fs::read_dir(dir).unwrap() {
