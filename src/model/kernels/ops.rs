@@ -25,6 +25,8 @@ pub enum PoolIsa {
 impl PoolIsa {
     /// The forms this CPU can run, baseline first.
     pub fn available() -> Vec<PoolIsa> {
+        // Only x86 adds forms: elsewhere the list stays as it starts.
+        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
         let mut forms = vec![PoolIsa::Baseline];
         #[cfg(target_arch = "x86_64")]
         {
