@@ -42,7 +42,9 @@ CROSS_SYSROOT_PACKAGES=(libc6-dev libgcc-s1 libgstreamer1.0-dev libgstreamer-plu
 # Downloads and unpacks the sysroot (no root needed, nothing installed on this machine):
 # apt with a state of its own, pointed at the Debian mirror this machine uses.
 cross_sysroot() {
-  [ "$(cat "$CROSS_SYSROOT/.packages" 2>/dev/null)" = "${CROSS_SYSROOT_PACKAGES[*]}" ] && return
+  # Made again when the packages or its path change: its links hold its path.
+  local stamp="$CROSS_SYSROOT ${CROSS_SYSROOT_PACKAGES[*]}"
+  [ "$(cat "$CROSS_SYSROOT/.packages" 2>/dev/null)" = "$stamp" ] && return
   local apt=$CROSS_SYSROOT.apt mirror
   mirror=$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -1)
   [ -n "$mirror" ] || mirror=$(awk '$1 == "deb" && $2 ~ /^http/ {print $2; exit}' /etc/apt/sources.list 2>/dev/null)
@@ -70,7 +72,7 @@ cross_sysroot() {
   sed -i '/^Requires.private:/d' "$CROSS_SYSROOT"/usr/lib/aarch64-linux-gnu/pkgconfig/*.pc
   rm -rf "$apt"
   du -sh "$CROSS_SYSROOT" | sed 's/\t.*/: the aarch64 sysroot (Debian 11)/'
-  echo "${CROSS_SYSROOT_PACKAGES[*]}" >"$CROSS_SYSROOT/.packages"
+  echo "$stamp" >"$CROSS_SYSROOT/.packages"
 }
 
 # cross_check_glibc BINARY: prints the highest glibc symbol version BINARY needs, and
