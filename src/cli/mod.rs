@@ -170,7 +170,7 @@ impl ModelArgs {
 
     /// The default model (see [`iscamd::model::fetch::model_dirs`]).
     pub fn default_model_path() -> Result<PathBuf> {
-        iscamd::model::fetch::default_model_path().map_err(anyhow::Error::msg)
+        Ok(iscamd::model::fetch::default_model_path()?)
     }
 
     pub fn threads(&self) -> usize {

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Result};
 use clap::{Args, Subcommand};
+use iscamd::error::with_causes;
 use iscamd::model::annotate::{self, Metadata};
 use iscamd::model::fetch::{self, Download};
 
@@ -158,7 +159,7 @@ fn fetch(args: FetchArgs) -> Result<ExitCode> {
     }
     let dir = match args.dir {
         Some(d) => d,
-        None => fetch::download_dir().map_err(|e| anyhow!(e))?,
+        None => fetch::download_dir()?,
     };
     let dest = dir.join(&name);
     eprintln!("downloading {} → {}", download.url, dest.display());
@@ -173,7 +174,7 @@ fn fetch(args: FetchArgs) -> Result<ExitCode> {
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    let meta = result.map_err(|e| anyhow!("{e}; nothing was written"))?;
+    let meta = result.map_err(|e| anyhow!("{}; nothing was written", with_causes(&e)))?;
     println!("{}: sha256 ok, metadata written", dest.display());
     print_metadata(&meta);
     if name == fetch::DEFAULT_MODEL {

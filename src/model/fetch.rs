@@ -35,26 +35,36 @@ pub fn model_dirs() -> Vec<PathBuf> {
     dirs
 }
 
+/// No model, or no folder for one, where [`model_dirs`] looked.
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    #[error("no model found (looked for {}): run `iscamd model fetch`, or pass --model PATH", listed(.0))]
+    NoModel(Vec<PathBuf>),
+    #[error("none of {} exists: pass --dir DIR", listed(.0))]
+    NoDir(Vec<PathBuf>),
+}
+
+fn listed(paths: &[PathBuf]) -> String {
+    let list: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    list.join(", ")
+}
+
 /// The default model in the first folder of [`model_dirs`] that has it.
-pub fn default_model_path() -> std::result::Result<PathBuf, String> {
+pub fn default_model_path() -> std::result::Result<PathBuf, LookupError> {
     let tried: Vec<PathBuf> = model_dirs().iter().map(|d| d.join(DEFAULT_MODEL)).collect();
-    if let Some(p) = tried.iter().find(|p| p.is_file()) {
-        return Ok(p.clone());
+    match tried.iter().find(|p| p.is_file()) {
+        Some(p) => Ok(p.clone()),
+        None => Err(LookupError::NoModel(tried)),
     }
-    let list: Vec<String> = tried.iter().map(|p| p.display().to_string()).collect();
-    Err(format!(
-        "no model found (looked for {}): run `iscamd model fetch`, or pass --model PATH",
-        list.join(", ")
-    ))
 }
 
 /// Where `iscamd model fetch` writes: the first folder of [`model_dirs`] that exists.
-pub fn download_dir() -> std::result::Result<PathBuf, String> {
+pub fn download_dir() -> std::result::Result<PathBuf, LookupError> {
     let dirs = model_dirs();
-    dirs.iter().find(|d| d.is_dir()).cloned().ok_or_else(|| {
-        let list: Vec<String> = dirs.iter().map(|p| p.display().to_string()).collect();
-        format!("none of {} exists: pass --dir DIR", list.join(", "))
-    })
+    match dirs.iter().find(|d| d.is_dir()) {
+        Some(d) => Ok(d.clone()),
+        None => Err(LookupError::NoDir(dirs)),
+    }
 }
 
 /// A model to download.
@@ -68,8 +78,12 @@ pub struct Download {
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    #[error("{url}: {reason}")]
-    Transfer { url: String, reason: String },
+    #[error("{url}")]
+    Transfer {
+        url: String,
+        #[source]
+        source: TransferError,
+    },
     #[error("{url}: checksum mismatch: got sha256 {got}, expected {expected}")]
     Checksum {
         url: String,
@@ -78,6 +92,35 @@ pub enum FetchError {
     },
     #[error("{}: {reason}", path.display())]
     Write { path: PathBuf, reason: String },
+}
+
+/// Why a download stopped before its checksum could be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    #[error("the server answered HTTP {0}")]
+    Status(u16),
+    #[error("cannot connect")]
+    Connect(#[source] std::io::Error),
+    #[error(transparent)]
+    Http(ureq::Error),
+    #[error("{0} bytes is larger than a model can be")]
+    TooLarge(u64),
+    #[error("transfer cut short after {0} bytes")]
+    Interrupted(u64, #[source] std::io::Error),
+    #[error("transfer cut short: {got} of {expected} bytes")]
+    Short { got: u64, expected: u64 },
+    #[error("cannot write the download")]
+    Write(#[source] std::io::Error),
+}
+
+impl From<ureq::Error> for TransferError {
+    fn from(e: ureq::Error) -> Self {
+        match e {
+            ureq::Error::StatusCode(code) => TransferError::Status(code),
+            ureq::Error::Io(io) => TransferError::Connect(io),
+            other => TransferError::Http(other),
+        }
+    }
 }
 
 /// Progress of a download: bytes so far, and the size when the server says it.
@@ -91,9 +134,9 @@ pub fn fetch(
     progress: Progress,
 ) -> std::result::Result<Metadata, FetchError> {
     let url = download.url.as_str();
-    let transfer = |reason: String| FetchError::Transfer {
+    let transfer = |source| FetchError::Transfer {
         url: url.into(),
-        reason,
+        source,
     };
     let write = |e: std::io::Error| FetchError::Write {
         path: dest.into(),
@@ -136,17 +179,17 @@ fn copy_checked(
     url: &str,
     out: &mut std::fs::File,
     progress: Progress,
-) -> std::result::Result<String, String> {
+) -> std::result::Result<String, TransferError> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_connect(Some(Duration::from_secs(15)))
         .timeout_recv_response(Some(Duration::from_secs(30)))
         .timeout_recv_body(Some(Duration::from_secs(600)))
         .build()
         .into();
-    let mut response = agent.get(url).call().map_err(|e| describe(&e))?;
+    let mut response = agent.get(url).call()?;
     let announced = response.body().content_length();
-    if announced.is_some_and(|n| n > MAX_MODEL_BYTES) {
-        return Err(format!("{announced:?} bytes is larger than a model can be"));
+    if let Some(n) = announced.filter(|&n| n > MAX_MODEL_BYTES) {
+        return Err(TransferError::TooLarge(n));
     }
     let mut body = response
         .body_mut()
@@ -161,26 +204,20 @@ fn copy_checked(
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(format!("transfer cut short after {total} bytes: {e}")),
+            Err(e) => return Err(TransferError::Interrupted(total, e)),
         };
         digest.update(&buf[..n]);
-        out.write_all(&buf[..n])
-            .map_err(|e| format!("cannot write the download: {e}"))?;
+        out.write_all(&buf[..n]).map_err(TransferError::Write)?;
         total += n as u64;
         progress(total, announced);
     }
     if let Some(expected) = announced.filter(|&n| n != total) {
-        return Err(format!("transfer cut short: {total} of {expected} bytes"));
+        return Err(TransferError::Short {
+            got: total,
+            expected,
+        });
     }
     Ok(hex(digest.finish().as_ref()))
-}
-
-fn describe(e: &ureq::Error) -> String {
-    match e {
-        ureq::Error::StatusCode(code) => format!("the server answered HTTP {code}"),
-        ureq::Error::Io(io) => format!("cannot connect: {io}"),
-        other => other.to_string(),
-    }
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -42,9 +42,64 @@ const PASS_THROUGH: [&str; 7] = [
 const EXPECTED: &str =
     "the cam method needs a linear head after the CAM layer: a 1×1 Conv (then ReLU and GlobalAveragePool), or GlobalAveragePool → Flatten → Gemm/MatMul";
 
+/// Why the ops after the CAM layer are not a head the `cam` method can read.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum HeadError {
+    /// An op the head cannot contain.
+    #[error("the CAM layer {cam:?} leads to {op} {node:?}; {EXPECTED}")]
+    Unsupported {
+        cam: String,
+        op: String,
+        node: String,
+    },
+    /// An op of a kind the head may contain, used in a way it may not.
+    #[error("{op} {node:?} {problem}; {EXPECTED}")]
+    Op {
+        op: String,
+        node: String,
+        problem: String,
+    },
+    #[error("nothing reads {0:?} on the way to the logits; {EXPECTED}")]
+    Unread(String),
+    #[error("{tensor:?} feeds {readers} ops on the way to the logits; {EXPECTED}")]
+    Branches { tensor: String, readers: usize },
+    #[error("the graph after {0:?} has a cycle")]
+    Cycle(String),
+    /// A weight, bias or quantization parameter that cannot be read.
+    #[error("tensor {name:?} {problem}")]
+    Tensor { name: String, problem: String },
+    #[error("the head after the CAM layer ({head}) has weights for {classes} classes × {channels} channels; the model has {model_classes} classes and {model_channels} CAM channels")]
+    Mismatch {
+        head: String,
+        classes: usize,
+        channels: usize,
+        model_classes: usize,
+        model_channels: usize,
+    },
+    #[error("the model has no graph")]
+    NoGraph,
+}
+
+impl HeadError {
+    fn op(node: &NodeProto, problem: impl Into<String>) -> Self {
+        HeadError::Op {
+            op: node.op_type.clone(),
+            node: node.name.clone(),
+            problem: problem.into(),
+        }
+    }
+
+    fn tensor(name: &str, problem: impl Into<String>) -> Self {
+        HeadError::Tensor {
+            name: name.to_string(),
+            problem: problem.into(),
+        }
+    }
+}
+
 impl LinearHead {
     /// Follows the graph from the CAM layer `cam` to the `logits` output.
-    pub fn read(graph: &GraphProto, cam: &str, logits: &str) -> Result<Self, String> {
+    pub fn read(graph: &GraphProto, cam: &str, logits: &str) -> Result<Self, HeadError> {
         let g = Graph::new(graph, logits);
         let mut ops = Vec::new();
         let start = g.quantized_source(cam).unwrap_or(cam);
@@ -129,11 +184,12 @@ impl LinearHead {
     }
 }
 
-fn unsupported(cam: &str, found: &NodeProto) -> String {
-    format!(
-        "the CAM layer {cam:?} leads to {} {:?}; {EXPECTED}",
-        found.op_type, found.name
-    )
+fn unsupported(cam: &str, found: &NodeProto) -> HeadError {
+    HeadError::Unsupported {
+        cam: cam.to_string(),
+        op: found.op_type.clone(),
+        node: found.name.clone(),
+    }
 }
 
 /// Weights `[classes, channels]` and bias.
@@ -195,23 +251,26 @@ impl<'a> Graph<'a> {
     }
 
     /// The one op that reads `tensor`.
-    fn consumer(&self, tensor: &str) -> Result<&'a NodeProto, String> {
+    fn consumer(&self, tensor: &str) -> Result<&'a NodeProto, HeadError> {
         match self.consumers.get(tensor).map(Vec::as_slice) {
             Some([one]) if !one.output.is_empty() => Ok(one),
-            Some([_]) => Err(format!("the op reading {tensor:?} has no output")),
-            None | Some([]) => Err(format!(
-                "nothing reads {tensor:?} on the way to the logits; {EXPECTED}"
-            )),
-            Some(many) => Err(format!(
-                "{tensor:?} feeds {} ops on the way to the logits; {EXPECTED}",
-                many.len()
-            )),
+            Some([one]) => Err(HeadError::op(one, "has no output")),
+            None | Some([]) => Err(HeadError::Unread(tensor.to_string())),
+            Some(many) => Err(HeadError::Branches {
+                tensor: tensor.to_string(),
+                readers: many.len(),
+            }),
         }
     }
 
     /// Follows `tensor` through ops of the kinds `ops` and returns the first tensor whose
     /// reader is of another kind (or that nothing reads), noting the ops passed in `path`.
-    fn skip(&self, tensor: &str, ops: &[&str], path: &mut Vec<String>) -> Result<String, String> {
+    fn skip(
+        &self,
+        tensor: &str,
+        ops: &[&str],
+        path: &mut Vec<String>,
+    ) -> Result<String, HeadError> {
         let mut tensor = tensor.to_string();
         // A graph is acyclic, but a hostile file need not be: bound the walk.
         for _ in 0..self.producers.len() + 1 {
@@ -223,11 +282,11 @@ impl<'a> Graph<'a> {
                 _ => return Ok(tensor),
             }
         }
-        Err(format!("the graph after {tensor:?} has a cycle"))
+        Err(HeadError::Cycle(tensor))
     }
 
     /// A constant's values: an initializer, or the DequantizeLinear of one.
-    fn constant(&self, name: &str) -> Result<Constant, String> {
+    fn constant(&self, name: &str) -> Result<Constant, HeadError> {
         if let Some(t) = self.constants.get(name) {
             return Constant::decode(t);
         }
@@ -238,10 +297,11 @@ impl<'a> Graph<'a> {
             .get(name)
             .filter(|n| n.op_type == "DequantizeLinear");
         let Some(node) = dequantize else {
-            return Err(format!("{name:?} is not a constant the graph holds"));
+            return Err(HeadError::tensor(name, "is not a constant the graph holds"));
         };
-        let not_constant = || format!("{name:?} dequantizes a tensor that is not a constant");
-        let input = |i: usize| -> Option<Result<Constant, String>> {
+        let not_constant =
+            || HeadError::tensor(name, "dequantizes a tensor that is not a constant");
+        let input = |i: usize| -> Option<Result<Constant, HeadError>> {
             let t = node.input.get(i).filter(|n| !n.is_empty())?;
             Some(
                 self.constants
@@ -266,12 +326,15 @@ impl<'a> Graph<'a> {
         .ok()
         .filter(|&a| a < q.dims.len().max(1));
         let Some(axis) = axis else {
-            return Err(format!("{name:?} is dequantized along a missing axis"));
+            return Err(HeadError::tensor(
+                name,
+                "is dequantized along a missing axis",
+            ));
         };
         let along = q.dims.get(axis).copied().unwrap_or(1);
         let inner: usize = q.dims.iter().skip(axis + 1).product();
-        let scale = per_row_values(&scale.values, along, "scale")?;
-        let zero = per_row_values(&zero, along, "zero point")?;
+        let scale = per_row_values(&scale.values, along, name, "scale")?;
+        let zero = per_row_values(&zero, along, name, "zero point")?;
         let values = q
             .values
             .iter()
@@ -285,7 +348,7 @@ impl<'a> Graph<'a> {
     }
 
     /// Weights `[M, C]` and bias of a 1×1 `Conv` or `QLinearConv`.
-    fn conv(&self, node: &NodeProto) -> Result<Linear, String> {
+    fn conv(&self, node: &NodeProto) -> Result<Linear, HeadError> {
         let ints = |name: &str| {
             node.attribute
                 .iter()
@@ -300,31 +363,27 @@ impl<'a> Graph<'a> {
         if group.is_some_and(|g| g != 1)
             || ints("strides").is_some_and(|s| s.iter().any(|&v| v != 1))
         {
-            return Err(format!(
-                "{} {:?} is grouped or strided; {EXPECTED}",
-                node.op_type, node.name
-            ));
+            return Err(HeadError::op(node, "is grouped or strided"));
         }
         let input = |i: usize| node.input.get(i).filter(|n| !n.is_empty());
-        let missing = || format!("{} {:?} lacks an input", node.op_type, node.name);
+        let missing = || HeadError::op(node, "lacks an input");
         let quantized = node.op_type == "QLinearConv";
         let (w_at, b_at) = if quantized { (3, 8) } else { (1, 2) };
         let mut w = self.constant(input(w_at).ok_or_else(missing)?)?;
         if w.dims.len() != 4 || w.dims[2] != 1 || w.dims[3] != 1 {
-            return Err(format!(
-                "{} {:?} has weights of shape {:?}, not [M, C, 1, 1]; {EXPECTED}",
-                node.op_type, node.name, w.dims
-            ));
+            let problem = format!("has weights of shape {:?}, not [M, C, 1, 1]", w.dims);
+            return Err(HeadError::op(node, problem));
         }
         let (m, c) = (w.dims[0], w.dims[1]);
         let mut bias_scale = vec![1.0; m];
         if quantized {
-            let scalar = |i: usize| -> Result<Vec<f32>, String> {
-                Ok(self.constant(input(i).ok_or_else(missing)?)?.values)
+            let per_row = |i: usize, rows: usize, what: &str| -> Result<Vec<f32>, HeadError> {
+                let name = input(i).ok_or_else(missing)?;
+                per_row_values(&self.constant(name)?.values, rows, name, what)
             };
-            let w_scale = per_row_values(&scalar(4)?, m, "weight scale")?;
-            let w_zero = per_row_values(&scalar(5)?, m, "weight zero point")?;
-            let x_scale = per_row_values(&scalar(1)?, 1, "input scale")?[0];
+            let w_scale = per_row(4, m, "weight scale")?;
+            let w_zero = per_row(5, m, "weight zero point")?;
+            let x_scale = per_row(1, 1, "input scale")?[0];
             for (i, v) in w.values.iter_mut().enumerate() {
                 *v = (*v - w_zero[i / c]) * w_scale[i / c];
             }
@@ -332,38 +391,35 @@ impl<'a> Graph<'a> {
         }
         let bias = match input(b_at) {
             Some(b) => {
-                let b = per_row_values(&self.constant(b)?.values, m, "bias")?;
+                let b = per_row_values(&self.constant(b)?.values, m, b, "bias")?;
                 b.iter().zip(&bias_scale).map(|(b, s)| b * s).collect()
             }
             None => vec![0.0; m],
         };
-        let weights = Array2::from_shape_vec((m, c), w.values).map_err(|e| e.to_string())?;
+        let weights = Array2::from_shape_vec((m, c), w.values)
+            .map_err(|e| HeadError::op(node, format!("has weights that are no matrix: {e}")))?;
         Ok((weights, bias))
     }
 
     /// Weights `[M, C]`, bias and output tensor of a `Gemm`, or of a `MatMul` and the
     /// `Add` of a constant after it.
-    fn dense(&self, node: &NodeProto) -> Result<(Linear, String), String> {
+    fn dense(&self, node: &NodeProto) -> Result<(Linear, String), HeadError> {
         let attr = |name: &str| node.attribute.iter().find(|a| a.name == name);
         let b = node
             .input
             .get(1)
-            .ok_or_else(|| format!("{:?} lacks weights", node.name))?;
+            .ok_or_else(|| HeadError::op(node, "lacks weights"))?;
         let b = self.constant(b)?;
         let [rows, cols] = b.dims[..] else {
-            return Err(format!(
-                "{} {:?} has weights of shape {:?}, not 2-D",
-                node.op_type, node.name, b.dims
-            ));
+            let problem = format!("has weights of shape {:?}, not 2-D", b.dims);
+            return Err(HeadError::op(node, problem));
         };
-        let b_matrix = Array2::from_shape_vec((rows, cols), b.values).map_err(|e| e.to_string())?;
+        let b_matrix = Array2::from_shape_vec((rows, cols), b.values)
+            .map_err(|e| HeadError::op(node, format!("has weights that are no matrix: {e}")))?;
         match node.op_type.as_str() {
             "Gemm" => {
                 if attr("transA").is_some_and(|a| a.i != 0) {
-                    return Err(format!(
-                        "Gemm {:?} transposes its input; {EXPECTED}",
-                        node.name
-                    ));
+                    return Err(HeadError::op(node, "transposes its input"));
                 }
                 let alpha = attr("alpha").map_or(1.0, |a| a.f);
                 let beta = attr("beta").map_or(1.0, |a| a.f);
@@ -374,7 +430,7 @@ impl<'a> Graph<'a> {
                 };
                 let m = w.nrows();
                 let bias = match node.input.get(2).filter(|n| !n.is_empty()) {
-                    Some(c) => per_row_values(&self.constant(c)?.values, m, "bias")?,
+                    Some(c) => per_row_values(&self.constant(c)?.values, m, c, "bias")?,
                     None => vec![0.0; m],
                 };
                 let bias = bias.iter().map(|v| v * beta).collect();
@@ -390,17 +446,14 @@ impl<'a> Graph<'a> {
                             .input
                             .iter()
                             .find(|i| **i != out)
-                            .ok_or("Add of itself")?;
-                        let bias = per_row_values(&self.constant(other)?.values, m, "bias")?;
+                            .ok_or_else(|| HeadError::op(add, "adds a tensor to itself"))?;
+                        let bias = per_row_values(&self.constant(other)?.values, m, other, "bias")?;
                         Ok(((w, bias), add.output[0].clone()))
                     }
                     _ => Ok(((w, vec![0.0; m]), out)),
                 }
             }
-            _ => Err(format!(
-                "the CAM layer's pool leads to {} {:?}; {EXPECTED}",
-                node.op_type, node.name
-            )),
+            _ => Err(HeadError::op(node, "follows the CAM layer's pool")),
         }
     }
 }
@@ -415,17 +468,20 @@ impl Constant {
     /// Float, 8-bit and 32-bit integer tensors, stored raw or in typed fields. Written here
     /// because tract's loader panics on tensor types it does not know, and a hostile model
     /// file must get an error instead.
-    fn decode(t: &TensorProto) -> Result<Self, String> {
+    fn decode(t: &TensorProto) -> Result<Self, HeadError> {
         let name = &t.name;
         let dims = t
             .dims
             .iter()
-            .map(|&d| usize::try_from(d).map_err(|_| format!("tensor {name:?} has dimension {d}")))
+            .map(|&d| {
+                usize::try_from(d)
+                    .map_err(|_| HeadError::tensor(name, format!("has dimension {d}")))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let len = dims
             .iter()
             .try_fold(1usize, |n, &d| n.checked_mul(d))
-            .ok_or_else(|| format!("tensor {name:?} is too large"))?;
+            .ok_or_else(|| HeadError::tensor(name, "is too large"))?;
         let raw = &t.raw_data;
         let words = |f: fn([u8; 4]) -> f32| -> Vec<f32> {
             raw.chunks_exact(4)
@@ -441,26 +497,36 @@ impl Constant {
             (6, false) => words(|b| i32::from_le_bytes(b) as f32),
             (2 | 3 | 6, true) => t.int32_data.iter().map(|&v| v as f32).collect(),
             (other, _) => {
-                return Err(format!(
-                    "tensor {name:?} has ONNX data type {other}; the head's weights must be float, int8, uint8 or int32"
+                return Err(HeadError::tensor(
+                    name,
+                    format!("has ONNX data type {other}; the head's weights must be float, int8, uint8 or int32"),
                 ))
             }
         };
         if values.len() != len {
-            return Err(format!(
-                "tensor {name:?} holds {} values for shape {dims:?} (external data is not read)",
+            let problem = format!(
+                "holds {} values for shape {dims:?} (external data is not read)",
                 values.len()
-            ));
+            );
+            return Err(HeadError::tensor(name, problem));
         }
         Ok(Constant { dims, values })
     }
 }
 
-/// One value per row from a scalar or a per-row vector.
-fn per_row_values(values: &[f32], rows: usize, what: &str) -> Result<Vec<f32>, String> {
+/// One value per row from a scalar or a per-row vector (the tensor `name`).
+fn per_row_values(
+    values: &[f32],
+    rows: usize,
+    name: &str,
+    what: &str,
+) -> Result<Vec<f32>, HeadError> {
     match values.len() {
         1 => Ok(vec![values[0]; rows]),
         n if n == rows => Ok(values.to_vec()),
-        n => Err(format!("a {what} of {n} values for {rows} rows")),
+        n => Err(HeadError::tensor(
+            name,
+            format!("is a {what} of {n} values for {rows} rows"),
+        )),
     }
 }

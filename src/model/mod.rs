@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use tract_onnx::prelude::tract_ndarray::{Array2, Array4, ArrayD, ArrayView4, Ix4};
 
 pub use backend::{Backend, BackendKind, OrtOptions, Provider};
-pub use head::LinearHead;
+pub use head::{HeadError, LinearHead};
 pub use labels::Labels;
 use onnx::OnnxFile;
 pub use preprocess::{ChannelOrder, Preprocess, PreprocessMetadata, PreprocessOverrides};
@@ -55,13 +55,17 @@ impl BatchPlan {
         }
     }
 
-    pub fn parse(s: &str) -> std::result::Result<Self, String> {
+    pub fn parse(s: &str) -> std::result::Result<Self, UnknownPlan> {
         [BatchPlan::Split, BatchPlan::Batched, BatchPlan::Symbolic]
             .into_iter()
             .find(|p| p.name() == s)
-            .ok_or_else(|| format!("unknown plan {s:?}: expected split, batched or symbolic"))
+            .ok_or_else(|| UnknownPlan(s.to_string()))
     }
 }
+
+#[derive(Debug, thiserror::Error)]
+#[error("unknown plan {0:?}: expected split, batched or symbolic")]
+pub struct UnknownPlan(String);
 
 /// What to load and how to read it; `None` fields come from the model's metadata.
 #[derive(Clone, Debug, Default)]
@@ -135,7 +139,7 @@ pub struct Classifier {
     labels: Labels,
     cam: Option<CamLayer>,
     /// The classifier's weights over the CAM layer, or why they cannot be read.
-    head: Option<std::result::Result<LinearHead, String>>,
+    head: Option<std::result::Result<LinearHead, HeadError>>,
     classes: usize,
     /// The output holds probabilities (metadata `output_kind=probabilities`): logits
     /// are recovered as their logarithm, so that softmax gives them back.
@@ -162,7 +166,7 @@ impl Classifier {
             preprocessing(input.side, &metadata, options).map_err(|e| Error::model(&path, e))?;
         let input_size = preprocess.input_size as usize;
         let head = outputs.cam.as_ref().map(|cam| {
-            let graph = onnx.proto.graph.as_ref().ok_or("the model has no graph")?;
+            let graph = onnx.proto.graph.as_ref().ok_or(HeadError::NoGraph)?;
             LinearHead::read(graph, cam, &outputs.logits)
         });
         let backend = open_backend(options, onnx, &input.name, &outputs, input_size)?;
@@ -436,17 +440,18 @@ fn head_fits(
     head: LinearHead,
     classes: usize,
     cam: Option<&CamLayer>,
-) -> std::result::Result<LinearHead, String> {
+) -> std::result::Result<LinearHead, HeadError> {
     let channels = cam.map_or(0, |c| c.channels);
     if head.classes() == classes && head.channels() == channels {
         return Ok(head);
     }
-    Err(format!(
-        "the head after the CAM layer ({}) has weights for {} classes × {} channels; the model has {classes} classes and {channels} CAM channels",
-        head.description,
-        head.classes(),
-        head.channels()
-    ))
+    Err(HeadError::Mismatch {
+        classes: head.classes(),
+        channels: head.channels(),
+        head: head.description,
+        model_classes: classes,
+        model_channels: channels,
+    })
 }
 
 /// Softmax of a row of logits, computed in f64 for stable tails.

@@ -12,7 +12,7 @@ use prost::Message;
 use tract_onnx::pb;
 
 use super::{Backend, OrtOptions, Provider};
-use crate::error::{Error, Result};
+use crate::error::{with_causes, Error, Result};
 
 /// ONNX Runtime once loaded, with its environment: the first library loaded serves the
 /// whole process (it cannot be unloaded or replaced).
@@ -39,7 +39,7 @@ impl OrtBackend {
     ) -> Result<Self> {
         let fail =
             |what: &str, e: &dyn std::fmt::Display| Error::model(path, format!("{what}: {e}"));
-        let environment = load_library(options).map_err(|e| Error::model(path, e))?;
+        let environment = load_library(options).map_err(|e| Error::model(path, with_causes(&e)))?;
 
         let graph = proto
             .graph
@@ -148,44 +148,57 @@ fn list(providers: &[Provider]) -> String {
         .join(", ")
 }
 
+/// Why libonnxruntime cannot be loaded.
+#[derive(Debug, thiserror::Error)]
+enum LoadError {
+    #[error("ONNX Runtime library {} does not exist (set [model] ort_library or ORT_DYLIB_PATH)", .0.display())]
+    Missing(PathBuf),
+    #[error("ONNX Runtime is already loaded from {}; one process cannot load {} too", .loaded.display(), .wanted.display())]
+    Twice { loaded: PathBuf, wanted: PathBuf },
+    #[error(
+        "backend \"ort\" needs ONNX Runtime: set [model] ort_library or ORT_DYLIB_PATH to \
+             libonnxruntime.so (the onnxruntime pip wheel ships one; docs/backends.md)"
+    )]
+    NotConfigured,
+    #[error("cannot load ONNX Runtime from {}", .path.display())]
+    Load {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
 /// Loads libonnxruntime once per process, from the configured path or `ORT_DYLIB_PATH`.
 fn load_library(
     options: &OrtOptions,
-) -> std::result::Result<&'static ort::environment::Environment, String> {
+) -> std::result::Result<&'static ort::environment::Environment, LoadError> {
     let mut loaded = LOADED.lock().expect("ONNX Runtime loader poisoned");
     let wanted = options
         .library
         .clone()
         .or_else(|| std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from));
     if let Some(w) = wanted.as_ref().filter(|w| !w.is_file()) {
-        return Err(format!(
-            "ONNX Runtime library {} does not exist (set [model] ort_library or ORT_DYLIB_PATH)",
-            w.display()
-        ));
+        return Err(LoadError::Missing(w.clone()));
     }
     if let Some((path, environment)) = loaded.as_ref() {
         return match wanted {
-            Some(w) if &w != path => Err(format!(
-                "ONNX Runtime is already loaded from {}; one process cannot load {} too",
-                path.display(),
-                w.display()
-            )),
+            Some(w) if &w != path => Err(LoadError::Twice {
+                loaded: path.clone(),
+                wanted: w,
+            }),
             _ => Ok(environment),
         };
     }
-    let path = wanted.ok_or_else(|| {
-        "backend \"ort\" needs ONNX Runtime: set [model] ort_library or ORT_DYLIB_PATH to \
-         libonnxruntime.so (the onnxruntime pip wheel ships one; docs/backends.md)"
-            .to_string()
-    })?;
-    let cannot = |e: &dyn std::fmt::Display| {
-        format!("cannot load ONNX Runtime from {}: {e}", path.display())
+    let path = wanted.ok_or(LoadError::NotConfigured)?;
+    let cannot = |source: Box<dyn std::error::Error + Send + Sync>| LoadError::Load {
+        path: path.clone(),
+        source,
     };
     let environment = ort::init_from(&path)
-        .map_err(|e| cannot(&e))?
+        .map_err(|e| cannot(e.into()))?
         .with_name("iscamd")
         .build()
-        .map_err(|e| cannot(&e))?;
+        .map_err(|e| cannot(e.into()))?;
     // Lives as long as the process, as the library does.
     let environment: &'static _ = Box::leak(Box::new(environment));
     *loaded = Some((path, environment));

@@ -24,18 +24,44 @@ pub fn describe(info: &gst_video::VideoInfo) -> String {
     )
 }
 
-pub fn video_info(sample: &gst::Sample) -> Result<gst_video::VideoInfo, String> {
-    let caps = sample.caps().ok_or("a sample without caps")?;
-    gst_video::VideoInfo::from_caps(caps).map_err(|_| format!("not raw video: {caps}"))
+/// Why a sample cannot be read as a picture.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("a sample without caps")]
+    NoCaps,
+    #[error("not raw video: {0}")]
+    NotRawVideo(String),
+    #[error("a {width}x{height} frame (at most {MAX_SIDE} a side)")]
+    Size { width: u32, height: u32 },
+    #[error(
+        "the pipeline's appsink delivers {0}; iscamd reads packed RGB/BGR(x) — \
+         end the pipeline in `videoconvert ! video/x-raw,format=RGB ! appsink`"
+    )]
+    Format(&'static str),
+    #[error("a sample without a buffer")]
+    NoBuffer,
+    #[error("a frame that cannot be mapped")]
+    Unmappable,
+    #[error("a frame whose plane cannot be read")]
+    Plane(#[source] gst::glib::BoolError),
+    #[error("a {width}x{height} frame with {bytes} bytes")]
+    Short {
+        width: u32,
+        height: u32,
+        bytes: usize,
+    },
+}
+
+pub fn video_info(sample: &gst::Sample) -> Result<gst_video::VideoInfo, FrameError> {
+    let caps = sample.caps().ok_or(FrameError::NoCaps)?;
+    gst_video::VideoInfo::from_caps(caps).map_err(|_| FrameError::NotRawVideo(caps.to_string()))
 }
 
 /// The sample's picture as RGB.
-pub fn to_rgb(sample: &gst::Sample, info: &gst_video::VideoInfo) -> Result<RgbImage, String> {
+pub fn to_rgb(sample: &gst::Sample, info: &gst_video::VideoInfo) -> Result<RgbImage, FrameError> {
     let (width, height) = (info.width(), info.height());
     if width == 0 || height == 0 || width > MAX_SIDE || height > MAX_SIDE {
-        return Err(format!(
-            "a {width}x{height} frame (at most {MAX_SIDE} a side)"
-        ));
+        return Err(FrameError::Size { width, height });
     }
     // Byte offsets of R, G, B and the pixel size.
     let (r, g, b, size) = match info.format() {
@@ -45,25 +71,20 @@ pub fn to_rgb(sample: &gst::Sample, info: &gst_video::VideoInfo) -> Result<RgbIm
         VideoFormat::Bgrx | VideoFormat::Bgra => (2, 1, 0, 4),
         VideoFormat::Xrgb | VideoFormat::Argb => (1, 2, 3, 4),
         VideoFormat::Xbgr | VideoFormat::Abgr => (3, 2, 1, 4),
-        other => {
-            return Err(format!(
-                "the pipeline's appsink delivers {}; iscamd reads packed RGB/BGR(x) — \
-                 end the pipeline in `videoconvert ! video/x-raw,format=RGB ! appsink`",
-                other.to_str()
-            ))
-        }
+        other => return Err(FrameError::Format(other.to_str())),
     };
-    let buffer = sample.buffer().ok_or("a sample without a buffer")?;
+    let buffer = sample.buffer().ok_or(FrameError::NoBuffer)?;
     let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(buffer, info)
-        .map_err(|_| "a frame that cannot be mapped".to_string())?;
+        .map_err(|_| FrameError::Unmappable)?;
     let stride = frame.plane_stride()[0] as usize;
-    let data = frame.plane_data(0).map_err(|e| e.to_string())?;
+    let data = frame.plane_data(0).map_err(FrameError::Plane)?;
     let row_bytes = width as usize * size;
     if stride < row_bytes || data.len() < stride * (height as usize - 1) + row_bytes {
-        return Err(format!(
-            "a {width}x{height} frame with {} bytes",
-            data.len()
-        ));
+        return Err(FrameError::Short {
+            width,
+            height,
+            bytes: data.len(),
+        });
     }
     let mut rgb = Vec::with_capacity(width as usize * height as usize * 3);
     for row in data.chunks(stride).take(height as usize) {
@@ -71,5 +92,10 @@ pub fn to_rgb(sample: &gst::Sample, info: &gst_video::VideoInfo) -> Result<RgbIm
             rgb.extend_from_slice(&[px[r], px[g], px[b]]);
         }
     }
-    RgbImage::from_raw(width, height, rgb).ok_or_else(|| "a short frame".to_string())
+    let bytes = rgb.len();
+    RgbImage::from_raw(width, height, rgb).ok_or(FrameError::Short {
+        width,
+        height,
+        bytes,
+    })
 }

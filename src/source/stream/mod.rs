@@ -17,7 +17,7 @@ pub use spec::{AtEnd, StreamSpec};
 
 use super::frames::FrameSource;
 use super::retry::{Backoff, Reconnect, SourceHealth};
-use crate::error::{Error, Result};
+use crate::error::{with_causes, Error, Result};
 
 /// Longest one call waits for a sample, so the capture thread stays responsive.
 const PULL_WAIT: Duration = Duration::from_millis(200);
@@ -260,7 +260,7 @@ impl StreamSource {
         });
         let image = match image {
             Ok(image) => image,
-            Err(e) => return Err(self.fail("unreadable frame", &e)),
+            Err(e) => return Err(self.fail("unreadable frame", &with_causes(&e))),
         };
         p.last_frame = Instant::now();
         self.last_age = p.age(&sample).unwrap_or_default();
@@ -367,7 +367,7 @@ impl Iterator for VideoFrames {
             let image = frame::video_info(&sample).and_then(|info| frame::to_rgb(&sample, &info));
             return match image {
                 Ok(image) => Some(Ok((at, image))),
-                Err(e) => self.fail(e),
+                Err(e) => self.fail(with_causes(&e)),
             };
         }
         None
