@@ -532,19 +532,15 @@ fn the_embedded_broker_asks_for_the_login_and_keeps_the_daemons_client_id() {
         std::os::unix::fs::PermissionsExt::from_mode(0o600),
     )
     .unwrap();
+    let extra = format!(
+        "username = \"viewer\"\npassword_file = \"{}\"\n[cam]\ninterval = \"0s\"\n",
+        password_file.display()
+    );
+    let text = config_text(port, &images_at(5), &extra);
+    // No broker host: the daemon runs its own on `port`.
+    let text = text.replace("host = \"127.0.0.1\"\n", "");
     let config = dir.path().join("iscamd.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[device]\nid = \"{DEVICE}\"\n[source]\nkind = \"images\"\npath = \"{}\"\nfps = 5\n\
-             [model]\npath = \"{}\"\n[mqtt]\nport = {port}\nprediction_policy = \"every\"\nusername = \"viewer\"\n\
-             password_file = \"{}\"\n[cam]\ninterval = \"0s\"\n",
-            images_dir().display(),
-            model_path(F32_MODEL).display(),
-            password_file.display()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&config, text).unwrap();
     let mut daemon = Daemon::start(&config, dir.path());
     crate::common::broker::wait_for_port(port);
     let login = Some(("viewer", "s3cret"));
@@ -910,19 +906,13 @@ fn a_still_scene_gets_few_predictions_by_default_and_seq_has_no_gaps() {
     let broker = Mosquitto::start();
     let observer = Observer::connect(broker.port, "iscamd/#");
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("iscamd.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[device]\nid = \"{DEVICE}\"\n[source]\nkind = \"images\"\npath = \"{}\"\nfps = 5\n\
-             [model]\npath = \"{}\"\n[cam]\ninterval = \"0s\"\n[mqtt]\nhost = \"127.0.0.1\"\n\
-             port = {}\nstats_interval = \"1s\"\nprediction_interval = \"2s\"\n",
-            images_dir().join("n01440764_tench.JPEG").display(),
-            model_path(F32_MODEL).display(),
-            broker.port
-        ),
-    )
-    .unwrap();
+    let tench = format!(
+        "kind = \"images\"\npath = \"{}\"\nfps = 5",
+        images_dir().join("n01440764_tench.JPEG").display()
+    );
+    let extra = "prediction_policy = \"on_change\"\nprediction_interval = \"2s\"\n\
+                 [cam]\ninterval = \"0s\"\n";
+    let config = write_config_with_source(dir.path(), broker.port, &tench, extra);
     let started = std::time::Instant::now();
     let mut daemon = Daemon::start(&config, dir.path());
     let processed =
@@ -965,17 +955,8 @@ fn an_absent_camera_is_retried_and_reported() {
     let broker = Mosquitto::start();
     let observer = Observer::connect(broker.port, "iscamd/#");
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("iscamd.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[device]\nid = \"{DEVICE}\"\n[source]\nkind = \"camera\"\ndevice = \"/dev/video-iscamd-absent\"\n\
-             [model]\npath = \"{}\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {}\nstats_interval = \"1s\"\n",
-            model_path(F32_MODEL).display(),
-            broker.port
-        ),
-    )
-    .unwrap();
+    let camera = "kind = \"camera\"\ndevice = \"/dev/video-iscamd-absent\"";
+    let config = write_config_with_source(dir.path(), broker.port, camera, "");
     let mut daemon = Daemon::start(&config, dir.path());
     observer.wait_for(
         &topic("availability"),

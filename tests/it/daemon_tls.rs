@@ -5,8 +5,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::common::broker::{free_port, Mosquitto, Observer};
+use crate::common::daemon::{config_text, images_at};
 use crate::common::process::Daemon;
-use crate::common::{images_dir, model_path, F32_MODEL};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 
 /// Writes ca.pem (and another, unrelated other-ca.pem), server.pem and server.key.
@@ -37,34 +37,13 @@ fn config(dir: &Path, tls_port: u16, ca: &str, password: &str, mode: u32) -> std
     std::fs::write(&pw, format!("{password}\n")).unwrap();
     std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
     let path = dir.join(format!("iscamd-{password}-{ca}.toml"));
-    std::fs::write(
-        &path,
-        format!(
-            r#"
-[device]
-id = "secure"
-[source]
-kind = "images"
-path = "{images}"
-fps = 2
-[model]
-path = "{model}"
-[cam]
-interval = "0s"
-[mqtt]
-host = "127.0.0.1"
-port = {tls_port}
-username = "camera"
-password_file = "{pw}"
-ca = "{ca_path}"
-"#,
-            images = images_dir().display(),
-            model = model_path(F32_MODEL).display(),
-            pw = pw.display(),
-            ca_path = dir.join(ca).display(),
-        ),
-    )
-    .unwrap();
+    let extra = format!(
+        "username = \"camera\"\npassword_file = \"{}\"\nca = \"{}\"\n\
+         [device]\nid = \"secure\"\n[cam]\ninterval = \"0s\"\n",
+        pw.display(),
+        dir.join(ca).display(),
+    );
+    std::fs::write(&path, config_text(tls_port, &images_at(2), &extra)).unwrap();
     path
 }
 

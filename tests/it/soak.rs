@@ -17,8 +17,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::common::broker::{Mosquitto, Observer};
+use crate::common::daemon::write_config_with_source;
+use crate::common::images_dir;
 use crate::common::process::Daemon;
-use crate::common::{images_dir, model_path, F32_MODEL};
 
 fn env_secs(name: &str, default: u64) -> Duration {
     Duration::from_secs(
@@ -36,40 +37,15 @@ fn write_config(dir: &Path, port: u16) -> std::path::PathBuf {
 
 /// A config for the looping images source at `fps`, with these `[cam]` keys.
 fn write_config_with(dir: &Path, port: u16, fps: u32, cam: &str) -> std::path::PathBuf {
-    let path = dir.join("iscamd.toml");
-    let text = format!(
-        r#"
-[device]
-id = "soak"
-
-[source]
-kind = "images"
-path = "{images}"
-loop = true
-fps = {fps}
-
-[model]
-path = "{model}"
-
-[cam]
-{cam}
-
-[mqtt]
-host = "127.0.0.1"
-port = {port}
-prediction_policy = "every"
-keep_alive = "5s"
-outbox = 100000
-stats_interval = "5s"
-
-[mqtt.qos]
-prediction = 1
-"#,
-        images = images_dir().display(),
-        model = model_path(F32_MODEL).display(),
+    let source = format!(
+        "kind = \"images\"\npath = \"{}\"\nloop = true\nfps = {fps}",
+        images_dir().display()
     );
-    std::fs::write(&path, text).unwrap();
-    path
+    let extra = format!(
+        "keep_alive = \"5s\"\noutbox = 100000\nstats_interval = \"5s\"\n\
+         [mqtt.qos]\nprediction = 1\n[device]\nid = \"soak\"\n[cam]\n{cam}"
+    );
+    write_config_with_source(dir, port, &source, &extra)
 }
 
 /// (RSS bytes, open file descriptors) of a process, from /proc.

@@ -10,8 +10,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::common::broker::{retained, Mosquitto};
+use crate::common::daemon::write_config_with_source;
+use crate::common::images_dir;
 use crate::common::process::Daemon;
-use crate::common::{images_dir, model_path, F32_MODEL};
 
 const UNIT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/iscamd.service");
 const TEMPLATE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/iscamd@.service");
@@ -79,37 +80,15 @@ fn exposure(path: &Path, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no exposure level in:\n{text}"))
 }
 
-/// A config for the images source, or for `source` (a `[source]` table) when given.
+/// A config for the looping images source, or for `source` (the body of `[source]`).
 fn write_config(dir: &Path, port: u16, source: Option<&str>) -> std::path::PathBuf {
-    let path = dir.join("iscamd.toml");
     let images = format!(
-        "[source]\nkind = \"images\"\npath = \"{}\"\nloop = true\nfps = 10\n",
+        "kind = \"images\"\npath = \"{}\"\nloop = true\nfps = 10",
         images_dir().display()
     );
-    let text = format!(
-        r#"
-[device]
-id = "cam-systemd"
-shutdown_timeout = "3s"
-
-{source}
-
-[model]
-path = "{model}"
-
-[cam]
-interval = "0s"
-on_class_change = false
-
-[mqtt]
-host = "127.0.0.1"
-port = {port}
-"#,
-        source = source.unwrap_or(&images),
-        model = model_path(F32_MODEL).display(),
-    );
-    std::fs::write(&path, text).unwrap();
-    path
+    let extra =
+        "[device]\nid = \"cam-systemd\"\n[cam]\ninterval = \"0s\"\non_class_change = false\n";
+    write_config_with_source(dir, port, source.unwrap_or(&images), extra)
 }
 
 /// Notifications received, in order, with when they arrived.
@@ -222,7 +201,7 @@ fn an_absent_camera_is_ready_and_fed_with_status_saying_so() {
         dir.path(),
         &broker,
         &[],
-        Some("[source]\nkind = \"camera\"\ndevice = \"/dev/video-iscamd-absent\"\n"),
+        Some("kind = \"camera\"\ndevice = \"/dev/video-iscamd-absent\"\n"),
     );
     notes.collect(Duration::from_secs(6));
     let lines = notes.lines();

@@ -1,6 +1,6 @@
 //! A daemon on a real mosquitto, set up the same way by every test that runs one.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::broker::{Mosquitto, Observer};
@@ -14,25 +14,34 @@ pub fn topic(t: &str) -> String {
     format!("{BASE}/{t}")
 }
 
-/// A config for the images source at `fps` against `port`; `extra` is appended inside
-/// `[mqtt]` (so it may add mqtt keys first, then further tables).
-pub fn write_config(dir: &Path, port: u16, fps: u32, extra: &str) -> std::path::PathBuf {
-    let source = format!(
+/// A config for the images source at `fps` against `port`, with `extra` laid over it
+/// (see [`config_text`]).
+pub fn write_config(dir: &Path, port: u16, fps: u32, extra: &str) -> PathBuf {
+    write_config_with_source(dir, port, &images_at(fps), extra)
+}
+
+/// The body of `[source]` for the shared images at `fps`.
+pub fn images_at(fps: u32) -> String {
+    format!(
         "kind = \"images\"\npath = \"{}\"\nfps = {fps}",
         images_dir().display()
-    );
-    write_config_with_source(dir, port, &source, extra)
+    )
 }
 
 /// A config with `source` as the body of `[source]`, against `port`; `extra` as above.
-pub fn write_config_with_source(
-    dir: &Path,
-    port: u16,
-    source: &str,
-    extra: &str,
-) -> std::path::PathBuf {
+pub fn write_config_with_source(dir: &Path, port: u16, source: &str, extra: &str) -> PathBuf {
     let path = dir.join("iscamd.toml");
-    let text = format!(
+    std::fs::write(&path, config_text(port, source, extra)).unwrap();
+    path
+}
+
+/// The config every daemon test starts from — device `cam7`, `source` as the body of
+/// `[source]`, the f32 model, a broker on `port`, every prediction published, stats each
+/// second — with `extra` laid over it. `extra` is TOML whose leading keys belong to
+/// `[mqtt]`; its keys replace the base's, its tables merge into the base's, except
+/// `[source]`, which replaces the base's whole.
+pub fn config_text(port: u16, source: &str, extra: &str) -> String {
+    let base = format!(
         r#"
 [device]
 id = "{DEVICE}"
@@ -51,12 +60,24 @@ stats_interval = "1s"
 prediction_policy = "every"
 heatmap_image_width = 200
 keep_alive = "2s"
-{extra}
 "#,
         model = model_path(F32_MODEL).display(),
     );
-    std::fs::write(&path, text).unwrap();
-    path
+    let mut config: toml::Table = base.parse().expect("the base config");
+    let extra: toml::Table = format!("[mqtt]\n{extra}")
+        .parse()
+        .unwrap_or_else(|e| panic!("extra config {extra:?}: {e}"));
+    for (key, value) in extra {
+        match (config.get_mut(&key), value) {
+            (Some(toml::Value::Table(base)), toml::Value::Table(over)) if key != "source" => {
+                base.extend(over)
+            }
+            (_, value) => {
+                config.insert(key, value);
+            }
+        }
+    }
+    toml::to_string(&config).unwrap()
 }
 
 /// A broker, an observer of `filter` on it, and the daemon running on it.
