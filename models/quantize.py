@@ -2,12 +2,20 @@
 """Quantize a float ONNX classifier to static int8 that tract runs on its int8 kernels.
 
     pip install onnx onnxruntime pillow numpy
-    python3 models/quantize.py FLOAT.onnx CALIBRATION_DIR -o MODEL-int8.onnx [--per-channel]
+    python3 models/quantize.py FLOAT.onnx CALIBRATION_DIR -o MODEL-int8.onnx [--per-channel] [--format qdq]
 
-onnxruntime's quantize_static in the QOperator format (QLinearConv), which tract executes
-with integer kernels; the QDQ format would run in float in tract. Only Conv, Relu and
-MaxPool are quantized by default: with every op type onnxruntime emits the com.microsoft
-contrib ops QLinearConcat / QLinearGlobalAveragePool, which tract cannot load.
+onnxruntime's quantize_static. Which file suits which runtime:
+- `--format qoperator` (the default), per-tensor: QLinearConv, which tract executes with its
+  integer kernels; the fastest on tract.
+- `--per-channel`: one weight scale per output channel, what depthwise networks need to
+  keep their accuracy; tract requantises per-channel outputs in generic loops.
+- `--format qdq`: every quantized op between DequantizeLinear and QuantizeLinear, what
+  most toolchains emit and ONNX Runtime's default; iscamd folds its convolutions into
+  QLinearConv when it loads the model (docs/models.md), the other ops stay in float.
+In the QOperator format only Conv, Relu and MaxPool are quantized by default: with every
+op type onnxruntime emits the com.microsoft contrib ops QLinearConcat /
+QLinearGlobalAveragePool, which tract cannot load. In the QDQ format every op type
+onnxruntime quantizes is (`--ops` to choose).
 
 onnxruntime leaves each Concat in float between a DequantizeLinear per input and a
 QuantizeLinear after it. Unless --float-concat, those concatenations are rewritten to run
@@ -175,8 +183,12 @@ def main():
                     help="leave Concat in float between dequantize/quantize pairs, as onnxruntime "
                          "writes it: ~1.45x slower on tract, faster on ONNX Runtime at batch 16 (the "
                          "shipped squeezenet1.0-dc-int8.onnx is --per-channel --float-concat)")
-    ap.add_argument("--ops", default="Conv,Relu,MaxPool",
-                    help="op types to quantize (default: what tract can load: Conv,Relu,MaxPool)")
+    ap.add_argument("--format", choices=["qoperator", "qdq"], default="qoperator",
+                    help="qoperator: QLinearConv ops (fastest on tract); qdq: DequantizeLinear/"
+                         "QuantizeLinear around float ops (ONNX Runtime's default)")
+    ap.add_argument("--ops", default=None,
+                    help="op types to quantize (default: Conv,Relu,MaxPool for qoperator — what "
+                         "tract can load —, every type onnxruntime quantizes for qdq)")
     ap.add_argument("--limit", type=int, default=200, help="calibration images at most (default 200)")
     ap.add_argument("--seed", type=int, default=0, help="which images, when there are more than --limit")
     args = ap.parse_args()
@@ -214,27 +226,31 @@ def main():
             return None
 
     per_channel = args.per_channel
-    ops = [o for o in args.ops.split(",") if o]
+    qdq = args.format == "qdq"
+    ops_given = args.ops if args.ops is not None else ("" if qdq else "Conv,Relu,MaxPool")
+    ops = [o for o in ops_given.split(",") if o]
     with tempfile.TemporaryDirectory() as tmp:
         prepared = pathlib.Path(tmp) / "prepared.onnx"
         quant_pre_process(str(args.model), str(prepared), skip_symbolic_shape=True)
-        quantize_static(str(prepared), str(args.out), Reader(), quant_format=QuantFormat.QOperator,
-                        op_types_to_quantize=ops, per_channel=per_channel,
+        quantize_static(str(prepared), str(args.out), Reader(),
+                        quant_format=QuantFormat.QDQ if qdq else QuantFormat.QOperator,
+                        op_types_to_quantize=ops or None, per_channel=per_channel,
                         weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
                         calibrate_method=CalibrationMethod.MinMax)
 
     out = onnx.load(str(args.out))
     del out.graph.value_info[:]
-    concats = 0 if args.float_concat else share_concat_scales(out)
+    concats = 0 if args.float_concat or qdq else share_concat_scales(out)
     onnx.checker.check_model(out)
     del out.metadata_props[:]
     for key, value in meta.items():
         out.metadata_props.add(key=key, value=value)
     out.metadata_props.add(key="quantization", value=(
-        f"onnxruntime quantize_static, QOperator, {'per-channel' if per_channel else 'per-tensor'} int8 "
+        f"onnxruntime quantize_static, {'QDQ' if qdq else 'QOperator'}, "
+        f"{'per-channel' if per_channel else 'per-tensor'} int8 "
         f"weights, uint8 activations, MinMax calibration on {len(images)} images of "
-        f"{args.calibration.name}, op types {','.join(ops)}, "
-        f"{'float Concat' if args.float_concat else f'{concats} Concat(s) on quantized data'} "
+        f"{args.calibration.name}, op types {','.join(ops) or 'all'}, "
+        f"{'float Concat' if args.float_concat or qdq else f'{concats} Concat(s) on quantized data'} "
         f"(iscamd models/quantize.py)"))
     onnx.save(out, str(args.out))
     print(f"wrote {args.out} ({args.out.stat().st_size} bytes), calibrated on {len(images)} images, "

@@ -18,8 +18,8 @@ pub const REDUCED_N_CHANNELS: usize = 64;
 /// How channel weights are computed.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Method {
-    /// Zhou et al.'s class activation map, `ReLU(Σ_k w_{c,k} A_k + b_c)` with the
-    /// classifier's own weights: no masked passes.
+    /// Zhou et al.'s class activation map, `ReLU(Σ_k w_{c,k} A_k)` with the classifier's
+    /// own weights (and the bias of a 1×1-convolution head, docs/maps.md): no masked passes.
     Cam,
     /// `α_k = p(x ⊙ M_k)`.
     ScoreCam,

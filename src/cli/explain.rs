@@ -133,6 +133,9 @@ pub fn run(args: ExplainArgs) -> Result<ExitCode> {
     let params = args.params()?;
     let classifier = args.model.load()?;
     check_against(&classifier, &params, args.class)?;
+    if let Some(layer) = classifier.cam_layer() {
+        eprintln!("CAM layer {layer}");
+    }
     if let Some(dir) = &args.out {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create output directory {}", dir.display()))?;

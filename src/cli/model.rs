@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{anyhow, bail, Result};
 use clap::{Args, Subcommand};
 use iscamd::error::with_causes;
-use iscamd::model::annotate::{self, Metadata};
+use iscamd::model::annotate::{self, Annotation, Metadata};
 use iscamd::model::fetch::{self, Download};
 
 #[derive(Subcommand, Debug)]
@@ -113,9 +113,9 @@ pub fn run(command: ModelCommand) -> Result<ExitCode> {
     match command {
         ModelCommand::Fetch(args) => fetch(args),
         ModelCommand::Annotate(args) => {
-            let meta = annotate::annotate_file(&args.model, &args.metadata.given())?;
+            let annotation = annotate::annotate_file(&args.model, &args.metadata.given())?;
             println!("{}: metadata written", args.model.display());
-            print_metadata(&meta);
+            print_annotation(&annotation);
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -143,11 +143,12 @@ fn fetch(args: FetchArgs) -> Result<ExitCode> {
             for (k, v) in zoo.map(|(k, v)| (k.to_string(), v.to_string())) {
                 metadata.entry(k).or_insert(v);
             }
-            metadata.insert("source".into(), fetch::ZOO_SQUEEZENET_URL.into());
-            metadata.insert("source_sha256".into(), fetch::ZOO_SQUEEZENET_SHA256.into());
+            let (url, sha256) = zoo_squeezenet();
+            metadata.insert("source".into(), url.clone());
+            metadata.insert("source_sha256".into(), sha256.clone());
             let download = Download {
-                url: fetch::ZOO_SQUEEZENET_URL.into(),
-                sha256: fetch::ZOO_SQUEEZENET_SHA256.into(),
+                url,
+                sha256,
                 metadata,
             };
             (download, fetch::DEFAULT_MODEL.to_string())
@@ -174,15 +175,32 @@ fn fetch(args: FetchArgs) -> Result<ExitCode> {
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    let meta = result.map_err(|e| anyhow!("{}; nothing was written", with_causes(&e)))?;
+    let annotation = result.map_err(|e| anyhow!("{}; nothing was written", with_causes(&e)))?;
     println!("{}: sha256 ok, metadata written", dest.display());
-    print_metadata(&meta);
+    print_annotation(&annotation);
     if name == fetch::DEFAULT_MODEL {
         println!("the daemon runs it when [model] path is not set");
     } else {
         println!("run it with [model] path = \"{}\"", dest.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where the default model is downloaded from, and its SHA-256: the ONNX model zoo, or in
+/// builds with `test-hooks` a server the tests name (`ISCAMD_TEST_ZOO_URL`,
+/// `ISCAMD_TEST_ZOO_SHA256`), so that the default path runs end to end without the internet.
+fn zoo_squeezenet() -> (String, String) {
+    #[cfg(feature = "test-hooks")]
+    if let (Ok(url), Ok(sha256)) = (
+        std::env::var("ISCAMD_TEST_ZOO_URL"),
+        std::env::var("ISCAMD_TEST_ZOO_SHA256"),
+    ) {
+        return (url, sha256);
+    }
+    (
+        fetch::ZOO_SQUEEZENET_URL.into(),
+        fetch::ZOO_SQUEEZENET_SHA256.into(),
+    )
 }
 
 /// A progress bar on a terminal; nothing in a log.
@@ -200,8 +218,9 @@ fn progress_bar() -> Option<indicatif::ProgressBar> {
     Some(bar)
 }
 
-fn print_metadata(meta: &Metadata) {
-    for (k, v) in meta {
+fn print_annotation(annotation: &Annotation) {
+    for (k, v) in &annotation.metadata {
         println!("  {k} = {v}");
     }
+    println!("  (cam_layer: {})", annotation.cam_origin);
 }

@@ -173,12 +173,9 @@ pub fn check(args: CheckArgs) -> Result<ExitCode> {
 /// The model as `check` shows it: file, classes, CAM layer and backend (with tract, the
 /// op swaps and their counts).
 fn describe_model(c: &Classifier) -> String {
-    let layer = c.cam_layer().map_or("no CAM layer".to_string(), |l| {
-        format!(
-            "CAM layer {} {}x{}x{}",
-            l.name, l.channels, l.height, l.width
-        )
-    });
+    let layer = c
+        .cam_layer()
+        .map_or("no CAM layer".to_string(), |l| format!("CAM layer {l}"));
     format!(
         "{} ({} classes, {layer}) on {}",
         c.path().display(),

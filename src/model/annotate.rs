@@ -7,6 +7,7 @@ use std::path::Path;
 use prost::Message as _;
 use tract_onnx::pb;
 
+use super::graph::find_cam_layer;
 use crate::error::{Error, Result};
 
 /// Largest ONNX file annotated: protobuf's own limit.
@@ -28,16 +29,24 @@ pub const ZOO_SQUEEZENET: &[(&str, &str)] = &[
 /// The metadata `annotate` wrote: what was given, and what it found in the graph.
 pub type Metadata = BTreeMap<String, String>;
 
+/// What [`annotate`] wrote, and where its CAM layer came from.
+#[derive(Clone, Debug)]
+pub struct Annotation {
+    pub metadata: Metadata,
+    /// `given`, `already in the file`, or why the graph points at it.
+    pub cam_origin: String,
+}
+
 /// Adds `given` to the model's metadata (replacing keys it has), and the keys iscamd
 /// can find in the graph itself when neither the file nor `given` has them: `cam_layer`
-/// (the input of the last convolution), `input_name` and `output_name`.
+/// ([`find_cam_layer`]), `input_name` and `output_name`.
 ///
 /// Only the file's `metadata_props` entries change: every other byte is kept as it was,
 /// fields this build's ONNX schema does not know included.
 pub fn annotate(
     bytes: &[u8],
     given: &Metadata,
-) -> std::result::Result<(Vec<u8>, Metadata), String> {
+) -> std::result::Result<(Vec<u8>, Annotation), String> {
     let model = pb::ModelProto::decode(bytes).map_err(|e| format!("not an ONNX model: {e}"))?;
     let graph = model.graph.as_ref().ok_or("the model has no graph")?;
     let mut meta: Metadata = model
@@ -45,9 +54,16 @@ pub fn annotate(
         .iter()
         .map(|p| (p.key.clone(), p.value.clone()))
         .collect();
+    let cam_origin = match (
+        given.contains_key("cam_layer"),
+        meta.contains_key("cam_layer"),
+    ) {
+        (true, _) => "given".to_string(),
+        (false, true) => "already in the file".to_string(),
+        (false, false) => String::new(),
+    };
     meta.extend(given.clone());
     let found = [
-        ("cam_layer", cam_layer(graph)),
         ("input_name", first_input(graph)),
         ("output_name", graph.output.first().map(|o| o.name.clone())),
     ];
@@ -56,9 +72,15 @@ pub fn annotate(
             meta.insert(key.into(), value);
         }
     }
-    if !meta.contains_key("cam_layer") {
-        return Err("no convolution in the model: give --cam-layer NAME".into());
-    }
+    let cam_origin = if meta.contains_key("cam_layer") {
+        cam_origin
+    } else {
+        let logits = meta.get("output_name").map_or("", String::as_str);
+        let found = find_cam_layer(graph, logits)
+            .ok_or("no convolution in the model: give --cam-layer NAME")?;
+        meta.insert("cam_layer".into(), found.tensor);
+        found.why
+    };
     let mut out = without_field(bytes, METADATA_PROPS)?;
     for (key, value) in &meta {
         let entry = pb::StringStringEntryProto {
@@ -67,7 +89,11 @@ pub fn annotate(
         };
         prost::encoding::message::encode(METADATA_PROPS, &entry, &mut out);
     }
-    Ok((out, meta))
+    let annotation = Annotation {
+        metadata: meta,
+        cam_origin,
+    };
+    Ok((out, annotation))
 }
 
 /// `ModelProto.metadata_props`'s field number.
@@ -105,11 +131,11 @@ fn without_field(bytes: &[u8], field: u32) -> std::result::Result<Vec<u8>, Strin
 }
 
 /// [`annotate`] on a file, replaced in one rename: a failure leaves it as it was.
-pub fn annotate_file(path: &Path, given: &Metadata) -> Result<Metadata> {
+pub fn annotate_file(path: &Path, given: &Metadata) -> Result<Annotation> {
     let bytes = crate::file::read_capped(path, "model", MAX_ONNX_BYTES)?;
-    let (annotated, meta) = annotate(&bytes, given).map_err(|e| Error::model(path, e))?;
+    let (annotated, annotation) = annotate(&bytes, given).map_err(|e| Error::model(path, e))?;
     replace_file(path, &annotated)?;
-    Ok(meta)
+    Ok(annotation)
 }
 
 /// Writes `bytes` to a temporary file beside `path`, then renames it over `path`.
@@ -137,16 +163,6 @@ pub(crate) fn keep_readable(file: &std::fs::File) -> std::io::Result<()> {
         file.set_permissions(std::fs::Permissions::from_mode(0o644))?;
     }
     Ok(())
-}
-
-/// The tensor the last convolution reads: the feature map a CAM weights.
-fn cam_layer(graph: &pb::GraphProto) -> Option<String> {
-    graph
-        .node
-        .iter()
-        .rev()
-        .find(|n| n.op_type == "Conv" || n.op_type == "QLinearConv")
-        .and_then(|n| n.input.first().cloned())
 }
 
 /// The first graph input that is not a weight (older files list weights as inputs).

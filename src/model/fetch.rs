@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::annotate::{self, Metadata};
+use super::annotate::{self, Annotation, Metadata};
 
 /// The model file the daemon runs when the config names none.
 pub const DEFAULT_MODEL: &str = "squeezenet1.0.onnx";
@@ -132,7 +132,7 @@ pub fn fetch(
     download: &Download,
     dest: &Path,
     progress: Progress,
-) -> std::result::Result<Metadata, FetchError> {
+) -> std::result::Result<Annotation, FetchError> {
     let url = download.url.as_str();
     let transfer = |source| FetchError::Transfer {
         url: url.into(),
@@ -160,7 +160,7 @@ pub fn fetch(
     file.flush().map_err(write)?;
     std::io::Seek::rewind(file).map_err(write)?;
     file.read_to_end(&mut bytes).map_err(write)?;
-    let (annotated, meta) =
+    let (annotated, annotation) =
         annotate::annotate(&bytes, &download.metadata).map_err(|e| FetchError::Write {
             path: dest.into(),
             reason: format!("the download is {e}"),
@@ -170,7 +170,7 @@ pub fn fetch(
         path: dest.into(),
         reason: crate::error::with_causes(&e),
     })?;
-    Ok(meta)
+    Ok(annotation)
 }
 
 /// Streams the body of `url` into `out`; returns its SHA-256 in hex. A body shorter than

@@ -4,19 +4,23 @@
 //! (`w_{c,k} · mean(A_k)`) need nothing else.
 //!
 //! Two shapes of head are understood, with QuantizeLinear/DequantizeLinear anywhere between
-//! their ops and dequantized weights (`QLinearConv`, or `DequantizeLinear` of a constant):
-//! - a 1×1 convolution, optionally a ReLU, then a global average pool (SqueezeNet's
+//! their ops and dequantized weights (`QLinearConv`, or `DequantizeLinear` of a constant),
+//! where "global average pooling" is a GlobalAveragePool, a ReduceMean over H and W, or an
+//! AveragePool whose kernel covers the map:
+//! - a 1×1 convolution, optionally a ReLU, then a global average pooling (SqueezeNet's
 //!   `conv_final → relu → GlobalAveragePool`). Padding adds a border where the convolution
 //!   sees only zeros: its value is `ReLU(b_c)` everywhere, so it carries no spatial
 //!   information and the map keeps the CAM layer's grid;
-//! - a global average pool, Flatten/Reshape/Squeeze, then `Gemm`, or `MatMul` and `Add`
-//!   (ResNet, MobileNet, EfficientNet).
-
-use std::collections::HashMap;
+//! - a global average pooling, Flatten/Reshape/Squeeze/Dropout, then `Gemm`, or `MatMul`
+//!   and `Add` (ResNet, MobileNet, EfficientNet, ShuffleNet).
+//!
+//! Either may end in a Softmax.
 
 use tract_onnx::pb::{GraphProto, NodeProto, TensorProto};
 
+use super::graph::{ints, Graph, AFTER_LOGITS, RESHAPES};
 use super::ndarray::{Array2, ArrayView3, Axis};
+use super::CamLayer;
 
 /// The classifier's weights over the CAM layer's channels.
 #[derive(Clone, Debug)]
@@ -24,23 +28,18 @@ pub struct LinearHead {
     /// `[classes, channels]`.
     weights: Array2<f32>,
     bias: Vec<f32>,
+    /// Whether the map adds the bias: a 1×1 convolution's output is the class's score at
+    /// each place, bias included, before the model's own ReLU and pooling; a head that
+    /// pools first adds its bias to the pooled value, the same for every place, and the
+    /// map leaves it out (Zhou et al.'s CAM, as torchcam and pytorch-grad-cam compute it).
+    bias_in_map: bool,
+    /// An AveragePool's kernel, which must cover the CAM layer's map.
+    pool_kernel: Option<[usize; 2]>,
     /// The ops found, e.g. `Conv "conv_final" (1×1) → Relu → GlobalAveragePool → Flatten`.
     pub description: String,
 }
 
-/// Ops that reshape, quantize or normalise without changing which class wins.
-const PASS_THROUGH: [&str; 7] = [
-    "QuantizeLinear",
-    "DequantizeLinear",
-    "Flatten",
-    "Reshape",
-    "Squeeze",
-    "Identity",
-    "Softmax",
-];
-
-const EXPECTED: &str =
-    "the cam method needs a linear head after the CAM layer: a 1×1 Conv (then ReLU and GlobalAveragePool), or GlobalAveragePool → Flatten → Gemm/MatMul";
+const EXPECTED: &str = "the cam method needs a linear head after the CAM layer: a 1×1 Conv (then ReLU and a global average pooling), or a global average pooling (GlobalAveragePool, ReduceMean over H and W, or an AveragePool over the whole map) → Flatten → Gemm or MatMul(+Add)";
 
 /// Why the ops after the CAM layer are not a head the `cam` method can read.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -63,6 +62,13 @@ pub enum HeadError {
     Unread(String),
     #[error("{tensor:?} feeds {readers} ops on the way to the logits; {EXPECTED}")]
     Branches { tensor: String, readers: usize },
+    /// An op after the classifier's dense layer that makes the head non-linear (an MLP).
+    #[error("the head after the CAM layer is not linear: {op} {node:?} follows {dense}; the cam method needs the classifier's weights on the pooled map — explain this model with a method that runs it (scorecam, sscam, iscam)")]
+    NotLinear {
+        op: String,
+        node: String,
+        dense: String,
+    },
     #[error("the graph after {0:?} has a cycle")]
     Cycle(String),
     /// A weight, bias or quantization parameter that cannot be read.
@@ -75,6 +81,12 @@ pub enum HeadError {
         channels: usize,
         model_classes: usize,
         model_channels: usize,
+    },
+    #[error("the head after the CAM layer ({head}) averages {kernel:?} windows of the {map:?} map, not the whole map; {EXPECTED}")]
+    PartialPool {
+        kernel: [usize; 2],
+        map: [usize; 2],
+        head: String,
     },
     #[error("the model has no graph")]
     NoGraph,
@@ -105,44 +117,76 @@ impl LinearHead {
         let start = g.quantized_source(cam).unwrap_or(cam);
         let mut tensor = g.skip(start, &["QuantizeLinear", "DequantizeLinear"], &mut ops)?;
         let node = g.consumer(&tensor)?;
-        let (weights, bias) = match node.op_type.as_str() {
-            "Conv" | "QLinearConv" => {
-                let linear = g.conv(node)?;
-                ops.push(format!("{} {:?} (1×1)", node.op_type, node.name));
-                tensor = g.skip(
-                    &node.output[0],
-                    &["Relu", "QuantizeLinear", "DequantizeLinear"],
-                    &mut ops,
-                )?;
-                let pool = g.consumer(&tensor)?;
-                if pool.op_type != "GlobalAveragePool" {
-                    return Err(unsupported(cam, pool));
-                }
-                ops.push(pool.op_type.clone());
-                tensor = pool.output[0].clone();
-                linear
-            }
-            "GlobalAveragePool" => {
-                ops.push(node.op_type.clone());
-                tensor = g.skip(&node.output[0], &PASS_THROUGH, &mut ops)?;
-                let dense = g.consumer(&tensor)?;
-                let (linear, out) = g.dense(dense)?;
-                ops.push(dense.op_type.clone());
-                tensor = out;
-                linear
-            }
-            _ => return Err(unsupported(cam, node)),
+        let pool_kernel;
+        let bias_in_map = matches!(node.op_type.as_str(), "Conv" | "QLinearConv");
+        let (weights, bias) = if matches!(node.op_type.as_str(), "Conv" | "QLinearConv") {
+            let linear = g.conv(node)?;
+            ops.push(format!("{} {:?} (1×1)", node.op_type, node.name));
+            tensor = g.skip(
+                &node.output[0],
+                &["Relu", "QuantizeLinear", "DequantizeLinear"],
+                &mut ops,
+            )?;
+            let pool = g.consumer(&tensor)?;
+            pool_kernel = g.pool(cam, pool, &mut ops)?;
+            tensor = pool.output[0].clone();
+            linear
+        } else {
+            pool_kernel = g.pool(cam, node, &mut ops)?;
+            tensor = g.skip(&node.output[0], &RESHAPES, &mut ops)?;
+            let dense = g.consumer(&tensor)?;
+            let (linear, out) = g.dense(dense)?;
+            ops.push(dense.op_type.clone());
+            tensor = out;
+            linear
         };
-        let end = g.skip(&tensor, &PASS_THROUGH, &mut ops)?;
+        let end = g.skip(&tensor, &AFTER_LOGITS, &mut ops)?;
         if end != logits {
-            let next = g.consumer(&end)?;
-            return Err(unsupported(cam, next));
+            // A non-linearity may read the tensor twice (HardSwish as x · HardSigmoid(x)).
+            let readers = g.consumers.get(end.as_str());
+            let Some(next) = readers.and_then(|r| r.first()) else {
+                return Err(HeadError::Unread(end));
+            };
+            return Err(match ops.iter().rev().find(|op| is_dense(op)) {
+                Some(dense) => HeadError::NotLinear {
+                    op: next.op_type.clone(),
+                    node: next.name.clone(),
+                    dense: dense.clone(),
+                },
+                None => unsupported(cam, next),
+            });
         }
         Ok(LinearHead {
             weights,
             bias,
+            bias_in_map,
+            pool_kernel,
             description: ops.join(" → "),
         })
+    }
+
+    /// The head's weights span the model's classes and the CAM layer's channels, and its
+    /// pooling covers the whole map.
+    pub fn fits(&self, classes: usize, layer: Option<&CamLayer>) -> Result<(), HeadError> {
+        let channels = layer.map_or(0, |c| c.channels);
+        if self.classes() != classes || self.channels() != channels {
+            return Err(HeadError::Mismatch {
+                head: self.description.clone(),
+                classes: self.classes(),
+                channels: self.channels(),
+                model_classes: classes,
+                model_channels: channels,
+            });
+        }
+        let map = layer.map(|l| [l.height, l.width]);
+        match (self.pool_kernel, map) {
+            (Some(kernel), Some(map)) if kernel != map => Err(HeadError::PartialPool {
+                kernel,
+                map,
+                head: self.description.clone(),
+            }),
+            _ => Ok(()),
+        }
     }
 
     pub fn classes(&self) -> usize {
@@ -158,11 +202,17 @@ impl LinearHead {
         self.weights.row(class).iter().map(|&w| w as f64).collect()
     }
 
-    /// `ReLU(Σ_k w_{c,k} A_k + b_c)` over `activations` (`[C,h,w]`): the class's score at
-    /// each place before the pooling averages it into the logit.
+    /// `ReLU(Σ_k w_{c,k} A_k [+ b_c])` over `activations` (`[C,h,w]`): the class's score at
+    /// each place before the pooling averages it into the logit (the bias as
+    /// `bias_in_map` says).
     pub fn class_map(&self, activations: ArrayView3<f32>, class: usize) -> Array2<f32> {
         let (_, h, w) = activations.dim();
-        let mut acc = Array2::<f64>::from_elem((h, w), self.bias[class] as f64);
+        let bias = if self.bias_in_map {
+            self.bias[class] as f64
+        } else {
+            0.0
+        };
+        let mut acc = Array2::<f64>::from_elem((h, w), bias);
         for (a, &wk) in activations.axis_iter(Axis(0)).zip(self.weights.row(class)) {
             if wk != 0.0 {
                 acc.zip_mut_with(&a, |s, &v| *s += wk as f64 * v as f64);
@@ -192,64 +242,14 @@ fn unsupported(cam: &str, found: &NodeProto) -> HeadError {
     }
 }
 
+fn is_dense(op: &str) -> bool {
+    ["Gemm", "MatMul"].contains(&op) || op.starts_with("Conv ") || op.starts_with("QLinearConv ")
+}
+
 /// Weights `[classes, channels]` and bias.
 type Linear = (Array2<f32>, Vec<f32>);
 
-/// The graph's nodes by the tensors they read, and its constants.
-struct Graph<'a> {
-    consumers: HashMap<&'a str, Vec<&'a NodeProto>>,
-    producers: HashMap<&'a str, &'a NodeProto>,
-    constants: HashMap<&'a str, &'a TensorProto>,
-}
-
 impl<'a> Graph<'a> {
-    fn new(graph: &'a GraphProto, logits: &str) -> Self {
-        let mut consumers: HashMap<&str, Vec<&NodeProto>> = HashMap::new();
-        let mut producers = HashMap::new();
-        for node in &graph.node {
-            for input in &node.input {
-                consumers.entry(input.as_str()).or_default().push(node);
-            }
-            for output in &node.output {
-                producers.insert(output.as_str(), node);
-            }
-        }
-        // A quantized graph keeps float views of quantized tensors that nothing reads
-        // (models/quantize.py names them after the float tensors): they lead nowhere.
-        let read = |t: &String| consumers.contains_key(t.as_str()) || t == logits;
-        let dead: Vec<&NodeProto> = graph
-            .node
-            .iter()
-            .filter(|n| {
-                matches!(n.op_type.as_str(), "QuantizeLinear" | "DequantizeLinear")
-                    && !n.output.iter().any(read)
-            })
-            .collect();
-        for readers in consumers.values_mut() {
-            readers.retain(|n| !dead.iter().any(|d| std::ptr::eq(*d, *n)));
-        }
-        consumers.retain(|_, readers| !readers.is_empty());
-        let constants = graph
-            .initializer
-            .iter()
-            .map(|t| (t.name.as_str(), t))
-            .collect();
-        Graph {
-            consumers,
-            producers,
-            constants,
-        }
-    }
-
-    /// The quantized tensor of which `cam` is a float view that nothing reads.
-    fn quantized_source(&self, cam: &str) -> Option<&'a str> {
-        let view = self.producers.get(cam)?;
-        let unread = !self.consumers.contains_key(cam);
-        (unread && view.op_type == "DequantizeLinear")
-            .then(|| view.input.first().map(String::as_str))
-            .flatten()
-    }
-
     /// The one op that reads `tensor`.
     fn consumer(&self, tensor: &str) -> Result<&'a NodeProto, HeadError> {
         match self.consumers.get(tensor).map(Vec::as_slice) {
@@ -283,6 +283,28 @@ impl<'a> Graph<'a> {
             }
         }
         Err(HeadError::Cycle(tensor))
+    }
+
+    /// Checks that `node` is a global average pooling and notes it; returns an
+    /// AveragePool's kernel, which [`LinearHead::fits`] checks against the map.
+    fn pool(
+        &self,
+        cam: &str,
+        node: &NodeProto,
+        path: &mut Vec<String>,
+    ) -> Result<Option<[usize; 2]>, HeadError> {
+        if !self.is_global_pool(node) {
+            return Err(unsupported(cam, node));
+        }
+        path.push(node.op_type.clone());
+        if node.op_type != "AveragePool" {
+            return Ok(None);
+        }
+        let kernel = ints(node, "kernel_shape").unwrap_or_default();
+        match kernel[..] {
+            [h, w] if h > 0 && w > 0 => Ok(Some([h as usize, w as usize])),
+            _ => Err(HeadError::op(node, "has no 2-D kernel")),
+        }
     }
 
     /// A constant's values: an initializer, or the DequantizeLinear of one.
@@ -349,19 +371,13 @@ impl<'a> Graph<'a> {
 
     /// Weights `[M, C]` and bias of a 1×1 `Conv` or `QLinearConv`.
     fn conv(&self, node: &NodeProto) -> Result<Linear, HeadError> {
-        let ints = |name: &str| {
-            node.attribute
-                .iter()
-                .find(|a| a.name == name)
-                .map(|a| a.ints.clone())
-        };
         let group = node
             .attribute
             .iter()
             .find(|a| a.name == "group")
             .map(|a| a.i);
         if group.is_some_and(|g| g != 1)
-            || ints("strides").is_some_and(|s| s.iter().any(|&v| v != 1))
+            || ints(node, "strides").is_some_and(|s| s.iter().any(|&v| v != 1))
         {
             return Err(HeadError::op(node, "is grouped or strided"));
         }
@@ -459,16 +475,16 @@ impl<'a> Graph<'a> {
 }
 
 /// A constant tensor as f32 values and its shape.
-struct Constant {
-    dims: Vec<usize>,
-    values: Vec<f32>,
+pub(super) struct Constant {
+    pub(super) dims: Vec<usize>,
+    pub(super) values: Vec<f32>,
 }
 
 impl Constant {
     /// Float, 8-bit and 32-bit integer tensors, stored raw or in typed fields. Written here
     /// because tract's loader panics on tensor types it does not know, and a hostile model
     /// file must get an error instead.
-    fn decode(t: &TensorProto) -> Result<Self, HeadError> {
+    pub(super) fn decode(t: &TensorProto) -> Result<Self, HeadError> {
         let name = &t.name;
         let dims = t
             .dims

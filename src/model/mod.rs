@@ -7,6 +7,7 @@ mod backend;
 pub mod config;
 pub mod cost;
 pub mod fetch;
+mod graph;
 mod head;
 pub mod kernels;
 mod labels;
@@ -14,6 +15,7 @@ mod onnx;
 #[cfg(feature = "ort")]
 mod ort;
 mod preprocess;
+mod qdq;
 mod tract;
 
 use std::collections::HashMap;
@@ -22,6 +24,7 @@ use std::path::{Path, PathBuf};
 use tract_onnx::prelude::tract_ndarray::{Array2, Array4, ArrayD, ArrayView4, Ix4};
 
 pub use backend::{Backend, BackendKind, OrtOptions, Provider};
+pub use graph::{find_cam_layer, FoundLayer};
 pub use head::{HeadError, LinearHead};
 pub use labels::Labels;
 use onnx::OnnxFile;
@@ -117,9 +120,25 @@ pub struct TractOptions {
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct CamLayer {
     pub name: String,
+    /// How it was chosen: `given`, `the model's metadata`, or why the graph points at it.
+    pub origin: String,
     pub channels: usize,
     pub height: usize,
     pub width: usize,
+}
+
+impl std::fmt::Display for CamLayer {
+    /// `conv5 512x13x13 (the input of the global pooling …)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let CamLayer {
+            name,
+            origin,
+            channels,
+            height,
+            width,
+        } = self;
+        write!(f, "{name} {channels}x{height}x{width} ({origin})")
+    }
 }
 
 /// The result of one forward pass over a batch.
@@ -171,7 +190,7 @@ impl Classifier {
         });
         let backend = open_backend(options, onnx, &input.name, &outputs, input_size)?;
         let (classes, cam) = output_shapes(&path, backend.as_ref(), &outputs, input_size)?;
-        let head = head.map(|h| h.and_then(|h| head_fits(h, classes, cam.as_ref())));
+        let head = head.map(|h| h.and_then(|h| h.fits(classes, cam.as_ref()).map(|()| h)));
         let labels_path = options
             .labels
             .clone()
@@ -310,6 +329,8 @@ impl Classifier {
 struct Outputs {
     logits: String,
     cam: Option<String>,
+    /// How the CAM layer was chosen.
+    cam_origin: String,
 }
 
 impl Outputs {
@@ -322,7 +343,8 @@ impl Outputs {
 
 impl Outputs {
     /// The logits (metadata `output_name`, or the first graph output) and the CAM layer
-    /// (`cam_layer`: the option, or metadata `cam_layer`), each checked to exist.
+    /// (`cam_layer`: the option, metadata `cam_layer`, or [`find_cam_layer`]), each checked
+    /// to exist.
     fn choose(onnx: &OnnxFile, path: &Path, cam_layer: Option<String>) -> Result<Self> {
         let logits = match onnx.metadata.get("output_name") {
             Some(n) => n.clone(),
@@ -337,14 +359,30 @@ impl Outputs {
                 format!("has no output tensor named {logits:?}"),
             ));
         }
-        let cam = cam_layer.or_else(|| onnx.metadata.get("cam_layer").cloned());
+        let found = || {
+            let graph = onnx.proto.graph.as_ref()?;
+            let found = find_cam_layer(graph, &logits)?;
+            Some((found.tensor, found.why))
+        };
+        let (cam, cam_origin) = match (cam_layer, onnx.metadata.get("cam_layer")) {
+            (Some(n), _) => (Some(n), "given".to_string()),
+            (None, Some(n)) => (Some(n.clone()), "the model's metadata".to_string()),
+            (None, None) => match found() {
+                Some((n, why)) => (Some(n), why),
+                None => (None, "no convolution in the model".to_string()),
+            },
+        };
         if let Some(n) = cam.as_ref().filter(|n| !onnx.has_tensor(n)) {
             return Err(Error::model(
                 path,
                 format!("has no tensor named {n:?} for the CAM layer (set --cam-layer to a conv/concat output of shape [N,C,h,w])"),
             ));
         }
-        Ok(Outputs { logits, cam })
+        Ok(Outputs {
+            logits,
+            cam,
+            cam_origin,
+        })
     }
 }
 
@@ -408,11 +446,14 @@ fn output_shapes(
 ) -> Result<(usize, Option<CamLayer>)> {
     let blank = Array4::zeros((1, 3, input_size, input_size));
     let (logits, activations) = backend.run(blank)?;
+    // Caffe-converted classifiers keep the pooled map's shape: [N, classes, 1, 1].
     let classes = match logits.shape() {
-        [1, n] => *n,
+        [1, n] | [1, n, 1, 1] => *n,
         other => {
             let logits = &outputs.logits;
-            let why = format!("output {logits:?} has shape {other:?}; expected [N, classes]");
+            let why = format!(
+                "output {logits:?} has shape {other:?}; expected [N, classes] or [N, classes, 1, 1]"
+            );
             return Err(Error::model(path, why));
         }
     };
@@ -420,6 +461,7 @@ fn output_shapes(
         (Some(name), Some(a)) => match a.shape() {
             [1, c, h, w] => Some(CamLayer {
                 name: name.clone(),
+                origin: outputs.cam_origin.clone(),
                 channels: *c,
                 height: *h,
                 width: *w,
@@ -433,25 +475,6 @@ fn output_shapes(
         _ => None,
     };
     Ok((classes, cam))
-}
-
-/// The head, if its weights span the model's classes and the CAM layer's channels.
-fn head_fits(
-    head: LinearHead,
-    classes: usize,
-    cam: Option<&CamLayer>,
-) -> std::result::Result<LinearHead, HeadError> {
-    let channels = cam.map_or(0, |c| c.channels);
-    if head.classes() == classes && head.channels() == channels {
-        return Ok(head);
-    }
-    Err(HeadError::Mismatch {
-        classes: head.classes(),
-        channels: head.channels(),
-        head: head.description,
-        model_classes: classes,
-        model_channels: channels,
-    })
 }
 
 /// Softmax of a row of logits, computed in f64 for stable tails.

@@ -28,3 +28,4 @@ mod soak;
 #[cfg(feature = "gstreamer")]
 mod streams;
 mod systemd;
+mod zoo;

@@ -10,9 +10,12 @@ use std::net::{Shutdown, TcpListener};
 use std::path::Path;
 use std::process::{Command, Output};
 
+use crate::common::broker::{Mosquitto, Observer};
+use crate::common::daemon::{config_text, first_prediction, images_at, topic};
+use crate::common::process::Daemon;
 use crate::common::{image, model_path, F32_MODEL};
 
-/// Serves `/squeezenet1.0.onnx` (the shared float model) whole, `/short.onnx` cut off
+/// Serves `/squeezenet1.0.onnx` (the model given) whole, `/short.onnx` cut off
 /// after half its announced length, and 404 for anything else. Returns its port.
 fn serve(model: Vec<u8>) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -205,4 +208,134 @@ fn annotate_writes_metadata_and_keeps_the_model_runnable() {
         .unwrap();
     assert!(error_line(&out).contains("not an ONNX model"), "{out:?}");
     assert_eq!(std::fs::read_to_string(&text).unwrap(), "not a model");
+}
+
+/// The shared SqueezeNet 1.0 shaped like the ONNX model zoo's `squeezenet1.0-8.onnx`, the
+/// file `iscamd model fetch` downloads: input `data_0` [1,3,224,224], and a Softmax after
+/// the global pooling, `softmaxout_1` [1,1000,1,1], in place of the Flatten to [N,1000].
+fn zoo_shaped_squeezenet() -> Vec<u8> {
+    use prost::Message;
+    use tract_onnx::pb::{self, attribute_proto::AttributeType};
+
+    let bytes = std::fs::read(model_path(F32_MODEL)).unwrap();
+    let mut model = pb::ModelProto::decode(&bytes[..]).unwrap();
+    model.metadata_props.clear();
+    let graph = model.graph.as_mut().unwrap();
+    let flatten = graph.node.pop().unwrap();
+    assert_eq!(
+        flatten.op_type, "Flatten",
+        "the shared model ends in a Flatten"
+    );
+    graph.node.push(pb::NodeProto {
+        op_type: "Softmax".into(),
+        name: "softmax".into(),
+        input: flatten.input.clone(),
+        output: vec!["softmaxout_1".into()],
+        attribute: vec![pb::AttributeProto {
+            name: "axis".into(),
+            i: 1,
+            r#type: AttributeType::Int as i32,
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    let input = graph.input[0].name.clone();
+    for name in graph.node.iter_mut().flat_map(|n| n.input.iter_mut()) {
+        if *name == input {
+            *name = "data_0".into();
+        }
+    }
+    graph.input[0].name = "data_0".into();
+    set_shape(&mut graph.input[0], &[1, 3, 224, 224]);
+    graph.output[0].name = "softmaxout_1".into();
+    set_shape(&mut graph.output[0], &[1, 1000, 1, 1]);
+    model.encode_to_vec()
+}
+
+fn set_shape(value: &mut tract_onnx::pb::ValueInfoProto, dims: &[i64]) {
+    use tract_onnx::pb::tensor_shape_proto::{dimension, Dimension};
+    use tract_onnx::pb::{type_proto, TensorShapeProto};
+    let Some(type_proto::Value::TensorType(tensor)) =
+        value.r#type.as_mut().and_then(|t| t.value.as_mut())
+    else {
+        panic!("{} is not a tensor", value.name);
+    };
+    tensor.shape = Some(TensorShapeProto {
+        dim: dims
+            .iter()
+            .map(|&d| Dimension {
+                value: Some(dimension::Value::DimValue(d)),
+                ..Default::default()
+            })
+            .collect(),
+    });
+}
+
+/// The path a packaged install takes with the model the ONNX model zoo serves: `model
+/// fetch` (the default download, from a loopback server) → `check` → the daemon's
+/// predictions and a heatmap.
+#[test]
+fn the_zoo_shaped_default_model_is_fetched_checked_and_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = dir.path().join("served.onnx");
+    std::fs::write(&served, zoo_shaped_squeezenet()).unwrap();
+    let port = serve(std::fs::read(&served).unwrap());
+    let models = dir.path().join("models");
+    std::fs::create_dir(&models).unwrap();
+    let iscamd = || {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_iscamd"));
+        command
+            .env(
+                "ISCAMD_TEST_ZOO_URL",
+                format!("http://127.0.0.1:{port}/squeezenet1.0.onnx"),
+            )
+            .env("ISCAMD_TEST_ZOO_SHA256", sha256(&served))
+            .env("ISCAMD_MODEL_DIR", &models);
+        command
+    };
+    let out = iscamd().args(["model", "fetch"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout.contains("cam_layer = fire9/concat"), "{stdout}");
+    assert!(stdout.contains("output_kind = probabilities"), "{stdout}");
+    assert!(stdout.contains("1×1 classifier convolution"), "{stdout}");
+    let model = models.join("squeezenet1.0.onnx");
+
+    let broker = Mosquitto::start();
+    let observer = Observer::connect(broker.port, "iscamd/#");
+    let config = dir.path().join("iscamd.toml");
+    // Scheduled maps: the zoo's preprocessing is not the shared weights', so no class is
+    // confident enough for a map on a class change.
+    let extra = format!(
+        "[model]\npath = \"{}\"\n[cam]\ninterval = \"1s\"\n",
+        model.display()
+    );
+    std::fs::write(&config, config_text(broker.port, &images_at(5), &extra)).unwrap();
+    let out = iscamd()
+        .arg("check")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.contains("1000 classes, CAM layer fire9/concat 512x13x13"),
+        "{stdout}"
+    );
+
+    let mut daemon = Daemon::start(&config, dir.path());
+    first_prediction(&observer);
+    let heatmap = observer.wait_for(
+        &topic("heatmap"),
+        std::time::Duration::from_secs(60),
+        "a heatmap",
+        |m| !m.is_empty(),
+    );
+    let heatmap = heatmap[0].json();
+    assert_eq!(heatmap["map"]["height"], 13, "{heatmap}");
+    let prediction = observer.on(&topic("prediction"))[0].json();
+    let score = prediction["top"][0]["score"].as_f64().unwrap();
+    assert!(score > 0.0 && score <= 1.0, "{prediction}");
+    assert!(daemon.terminate().success());
 }

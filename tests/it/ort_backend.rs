@@ -16,7 +16,7 @@ use iscamd::model::{
 use iscamd::source::decode_image;
 use tract_onnx::prelude::tract_ndarray::{Axis, Ix3, Ix4};
 
-fn ort_library() -> PathBuf {
+pub fn ort_library() -> PathBuf {
     if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
         return PathBuf::from(p);
     }

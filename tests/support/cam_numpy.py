@@ -127,7 +127,8 @@ def toys(out_dir):
             continue
         logits, act = run(model, x, ["logits", "features"])
         c = int(np.argmax(logits[0]))
-        cam_map = np.maximum(np.tensordot(w[c].astype(np.float64), act[0], axes=(0, 0)) + b[c], 0.0)
+        # The head pools first: its bias adds the same to every place and is left out (Zhou et al.).
+        cam_map = np.maximum(np.tensordot(w[c].astype(np.float64), act[0], axes=(0, 0)), 0.0)
         np.save(f"{out_dir}/{head}.map.npy", cam_map.astype(np.float32))
         with open(f"{out_dir}/{head}.class.txt", "w") as f:
             f.write(str(c))

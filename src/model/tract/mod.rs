@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use tract_onnx::prelude::tract_ndarray::{Array4, ArrayD};
 use tract_onnx::prelude::*;
 
-use super::{kernels, Backend, BatchPlan, TractOptions};
+use super::{kernels, qdq, Backend, BatchPlan, TractOptions};
 use crate::error::{Error, Result};
 
 // iscamd's own ops, swapped into tract's optimised plans under `kernels::Policy::Tuned`.
@@ -44,6 +44,8 @@ pub struct TractBackend {
     symbolic: Option<Plan>,
     /// What iscamd's ops replaced in the plan for one image at the model's input size.
     swaps: Mutex<Option<Swaps>>,
+    /// QDQ convolutions folded into `QLinearConv` (tuned kernels only).
+    folded: qdq::Folded,
 }
 
 impl TractBackend {
@@ -55,7 +57,15 @@ impl TractBackend {
         input_size: usize,
         options: &TractOptions,
     ) -> Result<Self> {
-        let graph = parse(&path, proto, outputs)?;
+        let mut proto = std::borrow::Cow::Borrowed(proto);
+        let folded = match (options.kernels, proto.graph.is_some()) {
+            (kernels::Policy::Tuned, true) => {
+                let graph = proto.to_mut().graph.as_mut().expect("checked");
+                qdq::fold(graph, outputs)
+            }
+            _ => qdq::Folded::default(),
+        };
+        let graph = parse(&path, &proto, outputs)?;
         let mut backend = TractBackend {
             path,
             graph,
@@ -72,6 +82,7 @@ impl TractBackend {
             plans: Mutex::new(HashMap::new()),
             symbolic: None,
             swaps: Mutex::new(None),
+            folded,
         };
         backend.chosen = match (options.kernels, &options.matmul) {
             (kernels::Policy::Stock, _) => kernels::Chosen::Stock,
@@ -272,12 +283,16 @@ fn install_ops(model: &mut TypedModel, ops: kernels::OwnOps) -> TractResult<Swap
 
 impl Backend for TractBackend {
     fn describe(&self) -> String {
+        let folded = match self.folded {
+            qdq::Folded { convs: 0, left: 0 } => String::new(),
+            folded => format!("{folded}; "),
+        };
         match self.swaps() {
             Some(swaps) => format!(
-                "tract (iscamd's ops, replaced/found: {swaps}; {})",
+                "tract ({folded}iscamd's ops, replaced/found: {swaps}; {})",
                 self.chosen
             ),
-            None => format!("tract ({})", self.chosen),
+            None => format!("tract ({folded}{})", self.chosen),
         }
     }
 
