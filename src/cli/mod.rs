@@ -129,7 +129,8 @@ pub struct ModelArgs {
     /// Labels file, one class per line (`WNID name` or `name`). Default: the one beside the model.
     #[arg(long, value_name = "PATH")]
     pub labels: Option<PathBuf>,
-    /// Tensor whose activations feed the CAM. Default: the model's `cam_layer` metadata.
+    /// Tensor whose activations feed the CAM. Default: the model's `cam_layer` metadata, else
+    /// the one found in its graph (docs/models.md, "The CAM layer").
     #[arg(long, value_name = "NAME")]
     pub cam_layer: Option<String>,
     /// Side of the square model input. Default: metadata `input_size`.

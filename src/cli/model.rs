@@ -70,7 +70,8 @@ struct MetadataArgs {
     /// Side the image is resized to before the centre crop.
     #[arg(long)]
     resize: Option<String>,
-    /// Tensor a CAM weights. Default: the input of the last convolution.
+    /// Tensor a CAM weights. Default: found in the graph, the input of the global pooling
+    /// before the classifier (docs/models.md, "The CAM layer").
     #[arg(long)]
     cam_layer: Option<String>,
     /// logits or probabilities.

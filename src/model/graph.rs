@@ -18,17 +18,19 @@ pub(super) const RESHAPES: [&str; 7] = [
     "Dropout",
 ];
 
-/// Ops a classifier may end with that do not change which class wins.
-pub(super) const AFTER_LOGITS: [&str; 8] = [
-    "QuantizeLinear",
-    "DequantizeLinear",
-    "Flatten",
-    "Reshape",
-    "Squeeze",
-    "Identity",
-    "Dropout",
-    "Softmax",
-];
+/// Ops a classifier may end with that do not change which class wins: the reshapes and
+/// a Softmax.
+pub(super) const AFTER_LOGITS: [&str; 8] = with_softmax(RESHAPES);
+
+const fn with_softmax(ops: [&'static str; 7]) -> [&'static str; 8] {
+    let mut out = ["Softmax"; 8];
+    let mut i = 0;
+    while i < ops.len() {
+        out[i] = ops[i];
+        i += 1;
+    }
+    out
+}
 
 /// The graph's nodes by the tensors they read and write, and its constants.
 pub(super) struct Graph<'a> {
