@@ -15,15 +15,15 @@ cross_sysroot
 "$CARGO" --version
 if [ "${1:-}" = --unit-tests ]; then
   shift
-  "$CARGO" test --locked --target "$CROSS_TARGET" --lib --no-run
+  "$CARGO" test --locked --target "$CROSS_TARGET" "${CROSS_FEATURE_FLAGS[@]}" --lib --no-run
   # Cargo.toml gives every build the dev-dependencies' features: the build after the unit
   # tests compiles iscamd alone, else the features drifted apart.
-  built=$("$CARGO" build --locked --target "$CROSS_TARGET" "$@" 2>&1) || { echo "$built" >&2; exit 1; }
+  built=$("$CARGO" build --locked --target "$CROSS_TARGET" "${CROSS_FEATURE_FLAGS[@]}" "$@" 2>&1) || { echo "$built" >&2; exit 1; }
   echo "$built"
   again=$(echo "$built" | grep -E '^ *Compiling' | grep -v ' iscamd ' || true)
   [ -z "$again" ] || { echo "the build compiled again what the unit tests had built (features drifted; see Cargo.toml)" >&2; exit 1; }
 else
-  "$CARGO" build --locked --target "$CROSS_TARGET" "$@"
+  "$CARGO" build --locked --target "$CROSS_TARGET" "${CROSS_FEATURE_FLAGS[@]}" "$@"
 fi
 for binary in $(find "$CARGO_TARGET_DIR/$CROSS_TARGET" -maxdepth 2 -name iscamd -type f); do
   file "$binary"

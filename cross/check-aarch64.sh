@@ -46,7 +46,7 @@ done
 python3 -c 'import sys; h = open(sys.argv[1], "rb").read(20); sys.exit(h[:4] != b"\x7fELF" or int.from_bytes(h[18:20], "little") != 183)' "$arm" \
   || { echo "$arm is not an aarch64 binary" >&2; exit 1; }
 if [ "$(id -u)" = 0 ]; then vm_install; fi
-unit=$("$CARGO" test --locked --target "$CROSS_TARGET" --lib --no-run --message-format=json 2>/dev/null \
+unit=$("$CARGO" test --locked --target "$CROSS_TARGET" "${CROSS_FEATURE_FLAGS[@]}" --lib --no-run --message-format=json 2>/dev/null \
   | python3 -c 'import json, sys
 for line in sys.stdin:
     m = json.loads(line)

@@ -12,6 +12,10 @@ export RUSTC=/usr/bin/rustc
 export RUSTDOC=/usr/bin/rustdoc
 # Apart from the x86 builds, which use another compiler (its artefacts would clash).
 export CARGO_TARGET_DIR=${CROSS_TARGET_DIR:-target/cross}
+# The features of every aarch64 cargo call of these scripts, as cargo flags (CROSS_FEATURES,
+# e.g. "--no-default-features --features edge"): the unit tests, the binary and the
+# lookup of the unit-test binary must agree, else cargo builds again.
+read -r -a CROSS_FEATURE_FLAGS <<<"${CROSS_FEATURES:-}"
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
 export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
 export AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar

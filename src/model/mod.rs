@@ -17,6 +17,7 @@ mod ort;
 mod preprocess;
 mod qdq;
 mod tract;
+mod zero_points;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -227,24 +227,37 @@ fn sscam_is_reproducible_per_seed() {
     assert_ne!(a.map, c.map, "another seed draws other noise");
 }
 
-/// SS-CAM's noise comes from our RNG, not PyTorch's: compare statistically. Our two seeds
-/// must agree with each other and with the reference maps about as well as the two
-/// reference seeds agree with each other.
+/// SS-CAM's noise comes from our RNG, not PyTorch's: compare statistically. Our map must
+/// agree with the two reference maps (seeds 0 and 1) about as well as they agree with each
+/// other.
 #[test]
 fn sscam_agrees_with_reference_as_well_as_reference_seeds_agree() {
+    sscam_agrees_with_reference(&[0]);
+}
+
+/// The same with two seeds of ours, which must also agree with each other as well as the
+/// reference seeds do (4,480 passes).
+#[test]
+#[ignore = "heavy: scripts/test-heavy.sh"]
+fn sscam_seeds_agree_with_each_other_and_the_reference() {
+    sscam_agrees_with_reference(&[0, 1]);
+}
+
+fn sscam_agrees_with_reference(seeds: &[u64]) {
     let classifier = load(F32_MODEL);
     let name = "n01440764_tench";
     let case = case(&classifier, name);
     let dir = reference_dir();
     let mut params = CamParams::new("sscam", Some(35), Some(64)).unwrap();
     params.batch = 4;
-    let ours: Vec<_> = [0, 1]
-        .into_iter()
-        .map(|seed| {
+    let ours: Vec<_> = seeds
+        .iter()
+        .map(|&seed| {
             params.seed = seed;
             explain(&classifier, &case, &params)
         })
         .collect();
+    let slack = 0.05;
     for weighting in [Weighting::Prob, Weighting::LogitSoftmax] {
         let w = weighting.name();
         let refs: Vec<_> = (0..2)
@@ -255,7 +268,6 @@ fn sscam_agrees_with_reference_as_well_as_reference_seeds_agree() {
             .map(|e| e.reweighted(case.activations.view(), weighting))
             .collect();
         let r_refs = pearson(refs[0].as_slice().unwrap(), refs[1].as_slice().unwrap());
-        let r_ours = pearson(maps[0].as_slice().unwrap(), maps[1].as_slice().unwrap());
         let cross: Vec<f64> = maps
             .iter()
             .flat_map(|m| {
@@ -265,17 +277,20 @@ fn sscam_agrees_with_reference_as_well_as_reference_seeds_agree() {
             .collect();
         let mean_cross = cross.iter().sum::<f64>() / cross.len() as f64;
         println!(
-            "sscam {name} {w}: r(ref s0, ref s1) = {r_refs:.4}, r(ours s0, ours s1) = {r_ours:.4}, \
-             r(ours, ref) = {cross:.4?}, mean {mean_cross:.4}"
-        );
-        let slack = 0.05;
-        assert!(
-            r_ours >= r_refs - slack,
-            "{w}: our seeds agree less ({r_ours}) than the reference seeds ({r_refs})"
+            "sscam {name} {w}: r(ref s0, ref s1) = {r_refs:.4}, r(ours, ref) = {cross:.4?}, \
+             mean {mean_cross:.4}"
         );
         assert!(
             mean_cross >= r_refs - slack,
             "{w}: ours vs reference {mean_cross} below reference seeds' {r_refs}"
         );
+        if let [a, b] = &maps[..] {
+            let r_ours = pearson(a.as_slice().unwrap(), b.as_slice().unwrap());
+            println!("sscam {name} {w}: r(ours s0, ours s1) = {r_ours:.4}");
+            assert!(
+                r_ours >= r_refs - slack,
+                "{w}: our seeds agree less ({r_ours}) than the reference seeds ({r_refs})"
+            );
+        }
     }
 }

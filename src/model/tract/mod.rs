@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use tract_onnx::prelude::tract_ndarray::{Array4, ArrayD};
 use tract_onnx::prelude::*;
 
-use super::{kernels, qdq, Backend, BatchPlan, TractOptions};
+use super::{kernels, qdq, zero_points, Backend, BatchPlan, TractOptions};
 use crate::error::{Error, Result};
 
 // iscamd's own ops, swapped into tract's optimised plans under `kernels::Policy::Tuned`.
@@ -19,6 +19,7 @@ mod measure;
 mod packing;
 mod quant;
 mod relu;
+mod requant;
 mod swap;
 
 pub use swap::{Swapped, Swaps};
@@ -46,6 +47,8 @@ pub struct TractBackend {
     swaps: Mutex<Option<Swaps>>,
     /// QDQ convolutions folded into `QLinearConv` (tuned kernels only).
     folded: qdq::Folded,
+    /// Per-channel weight zero points made one scalar (tuned kernels only).
+    scalar_zero_points: usize,
 }
 
 impl TractBackend {
@@ -58,12 +61,13 @@ impl TractBackend {
         options: &TractOptions,
     ) -> Result<Self> {
         let mut proto = std::borrow::Cow::Borrowed(proto);
-        let folded = match (options.kernels, proto.graph.is_some()) {
+        let (folded, scalar_zero_points) = match (options.kernels, proto.graph.is_some()) {
             (kernels::Policy::Tuned, true) => {
                 let graph = proto.to_mut().graph.as_mut().expect("checked");
-                qdq::fold(graph, outputs)
+                let folded = qdq::fold(graph, outputs);
+                (folded, zero_points::make_uniform_scalar(graph))
             }
-            _ => qdq::Folded::default(),
+            _ => (qdq::Folded::default(), 0),
         };
         let graph = parse(&path, &proto, outputs)?;
         let mut backend = TractBackend {
@@ -83,6 +87,7 @@ impl TractBackend {
             symbolic: None,
             swaps: Mutex::new(None),
             folded,
+            scalar_zero_points,
         };
         backend.chosen = match (options.kernels, &options.matmul) {
             (kernels::Policy::Stock, _) => kernels::Chosen::Stock,
@@ -262,12 +267,13 @@ fn parse(
 
 /// iscamd's ops, in the order they are swapped in, by their names in [`kernels::OWN_OPS`].
 type Install = fn(&mut TypedModel, &kernels::OwnOps) -> TractResult<Swapped>;
-const INSTALLS: [(&str, Install); 5] = [
+const INSTALLS: [(&str, Install); 6] = [
     ("max-pool", |m, ops| maxpool::install(m, ops.pool())),
     ("im2col", |m, _| im2col::install(m)),
     ("row-packing", |m, _| packing::install(m)),
     ("relu-fold", |m, _| relu::install(m)),
     ("quantize", |m, _| quant::install(m)),
+    ("requantize", |m, _| requant::install(m)),
 ];
 
 /// Swaps the ops `ops` runs into an optimised plan, each through tract's patch API, then
@@ -283,10 +289,14 @@ fn install_ops(model: &mut TypedModel, ops: kernels::OwnOps) -> TractResult<Swap
 
 impl Backend for TractBackend {
     fn describe(&self) -> String {
-        let folded = match self.folded {
+        let mut folded = match self.folded {
             qdq::Folded { convs: 0, left: 0 } => String::new(),
             folded => format!("{folded}; "),
         };
+        if self.scalar_zero_points > 0 {
+            let n = self.scalar_zero_points;
+            folded += &format!("per-channel zero points → scalar {n}; ");
+        }
         match self.swaps() {
             Some(swaps) => format!(
                 "tract ({folded}iscamd's ops, replaced/found: {swaps}; {})",
