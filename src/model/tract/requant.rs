@@ -231,13 +231,14 @@ impl Requantize {
         let plain = input.try_as_plain_ram()?;
         let xs = plain.as_slice::<i32>()?;
         let mut output = Tensor::zero_dt(self.to, input.shape())?;
-        let mut out = output.try_as_plain_ram_mut()?;
-        let ys = out.as_slice_mut::<T>()?;
-        let run = self.inner.max(1);
-        for (i, (x, y)) in xs.chunks(run).zip(ys.chunks_mut(run)).enumerate() {
-            self.run(x, self.scales[i % self.scales.len()], y, cast);
+        {
+            let mut out = output.try_as_plain_ram_mut()?;
+            let ys = out.as_slice_mut::<T>()?;
+            let run = self.inner.max(1);
+            for (i, (x, y)) in xs.chunks(run).zip(ys.chunks_mut(run)).enumerate() {
+                self.run(x, self.scales[i % self.scales.len()], y, cast);
+            }
         }
-        drop(out);
         Ok(output)
     }
 }
