@@ -84,7 +84,8 @@ fn chain(model: &TypedModel, scale: usize) -> TractResult<Option<(Requantize, us
     let (Some(factors), Some(shape)) = (factors.konst.as_ref(), input.shape.as_concrete()) else {
         return Ok(None);
     };
-    if factors.datum_type() != f32::datum_type() || factors.rank() != shape.len() {
+    let empty = factors.shape().contains(&0);
+    if factors.datum_type() != f32::datum_type() || factors.rank() != shape.len() || empty {
         return Ok(None);
     }
     let varying: Vec<usize> = (0..shape.len())
