@@ -8,7 +8,7 @@ onnxruntime's quantize_static. Which file suits which runtime:
 - `--format qoperator` (the default), per-tensor: QLinearConv, which tract executes with its
   integer kernels; the fastest on tract.
 - `--per-channel`: one weight scale per output channel, what depthwise networks need to
-  keep their accuracy; on tract ~0.85x the per-tensor file's speed (the requantisation is
+  keep their accuracy; on tract ~0.8x the per-tensor file's speed (the requantisation is
   a pass of its own rather than part of the matrix kernel).
 - `--format qdq`: every quantized op between DequantizeLinear and QuantizeLinear, what
   most toolchains emit and ONNX Runtime's default; iscamd folds its convolutions into
