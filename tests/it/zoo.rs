@@ -271,7 +271,8 @@ mod int8 {
 
     /// Top-1 of tract and of ONNX Runtime on the same int8 file agree on at least 3 of 4 of
     /// 21 shared images (random weights leave the top classes close: quantization noise
-    /// may swap a near-tie), and a QDQ file's convolutions all run as QLinearConv.
+    /// may swap a near-tie), and a QDQ file's convolutions run as QLinearConv (but the one
+    /// that makes the CAM layer).
     fn check(file: &str, args: &[&str]) {
         let m = model(file);
         let dir = tempfile::tempdir().unwrap();
@@ -286,7 +287,13 @@ mod int8 {
                 .and_then(|rest| rest.split(';').next())
                 .unwrap_or_else(|| panic!("no QDQ folding in {described}"));
             let (done, all) = folded.split_once('/').unwrap();
-            assert_eq!(done, all, "{file}: every QDQ convolution folded");
+            let (done, all): (usize, usize) = (done.parse().unwrap(), all.parse().unwrap());
+            // The convolution whose (activated) output is the CAM layer keeps its float
+            // tensor, which the maps read: at most that one stays unfolded.
+            assert!(
+                all - done <= 1,
+                "{file}: {done} of {all} QDQ convolutions folded"
+            );
         }
         let ort = Classifier::load(&ModelOptions {
             path: int8,
