@@ -4,6 +4,7 @@
 # 20.04 and newer). Installs the toolchain first when run as root.
 #
 #   cross/build-aarch64.sh [--unit-tests] [--release] [cargo build flags...]
+#   CROSS_FEATURES="--no-default-features --features edge" cross/build-aarch64.sh …  # the edge build
 #
 # The binary lands in target/cross/aarch64-unknown-linux-gnu/{debug,release}/iscamd;
 # --unit-tests builds the library's unit tests too (cross/check-aarch64.sh runs them).
