@@ -31,11 +31,10 @@ for stem in "${models[@]}"; do
   python3 models/quantize.py "$float" "$shared/images" -o "$out/$stem-per-tensor.onnx" --limit 64 >/dev/null
   python3 models/quantize.py "$float" "$shared/images" -o "$out/$stem-per-channel.onnx" --limit 64 --per-channel >/dev/null
   python3 models/quantize.py "$float" "$shared/images" -o "$out/$stem-qdq.onnx" --limit 64 --format qdq >/dev/null
-  for threads in 1 2; do
-    echo "== $stem, $threads thread(s), $(date -u +%F), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
-    "$iscamd" bench --image "$image" --threads "$threads" --backends tract,ort \
-      --compare "$float" --compare "$out/$stem-per-tensor.onnx" \
-      --compare "$out/$stem-per-channel.onnx" --compare "$out/$stem-qdq.onnx" \
-      --plans split --batches 1 --images 64 --heatmaps none --live-frames 0
-  done
+  # A run on 2 threads prints the 1-thread rows too.
+  echo "== $stem, $(date -u +%F), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+  "$iscamd" bench --image "$image" --threads 2 --backends tract,ort \
+    --compare "$float" --compare "$out/$stem-per-tensor.onnx" \
+    --compare "$out/$stem-per-channel.onnx" --compare "$out/$stem-qdq.onnx" \
+    --plans split --batches 1 --images 64 --heatmaps none --live-frames 0
 done

@@ -9,13 +9,14 @@ use std::fmt;
 use super::SettingError;
 
 /// iscamd's ops, by the names logs, `check` and the choice's text use.
-pub const OWN_OPS: [&str; 6] = [
+pub const OWN_OPS: [&str; 7] = [
     "max-pool",
     "im2col",
     "row-packing",
     "relu-fold",
     "quantize",
     "requantize",
+    "depthwise",
 ];
 
 /// The instruction set iscamd's max-pooling is compiled for (one loop, compiled once per

@@ -13,6 +13,7 @@ use super::{kernels, qdq, zero_points, Backend, BatchPlan, TractOptions};
 use crate::error::{Error, Result};
 
 // iscamd's own ops, swapped into tract's optimised plans under `kernels::Policy::Tuned`.
+mod depthwise;
 mod im2col;
 mod maxpool;
 mod measure;
@@ -141,20 +142,31 @@ impl TractBackend {
         };
         let fact =
             InferenceFact::dt_shape(f32::datum_type(), tvec![n, 3.into(), s.into(), s.into()]);
+        let tuned = self.kernels == kernels::Policy::Tuned;
         let (optimised, asked) = kernels::optimising_with(self.kernels, choice, || {
-            self.graph
+            let mut typed = self
+                .graph
                 .clone()
-                .with_input_fact(0, fact)
-                .and_then(|m| m.into_optimized())
+                .with_input_fact(0, fact)?
+                .into_typed()?
+                .into_decluttered()?;
+            let before = match tuned {
+                true => install_ops(&mut typed, choice.ops, &BEFORE_LOWERING)?,
+                false => Swaps::default(),
+            };
+            Ok((typed.into_optimized()?, before))
         });
-        let prepared = optimised.and_then(|mut m| {
-            let swaps = match self.kernels {
-                kernels::Policy::Tuned => Some(install_ops(&mut m, choice.ops)?),
-                kernels::Policy::Stock => None,
+        let prepared = optimised.and_then(|(mut m, Swaps(mut swaps))| {
+            let swaps = match tuned {
+                true => {
+                    swaps.extend(install_ops(&mut m, choice.ops, &INSTALLS)?.0);
+                    Some(Swaps(swaps))
+                }
+                false => None,
             };
             Ok((m.into_runnable()?, swaps))
         });
-        let (plan, swaps) = prepared.map_err(|e| {
+        let (plan, swaps) = prepared.map_err(|e: TractError| {
             Error::model(
                 &self.path,
                 format!(
@@ -265,8 +277,11 @@ fn parse(
     Ok(graph)
 }
 
-/// iscamd's ops, in the order they are swapped in, by their names in [`kernels::OWN_OPS`].
+/// iscamd's ops, in the order they are swapped in, by their names in [`kernels::OWN_OPS`]:
+/// those that replace an op before tract lowers it to its kernels, then those that
+/// replace steps of the lowered plan.
 type Install = fn(&mut TypedModel, &kernels::OwnOps) -> TractResult<Swapped>;
+const BEFORE_LOWERING: [(&str, Install); 1] = [("depthwise", |m, _| depthwise::install(m))];
 const INSTALLS: [(&str, Install); 6] = [
     ("max-pool", |m, ops| maxpool::install(m, ops.pool())),
     ("im2col", |m, _| im2col::install(m)),
@@ -276,11 +291,16 @@ const INSTALLS: [(&str, Install); 6] = [
     ("requantize", |m, _| requant::install(m)),
 ];
 
-/// Swaps the ops `ops` runs into an optimised plan, each through tract's patch API, then
-/// drops the nodes the patches left unreachable. An op left out is not in the list.
-fn install_ops(model: &mut TypedModel, ops: kernels::OwnOps) -> TractResult<Swaps> {
+/// Swaps the ops of `installs` that `ops` runs into `model`, each through tract's patch
+/// API, then drops the nodes the patches left unreachable. An op left out is not in the
+/// list.
+fn install_ops(
+    model: &mut TypedModel,
+    ops: kernels::OwnOps,
+    installs: &[(&'static str, Install)],
+) -> TractResult<Swaps> {
     let mut swaps = Vec::new();
-    for (name, install) in INSTALLS.iter().filter(|(n, _)| ops.runs(n)) {
+    for (name, install) in installs.iter().filter(|(n, _)| ops.runs(n)) {
         swaps.push((*name, install(model, &ops)?));
     }
     model.compact()?;
@@ -358,7 +378,11 @@ impl Backend for TractBackend {
 mod tests {
     #[test]
     fn every_own_op_has_an_install() {
-        let names: Vec<&str> = super::INSTALLS.iter().map(|(n, _)| *n).collect();
-        assert_eq!(names, super::kernels::OWN_OPS);
+        let installs = super::BEFORE_LOWERING.iter().chain(&super::INSTALLS);
+        let mut names: Vec<&str> = installs.map(|(n, _)| *n).collect();
+        let mut own = super::kernels::OWN_OPS;
+        names.sort();
+        own.sort();
+        assert_eq!(names, own);
     }
 }

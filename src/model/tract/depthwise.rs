@@ -1,0 +1,441 @@
+//! Quantized depthwise convolutions (one filter per channel: MobileNet, EfficientNet,
+//! ShuffleNet) as one direct loop per channel.
+//!
+//! tract runs a float depthwise convolution with its own direct op, but an int8 one through
+//! im2col and its matrix kernels with one output row per group: a kernel made for 8 or 16
+//! rows computes one, and the im2col copy is as large as the product. perf on an int8
+//! MobileNetV2 put that path over half of a pass (docs/benchmarks.md, "Model zoo").
+//! [`install`] replaces each such convolution, before tract lowers it, with
+//! [`QuantDepthwise`], which computes the same bytes: the exact integer sums
+//! `bias + Σ (x − x₀)(w − w₀)` (padding is x₀, so it adds nothing), then tract's
+//! requantisation — `scale_by` with the factor `w_scale · x_scale / y_scale` tract
+//! computes, plus y₀, clamped, cast.
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
+use tract_onnx::tract_core::ops::nn::DataFormat;
+
+use super::swap::{is_8bit, Swapped};
+
+/// A constant's values as `T`.
+fn values<T: Datum + Copy>(t: &Tensor) -> TractResult<Vec<T>> {
+    let t = t.cast_to::<T>()?;
+    Ok(t.try_as_plain_ram()?.as_slice::<T>()?.to_vec())
+}
+
+/// Sizes along one spatial axis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Axis {
+    input: usize,
+    output: usize,
+    kernel: usize,
+    stride: usize,
+    dilation: usize,
+    pad_before: usize,
+}
+
+impl Axis {
+    /// Input positions a padded row spans: what the last output's last tap reads.
+    fn padded(&self) -> usize {
+        let reach = (self.output - 1) * self.stride + (self.kernel - 1) * self.dilation + 1;
+        reach.max(self.pad_before + self.input)
+    }
+}
+
+/// A depthwise convolution of 8-bit `[N, C, H, W]` or `[C, H, W]` to 8 bits, its constants
+/// folded in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantDepthwise {
+    channels: usize,
+    h: Axis,
+    w: Axis,
+    /// `w − w₀`, `[C, kh·kw]`.
+    weights: Vec<i32>,
+    bias: Vec<i32>,
+    x0: i32,
+    /// One factor per channel, or one for all.
+    scales: Vec<f32>,
+    y0: i32,
+    to: DatumType,
+}
+
+impl Eq for QuantDepthwise {}
+
+impl std::hash::Hash for QuantDepthwise {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (self.channels, self.h, self.w, &self.weights, &self.bias).hash(state);
+        self.scales.iter().for_each(|s| s.to_bits().hash(state));
+        (self.x0, self.y0, self.to).hash(state);
+    }
+}
+
+/// Replaces every quantized depthwise convolution of a decluttered `model` that has
+/// constant weights and parameters and a known input shape; says how many quantized
+/// depthwise convolutions it found and replaced.
+pub fn install(model: &mut TypedModel) -> TractResult<Swapped> {
+    let mut swapped = Swapped::default();
+    // Patches append nodes: the ones present now are all that can be candidates.
+    for id in 0..model.nodes.len() {
+        let node = &model.nodes[id];
+        let Some(conv) = node.op_as::<Conv>() else {
+            continue;
+        };
+        let depthwise = conv.group > 1
+            && conv.group == conv.input_channels()
+            && conv.group == conv.output_channels();
+        if conv.q_params.is_none() || !depthwise {
+            continue;
+        }
+        swapped.candidates += 1;
+        let Some(op) = QuantDepthwise::of(model, node, conv)? else {
+            continue;
+        };
+        let mut patch = TypedModelPatch::default();
+        let input = patch.tap_model(model, node.inputs[0])?;
+        let wire = patch.wire_node(format!("{}.depthwise", node.name), op, &[input])?;
+        patch.shunt_outside(model, OutletId::new(id, 0), wire[0])?;
+        patch.apply(model)?;
+        swapped.replaced += 1;
+    }
+    Ok(swapped)
+}
+
+impl QuantDepthwise {
+    /// The op for `conv`, when its layout is NCHW/OIHW with two spatial axes, its input
+    /// shape known, its input and output 8-bit and every other input a constant.
+    fn of(model: &TypedModel, node: &TypedNode, conv: &Conv) -> TractResult<Option<Self>> {
+        let facts = model.node_input_facts(node.id)?;
+        let Some(to) = conv
+            .q_params
+            .filter(|dt| [DatumType::U8, DatumType::I8].contains(dt))
+        else {
+            return Ok(None);
+        };
+        let layout_ok = [DataFormat::NCHW, DataFormat::CHW].contains(&conv.pool_spec.data_format)
+            && conv.kernel_fmt == KernelFormat::OIHW
+            && conv.pool_spec.rank() == 2
+            && facts.len() == 9
+            && is_8bit(facts[0])
+            && is_8bit(facts[1]);
+        let Some(shape) = facts[0].shape.as_concrete().filter(|_| layout_ok) else {
+            return Ok(None);
+        };
+        let consts: Option<Vec<&Tensor>> = facts[1..].iter().map(|f| f.konst.as_deref()).collect();
+        let Some(&[kernel, bias, x0, x_scale, w0, w_scale, y0, y_scale]) = consts.as_deref() else {
+            return Ok(None);
+        };
+        let channels = conv.input_channels();
+        let per_channel = |t: &Tensor| t.len() == 1 || t.len() == channels;
+        if ![bias, w0, w_scale].into_iter().all(per_channel) {
+            return Ok(None);
+        }
+        let spatial = &shape[shape.len() - 2..];
+        let padding = conv.pool_spec.computed_padding(spatial);
+        let axis = |i: usize| Axis {
+            input: spatial[i],
+            output: padding[i].convoluted,
+            kernel: conv.pool_spec.kernel_shape[i],
+            stride: conv.pool_spec.stride(i),
+            dilation: conv.pool_spec.dilation(i),
+            pad_before: padding[i].pad_before,
+        };
+        let (h, w) = (axis(0), axis(1));
+        if h.output == 0 || w.output == 0 {
+            return Ok(None);
+        }
+        let taps = h.kernel * w.kernel;
+        let kernel = values::<i32>(kernel)?;
+        if kernel.len() != channels * taps {
+            return Ok(None);
+        }
+        let w0 = values::<i32>(w0)?;
+        let weights = (0..channels * taps)
+            .map(|i| kernel[i] - w0[(i / taps) % w0.len()])
+            .collect();
+        let bias = values::<i32>(bias)?;
+        let bias = (0..channels).map(|c| bias[c % bias.len()]).collect();
+        // tract's `combine_scales`: (w_scale · x_scale) / y_scale, in f32, in that order.
+        let x_scale = x_scale.cast_to_scalar::<f32>()?;
+        let y_scale = y_scale.cast_to_scalar::<f32>()?;
+        let scales = values::<f32>(w_scale)?;
+        let scales = scales.iter().map(|s| s * x_scale / y_scale).collect();
+        Ok(Some(QuantDepthwise {
+            channels,
+            h,
+            w,
+            weights,
+            bias,
+            x0: x0.cast_to_scalar::<i32>()?,
+            scales,
+            y0: y0.cast_to_scalar::<i32>()?,
+            to,
+        }))
+    }
+
+    /// The `(lo, hi)` range of the output type.
+    fn range(&self) -> (i32, i32) {
+        if self.to == DatumType::U8 {
+            (0, 255)
+        } else {
+            (-128, 127)
+        }
+    }
+
+    /// One channel's plane: `acc` gets the integer sums, then `ys` their requantised bytes.
+    /// `phases` is scratch for the padded input, split by column modulo the stride so that
+    /// every tap reads a contiguous run.
+    #[inline(always)]
+    fn channel<X: Copy + Into<i32>, Y: Copy>(
+        &self,
+        c: usize,
+        xs: &[X],
+        phases: &mut [i32],
+        acc: &mut [i32],
+        ys: &mut [Y],
+        cast: impl Fn(i32) -> Y,
+    ) {
+        let (h, w) = (&self.h, &self.w);
+        let (rows, cols) = (h.padded(), w.padded());
+        let phase_cols = cols.div_ceil(w.stride);
+        let phase_len = rows * phase_cols;
+        phases.fill(0);
+        for y in 0..h.input {
+            let row = &xs[y * w.input..][..w.input];
+            let padded_y = y + h.pad_before;
+            for (x, v) in row.iter().enumerate() {
+                let col = x + w.pad_before;
+                let at = (col % w.stride) * phase_len + padded_y * phase_cols + col / w.stride;
+                phases[at] = (*v).into() - self.x0;
+            }
+        }
+        acc.fill(self.bias[c]);
+        let taps = &self.weights[c * h.kernel * w.kernel..][..h.kernel * w.kernel];
+        for oy in 0..h.output {
+            let out = &mut acc[oy * w.output..][..w.output];
+            for ky in 0..h.kernel {
+                let row = oy * h.stride + ky * h.dilation;
+                for kx in 0..w.kernel {
+                    let col = kx * w.dilation;
+                    let start = (col % w.stride) * phase_len + row * phase_cols + col / w.stride;
+                    let input = &phases[start..][..w.output];
+                    let weight = taps[ky * w.kernel + kx];
+                    for (o, &i) in out.iter_mut().zip(input) {
+                        *o = o.wrapping_add(i.wrapping_mul(weight));
+                    }
+                }
+            }
+        }
+        let scale = self.scales[c % self.scales.len()];
+        let (lo, hi) = self.range();
+        for (y, &a) in ys.iter_mut().zip(acc.iter()) {
+            // tract's `scale_by`: round half to even of |a|·s, the sign put back.
+            let f = a as f32;
+            let scaled = ((f.abs() * scale).round_ties_even() * f.signum()) as i32;
+            *y = cast(scaled.wrapping_add(self.y0).min(hi).max(lo));
+        }
+    }
+
+    /// Every plane of `input`: compiled twice on x86-64, for its SSE2 baseline and for
+    /// AVX2 (wider integer lanes and the rounding instruction), picked at run time.
+    fn planes<X: Datum + Copy + Into<i32>, Y: Datum + Copy>(
+        &self,
+        input: &Tensor,
+        cast: impl Fn(i32) -> Y + Copy,
+    ) -> TractResult<Tensor> {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: this CPU has AVX2, checked just above.
+            return unsafe { self.planes_avx2::<X, Y>(input, cast) };
+        }
+        self.planes_any::<X, Y>(input, cast)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn planes_avx2<X: Datum + Copy + Into<i32>, Y: Datum + Copy>(
+        &self,
+        input: &Tensor,
+        cast: impl Fn(i32) -> Y + Copy,
+    ) -> TractResult<Tensor> {
+        self.planes_any::<X, Y>(input, cast)
+    }
+
+    #[inline(always)]
+    fn planes_any<X: Datum + Copy + Into<i32>, Y: Datum + Copy>(
+        &self,
+        input: &Tensor,
+        cast: impl Fn(i32) -> Y + Copy,
+    ) -> TractResult<Tensor> {
+        let (h, w) = (&self.h, &self.w);
+        let mut shape = input.shape().to_vec();
+        let rank = shape.len();
+        shape[rank - 2..].copy_from_slice(&[h.output, w.output]);
+        let mut output = Tensor::zero_dt(self.to, &shape)?;
+        let plain = input.try_as_plain_ram()?;
+        let xs = plain.as_slice::<X>()?;
+        let mut phases = vec![0i32; h.padded() * w.padded().div_ceil(w.stride) * w.stride];
+        let mut acc = vec![0i32; h.output * w.output];
+        // The view's borrow of `output` ends with the block.
+        {
+            let mut out = output.try_as_plain_ram_mut()?;
+            let ys = out.as_slice_mut::<Y>()?;
+            let planes = xs.chunks(h.input * w.input).zip(ys.chunks_mut(acc.len()));
+            for (i, (x, y)) in planes.enumerate() {
+                self.channel(i % self.channels, x, &mut phases, &mut acc, y, cast);
+            }
+        }
+        Ok(output)
+    }
+}
+
+impl Op for QuantDepthwise {
+    fn name(&self) -> StaticName {
+        "QuantDepthwise".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        let (h, w) = (&self.h, &self.w);
+        Ok(vec![format!(
+            "{} channels, {}x{} kernel, stride {}x{}, {} factor(s), to {:?} (iscamd)",
+            self.channels,
+            h.kernel,
+            w.kernel,
+            h.stride,
+            w.stride,
+            self.scales.len(),
+            self.to
+        )])
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for QuantDepthwise {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let input = args_1!(inputs);
+        // `as`: what tract's Cast does; the value is already clamped to the type's range.
+        let output = match (input.datum_type(), self.to) {
+            (DatumType::U8, DatumType::U8) => self.planes::<u8, u8>(&input, |v| v as u8),
+            (DatumType::U8, _) => self.planes::<u8, i8>(&input, |v| v as i8),
+            (DatumType::I8, DatumType::U8) => self.planes::<i8, u8>(&input, |v| v as u8),
+            (DatumType::I8, _) => self.planes::<i8, i8>(&input, |v| v as i8),
+            (dt, _) => bail!("QuantDepthwise: input of {dt:?}, expected 8-bit integers"),
+        }?;
+        Ok(tvec!(output.into_tvalue()))
+    }
+}
+
+impl TypedOp for QuantDepthwise {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let mut shape = inputs[0].shape.to_tvec();
+        let rank = shape.len();
+        shape[rank - 2] = self.h.output.into();
+        shape[rank - 1] = self.w.output.into();
+        Ok(tvec!(TypedFact::dt_shape(self.to, shape)))
+    }
+
+    as_op!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tract_onnx::tract_core::ops::cnn::{PaddingSpec, PoolSpec};
+
+    /// One quantized depthwise convolution of a `[1, C, 11, 9]` 8-bit input: `C` channels,
+    /// a 3×3 kernel with `stride`, one output zero point and as many weight scales and
+    /// zero points as `per_channel` says.
+    fn conv_model(x_dt: DatumType, to: DatumType, stride: usize, per_channel: bool) -> TypedModel {
+        let c = 5;
+        let mut model = TypedModel::default();
+        let x = model.add_source("x", x_dt.fact([1, c, 11, 9])).unwrap();
+        let kernel: Vec<i8> = (0..c * 9).map(|i| (i as i8).wrapping_mul(37)).collect();
+        let kernel = tract_ndarray::Array4::from_shape_vec([c, 1, 3, 3], kernel).unwrap();
+        let channels = |f: &dyn Fn(usize) -> f32| -> Tensor {
+            match per_channel {
+                true => tract_ndarray::Array1::from_shape_fn(c, f).into_tensor(),
+                false => tensor0(f(0)),
+            }
+        };
+        let w0 = channels(&|c| c as f32 - 2.0)
+            .cast_to::<i32>()
+            .unwrap()
+            .into_owned();
+        let consts = [
+            kernel.into_tensor(),
+            tract_ndarray::Array1::from_shape_fn(c, |c| c as i32 * 301 - 600).into_tensor(),
+            tensor0(if x_dt == DatumType::U8 { 128i32 } else { -3 }),
+            tensor0(0.5f32),
+            w0,
+            // Channel 0's factor is 1/128: sums ≡ 64 mod 128 are exact ties.
+            channels(&|c| 1.0 + c as f32 * 0.375),
+            tensor0(if to == DatumType::U8 { 7i32 } else { -5 }),
+            tensor0(64f32),
+        ];
+        let mut inputs = tvec![x];
+        for (i, t) in consts.into_iter().enumerate() {
+            inputs.push(model.add_const(format!("c{i}"), t).unwrap());
+        }
+        let conv = Conv {
+            pool_spec: PoolSpec {
+                data_format: DataFormat::NCHW,
+                kernel_shape: tvec![3, 3],
+                padding: PaddingSpec::Explicit(tvec![1, 0], tvec![1, 2]),
+                dilations: None,
+                strides: Some(tvec![stride, stride]),
+                input_channels: c,
+                output_channels: c,
+            },
+            kernel_fmt: KernelFormat::OIHW,
+            group: c,
+            q_params: Some(to),
+        };
+        let y = model.wire_node("conv", conv, &inputs).unwrap();
+        model.select_output_outlets(&y).unwrap();
+        model
+    }
+
+    fn run(model: TypedModel, x: &Tensor) -> Tensor {
+        let plan = model.into_optimized().unwrap().into_runnable().unwrap();
+        plan.run(tvec!(x.clone().into_tvalue()))
+            .unwrap()
+            .remove(0)
+            .into_tensor()
+    }
+
+    #[test]
+    fn computes_the_bytes_tracts_lowering_computes() {
+        for (x_dt, to) in [
+            (DatumType::U8, DatumType::U8),
+            (DatumType::I8, DatumType::I8),
+        ] {
+            let x = tract_ndarray::Array4::from_shape_fn([1, 5, 11, 9], |(_, c, y, x)| {
+                ((c * 99 + y * 9 + x) * 73 % 256) as u8
+            })
+            .into_tensor()
+            .cast_to_dt(x_dt)
+            .unwrap()
+            .into_owned();
+            for (stride, per_channel) in [(1, false), (1, true), (2, false), (2, true)] {
+                let model = conv_model(x_dt, to, stride, per_channel);
+                let expected = run(model.clone(), &x);
+                let mut ours = model.into_decluttered().unwrap();
+                let swapped = install(&mut ours).unwrap();
+                assert_eq!(
+                    swapped,
+                    Swapped {
+                        candidates: 1,
+                        replaced: 1
+                    }
+                );
+                let got = run(ours, &x);
+                let case = format!("{x_dt:?}→{to:?}, stride {stride}, per channel {per_channel}");
+                assert_eq!(got.shape(), expected.shape(), "{case}");
+                assert_eq!(got, expected, "{case}");
+            }
+        }
+    }
+}
