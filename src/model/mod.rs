@@ -16,6 +16,7 @@ mod onnx;
 mod ort;
 mod preprocess;
 mod qdq;
+mod qdq_concat;
 mod tract;
 mod zero_points;
 

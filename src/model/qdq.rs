@@ -127,7 +127,7 @@ struct QLinearConv {
 }
 
 /// The graph's producers, readers and constants, by tensor name.
-struct View<'a> {
+pub(super) struct View<'a> {
     producers: HashMap<&'a str, (usize, &'a NodeProto)>,
     readers: HashMap<&'a str, Vec<(usize, &'a NodeProto)>>,
     constants: HashMap<&'a str, &'a TensorProto>,
@@ -135,15 +135,16 @@ struct View<'a> {
     kept: HashSet<&'a str>,
 }
 
-/// A DequantizeLinear's inputs: the quantized tensor, its scale and zero point.
-struct Dequantized<'a> {
-    quantized: &'a str,
-    scale: &'a str,
-    zero_point: &'a str,
+/// A DequantizeLinear's index and inputs: the quantized tensor, its scale and zero point.
+pub(super) struct Dequantized<'a> {
+    pub(super) node: usize,
+    pub(super) quantized: &'a str,
+    pub(super) scale: &'a str,
+    pub(super) zero_point: &'a str,
 }
 
 impl<'a> View<'a> {
-    fn new(graph: &'a GraphProto, keep: &'a [String]) -> Self {
+    pub(super) fn new(graph: &'a GraphProto, keep: &'a [String]) -> Self {
         let mut producers = HashMap::new();
         let mut readers: HashMap<&str, Vec<(usize, &NodeProto)>> = HashMap::new();
         for (i, node) in graph.node.iter().enumerate() {
@@ -184,12 +185,13 @@ impl<'a> View<'a> {
         dequantized(0) && dequantized(1)
     }
 
-    fn dequantized(&self, tensor: &str) -> Option<Dequantized<'a>> {
-        let (_, node) = *self.producers.get(tensor)?;
+    pub(super) fn dequantized(&self, tensor: &str) -> Option<Dequantized<'a>> {
+        let (index, node) = *self.producers.get(tensor)?;
         if node.op_type != "DequantizeLinear" || node.input.len() != 3 {
             return None;
         }
         Some(Dequantized {
+            node: index,
             quantized: &node.input[0],
             scale: &node.input[1],
             zero_point: &node.input[2],
@@ -200,12 +202,20 @@ impl<'a> View<'a> {
         Constant::decode(self.constants.get(name)?).ok()
     }
 
-    fn data_type(&self, name: &str) -> Option<i32> {
+    /// A constant of one value.
+    pub(super) fn scalar(&self, name: &str) -> Option<f32> {
+        match self.constant(name)?.values[..] {
+            [v] => Some(v),
+            _ => None,
+        }
+    }
+
+    pub(super) fn data_type(&self, name: &str) -> Option<i32> {
         self.constants.get(name).map(|t| t.data_type)
     }
 
     /// The one op reading `tensor`, unless the tensor must stay.
-    fn only_reader(&self, tensor: &str) -> Option<(usize, &'a NodeProto)> {
+    pub(super) fn only_reader(&self, tensor: &str) -> Option<(usize, &'a NodeProto)> {
         if self.kept.contains(tensor) {
             return None;
         }
@@ -249,10 +259,7 @@ impl<'a> View<'a> {
         if !eight_bit(w.quantized) || !eight_bit(w.zero_point) || !eight_bit(x.zero_point) {
             return None;
         }
-        let x_scale = match self.constant(x.scale)?.values[..] {
-            [s] => s,
-            _ => return None,
-        };
+        let x_scale = self.scalar(x.scale)?;
         let w_scale = self.constant(w.scale)?.values;
         let (q, removed) = self.output_quantize(conv)?;
         if self.constant(&q.input[1])?.values.len() != 1 {

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use tract_onnx::prelude::tract_ndarray::{Array4, ArrayD};
 use tract_onnx::prelude::*;
 
-use super::{kernels, qdq, zero_points, Backend, BatchPlan, TractOptions};
+use super::{kernels, qdq, qdq_concat, zero_points, Backend, BatchPlan, TractOptions};
 use crate::error::{Error, Result};
 
 // iscamd's own ops, swapped into tract's optimised plans under `kernels::Policy::Tuned`.
@@ -48,6 +48,8 @@ pub struct TractBackend {
     swaps: Mutex<Option<Swaps>>,
     /// QDQ convolutions folded into `QLinearConv` (tuned kernels only).
     folded: qdq::Folded,
+    /// Concatenations between DequantizeLinear and QuantizeLinear made 8-bit (tuned only).
+    int8_concats: usize,
     /// Per-channel weight zero points made one scalar (tuned kernels only).
     scalar_zero_points: usize,
 }
@@ -62,14 +64,16 @@ impl TractBackend {
         options: &TractOptions,
     ) -> Result<Self> {
         let mut proto = std::borrow::Cow::Borrowed(proto);
-        let (folded, scalar_zero_points) = match (options.kernels, proto.graph.is_some()) {
-            (kernels::Policy::Tuned, true) => {
-                let graph = proto.to_mut().graph.as_mut().expect("checked");
-                let folded = qdq::fold(graph, outputs);
-                (folded, zero_points::make_uniform_scalar(graph))
-            }
-            _ => (qdq::Folded::default(), 0),
-        };
+        let (folded, int8_concats, scalar_zero_points) =
+            match (options.kernels, proto.graph.is_some()) {
+                (kernels::Policy::Tuned, true) => {
+                    let graph = proto.to_mut().graph.as_mut().expect("checked");
+                    let folded = qdq::fold(graph, outputs);
+                    let concats = qdq_concat::fold(graph, outputs);
+                    (folded, concats, zero_points::make_uniform_scalar(graph))
+                }
+                _ => (qdq::Folded::default(), 0, 0),
+            };
         let graph = parse(&path, &proto, outputs)?;
         let mut backend = TractBackend {
             path,
@@ -88,6 +92,7 @@ impl TractBackend {
             symbolic: None,
             swaps: Mutex::new(None),
             folded,
+            int8_concats,
             scalar_zero_points,
         };
         backend.chosen = match (options.kernels, &options.matmul) {
@@ -313,6 +318,9 @@ impl Backend for TractBackend {
             qdq::Folded { convs: 0, left: 0 } => String::new(),
             folded => format!("{folded}; "),
         };
+        if self.int8_concats > 0 {
+            folded += &format!("QDQ Concat → int8 {}; ", self.int8_concats);
+        }
         if self.scalar_zero_points > 0 {
             let n = self.scalar_zero_points;
             folded += &format!("per-channel zero points → scalar {n}; ");
