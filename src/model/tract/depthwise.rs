@@ -36,10 +36,26 @@ struct Axis {
 }
 
 impl Axis {
-    /// Input positions a padded row spans: what the last output's last tap reads.
-    fn padded(&self) -> usize {
-        let reach = (self.output - 1) * self.stride + (self.kernel - 1) * self.dilation + 1;
-        reach.max(self.pad_before + self.input)
+    /// Positions of one phase (padded positions `j·stride + phase`) that any tap reads:
+    /// the outputs, plus the farthest tap's offset within its phase.
+    fn phase_len(&self) -> usize {
+        self.output + (self.kernel - 1) * self.dilation / self.stride
+    }
+
+    /// The phase and the offset in it of tap `k`.
+    fn tap(&self, k: usize) -> (usize, usize) {
+        let at = k * self.dilation;
+        (at % self.stride, at / self.stride)
+    }
+
+    /// For each phase: the first of its positions that holds an input value, and that
+    /// input's index.
+    fn phase_starts(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        (0..self.stride).map(|phase| {
+            // Padded position `j·stride + phase` is input `j·stride + phase − pad_before`.
+            let first = self.pad_before.saturating_sub(phase).div_ceil(self.stride);
+            (first, first * self.stride + phase - self.pad_before)
+        })
     }
 }
 
@@ -183,8 +199,9 @@ impl QuantDepthwise {
     }
 
     /// One channel's plane: `acc` gets the integer sums, then `ys` their requantised bytes.
-    /// `phases` is scratch for the padded input, split by column modulo the stride so that
-    /// every tap reads a contiguous run.
+    /// `phases` is scratch for the padded input, split by row and column modulo the
+    /// strides, each phase as wide as `acc`'s rows: every tap then adds one contiguous run
+    /// over all output rows at once (`acc`'s columns past the output width are scratch).
     #[inline(always)]
     fn channel<X: Copy + Into<i32>, Y: Copy>(
         &self,
@@ -196,43 +213,60 @@ impl QuantDepthwise {
         cast: impl Fn(i32) -> Y,
     ) {
         let (h, w) = (&self.h, &self.w);
-        let (rows, cols) = (h.padded(), w.padded());
-        let phase_cols = cols.div_ceil(w.stride);
-        let phase_len = rows * phase_cols;
+        let (rows, cols) = (h.phase_len(), w.phase_len());
+        let plane = rows * cols;
         phases.fill(0);
-        for y in 0..h.input {
-            let row = &xs[y * w.input..][..w.input];
-            let padded_y = y + h.pad_before;
-            for (x, v) in row.iter().enumerate() {
-                let col = x + w.pad_before;
-                let at = (col % w.stride) * phase_len + padded_y * phase_cols + col / w.stride;
-                phases[at] = (*v).into() - self.x0;
+        for (row_phase, (first_row, first_y)) in h.phase_starts().enumerate() {
+            let ys_in = (first_y..h.input).step_by(h.stride);
+            for (r, y) in (first_row..rows).zip(ys_in) {
+                let line = &xs[y * w.input..][..w.input];
+                for (col_phase, (first_col, first_x)) in w.phase_starts().enumerate() {
+                    let at = (row_phase * w.stride + col_phase) * plane + r * cols;
+                    let to = &mut phases[at..at + cols][first_col.min(cols)..];
+                    let from = &line[first_x.min(w.input)..];
+                    let x0 = self.x0;
+                    if w.stride == 1 {
+                        // Contiguous on both sides: a loop the compiler vectorises.
+                        to.iter_mut()
+                            .zip(from)
+                            .for_each(|(t, v)| *t = (*v).into() - x0);
+                    } else {
+                        let from = from.iter().step_by(w.stride);
+                        to.iter_mut()
+                            .zip(from)
+                            .for_each(|(t, v)| *t = (*v).into() - x0);
+                    }
+                }
             }
         }
         acc.fill(self.bias[c]);
+        let run = h.output * cols;
         let taps = &self.weights[c * h.kernel * w.kernel..][..h.kernel * w.kernel];
-        for oy in 0..h.output {
-            let out = &mut acc[oy * w.output..][..w.output];
-            for ky in 0..h.kernel {
-                let row = oy * h.stride + ky * h.dilation;
-                for kx in 0..w.kernel {
-                    let col = kx * w.dilation;
-                    let start = (col % w.stride) * phase_len + row * phase_cols + col / w.stride;
-                    let input = &phases[start..][..w.output];
-                    let weight = taps[ky * w.kernel + kx];
-                    for (o, &i) in out.iter_mut().zip(input) {
-                        *o = o.wrapping_add(i.wrapping_mul(weight));
-                    }
+        for ky in 0..h.kernel {
+            let (row_phase, dy) = h.tap(ky);
+            for kx in 0..w.kernel {
+                let (col_phase, dx) = w.tap(kx);
+                let start = (row_phase * w.stride + col_phase) * plane + dy * cols + dx;
+                let weight = taps[ky * w.kernel + kx];
+                for (o, &i) in acc[..run].iter_mut().zip(&phases[start..start + run]) {
+                    *o = o.wrapping_add(i.wrapping_mul(weight));
                 }
             }
         }
         let scale = self.scales[c % self.scales.len()];
         let (lo, hi) = self.range();
-        for (y, &a) in ys.iter_mut().zip(acc.iter()) {
-            // tract's `scale_by`: round half to even of |a|·s, the sign put back.
-            let f = a as f32;
-            let scaled = ((f.abs() * scale).round_ties_even() * f.signum()) as i32;
-            *y = cast(scaled.wrapping_add(self.y0).min(hi).max(lo));
+        let (y0, lo, hi) = (self.y0 as f32, lo as f32, hi as f32);
+        for (y, a) in ys.chunks_mut(w.output).zip(acc.chunks(cols)) {
+            for (y, &a) in y.iter_mut().zip(a) {
+                // tract's `scale_by` (round half to even of |a|·s, the sign put back), then
+                // its zero point and clamp, in f32: exact, as the rounded value is an
+                // integer and any sum beyond 2²⁴ clamps to the same end.
+                let f = a as f32;
+                let scaled = (f.abs() * scale).round_ties_even() * f.signum();
+                let clamped = (scaled + y0).clamp(lo, hi);
+                // SAFETY: `clamped` is an integer within the output type's range.
+                *y = cast(unsafe { clamped.to_int_unchecked::<i32>() });
+            }
         }
     }
 
@@ -274,13 +308,16 @@ impl QuantDepthwise {
         let mut output = Tensor::zero_dt(self.to, &shape)?;
         let plain = input.try_as_plain_ram()?;
         let xs = plain.as_slice::<X>()?;
-        let mut phases = vec![0i32; h.padded() * w.padded().div_ceil(w.stride) * w.stride];
-        let mut acc = vec![0i32; h.output * w.output];
+        let plane = h.phase_len() * w.phase_len();
+        // The last tap's run ends up to a row past its phase: in the next phase, or here.
+        let mut phases = vec![0i32; (plane * h.stride + w.phase_len()) * w.stride];
+        let mut acc = vec![0i32; h.output * w.phase_len()];
+        let out_plane = h.output * w.output;
         // The view's borrow of `output` ends with the block.
         {
             let mut out = output.try_as_plain_ram_mut()?;
             let ys = out.as_slice_mut::<Y>()?;
-            let planes = xs.chunks(h.input * w.input).zip(ys.chunks_mut(acc.len()));
+            let planes = xs.chunks(h.input * w.input).zip(ys.chunks_mut(out_plane));
             for (i, (x, y)) in planes.enumerate() {
                 self.channel(i % self.channels, x, &mut phases, &mut acc, y, cast);
             }
