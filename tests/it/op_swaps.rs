@@ -39,6 +39,12 @@ fn every_swap_replaces_nodes_on_the_shipped_models() {
             !f32_swap.missed() && !int8_swap.missed(),
             "{name} found its op and replaced none of it: f32 {f32_swap:?}, int8 {int8_swap:?}"
         );
+        // SqueezeNet has no depthwise convolution: tests/it/zoo.rs checks that op on the
+        // int8 MobileNetV2, and its unit test against tract's lowering.
+        if *name == "depthwise" {
+            assert_eq!(f32_swap.candidates + int8_swap.candidates, 0);
+            continue;
+        }
         assert!(
             f32_swap.replaced + int8_swap.replaced > 0,
             "{name} replaced nothing on either shipped model: f32 {f32_swap:?}, int8 {int8_swap:?}"

@@ -16,7 +16,10 @@ use tract_onnx::prelude::tract_ndarray::{Array2, Array3, Axis, Ix4};
 #[derive(serde::Deserialize)]
 struct Model {
     file: String,
+    // Read by the int8 tests, which need ONNX Runtime (feature `ort`).
+    #[cfg_attr(not(feature = "ort"), allow(dead_code))]
     mean: Vec<f32>,
+    #[cfg_attr(not(feature = "ort"), allow(dead_code))]
     std: Vec<f32>,
     cam_layer: String,
     cam_head: String,
