@@ -346,12 +346,13 @@ impl<'a> View<'a> {
     }
 }
 
+/// Small ONNX graphs for the tests of the passes that rewrite them.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use tract_onnx::pb::{attribute_proto::AttributeType, AttributeProto};
+pub(super) mod proto {
+    use tract_onnx::pb::{GraphProto, NodeProto, TensorProto};
 
-    fn scalar(name: &str, data_type: i32, value: f32) -> TensorProto {
+    /// A one-value initializer: float (`data_type` 1) or an integer type.
+    pub fn scalar(name: &str, data_type: i32, value: f32) -> TensorProto {
         let mut t = TensorProto {
             name: name.into(),
             data_type,
@@ -364,7 +365,7 @@ mod tests {
         t
     }
 
-    fn node(op: &str, inputs: &[&str], output: &str) -> NodeProto {
+    pub fn node(op: &str, inputs: &[&str], output: &str) -> NodeProto {
         NodeProto {
             name: format!("{op}_{output}"),
             op_type: op.into(),
@@ -373,6 +374,17 @@ mod tests {
             ..Default::default()
         }
     }
+
+    pub fn ops(g: &GraphProto) -> Vec<&str> {
+        g.node.iter().map(|n| n.op_type.as_str()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::proto::{node, ops, scalar};
+    use super::*;
+    use tract_onnx::pb::{attribute_proto::AttributeType, AttributeProto};
 
     /// `x_q → DQ → Conv(DQ(W), bias) → [Relu] → Q(zero point zp) → y_q → DQ → y`.
     fn graph(relu: bool, zp: f32, float_bias: bool) -> GraphProto {
@@ -424,10 +436,6 @@ mod tests {
             initializer,
             ..Default::default()
         }
-    }
-
-    fn ops(g: &GraphProto) -> Vec<&str> {
-        g.node.iter().map(|n| n.op_type.as_str()).collect()
     }
 
     #[test]

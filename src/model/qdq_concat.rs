@@ -143,31 +143,8 @@ fn unpadded(pool: &NodeProto) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::super::qdq::proto::{node, ops, scalar};
     use super::*;
-    use tract_onnx::pb::TensorProto;
-
-    fn scalar(name: &str, data_type: i32, value: f32) -> TensorProto {
-        let mut t = TensorProto {
-            name: name.into(),
-            data_type,
-            ..Default::default()
-        };
-        match data_type {
-            1 => t.float_data = vec![value],
-            _ => t.int32_data = vec![value as i32],
-        }
-        t
-    }
-
-    fn node(op: &str, inputs: &[&str], output: &str) -> NodeProto {
-        NodeProto {
-            name: format!("{op}_{output}"),
-            op_type: op.into(),
-            input: inputs.iter().map(|s| s.to_string()).collect(),
-            output: vec![output.into()],
-            ..Default::default()
-        }
-    }
 
     /// `DQ(a_q, 0.5) ⊕ DQ(b_q, 0.25) → [MaxPool] → Q(0.25) → y_q → DQ → y`, all u8.
     fn graph(pool: bool) -> GraphProto {
@@ -193,10 +170,6 @@ mod tests {
             ],
             ..Default::default()
         }
-    }
-
-    fn ops(g: &GraphProto) -> Vec<&str> {
-        g.node.iter().map(|n| n.op_type.as_str()).collect()
     }
 
     #[test]
