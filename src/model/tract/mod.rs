@@ -159,7 +159,9 @@ impl TractBackend {
                 true => install_ops(&mut typed, choice.ops, &BEFORE_LOWERING)?,
                 false => Swaps::default(),
             };
-            Ok((typed.into_optimized()?, before))
+            // Decluttered once, as tract's own `into_optimized` does: lowering is left.
+            typed.optimize()?;
+            Ok((typed, before))
         });
         let prepared = optimised.and_then(|(mut m, Swaps(mut swaps))| {
             let swaps = match tuned {
