@@ -92,13 +92,14 @@ fn entry_path(dir: &Path, cpu: &str, model: &str) -> PathBuf {
 }
 
 /// The CPU as the kernels see it: its model, the instruction sets tract found, and
-/// iscamd's version and choice format (whose kernels and ops may differ).
+/// iscamd's version and own ops (a plan with another set of ops measures differently).
 pub fn cpu_identity() -> String {
     format!(
-        "{}; {}; iscamd {} (choices with own ops)",
+        "{}; {}; iscamd {} (own ops: {})",
         cpu_model(),
         instruction_sets(),
-        env!("CARGO_PKG_VERSION")
+        env!("CARGO_PKG_VERSION"),
+        super::OWN_OPS.join(", ")
     )
 }
 
@@ -186,7 +187,7 @@ mod tests {
     #[test]
     fn the_cpu_identity_names_the_instruction_sets() {
         let cpu = cpu_identity();
-        assert!(cpu.contains("iscamd "), "{cpu}");
+        assert!(cpu.contains("iscamd ") && cpu.contains("depthwise"), "{cpu}");
         assert_ne!(sha256_hex(cpu.as_bytes()), sha256_hex(b"another CPU"));
     }
 }

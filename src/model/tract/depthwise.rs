@@ -18,6 +18,9 @@ use tract_onnx::tract_core::ops::nn::DataFormat;
 
 use super::swap::{is_8bit, Swapped};
 
+/// Sums per band of output rows: 4 KiB of i32.
+const BAND: usize = 1024;
+
 /// A constant's values as `T`.
 fn values<T: Datum + Copy>(t: &Tensor) -> TractResult<Vec<T>> {
     let t = t.cast_to::<T>()?;
@@ -240,16 +243,21 @@ impl QuantDepthwise {
             }
         }
         acc.fill(self.bias[c]);
-        let run = h.output * cols;
         let taps = &self.weights[c * h.kernel * w.kernel..][..h.kernel * w.kernel];
-        for ky in 0..h.kernel {
-            let (row_phase, dy) = h.tap(ky);
-            for kx in 0..w.kernel {
-                let (col_phase, dx) = w.tap(kx);
-                let start = (row_phase * w.stride + col_phase) * plane + dy * cols + dx;
-                let weight = taps[ky * w.kernel + kx];
-                for (o, &i) in acc[..run].iter_mut().zip(&phases[start..start + run]) {
-                    *o = o.wrapping_add(i.wrapping_mul(weight));
+        // Every tap over a band of output rows at a time, the band's sums kept in L1.
+        let band_rows = (BAND / cols).max(1);
+        for first in (0..h.output).step_by(band_rows) {
+            let band = first * cols..(first + band_rows).min(h.output) * cols;
+            for ky in 0..h.kernel {
+                let (row_phase, dy) = h.tap(ky);
+                for kx in 0..w.kernel {
+                    let (col_phase, dx) = w.tap(kx);
+                    let start = (row_phase * w.stride + col_phase) * plane + dy * cols + dx;
+                    let input = &phases[start + band.start..start + band.end];
+                    let weight = taps[ky * w.kernel + kx];
+                    for (o, &i) in acc[band.clone()].iter_mut().zip(input) {
+                        *o = o.wrapping_add(i.wrapping_mul(weight));
+                    }
                 }
             }
         }
