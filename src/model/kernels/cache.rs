@@ -187,7 +187,10 @@ mod tests {
     #[test]
     fn the_cpu_identity_names_the_instruction_sets() {
         let cpu = cpu_identity();
-        assert!(cpu.contains("iscamd ") && cpu.contains("depthwise"), "{cpu}");
+        assert!(
+            cpu.contains("iscamd ") && cpu.contains("depthwise"),
+            "{cpu}"
+        );
         assert_ne!(sha256_hex(cpu.as_bytes()), sha256_hex(b"another CPU"));
     }
 }
