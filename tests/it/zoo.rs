@@ -274,7 +274,8 @@ mod int8 {
 
     /// Top-1 of tract and of ONNX Runtime on the same int8 file agree on at least 3 of 4 of
     /// 21 shared images (random weights leave the top classes close: quantization noise
-    /// may swap a near-tie), every depthwise convolution runs on iscamd's integer op, and a
+    /// may swap a near-tie), every depthwise convolution and every float chain with constants
+    /// between int8 tensors runs on iscamd's 8-bit ops, and a
     /// QDQ file's convolutions run as QLinearConv (but the one that makes the CAM layer).
     fn check(file: &str, args: &[&str]) {
         let m = model(file);
@@ -283,13 +284,15 @@ mod int8 {
         let tract = load_path(&int8);
         let described = tract.backend();
         println!("{file} {args:?}: {described}");
-        let depthwise = described
-            .split("depthwise ")
-            .nth(1)
-            .and_then(|rest| rest.split(',').next())
-            .and_then(|n| n.split_once('/'))
-            .unwrap_or_else(|| panic!("no depthwise count in {described}"));
-        assert_eq!(depthwise.0, depthwise.1, "{file}: depthwise replaced/found");
+        for op in ["depthwise", "lookup-table"] {
+            let (replaced, found) = described
+                .split(&format!("{op} "))
+                .nth(1)
+                .and_then(|rest| rest.split(',').next())
+                .and_then(|n| n.split_once('/'))
+                .unwrap_or_else(|| panic!("no {op} count in {described}"));
+            assert_eq!(replaced, found, "{file}: {op} replaced/found");
+        }
         if args.contains(&"qdq") {
             let folded = described
                 .split("QDQ Conv → QLinearConv ")

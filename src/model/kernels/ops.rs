@@ -9,7 +9,7 @@ use std::fmt;
 use super::SettingError;
 
 /// iscamd's ops, by the names logs, `check` and the choice's text use.
-pub const OWN_OPS: [&str; 7] = [
+pub const OWN_OPS: [&str; 8] = [
     "max-pool",
     "im2col",
     "row-packing",
@@ -17,6 +17,7 @@ pub const OWN_OPS: [&str; 7] = [
     "quantize",
     "requantize",
     "depthwise",
+    "lookup-table",
 ];
 
 /// The instruction set iscamd's max-pooling is compiled for (one loop, compiled once per

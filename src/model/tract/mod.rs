@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 // iscamd's own ops, swapped into tract's optimised plans under `kernels::Policy::Tuned`.
 mod depthwise;
 mod im2col;
+mod lut;
 mod maxpool;
 mod measure;
 mod packing;
@@ -288,7 +289,10 @@ fn parse(
 /// those that replace an op before tract lowers it to its kernels, then those that
 /// replace steps of the lowered plan.
 type Install = fn(&mut TypedModel, &kernels::OwnOps) -> TractResult<Swapped>;
-const BEFORE_LOWERING: [(&str, Install); 1] = [("depthwise", |m, _| depthwise::install(m))];
+const BEFORE_LOWERING: [(&str, Install); 2] = [
+    ("depthwise", |m, _| depthwise::install(m)),
+    ("lookup-table", |m, _| lut::install(m)),
+];
 const INSTALLS: [(&str, Install); 6] = [
     ("max-pool", |m, ops| maxpool::install(m, ops.pool())),
     ("im2col", |m, _| im2col::install(m)),
