@@ -3,8 +3,9 @@
 //! Quantizers leave a Concat in float: each input dequantized, the float tensors joined,
 //! the result quantized again — three passes in float over every byte, where the 8-bit
 //! tensors could be joined as they are (ONNX Runtime fuses the pattern into its
-//! `QLinearConcat`). A per-channel SqueezeNet spends a third of its pass there. This pass
-//! rewrites the pattern before tract reads the graph:
+//! `QLinearConcat`); the shipped per-channel SqueezeNet, whose fire modules all end so,
+//! runs 1.2× faster without them (docs/benchmarks.md, "Model zoo"). This pass rewrites
+//! the pattern before tract reads the graph:
 //!
 //! ```text
 //! DQ(a_q, s_a) ─┐                                   a_q ──────────────┐
