@@ -5,7 +5,8 @@
 # RTSP, the x264 encoder the tests' streams use), mosquitto, systemd-analyze and promtool
 # for the daemon's tests, python3-gi with gst-rtsp-server for the tests' RTSP server, and the ONNX
 # Runtime wheel whose libonnxruntime the `ort` backend's tests load, and cargo-nextest, which
-# runs the tests. Skips what is already there.
+# runs the tests, and Chromium, which loads the page on the board in them. Skips what is
+# already there.
 set -euo pipefail
 
 sudo=""
@@ -18,6 +19,8 @@ command -v mosquitto_sub >/dev/null 2>&1 || missing+=(mosquitto-clients)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 # promtool: tests/it/metrics.rs checks the /metrics endpoint's text with it.
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+# chromium: tests/it/web.rs loads the page in Debian's headless browser.
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || missing+=(libclang-dev)
 pkg-config --exists gstreamer-app-1.0 gstreamer-video-1.0 2>/dev/null \
   || missing+=(pkg-config libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev)

@@ -18,6 +18,7 @@ use crate::publish::config::{HomeAssistantConfig, MqttConfig};
 use crate::publish::policy::PredictionPolicy;
 use crate::source::config::SourceConfig;
 use crate::telemetry::config::MetricsConfig;
+use crate::web::WebConfig;
 
 #[derive(Clone, PartialEq, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -30,6 +31,7 @@ pub struct Config {
     pub homeassistant: HomeAssistantConfig,
     pub metrics: MetricsConfig,
     pub events: EventsConfig,
+    pub web: WebConfig,
 }
 
 #[derive(Clone, PartialEq, Debug, Deserialize)]
@@ -99,6 +101,7 @@ impl Config {
         self.cam.validate()?;
         self.events.validate()?;
         self.homeassistant.validate()?;
+        self.web.validate()?;
         self.mqtt.validate()
     }
 

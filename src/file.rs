@@ -109,6 +109,21 @@ impl std::fmt::Display for Bytes {
     }
 }
 
+/// The SHA-256 of a file's bytes, in lowercase hex: what identifies a model.
+pub fn sha256_hex(path: &Path) -> std::io::Result<String> {
+    let mut file = File::open(path)?;
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buffer = vec![0; 1 << 16];
+    loop {
+        match file.read(&mut buffer)? {
+            0 => break,
+            n => context.update(&buffer[..n]),
+        }
+    }
+    let digest = context.finish();
+    Ok(digest.as_ref().iter().map(|b| format!("{b:02x}")).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,5 +22,6 @@ pub mod model;
 pub mod publish;
 pub mod source;
 pub mod telemetry;
+pub mod web;
 
 pub use error::{Error, Result};

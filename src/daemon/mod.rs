@@ -96,11 +96,7 @@ pub fn run(
         .thread_name(format!("{}io", shutdown::STAGE_THREAD_PREFIX))
         .build()
         .map_err(|e| Error::Stage(format!("cannot start the I/O runtime: {e}")))?;
-    if let Some(listen) = config.metrics.listen {
-        let _runtime = runtime.enter();
-        crate::telemetry::prometheus::serve(listen)?;
-        tracing::info!("Prometheus metrics on http://{listen}/metrics");
-    }
+    let board = runtime.block_on(serve_endpoints(&config))?;
     let (requests, mut reload_requests) = mpsc::channel(RELOAD_QUEUE);
     let reloads = Reloads {
         requests,
@@ -113,7 +109,8 @@ pub fn run(
         handle_other_signals(reloads.requests.clone());
         loop {
             let (config, classifier, running) = next;
-            let parts = parts(config, classifier, running, &broker, reloads.clone())?;
+            let mut parts = parts(config, classifier, running, &broker, reloads.clone())?;
+            parts.board = board.clone();
             let topology = Topology::start(parts)?;
             let stopped = wait_for_shutdown(stop.clone());
             match topology
@@ -180,7 +177,30 @@ fn parts(
         origin,
         running,
         reloads,
+        board: None,
     })
+}
+
+/// Starts the page (`[web] listen`) and `/metrics` (`[metrics] listen`, and on the
+/// page's server): set up once, they serve across restarts of the stages. Returns what
+/// the stages show the page.
+async fn serve_endpoints(config: &Config) -> Result<Option<Arc<crate::web::Board>>> {
+    let (web, metrics) = (&config.web, config.metrics.listen);
+    if web.listen.is_none() && metrics.is_none() {
+        return Ok(None);
+    }
+    let recorder = crate::telemetry::prometheus::install()?;
+    if let Some(listen) = metrics {
+        let bound = crate::web::start_metrics(listen, recorder.clone()).await?;
+        tracing::info!("Prometheus metrics on http://{bound}/metrics");
+    }
+    if web.listen.is_none() {
+        return Ok(None);
+    }
+    let board = Arc::new(crate::web::Board::default());
+    let bound = crate::web::start(web, board.clone(), Some(recorder)).await?;
+    tracing::info!("the page on http://{bound}/ (and /metrics)");
+    Ok(Some(board))
 }
 
 /// The host to connect to and the login the daemon's own client needs there.

@@ -34,8 +34,10 @@ pub enum ReloadError {
     /// The new config does not make a pipeline or a source.
     #[error(transparent)]
     Invalid(#[from] crate::Error),
-    #[error("[metrics] changed: the endpoint is set up once, at start; restart the daemon to apply this")]
-    Metrics,
+    #[error(
+        "{0} changed: its endpoint is set up once, at start; restart the daemon to apply this"
+    )]
+    Endpoint(&'static str),
     #[error("{0} changed, and the embedded broker cannot change its settings while it runs: restart the daemon to apply this")]
     EmbeddedBroker(String),
     #[error("the reload failed")]
@@ -124,7 +126,10 @@ pub fn prepare(
         }
     }
     if config.metrics != old.metrics {
-        return Err(ReloadError::Metrics);
+        return Err(ReloadError::Endpoint("[metrics]"));
+    }
+    if config.web != old.web {
+        return Err(ReloadError::Endpoint("[web]"));
     }
     if what.is_empty() {
         return Ok(Change::Nothing);

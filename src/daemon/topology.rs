@@ -32,6 +32,7 @@ use crate::publish::{discovery, run_connection, ConnectionSettings, Incoming, Me
 use crate::source::{Frame, FrameSource};
 use crate::telemetry::stage::StatsPublisher;
 use crate::telemetry::Stats;
+use crate::web::board::{Attached, Board};
 
 /// How long a stage's unexpected end waits for another stage to report the failure that
 /// caused it.
@@ -58,6 +59,8 @@ pub struct Parts {
     /// What a reload compares with; `None`: nothing to reload from.
     pub running: Option<Running>,
     pub reloads: Reloads,
+    /// The page's view, when `[web]` serves one.
+    pub board: Option<Arc<Board>>,
 }
 
 /// Where reload requests come from (SIGHUP, the reload command) and how they are met.
@@ -112,6 +115,16 @@ struct Shared {
     events: EventOutput,
 }
 
+/// What the connection stage is built from: its channels and the page's view.
+struct Connection {
+    options: MqttOptions,
+    messages: mpsc::Receiver<Message>,
+    /// Where received commands go (the page's too).
+    commands: mpsc::Sender<Incoming>,
+    stop: watch::Receiver<bool>,
+    board: Option<Arc<Board>>,
+}
+
 /// The ends of the channels between the heatmap path and the inference stage.
 struct HeatmapPath {
     jobs: SyncSender<Job>,
@@ -133,6 +146,7 @@ impl Topology {
             origin,
             running,
             reloads,
+            board,
         } = parts;
         let (trigger, shutdown) = Trigger::new();
         let (ends, ended) = Ends::new(16);
@@ -170,7 +184,24 @@ impl Topology {
             origin,
             publish,
         };
-        let incoming = t.start_connection(&shared, options, messages, connection_stop);
+        let (commands, incoming) = mpsc::channel::<Incoming>(INCOMING_QUEUE);
+        if let Some(board) = &board {
+            board.attach(Attached {
+                topics: shared.topics.clone(),
+                origin: shared.origin.clone(),
+                stats: shared.stats.clone(),
+                pipeline: shared.pipeline.clone(),
+                commands: commands.clone(),
+            });
+        }
+        let connection = Connection {
+            options,
+            messages,
+            commands,
+            stop: connection_stop,
+            board,
+        };
+        t.start_connection(&shared, connection);
         let capture = Capture {
             source,
             replacements,
@@ -185,15 +216,15 @@ impl Topology {
         Ok(t)
     }
 
-    /// The MQTT connection; returns where it delivers commands.
-    fn start_connection(
-        &mut self,
-        shared: &Shared,
-        options: MqttOptions,
-        messages: mpsc::Receiver<Message>,
-        stop: watch::Receiver<bool>,
-    ) -> mpsc::Receiver<Incoming> {
-        let (incoming_tx, incoming) = mpsc::channel::<Incoming>(INCOMING_QUEUE);
+    /// The MQTT connection.
+    fn start_connection(&mut self, shared: &Shared, connection: Connection) {
+        let Connection {
+            options,
+            messages,
+            commands,
+            stop,
+            board,
+        } = connection;
         let settings = ConnectionSettings {
             options,
             topics: shared.topics.clone(),
@@ -201,13 +232,13 @@ impl Topology {
             outbox: shared.config.mqtt.outbox,
             discovery: shared.discovery.clone(),
             shutdown_timeout: shared.config.device.shutdown_timeout,
+            board,
         };
         let stats = shared.stats.clone();
         self.task(CONNECTION, async move {
-            run_connection(settings, messages, incoming_tx, stats, stop).await;
+            run_connection(settings, messages, commands, stats, stop).await;
             Ok(())
         });
-        incoming
     }
 
     /// The CAM worker and the renderer.

@@ -38,6 +38,8 @@ pub struct ConnectionSettings {
     /// Home Assistant discovery, when it is on.
     pub discovery: Option<discovery::Options>,
     pub shutdown_timeout: Duration,
+    /// The page's copy of what is published (`[web]`).
+    pub board: Option<Arc<crate::web::Board>>,
 }
 
 struct Backoff {
@@ -140,9 +142,19 @@ pub async fn run_connection(
                 }
                 let delay = backoff.next_delay();
                 conn.on_disconnect(&mut eventloop, &e, delay);
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.changed() => {}
+                // Messages keep coming in while it waits: the outbox keeps what it may,
+                // and the stages (and the page) never wait for the broker.
+                let wait = tokio::time::sleep(delay);
+                tokio::pin!(wait);
+                loop {
+                    tokio::select! {
+                        _ = &mut wait => break,
+                        _ = shutdown.changed() => break,
+                        message = messages.recv() => match message {
+                            Some(m) => conn.submit(m),
+                            None => break,
+                        },
+                    }
                 }
             }
         }
@@ -273,6 +285,9 @@ impl Connection {
 
     /// Queues a message; it leaves when connected and in order.
     fn submit(&mut self, m: Message) {
+        if let Some(board) = &self.settings.board {
+            board.observe(&m);
+        }
         self.outbox.push(m, self.connected);
         self.drain();
     }

@@ -1,33 +1,43 @@
-//! The Prometheus endpoint (`[metrics] listen`, docs/metrics.md): the `metrics` crate's
-//! recorder, served by `metrics-exporter-prometheus`. [`crate::telemetry::Stats`] records into
-//! it beside its own counters; without `listen` no recorder is installed and those calls
-//! cost next to nothing.
+//! The Prometheus metrics (docs/metrics.md): the `metrics` crate's recorder, rendered on
+//! `/metrics` by iscamd's HTTP server (`[metrics] listen`, `[web] listen`: crate::web).
+//! [`crate::telemetry::Stats`] records into it beside its own counters; without either
+//! endpoint no recorder is installed and those calls cost next to nothing.
 
-use std::net::SocketAddr;
 use std::sync::Mutex;
+use std::time::Duration;
 
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::error::{Error, Result};
+
+/// How often the recorder's housekeeping runs (the exporter's own default).
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// Histogram buckets, in seconds: from a fast inference to a slow full map.
 const BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
-/// Starts serving `/metrics` on `listen`; call inside the daemon's runtime, once.
-pub fn serve(listen: SocketAddr) -> Result<()> {
-    let failed =
-        |e: &dyn std::fmt::Display| Error::invalid("metrics.listen", format!("{listen}: {e}"));
-    PrometheusBuilder::new()
-        .with_http_listener(listen)
+/// Installs the recorder (once per process, inside the daemon's runtime); the handle
+/// renders `/metrics` (crate::web serves it).
+pub fn install() -> Result<PrometheusHandle> {
+    let failed = |e: &dyn std::fmt::Display| Error::Stage(format!("cannot record metrics: {e}"));
+    let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)
         .map_err(|e| failed(&e))?
-        .install()
+        .install_recorder()
         .map_err(|e| failed(&e))?;
+    // The recorder's housekeeping (histogram windows), which its own listener ran.
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(UPKEEP_EVERY).await;
+            upkeep.run_upkeep();
+        }
+    });
     describe();
     metrics::gauge!("iscamd_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
-    Ok(())
+    Ok(handle)
 }
 
 /// The model in use, as `iscamd_model_info{model, backend} 1`; a model it replaces

@@ -28,4 +28,5 @@ mod soak;
 #[cfg(feature = "gstreamer")]
 mod streams;
 mod systemd;
+mod web;
 mod zoo;

@@ -1,30 +1,18 @@
 //! `[metrics] listen`: a Prometheus endpoint whose text `promtool check metrics` accepts
 //! and whose counters match the stats payload.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::time::Duration;
 
 use crate::common::broker::{free_port, Mosquitto};
 use crate::common::daemon::*;
 use crate::common::process::Daemon;
 
-/// `GET /metrics` over plain HTTP/1.0: the body of a 200 answer.
+/// `GET /metrics`: the body of a 200 answer.
 fn scrape(port: u16) -> String {
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        .unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
-    assert!(
-        head.starts_with("HTTP/1.") && head.contains(" 200 "),
-        "{head}"
-    );
-    body.to_string()
+    let answer = crate::common::http::get(port, "/metrics");
+    assert_eq!(answer.status, 200, "{}", answer.head);
+    answer.text()
 }
 
 /// The value of the sample `series` (name and labels, as printed).
@@ -37,7 +25,7 @@ fn sample(text: &str, series: &str) -> f64 {
         .unwrap()
 }
 
-fn promtool_check(text: &str) {
+pub fn promtool_check(text: &str) {
     let mut child = std::process::Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())

@@ -2,7 +2,6 @@
 //! need no measurement: like a TensorRT engine cache, it is only ever a speed-up. A missing,
 //! unreadable or stale entry means measuring again; one that cannot be written is logged.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -43,7 +42,7 @@ pub struct CachedChoice {
 impl CachedChoice {
     /// The entry for `model` on this CPU in `dir`, if there is a valid one.
     pub fn read(dir: &Path, model: &Path) -> Option<(CachedChoice, Choice)> {
-        let (cpu, hash) = (cpu_identity(), model_hash(model)?);
+        let (cpu, hash) = (cpu_identity(), crate::file::sha256_hex(model).ok()?);
         let entry = entry_path(dir, &cpu, &hash);
         let text = crate::file::read_text(&entry, "kernel cache", 1 << 20).ok()?;
         let cached: CachedChoice = serde_json::from_str(&text).ok()?;
@@ -58,7 +57,7 @@ impl CachedChoice {
     pub fn new(model: &Path, choice: Choice, measured: Vec<(String, f64)>) -> Option<Self> {
         Some(CachedChoice {
             cpu: cpu_identity(),
-            model: model_hash(model)?,
+            model: crate::file::sha256_hex(model).ok()?,
             choice: choice.to_string(),
             measured,
             splits: Vec::new(),
@@ -127,20 +126,6 @@ pub fn cpu_model() -> String {
 /// The instruction sets tract found (and may use), e.g. `x86_64,avx,avx2,fma,avx512f,…`.
 pub fn instruction_sets() -> String {
     format!("{:?}", tract_onnx::tract_core::tract_linalg::isa::native())
-}
-
-/// SHA-256 of the file at `path`, in hex.
-fn model_hash(path: &Path) -> Option<String> {
-    let mut file = std::fs::File::open(path).ok()?;
-    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
-    let mut buffer = vec![0; 1 << 16];
-    loop {
-        match file.read(&mut buffer).ok()? {
-            0 => break,
-            n => context.update(&buffer[..n]),
-        }
-    }
-    Some(hex(context.finish().as_ref()))
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {

@@ -12,6 +12,7 @@ use tract_onnx::prelude::tract_ndarray::{ArrayD, IxDyn};
 
 pub mod broker;
 pub mod daemon;
+pub mod http;
 pub mod process;
 pub mod schemas;
 #[cfg(feature = "gstreamer")]

@@ -11,8 +11,6 @@ pub struct Schemas {
     by_name: HashMap<String, jsonschema::Validator>,
 }
 
-const COMMON: &str = "https://iscamd.invalid/schemas/common.schema.json";
-
 impl Schemas {
     pub fn get() -> &'static Schemas {
         static SCHEMAS: OnceLock<Schemas> = OnceLock::new();
@@ -25,10 +23,20 @@ impl Schemas {
             let text = std::fs::read_to_string(dir.join(name)).unwrap();
             serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"))
         };
-        let registry = jsonschema::Registry::new()
-            .add(COMMON, read("common.schema.json"))
-            .and_then(|r| r.prepare())
-            .expect("common.schema.json registers");
+        // Every schema by its $id: the page's answers refer to the MQTT payloads' schemas.
+        let mut registry = jsonschema::Registry::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let file = entry.unwrap().file_name().into_string().unwrap();
+            if file.ends_with(".schema.json") {
+                let schema = read(&file);
+                let id = schema["$id"]
+                    .as_str()
+                    .expect("every schema has an $id")
+                    .to_string();
+                registry = registry.add(id, schema).expect("a schema registers");
+            }
+        }
+        let registry = registry.prepare().expect("the schemas register");
         let mut by_name = HashMap::new();
         for entry in std::fs::read_dir(&dir).unwrap() {
             let file = entry.unwrap().file_name().into_string().unwrap();
