@@ -6,6 +6,8 @@
 #
 #   cross/arm-estimate.sh [arm] [x86]   after cross/build-aarch64.sh --release and
 #                                       cargo build --release; both sides by default
+#   ESTIMATE_MODELS="a.onnx b.onnx" …   other model files (default: the shipped f32 and
+#                                       int8 SqueezeNet 1.0); `ARM_CPUS="cortex-a76 max"`
 #
 # ARM: the emulated machine of cross/vm.sh runs with `-icount shift=0`, where the guest's
 # clock advances 1 ns per instruction executed, so a time read in the guest is a count of
@@ -21,7 +23,10 @@ cd "$(dirname "$0")/.."
 shared=${ISCAMD_TEST_DATA:-../shared}
 models=${ISCAMD_MODEL_DIR:-$shared/models}
 image=n01440764_tench
-model_files=(squeezenet1.0-dc.onnx squeezenet1.0-dc-int8.onnx)
+read -r -a model_paths <<<"${ESTIMATE_MODELS:-$models/squeezenet1.0-dc.onnx $models/squeezenet1.0-dc-int8.onnx}"
+model_files=()
+for path in "${model_paths[@]}"; do model_files+=("$(basename "$path")"); done
+read -r -a arm_cpus <<<"${ARM_CPUS:-cortex-a72 cortex-a76}"
 # tract's own kernel ladder, as on a board without a cached measurement of its own.
 export ISCAMD_MATMUL=f32=tract,i32=tract
 
@@ -34,7 +39,7 @@ count_arm() {
   local root=$out/root m nine cpu
   mkdir -p "$root/bin" "$root/models" "$root/images"
   aarch64-linux-gnu-strip -o "$root/bin/iscamd" "$arm"
-  for m in "${model_files[@]}"; do cp "$models/$m" "$root/models/"; done
+  for path in "${model_paths[@]}"; do cp "$path" "$root/models/"; done
   cp "$models/imagenet1k_labels.txt" "$root/models/"
   cp "$shared/images/$image.JPEG" "$root/images/"
   vm_add_libs "$root" "$arm"
@@ -56,7 +61,7 @@ done
 poweroff -f
 INIT
   chmod +x "$root/init"
-  for cpu in cortex-a72 cortex-a76; do
+  for cpu in "${arm_cpus[@]}"; do
     VM_CPU=$cpu VM_SMP=1 VM_QEMU_ARGS="-icount shift=0,sleep=off" vm_run "$root" "$out/$cpu.log" 1800 \
       || echo "qemu exited with $?"
     grep -a -m1 Features "$out/$cpu.log" | tr -d '\r' | sed "s/^/$cpu: /" >&2
@@ -74,11 +79,11 @@ count_x86() {
     valgrind --tool=callgrind --callgrind-out-file=/dev/null "$x86" classify --top 1 "$@" 2>&1 >/dev/null \
       | sed -n 's/.*Collected : *//p'
   }
-  for m in "${model_files[@]}"; do
-    one=$(callgrind --model "$models/$m" "$path")
+  for m in "${model_paths[@]}"; do
+    one=$(callgrind --model "$m" "$path")
     # shellcheck disable=SC2046
-    nine=$(callgrind --model "$models/$m" $(for i in $(seq 9); do echo "$path"; done))
-    row "x86 (AVX2)" "$m" $(((nine - one) / 8))
+    nine=$(callgrind --model "$m" $(for i in $(seq 9); do echo "$path"; done))
+    row "x86 (AVX2)" "$(basename "$m")" $(((nine - one) / 8))
   done
 }
 

@@ -59,8 +59,10 @@ mqtt_port=$(free_port)
 printf 'listener %s 127.0.0.1\nallow_anonymous true\nuser root\npersistence false\n' "$mqtt_port" >"$work/mosquitto.conf"
 mosquitto -c "$work/mosquitto.conf" >"$work/mosquitto.log" 2>&1 &
 pids+=($!)
+web_port=$(free_port)
 sed -i -e 's/^# id = .*/id = "pkg-check"/' -e 's/^# host = .*/host = "127.0.0.1"/' \
-  -e "s/^# port = .*/port = $mqtt_port/" /etc/iscamd/iscamd.toml
+  -e "s/^# port = .*/port = $mqtt_port/" -e "s/^listen = \"127.0.0.1:8080\"/listen = \"127.0.0.1:$web_port\"/" \
+  /etc/iscamd/iscamd.toml
 
 # As the service's user, with what of the unit's sandbox applies outside systemd: no new
 # privileges, no capabilities, UMask=0077, a clean environment with the unit's variables.
@@ -80,6 +82,10 @@ daemon=$!
 pids+=("$daemon")
 wait "$sub" || { cat "$work/daemon.log" >&2; fail "no predictions within 120 s"; }
 grep -q '"top"' "$work/predictions" || fail "predictions without classes: $(head -c 300 "$work/predictions")"
+# The packaged config serves the page on loopback.
+status=$(exec 3<>"/dev/tcp/127.0.0.1/$web_port" && printf 'GET /api/status HTTP/1.0\r\n\r\n' >&3 && cat <&3)
+grep -q '"schema":"iscamd.web_status/1"' <<<"$status" || fail "no page on 127.0.0.1:$web_port: $(head -c 300 <<<"$status")"
+ok "the page answers on 127.0.0.1:$web_port"
 sleep 10
 rss=$(awk '/^VmRSS/ {print $2 " " $3}' "/proc/$daemon/status")
 ok "the daemon as user iscamd published $(wc -l <"$work/predictions") predictions; RSS after 10 s: $rss"

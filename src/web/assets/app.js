@@ -20,6 +20,8 @@ function fill(list, pairs) {
 }
 
 const pct = (x) => (x * 100).toFixed(1) + " %";
+// "2026-11-26T01:07:46.801Z" → "01:07:46" (UTC, as published).
+const clock = (ts) => (typeof ts === "string" ? ts.slice(11, 19) : "");
 const ms = (x) => (x === null || x === undefined ? "–" : x.toFixed(1) + " ms");
 
 async function api(path, options) {
@@ -46,7 +48,7 @@ function caption(info) {
   const m = info.method || {};
   const cls = info.class || {};
   const kind = info.fresh ? "full map" : "live map, weights " + Math.round(info.age_ms) + " ms old";
-  return `${cls.label} [${cls.index}] ${pct(cls.score || 0)} · ${m.name} (${info.passes} passes) · ${kind} · frame ${info.frame} · ${info.ts}`;
+  return `${cls.label} [${cls.index}] ${pct(cls.score || 0)} · ${m.name} (${info.passes} passes) · ${kind} · frame ${info.frame} at ${clock(info.ts)} UTC`;
 }
 
 let shownOverlay = null;
@@ -86,7 +88,7 @@ function showStatus(status) {
       item.append(bar);
       top5.append(item);
     }
-    $("prediction-meta").textContent = `frame ${p.frame} · ${p.ts} · ${p.model}`;
+    $("prediction-meta").textContent = `frame ${p.frame} at ${clock(p.ts)} UTC · ${p.model}`;
   }
   const info = status.heatmap;
   $("caption").textContent = caption(info);
@@ -111,8 +113,9 @@ async function showEpisodes() {
       img.alt = "the peak frame of " + end.class.label;
       item.append(img);
     }
-    item.append(el("div", `${end.class.label}: peak ${pct(end.peak.score)}, ${end.frames} frames`),
-      el("div", `${end.start.ts} → ${end.last.ts} (${end.reason})`, "meta"));
+    const frames = end.frames === 1 ? "1 frame" : end.frames + " frames";
+    item.append(el("div", `${end.class.label}: peak ${pct(end.peak.score)}, ${frames}`),
+      el("div", `${clock(end.start.ts)} → ${clock(end.last.ts)} UTC (${end.reason})`, "meta"));
     list.append(item);
   }
 }
@@ -130,7 +133,6 @@ async function showDevice() {
     ["CAM layer", m.cam_layer],
     ["preprocessing", `${pre.input_size}px (resize ${pre.resize}), ${pre.channel_order}, 0..${pre.pixel_max}, mean ${pre.mean.join("/")}, std ${pre.std.join("/")}`],
     ["backend", m.backend],
-    ["matrix kernels", m.matrix_kernels],
     ["method", d.method],
     ["iscamd", d.version],
     ["run", d.run],
