@@ -10,6 +10,7 @@
 pub mod analysis;
 #[cfg(feature = "eval")]
 pub mod bench;
+pub mod bundle;
 pub mod cam;
 pub mod config;
 pub mod daemon;

@@ -52,6 +52,10 @@ pub struct ExplainArgs {
     /// Write NAME.heatmap.png (overlay) and NAME.heatmap.json per image into this directory.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// Write a debug bundle of the one image (a zip: the image, what the model said, the
+    /// map; docs/web.md, "Debug bundles"), for `iscamd replay` on another machine.
+    #[arg(long, value_name = "FILE")]
+    pub bundle: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
     #[command(flatten)]
@@ -141,6 +145,10 @@ pub fn run(args: ExplainArgs) -> Result<ExitCode> {
             .with_context(|| format!("cannot create output directory {}", dir.display()))?;
     }
     let threads = args.model.threads();
+    let one_image = args.inputs.inputs.len() == 1 && args.inputs.inputs[0].is_file();
+    if args.bundle.is_some() && !one_image {
+        anyhow::bail!("--bundle writes the bundle of one image: give one image file");
+    }
     let mut tally = Tally::default();
     let mut stdout = std::io::stdout().lock();
     for still in args.inputs.stills() {
@@ -159,6 +167,12 @@ pub fn run(args: ExplainArgs) -> Result<ExitCode> {
                 continue;
             }
         };
+        if let Some(file) = &args.bundle {
+            // A video is one file of many frames: its first frame's bundle is kept.
+            if tally.ok == 0 {
+                write_bundle(file, &path, &classifier, &analysis, &explanation)?;
+            }
+        }
         let record = record(&path, &classifier, &analysis, &explanation, decoded, total);
         let mut written = None;
         if let Some(dir) = &args.out {
@@ -270,4 +284,29 @@ fn write_outputs(
     std::fs::write(&json, serde_json::to_vec(record)?)
         .with_context(|| format!("cannot write {}", json.display()))?;
     Ok(png)
+}
+
+fn write_bundle(
+    file: &Path,
+    image: &Path,
+    classifier: &Classifier,
+    analysis: &Analysis,
+    explanation: &Explanation,
+) -> Result<()> {
+    let origin = iscamd::bundle::Origin {
+        source: image.display().to_string(),
+        number: None,
+        captured: None,
+        device: None,
+        run: None,
+    };
+    let zip = iscamd::bundle::make(
+        classifier,
+        analysis,
+        origin,
+        std::slice::from_ref(explanation),
+    )?;
+    std::fs::write(file, zip).with_context(|| format!("cannot write {}", file.display()))?;
+    eprintln!("bundle → {}", file.display());
+    Ok(())
 }

@@ -8,6 +8,7 @@ mod classify;
 mod eval;
 mod explain;
 mod model;
+mod replay;
 mod run;
 
 use std::path::PathBuf;
@@ -44,6 +45,8 @@ enum Command {
     Classify(classify::ClassifyArgs),
     /// Heatmaps that show which part of each image made the model decide.
     Explain(explain::ExplainArgs),
+    /// Classify and explain a debug bundle's frame again: same top-1 and maps? Exit code 1 if not.
+    Replay(replay::ReplayArgs),
     /// The daemon: frames from a camera, an RTSP stream, a video or any GStreamer pipeline; classify every frame, explain on schedule, trigger or command, publish over MQTT.
     Run(run::RunArgs),
     /// Check a daemon config: model, source and broker; exit code 1 on any problem.
@@ -71,6 +74,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Classify(a) => classify::run(a),
         Command::Explain(a) => explain::run(a),
+        Command::Replay(a) => replay::run(a),
         Command::Run(a) => run::run(a),
         Command::Check(a) => run::check(a),
         #[cfg(feature = "eval")]

@@ -26,6 +26,7 @@ use crate::publish::policy::PredictionGate;
 use crate::publish::{Kind, Message, Topics};
 use crate::source::Frame;
 use crate::telemetry::Stats;
+use crate::web::Board;
 
 /// What the command stage asks of the inference stage.
 pub enum Control {
@@ -56,6 +57,8 @@ pub struct InferenceParts {
     /// Which predictions are published (`[mqtt] prediction_policy`).
     pub predictions: PredictionGate,
     pub events: EventOutput,
+    /// The page's view: the last frame classified, for its debug bundles.
+    pub board: Option<Arc<Board>>,
 }
 
 pub struct Inference {
@@ -110,6 +113,9 @@ impl Inference {
                 }
             };
             stats.frame_processed(analysis.latency.inference.unwrap_or_default());
+            if let Some(board) = &self.parts.board {
+                board.analysed(self.current.clone(), analysis.clone(), mark);
+            }
             let top1 = top_k(&analysis.probabilities, 1)[0];
             let score = analysis.probabilities[top1];
             if self.parts.predictions.admit(Instant::now(), top1, score) {

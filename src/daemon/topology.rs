@@ -113,6 +113,7 @@ struct Shared {
     publish: mpsc::Sender<Message>,
     /// Episodes go out from the inference and render stages, counted together.
     events: EventOutput,
+    board: Option<Arc<Board>>,
 }
 
 /// What the connection stage is built from: its channels and the page's view.
@@ -183,6 +184,7 @@ impl Topology {
             pipeline: pipeline_rx,
             origin,
             publish,
+            board: board.clone(),
         };
         let (commands, incoming) = mpsc::channel::<Incoming>(INCOMING_QUEUE);
         if let Some(board) = &board {
@@ -302,6 +304,7 @@ impl Topology {
                 shared.config.mqtt.prediction_min_change,
             ),
             events: shared.events.clone(),
+            board: shared.board.clone(),
         });
         self.thread("inference", move |s| inference.run(s))?;
         Ok(control_tx)

@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::{broadcast, mpsc, watch};
 
-use crate::daemon::pipeline::Current;
+use crate::analysis::Analysis;
+use crate::daemon::pipeline::{Current, Pipeline};
+use crate::events::Mark;
 use crate::publish::payload::Origin;
 use crate::publish::{Incoming, Message, Topics};
 use crate::telemetry::Stats;
@@ -73,6 +75,15 @@ struct State {
     attached: Option<Attached>,
     /// `<prefix>/<device>`: the topics the page shows.
     base: Option<String>,
+    last: Option<Analysed>,
+}
+
+/// The last frame classified, with the pipeline that classified it.
+#[derive(Clone)]
+pub struct Analysed {
+    pub pipeline: Arc<Pipeline>,
+    pub analysis: Arc<Analysis>,
+    pub mark: Mark,
 }
 
 /// The page's view of the daemon.
@@ -164,6 +175,19 @@ impl Board {
         }
         drop(state);
         self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// The inference stage classified a frame (an `Arc` each: no copy).
+    pub fn analysed(&self, pipeline: Arc<Pipeline>, analysis: Arc<Analysis>, mark: Mark) {
+        self.state().last = Some(Analysed {
+            pipeline,
+            analysis,
+            mark,
+        });
+    }
+
+    pub fn last_analysed(&self) -> Option<Analysed> {
+        self.state().last.clone()
     }
 
     pub fn prediction(&self) -> Option<Bytes> {

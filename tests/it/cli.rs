@@ -108,6 +108,68 @@ fn explain_writes_overlay_and_json() {
 /// Formats the image crate decodes into RGB correctly, down to a single pixel and up to
 /// 10000×10000.
 #[test]
+fn a_bundle_replays_to_the_same_top1_and_map_and_names_another_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("tench.zip");
+    let tench = image("n01440764_tench");
+    let out = iscamd(&[
+        "explain",
+        s(&tench),
+        "--method",
+        "scorecam:k=16",
+        "--bundle",
+        s(&bundle),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let zip = std::fs::read(&bundle).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&iscamd::bundle::file(&zip, "manifest.json").unwrap()).unwrap();
+    crate::common::schemas::Schemas::get()
+        .check(&manifest)
+        .unwrap();
+    assert_eq!(manifest["maps"][0]["spec"], "scorecam:k=16");
+    for file in ["frame.png", "input.png"] {
+        let png = iscamd::bundle::file(&zip, file).unwrap();
+        image::load_from_memory_with_format(&png, image::ImageFormat::Png).expect(file);
+    }
+
+    let replayed = iscamd(&["replay", s(&bundle)]);
+    let said = String::from_utf8_lossy(&replayed.stdout).into_owned();
+    assert!(replayed.status.success(), "{said}{}", stderr(&replayed));
+    assert!(
+        said.contains("same SHA-256") && said.contains("top-1: same"),
+        "{said}"
+    );
+    assert!(said.contains("map scorecam:k=16: same (r = 1.0"), "{said}");
+
+    let int8 = model_path(crate::common::INT8_MODEL);
+    let other = iscamd(&["replay", s(&bundle), "--model", s(&int8)]);
+    let said = String::from_utf8_lossy(&other.stdout);
+    assert!(
+        said.contains("NOT the bundle's"),
+        "{said}{}",
+        stderr(&other)
+    );
+
+    std::fs::write(&bundle, &zip[..zip.len() / 2]).unwrap();
+    let broken = iscamd(&["replay", s(&bundle)]);
+    assert_eq!(broken.status.code(), Some(2));
+    assert!(
+        stderr(&broken).contains("no debug bundle"),
+        "{}",
+        stderr(&broken)
+    );
+    let many = iscamd(&[
+        "explain",
+        s(&crate::common::images_dir()),
+        "--bundle",
+        s(&bundle),
+    ]);
+    assert_eq!(many.status.code(), Some(2));
+    assert!(stderr(&many).contains("one image"), "{}", stderr(&many));
+}
+
+#[test]
 fn odd_but_valid_images_are_classified() {
     let dir = tempfile::tempdir().unwrap();
     let gray = dir.path().join("gray.png");

@@ -128,6 +128,60 @@ fn the_page_its_api_and_metrics_answer() {
         "no cmd/result for {id} on MQTT"
     );
 
+    // compare: three methods on the last frame, side by side.
+    let methods = r#"{"methods":["cam","iscam","scorecam:k=8"]}"#;
+    let compared = post_json(port, "/api/compare", &[], methods);
+    assert_eq!(compared.status, 200, "{}", compared.text());
+    let compared = schema_checked(&compared);
+    let images = compared["images"].as_array().unwrap();
+    assert_eq!(images.len(), 3);
+    for image in images {
+        let png = get(port, image.as_str().unwrap());
+        image::load_from_memory_with_format(&png.body, image::ImageFormat::Png).expect("a PNG");
+    }
+    for refused in [
+        r#"{"methods":["bogus"]}"#,
+        r#"{"methods":["cam","cam","cam","cam","cam"]}"#,
+    ] {
+        assert_eq!(
+            post_json(port, "/api/compare", &[], refused).status,
+            422,
+            "{refused}"
+        );
+    }
+
+    // The debug bundle of the last frame, replayed by `iscamd replay`.
+    let bundle = get(port, "/api/bundle");
+    assert_eq!(
+        bundle.header("content-type"),
+        Some("application/zip"),
+        "{}",
+        bundle.text()
+    );
+    let manifest = iscamd::bundle::file(&bundle.body, "manifest.json").unwrap();
+    let manifest: Value = serde_json::from_slice(&manifest).unwrap();
+    Schemas::get().check(&manifest).unwrap();
+    assert_eq!(manifest["run"], status["stats"]["run"]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bundle.zip");
+    std::fs::write(&file, &bundle.body).unwrap();
+    let replayed = Command::new(env!("CARGO_BIN_EXE_iscamd"))
+        .arg("replay")
+        .arg(&file)
+        .env_remove("ISCAMD_MODEL")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&replayed.stdout);
+    assert!(
+        replayed.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&replayed.stderr)
+    );
+    assert!(
+        said.contains("top-1: same") && said.contains(": same (r = "),
+        "{said}"
+    );
+
     let refused = post_json(
         port,
         "/api/cmd",

@@ -175,6 +175,48 @@ async function explain(event) {
   }
 }
 
+async function compare(event) {
+  event.preventDefault();
+  const methods = [...document.querySelectorAll("#compare-form .spec")]
+    .map((input) => input.value.trim())
+    .filter((spec) => spec);
+  const status = $("compare-status");
+  status.className = "meta";
+  status.textContent = "explaining the last frame with " + methods.length + " methods…";
+  try {
+    const response = await api("/api/compare", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ methods }),
+    });
+    const answer = await response.json();
+    if (!response.ok) {
+      status.className = "error";
+      status.textContent = "refused: " + answer.error;
+      return;
+    }
+    const m = answer.manifest;
+    status.textContent = `frame ${m.frame.number} (${clock(m.frame.ts)} UTC): ${m.top[0].label} ${pct(m.top[0].score)}`;
+    const maps = $("compared");
+    maps.replaceChildren();
+    m.maps.forEach((map, i) => {
+      const figure = el("figure");
+      const img = el("img");
+      img.src = answer.images[i] + "?at=" + encodeURIComponent(m.created);
+      img.alt = "the map of " + map.spec;
+      figure.append(el("figcaption", `${map.spec}: ${map.passes} passes, ${Math.round(map.millis)} ms`), img);
+      maps.append(figure);
+    });
+    const link = el("a", "Download these maps as a bundle");
+    link.href = answer.bundle;
+    link.setAttribute("download", "");
+    maps.append(link);
+  } catch (e) {
+    status.className = "error";
+    status.textContent = String(e.message || e);
+  }
+}
+
 async function login(event) {
   event.preventDefault();
   const response = await fetch("/api/login", {
@@ -224,5 +266,6 @@ async function start() {
 
 // Deferred: runs once the document is parsed, after /api/status.js.
 $("explain-form").addEventListener("submit", explain);
+$("compare-form").addEventListener("submit", compare);
 $("login-form").addEventListener("submit", login);
 start();
