@@ -211,18 +211,7 @@ fn a_bind_beyond_loopback_without_a_token_is_refused_at_start() {
     let extra = format!("[web]\nlisten = \"0.0.0.0:{}\"\n", free_port());
     let config = write_config(dir.path(), free_port(), 5, &extra);
     let mut daemon = Daemon::start(&config, dir.path());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = daemon.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still running:\n{}",
-            daemon.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = daemon.wait_for_exit(Duration::from_secs(20), "of its start");
     let log = daemon.log_text();
     assert_eq!(status.code(), Some(2), "{log}");
     assert!(log.contains("web.token"), "{log}");

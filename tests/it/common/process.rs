@@ -35,14 +35,19 @@ impl Daemon {
             .arg("-TERM")
             .arg(self.child.id().to_string())
             .status();
-        let deadline = Instant::now() + Duration::from_secs(20);
+        self.wait_for_exit(Duration::from_secs(20), "of SIGTERM")
+    }
+
+    /// Waits for the process to end; fails the test `within` after `what`.
+    pub fn wait_for_exit(&mut self, within: Duration, what: &str) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
             assert!(
                 Instant::now() < deadline,
-                "iscamd did not stop within 20 s of SIGTERM:\n{}",
+                "iscamd did not stop within {within:?} {what}:\n{}",
                 self.log_text()
             );
             std::thread::sleep(Duration::from_millis(50));
