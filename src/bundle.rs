@@ -46,6 +46,8 @@ pub struct Manifest {
     pub top: Vec<Scored>,
     pub inference_ms: f64,
     pub maps: Vec<MapInfo>,
+    /// The daemon's config in force, secrets blanked; absent for a still.
+    pub config: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -122,6 +124,8 @@ pub struct Origin {
     pub captured: Option<SystemTime>,
     pub device: Option<String>,
     pub run: Option<String>,
+    /// [`crate::config::redacted`].
+    pub config: Option<String>,
 }
 
 /// Explains `analysis` with each of `methods` (the class each explains: `class`, else
@@ -208,6 +212,7 @@ pub fn make(
             .collect(),
         inference_ms: analysis.latency.inference.unwrap_or_default(),
         maps,
+        config: origin.config,
     };
     let manifest = serde_json::to_vec_pretty(&manifest).expect("a manifest serialises");
     files.insert(0, ("manifest.json".into(), manifest));

@@ -137,6 +137,52 @@ impl Config {
     }
 }
 
+/// The config in force, as text for a person (the page, debug bundles), with every
+/// secret blanked: `[web] token`, passwords in URLs (`rtsp://user:…@`) and GStreamer
+/// password properties.
+pub fn redacted(config: &Config) -> String {
+    let text = format!("{config:#?}");
+    let text = redact_after(&text, "://", |rest| {
+        let end = rest.find(['/', '"', ' ', '\n']).unwrap_or(rest.len());
+        let at = rest[..end].rfind('@')?;
+        let colon = rest[..at].find(':')?;
+        Some((colon + 1, at))
+    });
+    ["user-pw=", "passwd=", "password="]
+        .iter()
+        .fold(text, |text, key| {
+            redact_after(&text, key, |rest| {
+                let end = rest.find([' ', '"', '!', '\\', '\n']).unwrap_or(rest.len());
+                (end > 0).then_some((0, end))
+            })
+        })
+}
+
+/// `text` with, after each `marker`, the span `secret` finds (start and end within what
+/// follows the marker) replaced by `<redacted>`.
+fn redact_after(
+    text: &str,
+    marker: &str,
+    secret: impl Fn(&str) -> Option<(usize, usize)>,
+) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(marker) {
+        let (head, tail) = rest.split_at(i + marker.len());
+        out.push_str(head);
+        match secret(tail) {
+            Some((start, end)) => {
+                out.push_str(&tail[..start]);
+                out.push_str("<redacted>");
+                rest = &tail[end..];
+            }
+            None => rest = tail,
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
@@ -173,6 +219,43 @@ mod tests {
         let config = Config::parse(&uncommented.join("\n")).unwrap();
         assert_eq!(config.mqtt.host.as_deref(), Some("127.0.0.1"));
         assert!(Config::parse(packaged).unwrap().mqtt.host.is_none());
+    }
+
+    #[test]
+    fn the_config_shown_holds_no_secret() {
+        let config = Config::parse(
+            r#"
+[source]
+kind = "rtsp"
+url = "rtsp://admin:hunter2pass@10.0.0.7:554/stream1"
+[web]
+listen = "0.0.0.0:8080"
+token = "0123456789abcdef-secret"
+"#,
+        )
+        .unwrap();
+        let shown = redacted(&config);
+        for secret in ["hunter2pass", "0123456789abcdef-secret"] {
+            assert!(!shown.contains(secret), "{secret} in:\n{shown}");
+        }
+        assert!(
+            shown.contains("rtsp://admin:<redacted>@10.0.0.7:554/stream1"),
+            "{shown}"
+        );
+        let pipeline = Config {
+            source: crate::source::config::SourceConfig {
+                pipeline: Some(
+                    "rtspsrc location=rtsp://cam user-id=a user-pw=s3cret ! fakesink".into(),
+                ),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let shown = redacted(&pipeline);
+        assert!(
+            !shown.contains("s3cret") && shown.contains("user-pw=<redacted>"),
+            "{shown}"
+        );
     }
 
     fn is_key(word: &str) -> bool {

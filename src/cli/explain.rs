@@ -299,6 +299,7 @@ fn write_bundle(
         captured: None,
         device: None,
         run: None,
+        config: None,
     };
     let zip = iscamd::bundle::make(
         classifier,

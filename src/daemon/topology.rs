@@ -100,6 +100,7 @@ pub struct Topology {
     topics: Topics,
     origin: Origin,
     publish: mpsc::Sender<Message>,
+    board: Option<Arc<Board>>,
 }
 
 /// What every stage is built from: the parts, and the channels and state they share.
@@ -174,6 +175,7 @@ impl Topology {
             topics: topics.clone(),
             origin: origin.clone(),
             publish: publish.clone(),
+            board: board.clone(),
         };
         let shared = Shared {
             events: EventOutput::new(topics.clone(), origin.clone(), publish.clone()),
@@ -188,6 +190,7 @@ impl Topology {
         };
         let (commands, incoming) = mpsc::channel::<Incoming>(INCOMING_QUEUE);
         if let Some(board) = &board {
+            board.configured(&shared.config);
             board.attach(Attached {
                 topics: shared.topics.clone(),
                 origin: shared.origin.clone(),
@@ -474,6 +477,9 @@ impl Topology {
                     let _ = self.sources.try_send((source, running.config.source.fps));
                 }
                 tracing::info!("reloaded: {} changed", what.join(", "));
+                if let Some(board) = &self.board {
+                    board.configured(&running.config);
+                }
                 self.running_config = Some(*running);
                 None
             }

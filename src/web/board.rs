@@ -76,6 +76,8 @@ struct State {
     /// `<prefix>/<device>`: the topics the page shows.
     base: Option<String>,
     last: Option<Analysed>,
+    /// The config in force, secrets blanked ([`crate::config::redacted`]).
+    config: Option<Arc<str>>,
 }
 
 /// The last frame classified, with the pipeline that classified it.
@@ -116,6 +118,15 @@ impl Board {
         state.attached = Some(attached);
         drop(state);
         self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// The config in force changed (a start, a reload).
+    pub fn configured(&self, config: &crate::config::Config) {
+        self.state().config = Some(crate::config::redacted(config).into());
+    }
+
+    pub fn config(&self) -> Option<Arc<str>> {
+        self.state().config.clone()
     }
 
     pub fn attached(&self) -> Option<Attached> {

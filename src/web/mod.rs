@@ -3,7 +3,7 @@
 //!
 //! The server only reads the [`Board`], which the stages fill without waiting, and sends
 //! commands through the command stage as MQTT's: no browser can stall a stage. Bounded:
-//! connections ([`MAX_CONNECTIONS`]), live views, request bodies and header reading time.
+//! connections (`MAX_CONNECTIONS`), live views, request bodies and header reading time.
 
 mod auth;
 pub mod board;

@@ -321,6 +321,7 @@ async fn device(State(app): State<App>) -> Response {
             },
         },
         "method": pipeline.params.to_string(),
+        "config": app.board.config().as_deref(),
     }))
     .into_response()
 }
@@ -431,7 +432,7 @@ async fn bundle_asked(State(app): State<App>, Json(maps): Json<Maps>) -> Respons
 }
 
 /// `POST /api/compare`: the last frame explained by each method; the maps' images at
-/// `/api/compare/<i>.png`, the whole as `/api/compare/bundle.zip`.
+/// `/api/compare/I.png`, the whole as `/api/compare/bundle.zip`.
 async fn compare(State(app): State<App>, Json(maps): Json<Maps>) -> Response {
     let (zip, _) = match make_bundle(&app, Some(maps)).await {
         Ok(made) => made,
@@ -527,6 +528,7 @@ async fn make_bundle(app: &App, maps: Option<Maps>) -> Result<(Vec<u8>, String),
         captured: Some(last.mark.at),
         device: Some(attached.origin.device.clone()),
         run: Some(attached.origin.run.clone()),
+        config: app.board.config().map(|c| c.to_string()),
     };
     let made = tokio::task::spawn_blocking(move || {
         let _one_at_a_time = permit;

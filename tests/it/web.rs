@@ -104,6 +104,11 @@ fn the_page_its_api_and_metrics_answer() {
     let sha = iscamd::file::sha256_hex(&model_path(F32_MODEL)).unwrap();
     assert_eq!(device["model"]["sha256"], sha);
     assert_eq!(device["run"], status["stats"]["run"]);
+    let config = device["config"].as_str().unwrap();
+    assert!(
+        config.contains("web: WebConfig") && config.contains(&format!("127.0.0.1:{port}")),
+        "{config}"
+    );
     schema_checked(&get(port, "/api/episodes"));
 
     let metrics = get(port, "/metrics");
@@ -162,6 +167,7 @@ fn the_page_its_api_and_metrics_answer() {
     let manifest: Value = serde_json::from_slice(&manifest).unwrap();
     Schemas::get().check(&manifest).unwrap();
     assert_eq!(manifest["run"], status["stats"]["run"]);
+    assert_eq!(manifest["config"], device["config"]);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("bundle.zip");
     std::fs::write(&file, &bundle.body).unwrap();
@@ -241,6 +247,12 @@ fn without_the_token_nothing_is_read_or_changed() {
         assert_eq!(refused.status, 401);
         assert!(refused.header("www-authenticate").is_some());
     }
+    let device = request(port, "GET", "/api/device", &auth, b"").json();
+    let config = device["config"].as_str().unwrap();
+    assert!(
+        config.contains("<redacted>") && !config.contains(TOKEN),
+        "{config}"
+    );
     // The page itself loads, to ask for the token.
     assert_eq!(get(port, "/").status, 200);
 

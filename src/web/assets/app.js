@@ -137,6 +137,7 @@ async function showDevice() {
     ["iscamd", d.version],
     ["run", d.run],
   ]);
+  $("config").textContent = d.config || "";
 }
 
 async function explain(event) {
@@ -204,7 +205,8 @@ async function compare(event) {
       const img = el("img");
       img.src = answer.images[i] + "?at=" + encodeURIComponent(m.created);
       img.alt = "the map of " + map.spec;
-      figure.append(el("figcaption", `${map.spec}: ${map.passes} passes, ${Math.round(map.millis)} ms`), img);
+      const caption = `${map.spec} → ${map.class.label}: ${map.passes} passes, ${Math.round(map.millis)} ms`;
+      figure.append(el("figcaption", caption), img);
       maps.append(figure);
     });
     const link = el("a", "Download these maps as a bundle");
