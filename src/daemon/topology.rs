@@ -117,14 +117,30 @@ struct Shared {
     board: Option<Arc<Board>>,
 }
 
-/// What the connection stage is built from: its channels and the page's view.
+impl Shared {
+    /// Tells the page (`[web]`) what these stages run with, and where its commands go.
+    fn show_on_board(&self, commands: &mpsc::Sender<Incoming>) {
+        let Some(board) = &self.board else {
+            return;
+        };
+        board.configured(&self.config);
+        board.attach(Attached {
+            topics: self.topics.clone(),
+            origin: self.origin.clone(),
+            stats: self.stats.clone(),
+            pipeline: self.pipeline.clone(),
+            commands: commands.clone(),
+        });
+    }
+}
+
+/// What the connection stage is built from: its channels.
 struct Connection {
     options: MqttOptions,
     messages: mpsc::Receiver<Message>,
     /// Where received commands go (the page's too).
     commands: mpsc::Sender<Incoming>,
     stop: watch::Receiver<bool>,
-    board: Option<Arc<Board>>,
 }
 
 /// The ends of the channels between the heatmap path and the inference stage.
@@ -186,25 +202,15 @@ impl Topology {
             pipeline: pipeline_rx,
             origin,
             publish,
-            board: board.clone(),
+            board,
         };
         let (commands, incoming) = mpsc::channel::<Incoming>(INCOMING_QUEUE);
-        if let Some(board) = &board {
-            board.configured(&shared.config);
-            board.attach(Attached {
-                topics: shared.topics.clone(),
-                origin: shared.origin.clone(),
-                stats: shared.stats.clone(),
-                pipeline: shared.pipeline.clone(),
-                commands: commands.clone(),
-            });
-        }
+        shared.show_on_board(&commands);
         let connection = Connection {
             options,
             messages,
             commands,
             stop: connection_stop,
-            board,
         };
         t.start_connection(&shared, connection);
         let capture = Capture {
@@ -228,7 +234,6 @@ impl Topology {
             messages,
             commands,
             stop,
-            board,
         } = connection;
         let settings = ConnectionSettings {
             options,
@@ -237,7 +242,7 @@ impl Topology {
             outbox: shared.config.mqtt.outbox,
             discovery: shared.discovery.clone(),
             shutdown_timeout: shared.config.device.shutdown_timeout,
-            board,
+            board: shared.board.clone(),
         };
         let stats = shared.stats.clone();
         self.task(CONNECTION, async move {
