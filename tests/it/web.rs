@@ -126,11 +126,13 @@ fn the_page_its_api_and_metrics_answer() {
     assert_eq!(answer["heatmap"]["method"]["name"], "cam");
     let image = get(port, answer["image"].as_str().unwrap());
     assert_eq!(jpeg_side(&image.body), 200);
-    // The same request on MQTT: the page's commands are the device's commands.
-    let results = setup.observer.on(&topic("cmd/result"));
-    assert!(
-        results.iter().any(|m| m.json()["id"] == id),
-        "no cmd/result for {id} on MQTT"
+    // The same result on MQTT (the page hears it as it goes to the broker, so a moment
+    // before a subscriber does): the page's commands are the device's commands.
+    setup.observer.wait_for(
+        &topic("cmd/result"),
+        Duration::from_secs(10),
+        &format!("the cmd/result of {id}"),
+        |results| results.iter().any(|m| m.json()["id"] == id),
     );
 
     // compare: three methods on the last frame, side by side.
