@@ -7,6 +7,7 @@
 
 mod auth;
 pub mod board;
+mod bundles;
 pub mod config;
 mod server;
 
