@@ -443,13 +443,7 @@ mod tests {
         model
     }
 
-    fn run(model: TypedModel, x: &Tensor) -> Tensor {
-        let plan = model.into_optimized().unwrap().into_runnable().unwrap();
-        plan.run(tvec!(x.clone().into_tvalue()))
-            .unwrap()
-            .remove(0)
-            .into_tensor()
-    }
+    use super::super::run_optimized as run;
 
     #[test]
     fn computes_the_bytes_tracts_lowering_computes() {

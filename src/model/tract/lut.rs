@@ -169,13 +169,7 @@ mod tests {
         model
     }
 
-    fn run(model: TypedModel, x: &Tensor) -> Tensor {
-        let plan = model.into_optimized().unwrap().into_runnable().unwrap();
-        plan.run(tvec!(x.clone().into_tvalue()))
-            .unwrap()
-            .remove(0)
-            .into_tensor()
-    }
+    use super::super::run_optimized as run;
 
     #[test]
     fn a_chain_with_constants_becomes_a_table_of_the_same_bytes() {

@@ -254,12 +254,7 @@ mod tests {
         model.into_optimized().unwrap()
     }
 
-    fn run(model: TypedModel, input: &Tensor) -> Tensor {
-        let plan = model.into_runnable().unwrap();
-        plan.run(tvec!(input.clone().into_tvalue())).unwrap()[0]
-            .clone()
-            .into_tensor()
-    }
+    use super::super::run_once as run;
 
     fn random_nchw(shape: [usize; 4], seed: u64) -> Tensor {
         use rand::{Rng, SeedableRng};

@@ -388,6 +388,22 @@ impl Backend for TractBackend {
     }
 }
 
+/// Runs `model` as it is on one input; its first output (the own ops' tests).
+#[cfg(test)]
+fn run_once(model: TypedModel, x: &Tensor) -> Tensor {
+    let plan = model.into_runnable().unwrap();
+    plan.run(tvec!(x.clone().into_tvalue()))
+        .unwrap()
+        .remove(0)
+        .into_tensor()
+}
+
+/// tract's own optimised plan of `model` on `x`: what the own ops must compute again.
+#[cfg(test)]
+fn run_optimized(model: TypedModel, x: &Tensor) -> Tensor {
+    run_once(model.into_optimized().unwrap(), x)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -151,14 +151,7 @@ mod tests {
         model.into_optimized().unwrap()
     }
 
-    fn run(model: TypedModel, x: &Tensor) -> Tensor {
-        let out = model
-            .into_runnable()
-            .unwrap()
-            .run(tvec!(x.clone().into_tvalue()))
-            .unwrap();
-        out[0].clone().into_tensor()
-    }
+    use super::super::run_once as run;
 
     #[test]
     fn folds_the_relu_behind_a_convolutions_reshape_into_its_product() {

@@ -315,13 +315,7 @@ mod tests {
         model
     }
 
-    fn run(model: TypedModel, x: &Tensor) -> Tensor {
-        let out = model
-            .into_runnable()
-            .unwrap()
-            .run(tvec!(x.clone().into_tvalue()));
-        out.unwrap().remove(0).into_tensor()
-    }
+    use super::super::run_once as run;
 
     #[test]
     fn requantizes_per_channel_as_tracts_chain_does() {
