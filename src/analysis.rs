@@ -1,12 +1,13 @@
 //! One frame through the model, and optionally through a CAM: what `classify`,
 //! `explain` and the daemon share.
 
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use crate::model::ndarray::{Array3, Axis, Ix3};
 use image::RgbImage;
 use serde::Serialize;
 
+use crate::cam::caption::Caption;
 use crate::cam::{self, CamParams, Deadline, Explanation};
 use crate::error::{Error, Result};
 use crate::model::{softmax, top_k, Classifier};
@@ -91,6 +92,26 @@ impl Analysis {
             index,
             label: classifier.labels().name(index),
             score: self.probabilities[index],
+        }
+    }
+
+    /// The overlay caption of `explanation`, a full map of this frame.
+    pub fn caption(
+        &self,
+        classifier: &Classifier,
+        explanation: &Explanation,
+        time: Option<SystemTime>,
+        source: String,
+    ) -> Caption {
+        let class = self.class_score(classifier, explanation.class);
+        Caption {
+            class: class.label,
+            score: class.score,
+            method: explanation.params.to_string(),
+            passes: explanation.passes,
+            live: false,
+            time,
+            source,
         }
     }
 

@@ -17,7 +17,7 @@ use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
 use crate::analysis::{Analysis, ClassScore};
-use crate::cam::{display, spec, CamParams, Explanation};
+use crate::cam::{caption, display, spec, CamParams, Explanation};
 use crate::error::{Error, Result};
 use crate::model::Classifier;
 use crate::publish::payload::timestamp;
@@ -168,6 +168,12 @@ pub fn make(
         let stem = format!("maps/{i}-{}", e.params.method.name());
         let (height, width) = e.map.dim();
         let overlay = display::overlay(&analysis.frame, &e.map, crop, OVERLAY_MAX_SIDE);
+        let source = origin
+            .device
+            .clone()
+            .unwrap_or_else(|| origin.source.clone());
+        let caption = analysis.caption(classifier, e, origin.captured, source);
+        let overlay = caption::captioned(&overlay, &caption);
         files.push((format!("{stem}.png"), png(&overlay)?));
         let raw = RawMap {
             width,

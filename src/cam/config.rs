@@ -43,6 +43,9 @@ pub struct CamConfig {
     /// Most time one map may take; a map still running then is abandoned.
     #[serde(with = "humantime_serde")]
     pub max_time: Duration,
+    /// Draw a caption band (class, score, method, passes, frame time, device, colour
+    /// scale) under published and written overlays.
+    pub caption: bool,
 }
 
 impl Default for CamConfig {
@@ -64,6 +67,7 @@ impl Default for CamConfig {
             live_max_drift: LIVE_MAX_DRIFT,
             max_passes: crate::cam::DEFAULT_MAX_PASSES,
             max_time: crate::cam::DEFAULT_MAX_TIME,
+            caption: true,
         }
     }
 }

@@ -4,6 +4,7 @@
 //! cores, from the activations of the prediction pass.
 
 mod budget;
+pub mod caption;
 pub mod config;
 pub mod display;
 pub mod live;

@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Args;
 use iscamd::analysis::{Analysis, ClassScore, Latency};
-use iscamd::cam::{display, spec, CamParams, Explanation, Method, Weighting};
+use iscamd::cam::{caption, display, spec, CamParams, Explanation, Method, Weighting};
 use iscamd::model::Classifier;
 use serde::Serialize;
 
@@ -52,6 +52,10 @@ pub struct ExplainArgs {
     /// Write NAME.heatmap.png (overlay) and NAME.heatmap.json per image into this directory.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// Leave the caption band (class, score, method, passes, image, colour scale) off the
+    /// overlays `--out` writes.
+    #[arg(long)]
+    pub no_caption: bool,
     /// Write a debug bundle of the one image (a zip: the image, what the model said, the
     /// map; docs/web.md, "Debug bundles"), for `iscamd replay` on another machine.
     #[arg(long, value_name = "FILE")]
@@ -176,7 +180,12 @@ pub fn run(args: ExplainArgs) -> Result<ExitCode> {
         let record = record(&path, &classifier, &analysis, &explanation, decoded, total);
         let mut written = None;
         if let Some(dir) = &args.out {
-            match write_outputs(dir, &stem, &classifier, &analysis, &explanation, &record) {
+            let outputs = Outputs {
+                dir,
+                stem: &stem,
+                caption: !args.no_caption,
+            };
+            match outputs.write(&path, &classifier, &analysis, &explanation, &record) {
                 Ok(png) => written = Some(png),
                 Err(e) => {
                     tally.fail(anyhow::anyhow!("{}: {e:#}", path.display()));
@@ -266,24 +275,41 @@ fn record<'a>(
     }
 }
 
-/// Writes STEM.heatmap.png and STEM.heatmap.json; returns the PNG's path.
-fn write_outputs(
-    dir: &Path,
-    stem: &str,
-    classifier: &Classifier,
-    analysis: &Analysis,
-    explanation: &Explanation,
-    record: &Record,
-) -> Result<PathBuf> {
-    let png = dir.join(format!("{stem}.heatmap.png"));
-    let json = dir.join(format!("{stem}.heatmap.json"));
-    let crop = classifier.preprocess().crop_region();
-    display::overlay(&analysis.frame, &explanation.map, crop, OVERLAY_MAX_SIDE)
-        .save(&png)
-        .with_context(|| format!("cannot write {}", png.display()))?;
-    std::fs::write(&json, serde_json::to_vec(record)?)
-        .with_context(|| format!("cannot write {}", json.display()))?;
-    Ok(png)
+/// Where `--out` writes one image's files, and how.
+struct Outputs<'a> {
+    dir: &'a Path,
+    stem: &'a str,
+    caption: bool,
+}
+
+impl Outputs<'_> {
+    /// Writes STEM.heatmap.png and STEM.heatmap.json; returns the PNG's path.
+    fn write(
+        &self,
+        image: &Path,
+        classifier: &Classifier,
+        analysis: &Analysis,
+        explanation: &Explanation,
+        record: &Record,
+    ) -> Result<PathBuf> {
+        let png = self.dir.join(format!("{}.heatmap.png", self.stem));
+        let json = self.dir.join(format!("{}.heatmap.json", self.stem));
+        let crop = classifier.preprocess().crop_region();
+        let mut overlay =
+            display::overlay(&analysis.frame, &explanation.map, crop, OVERLAY_MAX_SIDE);
+        if self.caption {
+            let name = image.file_name().unwrap_or(image.as_os_str());
+            let source = name.to_string_lossy().into_owned();
+            let caption = analysis.caption(classifier, explanation, None, source);
+            overlay = caption::captioned(&overlay, &caption);
+        }
+        overlay
+            .save(&png)
+            .with_context(|| format!("cannot write {}", png.display()))?;
+        std::fs::write(&json, serde_json::to_vec(record)?)
+            .with_context(|| format!("cannot write {}", json.display()))?;
+        Ok(png)
+    }
 }
 
 fn write_bundle(

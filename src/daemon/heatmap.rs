@@ -17,7 +17,6 @@ use crate::analysis::Analysis;
 use crate::cam::{live, CamParams, Deadline, Method};
 use crate::error::{Error, Result};
 use crate::model::Classifier;
-use crate::publish::payload::MethodInfo;
 use crate::telemetry::Stats;
 
 /// One full map to make.
@@ -61,7 +60,8 @@ pub struct Ready {
     pub class: usize,
     /// At the CAM layer's resolution, unnormalised.
     pub map: Array2<f32>,
-    pub method: MethodInfo,
+    /// How the map was made (for live maps: the reference map's method).
+    pub params: CamParams,
     pub passes: usize,
     pub cam_ms: f64,
     pub freshness: Freshness,
@@ -143,7 +143,7 @@ fn compute(job: Job) -> (Outcome, Option<live::Reference>) {
                 frame: job.frame,
                 captured: job.captured,
                 class: e.class,
-                method: MethodInfo::from(&e.params),
+                params: e.params.clone(),
                 passes: e.passes,
                 cam_ms: e.millis,
                 map: e.map,
@@ -208,12 +208,12 @@ impl Live {
             return Err(live::Refresh::NoReference);
         };
         let t0 = Instant::now();
-        let (map, method, freshness) = if pipeline.params.method == Method::Cam {
+        let (map, params, freshness) = if pipeline.params.method == Method::Cam {
             // The classifier's own weights: every frame's map costs no pass and no full map.
             let head = pipeline.classifier.linear_head();
             let head = head.map_err(|_| live::Refresh::NoReference)?;
             let map = head.class_map(activations.view(), class);
-            (map, MethodInfo::from(&pipeline.params), Freshness::Fresh)
+            (map, pipeline.params.clone(), Freshness::Fresh)
         } else {
             let Some(w) = &self.current else {
                 return Err(live::Refresh::NoReference);
@@ -227,7 +227,7 @@ impl Live {
                 weights_frame: w.reference.frame,
                 drift: live.drift,
             };
-            (live.map, MethodInfo::from(&w.reference.params), freshness)
+            (live.map, w.reference.params.clone(), freshness)
         };
         let ready = Ready {
             classifier: pipeline.classifier.clone(),
@@ -236,7 +236,7 @@ impl Live {
             captured,
             class,
             map,
-            method,
+            params,
             passes: 0,
             cam_ms: t0.elapsed().as_secs_f64() * 1e3,
             freshness,

@@ -13,11 +13,12 @@ use super::scheduler::Asker;
 use super::shutdown::Shutdown;
 use crate::analysis::ms;
 use crate::analysis::Latency;
+use crate::cam::caption::{self, Caption};
 use crate::cam::display;
 use crate::error::{Error, Result};
 use crate::events::stage::{Ended, EventOutput, Snapshot};
 use crate::publish::payload::Origin;
-use crate::publish::payload::{self, MapData};
+use crate::publish::payload::{self, MapData, MethodInfo};
 use crate::publish::{Kind, Message, Topics};
 use crate::telemetry::Stats;
 
@@ -29,6 +30,8 @@ pub struct Output {
     pub retain_image: bool,
     pub image_width: u32,
     pub image_quality: u8,
+    /// Draw the caption band (class, method, time, device, colour scale) under the image.
+    pub caption: bool,
     /// Images of maps that cost no passes (live maps, `cam`) at most this often.
     pub image_interval: Duration,
     /// Where the ends of episodes go, with their snapshots.
@@ -187,7 +190,7 @@ fn about(ready: &Ready) -> payload::MapAbout {
     };
     payload::MapAbout {
         class: ready.analysis.class_score(&ready.classifier, ready.class),
-        method: ready.method.clone(),
+        method: MethodInfo::from(&ready.params),
         passes: ready.passes,
         fresh,
         age_ms,
@@ -199,7 +202,10 @@ fn about(ready: &Ready) -> payload::MapAbout {
 /// The frame with its map laid over it, as a JPEG.
 fn overlay_jpeg(ready: &Ready, out: &Output) -> Option<Vec<u8>> {
     let crop = ready.classifier.preprocess().crop_region();
-    let overlay = display::overlay(&ready.analysis.frame, &ready.map, crop, out.image_width);
+    let mut overlay = display::overlay(&ready.analysis.frame, &ready.map, crop, out.image_width);
+    if out.caption {
+        overlay = caption::captioned(&overlay, &caption_of(ready, &out.origin.device));
+    }
     let mut jpeg = Vec::new();
     let encoded =
         JpegEncoder::new_with_quality(&mut jpeg, out.image_quality).encode_image(&overlay);
@@ -208,6 +214,19 @@ fn overlay_jpeg(ready: &Ready, out: &Output) -> Option<Vec<u8>> {
         return None;
     }
     Some(jpeg)
+}
+
+fn caption_of(ready: &Ready, device: &str) -> Caption {
+    let class = ready.analysis.class_score(&ready.classifier, ready.class);
+    Caption {
+        class: class.label,
+        score: class.score,
+        method: ready.params.to_string(),
+        passes: ready.passes,
+        live: matches!(ready.freshness, Freshness::Live { .. }),
+        time: Some(ready.captured),
+        source: device.to_string(),
+    }
 }
 
 /// The overlay JPEG and its context, retained together so that the picture and what it

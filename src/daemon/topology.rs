@@ -273,6 +273,7 @@ impl Topology {
                 retain_image: mqtt.retain_heatmap_image,
                 image_width: mqtt.heatmap_image_width,
                 image_quality: mqtt.heatmap_image_quality,
+                caption: shared.config.cam.caption,
                 image_interval: mqtt.heatmap_image_interval,
                 events: shared.events.clone(),
             },

@@ -98,6 +98,35 @@ fn explain_writes_overlay_and_json() {
         .to_rgb8();
     let frame = image::open(&hen).unwrap();
     assert_eq!(png.width(), frame.width().min(1024));
+    let band = crate::common::caption::find_band(&png).expect("a caption band and scale");
+    assert!(band.text_pixels > 100, "the caption has text: {band:?}");
+    let scale = png.width() as f64 / frame.width() as f64;
+    let frame_height = (frame.height() as f64 * scale).round() as u32;
+    assert_eq!(
+        band.top, frame_height,
+        "the band is under the frame, not over it"
+    );
+
+    let bare_dir = tempfile::tempdir().unwrap();
+    let bare = iscamd(&[
+        "explain",
+        "--no-caption",
+        "--channels",
+        "4",
+        "--out",
+        s(bare_dir.path()),
+        s(&hen),
+    ]);
+    assert!(bare.status.success(), "{}", stderr(&bare));
+    let png = image::open(bare_dir.path().join("n01514859_hen.heatmap.png"))
+        .unwrap()
+        .to_rgb8();
+    assert_eq!(
+        png.height(),
+        frame_height,
+        "--no-caption: the overlay alone"
+    );
+    assert!(crate::common::caption::find_band(&png).is_none());
     let written: serde_json::Value = serde_json::from_slice(
         &std::fs::read(dir.path().join("n01514859_hen.heatmap.json")).unwrap(),
     )

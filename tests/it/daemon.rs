@@ -125,6 +125,9 @@ fn publishes_predictions_heatmaps_stats_and_availability() {
     let jpeg = image::load_from_memory_with_format(&images[0].payload, image::ImageFormat::Jpeg)
         .expect("a JPEG");
     assert_eq!(jpeg.width(), 200, "configured heatmap_image_width");
+    let band = crate::common::caption::find_band(&jpeg.to_rgb8());
+    let band = band.expect("the image carries its caption band and colour scale");
+    assert!(band.text_pixels > 100, "the caption has text: {band:?}");
 
     let stats = observer.on(&topic("stats")).last().unwrap().json();
     assert_eq!(stats["schema"], "iscamd.stats/2");

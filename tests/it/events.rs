@@ -47,7 +47,7 @@ fn a_b_a_gives_three_episodes_and_flicker_gives_none() {
         frames.display()
     );
     // No scheduled maps: the only maps are those of the episodes' peak frames.
-    let extra = "[cam]\ninterval = \"0s\"\non_class_change = false\n\
+    let extra = "[cam]\ninterval = \"0s\"\non_class_change = false\ncaption = false\n\
                  [events]\nmin_frames = 3\nend_frames = 3\n";
     let config = write_config_with_source(dir.path(), broker.port, &source, extra);
     let mut daemon = Daemon::start(&config, dir.path());
@@ -138,6 +138,8 @@ fn a_b_a_gives_three_episodes_and_flicker_gives_none() {
         let jpeg = image::load_from_memory_with_format(&s.payload, image::ImageFormat::Jpeg)
             .expect("a JPEG");
         assert_eq!(jpeg.width(), 200, "[mqtt] heatmap_image_width");
+        let band = crate::common::caption::find_band(&jpeg.to_rgb8());
+        assert!(band.is_none(), "[cam] caption = false: {band:?}");
     }
     assert!(
         retained(broker.port, &topic("event/snapshot")).is_some(),

@@ -11,6 +11,7 @@ use iscamd::source::decode_image;
 use tract_onnx::prelude::tract_ndarray::{ArrayD, IxDyn};
 
 pub mod broker;
+pub mod caption;
 pub mod daemon;
 pub mod http;
 pub mod process;
