@@ -4,8 +4,9 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use iscamd::cam::Weighting;
+use iscamd::eval::sanity::{self, Sanity, SanityImage};
 use iscamd::eval::{self, EvalOptions, MethodSpec, Methods, Resume};
-use iscamd::model::Classifier;
+use iscamd::model::{BatchPlan, Classifier};
 use iscamd::source::expand_inputs;
 
 use super::{ModelArgs, Tally};
@@ -70,6 +71,16 @@ pub struct EvalArgs {
     /// The full maps whose weights --live reuses. Default: the daemon's ([cam] defaults).
     #[arg(long, value_name = "SPEC", requires = "live")]
     pub live_method: Option<String>,
+    /// Check the methods instead of comparing them: model parameter randomisation
+    /// (Adebayo et al.), cascading from the output layer down and one layer at a time;
+    /// per method, how much each map still resembles the original one (rank correlation,
+    /// SSIM). Writes sanity.md, sanity.csv, sanity.json and sanity.svg/png.
+    #[arg(long, conflicts_with_all = ["live", "baseline", "sweep"])]
+    pub sanity: bool,
+    /// Cascade steps of --sanity (and as many single layers), evenly spaced from the top
+    /// layer alone to every layer.
+    #[arg(long, default_value_t = 6, value_name = "N", requires = "sanity")]
+    pub sanity_steps: usize,
     #[command(flatten)]
     pub model: ModelArgs,
 }
@@ -106,6 +117,9 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
     }
     if args.live {
         return run_live(args);
+    }
+    if args.sanity {
+        return run_sanity(args);
     }
     let methods = Methods::new(
         &args.methods,
@@ -289,6 +303,63 @@ fn run_live(args: EvalArgs) -> Result<ExitCode> {
         references,
     )?;
     println!("{md}");
+    Ok(tally.finish())
+}
+
+fn run_sanity(args: EvalArgs) -> Result<ExitCode> {
+    if !(1..=100).contains(&args.sanity_steps) {
+        bail!("--sanity-steps {}: expected 1..=100", args.sanity_steps);
+    }
+    let methods = Methods::new(&args.methods, None, &[], args.weighting, args.seed)?;
+    let mut tally = Tally::default();
+    let paths = collect_images(&args.inputs, args.limit, &mut tally);
+    let mut images = Vec::new();
+    for path in paths {
+        match iscamd::source::decode_image(&path) {
+            Ok(frame) => images.push(SanityImage {
+                name: path.display().to_string(),
+                frame,
+            }),
+            Err(e) => tally.fail(e),
+        }
+    }
+    if images.is_empty() {
+        bail!("no images to check");
+    }
+    let model = args
+        .model
+        .settings(args.model.threads())
+        .options(args.model.model_path()?, BatchPlan::Split);
+    let classifier = Classifier::load(&model).context("cannot load the model")?;
+    methods.check_against(&classifier)?;
+    create_dir(&args.out)?;
+    let sanity = Sanity {
+        model: &model,
+        original: &classifier,
+        methods: &methods.specs,
+        steps: args.sanity_steps,
+        seed: args.seed,
+        threads: args.model.threads(),
+    };
+    let started = std::time::Instant::now();
+    let rows = sanity.run(&images, |step, i| {
+        eprintln!(
+            "[{:.0} s] step {}: {:?} randomisation, {} layer(s) from the top (to {})",
+            started.elapsed().as_secs_f64(),
+            i + 1,
+            step.randomisation,
+            step.layers,
+            step.layer
+        );
+    })?;
+    let layers = iscamd::model::randomise::Randomiser::read(&model.path)?
+        .layers()
+        .len();
+    for path in sanity::write_report(&args.out, &rows, layers)? {
+        eprintln!("wrote {}", path.display());
+    }
+    print!("{}", std::fs::read_to_string(args.out.join("sanity.md"))?);
+    tally.ok += images.len();
     Ok(tally.finish())
 }
 

@@ -7,6 +7,7 @@ mod plan;
 mod plot;
 mod report;
 pub mod road;
+pub mod sanity;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};

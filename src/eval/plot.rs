@@ -8,6 +8,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::report::MethodSummary;
+use super::sanity::{Randomisation, SanitySummary};
 use crate::error::{Error, Result};
 
 const SIZE: (u32, u32) = (1200, 460);
@@ -37,6 +38,88 @@ pub fn write_plots(
         written.extend([svg_path, png_path]);
     }
     Ok(written)
+}
+
+/// Writes `sanity.svg/png`: each method's median rank correlation and SSIM with its
+/// original maps as cascading randomisation redraws more layers.
+pub fn write_sanity_plot(out: &Path, summaries: &[SanitySummary]) -> Result<Vec<PathBuf>> {
+    let cascade: Vec<&SanitySummary> = summaries
+        .iter()
+        .filter(|s| s.randomisation == Randomisation::Cascade)
+        .collect();
+    let svg = draw(out, |root| draw_sanity(root, &cascade))?;
+    let svg_path = out.join("sanity.svg");
+    std::fs::write(&svg_path, &svg)
+        .map_err(|e| Error::input(&svg_path, format!("cannot write: {e}")))?;
+    let png_path = out.join("sanity.png");
+    rasterise(&svg, &png_path)?;
+    Ok(vec![svg_path, png_path])
+}
+
+fn draw_sanity(root: &Area, cascade: &[&SanitySummary]) -> DrawResult<()> {
+    root.fill(&WHITE)?;
+    let mut methods: Vec<&str> = Vec::new();
+    for s in cascade {
+        if !methods.contains(&s.method.as_str()) {
+            methods.push(&s.method);
+        }
+    }
+    let max_layers = cascade.iter().map(|s| s.layers).max().unwrap_or(1) as f64;
+    type Value = fn(&SanitySummary) -> f64;
+    let panels: [(&str, &str, Value); 2] = [
+        (
+            "Rank correlation with the original map (lower: the map follows the model)",
+            "median Spearman ρ",
+            |s| s.spearman,
+        ),
+        (
+            "Structural similarity with the original map",
+            "median SSIM",
+            |s| s.ssim,
+        ),
+    ];
+    for (area, (title, y_desc, value)) in root.split_evenly((1, 2)).iter().zip(panels) {
+        let mut chart = ChartBuilder::on(area)
+            .caption(title, (FONT, 15))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0f64..max_layers, -0.2f64..1.05f64)?;
+        chart
+            .configure_mesh()
+            .x_desc("layers redrawn, from the output down")
+            .y_desc(y_desc)
+            .draw()?;
+        for (i, m) in methods.iter().enumerate() {
+            // Before any layer is redrawn, every map equals itself.
+            let points: Vec<(f64, f64)> = std::iter::once((0.0, 1.0))
+                .chain(
+                    cascade
+                        .iter()
+                        .filter(|s| s.method == *m)
+                        .map(|s| (s.layers as f64, value(s))),
+                )
+                .collect();
+            let style = colour(i).stroke_width(2);
+            chart
+                .draw_series(LineSeries::new(points.clone(), style))?
+                .label(*m)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
+            chart.draw_series(
+                points
+                    .iter()
+                    .map(|&p| Circle::new(p, 3, colour(i).filled())),
+            )?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font((FONT, 12))
+            .draw()?;
+    }
+    Ok(())
 }
 
 type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;

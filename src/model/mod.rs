@@ -17,6 +17,7 @@ mod ort;
 mod preprocess;
 mod qdq;
 mod qdq_concat;
+pub mod randomise;
 mod tract;
 mod zero_points;
 

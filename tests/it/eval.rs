@@ -228,3 +228,49 @@ fn live_writes_a_row_per_frame_change_and_a_table() {
     }
     assert!(String::from_utf8_lossy(&run.stdout).contains("Live maps vs fresh maps"));
 }
+
+/// Model parameter randomisation: a map that ignores the model (the centre prior) fails,
+/// Score-CAM's maps change with the model and pass.
+#[test]
+fn sanity_fails_a_model_independent_map_and_passes_score_cam() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    let run = eval(&[
+        &images(),
+        "--sanity",
+        "--sanity-steps",
+        "1",
+        "--methods",
+        "scorecam:k=16",
+        "--limit",
+        "2",
+        "--out",
+        out,
+    ]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("sanity.json")).unwrap()).unwrap();
+    let verdict = |method: &str| {
+        let v = report["verdicts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["method"] == method)
+            .unwrap_or_else(|| panic!("{method} in {report}"));
+        (v["passes"].as_bool().unwrap(), v["ssim_all_layers"].as_f64().unwrap())
+    };
+    assert_eq!(verdict("center"), (false, 1.0), "the same map whatever the model");
+    assert!(!verdict("random").0, "nor does the seeded random map");
+    let (passes, ssim) = verdict("scorecam:k=16");
+    assert!(passes && ssim < 0.5, "Score-CAM follows the model: SSIM {ssim}");
+    assert_eq!(report["layers"], 26, "SqueezeNet 1.0's convolutions");
+    let csv = std::fs::read_to_string(dir.path().join("sanity.csv")).unwrap();
+    // 2 images × 3 methods × (all layers in cascade + the bottom layer alone).
+    assert_eq!(csv.lines().count(), 1 + 2 * 3 * 2, "{csv}");
+    for file in ["sanity.md", "sanity.svg", "sanity.png"] {
+        assert!(dir.path().join(file).is_file(), "{file} written");
+    }
+    let md = String::from_utf8_lossy(&run.stdout);
+    assert!(md.contains("| center | 0 | 1.000 | FAILS |"), "{md}");
+}
