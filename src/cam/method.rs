@@ -27,6 +27,10 @@ pub enum Method {
     SsCam { steps: usize, sigma: f32 },
     /// Mean over `steps` cumulatively integrated masked inputs (the seed's rule).
     IsCam { steps: usize },
+    /// Byun and Lee's Recipro-CAM: per position of the CAM layer, the class score of the
+    /// network after the layer run on the activations with every other position zeroed.
+    /// No masked pass of the whole model: the tail's partial passes only.
+    Recipro,
 }
 
 impl Method {
@@ -36,6 +40,7 @@ impl Method {
             Method::ScoreCam => "scorecam",
             Method::SsCam { .. } => "sscam",
             Method::IsCam { .. } => "iscam",
+            Method::Recipro => "recipro",
         }
     }
 }
@@ -150,17 +155,26 @@ impl CamParams {
     /// Score-CAM all channels.
     pub fn new(method_name: &str, steps: Option<usize>, channels: Option<usize>) -> Result<Self> {
         let (method, default_channels) = match method_name {
-            "cam" => {
+            "cam" | "recipro" => {
+                let name = method_name;
                 if let Some(s) = steps.filter(|&s| s != 1) {
                     return Err(Error::invalid(
                         "steps",
-                        format!("{s}: cam runs no masked passes (use sscam or iscam for steps)"),
+                        format!("{s}: {name} runs no masked passes (use sscam or iscam for steps)"),
                     ));
                 }
                 if let Some(k) = channels.filter(|&k| k != 0) {
-                    return Err(Error::invalid("channels", format!("{k}: cam weighs every channel with the classifier's weights (k applies to the masked methods)")));
+                    return Err(Error::invalid(
+                        "channels",
+                        format!("{k}: {name} uses every channel (k applies to the masked methods)"),
+                    ));
                 }
-                (Method::Cam, 0)
+                let method = if name == "cam" {
+                    Method::Cam
+                } else {
+                    Method::Recipro
+                };
+                (method, 0)
             }
             "scorecam" => {
                 if let Some(s) = steps.filter(|&s| s != 1) {
@@ -184,7 +198,7 @@ impl CamParams {
             other => {
                 return Err(Error::invalid(
                     "method",
-                    format!("{other:?} (expected cam, scorecam, sscam or iscam)"),
+                    format!("{other:?} (expected cam, recipro, scorecam, sscam or iscam)"),
                 ));
             }
         };
@@ -198,15 +212,15 @@ impl CamParams {
     /// Sets the masks per channel (Score-CAM has exactly one).
     pub fn set_steps(&mut self, n: usize) -> Result<()> {
         let why = match self.method {
-            Method::Cam => "cam runs no masked passes",
+            Method::Cam | Method::Recipro => "it runs no masked passes",
             _ => "scorecam takes one mask per channel",
         };
         match &mut self.method {
-            Method::Cam | Method::ScoreCam if n != 1 => Err(Error::invalid(
+            Method::Cam | Method::ScoreCam | Method::Recipro if n != 1 => Err(Error::invalid(
                 "steps",
                 format!("{n}: {why} (use sscam or iscam for steps)"),
             )),
-            Method::Cam | Method::ScoreCam => Ok(()),
+            Method::Cam | Method::ScoreCam | Method::Recipro => Ok(()),
             Method::SsCam { steps, .. } | Method::IsCam { steps } => {
                 *steps = n;
                 Ok(())
@@ -217,7 +231,7 @@ impl CamParams {
     /// Masked inputs per channel (`cam` counts as one step of no passes).
     pub fn steps(&self) -> usize {
         match self.method {
-            Method::Cam | Method::ScoreCam => 1,
+            Method::Cam | Method::ScoreCam | Method::Recipro => 1,
             Method::SsCam { steps, .. } | Method::IsCam { steps } => steps,
         }
     }
@@ -225,7 +239,7 @@ impl CamParams {
     /// Masked forward passes a map with these parameters runs on a layer of
     /// `layer_channels` (at most: constant channels are skipped).
     pub fn passes(&self, layer_channels: usize) -> usize {
-        if self.method == Method::Cam {
+        if matches!(self.method, Method::Cam | Method::Recipro) {
             return 0;
         }
         let channels = match self.channels {
@@ -255,10 +269,14 @@ impl CamParams {
                 format!("{steps} (expected 1..={MAX_STEPS})"),
             ));
         }
-        if self.method == Method::Cam && self.channels != 0 {
+        if matches!(self.method, Method::Cam | Method::Recipro) && self.channels != 0 {
             return Err(Error::invalid(
                 "channels",
-                format!("{}: cam weighs every channel with the classifier's weights (k applies to the masked methods)", self.channels),
+                format!(
+                    "{}: {} uses every channel (k applies to the masked methods)",
+                    self.channels,
+                    self.method.name()
+                ),
             ));
         }
         if self.channels > layer_channels {

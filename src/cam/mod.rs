@@ -100,8 +100,12 @@ pub fn explain_until(
             format!("{class} (the model has classes 0..{})", logits.len() - 1),
         ));
     }
-    if params.method == Method::Cam {
-        return class_activation_map(classifier, activations, class, params, started);
+    match params.method {
+        Method::Cam => {
+            return class_activation_map(classifier, activations, class, params, started)
+        }
+        Method::Recipro => return recipro(classifier, activations, class, params, started),
+        _ => {}
     }
     let ranking = match params.select {
         Selection::Variance => masks::variances(activations),
@@ -172,6 +176,52 @@ fn class_activation_map(
     })
 }
 
+/// Byun and Lee's Recipro-CAM, as OpenVINO XAI computes it: per position of the CAM
+/// layer, the class's score (before any final Softmax) with every other position of the
+/// activations zeroed; the map is those scores less their minimum.
+fn recipro(
+    classifier: &Classifier,
+    activations: ArrayView3<f32>,
+    class: usize,
+    params: &CamParams,
+    started: Instant,
+) -> Result<Explanation> {
+    let map = recipro_map(classifier, activations, class)?;
+    let k_all = activations.len_of(Axis(0));
+    Ok(Explanation {
+        class,
+        params: params.clone(),
+        channels_used: (0..k_all).collect(),
+        ranking: vec![0.0; k_all],
+        passes: classifier.tail()?.passes(),
+        prob_scores: vec![0.0; k_all],
+        logit_diff_scores: vec![0.0; k_all],
+        weights: vec![0.0; k_all],
+        map,
+        millis: started.elapsed().as_secs_f64() * 1e3,
+    })
+}
+
+/// The Recipro-CAM map of `class` from the CAM layer's `activations`.
+pub fn recipro_map(
+    classifier: &Classifier,
+    activations: ArrayView3<f32>,
+    class: usize,
+) -> Result<Array2<f32>> {
+    let (_, h, w) = activations.dim();
+    let scores = classifier.tail()?.masked_outputs(activations)?;
+    if class >= scores.ncols() {
+        return Err(Error::invalid(
+            "class",
+            format!("{class} (the tail scores {} classes)", scores.ncols()),
+        ));
+    }
+    let column: Vec<f32> = scores.column(class).to_vec();
+    let low = column.iter().copied().fold(f32::INFINITY, f32::min);
+    Array2::from_shape_vec((h, w), column.iter().map(|v| v - low).collect())
+        .map_err(|e| Error::Inference(e.to_string()))
+}
+
 /// The weights α per layer channel from per-channel scores (0 outside `channels`).
 pub fn weights(
     weighting: Weighting,
@@ -205,11 +255,11 @@ impl Explanation {
     /// The map this explanation would have been with only the top `k` channels of its
     /// ranking (0 = all it used): top-K channels are a prefix of the same ranking, and
     /// each channel's score depends on its own masks only, so no new passes are needed.
-    /// `None` for `cam` and when `k` asks for channels this explanation did not score.
+    /// `None` for `cam` and `recipro` and when `k` asks for channels this explanation did not score.
     /// `millis` is this run's time scaled by the share of channels kept: an estimate, not
     /// a measurement.
     pub fn restricted(&self, activations: ArrayView3<f32>, k: usize) -> Option<Explanation> {
-        if self.params.method == Method::Cam {
+        if matches!(self.params.method, Method::Cam | Method::Recipro) {
             return (k == 0).then(|| self.clone());
         }
         let channels = masks::select_channels(activations, k, &self.ranking);

@@ -171,8 +171,8 @@ impl MaskedInputs<'_> {
             let mask = &cache.as_ref().expect("just filled").1;
             let out = &mut data[slot * c * plane..][..c * plane];
             match self.method {
-                // `cam` never reaches the masked passes; it would be a plain mask.
-                Method::Cam | Method::ScoreCam => {
+                // `cam` and `recipro` never reach the masked passes.
+                Method::Cam | Method::Recipro | Method::ScoreCam => {
                     for (o, (xv, m)) in out.iter_mut().zip(x.iter().zip(mask.iter().cycle())) {
                         *o = xv * m;
                     }

@@ -2,7 +2,7 @@
 //! `eval --methods`, `bench --heatmaps`, `[cam] method`, MQTT `explain` commands):
 //!
 //! ```text
-//! NAME[:key=value,...]     NAME = cam | scorecam | sscam | iscam
+//! NAME[:key=value,...]     NAME = cam | recipro | scorecam | sscam | iscam
 //!   n=STEPS    masks per channel (IS-CAM steps, SS-CAM noise samples)
 //!   k=K        the K channels ranked highest by `select`; 0 = all non-constant ones
 //!   select=S   variance (largest activation variance, the default) or contribution
@@ -12,7 +12,7 @@
 //! ```
 //! Unset keys take the method's defaults ([`CamParams::new`]): `iscam` is the reduced-N
 //! default (1 step, top 64 channels), `sscam` 35 steps with σ = 2 on all channels,
-//! `scorecam` all channels. `cam` runs no masked passes and takes no keys. A spec prints back as it parses ([`std::fmt::Display`]).
+//! `scorecam` all channels. `cam` and `recipro` run no masked passes and take no keys. A spec prints back as it parses ([`std::fmt::Display`]).
 
 use std::fmt;
 
@@ -68,10 +68,11 @@ pub fn parse(spec: &str) -> Result<CamParams> {
         (_, Some(_)) => return Err(bad("sigma applies to sscam only".into())),
         _ => {}
     }
-    if params.method == Method::Cam && (r.is_some() || select.is_some()) {
-        return Err(bad(
-            "cam runs no masked passes: r and select apply to the masked methods".into(),
-        ));
+    if matches!(params.method, Method::Cam | Method::Recipro) && (r.is_some() || select.is_some()) {
+        return Err(bad(format!(
+            "{} runs no masked passes: r and select apply to the masked methods",
+            params.method.name()
+        )));
     }
     params.score_size = r;
     params.select = select.unwrap_or_default();
@@ -145,12 +146,12 @@ pub fn split_list(list: &str) -> Vec<String> {
 /// score size (weighting, seed and batch are not part of a spec).
 impl fmt::Display for CamParams {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.method == Method::Cam {
-            return write!(f, "cam");
+        if matches!(self.method, Method::Cam | Method::Recipro) {
+            return write!(f, "{}", self.method.name());
         }
         write!(f, "{}:", self.method.name())?;
         match self.method {
-            Method::Cam => {}
+            Method::Cam | Method::Recipro => {}
             Method::ScoreCam => write!(f, "k={}", self.channels)?,
             Method::IsCam { steps } => write!(f, "n={steps},k={}", self.channels)?,
             Method::SsCam { steps, sigma } => {

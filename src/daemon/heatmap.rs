@@ -214,6 +214,11 @@ impl Live {
             let head = head.map_err(|_| live::Refresh::NoReference)?;
             let map = head.class_map(activations.view(), class);
             (map, pipeline.params.clone(), Freshness::Fresh)
+        } else if pipeline.params.method == Method::Recipro {
+            // The tail's partial passes only: every frame gets a map of its own.
+            let map = crate::cam::recipro_map(&pipeline.classifier, activations.view(), class)
+                .map_err(|_| live::Refresh::NoReference)?;
+            (map, pipeline.params.clone(), Freshness::Fresh)
         } else {
             let Some(w) = &self.current else {
                 return Err(live::Refresh::NoReference);

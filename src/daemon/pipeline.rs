@@ -43,6 +43,10 @@ impl Pipeline {
             // Read at load; refused here so a model without a linear head fails at start.
             classifier.linear_head()?;
         }
+        if params.method == Method::Recipro {
+            // Built at load, so a tail that cannot be run fails at start, not at the first map.
+            classifier.tail()?;
+        }
         Ok(Pipeline {
             classifier,
             params,

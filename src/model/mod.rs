@@ -18,6 +18,7 @@ mod preprocess;
 mod qdq;
 mod qdq_concat;
 pub mod randomise;
+pub mod tail;
 mod tract;
 mod zero_points;
 
@@ -167,6 +168,10 @@ pub struct Classifier {
     /// are recovered as their logarithm, so that softmax gives them back.
     output_is_probability: bool,
     metadata: HashMap<String, String>,
+    /// The output tensor, by name.
+    logits_name: String,
+    /// The network after the CAM layer (Recipro-CAM), built on first use.
+    tail: std::sync::OnceLock<std::result::Result<std::sync::Arc<tail::Tail>, String>>,
 }
 
 impl Classifier {
@@ -218,7 +223,27 @@ impl Classifier {
                 .get("output_kind")
                 .is_some_and(|k| k == "probabilities"),
             metadata,
+            logits_name: outputs.logits.clone(),
+            tail: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The network after the CAM layer, as plans of its own (built once).
+    pub fn tail(&self) -> Result<std::sync::Arc<tail::Tail>> {
+        let layer = self
+            .cam
+            .as_ref()
+            .ok_or_else(|| Error::model(&self.path, "has no CAM layer (set --cam-layer)"))?;
+        let built = self.tail.get_or_init(|| {
+            let shape = (layer.channels, layer.height, layer.width);
+            tail::Tail::build(&self.path, &layer.name, &self.logits_name, shape)
+                .map(std::sync::Arc::new)
+                .map_err(|e| match e {
+                    Error::Model { reason, .. } => reason,
+                    other => other.to_string(),
+                })
+        });
+        built.clone().map_err(|e| Error::model(&self.path, e))
     }
 
     pub fn path(&self) -> &Path {

@@ -258,12 +258,22 @@ fn sanity_fails_a_model_independent_map_and_passes_score_cam() {
             .iter()
             .find(|v| v["method"] == method)
             .unwrap_or_else(|| panic!("{method} in {report}"));
-        (v["passes"].as_bool().unwrap(), v["ssim_all_layers"].as_f64().unwrap())
+        (
+            v["passes"].as_bool().unwrap(),
+            v["ssim_all_layers"].as_f64().unwrap(),
+        )
     };
-    assert_eq!(verdict("center"), (false, 1.0), "the same map whatever the model");
+    assert_eq!(
+        verdict("center"),
+        (false, 1.0),
+        "the same map whatever the model"
+    );
     assert!(!verdict("random").0, "nor does the seeded random map");
     let (passes, ssim) = verdict("scorecam:k=16");
-    assert!(passes && ssim < 0.5, "Score-CAM follows the model: SSIM {ssim}");
+    assert!(
+        passes && ssim < 0.5,
+        "Score-CAM follows the model: SSIM {ssim}"
+    );
     assert_eq!(report["layers"], 26, "SqueezeNet 1.0's convolutions");
     let csv = std::fs::read_to_string(dir.path().join("sanity.csv")).unwrap();
     // 2 images × 3 methods × (all layers in cascade + the bottom layer alone).

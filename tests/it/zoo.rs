@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use crate::common::{load_path, model_dir, npy, pearson};
 use iscamd::cam::{self, CamParams, Weighting};
+use iscamd::model::tail::Tail;
 use iscamd::model::Classifier;
 use tract_onnx::prelude::tract_ndarray::{Array2, Array3, Axis, Ix4};
 
@@ -376,4 +377,98 @@ mod int8 {
         squeezenet1_1_per_channel: "squeezenet1_1.onnx", &["--per-channel"];
         squeezenet1_1_qdq: "squeezenet1_1.onnx", &["--format", "qdq"];
     }
+}
+
+/// Recipro-CAM's masked outputs, factored at the pooling, against the whole tail run on
+/// one masked copy of the activations per position.
+fn factored_equals_whole(classifier: &Classifier, activations: &Array3<f32>) -> Array2<f32> {
+    let layer = classifier.cam_layer().unwrap();
+    let shape = (layer.channels, layer.height, layer.width);
+    let factored = classifier.tail().unwrap();
+    assert!(
+        factored.factored(),
+        "{}: factored at its pooling",
+        layer.name
+    );
+    let whole = Tail::build_with(classifier.path(), &layer.name, "logits", shape, false).unwrap();
+    assert!(!whole.factored());
+    let (a, b) = (
+        factored.masked_outputs(activations.view()).unwrap(),
+        whole.masked_outputs(activations.view()).unwrap(),
+    );
+    let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let diff = a
+        .iter()
+        .zip(&b)
+        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+    println!(
+        "{}: factored vs whole tail: max diff {diff} (scale {scale})",
+        layer.name
+    );
+    assert!(
+        diff <= 1e-4 * scale.max(1.0),
+        "{}: differ by {diff}",
+        layer.name
+    );
+    // A position-wise part (SqueezeNet's conv_final) runs once instead of once per position.
+    let saving = if factored.passes() > 1 { 10 } else { 1 };
+    assert!(
+        factored.macs_per_map * saving <= whole.macs_per_map,
+        "{}: factoring saves work ({} vs {} multiply-adds)",
+        layer.name,
+        factored.macs_per_map,
+        whole.macs_per_map
+    );
+    a
+}
+
+/// Recipro-CAM on SqueezeNet's padded 1×1-convolution head, ResNet-18's linear head (where
+/// it is CAM up to an affine map) and MobileNetV3-Small's MLP head (which `cam` refuses).
+#[test]
+fn recipro_runs_every_head_and_factoring_changes_nothing() {
+    let squeezenet = crate::common::load(crate::common::F32_MODEL);
+    let frame = iscamd::source::decode_image(&crate::common::image("n01440764_tench")).unwrap();
+    let analysis = iscamd::analysis::Analysis::of_frame(&squeezenet, frame).unwrap();
+    factored_equals_whole(&squeezenet, analysis.activations.as_ref().unwrap());
+    let recipro = CamParams::new("recipro", None, None).unwrap();
+    let e = analysis.explain(&squeezenet, None, &recipro, 1).unwrap();
+    assert_eq!(
+        (e.class, e.passes),
+        (0, 3),
+        "tench; two passes of conv_final, one after pooling"
+    );
+
+    let resnet = model("resnet18.onnx");
+    let classifier = load_path(&zoo_dir().join(&resnet.file));
+    let r = &resnet.refs[0];
+    let resnet_run = run(&classifier, r);
+    let outputs = factored_equals_whole(&classifier, &resnet_run.activations);
+    let (_, h, w) = resnet_run.activations.dim();
+    let scores: Vec<f32> = outputs.column(r.class).to_vec();
+    let weights = classifier.linear_head().unwrap().class_weights(r.class);
+    let pre_relu_cam = weighted_sum(&resnet_run, &weights);
+    let affine = pearson(&scores, pre_relu_cam.as_slice().unwrap());
+    assert!(
+        affine > 0.99999,
+        "linear head: Recipro-CAM is CAM up to an affine map, r = {affine}"
+    );
+    assert_eq!(outputs.nrows(), h * w);
+
+    let mobilenet = model("mobilenet_v3_small.onnx");
+    let classifier = load_path(&zoo_dir().join(&mobilenet.file));
+    let mlp_run = run(&classifier, &mobilenet.refs[0]);
+    assert!(classifier.linear_head().is_err(), "an MLP head: no CAM");
+    factored_equals_whole(&classifier, &mlp_run.activations);
+    let e = cam::explain(
+        &classifier,
+        &mlp_run.x,
+        &mlp_run.logits,
+        mlp_run.activations.view(),
+        mobilenet.refs[0].class,
+        &recipro,
+        1,
+    )
+    .unwrap();
+    assert_eq!(e.passes, 1, "the MLP once, on a batch of 49 pooled vectors");
+    assert!(e.map.iter().any(|&v| v > 0.0));
 }
