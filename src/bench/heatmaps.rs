@@ -10,6 +10,7 @@ use super::{file_name, Bench, Engine, Percentiles};
 use crate::analysis::Analysis;
 use crate::cam::{display, live};
 use crate::error::{Error, Result};
+use crate::model::ndarray::Axis;
 use crate::model::{BatchPlan, Classifier};
 
 /// One heatmap latency measurement.
@@ -21,6 +22,9 @@ pub struct HeatmapRow {
     pub passes: usize,
     pub seconds: Percentiles,
     pub ms_per_pass: f64,
+    /// The map's p50 over a forward pass's on the same engine: its cost in full passes
+    /// (Recipro-CAM's partial passes are not full ones).
+    pub full_passes: f64,
     /// The p50 of the spec's first engine over this one's: above 1 is faster.
     pub speedup_vs_first: f64,
 }
@@ -54,9 +58,13 @@ impl Bench {
                 .iter()
                 .map(|&e| Ok((e, self.load(path, BatchPlan::Split, e, self.threads)?)))
                 .collect::<Result<_>>()?;
+            let forward: Vec<f64> = loaded
+                .iter()
+                .map(|(_, classifier)| self.forward_p50(classifier))
+                .collect::<Result<_>>()?;
             for (spec, params) in &self.heatmaps {
                 let mut first = None;
-                for (engine, classifier) in &loaded {
+                for ((engine, classifier), forward) in loaded.iter().zip(&forward) {
                     let analysis = Analysis::of_frame(classifier, self.frame.clone())?;
                     let mut seconds = Vec::new();
                     let mut passes = 0;
@@ -83,12 +91,28 @@ impl Bench {
                         passes,
                         seconds,
                         ms_per_pass: seconds.p50 * 1e3 / passes.max(1) as f64,
+                        full_passes: seconds.p50 / forward,
                         speedup_vs_first: first / seconds.p50,
                     });
                 }
             }
         }
         Ok(first_weights)
+    }
+
+    /// The p50 of one forward pass of the bench's frame, in seconds.
+    fn forward_p50(&self, classifier: &Classifier) -> Result<f64> {
+        let input = classifier
+            .preprocess()
+            .tensor(&self.frame)
+            .insert_axis(Axis(0));
+        let mut seconds = Vec::new();
+        for _ in 0..self.repeat.max(3) {
+            let t0 = Instant::now();
+            classifier.forward(input.view())?;
+            seconds.push(t0.elapsed().as_secs_f64());
+        }
+        Ok(Percentiles::of(&seconds).p50)
     }
 
     /// A frame's forward pass plus the weighted sum of a live map, against the forward pass

@@ -131,8 +131,16 @@ fn print_heatmap_header(repeat: u32) {
         "# heatmaps made {repeat} time(s) each on the same frame: latency p50 / p95 (nearest rank)"
     );
     println!(
-        "{:<28} {:>11} {:<16} {:>7} {:>9} {:>9} {:>8} {:>9}",
-        "model", "backend", "heatmap", "passes", "p50 s", "p95 s", "ms/pass", "vs first"
+        "{:<28} {:>11} {:<16} {:>7} {:>9} {:>9} {:>8} {:>11} {:>9}",
+        "model",
+        "backend",
+        "heatmap",
+        "passes",
+        "p50 s",
+        "p95 s",
+        "ms/pass",
+        "full passes",
+        "vs first"
     );
 }
 
@@ -189,7 +197,7 @@ fn print_throughput(r: &ThroughputRow) {
 
 fn print_heatmap(r: &HeatmapRow) {
     println!(
-        "{:<28} {:>11} {:<16} {:>7} {:>9.2} {:>9.2} {:>8.1} {:>8.2}x",
+        "{:<28} {:>11} {:<16} {:>7} {:>9.3} {:>9.3} {:>8.1} {:>11.2} {:>8.2}x",
         r.model,
         r.engine,
         r.spec,
@@ -197,6 +205,7 @@ fn print_heatmap(r: &HeatmapRow) {
         r.seconds.p50,
         r.seconds.p95,
         r.ms_per_pass,
+        r.full_passes,
         r.speedup_vs_first
     );
 }

@@ -247,8 +247,13 @@ fn evaluate_all(
 fn run_live(args: EvalArgs) -> Result<ExitCode> {
     let params = match &args.live_method {
         Some(spec) => match MethodSpec::parse(spec, args.weighting, args.seed)?.kind {
-            eval::SpecKind::Cam(p) if p.method == iscamd::cam::Method::Cam => {
-                bail!("--live-method {spec}: cam needs no live weights (each frame's map costs no pass)")
+            eval::SpecKind::Cam(p)
+                if matches!(
+                    p.method,
+                    iscamd::cam::Method::Cam | iscamd::cam::Method::Recipro
+                ) =>
+            {
+                bail!("--live-method {spec}: {} needs no live weights (each frame's map costs no full pass)", p.method.name())
             }
             eval::SpecKind::Cam(p) => p,
             _ => {

@@ -19,8 +19,9 @@ const OVERLAY_MAX_SIDE: u32 = 1024;
 pub struct ExplainArgs {
     #[command(flatten)]
     pub inputs: Inputs,
-    /// A method spec: cam (the classifier's weights, no masked passes), scorecam, sscam
-    /// (smoothed) or iscam (integrated), with optional parameters, e.g. iscam:n=10,k=0 or
+    /// A method spec: cam (the classifier's weights, no masked passes), recipro (the network
+    /// after the CAM layer on masked feature maps, any head), scorecam, sscam (smoothed) or
+    /// iscam (integrated), with optional parameters, e.g. iscam:n=10,k=0 or
     /// iscam:k=16,select=contribution (grammar: docs/commands.md, "Method specs").
     #[arg(long, default_value = "iscam", value_name = "SPEC")]
     pub method: String,

@@ -62,11 +62,11 @@ impl MethodSpec {
             }
             cam => {
                 let mut params = crate::cam::spec::parse(cam).map_err(|e| match e {
-                    Error::Invalid { reason, .. } if reason.contains("expected cam, scorecam") => {
+                    Error::Invalid { reason, .. } if reason.contains("expected cam, recipro") => {
                         Error::invalid(
                             "method",
                             format!(
-                                "{spec:?}: unknown method (cam, scorecam, sscam, iscam, random, center)"
+                                "{spec:?}: unknown method (cam, recipro, scorecam, sscam, iscam, random, center)"
                             ),
                         )
                     }

@@ -63,7 +63,7 @@ pub enum HeadError {
     #[error("{tensor:?} feeds {readers} ops on the way to the logits; {EXPECTED}")]
     Branches { tensor: String, readers: usize },
     /// An op after the classifier's dense layer that makes the head non-linear (an MLP).
-    #[error("the head after the CAM layer is not linear: {op} {node:?} follows {dense}; the cam method needs the classifier's weights on the pooled map — explain this model with a method that runs it (scorecam, sscam, iscam)")]
+    #[error("the head after the CAM layer is not linear: {op} {node:?} follows {dense}; the cam method needs the classifier's weights on the pooled map — explain this model with a method that runs it (recipro, scorecam, sscam, iscam)")]
     NotLinear {
         op: String,
         node: String,
