@@ -46,6 +46,11 @@ pub struct CamConfig {
     /// Draw a caption band (class, score, method, passes, frame time, device, colour
     /// scale) under published and written overlays.
     pub caption: bool,
+    /// Measure the explanation's health on every Nth full map (0: never): a short deletion
+    /// curve against the map's shuffled self, [`crate::cam::health`].
+    pub health_every: u32,
+    /// Samples the health state is judged on.
+    pub health_window: usize,
 }
 
 impl Default for CamConfig {
@@ -68,6 +73,8 @@ impl Default for CamConfig {
             max_passes: crate::cam::DEFAULT_MAX_PASSES,
             max_time: crate::cam::DEFAULT_MAX_TIME,
             caption: true,
+            health_every: 5,
+            health_window: 8,
         }
     }
 }
@@ -77,6 +84,9 @@ impl Default for CamConfig {
 /// (docs/benchmarks.md): shifts up to 16 px and noise up to σ = 12 drift at most 0.055,
 /// cuts to another image at least 0.36.
 pub const LIVE_MAX_DRIFT: f64 = 0.1;
+
+/// Largest `[cam] health_window`.
+pub const MAX_HEALTH_WINDOW: usize = 1000;
 
 /// Largest `[cam] max_passes`: ~90 minutes of SqueezeNet passes on a fast x86 core.
 pub const MAX_MAX_PASSES: usize = 1_000_000;
@@ -163,6 +173,12 @@ impl CamConfig {
                     MAX_TIMES.start(),
                     MAX_TIMES.end()
                 ),
+            ));
+        }
+        if !(1..=MAX_HEALTH_WINDOW).contains(&self.health_window) {
+            return Err(Error::invalid(
+                "cam.health_window",
+                format!("{} (expected 1..={MAX_HEALTH_WINDOW})", self.health_window),
             ));
         }
         if !(0.0..=1.0).contains(&self.min_confidence) {

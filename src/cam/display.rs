@@ -75,6 +75,25 @@ fn blend(a: Rgb<u8>, b: Rgb<u8>, t: f32) -> Rgb<u8> {
     }))
 }
 
+/// Pixel indices (row-major) from the most to the least salient; ties keep pixel order.
+pub fn ranking(saliency: &Array2<f32>) -> Vec<usize> {
+    let values: Vec<f32> = saliency.iter().copied().collect();
+    let mut order: Vec<usize> = (0..values.len()).collect();
+    order.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
+    order
+}
+
+/// The map with its cells in a random order (seeded): the same values, so the same
+/// coverage, in the wrong places — the control a map's placement is measured against.
+pub fn shuffled(map: &Array2<f32>, seed: u64) -> Array2<f32> {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut values: Vec<f32> = map.iter().copied().collect();
+    values.shuffle(&mut rng);
+    Array2::from_shape_vec(map.dim(), values).expect("same shape")
+}
+
 /// How alike two maps are: the Pearson correlation of two equally long series (NaN when either is constant or empty).
 pub fn pearson(a: &[f32], b: &[f32]) -> f64 {
     let n = a.len().min(b.len()) as f64;

@@ -7,6 +7,7 @@ mod budget;
 pub mod caption;
 pub mod config;
 pub mod display;
+pub mod health;
 pub mod live;
 pub mod masks;
 mod method;

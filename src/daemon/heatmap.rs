@@ -14,7 +14,7 @@ use super::pipeline::Pipeline;
 use super::scheduler::Asker;
 use super::shutdown::Shutdown;
 use crate::analysis::Analysis;
-use crate::cam::{live, CamParams, Deadline, Method};
+use crate::cam::{health, live, CamParams, Deadline, Method};
 use crate::error::{Error, Result};
 use crate::model::Classifier;
 use crate::telemetry::Stats;
@@ -42,13 +42,19 @@ pub struct Weights {
     pub made: Instant,
 }
 
-/// A map to draw and publish, or why it could not be made.
+/// A map to draw and publish, or why it could not be made; or a measure of the maps'
+/// health.
 pub enum Outcome {
     Map(Box<Ready>),
     Failed {
         frame: u64,
         error: String,
         asker: Option<Asker>,
+    },
+    Health {
+        sample: health::Sample,
+        /// `[cam] health_window` of the pipeline measured.
+        window: usize,
     },
 }
 
@@ -89,6 +95,7 @@ pub struct HeatmapWorker {
 impl HeatmapWorker {
     /// Runs until shutdown or until the inference stage stops sending jobs.
     pub fn run(self, shutdown: Shutdown) -> Result<()> {
+        let mut full_maps = 0u64;
         for job in self.jobs.iter() {
             if shutdown.is_shutdown() {
                 // No more maps, but whoever asked for one still gets its answer: a
@@ -104,9 +111,36 @@ impl HeatmapWorker {
                 continue;
             }
             let pipeline = job.pipeline.clone();
+            let (analysis, frame) = (job.analysis.clone(), job.frame);
             let (outcome, reference) = compute(job);
+            let check = match &outcome {
+                Outcome::Map(ready) if health_due(&mut full_maps, &pipeline) => {
+                    Some((ready.map.clone(), ready.class))
+                }
+                _ => None,
+            };
             if self.render.send(outcome).is_err() {
                 return Err(Error::Stage("the render stage is gone".into()));
+            }
+            // After the map is on its way: the measure adds no latency to it.
+            if let Some((map, class)) = check {
+                let p = analysis.probabilities[class];
+                let input = &analysis.input;
+                match health::measure(&pipeline.classifier, input, p, &map, class, frame) {
+                    Ok(sample) => {
+                        let window = pipeline.cam.health_window;
+                        if self
+                            .render
+                            .send(Outcome::Health { sample, window })
+                            .is_err()
+                        {
+                            return Err(Error::Stage("the render stage is gone".into()));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!("cannot measure the health of frame {frame}'s map: {e}")
+                    }
+                }
             }
             // After the full map is queued, so no live map made from it is published first.
             if let Some(reference) = reference {
@@ -119,6 +153,13 @@ impl HeatmapWorker {
         }
         Ok(())
     }
+}
+
+/// Counts a full map; whether its health is to be measured (`[cam] health_every`).
+fn health_due(full_maps: &mut u64, pipeline: &Pipeline) -> bool {
+    *full_maps += 1;
+    let every = u64::from(pipeline.cam.health_every);
+    every > 0 && (*full_maps).is_multiple_of(every)
 }
 
 /// One full map, and its weights when the job keeps them for live maps. A map still

@@ -15,6 +15,7 @@ use crate::analysis::ms;
 use crate::analysis::Latency;
 use crate::cam::caption::{self, Caption};
 use crate::cam::display;
+use crate::cam::health;
 use crate::error::{Error, Result};
 use crate::events::stage::{Ended, EventOutput, Snapshot};
 use crate::publish::payload::Origin;
@@ -84,6 +85,10 @@ impl Render {
                     tracing::warn!("heatmap for frame {frame} failed: {error}");
                     failed(asker, error, &self.output)
                 }
+                Outcome::Health { sample, window } => Rendered {
+                    messages: vec![health_message(&self.stats, sample, window, &self.output)],
+                    end: None,
+                },
             };
             for m in rendered.messages {
                 if self.publish.blocking_send(m).is_err() {
@@ -95,6 +100,38 @@ impl Render {
             }
         }
         Ok(())
+    }
+}
+
+/// Records a health sample; its message on `health` (retained), which says whether the
+/// state changed with it.
+fn health_message(stats: &Stats, sample: health::Sample, window: usize, out: &Output) -> Message {
+    let (snapshot, changed) = stats.health_sample(sample, window);
+    match (changed, snapshot.state) {
+        (true, health::State::Unfaithful) => tracing::warn!(
+            "explanations unfaithful: over the last {window} measured maps, deleting their most \
+             salient pixels took on average {:.3} of the class's probability more than deleting \
+             the same maps shuffled (at most {} counts as no better than the control)",
+            snapshot.window_mean.unwrap_or_default(),
+            health::UNFAITHFUL_AT_MOST
+        ),
+        (true, state) => tracing::info!("explanation health: {state:?}"),
+        _ => {}
+    }
+    let payload = payload::Health {
+        schema: "iscamd.health/1",
+        device: &out.origin.device,
+        run: &out.origin.run,
+        ts: payload::timestamp(std::time::SystemTime::now()),
+        changed,
+        health: snapshot,
+    };
+    Message {
+        topic: out.topics.health(),
+        payload: serde_json::to_vec(&payload).expect("health serialises"),
+        qos: 1,
+        retain: true,
+        kind: Kind::Event,
     }
 }
 

@@ -68,13 +68,7 @@ pub fn auc(curve: &[f64]) -> f64 {
     }
 }
 
-/// Pixel indices (row-major) from the most to the least salient; ties keep pixel order.
-pub fn ranking(saliency: &Array2<f32>) -> Vec<usize> {
-    let values: Vec<f32> = saliency.iter().copied().collect();
-    let mut order: Vec<usize> = (0..values.len()).collect();
-    order.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
-    order
-}
+pub use crate::cam::display::ranking;
 
 /// Scores a map. `saliency` is the display map `L↑` (`S×S`, in [0, 1]) over the input `x`
 /// (`[3,S,S]`, preprocessed); `control` another map scored like it for Average Drop;

@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::model::ndarray::{Array2, Array3, Axis};
-use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -350,14 +349,10 @@ fn random_map(h: usize, w: usize, seed: u64, image: &str) -> Array2<f32> {
     Array2::from_shape_simple_fn((h, w), || rng.random::<f32>())
 }
 
-/// The map with its cells in a random order (seeded per image): the same values, so the
-/// same coverage, in the wrong places. What a map loses against it is what its
+/// [`display::shuffled`], seeded per image. What a map loses against it is what its
 /// placement is worth, whatever its coverage.
 fn shuffled(map: &Array2<f32>, seed: u64, image: &str) -> Array2<f32> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ salt(image) ^ 0x5eed);
-    let mut values: Vec<f32> = map.iter().copied().collect();
-    values.shuffle(&mut rng);
-    Array2::from_shape_vec(map.dim(), values).expect("same shape")
+    display::shuffled(map, seed ^ salt(image) ^ 0x5eed)
 }
 
 fn salt(image: &str) -> u64 {

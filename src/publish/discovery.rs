@@ -416,6 +416,16 @@ fn diagnostics(topics: &Topics) -> Vec<Entity> {
             None,
             json!({"state_class": "total_increasing", "icon": "mdi:image-off"}),
         ),
+        // `None` (unknown) until the first measure ([cam] health_every).
+        sensor(
+            "explanation_faithfulness",
+            "Explanation faithfulness",
+            "{{ value_json.faithfulness.window_mean | round(3) \
+             if value_json.faithfulness is defined \
+             and value_json.faithfulness.window_mean is not none else None }}",
+            None,
+            json!({"state_class": "measurement", "icon": "mdi:map-search"}),
+        ),
     ]
 }
 
@@ -448,7 +458,7 @@ mod tests {
         let url = &root["device"]["configuration_url"];
         assert_eq!(url, "http://cam7.local:3000/d/iscamd");
         let c = root["components"].as_object().unwrap();
-        assert_eq!(c.len(), 13);
+        assert_eq!(c.len(), 14);
         assert_eq!(c["label"]["platform"], "sensor");
         assert_eq!(
             c["episode"]["default_entity_id"],
@@ -472,7 +482,7 @@ mod tests {
     fn entity_format_repeats_device_and_origin_in_each() {
         let topics = Topics::new("iscamd", "cam7");
         let m = messages(&options(Format::Entity), "cam7", &topics);
-        assert_eq!(m.len(), 13);
+        assert_eq!(m.len(), 14);
         assert!(m
             .iter()
             .any(|m| m.topic == "homeassistant/image/iscamd_cam7/heatmap/config"));
@@ -506,7 +516,7 @@ mod tests {
     fn removal_empties_both_formats() {
         let topics = Topics::new("iscamd", "cam7");
         let removal = removal("ha", "cam7", &topics);
-        assert_eq!(removal.len(), 14);
+        assert_eq!(removal.len(), 15);
         assert!(removal.iter().all(|m| m.payload.is_empty() && m.retain));
         assert_eq!(removal[0].topic, "ha/device/iscamd_cam7/config");
     }

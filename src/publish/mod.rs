@@ -90,6 +90,10 @@ impl Topics {
     pub fn settings(&self) -> String {
         format!("{}/settings", self.base)
     }
+    /// Whether the maps still follow the model (retained), at each measure.
+    pub fn health(&self) -> String {
+        format!("{}/health", self.base)
+    }
     pub fn stats(&self) -> String {
         format!("{}/stats", self.base)
     }

@@ -255,3 +255,16 @@ pub struct Peak {
     pub frame: u64,
     pub ts: String,
 }
+
+/// `health`: a measure of the explanations' health and the state it leaves (`iscamd.health/1`).
+#[derive(Serialize)]
+pub struct Health<'a> {
+    pub schema: &'static str,
+    pub device: &'a str,
+    pub run: &'a str,
+    pub ts: String,
+    /// The state changed with this measure: the event a subscriber acts on.
+    pub changed: bool,
+    #[serde(flatten)]
+    pub health: crate::cam::health::HealthSnapshot,
+}

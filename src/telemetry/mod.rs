@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use metrics::{counter, gauge, histogram};
 use serde::Serialize;
 
+use crate::cam::health::{Health, HealthSnapshot, Sample, State};
 use crate::source::SourceHealth;
 
 /// The daemon's counters: each stage records what happens to it through a method, and
@@ -49,6 +50,8 @@ pub struct Stats {
     source: Mutex<Option<SourceHealth>>,
     /// Capture→publish latency of the last predictions.
     capture_to_publish: Mutex<LatencyWindow>,
+    /// The explanations' health, once measured.
+    health: Mutex<Option<Health>>,
 }
 
 impl Default for Stats {
@@ -77,6 +80,7 @@ impl Default for Stats {
             inference_stage: Stage::default(),
             source: Mutex::new(None),
             capture_to_publish: Mutex::new(LatencyWindow::default()),
+            health: Mutex::new(None),
         }
     }
 }
@@ -110,6 +114,9 @@ pub struct Snapshot {
     /// `{ok, last_error, restarts, mode, fps}` when the source is live (a camera or a stream).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<SourceHealth>,
+    /// The explanations' health (`[cam] health_every`), once measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub faithfulness: Option<HealthSnapshot>,
 }
 
 #[derive(Serialize, Debug)]
@@ -202,6 +209,30 @@ impl Stats {
             "live"
         };
         counter!("iscamd_heatmaps_total", "kind" => kind).increment(1);
+    }
+
+    /// A measure of the explanations' health, judged over the last `window` ones (a new
+    /// window restarts the judgement); the state after it, and whether it changed.
+    pub fn health_sample(&self, sample: Sample, window: usize) -> (HealthSnapshot, bool) {
+        let mut health = self.health.lock().expect("stats poisoned");
+        let health = match health.as_mut() {
+            Some(h) if h.window() == window => h,
+            _ => health.insert(Health::new(window)),
+        };
+        gauge!("iscamd_explanation_health_score").set(sample.score);
+        let changed = health.record(sample).is_some();
+        let snapshot = health.snapshot();
+        counter!("iscamd_explanation_health_checks_total").increment(1);
+        if let Some(mean) = snapshot.window_mean {
+            gauge!("iscamd_explanation_faithfulness").set(mean);
+        }
+        let faithful = match snapshot.state {
+            State::Measuring => f64::NAN,
+            State::Faithful => 1.0,
+            State::Unfaithful => 0.0,
+        };
+        gauge!("iscamd_explanation_faithful").set(faithful);
+        (snapshot, changed)
     }
 
     /// A live map was skipped: the renderer was still busy.
@@ -325,6 +356,12 @@ impl Stats {
             },
             rss_bytes: rss_bytes(),
             source: self.source.lock().expect("stats poisoned").clone(),
+            faithfulness: self
+                .health
+                .lock()
+                .expect("stats poisoned")
+                .as_ref()
+                .map(Health::snapshot),
         }
     }
 }

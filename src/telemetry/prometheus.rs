@@ -95,6 +95,10 @@ fn describe() {
             "iscamd_source_restarts_total",
             "Restarts of the live source after failures.",
         ),
+        (
+            "iscamd_explanation_health_checks_total",
+            "Maps whose health was measured ([cam] health_every).",
+        ),
     ] {
         describe_counter!(name, help);
         // Every counter from 0, so that rates work from the first scrape.
@@ -120,6 +124,18 @@ fn describe() {
             "The model in use (1) and those it replaced (0).",
         ),
         ("iscamd_build_info", "iscamd's version."),
+        (
+            "iscamd_explanation_faithfulness",
+            "Mean over the health window of how much more of the class's probability deleting a map's top pixels takes than deleting its shuffled copy's.",
+        ),
+        (
+            "iscamd_explanation_health_score",
+            "The last measured map's score (the same difference, one frame).",
+        ),
+        (
+            "iscamd_explanation_faithful",
+            "1 while maps beat their shuffled control over the window, 0 when they do not (NaN while measuring).",
+        ),
     ] {
         describe_gauge!(name, help);
     }

@@ -12,6 +12,7 @@ mod daemon_tls;
 #[cfg(feature = "eval")]
 mod eval;
 mod events;
+mod health;
 mod hostile_commands;
 mod hostile_images;
 mod kernel_choice;

@@ -9,14 +9,14 @@ use crate::common::daemon::*;
 use crate::common::process::Daemon;
 
 /// `GET /metrics`: the body of a 200 answer.
-fn scrape(port: u16) -> String {
+pub fn scrape(port: u16) -> String {
     let answer = crate::common::http::get(port, "/metrics");
     assert_eq!(answer.status, 200, "{}", answer.head);
     answer.text()
 }
 
 /// The value of the sample `series` (name and labels, as printed).
-fn sample(text: &str, series: &str) -> f64 {
+pub fn sample(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
         .unwrap_or_else(|| panic!("no {series} in:\n{text}"))

@@ -47,6 +47,7 @@ ENTITIES = {
     "inference_latency": f"sensor.{PREFIX}_inference_latency",
     "heatmap_latency": f"sensor.{PREFIX}_heatmap_latency",
     "dropped_frames": f"sensor.{PREFIX}_dropped_frames",
+    "explanation_faithfulness": f"sensor.{PREFIX}_explanation_faithfulness",
 }
 
 
@@ -135,6 +136,8 @@ path = "{model}"
 [cam]
 interval = "0s"
 on_class_change = false
+health_every = 1
+health_window = 1
 [mqtt]
 host = "127.0.0.1"
 port = {mqtt_port}
@@ -267,7 +270,9 @@ async def check_registry(ha):
     url = device["configuration_url"]
     check(url == CONFIGURATION_URL, f"configuration_url: {url}")
     categories = {e["entity_id"]: e["entity_category"] for e in entities}
-    check(categories[ENTITIES["fps"]] == "diagnostic", f"fps category: {categories}")
+    for diagnostic in ["fps", "explanation_faithfulness"]:
+        category = categories[ENTITIES[diagnostic]]
+        check(category == "diagnostic", f"{diagnostic} category: {categories}")
     check(categories[ENTITIES["live"]] == "config", f"switch category: {categories}")
     print(f"registry: {len(entities)} entities on device {device['name']!r}")
 
@@ -334,6 +339,14 @@ async def check_button_and_image(ha, labels):
         check(r.headers.get("Content-Type") == "image/jpeg", f"image_proxy: {r.headers}")
         check(body[:2] == b"\xff\xd8", "image_proxy: not a JPEG")
     print(f"button → heatmap of {label}; image_proxy served a {len(body)}-byte JPEG")
+    # Every full map's health is measured here ([cam] health_every = 1).
+    s = await ha.wait_state(
+        ENTITIES["explanation_faithfulness"],
+        lambda s: number(s) is not None,
+        "the explanations' health",
+    )
+    check(-1.0 <= number(s) <= 1.0, f"explanation faithfulness: {s}")
+    print(f"explanation faithfulness: {s['state']} (a diagnostic sensor)")
 
 
 async def check_controls(ha):
