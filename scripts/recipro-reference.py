@@ -57,7 +57,10 @@ def main():
     model = core.read_model(args.model)
     writer = next(op for op in model.get_ordered_ops()
                   if any(args.layer in o.get_names() for o in op.outputs()))
-    method = ReciproCAM(model, target_layer=writer.get_friendly_name())
+    method = ReciproCAM(model, target_layer=writer.get_friendly_name(), prepare_model=False)
+    # In f32: OpenVINO's CPU plugin defaults to bf16 where the CPU has it (AVX512-BF16, AMX).
+    method._model_compiled = core.compile_model(
+        method.prepare_model(load_model=False), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     rs = []
     for path in inputs:
         stem = path.name[: -len(".input.f32")]

@@ -162,18 +162,11 @@ fn class_activation_map(
     started: Instant,
 ) -> Result<Explanation> {
     let head = classifier.linear_head()?;
-    let k_all = activations.len_of(Axis(0));
+    let map = head.class_map(activations, class);
     Ok(Explanation {
-        class,
-        params: params.clone(),
-        channels_used: (0..k_all).collect(),
         ranking: head.contributions(activations, class),
-        passes: 0,
-        prob_scores: vec![0.0; k_all],
-        logit_diff_scores: vec![0.0; k_all],
         weights: head.class_weights(class),
-        map: head.class_map(activations, class),
-        millis: started.elapsed().as_secs_f64() * 1e3,
+        ..unscored(class, params, activations.len_of(Axis(0)), map, started)
     })
 }
 
@@ -188,19 +181,32 @@ fn recipro(
     started: Instant,
 ) -> Result<Explanation> {
     let map = recipro_map(classifier, activations, class)?;
-    let k_all = activations.len_of(Axis(0));
     Ok(Explanation {
+        passes: classifier.tail()?.passes(),
+        ..unscored(class, params, activations.len_of(Axis(0)), map, started)
+    })
+}
+
+/// A map of every one of `channels` channels that scored no masks (`cam`, `recipro`).
+fn unscored(
+    class: usize,
+    params: &CamParams,
+    channels: usize,
+    map: Array2<f32>,
+    started: Instant,
+) -> Explanation {
+    Explanation {
         class,
         params: params.clone(),
-        channels_used: (0..k_all).collect(),
-        ranking: vec![0.0; k_all],
-        passes: classifier.tail()?.passes(),
-        prob_scores: vec![0.0; k_all],
-        logit_diff_scores: vec![0.0; k_all],
-        weights: vec![0.0; k_all],
+        channels_used: (0..channels).collect(),
+        ranking: vec![0.0; channels],
+        passes: 0,
+        prob_scores: vec![0.0; channels],
+        logit_diff_scores: vec![0.0; channels],
+        weights: vec![0.0; channels],
         map,
         millis: started.elapsed().as_secs_f64() * 1e3,
-    })
+    }
 }
 
 /// The Recipro-CAM map of `class` from the CAM layer's `activations`.

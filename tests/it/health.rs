@@ -75,7 +75,7 @@ fn maps_of_the_model_pass_and_a_head_without_weights_fails() {
 #[test]
 fn a_reload_to_a_head_without_weights_turns_the_health_unfaithful() {
     use crate::common::broker::{free_port, Mosquitto, Observer};
-    use crate::common::daemon::{topic, wait_for_log, write_config};
+    use crate::common::daemon::{hup, topic, wait_for_log, write_config_for};
     use crate::common::process::Daemon;
     use crate::metrics::{sample, scrape};
     use std::time::Duration;
@@ -90,19 +90,8 @@ fn a_reload_to_a_head_without_weights_turns_the_health_unfaithful() {
         "[cam]\ninterval = \"1s\"\non_class_change = false\nmethod = \"iscam:n=1,k=16\"\n\
          health_every = 1\nhealth_window = 2\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n"
     );
-    let config = write_config(dir.path(), broker.port, 5, &extra);
-    let text = std::fs::read_to_string(&config).unwrap();
     let tench = image("n01440764_tench");
-    let text = text
-        .replace(
-            &model_path(F32_MODEL).display().to_string(),
-            &model.display().to_string(),
-        )
-        .replace(
-            &crate::common::images_dir().display().to_string(),
-            &tench.display().to_string(),
-        );
-    std::fs::write(&config, text).unwrap();
+    let config = write_config_for(dir.path(), broker.port, &model, &tench, &extra);
     let mut daemon = Daemon::start(&config, dir.path());
     let schemas = crate::common::schemas::Schemas::get();
     let state = |m: &crate::common::broker::Received| m.json()["state"].as_str().map(String::from);
@@ -129,11 +118,7 @@ fn a_reload_to_a_head_without_weights_turns_the_health_unfaithful() {
     let staged = dir.path().join("model.onnx.new");
     flattened(&model_path(F32_MODEL), "conv_final/weight", &staged);
     std::fs::rename(&staged, &model).unwrap();
-    let sent = std::process::Command::new("kill")
-        .args(["-HUP", &daemon.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(sent.success());
+    hup(&daemon);
     wait_for_log(&daemon, "reloaded:", Duration::from_secs(60));
     let all = observer.wait_for(
         &topic("health"),

@@ -11,14 +11,6 @@ use crate::common::daemon::*;
 use crate::common::process::Daemon;
 use crate::common::{image, model_path, F32_MODEL, INT8_MODEL};
 
-fn hup(daemon: &Daemon) {
-    let sent = Command::new("kill")
-        .args(["-HUP", &daemon.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(sent.success());
-}
-
 /// Replaces the config's `[cam]` tail (write_config puts `extra` last).
 fn rewrite(config: &Path, from: &str, to: &str) {
     let text = std::fs::read_to_string(config).unwrap();
@@ -181,18 +173,8 @@ fn a_new_model_file_runs_the_next_frames() {
     let model = dir.path().join("model.onnx");
     std::fs::copy(model_path(F32_MODEL), &model).unwrap();
     let tench = image("n01440764_tench");
-    let config = write_config(dir.path(), broker.port, 5, "[cam]\ninterval = \"0s\"\n");
-    let text = std::fs::read_to_string(&config).unwrap();
-    let text = text
-        .replace(
-            &model_path(F32_MODEL).display().to_string(),
-            &model.display().to_string(),
-        )
-        .replace(
-            &crate::common::images_dir().display().to_string(),
-            &tench.display().to_string(),
-        );
-    std::fs::write(&config, text).unwrap();
+    let extra = "[cam]\ninterval = \"0s\"\n";
+    let config = write_config_for(dir.path(), broker.port, &model, &tench, extra);
     let mut daemon = Daemon::start(&config, dir.path());
     let score = |p: &crate::common::broker::Received| p.json()["top"][0]["score"].as_f64().unwrap();
 

@@ -28,6 +28,39 @@ pub fn images_at(fps: u32) -> String {
     )
 }
 
+/// [`write_config`] with `model` in place of the shared f32 model and the images source
+/// reading `images` (a file or a directory) at 5 frames a second.
+pub fn write_config_for(
+    dir: &Path,
+    port: u16,
+    model: &Path,
+    images: &Path,
+    extra: &str,
+) -> PathBuf {
+    let config = write_config(dir, port, 5, extra);
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(
+            &model_path(F32_MODEL).display().to_string(),
+            &model.display().to_string(),
+        )
+        .replace(
+            &images_dir().display().to_string(),
+            &images.display().to_string(),
+        );
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+/// Asks the daemon to reload its config (SIGHUP).
+pub fn hup(daemon: &crate::common::process::Daemon) {
+    let sent = std::process::Command::new("kill")
+        .args(["-HUP", &daemon.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+}
+
 /// A config with `source` as the body of `[source]`, against `port`; `extra` as above.
 pub fn write_config_with_source(dir: &Path, port: u16, source: &str, extra: &str) -> PathBuf {
     let path = dir.join("iscamd.toml");
