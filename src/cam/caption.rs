@@ -143,15 +143,29 @@ pub fn captioned(overlay: &RgbImage, caption: &Caption) -> RgbImage {
 
 /// The colour scale: "no influence", the colour ramp the overlay uses, "most".
 fn scale_bar(canvas: &mut Canvas, layout: &Layout, inner: u32) {
-    let (low, high) = ("no influence", "most");
     let char_w = (layout.font.character_size.width + layout.font.character_spacing) as i32;
+    let (pad, inner) = (layout.pad as i32, inner as i32);
+    let room = |label: &str| match label.len() {
+        0 => 0,
+        n => (n as i32 + 1) * char_w,
+    };
+    // The longest labels that leave the ramp at least half the width (narrow pictures).
+    let (low, high) = [("no influence", "most"), ("none", "most")]
+        .into_iter()
+        .find(|(low, high)| 2 * (room(low) + room(high)) <= inner)
+        .unwrap_or(("", ""));
     let y = layout.row(2) as i32;
-    let pad = layout.pad as i32;
     text(canvas, layout, low, pad, y, MUTED, Alignment::Left);
-    let x_end = pad + inner as i32;
-    text(canvas, layout, high, x_end, y, MUTED, Alignment::Right);
-    let x0 = pad + (low.len() as i32 + 1) * char_w;
-    let x1 = x_end - (high.len() as i32 + 1) * char_w;
+    text(
+        canvas,
+        layout,
+        high,
+        pad + inner,
+        y,
+        MUTED,
+        Alignment::Right,
+    );
+    let (x0, x1) = (pad + room(low), pad + inner - room(high));
     let (bar_top, bar_h) = (
         y + layout.line_height() as i32 / 4,
         layout.line_height() as i32 / 2,
@@ -312,6 +326,25 @@ mod tests {
             "the overlay's cold colour, blue: {cold:?}"
         );
         assert!(hot[0] > hot[2] + 100, "its hot colour, red: {hot:?}");
+    }
+
+    #[test]
+    fn narrow_pictures_keep_a_ramp_of_half_their_width() {
+        for width in [120, 150, 200, 300] {
+            let out = captioned(&RgbImage::new(width, 100), &caption());
+            let layout = Layout::for_width(width);
+            let y = 100 + (layout.row(2) + layout.line_height() / 2) * layout.scale;
+            let coloured = (0..width)
+                .filter(|&x| {
+                    let p = out.get_pixel(x, y).0;
+                    p.iter().any(|&c| c.abs_diff(p[0]) > 8)
+                })
+                .count() as u32;
+            assert!(
+                2 * coloured >= width - 2 * layout.pad,
+                "{width}: ramp of {coloured} px"
+            );
+        }
     }
 
     #[test]
