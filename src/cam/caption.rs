@@ -109,6 +109,11 @@ impl Layout {
     }
 }
 
+/// The band's height under a picture `width` pixels wide.
+pub fn band_height(width: u32) -> u32 {
+    Layout::for_width(width).height()
+}
+
 /// `overlay` with the caption band under it (the frame is not covered).
 pub fn captioned(overlay: &RgbImage, caption: &Caption) -> RgbImage {
     let (w, h) = overlay.dimensions();

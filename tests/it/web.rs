@@ -68,11 +68,10 @@ fn post_json(port: u16, path: &str, auth: &[(&str, &str)], body: &str) -> Answer
 /// The longest side of an overlay JPEG above its caption band (`[mqtt]
 /// heatmap_image_width` bounds it; the band adds to the height).
 fn jpeg_side(bytes: &[u8]) -> u32 {
-    let image = image::load_from_memory_with_format(bytes, image::ImageFormat::Jpeg)
-        .expect("a JPEG")
-        .to_rgb8();
-    let band = crate::common::caption::find_band(&image).expect("a caption band");
-    image.width().max(band.top)
+    let image =
+        image::load_from_memory_with_format(bytes, image::ImageFormat::Jpeg).expect("a JPEG");
+    let band = iscamd::cam::caption::band_height(image.width());
+    image.width().max(image.height() - band)
 }
 
 #[test]
