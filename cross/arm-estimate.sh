@@ -8,6 +8,12 @@
 #                                       cargo build --release; both sides by default
 #   ESTIMATE_MODELS="a.onnx b.onnx" …   other model files (default: the shipped f32 and
 #                                       int8 SqueezeNet 1.0); `ARM_CPUS="cortex-a76 max"`
+#   ESTIMATE_BACKENDS="tract ort" …     ONNX Runtime beside tract, counted the same way:
+#                                       needs an aarch64 build with `--features ort`; the
+#                                       library is ONNX Runtime's aarch64 wheel from PyPI
+#                                       (ORT_VERSION, default 1.32.0) or ARM_ORT_LIBRARY
+#   ARM_PROFILE=1 …                     also `iscamd bench --profile` of each model on tract:
+#                                       its "ms" are millions of instructions there
 #
 # ARM: the emulated machine of cross/vm.sh runs with `-icount shift=0`, where the guest's
 # clock advances 1 ns per instruction executed, so a time read in the guest is a count of
@@ -27,10 +33,27 @@ read -r -a model_paths <<<"${ESTIMATE_MODELS:-$models/squeezenet1.0-dc.onnx $mod
 model_files=()
 for path in "${model_paths[@]}"; do model_files+=("$(basename "$path")"); done
 read -r -a arm_cpus <<<"${ARM_CPUS:-cortex-a72 cortex-a76}"
+read -r -a backends <<<"${ESTIMATE_BACKENDS:-tract}"
 # tract's own kernel ladder, as on a board without a cached measurement of its own.
 export ISCAMD_MATMUL=f32=tract,i32=tract
 
-row() { printf '%-16s %-28s %14d\n' "$1" "$2" "$3"; }
+row() { printf '%-16s %-28s %-6s %14d\n' "$1" "$2" "$3" "$4"; }
+
+# ONNX Runtime's libonnxruntime.so for aarch64 (the PyPI wheel, unpacked once).
+ort_aarch64_library() {
+  if [ -n "${ARM_ORT_LIBRARY:-}" ]; then echo "$ARM_ORT_LIBRARY"; return; fi
+  local version=${ORT_VERSION:-1.32.0} dir
+  dir=$(realpath -m "${CARGO_TARGET_DIR}/ort-aarch64-$version")
+  if [ ! -s "$dir/libonnxruntime.so" ]; then
+    mkdir -p "$dir"
+    python3 -m pip download -q --no-deps --only-binary=:all: --platform manylinux_2_28_aarch64 \
+      --platform manylinux2014_aarch64 -d "$dir" "onnxruntime==$version" >&2
+    (cd "$dir" && python3 -m zipfile -e onnxruntime-*.whl wheel >/dev/null)
+    cp -L "$dir"/wheel/onnxruntime/capi/libonnxruntime.so.* "$dir/libonnxruntime.so"
+    rm -rf "$dir/wheel"
+  fi
+  echo "$dir/libonnxruntime.so"
+}
 
 count_arm() {
   local arm=${ARM_ISCAMD:-$CARGO_TARGET_DIR/$CROSS_TARGET/release/iscamd} out=$1
@@ -43,6 +66,10 @@ count_arm() {
   cp "$models/imagenet1k_labels.txt" "$root/models/"
   cp "$shared/images/$image.JPEG" "$root/images/"
   vm_add_libs "$root" "$arm"
+  case " ${backends[*]} " in *" ort "*)
+    cp "$(ort_aarch64_library)" "$root/lib/libonnxruntime.so"
+    vm_add_libs "$root" "$root/lib/libonnxruntime.so" ;;
+  esac
   nine=$(for i in $(seq 9); do printf '/images/%s.JPEG ' "$image"; done)
   cat >"$root/init" <<INIT
 #!/bin/busybox sh
@@ -52,11 +79,19 @@ export HOME=/tmp TMPDIR=/tmp PATH=/bin ISCAMD_MATMUL=$ISCAMD_MATMUL
 # The uptime in 10-ms steps: 10^7 instructions each.
 ticks() { cut -d' ' -f1 /proc/uptime | tr -d .; }
 grep -m1 Features /proc/cpuinfo
+export ORT_DYLIB_PATH=/lib/libonnxruntime.so
 for model in ${model_files[*]}; do
-  a=\$(ticks); iscamd classify --top 1 --model /models/\$model /images/$image.JPEG >/dev/null
-  b=\$(ticks); iscamd classify --top 1 --model /models/\$model $nine >/dev/null
-  c=\$(ticks)
-  echo "COUNT \$model \$(((b - a) * 10000000)) \$(((c - b) * 10000000))"
+  for backend in ${backends[*]}; do
+    run="iscamd classify --top 1 --backend \$backend --threads 1 --model /models/\$model"
+    a=\$(ticks); \$run /images/$image.JPEG >/dev/null
+    b=\$(ticks); \$run $nine >/dev/null
+    c=\$(ticks)
+    echo "COUNT \$model \$backend \$(((b - a) * 10000000)) \$(((c - b) * 10000000))"
+  done
+  if [ "${ARM_PROFILE:-}" = 1 ]; then
+    iscamd bench --profile --images 3 --image /images/$image.JPEG --model /models/\$model \
+      | sed 's/^/PROFILE /'
+  fi
 done
 poweroff -f
 INIT
@@ -65,9 +100,10 @@ INIT
     VM_CPU=$cpu VM_SMP=1 VM_QEMU_ARGS="-icount shift=0,sleep=off" vm_run "$root" "$out/$cpu.log" 1800 \
       || echo "qemu exited with $?"
     grep -a -m1 Features "$out/$cpu.log" | tr -d '\r' | sed "s/^/$cpu: /" >&2
-    grep -a '^COUNT' "$out/$cpu.log" | tr -d '\r' | while read -r _ m one nine; do
-      row "$cpu" "$m" $(((nine - one) / 8))
+    grep -a '^COUNT' "$out/$cpu.log" | tr -d '\r' | while read -r _ m backend one nine; do
+      row "$cpu" "$m" "$backend" $(((nine - one) / 8))
     done
+    grep -a '^PROFILE' "$out/$cpu.log" | tr -d '\r' | sed "s/^PROFILE /$cpu: /" >&2
   done
 }
 
@@ -83,13 +119,13 @@ count_x86() {
     one=$(callgrind --model "$m" "$path")
     # shellcheck disable=SC2046
     nine=$(callgrind --model "$m" $(for i in $(seq 9); do echo "$path"; done))
-    row "x86 (AVX2)" "$(basename "$m")" $(((nine - one) / 8))
+    row "x86 (AVX2)" "$(basename "$m")" tract $(((nine - one) / 8))
   done
 }
 
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-printf '%-16s %-28s %14s\n' machine model "insns/pass"
+printf '%-16s %-28s %-6s %14s\n' machine model engine "insns/pass"
 for side in ${*:-arm x86}; do
   case $side in
     arm) count_arm "$out" ;;

@@ -113,6 +113,45 @@ impl std::fmt::Display for Engine {
     }
 }
 
+/// Where one forward pass of the frame spends its time on `engine`, op by op.
+pub struct OpProfile {
+    pub model: String,
+    pub engine: Engine,
+    /// Seconds of one pass, measured around the whole pass.
+    pub pass: f64,
+    pub ops: Vec<crate::model::OpTime>,
+}
+
+impl Bench {
+    /// The op profile of every model on every tract engine, one thread, `images` passes
+    /// each.
+    pub fn profiles(&self, mut on_profile: impl FnMut(&OpProfile)) -> Result<()> {
+        let tract = self.engines.iter().filter(|e| e.backend == BackendKind::Tract);
+        for &engine in tract {
+            for path in &self.models {
+                let classifier = self.load(path, BatchPlan::Split, engine, 1)?;
+                let input = classifier.preprocess().tensor(&self.frame);
+                let batch = input.insert_axis(crate::model::ndarray::Axis(0));
+                classifier.forward(batch.view())?;
+                let start = std::time::Instant::now();
+                for _ in 0..self.images {
+                    classifier.forward(batch.view())?;
+                }
+                let pass = start.elapsed().as_secs_f64() / self.images.max(1) as f64;
+                if let Some(ops) = classifier.profile(&self.frame, self.images)? {
+                    on_profile(&OpProfile {
+                        model: file_name(path),
+                        engine,
+                        pass,
+                        ops,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// p50 and p95 (nearest rank) of a set of timings, in seconds.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 pub struct Percentiles {

@@ -3,7 +3,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use iscamd::bench::{Bench, Costs, Engine, HeatmapRow, LiveLatency, Report, ThroughputRow};
+use iscamd::bench::{
+    Bench, Costs, Engine, HeatmapRow, LiveLatency, OpProfile, Report, ThroughputRow,
+};
 use iscamd::cam::{spec, CamParams};
 use iscamd::model::kernels::Policy;
 use iscamd::model::{BackendKind, BatchPlan};
@@ -53,6 +55,10 @@ pub struct BenchArgs {
     /// the first heatmap's weights); 0 skips it.
     #[arg(long, default_value_t = 30)]
     pub live_frames: usize,
+    /// Instead of the tables: where one forward pass spends its time on tract, op by op
+    /// (one thread, mean of --images passes).
+    #[arg(long)]
+    pub profile: bool,
     #[command(flatten)]
     pub model: ModelArgs,
 }
@@ -94,6 +100,10 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         "# iscamd bench: {} core(s) used, image {image}",
         bench.threads
     );
+    if args.profile {
+        bench.profiles(print_profile)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let costs = bench.costs().context("cannot load the model")?;
     print_costs(&costs);
     let mut report = Report::new(
@@ -123,6 +133,27 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         eprintln!("wrote {}", path.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_profile(profile: &OpProfile) {
+    let total: f64 = profile.ops.iter().map(|o| o.seconds_per_pass).sum();
+    println!(
+        "\n# {} on {}, one thread: {:.3} ms per pass ({:.3} ms in the ops below)",
+        profile.model,
+        profile.engine,
+        profile.pass * 1e3,
+        total * 1e3
+    );
+    println!("{:<28} {:>6} {:>12} {:>7}", "op", "nodes", "ms/pass", "share");
+    for op in &profile.ops {
+        println!(
+            "{:<28} {:>6} {:>12.4} {:>6.1}%",
+            op.op,
+            op.nodes,
+            op.seconds_per_pass * 1e3,
+            100.0 * op.seconds_per_pass / total
+        );
+    }
 }
 
 fn print_heatmap_header(repeat: u32) {

@@ -28,12 +28,28 @@ pub trait Backend: Send + Sync {
         None
     }
 
+    /// Where a pass of one image (`[1, 3, s, s]`) spends its time, op by op, averaged
+    /// over `passes` passes after one to warm up (tract only).
+    fn profile(&self, _input: Array4<f32>, _passes: usize) -> Result<Option<Vec<OpTime>>> {
+        Ok(None)
+    }
+
     /// How `threads` threads run passes: one pass per thread unless the backend measures
     /// (tract) or splits passes itself (ONNX Runtime's intra-op threads).
     fn split(&self, threads: usize) -> super::kernels::ChosenSplit {
         use super::kernels::{ChosenSplit, Split};
         ChosenSplit::unmeasured(threads, Split::passes(threads), "one pass per thread")
     }
+}
+
+/// One kind of op of a plan and the time its nodes take in a pass.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct OpTime {
+    /// The op's name in the plan (tract's, or iscamd's own op's).
+    pub op: String,
+    /// How many nodes of the plan run it.
+    pub nodes: usize,
+    pub seconds_per_pass: f64,
 }
 
 /// Which backend loads the model (`[model] backend`, `--backend`).

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 
 use tract_onnx::prelude::tract_ndarray::{Array2, Array4, ArrayD, ArrayView4, Ix4};
 
-pub use backend::{Backend, BackendKind, OrtOptions, Provider};
+pub use backend::{Backend, BackendKind, OpTime, OrtOptions, Provider};
 pub use graph::{find_cam_layer, FoundLayer};
 pub use head::{HeadError, LinearHead};
 pub use labels::Labels;
@@ -343,6 +343,13 @@ impl Classifier {
     /// backends).
     pub fn matrix_kernels(&self) -> Option<kernels::Chosen> {
         self.backend.matrix_kernels()
+    }
+
+    /// Where a pass of `frame` spends its time, op by op, averaged over `passes` (`None`
+    /// on backends that cannot tell: ONNX Runtime).
+    pub fn profile(&self, frame: &image::RgbImage, passes: usize) -> Result<Option<Vec<OpTime>>> {
+        let input = self.preprocess.tensor(frame).insert_axis(ndarray::Axis(0));
+        self.backend.profile(input, passes)
     }
 
     /// How `threads` threads run this model's passes for a map: how many at once, how many

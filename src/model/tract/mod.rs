@@ -19,6 +19,7 @@ mod lut;
 mod maxpool;
 mod measure;
 mod packing;
+mod profile;
 mod quant;
 mod relu;
 mod requant;
@@ -377,6 +378,14 @@ impl Backend for TractBackend {
         });
         splits.push(chosen.clone());
         chosen
+    }
+
+    fn profile(&self, input: Array4<f32>, passes: usize) -> Result<Option<Vec<super::OpTime>>> {
+        let side = input.dim().2;
+        let plan = self.plan(1, side)?;
+        let ops = profile::profile(&plan, &input.into(), passes)
+            .map_err(|e| Error::Inference(with_causes(e.as_ref())))?;
+        Ok(Some(ops))
     }
 
     fn run(&self, input: Array4<f32>) -> Result<(ArrayD<f32>, Option<ArrayD<f32>>)> {
