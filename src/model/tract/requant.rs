@@ -97,10 +97,7 @@ fn chain(model: &TypedModel, scale: usize) -> TractResult<Option<(Requantize, us
         _ => return Ok(None),
     };
     let scales = factors.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
-    // Then |x|·s is below 2³¹ for every i32 x: the conversion back needs no saturation,
-    // and vectorises. (A requantisation factor is the input's and weights' scales over
-    // the output's: far below 1.)
-    if !scales.iter().all(|s| s.is_finite() && s.abs() < 1.0) {
+    if !scales.iter().all(|s| s.is_finite()) {
         return Ok(None);
     }
     let mut steps = Vec::new();
@@ -200,6 +197,11 @@ impl Requantize {
         cast: impl Fn(i32) -> T,
     ) {
         const CHUNK: usize = 64;
+        // A requantisation factor is the input's and weights' scales over the output's:
+        // mostly far below 1, and then |x|·s < 2³¹ for every i32 x, so the conversion back
+        // needs no saturation and vectorises better. A channel of tiny weights can have a
+        // factor above 1 (SqueezeNet's fire7): tract's `as` saturates there, and so do we.
+        let saturate = scale.abs() >= 1.0;
         for (x, y) in xs.chunks(CHUNK).zip(ys.chunks_mut(CHUNK)) {
             let mut v = [0i32; CHUNK];
             let v = &mut v[..x.len()];
@@ -207,9 +209,12 @@ impl Requantize {
                 // tract's `scale_by`; its rounding function is IEEE round-half-to-even.
                 let f = x as f32;
                 let r = (f.abs() * scale).round_ties_even() * f.signum();
-                // SAFETY: |r| ≤ 2³¹·|scale| rounded, below 2³¹ as `chain` checked every
-                // factor: finite and in range, so `as i32` would not saturate.
-                *v = unsafe { r.to_int_unchecked::<i32>() };
+                *v = match saturate {
+                    true => r as i32,
+                    // SAFETY: |r| ≤ 2³¹·|scale| rounded, below 2³¹ as |scale| < 1 and
+                    // finite (`chain` checked), so `as i32` would not saturate.
+                    false => unsafe { r.to_int_unchecked::<i32>() },
+                };
             }
             for step in &self.steps {
                 match *step {
@@ -294,7 +299,7 @@ mod tests {
 
     /// `cast(max(min(add(scale(x, f), zp), hi), lo))` with one factor per channel of
     /// `[2, C, 5, 7]`, as tract wires a per-channel QLinearConv's output.
-    fn per_channel_chain(factors: &[f32], to: DatumType) -> TypedModel {
+    fn per_channel_chain(factors: &[f32], zero_point: i32, to: DatumType) -> TypedModel {
         let c = factors.len();
         let mut model = TypedModel::default();
         let x = model.add_source("x", i32::fact([2, c, 5, 7])).unwrap();
@@ -304,7 +309,7 @@ mod tests {
             m.add_const(name, tensor4(&[[[[v]]]])).unwrap()
         };
         let y = model.wire_node("scale", scale(), &[f, x]).unwrap();
-        let zp = scalar(&mut model, "zp", 3);
+        let zp = scalar(&mut model, "zp", zero_point);
         let y = model.wire_node("add_zp", add(), &[y[0], zp]).unwrap();
         let hi = scalar(&mut model, "hi", 255);
         let y = model.wire_node("min", min(), &[y[0], hi]).unwrap();
@@ -319,15 +324,26 @@ mod tests {
 
     #[test]
     fn requantizes_per_channel_as_tracts_chain_does() {
-        // Values with exact ties at some factors (0.5 · 2k+1), both signs, and large ones.
-        let factors = [0.5f32, 0.0012203007, 0.25, 3.0e-5, 0.875];
+        // Values with exact ties at some factors (0.5 · 2k+1), both signs, and large ones;
+        // factors of 1 and more, up to one that overflows i32 (tract's cast saturates).
+        // The zero point is 0 with those: tract's i32 Add would overflow past i32::MAX.
+        let cases = [
+            (vec![0.5f32, 0.0012203007, 0.25, 3.0e-5, 0.875], 3),
+            (vec![0.5, 2.0194237, 1.0, 60_000.0, 0.875], 0),
+        ];
+        for (factors, zero_point) in cases {
+            requantizes_as_tracts_chain_does(&factors, zero_point);
+        }
+    }
+
+    fn requantizes_as_tracts_chain_does(factors: &[f32], zero_point: i32) {
         let x = tract_ndarray::Array4::from_shape_fn([2, 5, 5, 7], |(n, c, y, x)| {
             let i = (n * 175 + c * 35 + y * 7 + x) as i32;
             (i - 175) * if i % 9 == 0 { 40_000 } else { 3 } + i % 2
         })
         .into_tensor();
         for to in [u8::datum_type(), i8::datum_type()] {
-            let mut model = per_channel_chain(&factors, to);
+            let mut model = per_channel_chain(factors, zero_point, to);
             let expected = run(model.clone(), &x);
             assert_eq!(
                 install(&mut model).unwrap(),
@@ -341,12 +357,12 @@ mod tests {
                 !model.nodes.iter().any(|n| n.op_is::<Cast>()),
                 "{to:?}: the chain stays"
             );
-            assert_eq!(run(model, &x), expected, "{to:?}");
+            assert_eq!(run(model, &x), expected, "{to:?} {factors:?}");
         }
     }
 
     #[test]
-    fn a_chain_without_a_cast_or_with_a_factor_of_one_or_more_is_kept() {
+    fn a_chain_without_a_cast_or_with_a_factor_not_finite_is_kept() {
         let mut model = TypedModel::default();
         let x = model.add_source("x", i32::fact([1, 4, 3, 3])).unwrap();
         let f = tensor4(&[[[[0.5f32]], [[1.0]], [[2.0]], [[0.25]]]]);
@@ -360,7 +376,7 @@ mod tests {
                 replaced: 0
             }
         );
-        let mut model = per_channel_chain(&[0.5, 1.0], u8::datum_type());
+        let mut model = per_channel_chain(&[0.5, f32::INFINITY], 3, u8::datum_type());
         assert_eq!(
             install(&mut model).unwrap(),
             Swapped {
