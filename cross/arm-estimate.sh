@@ -17,10 +17,11 @@
 #
 # ARM: the emulated machine of cross/vm.sh runs with `-icount shift=0`, where the guest's
 # clock advances 1 ns per instruction executed, so a time read in the guest is a count of
-# instructions (all of them: the kernel's, every thread's). x86: valgrind's callgrind
-# counts the instructions of `iscamd classify` in user space. On both, a pass is
-# (instructions for 9 images − for 1 image) / 8: model loading, start-up and the first
-# image cancel out; decoding and resizing one JPEG (a few percent) remain.
+# instructions (all of them: the kernel's, every thread's). A pass is (instructions of
+# `iscamd bench` pushing 9 images − pushing 1) / 8: model loading, start-up and the first
+# pass cancel out; a frame is the same with `iscamd classify` on 9 and 1 JPEG files: a
+# pass, decoding and preprocessing. x86: valgrind's callgrind counts the instructions of
+# `iscamd classify` in user space (frames only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . cross/env.sh
@@ -37,7 +38,7 @@ read -r -a backends <<<"${ESTIMATE_BACKENDS:-tract}"
 # tract's own kernel ladder, as on a board without a cached measurement of its own.
 export ISCAMD_MATMUL=f32=tract,i32=tract
 
-row() { printf '%-16s %-28s %-6s %14d\n' "$1" "$2" "$3" "$4"; }
+row() { printf '%-16s %-32s %-6s %12s %12s\n' "$@"; }
 
 # ONNX Runtime's libonnxruntime.so for aarch64 (the PyPI wheel, unpacked once).
 ort_aarch64_library() {
@@ -82,11 +83,17 @@ grep -m1 Features /proc/cpuinfo
 export ORT_DYLIB_PATH=/lib/libonnxruntime.so
 for model in ${model_files[*]}; do
   for backend in ${backends[*]}; do
-    run="iscamd classify --top 1 --backend \$backend --threads 1 --model /models/\$model"
-    a=\$(ticks); \$run /images/$image.JPEG >/dev/null
-    b=\$(ticks); \$run $nine >/dev/null
-    c=\$(ticks)
-    echo "COUNT \$model \$backend \$(((b - a) * 10000000)) \$(((c - b) * 10000000))"
+    # A pass: iscamd bench's forward passes of one preprocessed image. A frame: classify's,
+    # a pass plus decoding and preprocessing the JPEG.
+    bench="iscamd bench --backend \$backend --threads 1 --batches 1 --heatmaps none --live-frames 0"
+    bench="\$bench --image /images/$image.JPEG --model /models/\$model --images"
+    classify="iscamd classify --top 1 --backend \$backend --threads 1 --model /models/\$model"
+    a=\$(ticks); \$bench 1 >/dev/null
+    b=\$(ticks); \$bench 9 >/dev/null
+    c=\$(ticks); \$classify /images/$image.JPEG >/dev/null
+    d=\$(ticks); \$classify $nine >/dev/null
+    e=\$(ticks)
+    echo "COUNT \$model \$backend \$(((c - b - b + a) * 10000000 / 8)) \$(((e - d - d + c) * 10000000 / 8))"
   done
   if [ "${ARM_PROFILE:-}" = 1 ]; then
     iscamd bench --profile --images 3 --image /images/$image.JPEG --model /models/\$model \
@@ -100,8 +107,8 @@ INIT
     VM_CPU=$cpu VM_SMP=1 VM_QEMU_ARGS="-icount shift=0,sleep=off" vm_run "$root" "$out/$cpu.log" 1800 \
       || echo "qemu exited with $?"
     grep -a -m1 Features "$out/$cpu.log" | tr -d '\r' | sed "s/^/$cpu: /" >&2
-    grep -a '^COUNT' "$out/$cpu.log" | tr -d '\r' | while read -r _ m backend one nine; do
-      row "$cpu" "$m" "$backend" $(((nine - one) / 8))
+    grep -a '^COUNT' "$out/$cpu.log" | tr -d '\r' | while read -r _ m backend pass frame; do
+      row "$cpu" "$m" "$backend" "$pass" "$frame"
     done
     grep -a '^PROFILE' "$out/$cpu.log" | tr -d '\r' | sed "s/^PROFILE /$cpu: /" >&2
   done
@@ -119,13 +126,13 @@ count_x86() {
     one=$(callgrind --model "$m" "$path")
     # shellcheck disable=SC2046
     nine=$(callgrind --model "$m" $(for i in $(seq 9); do echo "$path"; done))
-    row "x86 (AVX2)" "$(basename "$m")" tract $(((nine - one) / 8))
+    row "x86 (AVX2)" "$(basename "$m")" tract - $(((nine - one) / 8))
   done
 }
 
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-printf '%-16s %-28s %-6s %14s\n' machine model engine "insns/pass"
+row machine model engine "insns/pass" "insns/frame"
 for side in ${*:-arm x86}; do
   case $side in
     arm) count_arm "$out" ;;

@@ -105,46 +105,67 @@ impl K4Panels {
 
 /// `out[4m + j] = rows[j][from + m]`: lanes of four rows of a K block, interleaved.
 ///
-/// Sixteen lanes at a time with SSE2 or NEON (both always present on their architecture):
-/// a byte-by-byte loop is where tract's packing spends its time.
+/// Sixteen lanes at a time, then eight, with SSE2 or NEON (both always present on their
+/// architecture): a byte-by-byte loop is where tract's packing spends its time. Eight
+/// matters: the panels of aarch64's dot-product kernel are eight lanes wide.
 #[inline]
 pub fn interleave4(rows: [&[u8]; 4], from: usize, out: &mut [u8]) {
     let lanes = out.len() / 4;
     assert!(out.len() == 4 * lanes && rows.iter().all(|r| from + lanes <= r.len()));
-    let simd = lanes - lanes % 16;
+    let mut m = 0;
     #[cfg(target_arch = "x86_64")]
-    for m in (0..simd).step_by(16) {
+    {
         use std::arch::x86_64::*;
-        // SAFETY: SSE2 is part of x86-64's baseline; from + m + 16 ≤ each row's length and
-        // 4m + 64 ≤ out.len(), checked above;
-        // unaligned loads and stores.
-        unsafe {
-            let [a, b, c, d] =
-                [0, 1, 2, 3].map(|j| _mm_loadu_si128(rows[j].as_ptr().add(from + m).cast()));
-            let (ab_low, ab_high) = (_mm_unpacklo_epi8(a, b), _mm_unpackhi_epi8(a, b));
-            let (cd_low, cd_high) = (_mm_unpacklo_epi8(c, d), _mm_unpackhi_epi8(c, d));
-            let o = out.as_mut_ptr().add(4 * m).cast::<__m128i>();
-            _mm_storeu_si128(o, _mm_unpacklo_epi16(ab_low, cd_low));
-            _mm_storeu_si128(o.add(1), _mm_unpackhi_epi16(ab_low, cd_low));
-            _mm_storeu_si128(o.add(2), _mm_unpacklo_epi16(ab_high, cd_high));
-            _mm_storeu_si128(o.add(3), _mm_unpackhi_epi16(ab_high, cd_high));
+        while m + 16 <= lanes {
+            // SAFETY: SSE2 is part of x86-64's baseline; from + m + 16 ≤ each row's length
+            // and 4m + 64 ≤ out.len(), checked above; unaligned loads and stores.
+            unsafe {
+                let [a, b, c, d] =
+                    [0, 1, 2, 3].map(|j| _mm_loadu_si128(rows[j].as_ptr().add(from + m).cast()));
+                let (ab_low, ab_high) = (_mm_unpacklo_epi8(a, b), _mm_unpackhi_epi8(a, b));
+                let (cd_low, cd_high) = (_mm_unpacklo_epi8(c, d), _mm_unpackhi_epi8(c, d));
+                let o = out.as_mut_ptr().add(4 * m).cast::<__m128i>();
+                _mm_storeu_si128(o, _mm_unpacklo_epi16(ab_low, cd_low));
+                _mm_storeu_si128(o.add(1), _mm_unpackhi_epi16(ab_low, cd_low));
+                _mm_storeu_si128(o.add(2), _mm_unpacklo_epi16(ab_high, cd_high));
+                _mm_storeu_si128(o.add(3), _mm_unpackhi_epi16(ab_high, cd_high));
+            }
+            m += 16;
+        }
+        if m + 8 <= lanes {
+            // SAFETY: as above, for 8 bytes of each row and 32 of `out`.
+            unsafe {
+                let [a, b, c, d] =
+                    [0, 1, 2, 3].map(|j| _mm_loadl_epi64(rows[j].as_ptr().add(from + m).cast()));
+                let (ab, cd) = (_mm_unpacklo_epi8(a, b), _mm_unpacklo_epi8(c, d));
+                let o = out.as_mut_ptr().add(4 * m).cast::<__m128i>();
+                _mm_storeu_si128(o, _mm_unpacklo_epi16(ab, cd));
+                _mm_storeu_si128(o.add(1), _mm_unpackhi_epi16(ab, cd));
+            }
+            m += 8;
         }
     }
     #[cfg(target_arch = "aarch64")]
-    for m in (0..simd).step_by(16) {
+    {
         use std::arch::aarch64::*;
-        // SAFETY: as above; vst4q stores the four registers interleaved, 64 bytes.
-        unsafe {
-            let [a, b, c, d] = [0, 1, 2, 3].map(|j| vld1q_u8(rows[j].as_ptr().add(from + m)));
-            vst4q_u8(out.as_mut_ptr().add(4 * m), uint8x16x4_t(a, b, c, d));
+        while m + 16 <= lanes {
+            // SAFETY: as above; vst4q stores the four registers interleaved, 64 bytes.
+            unsafe {
+                let [a, b, c, d] = [0, 1, 2, 3].map(|j| vld1q_u8(rows[j].as_ptr().add(from + m)));
+                vst4q_u8(out.as_mut_ptr().add(4 * m), uint8x16x4_t(a, b, c, d));
+            }
+            m += 16;
+        }
+        if m + 8 <= lanes {
+            // SAFETY: as above, for 8 bytes of each row; vst4 stores 32 bytes.
+            unsafe {
+                let [a, b, c, d] = [0, 1, 2, 3].map(|j| vld1_u8(rows[j].as_ptr().add(from + m)));
+                vst4_u8(out.as_mut_ptr().add(4 * m), uint8x8x4_t(a, b, c, d));
+            }
+            m += 8;
         }
     }
-    let scalar_from = if cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) {
-        simd
-    } else {
-        0
-    };
-    for m in scalar_from..lanes {
+    for m in m..lanes {
         let i = from + m;
         out[4 * m..][..4].copy_from_slice(&[rows[0][i], rows[1][i], rows[2][i], rows[3][i]]);
     }
@@ -282,7 +303,7 @@ mod tests {
 
     #[test]
     fn interleaves_any_number_of_lanes_from_any_column() {
-        for (lanes, from) in [(0usize, 0usize), (3, 0), (16, 0), (37, 5), (64, 16)] {
+        for (lanes, from) in [(0usize, 0usize), (3, 0), (8, 0), (16, 0), (24, 3), (37, 5), (64, 16)] {
             // Row j holds 4m + j at column from + m, and junk before.
             let rows: Vec<Vec<u8>> = (0..4)
                 .map(|j| {

@@ -6,8 +6,8 @@
 //! `Min`, `Max` (the clamp), `Cast` to 8 bits — ndarray loops with broadcasting that the
 //! compiler does not vectorise: over half of a per-channel SqueezeNet pass (perf;
 //! docs/benchmarks.md). [`install`] replaces each such chain with [`Requantize`], which
-//! computes the same bytes: tract's `scale_by` (round half to even of |x|·s, the sign put
-//! back), then the chain's integer steps in their order, then the cast.
+//! computes the same bytes: tract's `scale_by` (round half to even of x·s), then the
+//! chain's integer steps in their order, then the cast.
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
@@ -206,9 +206,9 @@ impl Requantize {
             let mut v = [0i32; CHUNK];
             let v = &mut v[..x.len()];
             for (v, &x) in v.iter_mut().zip(x) {
-                // tract's `scale_by`; its rounding function is IEEE round-half-to-even.
-                let f = x as f32;
-                let r = (f.abs() * scale).round_ties_even() * f.signum();
+                // tract's `scale_by`, rne(|x|·s)·sign(x), is rne(x·s): IEEE products and
+                // round-half-to-even are both symmetric in sign (and x = 0 gives 0).
+                let r = (x as f32 * scale).round_ties_even();
                 *v = match saturate {
                     true => r as i32,
                     // SAFETY: |r| ≤ 2³¹·|scale| rounded, below 2³¹ as |scale| < 1 and
