@@ -126,7 +126,10 @@ impl Bench {
     /// The op profile of every model on every tract engine, one thread, `images` passes
     /// each.
     pub fn profiles(&self, mut on_profile: impl FnMut(&OpProfile)) -> Result<()> {
-        let tract = self.engines.iter().filter(|e| e.backend == BackendKind::Tract);
+        let tract = self
+            .engines
+            .iter()
+            .filter(|e| e.backend == BackendKind::Tract);
         for &engine in tract {
             for path in &self.models {
                 let classifier = self.load(path, BatchPlan::Split, engine, 1)?;

@@ -144,7 +144,10 @@ fn print_profile(profile: &OpProfile) {
         profile.pass * 1e3,
         total * 1e3
     );
-    println!("{:<28} {:>6} {:>12} {:>7}", "op", "nodes", "ms/pass", "share");
+    println!(
+        "{:<28} {:>6} {:>12} {:>7}",
+        "op", "nodes", "ms/pass", "share"
+    );
     for op in &profile.ops {
         println!(
             "{:<28} {:>6} {:>12.4} {:>6.1}%",

@@ -303,7 +303,15 @@ mod tests {
 
     #[test]
     fn interleaves_any_number_of_lanes_from_any_column() {
-        for (lanes, from) in [(0usize, 0usize), (3, 0), (8, 0), (16, 0), (24, 3), (37, 5), (64, 16)] {
+        for (lanes, from) in [
+            (0usize, 0usize),
+            (3, 0),
+            (8, 0),
+            (16, 0),
+            (24, 3),
+            (37, 5),
+            (64, 16),
+        ] {
             // Row j holds 4m + j at column from + m, and junk before.
             let rows: Vec<Vec<u8>> = (0..4)
                 .map(|j| {

@@ -63,6 +63,8 @@ mod tests {
         assert_eq!(nodes("Add"), Some(2), "{ops:?}");
         assert_eq!(nodes("Mul"), Some(1), "{ops:?}");
         assert!(ops.iter().all(|o| o.seconds_per_pass >= 0.0));
-        assert!(ops.windows(2).all(|w| w[0].seconds_per_pass >= w[1].seconds_per_pass));
+        assert!(ops
+            .windows(2)
+            .all(|w| w[0].seconds_per_pass >= w[1].seconds_per_pass));
     }
 }
