@@ -1,13 +1,16 @@
-//! tract's K=4-interleaved int8 packing (`PackedI8K4`, what its VNNI and dot-product kernels
-//! read), written four K rows at a time with SIMD; and [`PackedRows`], which packs a plain
-//! activation tensor that way for tract's 1×1 convolutions and matrix products.
+//! tract's two 8-bit packings, written with SIMD: the K=4-interleaved one (`PackedI8K4`,
+//! what its VNNI and dot-product kernels read), four K rows at a time, and the plain one
+//! (`PackedFormat`: `r` lanes per K row, what its SMLAL and AVX2 kernels read); and
+//! [`PackedRows`], which packs a plain activation tensor so for tract's 1×1 convolutions
+//! and matrix products.
 //!
-//! tract 0.23 writes this layout one byte at a time, each through a strided store: its
+//! tract 0.23 writes these layouts one byte at a time, each through a strided store: its
 //! `PackedI8K4::pack_view` (behind `OptMatMulPack`) was 8 % of an int8 forward pass on this
 //! project's x86 once [`super::im2col`] had removed the other 38 % (perf; docs/benchmarks.md, "Speed").
-//! In this layout a panel of `r` columns holds, for every block of four K rows, `r` groups of
-//! four bytes — lane `m`'s values of the block's rows. [`K4Panels`] takes a block's four rows
-//! and writes them into every panel, sixteen lanes per step ([`interleave4`]).
+//! In the K=4 layout a panel of `r` columns holds, for every block of four K rows, `r`
+//! groups of four bytes — lane `m`'s values of the block's rows ([`interleave4`], sixteen
+//! or eight lanes per step); in the plain one, every K row's `r` lanes in turn, then a
+//! padding row the kernels may read ahead into.
 
 use std::sync::Arc;
 
@@ -15,15 +18,74 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::matmul::pack::{DynPackedExoticFact, OptMatMulPack};
 use tract_onnx::tract_core::tract_linalg::mmm::{
-    EagerPackedInput, MMMInputValue, PackedExoticFact, PackedMatrixStorage,
+    EagerPackedInput, MMMInputFormat, MMMInputValue, PackedExoticFact, PackedMatrixStorage,
 };
-use tract_onnx::tract_core::tract_linalg::pack::PackedI8K4;
+use tract_onnx::tract_core::tract_linalg::pack::{PackedFormat, PackedI8K4};
 
-/// One K×MN matrix being packed as `format`, block of four K rows by block, in order.
-/// Its buffer starts uninitialised; [`K4Panels::finish`] hands it out only once every
+/// An 8-bit packing of tract's that iscamd's packing ops write.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Packing {
+    K4(PackedI8K4),
+    Plain(PackedFormat),
+}
+
+impl Packing {
+    /// `format` if it is one of the two, for 8-bit values.
+    pub fn of(format: &dyn MMMInputFormat) -> Option<Packing> {
+        if let Some(k4) = format.downcast_ref::<PackedI8K4>() {
+            return Some(Packing::K4(k4.clone()));
+        }
+        let plain = format.downcast_ref::<PackedFormat>()?;
+        [DatumType::I8, DatumType::U8]
+            .contains(&plain.dt.unquantized())
+            .then(|| Packing::Plain(plain.clone()))
+    }
+
+    /// Lanes per panel.
+    pub fn r(&self) -> usize {
+        match self {
+            Packing::K4(f) => f.r,
+            Packing::Plain(f) => f.r,
+        }
+    }
+
+    /// Bytes of one panel of a matrix with `k` rows.
+    pub fn panel_len(&self, k: usize) -> usize {
+        match self {
+            Packing::K4(f) => f.single_panel_len(k),
+            Packing::Plain(f) => f.single_panel_len(k),
+        }
+    }
+
+    fn alignment(&self) -> usize {
+        match self {
+            Packing::K4(f) => f.alignment(),
+            Packing::Plain(f) => f.alignment(),
+        }
+    }
+
+    pub fn boxed(&self) -> Box<dyn MMMInputFormat> {
+        match self {
+            Packing::K4(f) => Box::new(f.clone()),
+            Packing::Plain(f) => Box::new(f.clone()),
+        }
+    }
+}
+
+impl std::fmt::Display for Packing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Packing::K4(format) => write!(f, "{format}"),
+            Packing::Plain(format) => write!(f, "{format}"),
+        }
+    }
+}
+
+/// One K×MN matrix being packed as `packing`, block of four K rows by block, in order.
+/// Its buffer starts uninitialised; [`Panels::finish`] hands it out only once every
 /// block has been written, so no uninitialised byte is ever read.
-pub struct K4Panels {
-    format: PackedI8K4,
+pub struct Panels {
+    packing: Packing,
     k: usize,
     mn: usize,
     blob: Blob,
@@ -33,20 +95,28 @@ pub struct K4Panels {
     tail: Vec<u8>,
 }
 
-impl K4Panels {
-    pub fn new(format: &PackedI8K4, k: usize, mn: usize) -> K4Panels {
-        let len = mn.div_ceil(format.r) * format.single_panel_len(k);
-        K4Panels {
-            format: format.clone(),
+impl Panels {
+    pub fn new(packing: &Packing, k: usize, mn: usize) -> Panels {
+        let (r, panel_len) = (packing.r(), packing.panel_len(k));
+        let len = mn.div_ceil(r) * panel_len;
+        // SAFETY: the layout is valid — tract's packing formats have power-of-two
+        // alignments, and `len` is far below isize::MAX. The bytes stay uninitialised
+        // until written: `write_block` for each of the ceil(k/4) blocks covers every
+        // panel's slot for that block (K=4), or every panel's rows of it (plain, whose
+        // bytes after row k are zeroed here), and `finish` checks that all were written.
+        let mut blob = unsafe { Blob::new_for_size_and_align(len, packing.alignment()) };
+        if let Packing::Plain(_) = packing {
+            for panel in blob.as_bytes_mut().chunks_exact_mut(panel_len) {
+                panel[k * r..].fill(0);
+            }
+        }
+        Panels {
+            packing: packing.clone(),
             k,
             mn,
-            // SAFETY: the layout is valid — tract's packing formats have power-of-two
-            // alignments, and `len` is far below isize::MAX. The bytes stay uninitialised
-            // until written: `write_block` for each of the ceil(k/4) blocks covers every
-            // panel's slot for that block, and `finish` checks that all were written.
-            blob: unsafe { Blob::new_for_size_and_align(len, format.alignment()) },
+            blob,
             next_block: 0,
-            tail: vec![0; 4 * format.r],
+            tail: vec![0; 4 * r],
         }
     }
 
@@ -61,8 +131,19 @@ impl K4Panels {
     pub fn write_block(&mut self, block: usize, rows: [&[u8]; 4]) {
         assert_eq!(block, self.next_block, "K=4 blocks are written in order");
         self.next_block += 1;
-        let (r, mn) = (self.format.r, self.mn);
-        let panel_len = self.format.single_panel_len(self.k);
+        match self.packing {
+            Packing::K4(_) => self.write_k4_block(block, rows),
+            Packing::Plain(_) => {
+                for (j, row) in rows.into_iter().enumerate().take(self.k - 4 * block) {
+                    self.write_plain_row(4 * block + j, row);
+                }
+            }
+        }
+    }
+
+    fn write_k4_block(&mut self, block: usize, rows: [&[u8]; 4]) {
+        let (r, mn) = (self.packing.r(), self.mn);
+        let panel_len = self.packing.panel_len(self.k);
         let packed = self.blob.as_bytes_mut();
         let full = mn / r;
         for p in 0..full {
@@ -83,6 +164,34 @@ impl K4Panels {
         }
     }
 
+    /// Row `kk`'s lanes into every panel: `r` bytes at a time, moves of a size known at
+    /// compile time for the common widths (a `memcpy` call per 8 bytes cost more).
+    fn write_plain_row(&mut self, kk: usize, row: &[u8]) {
+        fn scatter<const R: usize>(row: &[u8], packed: &mut [u8], panel_len: usize, at: usize) {
+            for (lanes, panel) in row.chunks_exact(R).zip(packed.chunks_exact_mut(panel_len)) {
+                panel[at..at + R].copy_from_slice(lanes);
+            }
+        }
+        let (r, mn, panel_len) = (self.packing.r(), self.mn, self.packing.panel_len(self.k));
+        let packed = self.blob.as_bytes_mut();
+        let at = kk * r;
+        match r {
+            8 => scatter::<8>(row, packed, panel_len, at),
+            16 => scatter::<16>(row, packed, panel_len, at),
+            _ => {
+                for (lanes, panel) in row.chunks_exact(r).zip(packed.chunks_exact_mut(panel_len)) {
+                    panel[at..at + r].copy_from_slice(lanes);
+                }
+            }
+        }
+        let full = mn / r;
+        if full * r < mn {
+            let out = &mut packed[full * panel_len + at..][..r];
+            out[..mn - full * r].copy_from_slice(&row[full * r..]);
+            out[mn - full * r..].fill(0);
+        }
+    }
+
     /// The packed matrix, as tract's matrix product takes it.
     pub fn finish(self) -> EagerPackedInput {
         assert_eq!(
@@ -90,14 +199,15 @@ impl K4Panels {
             self.blocks(),
             "every K=4 block is written before the panels are read"
         );
+        let panel_bytes = self.packing.panel_len(self.k);
         EagerPackedInput {
             fact: PackedExoticFact {
-                format: Box::new(self.format.clone()),
+                format: self.packing.boxed(),
                 mn: self.mn.to_dim(),
                 k: self.k,
             },
             packed: Arc::new(self.blob),
-            panel_bytes: self.format.single_panel_len(self.k),
+            panel_bytes,
             mn: self.mn,
         }
     }
@@ -175,7 +285,7 @@ pub fn interleave4(rows: [&[u8]; 4], from: usize, out: &mut [u8]) {
 /// per index of the other axes but K, as `OptMatMulPack` does.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PackedRows {
-    format: PackedI8K4,
+    format: Packing,
     k_axis: usize,
 }
 
@@ -198,7 +308,7 @@ impl PackedRows {
         let [format] = packed.packers.as_slice() else {
             return None;
         };
-        let format = format.downcast_ref::<PackedI8K4>()?.clone();
+        let format = Packing::of(&**format)?;
         if ![DatumType::I8, DatumType::U8].contains(&input.datum_type) {
             return None;
         }
@@ -252,7 +362,7 @@ impl EvalOp for PackedRows {
                 .zip(&outer_strides)
                 .map(|(c, s)| c * s)
                 .sum();
-            let mut panels = K4Panels::new(&self.format, k, mn);
+            let mut panels = Panels::new(&self.format, k, mn);
             for block in 0..panels.blocks() {
                 let rows = std::array::from_fn(|j| match 4 * block + j {
                     kk if kk < k => &bytes[offset + kk * k_stride..][..mn],
@@ -285,7 +395,7 @@ impl TypedOp for PackedRows {
         let packed = DynPackedExoticFact {
             k: shape[self.k_axis].clone(),
             mn: shape[shape.len() - 1].clone(),
-            packers: vec![Box::new(self.format.clone())],
+            packers: vec![self.format.boxed()],
         };
         Ok(tvec!(inputs[0]
             .datum_type
@@ -333,9 +443,9 @@ mod tests {
         ArrayD::from_shape_fn(IxDyn(shape), |_| rng.random())
     }
 
-    /// tract's `PackedI8K4::pack_view` of every K×MN matrix of `input`, as `OptMatMulPack`
-    /// takes them: the other axes in row-major order.
-    fn tracts(format: &PackedI8K4, input: &ArrayD<i8>, k_axis: usize) -> Vec<Vec<u8>> {
+    /// tract's packing of every K×MN matrix of `input`, as `OptMatMulPack` takes them: the
+    /// other axes in row-major order.
+    fn tracts(format: &Packing, input: &ArrayD<i8>, k_axis: usize) -> Vec<Vec<u8>> {
         let mn_axis = input.ndim() - 1;
         let outer: Vec<usize> = (0..mn_axis).filter(|&a| a != k_axis).collect();
         let outer_shape: Vec<usize> = outer.iter().map(|&a| input.shape()[a]).collect();
@@ -352,14 +462,17 @@ mod tests {
             .into_iter()
             .map(|m| {
                 let t = m.to_owned().into_tensor();
-                let packed = format.pack_view(&t.view(), 0, 1).unwrap();
+                let packed = match format {
+                    Packing::K4(f) => f.pack_view(&t.view(), 0, 1).unwrap(),
+                    Packing::Plain(f) => f.pack_tensor(&t, 0, 1).unwrap(),
+                };
                 let eager = packed.downcast_ref::<EagerPackedInput>().unwrap();
                 eager.packed.as_bytes().to_vec()
             })
             .collect()
     }
 
-    fn ours(format: &PackedI8K4, input: &ArrayD<i8>, k_axis: usize) -> Vec<Vec<u8>> {
+    fn ours(format: &Packing, input: &ArrayD<i8>, k_axis: usize) -> Vec<Vec<u8>> {
         let op = PackedRows {
             format: format.clone(),
             k_axis,
@@ -399,14 +512,20 @@ mod tests {
         ] {
             let input = random_bytes(&shape, shape.len() as u64);
             for r in [8, 16] {
-                let format = PackedI8K4::new(r);
-                let expected = tracts(&format, &input, k_axis);
-                assert!(!expected.is_empty());
-                assert_eq!(
-                    ours(&format, &input, k_axis),
-                    expected,
-                    "{shape:?} k axis {k_axis}, r {r}"
-                );
+                let formats = [
+                    Packing::K4(PackedI8K4::new(r)),
+                    Packing::Plain(PackedFormat::new(DatumType::I8, r, 16)),
+                    Packing::Plain(PackedFormat::new(DatumType::I8, r, 32)),
+                ];
+                for format in formats {
+                    let expected = tracts(&format, &input, k_axis);
+                    assert!(!expected.is_empty());
+                    assert_eq!(
+                        ours(&format, &input, k_axis),
+                        expected,
+                        "{shape:?} k axis {k_axis}, {format:?}"
+                    );
+                }
             }
         }
     }
