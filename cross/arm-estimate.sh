@@ -14,13 +14,14 @@
 #                                       (ORT_VERSION, default 1.32.0) or ARM_ORT_LIBRARY
 #   ARM_PROFILE=1 …                     also `iscamd bench --profile` of each model on tract:
 #                                       its "ms" are millions of instructions there
+#   ARM_FRAMES=1 …                      also frames: a pass with decoding and preprocessing
 #
 # ARM: the emulated machine of cross/vm.sh runs with `-icount shift=0`, where the guest's
 # clock advances 1 ns per instruction executed, so a time read in the guest is a count of
 # instructions (all of them: the kernel's, every thread's). A pass is (instructions of
 # `iscamd bench` pushing 9 images − pushing 1) / 8: model loading, start-up and the first
-# pass cancel out; a frame is the same with `iscamd classify` on 9 and 1 JPEG files: a
-# pass, decoding and preprocessing. x86: valgrind's callgrind counts the instructions of
+# pass cancel out; a frame (ARM_FRAMES=1) is the same with `iscamd classify` on 9 and 1
+# JPEG files: a pass, decoding and preprocessing. x86: valgrind's callgrind counts the instructions of
 # `iscamd classify` in user space (frames only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -83,17 +84,20 @@ grep -m1 Features /proc/cpuinfo
 export ORT_DYLIB_PATH=/lib/libonnxruntime.so
 for model in ${model_files[*]}; do
   for backend in ${backends[*]}; do
-    # A pass: iscamd bench's forward passes of one preprocessed image. A frame: classify's,
-    # a pass plus decoding and preprocessing the JPEG.
+    # A pass: iscamd bench's forward passes of one preprocessed image. A frame (with
+    # ARM_FRAMES=1): classify's, a pass plus decoding and preprocessing the JPEG.
     bench="iscamd bench --backend \$backend --threads 1 --batches 1 --heatmaps none --live-frames 0"
     bench="\$bench --image /images/$image.JPEG --model /models/\$model --images"
-    classify="iscamd classify --top 1 --backend \$backend --threads 1 --model /models/\$model"
     a=\$(ticks); \$bench 1 >/dev/null
     b=\$(ticks); \$bench 9 >/dev/null
-    c=\$(ticks); \$classify /images/$image.JPEG >/dev/null
-    d=\$(ticks); \$classify $nine >/dev/null
-    e=\$(ticks)
-    echo "COUNT \$model \$backend \$(((c - b - b + a) * 10000000 / 8)) \$(((e - d - d + c) * 10000000 / 8))"
+    c=\$(ticks); frame=-
+    if [ "${ARM_FRAMES:-}" = 1 ]; then
+      classify="iscamd classify --top 1 --backend \$backend --threads 1 --model /models/\$model"
+      \$classify /images/$image.JPEG >/dev/null
+      d=\$(ticks); \$classify $nine >/dev/null
+      e=\$(ticks); frame=\$(((e - d - d + c) * 10000000 / 8))
+    fi
+    echo "COUNT \$model \$backend \$(((c - b - b + a) * 10000000 / 8)) \$frame"
   done
   if [ "${ARM_PROFILE:-}" = 1 ]; then
     iscamd bench --profile --images 3 --image /images/$image.JPEG --model /models/\$model \
@@ -104,7 +108,7 @@ poweroff -f
 INIT
   chmod +x "$root/init"
   for cpu in "${arm_cpus[@]}"; do
-    VM_CPU=$cpu VM_SMP=1 VM_QEMU_ARGS="-icount shift=0,sleep=off" vm_run "$root" "$out/$cpu.log" 1800 \
+    VM_CPU=$cpu VM_SMP=1 VM_QEMU_ARGS="-icount shift=0,sleep=off" vm_run "$root" "$out/$cpu.log" 3600 \
       || echo "qemu exited with $?"
     grep -a -m1 Features "$out/$cpu.log" | tr -d '\r' | sed "s/^/$cpu: /" >&2
     grep -a '^COUNT' "$out/$cpu.log" | tr -d '\r' | while read -r _ m backend pass frame; do
