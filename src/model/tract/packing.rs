@@ -142,16 +142,31 @@ impl Panels {
     }
 
     fn write_k4_block(&mut self, block: usize, rows: [&[u8]; 4]) {
+        /// Every full panel's slot for the block, `R` lanes each: a width known at compile
+        /// time leaves the per-panel call no loop or check to run.
+        fn full_panels<const R: usize>(
+            rows: [&[u8]; 4],
+            packed: &mut [u8],
+            panel_len: usize,
+            at: usize,
+            full: usize,
+        ) {
+            for (p, panel) in packed.chunks_exact_mut(panel_len).take(full).enumerate() {
+                interleave4(rows, p * R, &mut panel[at..at + 4 * R]);
+            }
+        }
         let (r, mn) = (self.packing.r(), self.mn);
         let panel_len = self.packing.panel_len(self.k);
         let packed = self.blob.as_bytes_mut();
-        let full = mn / r;
-        for p in 0..full {
-            interleave4(
-                rows,
-                p * r,
-                &mut packed[p * panel_len + block * 4 * r..][..4 * r],
-            );
+        let (full, at) = (mn / r, block * 4 * r);
+        match r {
+            8 => full_panels::<8>(rows, packed, panel_len, at, full),
+            16 => full_panels::<16>(rows, packed, panel_len, at, full),
+            _ => {
+                for p in 0..full {
+                    interleave4(rows, p * r, &mut packed[p * panel_len + at..][..4 * r]);
+                }
+            }
         }
         if full * r < mn {
             let width = mn - full * r;
