@@ -26,6 +26,14 @@ enum Step {
     Max(i32),
 }
 
+/// Steps that are `min(max(x + add, low), high)` or, `min_first`, `max(min(…, high), low)`.
+struct Clamp {
+    add: i32,
+    low: i32,
+    high: i32,
+    min_first: bool,
+}
+
 /// `cast(steps(scale_by(x, scale[c])))` of an i32 tensor whose channel `c` runs along one
 /// axis.
 #[derive(Debug, Clone, PartialEq)]
@@ -187,7 +195,9 @@ impl Requantize {
         self.run_any(xs, scale, ys, cast)
     }
 
-    /// By chunks, each step over a whole chunk: loops the compiler vectorises.
+    /// One pass when the steps are tract's usual `Add`, `Min`, `Max` (in either order of
+    /// the last two, each optional: a clamp of monotone steps the compiler keeps in
+    /// registers), else by chunks, each step over a whole chunk: loops it vectorises.
     #[inline(always)]
     fn run_any<T: Copy + Default>(
         &self,
@@ -196,25 +206,44 @@ impl Requantize {
         ys: &mut [T],
         cast: impl Fn(i32) -> T,
     ) {
-        const CHUNK: usize = 64;
         // A requantisation factor is the input's and weights' scales over the output's:
         // mostly far below 1, and then |x|·s < 2³¹ for every i32 x, so the conversion back
         // needs no saturation and vectorises better. A channel of tiny weights can have a
         // factor above 1 (SqueezeNet's fire7): tract's `as` saturates there, and so do we.
         let saturate = scale.abs() >= 1.0;
+        let scaled = |x: i32| {
+            // tract's `scale_by`, rne(|x|·s)·sign(x), is rne(x·s): IEEE products and
+            // round-half-to-even are both symmetric in sign (and x = 0 gives 0).
+            let r = (x as f32 * scale).round_ties_even();
+            match saturate {
+                true => r as i32,
+                // SAFETY: |r| ≤ 2³¹·|scale| rounded, below 2³¹ as |scale| < 1 and finite
+                // (`chain` checked), so `as i32` would not saturate.
+                false => unsafe { r.to_int_unchecked::<i32>() },
+            }
+        };
+        if let Some(Clamp {
+            add,
+            low,
+            high,
+            min_first,
+        }) = self.clamp()
+        {
+            let step = |v: i32| match min_first {
+                true => v.wrapping_add(add).min(high).max(low),
+                false => v.wrapping_add(add).max(low).min(high),
+            };
+            for (y, &x) in ys.iter_mut().zip(xs) {
+                *y = cast(step(scaled(x)));
+            }
+            return;
+        }
+        const CHUNK: usize = 64;
         for (x, y) in xs.chunks(CHUNK).zip(ys.chunks_mut(CHUNK)) {
             let mut v = [0i32; CHUNK];
             let v = &mut v[..x.len()];
             for (v, &x) in v.iter_mut().zip(x) {
-                // tract's `scale_by`, rne(|x|·s)·sign(x), is rne(x·s): IEEE products and
-                // round-half-to-even are both symmetric in sign (and x = 0 gives 0).
-                let r = (x as f32 * scale).round_ties_even();
-                *v = match saturate {
-                    true => r as i32,
-                    // SAFETY: |r| ≤ 2³¹·|scale| rounded, below 2³¹ as |scale| < 1 and
-                    // finite (`chain` checked), so `as i32` would not saturate.
-                    false => unsafe { r.to_int_unchecked::<i32>() },
-                };
+                *v = scaled(x);
             }
             for step in &self.steps {
                 match *step {
@@ -227,6 +256,29 @@ impl Requantize {
                 *y = cast(v);
             }
         }
+    }
+
+    /// The steps as a [`Clamp`] when they are an optional `Add`, then an optional `Min`
+    /// and an optional `Max` in either order (absent ones neutral).
+    fn clamp(&self) -> Option<Clamp> {
+        let (add, rest) = match self.steps.as_slice() {
+            [Step::Add(a), rest @ ..] => (*a, rest),
+            rest => (0, rest),
+        };
+        let (low, high, min_first) = match rest {
+            [] => (i32::MIN, i32::MAX, true),
+            [Step::Min(h)] => (i32::MIN, *h, true),
+            [Step::Max(l)] => (*l, i32::MAX, true),
+            [Step::Min(h), Step::Max(l)] => (*l, *h, true),
+            [Step::Max(l), Step::Min(h)] => (*l, *h, false),
+            _ => return None,
+        };
+        Some(Clamp {
+            add,
+            low,
+            high,
+            min_first,
+        })
     }
 
     fn eval_as<T: Datum + Copy + Default>(
@@ -359,6 +411,32 @@ mod tests {
             );
             assert_eq!(run(model, &x), expected, "{to:?} {factors:?}");
         }
+    }
+
+    #[test]
+    fn steps_in_another_order_run_one_by_one_as_tract_does() {
+        // Max, Add, Min: not a clamp after an add, so not the fused pass.
+        let factors = [0.5f32, 0.0012203007, 2.5];
+        let mut model = TypedModel::default();
+        let x = model.add_source("x", i32::fact([1, 3, 4, 5])).unwrap();
+        let f = tract_ndarray::Array4::from_shape_vec([1, 3, 1, 1], factors.to_vec()).unwrap();
+        let f = model.add_const("f", f.into_tensor()).unwrap();
+        let mut y = model.wire_node("scale", scale(), &[f, x]).unwrap();
+        for (name, op, v) in [("max", max(), -20), ("add", add(), 7), ("min", min(), 90)] {
+            let c = model.add_const(name.to_string() + "_c", tensor4(&[[[[v]]]])).unwrap();
+            y = model.wire_node(name, op, &[y[0], c]).unwrap();
+        }
+        let y = model.wire_node("cast", cast(i8::datum_type()), &y).unwrap();
+        model.select_output_outlets(&y).unwrap();
+        let x = tract_ndarray::Array4::from_shape_fn([1, 3, 4, 5], |(_, c, h, w)| {
+            (c as i32 - 1) * 97 * (h * 5 + w) as i32 + (w as i32 - 2) * 11
+        })
+        .into_tensor();
+        let expected = run(model.clone(), &x);
+        assert_eq!(install(&mut model).unwrap().replaced, 1);
+        let op = model.nodes.iter().find_map(|n| n.op_as::<Requantize>()).unwrap();
+        assert!(op.clamp().is_none(), "{:?}", op.steps);
+        assert_eq!(run(model, &x), expected);
     }
 
     #[test]
