@@ -177,8 +177,7 @@ fn fold<'s, T: Copy + PartialOrd + 's>(k: usize, source: impl Fn(usize) -> &'s [
 }
 
 /// `out[x] = max(row[2x], row[2x + 1], row[2x + 2])`, as [`fold`] and a stride of 2 make it
-/// (SqueezeNet's 3×3 pooling): one pass, only at the positions kept, whose even and odd
-/// loads the compiler deinterleaves.
+/// (SqueezeNet's 3×3 pooling): one pass, only at the positions kept.
 #[inline(always)]
 fn pool_3_by_2<T: Copy + PartialOrd>(row: &[T], out: &mut [T]) {
     let row = &row[..2 * out.len() + 1];
@@ -187,11 +186,12 @@ fn pool_3_by_2<T: Copy + PartialOrd>(row: &[T], out: &mut [T]) {
     }
 }
 
-/// Whether [`pool_3_by_2`] beats folding every window and keeping every other one: where
-/// loads deinterleave natively (NEON's `ld2`), or the lanes are wide (f32). Measured on
-/// x86-64 (AVX2): f32 pooling −25 %, u8 +15 % (byte shuffles).
+/// Whether [`pool_3_by_2`] beats folding every window and keeping every other one: for
+/// wide lanes (f32: −25 % of the pooling's time on x86-64 with AVX2, −17 % of its
+/// instructions on aarch64), not for bytes (u8: +15 % and +21 %: their deinterleaving
+/// costs more than the windows it saves).
 fn deinterleaves<T>() -> bool {
-    cfg!(target_arch = "aarch64") || std::mem::size_of::<T>() >= 4
+    std::mem::size_of::<T>() >= 4
 }
 
 /// tract's comparison, so that NaNs propagate as they do in its own pooling.
