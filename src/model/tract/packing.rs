@@ -232,8 +232,10 @@ impl Panels {
 ///
 /// Sixteen lanes at a time, then eight, with SSE2 or NEON (both always present on their
 /// architecture): a byte-by-byte loop is where tract's packing spends its time. Eight
-/// matters: the panels of aarch64's dot-product kernel are eight lanes wide.
-#[inline]
+/// matters: the panels of aarch64's dot-product kernel are eight lanes wide. Always
+/// inlined: with the panel width known at the call its checks and loops fold away (a call
+/// per 32-byte panel was most of the packing's instructions on aarch64).
+#[inline(always)]
 pub fn interleave4(rows: [&[u8]; 4], from: usize, out: &mut [u8]) {
     let lanes = out.len() / 4;
     assert!(out.len() == 4 * lanes && rows.iter().all(|r| from + lanes <= r.len()));
