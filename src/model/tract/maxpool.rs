@@ -187,11 +187,11 @@ fn pool_3_by_2<T: Copy + PartialOrd>(row: &[T], out: &mut [T]) {
 }
 
 /// Whether [`pool_3_by_2`] beats folding every window and keeping every other one: for
-/// wide lanes (f32: −25 % of the pooling's time on x86-64 with AVX2, −17 % of its
-/// instructions on aarch64), not for bytes (u8: +15 % and +21 %: their deinterleaving
-/// costs more than the windows it saves).
+/// f32 on x86-64 (−25 % of the pooling's time with AVX2: its lanes deinterleave in one
+/// shuffle), not for bytes (+15 %) nor on aarch64 (+5 % of the instructions for f32, +21 %
+/// for u8: the compiler's deinterleaving costs more than the windows it saves).
 fn deinterleaves<T>() -> bool {
-    std::mem::size_of::<T>() >= 4
+    cfg!(target_arch = "x86_64") && std::mem::size_of::<T>() >= 4
 }
 
 /// tract's comparison, so that NaNs propagate as they do in its own pooling.
