@@ -423,7 +423,9 @@ mod tests {
         let f = model.add_const("f", f.into_tensor()).unwrap();
         let mut y = model.wire_node("scale", scale(), &[f, x]).unwrap();
         for (name, op, v) in [("max", max(), -20), ("add", add(), 7), ("min", min(), 90)] {
-            let c = model.add_const(name.to_string() + "_c", tensor4(&[[[[v]]]])).unwrap();
+            let c = model
+                .add_const(name.to_string() + "_c", tensor4(&[[[[v]]]]))
+                .unwrap();
             y = model.wire_node(name, op, &[y[0], c]).unwrap();
         }
         let y = model.wire_node("cast", cast(i8::datum_type()), &y).unwrap();
@@ -434,7 +436,11 @@ mod tests {
         .into_tensor();
         let expected = run(model.clone(), &x);
         assert_eq!(install(&mut model).unwrap().replaced, 1);
-        let op = model.nodes.iter().find_map(|n| n.op_as::<Requantize>()).unwrap();
+        let op = model
+            .nodes
+            .iter()
+            .find_map(|n| n.op_as::<Requantize>())
+            .unwrap();
         assert!(op.clamp().is_none(), "{:?}", op.steps);
         assert_eq!(run(model, &x), expected);
     }
