@@ -138,6 +138,23 @@ impl RowMaxPool {
             for (oy, out_row) in out_plane.chunks_exact_mut(ow).enumerate() {
                 let window = &plane[oy * sh * w..][..kh * w];
                 fold(kh, |ky| &window[ky * w..][..w], &mut rows);
+                #[cfg(target_arch = "aarch64")]
+                if [kw, sw] == [3, 2] && std::mem::size_of::<T>() == 1 {
+                    let signed = T::datum_type().unquantized() == DatumType::I8;
+                    // SAFETY: T is one byte (u8 or i8, `eval` checked), every bit pattern a
+                    // value; the views cover exactly the two buffers.
+                    let (row, out) = unsafe {
+                        (
+                            std::slice::from_raw_parts(rows.as_ptr().cast::<u8>(), rows.len()),
+                            std::slice::from_raw_parts_mut(
+                                out_row.as_mut_ptr().cast::<u8>(),
+                                out_row.len(),
+                            ),
+                        )
+                    };
+                    pool_3_by_2_bytes(row, out, signed);
+                    continue;
+                }
                 if [kw, sw] == [3, 2] && deinterleaves::<T>() {
                     pool_3_by_2(&rows, out_row);
                     continue;
@@ -183,6 +200,35 @@ fn pool_3_by_2<T: Copy + PartialOrd>(row: &[T], out: &mut [T]) {
     let row = &row[..2 * out.len() + 1];
     for (x, o) in out.iter_mut().enumerate() {
         *o = max(max(row[2 * x], row[2 * x + 1]), row[2 * x + 2]);
+    }
+}
+
+/// [`pool_3_by_2`] of bytes with NEON: `ld2` splits a row into its even and odd columns,
+/// so sixteen outputs are three `umax` (i8 compares as u8 with the sign bit flipped).
+#[cfg(target_arch = "aarch64")]
+fn pool_3_by_2_bytes(row: &[u8], out: &mut [u8], signed: bool) {
+    use std::arch::aarch64::*;
+    let n = out.len();
+    let row = &row[..2 * n + 1];
+    let flip = if signed { 0x80 } else { 0 };
+    let mut x = 0;
+    // Sixteen outputs read row[2x .. 2x + 34).
+    while x + 16 <= n && 2 * x + 34 <= row.len() {
+        // SAFETY: NEON is part of aarch64's baseline; both loads end at 2x + 34 ≤ the
+        // row's length, the store at x + 16 ≤ n, checked just above.
+        unsafe {
+            let f = vdupq_n_u8(flip);
+            let here = vld2q_u8(row.as_ptr().add(2 * x));
+            let next = vld2q_u8(row.as_ptr().add(2 * x + 2));
+            let [even, odd, after] = [here.0, here.1, next.0].map(|v| veorq_u8(v, f));
+            let max = vmaxq_u8(vmaxq_u8(even, odd), after);
+            vst1q_u8(out.as_mut_ptr().add(x), veorq_u8(max, f));
+        }
+        x += 16;
+    }
+    for (x, o) in out.iter_mut().enumerate().skip(x) {
+        let [a, b, c] = [row[2 * x], row[2 * x + 1], row[2 * x + 2]].map(|v| v ^ flip);
+        *o = a.max(b).max(c) ^ flip;
     }
 }
 
@@ -317,7 +363,8 @@ mod tests {
 
     #[test]
     fn pools_quantized_integers_as_tract_does() {
-        let input = random_nchw([1, 8, 13, 13], 7);
+        // Wide enough for a block of sixteen outputs and a tail (NEON, on aarch64).
+        let input = random_nchw([1, 8, 13, 55], 7);
         let qp = QParams::ZpScale {
             zero_point: 3,
             scale: 0.05,
