@@ -11,7 +11,9 @@
 #      (tract's plans, iscamd's ops and kernels), the maps' arithmetic and JPEG decoding
 #      (SIMD paths) — the rest is logic that x86 tests as well;
 #   2. `classify` and `explain` on sample images with the f32 and int8 models: the same
-#      top-1 on both machines, and heatmaps with Pearson r ≥ 0.999;
+#      top-1 on both machines, top-5 probabilities within 1e-4 (int8: integer arithmetic,
+#      so equal but for the float head's summation order) and heatmaps with Pearson
+#      r ≥ 0.999;
 #   3. the GStreamer video source: `classify --every` on an Ogg/Theora clip made from two
 #      images, the same classes as on x86, and `run` with `kind = "video"` playing it
 #      through (GStreamer's arm64 libraries and base plugins are copied into the machine);
@@ -202,7 +204,7 @@ for model in ["squeezenet1.0-dc.onnx", "squeezenet1.0-dc-int8.onnx"]:
         pdiff = max(abs(p["score"] - q["score"]) for p, q in zip(c["x86"]["top"], c["arm"]["top"]))
         h = {a: json.load(open(f"{out}/{a}-{model}/{img}.heatmap.json")) for a in c}
         r = pearson(h["x86"]["map"]["values"], h["arm"]["map"]["values"])
-        ok = top["x86"] == top["arm"] and r >= 0.999
+        ok = top["x86"] == top["arm"] and pdiff <= 1e-4 and r >= 0.999
         failed |= not ok
         print(f"{model:<28} {img:<18} {top['x86']:>10} {top['arm']:>10} {pdiff:>12.2e} {r:>9.6f}"
               f"{'' if ok else '  FAIL'}")
