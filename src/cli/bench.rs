@@ -101,6 +101,9 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         bench.threads
     );
     if args.profile {
+        if !backends.contains(&BackendKind::Tract) {
+            anyhow::bail!("--profile times the ops of tract's plans: add tract to --backends");
+        }
         bench.profiles(print_profile)?;
         return Ok(ExitCode::SUCCESS);
     }

@@ -548,6 +548,49 @@ fn bench_prints_every_row_it_is_asked_for() {
     }
 }
 
+/// `bench --profile` lists the ops of a pass with their share of its time, the matrix
+/// products among them; it refuses to profile without tract.
+#[test]
+#[cfg(feature = "eval")]
+fn bench_profile_lists_the_ops_of_a_pass() {
+    let tench = image("n01440764_tench");
+    let out = iscamd(&["bench", "--profile", "--images", "2", "--image", s(&tench)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("on tract, one thread:"), "{stdout}");
+    // op, nodes, ms/pass, share%
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|r| r.len() == 4 && r[3].ends_with('%') && r[0] != "op")
+        .collect();
+    let matmul = rows.iter().find(|r| r[0] == "OptMatMul").expect(&stdout);
+    assert!(matmul[1].parse::<usize>().unwrap() > 0, "{matmul:?}");
+    let shares: f64 = rows
+        .iter()
+        .map(|r| r[3].trim_end_matches('%').parse::<f64>().unwrap())
+        .sum();
+    assert!(
+        (shares - 100.0).abs() < 1.0,
+        "shares add up to {shares}: {stdout}"
+    );
+
+    let out = iscamd(&[
+        "bench",
+        "--profile",
+        "--backends",
+        "ort",
+        "--image",
+        s(&tench),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("add tract to --backends"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 /// A config the daemon must not run with is refused at start: exit 2, one line naming the
 /// key and what it accepts. `cam.channels` is checked against the model's CAM layer.
 #[test]
