@@ -15,6 +15,8 @@
 #   ARM_PROFILE=1 …                     also `iscamd bench --profile` of each model on tract:
 #                                       its "ms" are millions of instructions there
 #   ARM_FRAMES=1 …                      also frames: a pass with decoding and preprocessing
+#   ISCAMD_MATMUL=i32=iscamd-neon-i8 …  other kernels than tract's ladder (the default,
+#                                       f32=tract,i32=tract)
 #
 # ARM: the emulated machine of cross/vm.sh runs with `-icount shift=0`, where the guest's
 # clock advances 1 ns per instruction executed, so a time read in the guest is a count of
@@ -36,8 +38,9 @@ model_files=()
 for path in "${model_paths[@]}"; do model_files+=("$(basename "$path")"); done
 read -r -a arm_cpus <<<"${ARM_CPUS:-cortex-a72 cortex-a76}"
 read -r -a backends <<<"${ESTIMATE_BACKENDS:-tract}"
-# tract's own kernel ladder, as on a board without a cached measurement of its own.
-export ISCAMD_MATMUL=f32=tract,i32=tract
+# tract's own kernel ladder unless told otherwise: a measured choice would be measured
+# (and cached) by the first run, not by the second.
+export ISCAMD_MATMUL=${ISCAMD_MATMUL:-f32=tract,i32=tract}
 
 row() { printf '%-16s %-32s %-6s %12s %12s\n' "$@"; }
 

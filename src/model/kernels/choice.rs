@@ -11,7 +11,7 @@ use std::sync::{Mutex, OnceLock};
 use tract_onnx::prelude::DatumType;
 use tract_onnx::tract_core::tract_linalg::{self, isa::IsaSet, mmm::Query, mmm::Suitable};
 
-use super::{OwnOps, SettingError, TIER_NAME};
+use super::{OwnOps, SettingError, OWN_TIERS, TIER_NAME};
 
 /// One way to pick a kernel for a matrix product.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -148,8 +148,9 @@ const PROBES: [(usize, usize, usize); 4] =
     [(64, 144, 3025), (16, 128, 729), (1000, 512, 169), (8, 8, 8)];
 
 /// The candidates this machine can run for `accumulator`, tract's ladder excepted: every tier
-/// that answers for it (f16 and bf16 kernels excepted: they round f32 operands), and its
-/// widened form where that picks other kernels. Candidates that pick the same kernels as
+/// that answers for it — tract's, and those of iscamd's own kernels ([`OWN_TIERS`]) — f16
+/// and bf16 kernels excepted (they round f32 operands), and its widened form where that
+/// picks other kernels. Candidates that pick the same kernels as
 /// tract's ladder or an earlier candidate are left out.
 pub fn candidates(accumulator: DatumType) -> Vec<Candidate> {
     let dispatch = tract_linalg::MmmDispatch::native();
@@ -175,7 +176,10 @@ pub fn candidates(accumulator: DatumType) -> Vec<Candidate> {
         .collect();
     let mut seen = HashSet::from([ladder]);
     let mut found = Vec::new();
-    for tier in dispatch.tiers().iter().filter(|t| t.name != TIER_NAME) {
+    let own = tract_linalg::mmm_tiers::declared()
+        .filter(|t| OWN_TIERS.contains(&t.name) && t.arch == isa.arch());
+    let tiers = dispatch.tiers().iter().copied().chain(own);
+    for tier in tiers.filter(|t| t.name != TIER_NAME) {
         for widest in [false, true] {
             let candidate = Candidate {
                 tier: tier.name,

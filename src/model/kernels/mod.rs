@@ -20,6 +20,8 @@
 
 mod cache;
 mod choice;
+#[cfg(target_arch = "aarch64")]
+mod neon_i8;
 mod ops;
 mod settings;
 mod split;
@@ -45,6 +47,13 @@ pub const CHOICE_VAR: &str = "ISCAMD_MATMUL";
 
 /// The name iscamd's tier goes by in tract's dispatch ladder.
 pub const TIER_NAME: &str = "iscamd-measured";
+
+/// The tiers of iscamd's own matrix kernels: never in tract's ladder (their `applies` is
+/// false), measured as candidates like tract's tiers.
+#[cfg(target_arch = "aarch64")]
+pub const OWN_TIERS: &[&str] = &[neon_i8::TIER];
+#[cfg(not(target_arch = "aarch64"))]
+pub const OWN_TIERS: &[&str] = &[];
 
 /// Whose kernels and ops a model's plans run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

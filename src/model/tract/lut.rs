@@ -8,7 +8,8 @@
 //! was the quantisation alone (perf, docs/benchmarks.md "Model zoo"). [`install`]
 //! also walks through binary ops whose other input is a scalar constant, runs the chain
 //! on the 256 possible bytes, and puts tract's table op in its place: the same bytes, as
-//! the table is the chain's own output.
+//! the table is the chain's own output. On aarch64 every table op, tract's own too, looks
+//! up sixteen bytes per step ([`NeonTable`]) where tract's lookup takes one.
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
@@ -17,6 +18,9 @@ use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
 use tract_onnx::tract_core::ops::quant::{
     lookup_table, DequantizeLinearF32, QuantizeLinearI8, QuantizeLinearU8,
 };
+#[cfg(target_arch = "aarch64")]
+use tract_onnx::tract_core::ops::quant::LookupTable;
+use tract_onnx::tract_core::tract_linalg::lut::Lut;
 
 use super::swap::Swapped;
 
@@ -24,6 +28,9 @@ use super::swap::Swapped;
 /// element-wise ops or binary ones with a scalar constant, used once each; says how many
 /// chains through a binary op it found (tract folds the others itself) and replaced.
 pub fn install(model: &mut TypedModel) -> TractResult<Swapped> {
+    #[cfg(target_arch = "aarch64")]
+    let mut swapped = retable(model)?;
+    #[cfg(not(target_arch = "aarch64"))]
     let mut swapped = Swapped::default();
     // Patches append nodes: the ones present now are all that can be candidates.
     for dq in 0..model.nodes.len() {
@@ -139,7 +146,74 @@ fn table(
             plain.as_slice::<i8>()?.iter().map(|&v| v as u8).collect()
         }
     };
-    Ok(Some(lookup_table(tract_linalg::routines::lut_u8(&table)?)))
+    Ok(Some(lookup_table(byte_table(&table)?)))
+}
+
+/// The 256-byte table `table` as a lookup the table op runs: NEON's on aarch64, tract's
+/// elsewhere.
+fn byte_table(table: &[u8]) -> TractResult<Box<dyn Lut>> {
+    #[cfg(target_arch = "aarch64")]
+    return Ok(Box::new(NeonTable(table.try_into().context("a byte table has 256 entries")?)));
+    #[cfg(not(target_arch = "aarch64"))]
+    tract_linalg::routines::lut_u8(table)
+}
+
+/// Puts NEON's lookup in every table op tract made itself (its own folding of
+/// `DQ → unary ops → Q`); says how many it found and replaced.
+#[cfg(target_arch = "aarch64")]
+fn retable(model: &mut TypedModel) -> TractResult<Swapped> {
+    let mut swapped = Swapped::default();
+    for id in 0..model.nodes.len() {
+        let Some(op) = model.nodes[id].op_as::<ElementWiseOp>() else {
+            continue;
+        };
+        let Some(lut) = op.0.downcast_ref::<LookupTable>() else {
+            continue;
+        };
+        swapped.candidates += 1;
+        let op = lookup_table(byte_table(lut.table.table())?);
+        let patch = TypedModelPatch::replace_single_op(model, &model.nodes[id], &model.nodes[id].inputs, op)?;
+        patch.apply(model)?;
+        swapped.replaced += 1;
+    }
+    Ok(swapped)
+}
+
+/// A 256-byte table looked up sixteen bytes at a time: `tbl` over its first 64 entries,
+/// `tbx` over the next three quarters with the index moved down (an index out of a
+/// quarter's range leaves the byte as it was). tract's aarch64 lookup is byte by byte.
+#[cfg(target_arch = "aarch64")]
+#[derive(Debug, Clone)]
+struct NeonTable([u8; 256]);
+
+#[cfg(target_arch = "aarch64")]
+impl Lut for NeonTable {
+    fn table(&self) -> &[u8] {
+        &self.0
+    }
+
+    fn run(&self, buf: &mut [u8]) {
+        use std::arch::aarch64::*;
+        let mut blocks = buf.chunks_exact_mut(16);
+        // SAFETY: NEON is part of aarch64's baseline; the table loads read its 256 bytes,
+        // each block's load and store its 16.
+        unsafe {
+            let t = self.0.as_ptr();
+            let quarters = [0, 64, 128, 192].map(|at| vld1q_u8_x4(t.add(at)));
+            let [q64, q128, q192] = [64, 128, 192].map(|v| vdupq_n_u8(v));
+            for block in &mut blocks {
+                let x = vld1q_u8(block.as_ptr());
+                let mut y = vqtbl4q_u8(quarters[0], x);
+                y = vqtbx4q_u8(y, quarters[1], vsubq_u8(x, q64));
+                y = vqtbx4q_u8(y, quarters[2], vsubq_u8(x, q128));
+                y = vqtbx4q_u8(y, quarters[3], vsubq_u8(x, q192));
+                vst1q_u8(block.as_mut_ptr(), y);
+            }
+        }
+        for b in blocks.into_remainder() {
+            *b = self.0[*b as usize];
+        }
+    }
 }
 
 #[cfg(test)]
@@ -170,6 +244,20 @@ mod tests {
     }
 
     use super::super::run_optimized as run;
+
+    #[cfg(target_arch = "aarch64")]
+    #[test]
+    fn neon_looks_up_every_byte_as_the_table_says() {
+        let table: Vec<u8> = (0..=255u8).map(|b| b.wrapping_mul(167).wrapping_add(13)).collect();
+        let lut = byte_table(&table).unwrap();
+        for len in [0, 5, 16, 256 + 16 + 7, 1000] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 7 % 256) as u8).collect();
+            let mut looked_up = bytes.clone();
+            lut.run(&mut looked_up);
+            let expected: Vec<u8> = bytes.iter().map(|&b| table[b as usize]).collect();
+            assert_eq!(looked_up, expected, "{len} bytes");
+        }
+    }
 
     #[test]
     fn a_chain_with_constants_becomes_a_table_of_the_same_bytes() {

@@ -132,29 +132,32 @@ impl RowMaxPool {
         let Some(&any) = input.first() else {
             return Ok(output);
         };
+        #[cfg(target_arch = "aarch64")]
+        if std::mem::size_of::<T>() == 1 && [kh, kw, sw] == [3, 3, 2] && w >= 16 {
+            let signed = T::datum_type().unquantized() == DatumType::I8;
+            // SAFETY: T is one byte (u8 or i8, `eval` checked), every bit pattern a value;
+            // the views cover exactly the two tensors' elements.
+            let (input, out) = unsafe {
+                (
+                    std::slice::from_raw_parts(input.as_ptr().cast::<u8>(), input.len()),
+                    std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<u8>(), out.len()),
+                )
+            };
+            let planes = input.chunks_exact(h * w).zip(out.chunks_exact_mut(oh * ow));
+            for (plane, out_plane) in planes {
+                match signed {
+                    true => neon::pool_3_by_2_plane::<true>(plane, w, sh, out_plane, ow),
+                    false => neon::pool_3_by_2_plane::<false>(plane, w, sh, out_plane, ow),
+                }
+            }
+            return Ok(output);
+        }
         let mut rows = vec![any; w];
         let mut windows = vec![any; w - kw + 1];
         for (plane, out_plane) in input.chunks_exact(h * w).zip(out.chunks_exact_mut(oh * ow)) {
             for (oy, out_row) in out_plane.chunks_exact_mut(ow).enumerate() {
                 let window = &plane[oy * sh * w..][..kh * w];
                 fold(kh, |ky| &window[ky * w..][..w], &mut rows);
-                #[cfg(target_arch = "aarch64")]
-                if [kw, sw] == [3, 2] && std::mem::size_of::<T>() == 1 {
-                    let signed = T::datum_type().unquantized() == DatumType::I8;
-                    // SAFETY: T is one byte (u8 or i8, `eval` checked), every bit pattern a
-                    // value; the views cover exactly the two buffers.
-                    let (row, out) = unsafe {
-                        (
-                            std::slice::from_raw_parts(rows.as_ptr().cast::<u8>(), rows.len()),
-                            std::slice::from_raw_parts_mut(
-                                out_row.as_mut_ptr().cast::<u8>(),
-                                out_row.len(),
-                            ),
-                        )
-                    };
-                    pool_3_by_2_bytes(row, out, signed);
-                    continue;
-                }
                 if [kw, sw] == [3, 2] && deinterleaves::<T>() {
                     pool_3_by_2(&rows, out_row);
                     continue;
@@ -203,32 +206,109 @@ fn pool_3_by_2<T: Copy + PartialOrd>(row: &[T], out: &mut [T]) {
     }
 }
 
-/// [`pool_3_by_2`] of bytes with NEON: `ld2` splits a row into its even and odd columns,
-/// so sixteen outputs are three `umax` (i8 compares as u8 with the sign bit flipped).
+/// SqueezeNet's 3×3, stride-2 pooling of bytes with NEON, a plane at a time: sixteen
+/// lanes per instruction, and a row's last block overlapping the one before it instead of
+/// a scalar tail (a maximum taken twice is the same maximum) — SqueezeNet's rows are 27 to
+/// 109 bytes, so tails were most of the work.
 #[cfg(target_arch = "aarch64")]
-fn pool_3_by_2_bytes(row: &[u8], out: &mut [u8], signed: bool) {
+mod neon {
     use std::arch::aarch64::*;
-    let n = out.len();
-    let row = &row[..2 * n + 1];
-    let flip = if signed { 0x80 } else { 0 };
-    let mut x = 0;
-    // Sixteen outputs read row[2x .. 2x + 34).
-    while x + 16 <= n && 2 * x + 34 <= row.len() {
-        // SAFETY: NEON is part of aarch64's baseline; both loads end at 2x + 34 ≤ the
-        // row's length, the store at x + 16 ≤ n, checked just above.
-        unsafe {
-            let f = vdupq_n_u8(flip);
-            let here = vld2q_u8(row.as_ptr().add(2 * x));
-            let next = vld2q_u8(row.as_ptr().add(2 * x + 2));
-            let [even, odd, after] = [here.0, here.1, next.0].map(|v| veorq_u8(v, f));
-            let max = vmaxq_u8(vmaxq_u8(even, odd), after);
-            vst1q_u8(out.as_mut_ptr().add(x), veorq_u8(max, f));
+
+    /// How far past a row [`pool_row`] may read (its last `ld2` reaches one byte beyond
+    /// `2·out.len() + 1`, into a lane it does not use).
+    const READ_AHEAD: usize = 16;
+
+    /// Pools one `w`-wide plane whose rows `sh` apart start each output row.
+    pub fn pool_3_by_2_plane<const SIGNED: bool>(
+        plane: &[u8],
+        w: usize,
+        sh: usize,
+        out: &mut [u8],
+        ow: usize,
+    ) {
+        let mut rows = vec![0u8; w + READ_AHEAD];
+        for (oy, out_row) in out.chunks_exact_mut(ow).enumerate() {
+            let window = &plane[oy * sh * w..][..3 * w];
+            let (a, rest) = window.split_at(w);
+            let (b, c) = rest.split_at(w);
+            fold3::<SIGNED>(a, b, c, &mut rows[..w]);
+            pool_row::<SIGNED>(&rows, out_row);
         }
-        x += 16;
     }
-    for (x, o) in out.iter_mut().enumerate().skip(x) {
-        let [a, b, c] = [row[2 * x], row[2 * x + 1], row[2 * x + 2]].map(|v| v ^ flip);
-        *o = a.max(b).max(c) ^ flip;
+
+    #[inline(always)]
+    fn max16<const SIGNED: bool>(a: uint8x16_t, b: uint8x16_t) -> uint8x16_t {
+        // SAFETY: NEON is part of aarch64's baseline.
+        unsafe {
+            match SIGNED {
+                true => vreinterpretq_u8_s8(vmaxq_s8(vreinterpretq_s8_u8(a), vreinterpretq_s8_u8(b))),
+                false => vmaxq_u8(a, b),
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn max8<const SIGNED: bool>(a: uint8x8_t, b: uint8x8_t) -> uint8x8_t {
+        // SAFETY: NEON is part of aarch64's baseline.
+        unsafe {
+            match SIGNED {
+                true => vreinterpret_u8_s8(vmax_s8(vreinterpret_s8_u8(a), vreinterpret_s8_u8(b))),
+                false => vmax_u8(a, b),
+            }
+        }
+    }
+
+    /// The block starts covering `0..n` with `width`-wide blocks, the last one ending at `n`.
+    fn blocks(n: usize, width: usize) -> impl Iterator<Item = usize> {
+        (0..n.div_ceil(width)).map(move |i| (i * width).min(n - width))
+    }
+
+    /// `out[x] = max(a[x], b[x], c[x])`; `out` at least sixteen wide.
+    fn fold3<const SIGNED: bool>(a: &[u8], b: &[u8], c: &[u8], out: &mut [u8]) {
+        let n = out.len();
+        assert!(n >= 16 && a.len() >= n && b.len() >= n && c.len() >= n);
+        for x in blocks(n, 16) {
+            // SAFETY: x + 16 ≤ n ≤ every slice's length, asserted above.
+            unsafe {
+                let [a, b, c] = [a, b, c].map(|r| vld1q_u8(r.as_ptr().add(x)));
+                vst1q_u8(out.as_mut_ptr().add(x), max16::<SIGNED>(max16::<SIGNED>(a, b), c));
+            }
+        }
+    }
+
+    /// `out[x] = max(row[2x], row[2x + 1], row[2x + 2])`: `ld2` splits the row into its even
+    /// and odd columns. `row` holds `2·out.len() + 1` values and [`READ_AHEAD`] more bytes.
+    fn pool_row<const SIGNED: bool>(row: &[u8], out: &mut [u8]) {
+        let n = out.len();
+        assert!(row.len() >= 2 * n + 1 + READ_AHEAD);
+        if n >= 16 {
+            for x in blocks(n, 16) {
+                // SAFETY: the loads read row[2x .. 2x + 34) with x ≤ n − 16, inside the
+                // asserted length; the store writes out[x .. x + 16) with x + 16 ≤ n.
+                unsafe {
+                    let here = vld2q_u8(row.as_ptr().add(2 * x));
+                    let next = vld2q_u8(row.as_ptr().add(2 * x + 2));
+                    let max = max16::<SIGNED>(max16::<SIGNED>(here.0, here.1), next.0);
+                    vst1q_u8(out.as_mut_ptr().add(x), max);
+                }
+            }
+        } else if n >= 8 {
+            for x in blocks(n, 8) {
+                // SAFETY: as above with eight lanes: row[2x .. 2x + 18), out[x .. x + 8).
+                unsafe {
+                    let here = vld2_u8(row.as_ptr().add(2 * x));
+                    let next = vld2_u8(row.as_ptr().add(2 * x + 2));
+                    let max = max8::<SIGNED>(max8::<SIGNED>(here.0, here.1), next.0);
+                    vst1_u8(out.as_mut_ptr().add(x), max);
+                }
+            }
+        } else {
+            for (x, o) in out.iter_mut().enumerate() {
+                let flip = if SIGNED { 0x80 } else { 0 };
+                let [a, b, c] = [row[2 * x], row[2 * x + 1], row[2 * x + 2]].map(|v| v ^ flip);
+                *o = a.max(b).max(c) ^ flip;
+            }
+        }
     }
 }
 
@@ -363,13 +443,16 @@ mod tests {
 
     #[test]
     fn pools_quantized_integers_as_tract_does() {
-        // Wide enough for a block of sixteen outputs and a tail (NEON, on aarch64).
-        let input = random_nchw([1, 8, 13, 55], 7);
+        // Rows with blocks of sixteen outputs and an overlapping last one, of eight, of
+        // fewer, and too narrow for NEON (its paths on aarch64).
         let qp = QParams::ZpScale {
             zero_point: 3,
             scale: 0.05,
         };
-        for dt in [u8::datum_type().quantize(qp), i8::datum_type().quantize(qp)] {
+        let shapes = [[1, 8, 13, 55], [2, 5, 27, 27], [1, 3, 9, 17], [1, 2, 5, 16], [1, 2, 7, 12]];
+        let types = [u8::datum_type().quantize(qp), i8::datum_type().quantize(qp)];
+        for (shape, dt) in shapes.into_iter().flat_map(|s| types.map(|t| (s, t))) {
+            let input = random_nchw(shape, 7);
             let quantized = input.cast_to_dt(dt).unwrap().into_owned();
             let reference = run(tracts(&quantized, 3, 2, PaddingSpec::Valid), &quantized);
             for isa in PoolIsa::available() {
@@ -377,7 +460,7 @@ mod tests {
                 assert_eq!(install(&mut model, isa).unwrap().replaced, 1);
                 let ours = run(model, &quantized);
                 assert_eq!(ours.datum_type(), dt);
-                assert_eq!(ours, reference, "{dt:?} {isa:?}");
+                assert_eq!(ours, reference, "{shape:?} {dt:?} {isa:?}");
             }
         }
     }

@@ -160,6 +160,22 @@ impl Panels {
         let packed = self.blob.as_bytes_mut();
         let (full, at) = (mn / r, block * 4 * r);
         match r {
+            4 => {
+                // Four-lane panels sixteen lanes at a time: one SIMD interleave for four
+                // panels' slots, then copied to each.
+                let mut p = 0;
+                while p + 4 <= full {
+                    let mut lanes = [0u8; 64];
+                    interleave4(rows, p * 4, &mut lanes);
+                    for (i, slot) in lanes.chunks_exact(16).enumerate() {
+                        packed[(p + i) * panel_len + at..][..16].copy_from_slice(slot);
+                    }
+                    p += 4;
+                }
+                for p in p..full {
+                    interleave4(rows, p * 4, &mut packed[p * panel_len + at..][..16]);
+                }
+            }
             8 => full_panels::<8>(rows, packed, panel_len, at, full),
             16 => full_panels::<16>(rows, packed, panel_len, at, full),
             _ => {
@@ -191,6 +207,7 @@ impl Panels {
         let packed = self.blob.as_bytes_mut();
         let at = kk * r;
         match r {
+            4 => scatter::<4>(row, packed, panel_len, at),
             8 => scatter::<8>(row, packed, panel_len, at),
             16 => scatter::<16>(row, packed, panel_len, at),
             _ => {
@@ -528,7 +545,7 @@ mod tests {
             (vec![2, 7, 40], 1),
         ] {
             let input = random_bytes(&shape, shape.len() as u64);
-            for r in [8, 16] {
+            for r in [4, 8, 16] {
                 let formats = [
                     Packing::K4(PackedI8K4::new(r)),
                     Packing::Plain(PackedFormat::new(DatumType::I8, r, 16)),

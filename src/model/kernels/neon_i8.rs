@@ -1,0 +1,609 @@
+//! iscamd's int8 matrix kernel for aarch64 cores without the dot-product instructions
+//! (Cortex-A72 of a Raspberry Pi 4, A53, A55 without them).
+//!
+//! tract's kernel for them (`arm64simd_mmm_i32_8x8`) widens every byte to 16 bits and
+//! multiplies one of A by four of B per `smlal`: 3.2 multiply-adds per instruction in its
+//! inner loop, which made an int8 SqueezeNet pass take more instructions than the f32 one on
+//! an emulated A72 (docs/benchmarks.md, "ARM"). This one multiplies eight bytes by eight per
+//! instruction (`smull`, `smlal2`), adds the products of two K-blocks in 16 bits and only
+//! then widens them into the 32-bit sums (`sadalp`) — the scheme of gemmlowp's and ONNX
+//! Runtime's NEON kernels: about 4.5 multiply-adds per instruction.
+//!
+//! Both operands keep tract's K=4-interleaved layout (`PackedI8K4`): B's four columns of a
+//! block are rotated (`ext`) so that one `smull` meets every row with every column. Two
+//! products of −128 × −128 overflow a 16-bit sum, so blocks are summed in pairs only over
+//! panels of A without a −128 — weights from symmetric quantizers have none — which A's
+//! packer ([`PairedA`]) records in each panel's header; other panels take one block at a
+//! time. The kernel computes the products; every other step fused into a tile (bias, zero
+//! points, requantisation, the store) runs tract's own generic kernel on each half of it, so
+//! those steps are tract's to the bit.
+//!
+//! Never in tract's ladder: iscamd measures it against tract's kernels as one more candidate
+//! ([`TIER`]), per model, and runs it where it was faster.
+
+use std::arch::aarch64::*;
+use std::sync::LazyLock;
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::tract_linalg::mmm::{
+    DynKernel, EagerPackedInput, FusedKerSpec, MMMInputFormat, MMMInputValue, OutputStoreKer,
+    PackedExoticFact, PackedMatrixStorage, RoundingPolicy,
+};
+use tract_onnx::tract_core::tract_linalg::pack::{PackedI8K4, Packing};
+use tract_onnx::tract_core::tract_linalg::{self, WeightType};
+
+/// The tier iscamd asks for this kernel.
+pub const TIER: &str = "iscamd-neon-i8";
+
+/// The kernel's name in tract's registry.
+const NAME: &str = "iscamd_neon_mmm_i32_8x4";
+
+/// Rows of A per tile (and per panel of A), columns of B.
+const MR: usize = 8;
+const NR: usize = 4;
+
+/// Bytes before each panel of A: the first says whether the panel may sum block pairs.
+const HEADER: usize = 16;
+
+static KERNEL: LazyLock<DynKernel<MR, NR, i32>> = LazyLock::new(|| {
+    let mut kernel = DynKernel::<MR, NR, i32>::new(NAME, kernel, i32::packing(MR), i32::packing(NR))
+        .with_packing(PairedA, PackedI8K4::new(NR))
+        .with_store::<i8>();
+    kernel.arch = Some(tract_linalg::isa::Arch::Aarch64);
+    // Below tract's own kernels wherever tract ranks the suitable ones itself.
+    kernel.boost = || -1000;
+    kernel
+});
+
+/// The index of (`PairedA`, `PackedI8K4`) in the kernel's packings (0 is `new`'s i32 pair).
+const PACKING: usize = 1;
+
+inventory::submit! {
+    tract_linalg::mmm_routines::MmmRoutine { make: || KERNEL.mmm() }
+}
+
+inventory::submit! {
+    tract_linalg::mmm_tiers::MmmTier {
+        arch: Some(tract_linalg::isa::Arch::Aarch64),
+        // Unused by tract's aarch64 tiers (1–8); never in its ladder anyway (`applies`).
+        precedence: 9,
+        name: TIER,
+        applies: |_| false,
+        preferred: |_, accumulator, query, _| {
+            let bytes = query.weight == WeightType::Plain(DatumType::I8)
+                && query.activation.unquantized() == DatumType::I8;
+            // A product with one column is tract's matrix-vector kernel's.
+            (accumulator == DatumType::I32 && bytes && query.n != Some(1)).then_some(NAME)
+        },
+    }
+}
+
+/// A tile of C: row r's four columns in `[r]`.
+type Tile = [int32x4_t; MR];
+
+/// Runs a tile's steps, the common ones here with NEON; the others (leaky ReLU, shifts,
+/// adding another matrix, rescaling with a rounding other than tract's ONNX one) on
+/// tract's generic kernel. Returns 0, or tract's error code of the step that failed.
+unsafe fn kernel(specs: &[FusedKerSpec<i32>]) -> isize {
+    use FusedKerSpec as S;
+    // SAFETY (whole body): tract's steps for one tile, their pointers to MR rows, NR
+    // columns, or a tile's stores, as its kernels receive them; NEON is aarch64's baseline.
+    unsafe {
+        let mut tile: Tile = [vdupq_n_s32(0); MR];
+        for spec in specs {
+            match *spec {
+                S::Done => return 0,
+                S::Clear => tile = [vdupq_n_s32(0); MR],
+                S::LoadTile(col_major, _) => {
+                    each(&mut tile, |_, r| {
+                        let row: [i32; NR] = std::array::from_fn(|c| *col_major.add(c * MR + r));
+                        vld1q_s32(row.as_ptr())
+                    })
+                }
+                S::AddMatMul { k, pa, pb, packing } => {
+                    if packing != PACKING {
+                        return 1;
+                    }
+                    add_mat_mul(&mut tile, k, pa, pb);
+                }
+                S::ScalarMin(x) => each(&mut tile, |v, _| vminq_s32(v, vdupq_n_s32(x))),
+                S::ScalarMax(x) => each(&mut tile, |v, _| vmaxq_s32(v, vdupq_n_s32(x))),
+                S::ScalarAdd(x) => each(&mut tile, |v, _| vaddq_s32(v, vdupq_n_s32(x))),
+                S::ScalarMul(x) => each(&mut tile, |v, _| vmulq_s32(v, vdupq_n_s32(x))),
+                S::ScalarSub(x) => each(&mut tile, |v, _| vsubq_s32(vdupq_n_s32(x), v)),
+                S::ScalarSubF(x) => each(&mut tile, |v, _| vsubq_s32(v, vdupq_n_s32(x))),
+                S::PerRowMin(p) => each(&mut tile, |v, r| vminq_s32(v, vdupq_n_s32(*p.add(r)))),
+                S::PerRowMax(p) => each(&mut tile, |v, r| vmaxq_s32(v, vdupq_n_s32(*p.add(r)))),
+                S::PerRowAdd(p) => each(&mut tile, |v, r| vaddq_s32(v, vdupq_n_s32(*p.add(r)))),
+                S::PerRowMul(p) => each(&mut tile, |v, r| vmulq_n_s32(v, *p.add(r))),
+                S::PerRowSub(p) => each(&mut tile, |v, r| vsubq_s32(vdupq_n_s32(*p.add(r)), v)),
+                S::PerRowSubF(p) => each(&mut tile, |v, r| vsubq_s32(v, vdupq_n_s32(*p.add(r)))),
+                S::PerColMin(p) => {
+                    let c = vld1q_s32(p);
+                    each(&mut tile, |v, _| vminq_s32(v, c))
+                }
+                S::PerColMax(p) => {
+                    let c = vld1q_s32(p);
+                    each(&mut tile, |v, _| vmaxq_s32(v, c))
+                }
+                S::PerColAdd(p) => {
+                    let c = vld1q_s32(p);
+                    each(&mut tile, |v, _| vaddq_s32(v, c))
+                }
+                S::PerColMul(p) => {
+                    let c = vld1q_s32(p);
+                    each(&mut tile, |v, _| vmulq_s32(v, c))
+                }
+                S::PerColSub(p) => {
+                    let c = vld1q_s32(p);
+                    each(&mut tile, |v, _| vsubq_s32(c, v))
+                }
+                S::PerColSubF(p) => {
+                    let c = vld1q_s32(p);
+                    each(&mut tile, |v, _| vsubq_s32(v, c))
+                }
+                S::AddRowColProducts(rows, cols) => {
+                    let c = vld1q_s32(cols);
+                    each(&mut tile, |v, r| vmlaq_n_s32(v, c, *rows.add(r)))
+                }
+                S::QScale(shift, RoundingPolicy::Even, mult) => {
+                    each(&mut tile, |v, _| scale_even(v, shift, mult))
+                }
+                S::Store(store) if [1, 4].contains(&store.item_size) => store_tile(&tile, store),
+                other => {
+                    let err = on_generic_kernel(&mut tile, other);
+                    if err != 0 {
+                        return err;
+                    }
+                }
+            }
+        }
+        0
+    }
+}
+
+/// `row = f(row, r)` for every row `r` of the tile.
+#[inline(always)]
+fn each(tile: &mut Tile, f: impl Fn(int32x4_t, usize) -> int32x4_t) {
+    for (r, row) in tile.iter_mut().enumerate() {
+        *row = f(*row, r);
+    }
+}
+
+/// tract's `QScale` with round-half-to-even (its rounding for ONNX models): `v · mult ·
+/// 2^-(31 + shift)` computed exactly in 64 bits, as its generic kernel does.
+#[inline(always)]
+unsafe fn scale_even(v: int32x4_t, shift: isize, mult: i32) -> int32x4_t {
+    // SAFETY: NEON is part of aarch64's baseline.
+    unsafe {
+        let m = vdup_n_s32(mult);
+        let (low, high) = (vmull_s32(vget_low_s32(v), m), vmull_high_s32(v, vdupq_n_s32(mult)));
+        let s = shift + 31;
+        let round = |p: int64x2_t| -> int32x2_t {
+            if s <= 0 {
+                return vmovn_s64(vshlq_s64(p, vdupq_n_s64(-s as i64)));
+            }
+            // |p| + half − 1 + (bit s of |p|), shifted: ties go to the even neighbour.
+            let right = vdupq_n_s64(-s as i64);
+            let a = vabsq_s64(p);
+            let odd = vandq_s64(vshlq_s64(a, right), vdupq_n_s64(1));
+            let nudged = vaddq_s64(vaddq_s64(a, vdupq_n_s64((1i64 << (s - 1)) - 1)), odd);
+            let r = vshlq_s64(nudged, right);
+            vmovn_s64(vbslq_s64(vcltzq_s64(p), vnegq_s64(r), r))
+        };
+        vcombine_s32(round(low), round(high))
+    }
+}
+
+/// Stores the tile's 32- or 8-bit values (the low byte, as tract's kernels store them)
+/// where `store` says: a row's four at once when they are contiguous.
+#[inline(always)]
+unsafe fn store_tile(tile: &Tile, store: OutputStoreKer) {
+    // SAFETY: tract's store of MR × NR items of `item_size` bytes at these strides.
+    unsafe {
+        let contiguous = store.col_byte_stride == store.item_size as isize;
+        for (r, &row) in tile.iter().enumerate() {
+            let at = store.ptr.offset(store.row_byte_stride * r as isize);
+            match (store.item_size, contiguous) {
+                (4, true) => vst1q_s32(at.cast(), row),
+                (1, true) => {
+                    let bytes = vmovn_s16(vcombine_s16(vmovn_s32(row), vdup_n_s16(0)));
+                    vst1_lane_s32::<0>(at.cast(), vreinterpret_s32_s8(bytes));
+                }
+                (size, _) => {
+                    let mut values = [0i32; NR];
+                    vst1q_s32(values.as_mut_ptr(), row);
+                    for (c, v) in values.into_iter().enumerate() {
+                        let to = at.offset(store.col_byte_stride * c as isize);
+                        match size {
+                            4 => to.cast::<i32>().write_unaligned(v),
+                            _ => *to = v as u8,
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Runs `step` on `tile` with tract's generic 4×4 kernel, four rows at a time: each half
+/// loaded into it, the step's row pointers moved to that half, and the result stored back.
+unsafe fn on_generic_kernel(tile: &mut Tile, step: FusedKerSpec<i32>) -> isize {
+    let generic = &*tract_linalg::generic::mmm::generic_i32_4x4;
+    for half in 0..MR / 4 {
+        let rows = &mut tile[half * 4..][..4];
+        let mut values = [0i32; 16];
+        // SAFETY (block): NEON stores and loads of four rows of four i32 each; the step's
+        // pointers moved by at most MR − 4 rows inside their tile; a step list of the
+        // generic kernel's own tile and kinds, ending in Done.
+        unsafe {
+            for (r, row) in rows.iter().enumerate() {
+                let mut four = [0i32; NR];
+                vst1q_s32(four.as_mut_ptr(), *row);
+                for (c, v) in four.into_iter().enumerate() {
+                    values[c * 4 + r] = v;
+                }
+            }
+            let at = values.as_mut_ptr();
+            let tile_store = OutputStoreKer {
+                ptr: at.cast(),
+                row_byte_stride: 4,
+                col_byte_stride: 16,
+                item_size: 4,
+            };
+            let list = [
+                FusedKerSpec::LoadTile(at, std::ptr::null()),
+                for_rows(step, half * 4),
+                FusedKerSpec::Store(tile_store),
+                FusedKerSpec::Done,
+            ];
+            let err = (generic.kernel)(&list);
+            if err != 0 {
+                return err;
+            }
+            for (r, row) in rows.iter_mut().enumerate() {
+                let four: [i32; NR] = std::array::from_fn(|c| values[c * 4 + r]);
+                *row = vld1q_s32(four.as_ptr());
+            }
+        }
+    }
+    0
+}
+
+/// `step` for the four rows of the tile that start at row `first`.
+fn for_rows(step: FusedKerSpec<i32>, first: usize) -> FusedKerSpec<i32> {
+    use FusedKerSpec as S;
+    let moved = |store: OutputStoreKer| OutputStoreKer {
+        ptr: store
+            .ptr
+            .wrapping_offset(store.row_byte_stride * first as isize),
+        ..store
+    };
+    match step {
+        S::PerRowMin(p) => S::PerRowMin(p.wrapping_add(first)),
+        S::PerRowMax(p) => S::PerRowMax(p.wrapping_add(first)),
+        S::PerRowAdd(p) => S::PerRowAdd(p.wrapping_add(first)),
+        S::PerRowMul(p) => S::PerRowMul(p.wrapping_add(first)),
+        S::PerRowSub(p) => S::PerRowSub(p.wrapping_add(first)),
+        S::PerRowSubF(p) => S::PerRowSubF(p.wrapping_add(first)),
+        S::AddRowColProducts(rows, cols) => S::AddRowColProducts(rows.wrapping_add(first), cols),
+        S::AddUnicast(store) => S::AddUnicast(moved(store)),
+        S::Store(store) => S::Store(moved(store)),
+        other => other,
+    }
+}
+
+/// `tile += A·B` over `k`, A's panel at `pa` (header first), B's at `pb`.
+#[inline(never)]
+unsafe fn add_mat_mul(tile: &mut Tile, k: usize, pa: *const u8, pb: *const u8) {
+    // acc[s][h]: rotation s of B, rows 4h..4h+4 of A; [0] rows 4h, 4h+1, [1] 4h+2, 4h+3,
+    // two 32-bit partial sums per (row, column).
+    let zero = vdupq_n_s32(0);
+    let mut acc = [[[zero; 2]; 2]; 4];
+    let mut blocks = k.div_ceil(4);
+    // SAFETY (whole body): the panels hold `blocks` blocks of 32 (A) and 16 (B) bytes.
+    unsafe {
+        let pairs = *pa == 1;
+        let mut a = pa.add(HEADER).cast::<i8>();
+        let mut b = pb.cast::<i8>();
+        if pairs {
+            while blocks >= 2 {
+                let a4 = vld1q_s8_x4(a);
+                let b2 = vld1q_s8_x2(b);
+                let (a0, a1) = ([a4.0, a4.1], [a4.2, a4.3]);
+                pair::<0>(&mut acc[0], a0, a1, b2.0, b2.1);
+                pair::<4>(&mut acc[1], a0, a1, b2.0, b2.1);
+                pair::<8>(&mut acc[2], a0, a1, b2.0, b2.1);
+                pair::<12>(&mut acc[3], a0, a1, b2.0, b2.1);
+                a = a.add(2 * 4 * MR);
+                b = b.add(2 * 4 * NR);
+                blocks -= 2;
+            }
+        }
+        while blocks > 0 {
+            let a2 = vld1q_s8_x2(a);
+            let b1 = vld1q_s8(b);
+            let a0 = [a2.0, a2.1];
+            single::<0>(&mut acc[0], a0, b1);
+            single::<4>(&mut acc[1], a0, b1);
+            single::<8>(&mut acc[2], a0, b1);
+            single::<12>(&mut acc[3], a0, b1);
+            a = a.add(4 * MR);
+            b = b.add(4 * NR);
+            blocks -= 1;
+        }
+        for h in 0..2 {
+            // Diagonal s: lane i is row 4h + i, column (i + s) mod 4.
+            let [d0, d1, d2, d3] = [0, 1, 2, 3].map(|s| vpaddq_s32(acc[s][h][0], acc[s][h][1]));
+            // Transposed, row i holds its columns i, i + 1, … (mod 4): rotated into place.
+            let (t01, t23) = (vtrnq_s32(d0, d1), vtrnq_s32(d2, d3));
+            let rows = [
+                vcombine_s32(vget_low_s32(t01.0), vget_low_s32(t23.0)),
+                vcombine_s32(vget_low_s32(t01.1), vget_low_s32(t23.1)),
+                vcombine_s32(vget_high_s32(t01.0), vget_high_s32(t23.0)),
+                vcombine_s32(vget_high_s32(t01.1), vget_high_s32(t23.1)),
+            ];
+            let rows = [
+                rows[0],
+                vextq_s32::<3>(rows[1], rows[1]),
+                vextq_s32::<2>(rows[2], rows[2]),
+                vextq_s32::<1>(rows[3], rows[3]),
+            ];
+            for (i, row) in rows.into_iter().enumerate() {
+                tile[4 * h + i] = vaddq_s32(tile[4 * h + i], row);
+            }
+        }
+    }
+}
+
+/// Two K-blocks with B rotated by `SHIFT` bytes: A's blocks `a0`, `a1` (rows 0–3, 4–7),
+/// B's `b0`, `b1`; each product of block 0 summed with block 1's in 16 bits.
+#[inline(always)]
+unsafe fn pair<const SHIFT: i32>(
+    acc: &mut [[int32x4_t; 2]; 2],
+    a0: [int8x16_t; 2],
+    a1: [int8x16_t; 2],
+    b0: int8x16_t,
+    b1: int8x16_t,
+) {
+    // SAFETY: NEON is part of aarch64's baseline.
+    unsafe {
+        let (b0, b1) = (vextq_s8::<SHIFT>(b0, b0), vextq_s8::<SHIFT>(b1, b1));
+        for h in 0..2 {
+            let (x0, x1) = (a0[h], a1[h]);
+            let low = vmull_s8(vget_low_s8(x0), vget_low_s8(b0));
+            let low = vmlal_s8(low, vget_low_s8(x1), vget_low_s8(b1));
+            let high = vmlal_high_s8(vmull_high_s8(x0, b0), x1, b1);
+            acc[h][0] = vpadalq_s16(acc[h][0], low);
+            acc[h][1] = vpadalq_s16(acc[h][1], high);
+        }
+    }
+}
+
+/// One K-block with B rotated by `SHIFT` bytes.
+#[inline(always)]
+unsafe fn single<const SHIFT: i32>(
+    acc: &mut [[int32x4_t; 2]; 2],
+    a: [int8x16_t; 2],
+    b: int8x16_t,
+) {
+    // SAFETY: NEON is part of aarch64's baseline.
+    unsafe {
+        let b = vextq_s8::<SHIFT>(b, b);
+        for h in 0..2 {
+            let low = vmull_s8(vget_low_s8(a[h]), vget_low_s8(b));
+            let high = vmull_high_s8(a[h], b);
+            acc[h][0] = vpadalq_s16(acc[h][0], low);
+            acc[h][1] = vpadalq_s16(acc[h][1], high);
+        }
+    }
+}
+
+/// A's packing: tract's `PackedI8K4` layout of MR rows, each panel after a [`HEADER`]
+/// whose first byte is 1 when the panel holds no −128.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct PairedA;
+
+impl PairedA {
+    fn panel_bytes(k: usize) -> usize {
+        HEADER + k.div_ceil(4) * 4 * MR
+    }
+}
+
+impl std::fmt::Display for PairedA {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "I8K4+pairs[{MR}]")
+    }
+}
+
+impl MMMInputFormat for PairedA {
+    fn prepare_tensor(&self, t: &Tensor, k_axis: usize, mn_axis: usize) -> TractResult<Tensor> {
+        Ok(PackedMatrixStorage::new(self.prepare_one(t, k_axis, mn_axis)?)
+            .into_tensor(t.datum_type()))
+    }
+
+    fn prepare_one_view(
+        &self,
+        t: &TensorView,
+        k_axis: usize,
+        mn_axis: usize,
+    ) -> TractResult<Box<dyn MMMInputValue>> {
+        ensure!(k_axis != mn_axis, "k and mn axes are both {k_axis}");
+        ensure!(t.datum_type().size_of() == 1, "{self} packs bytes, not {:?}", t.datum_type());
+        let (k, mn) = (t.shape()[k_axis], t.shape()[mn_axis]);
+        let (ks, ms) = (t.strides()[k_axis], t.strides()[mn_axis]);
+        let panel_bytes = Self::panel_bytes(k);
+        let panels = mn.div_ceil(MR);
+        // SAFETY: a fresh blob, written whole by the fill before it is read.
+        let mut blob = unsafe { Blob::new_for_size_and_align(panels * panel_bytes, 16) };
+        let bytes = blob.as_bytes_mut();
+        bytes.fill(0);
+        // SAFETY: the view's elements are bytes (checked) at these strides.
+        let src = unsafe { t.as_ptr_unchecked::<i8>() };
+        for (p, panel) in bytes.chunks_exact_mut(panel_bytes).enumerate() {
+            let (header, body) = panel.split_at_mut(HEADER);
+            let mut pairs = true;
+            for m in 0..MR.min(mn - p * MR) {
+                for kk in 0..k {
+                    let at = ((p * MR + m) as isize) * ms + (kk as isize) * ks;
+                    // SAFETY: m < mn and kk < k: inside the view.
+                    let v = unsafe { *src.offset(at) };
+                    pairs &= v != i8::MIN;
+                    body[(kk / 4) * 4 * MR + m * 4 + kk % 4] = v as u8;
+                }
+            }
+            header[0] = pairs as u8;
+        }
+        Ok(Box::new(EagerPackedInput {
+            fact: PackedExoticFact {
+                format: Box::new(self.clone()),
+                mn: mn.to_dim(),
+                k,
+            },
+            packed: blob.into(),
+            panel_bytes,
+            mn,
+        }))
+    }
+
+    fn precursor(&self) -> WeightType {
+        WeightType::Plain(DatumType::I8)
+    }
+
+    fn r(&self) -> usize {
+        MR
+    }
+
+    fn k_alignment(&self) -> usize {
+        4
+    }
+
+    fn merge_with<'o, 'a: 'o, 'b: 'o>(
+        &'a self,
+        other: &'b dyn MMMInputFormat,
+    ) -> Option<&'o dyn MMMInputFormat> {
+        other.downcast_ref::<PairedA>().map(|_| self as _)
+    }
+
+    fn mem_size(&self, k: TDim, mn: TDim) -> TDim {
+        mn.divceil(MR) * Self::panel_bytes(k.to_usize().unwrap_or(0))
+    }
+
+    fn extract_at_mn_f16(&self, _: &EagerPackedInput, _: usize, _: &mut [f16]) -> TractResult<()> {
+        bail!("{self} has no f16 extraction")
+    }
+
+    fn extract_at_mn_f32(&self, _: &EagerPackedInput, _: usize, _: &mut [f32]) -> TractResult<()> {
+        bail!("{self} has no f32 extraction")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::kernels::{optimising_with, Candidate, Choice, Policy};
+    use tract_onnx::tract_core::ops::{cast::cast, einsum::EinSum, math, quant::scale};
+    use std::sync::Arc;
+    use tract_onnx::tract_core::ops::binary::TypedBinOp;
+    use tract_onnx::tract_core::ops::matmul::optimized::OptMatMul;
+
+    const M: usize = 19;
+    const K: usize = 41;
+    const N: usize = 23;
+
+    /// `W·x + bias`, then, with `requantise`, scaled, clamped and cast to bytes as a
+    /// per-tensor int8 convolution ends: what tract fuses into the kernel's tile.
+    fn model(w: &Tensor, requantise: bool) -> TypedModel {
+        let mut model = TypedModel::default();
+        let x = model.add_source("x", i8::datum_type().fact([K, N])).unwrap();
+        let w = model.add_const("w", w.clone()).unwrap();
+        let axes: AxesMapping = "mk,kn->mn".parse().unwrap();
+        let op = EinSum::new(axes, i32::datum_type());
+        let mut c = model.wire_node("matmul", op, &[w, x]).unwrap()[0];
+        let bias: Vec<i32> = (0..M as i32).map(|i| 1000 * i - 9000).collect();
+        let bias = tract_ndarray::Array2::from_shape_vec((M, 1), bias).unwrap();
+        let bias = model.add_const("bias", bias.into_tensor()).unwrap();
+        c = model.wire_node("add", math::add(), &[c, bias]).unwrap()[0];
+        if requantise {
+            let mut wire = |name: &str, op: TypedBinOp, operand: Tensor| {
+                let operand = model.add_const(format!("{name}.k"), operand).unwrap();
+                let inputs = match name {
+                    "scale" => [operand, c],
+                    _ => [c, operand],
+                };
+                c = model.wire_node(name, op, &inputs).unwrap()[0];
+            };
+            wire("scale", scale(), tensor2(&[[0.0007f32]]));
+            wire("max", math::max(), tensor2(&[[-128i32]]));
+            wire("min", math::min(), tensor2(&[[127i32]]));
+            c = model.wire_node("cast", cast(i8::datum_type()), &[c]).unwrap()[0];
+        }
+        model.select_output_outlets(&[c]).unwrap();
+        model
+    }
+
+    /// The model's plan with this kernel, checked to run it, and tract's own plan.
+    fn plans(model: TypedModel) -> (Arc<TypedRunnableModel>, Arc<TypedRunnableModel>) {
+        let ours = Candidate { tier: TIER, widest: false };
+        let choice = Choice::default().with(DatumType::I32, Some(ours));
+        let (optimised, _) = optimising_with(Policy::Tuned, choice, || model.clone().into_optimized());
+        let optimised = optimised.unwrap();
+        let runs_ours = optimised.nodes.iter().any(|node| {
+            node.op_as::<OptMatMul>().is_some_and(|op| op.mmm.iter().any(|k| k.name() == NAME))
+        });
+        assert!(runs_ours, "the plan does not run {NAME}:\n{optimised}");
+        let tracts = model.into_optimized().unwrap();
+        (optimised.into_runnable().unwrap(), tracts.into_runnable().unwrap())
+    }
+
+    fn bytes(shape: [usize; 2], seed: u64, low: i8) -> Tensor {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let values = (0..shape[0] * shape[1]).map(|_| rng.random_range(low..=i8::MAX)).collect();
+        tract_ndarray::Array2::from_shape_vec(shape, values).unwrap().into_tensor()
+    }
+
+    fn run(plan: &Arc<TypedRunnableModel>, x: &Tensor) -> Tensor {
+        plan.run(tvec!(x.clone().into_tvalue())).unwrap().remove(0).into_tensor()
+    }
+
+    /// `W·x + bias` computed plainly.
+    fn product(w: &Tensor, x: &Tensor) -> Tensor {
+        let (w, x) = (w.to_plain_array_view::<i8>().unwrap(), x.to_plain_array_view::<i8>().unwrap());
+        let c = tract_ndarray::Array2::from_shape_fn((M, N), |(m, n)| {
+            let dot: i32 = (0..K).map(|k| w[[m, k]] as i32 * x[[k, n]] as i32).sum();
+            dot + 1000 * m as i32 - 9000
+        });
+        c.into_tensor()
+    }
+
+    #[test]
+    fn products_and_fused_steps_equal_tracts() {
+        // Weights without −128 (every panel sums block pairs), then with −128 in the second
+        // panel only (rows 8–15: one block at a time there); M, K, N not multiples of the
+        // tile (8 × 4) or of a block pair (K = 41: ten blocks and one).
+        let x = bytes([K, N], 1, i8::MIN);
+        let clean = bytes([M, K], 2, -127);
+        let mut mixed = clean.clone();
+        mixed.to_plain_array_view_mut::<i8>().unwrap()[[9, 3]] = i8::MIN;
+        for (name, w) in [("pairs", &clean), ("mixed", &mixed)] {
+            let (ours, tracts) = plans(model(w, false));
+            let expected = product(w, &x);
+            assert_eq!(run(&tracts, &x), expected, "{name}: tract's own plan");
+            assert_eq!(run(&ours, &x), expected, "{name}");
+            let (ours, tracts) = plans(model(w, true));
+            assert_eq!(run(&ours, &x), run(&tracts, &x), "{name}, requantised");
+        }
+    }
+
+    #[test]
+    fn pairs_of_the_largest_products_do_not_overflow() {
+        // −127 × −128 twice is 32 512, the largest sum of two products a paired panel can
+        // hold in 16 bits.
+        let w = tract_ndarray::Array2::from_elem((M, K), -127i8).into_tensor();
+        let x = tract_ndarray::Array2::from_elem((K, N), i8::MIN).into_tensor();
+        let (ours, _) = plans(model(&w, false));
+        assert_eq!(run(&ours, &x), product(&w, &x));
+    }
+}
