@@ -117,7 +117,7 @@ INIT
     grep -a '^COUNT' "$out/$cpu.log" | tr -d '\r' | while read -r _ m backend pass frame; do
       row "$cpu" "$m" "$backend" "$pass" "$frame"
     done
-    grep -a '^PROFILE' "$out/$cpu.log" | tr -d '\r' | sed "s/^PROFILE /$cpu: /" >&2
+    { grep -a '^PROFILE' "$out/$cpu.log" || true; } | tr -d '\r' | sed "s/^PROFILE /$cpu: /" >&2
   done
 }
 

@@ -47,9 +47,10 @@ const NR: usize = 4;
 const HEADER: usize = 16;
 
 static KERNEL: LazyLock<DynKernel<MR, NR, i32>> = LazyLock::new(|| {
-    let mut kernel = DynKernel::<MR, NR, i32>::new(NAME, kernel, i32::packing(MR), i32::packing(NR))
-        .with_packing(PairedA, PackedI8K4::new(NR))
-        .with_store::<i8>();
+    let mut kernel =
+        DynKernel::<MR, NR, i32>::new(NAME, kernel, i32::packing(MR), i32::packing(NR))
+            .with_packing(PairedA, PackedI8K4::new(NR))
+            .with_store::<i8>();
     kernel.arch = Some(tract_linalg::isa::Arch::Aarch64);
     // Below tract's own kernels wherever tract ranks the suitable ones itself.
     kernel.boost = || -1000;
@@ -95,12 +96,10 @@ unsafe fn kernel(specs: &[FusedKerSpec<i32>]) -> isize {
             match *spec {
                 S::Done => return 0,
                 S::Clear => tile = [vdupq_n_s32(0); MR],
-                S::LoadTile(col_major, _) => {
-                    each(&mut tile, |_, r| {
-                        let row: [i32; NR] = std::array::from_fn(|c| *col_major.add(c * MR + r));
-                        vld1q_s32(row.as_ptr())
-                    })
-                }
+                S::LoadTile(col_major, _) => each(&mut tile, |_, r| {
+                    let row: [i32; NR] = std::array::from_fn(|c| *col_major.add(c * MR + r));
+                    vld1q_s32(row.as_ptr())
+                }),
                 S::AddMatMul { k, pa, pb, packing } => {
                     if packing != PACKING {
                         return 1;
@@ -178,7 +177,10 @@ unsafe fn scale_even(v: int32x4_t, shift: isize, mult: i32) -> int32x4_t {
     // SAFETY: NEON is part of aarch64's baseline.
     unsafe {
         let m = vdup_n_s32(mult);
-        let (low, high) = (vmull_s32(vget_low_s32(v), m), vmull_high_s32(v, vdupq_n_s32(mult)));
+        let (low, high) = (
+            vmull_s32(vget_low_s32(v), m),
+            vmull_high_s32(v, vdupq_n_s32(mult)),
+        );
         let s = shift + 31;
         let round = |p: int64x2_t| -> int32x2_t {
             if s <= 0 {
@@ -383,11 +385,7 @@ unsafe fn pair<const SHIFT: i32>(
 
 /// One K-block with B rotated by `SHIFT` bytes.
 #[inline(always)]
-unsafe fn single<const SHIFT: i32>(
-    acc: &mut [[int32x4_t; 2]; 2],
-    a: [int8x16_t; 2],
-    b: int8x16_t,
-) {
+unsafe fn single<const SHIFT: i32>(acc: &mut [[int32x4_t; 2]; 2], a: [int8x16_t; 2], b: int8x16_t) {
     // SAFETY: NEON is part of aarch64's baseline.
     unsafe {
         let b = vextq_s8::<SHIFT>(b, b);
@@ -419,8 +417,10 @@ impl std::fmt::Display for PairedA {
 
 impl MMMInputFormat for PairedA {
     fn prepare_tensor(&self, t: &Tensor, k_axis: usize, mn_axis: usize) -> TractResult<Tensor> {
-        Ok(PackedMatrixStorage::new(self.prepare_one(t, k_axis, mn_axis)?)
-            .into_tensor(t.datum_type()))
+        Ok(
+            PackedMatrixStorage::new(self.prepare_one(t, k_axis, mn_axis)?)
+                .into_tensor(t.datum_type()),
+        )
     }
 
     fn prepare_one_view(
@@ -430,7 +430,11 @@ impl MMMInputFormat for PairedA {
         mn_axis: usize,
     ) -> TractResult<Box<dyn MMMInputValue>> {
         ensure!(k_axis != mn_axis, "k and mn axes are both {k_axis}");
-        ensure!(t.datum_type().size_of() == 1, "{self} packs bytes, not {:?}", t.datum_type());
+        ensure!(
+            t.datum_type().size_of() == 1,
+            "{self} packs bytes, not {:?}",
+            t.datum_type()
+        );
         let (k, mn) = (t.shape()[k_axis], t.shape()[mn_axis]);
         let (ks, ms) = (t.strides()[k_axis], t.strides()[mn_axis]);
         let panel_bytes = Self::panel_bytes(k);
@@ -503,10 +507,10 @@ impl MMMInputFormat for PairedA {
 mod tests {
     use super::*;
     use crate::model::kernels::{optimising_with, Candidate, Choice, Policy};
-    use tract_onnx::tract_core::ops::{cast::cast, einsum::EinSum, math, quant::scale};
     use std::sync::Arc;
     use tract_onnx::tract_core::ops::binary::TypedBinOp;
     use tract_onnx::tract_core::ops::matmul::optimized::OptMatMul;
+    use tract_onnx::tract_core::ops::{cast::cast, einsum::EinSum, math, quant::scale};
 
     const M: usize = 19;
     const K: usize = 41;
@@ -516,7 +520,9 @@ mod tests {
     /// per-tensor int8 convolution ends: what tract fuses into the kernel's tile.
     fn model(w: &Tensor, requantise: bool) -> TypedModel {
         let mut model = TypedModel::default();
-        let x = model.add_source("x", i8::datum_type().fact([K, N])).unwrap();
+        let x = model
+            .add_source("x", i8::datum_type().fact([K, N]))
+            .unwrap();
         let w = model.add_const("w", w.clone()).unwrap();
         let axes: AxesMapping = "mk,kn->mn".parse().unwrap();
         let op = EinSum::new(axes, i32::datum_type());
@@ -537,7 +543,9 @@ mod tests {
             wire("scale", scale(), tensor2(&[[0.0007f32]]));
             wire("max", math::max(), tensor2(&[[-128i32]]));
             wire("min", math::min(), tensor2(&[[127i32]]));
-            c = model.wire_node("cast", cast(i8::datum_type()), &[c]).unwrap()[0];
+            c = model
+                .wire_node("cast", cast(i8::datum_type()), &[c])
+                .unwrap()[0];
         }
         model.select_output_outlets(&[c]).unwrap();
         model
@@ -545,32 +553,50 @@ mod tests {
 
     /// The model's plan with this kernel, checked to run it, and tract's own plan.
     fn plans(model: TypedModel) -> (Arc<TypedRunnableModel>, Arc<TypedRunnableModel>) {
-        let ours = Candidate { tier: TIER, widest: false };
+        let ours = Candidate {
+            tier: TIER,
+            widest: false,
+        };
         let choice = Choice::default().with(DatumType::I32, Some(ours));
-        let (optimised, _) = optimising_with(Policy::Tuned, choice, || model.clone().into_optimized());
+        let (optimised, _) =
+            optimising_with(Policy::Tuned, choice, || model.clone().into_optimized());
         let optimised = optimised.unwrap();
         let runs_ours = optimised.nodes.iter().any(|node| {
-            node.op_as::<OptMatMul>().is_some_and(|op| op.mmm.iter().any(|k| k.name() == NAME))
+            node.op_as::<OptMatMul>()
+                .is_some_and(|op| op.mmm.iter().any(|k| k.name() == NAME))
         });
         assert!(runs_ours, "the plan does not run {NAME}:\n{optimised}");
         let tracts = model.into_optimized().unwrap();
-        (optimised.into_runnable().unwrap(), tracts.into_runnable().unwrap())
+        (
+            optimised.into_runnable().unwrap(),
+            tracts.into_runnable().unwrap(),
+        )
     }
 
     fn bytes(shape: [usize; 2], seed: u64, low: i8) -> Tensor {
         use rand::{Rng, SeedableRng};
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let values = (0..shape[0] * shape[1]).map(|_| rng.random_range(low..=i8::MAX)).collect();
-        tract_ndarray::Array2::from_shape_vec(shape, values).unwrap().into_tensor()
+        let values = (0..shape[0] * shape[1])
+            .map(|_| rng.random_range(low..=i8::MAX))
+            .collect();
+        tract_ndarray::Array2::from_shape_vec(shape, values)
+            .unwrap()
+            .into_tensor()
     }
 
     fn run(plan: &Arc<TypedRunnableModel>, x: &Tensor) -> Tensor {
-        plan.run(tvec!(x.clone().into_tvalue())).unwrap().remove(0).into_tensor()
+        plan.run(tvec!(x.clone().into_tvalue()))
+            .unwrap()
+            .remove(0)
+            .into_tensor()
     }
 
     /// `W·x + bias` computed plainly.
     fn product(w: &Tensor, x: &Tensor) -> Tensor {
-        let (w, x) = (w.to_plain_array_view::<i8>().unwrap(), x.to_plain_array_view::<i8>().unwrap());
+        let (w, x) = (
+            w.to_plain_array_view::<i8>().unwrap(),
+            x.to_plain_array_view::<i8>().unwrap(),
+        );
         let c = tract_ndarray::Array2::from_shape_fn((M, N), |(m, n)| {
             let dot: i32 = (0..K).map(|k| w[[m, k]] as i32 * x[[k, n]] as i32).sum();
             dot + 1000 * m as i32 - 9000

@@ -15,11 +15,11 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
+#[cfg(target_arch = "aarch64")]
+use tract_onnx::tract_core::ops::quant::LookupTable;
 use tract_onnx::tract_core::ops::quant::{
     lookup_table, DequantizeLinearF32, QuantizeLinearI8, QuantizeLinearU8,
 };
-#[cfg(target_arch = "aarch64")]
-use tract_onnx::tract_core::ops::quant::LookupTable;
 use tract_onnx::tract_core::tract_linalg::lut::Lut;
 
 use super::swap::Swapped;
@@ -153,7 +153,9 @@ fn table(
 /// elsewhere.
 fn byte_table(table: &[u8]) -> TractResult<Box<dyn Lut>> {
     #[cfg(target_arch = "aarch64")]
-    return Ok(Box::new(NeonTable(table.try_into().context("a byte table has 256 entries")?)));
+    return Ok(Box::new(NeonTable(
+        table.try_into().context("a byte table has 256 entries")?,
+    )));
     #[cfg(not(target_arch = "aarch64"))]
     tract_linalg::routines::lut_u8(table)
 }
@@ -172,7 +174,12 @@ fn retable(model: &mut TypedModel) -> TractResult<Swapped> {
         };
         swapped.candidates += 1;
         let op = lookup_table(byte_table(lut.table.table())?);
-        let patch = TypedModelPatch::replace_single_op(model, &model.nodes[id], &model.nodes[id].inputs, op)?;
+        let patch = TypedModelPatch::replace_single_op(
+            model,
+            &model.nodes[id],
+            &model.nodes[id].inputs,
+            op,
+        )?;
         patch.apply(model)?;
         swapped.replaced += 1;
     }
@@ -248,7 +255,9 @@ mod tests {
     #[cfg(target_arch = "aarch64")]
     #[test]
     fn neon_looks_up_every_byte_as_the_table_says() {
-        let table: Vec<u8> = (0..=255u8).map(|b| b.wrapping_mul(167).wrapping_add(13)).collect();
+        let table: Vec<u8> = (0..=255u8)
+            .map(|b| b.wrapping_mul(167).wrapping_add(13))
+            .collect();
         let lut = byte_table(&table).unwrap();
         for len in [0, 5, 16, 256 + 16 + 7, 1000] {
             let bytes: Vec<u8> = (0..len).map(|i| (i * 7 % 256) as u8).collect();

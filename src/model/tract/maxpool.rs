@@ -241,7 +241,9 @@ mod neon {
         // SAFETY: NEON is part of aarch64's baseline.
         unsafe {
             match SIGNED {
-                true => vreinterpretq_u8_s8(vmaxq_s8(vreinterpretq_s8_u8(a), vreinterpretq_s8_u8(b))),
+                true => {
+                    vreinterpretq_u8_s8(vmaxq_s8(vreinterpretq_s8_u8(a), vreinterpretq_s8_u8(b)))
+                }
                 false => vmaxq_u8(a, b),
             }
         }
@@ -271,7 +273,10 @@ mod neon {
             // SAFETY: x + 16 ≤ n ≤ every slice's length, asserted above.
             unsafe {
                 let [a, b, c] = [a, b, c].map(|r| vld1q_u8(r.as_ptr().add(x)));
-                vst1q_u8(out.as_mut_ptr().add(x), max16::<SIGNED>(max16::<SIGNED>(a, b), c));
+                vst1q_u8(
+                    out.as_mut_ptr().add(x),
+                    max16::<SIGNED>(max16::<SIGNED>(a, b), c),
+                );
             }
         }
     }
@@ -449,7 +454,13 @@ mod tests {
             zero_point: 3,
             scale: 0.05,
         };
-        let shapes = [[1, 8, 13, 55], [2, 5, 27, 27], [1, 3, 9, 17], [1, 2, 5, 16], [1, 2, 7, 12]];
+        let shapes = [
+            [1, 8, 13, 55],
+            [2, 5, 27, 27],
+            [1, 3, 9, 17],
+            [1, 2, 5, 16],
+            [1, 2, 7, 12],
+        ];
         let types = [u8::datum_type().quantize(qp), i8::datum_type().quantize(qp)];
         for (shape, dt) in shapes.into_iter().flat_map(|s| types.map(|t| (s, t))) {
             let input = random_nchw(shape, 7);
