@@ -118,30 +118,12 @@ unsafe fn kernel(specs: &[FusedKerSpec<i32>]) -> isize {
                 S::PerRowMul(p) => each(&mut tile, |v, r| vmulq_n_s32(v, *p.add(r))),
                 S::PerRowSub(p) => each(&mut tile, |v, r| vsubq_s32(vdupq_n_s32(*p.add(r)), v)),
                 S::PerRowSubF(p) => each(&mut tile, |v, r| vsubq_s32(v, vdupq_n_s32(*p.add(r)))),
-                S::PerColMin(p) => {
-                    let c = vld1q_s32(p);
-                    each(&mut tile, |v, _| vminq_s32(v, c))
-                }
-                S::PerColMax(p) => {
-                    let c = vld1q_s32(p);
-                    each(&mut tile, |v, _| vmaxq_s32(v, c))
-                }
-                S::PerColAdd(p) => {
-                    let c = vld1q_s32(p);
-                    each(&mut tile, |v, _| vaddq_s32(v, c))
-                }
-                S::PerColMul(p) => {
-                    let c = vld1q_s32(p);
-                    each(&mut tile, |v, _| vmulq_s32(v, c))
-                }
-                S::PerColSub(p) => {
-                    let c = vld1q_s32(p);
-                    each(&mut tile, |v, _| vsubq_s32(c, v))
-                }
-                S::PerColSubF(p) => {
-                    let c = vld1q_s32(p);
-                    each(&mut tile, |v, _| vsubq_s32(v, c))
-                }
+                S::PerColMin(p) => per_col(&mut tile, p, |v, c| vminq_s32(v, c)),
+                S::PerColMax(p) => per_col(&mut tile, p, |v, c| vmaxq_s32(v, c)),
+                S::PerColAdd(p) => per_col(&mut tile, p, |v, c| vaddq_s32(v, c)),
+                S::PerColMul(p) => per_col(&mut tile, p, |v, c| vmulq_s32(v, c)),
+                S::PerColSub(p) => per_col(&mut tile, p, |v, c| vsubq_s32(c, v)),
+                S::PerColSubF(p) => per_col(&mut tile, p, |v, c| vsubq_s32(v, c)),
                 S::AddRowColProducts(rows, cols) => {
                     let c = vld1q_s32(cols);
                     each(&mut tile, |v, r| vmlaq_n_s32(v, c, *rows.add(r)))
@@ -160,6 +142,14 @@ unsafe fn kernel(specs: &[FusedKerSpec<i32>]) -> isize {
         }
         0
     }
+}
+
+/// `row = f(row, columns)` for every row of the tile, `columns` the NR values at `p`.
+#[inline(always)]
+unsafe fn per_col(tile: &mut Tile, p: *const i32, f: impl Fn(int32x4_t, int32x4_t) -> int32x4_t) {
+    // SAFETY: the caller's pointer to NR values; NEON is part of aarch64's baseline.
+    let columns = unsafe { vld1q_s32(p) };
+    each(tile, |v, _| f(v, columns));
 }
 
 /// `row = f(row, r)` for every row `r` of the tile.
