@@ -2,6 +2,7 @@
 //! a number of masked passes, checked before a map is started, and a wall time, past
 //! which a running map is abandoned.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::CamParams;
@@ -50,15 +51,20 @@ impl Budget {
         Deadline {
             at: Some(Instant::now() + self.max_time),
             max_time: self.max_time,
+            stop: None,
         }
     }
 }
 
+/// Whether a map must stop at once, whatever its time budget (the daemon stops).
+type Stop = Arc<dyn Fn() -> bool + Send + Sync>;
+
 /// The time by which a map must be done; checked between batches of masked passes.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone)]
 pub struct Deadline {
     at: Option<Instant>,
     max_time: Duration,
+    stop: Option<Stop>,
 }
 
 impl Deadline {
@@ -66,10 +72,26 @@ impl Deadline {
     pub const NONE: Deadline = Deadline {
         at: None,
         max_time: Duration::ZERO,
+        stop: None,
     };
+
+    /// Also abandons the map as soon as `stop` says so, so that a stopping daemon
+    /// answers whoever asked for it instead of waiting for the map.
+    pub fn or_when(self, stop: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        Deadline {
+            stop: Some(Arc::new(stop)),
+            ..self
+        }
+    }
 
     /// An error once the deadline has passed, saying how far the map got.
     pub(crate) fn check(&self, done: usize, total: usize) -> Result<()> {
+        if self.stop.as_ref().is_some_and(|stop| stop()) {
+            return Err(Error::Stage(format!(
+                "the daemon is stopping: the map was abandoned with {done} of {total} \
+                 masked passes done"
+            )));
+        }
         match self.at {
             Some(at) if Instant::now() > at => Err(Error::invalid(
                 "cam.max_time",

@@ -112,7 +112,8 @@ impl HeatmapWorker {
             }
             let pipeline = job.pipeline.clone();
             let (analysis, frame) = (job.analysis.clone(), job.frame);
-            let (outcome, reference) = compute(job);
+            let stopping = shutdown.clone();
+            let (outcome, reference) = compute(job, move || stopping.is_shutdown());
             let check = match &outcome {
                 Outcome::Map(ready) if health_due(&mut full_maps, &pipeline) => {
                     Some((ready.map.clone(), ready.class))
@@ -163,10 +164,13 @@ fn health_due(full_maps: &mut u64, pipeline: &Pipeline) -> bool {
 }
 
 /// One full map, and its weights when the job keeps them for live maps. A map still
-/// running after `[cam] max_time` is abandoned.
-fn compute(job: Job) -> (Outcome, Option<live::Reference>) {
+/// running after `[cam] max_time`, or when `stop` says so, is abandoned.
+fn compute(
+    job: Job,
+    stop: impl Fn() -> bool + Send + Sync + 'static,
+) -> (Outcome, Option<live::Reference>) {
     let pipeline = &job.pipeline;
-    let deadline: Deadline = pipeline.budget().deadline();
+    let deadline: Deadline = pipeline.budget().deadline().or_when(stop);
     let threads = pipeline.heatmap_threads;
     let classifier = &pipeline.classifier;
     match job

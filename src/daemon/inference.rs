@@ -96,6 +96,7 @@ impl Inference {
             self.take_reload()?;
             self.take_control()?;
             let Some(frame) = self.parts.frames.take(Duration::from_millis(200)) else {
+                self.explain_waiting_peak()?;
                 continue;
             };
             let _step = stats.inference_step();
@@ -337,6 +338,26 @@ impl Inference {
             }
             Decision::Live | Decision::Nothing => return Ok(()),
         };
+        self.hand_over(job, now)
+    }
+
+    /// While no frame comes, an ended episode's map (of its peak frame, which needs no
+    /// new one) goes to the CAM worker as soon as the worker is free.
+    fn explain_waiting_peak(&mut self) -> Result<()> {
+        let Some(request) = self.scheduler.take_frameless() else {
+            return Ok(());
+        };
+        let Asker::Event(ended) = &request.asker else {
+            self.scheduler.requeue(request);
+            return Ok(());
+        };
+        let (analysis, mark) = (ended.peak.clone(), ended.episode.peak);
+        let job = self.requested_job(request, analysis, mark);
+        self.hand_over(job, Instant::now())
+    }
+
+    /// Gives the CAM worker a job if it is free; a requested one waits again if not.
+    fn hand_over(&mut self, job: Job, now: Instant) -> Result<()> {
         let requested = job.asker.is_some();
         match self.parts.jobs.try_send(job) {
             Ok(()) if requested => self.scheduler.started_request(),

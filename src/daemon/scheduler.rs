@@ -157,6 +157,14 @@ impl Scheduler {
         self.requests.push_front(request);
     }
 
+    /// The first request that waits, when it needs no new frame: an episode's end, whose
+    /// map is of its peak frame. It goes while no frame comes (the source ended or
+    /// stalls), so that an end never waits for a frame.
+    pub fn take_frameless(&mut self) -> Option<Request> {
+        let frameless = matches!(self.requests.front()?.asker, Asker::Event(_));
+        frameless.then(|| self.requests.pop_front()).flatten()
+    }
+
     /// Takes the requests that wait (the daemon stops).
     pub fn take_requests(&mut self) -> Vec<Request> {
         self.requests.drain(..).collect()

@@ -78,6 +78,39 @@ fn maps_over_the_budget_are_refused_or_abandoned_and_the_next_one_runs() {
     assert!(daemon.terminate().success());
 }
 
+/// A map far longer than the daemon's stop grace, in flight when SIGTERM comes: abandoned
+/// at once, its command answered, and no stage left behind.
+#[test]
+fn a_map_in_flight_when_the_daemon_stops_is_answered_and_abandoned() {
+    let extra = "[cam]\ninterval = \"0s\"\non_class_change = false\nmax_passes = 20000\n";
+    let Setup {
+        broker: _broker,
+        observer,
+        mut daemon,
+        _dir,
+    } = setup("iscamd/#", 5, extra);
+    first_prediction(&observer);
+    // 17,920 passes: minutes of work.
+    observer.publish(
+        &topic("cmd"),
+        r#"{"id":"slow","cmd":"explain","method":"sscam","channels":0}"#,
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(daemon.terminate().success(), "{}", daemon.log_text());
+    let results = observer.wait_for(
+        &topic("cmd/result"),
+        Duration::from_secs(10),
+        "a result",
+        |m| result_for(m, "slow").is_some(),
+    );
+    let slow = result_for(&results, "slow").unwrap().json();
+    assert_eq!(slow["ok"], false, "{slow}");
+    let error = slow["error"].as_str().unwrap();
+    assert!(error.contains("the daemon is stopping"), "{error}");
+    let log = daemon.log_text();
+    assert!(!log.contains("did not stop within"), "{log}");
+}
+
 #[test]
 fn fifty_explains_in_ten_seconds_are_answered_and_the_schedule_keeps_its_interval() {
     // Cheap maps (4 passes), so that the schedule's interval is longer than two maps even
@@ -112,20 +145,29 @@ fn fifty_explains_in_ten_seconds_are_answered_and_the_schedule_keeps_its_interva
         .count();
     let ok = results.iter().filter(|r| r.json()["ok"] == true).count();
     assert_eq!(ok + busy, 50, "every explain is made or refused as busy");
-    // Scheduled maps: fresh, not asked for, made during the 10 s of the flood.
+    // The maps made during the 10 s of the flood, and those of them not asked for.
     let flood = start..start + Duration::from_secs(10);
-    let scheduled = observer
+    let maps: Vec<_> = observer
         .on(&topic("heatmap"))
         .iter()
-        .filter(|m| {
-            let h = m.json();
-            h["request_id"].is_null() && h["fresh"] == true && flood.contains(&m.at)
-        })
-        .count();
-    eprintln!("50 explains in 10 s: {ok} made, {busy} busy; {scheduled} scheduled maps meanwhile");
+        .filter(|m| flood.contains(&m.at))
+        .map(Received::json)
+        .filter(|h| h["fresh"] == true)
+        .collect();
+    let scheduled = maps.iter().filter(|h| h["request_id"].is_null()).count();
+    eprintln!(
+        "50 explains in 10 s: {ok} made, {busy} busy; {} maps, {scheduled} of them \
+         scheduled",
+        maps.len()
+    );
+    // The schedule is due every 2 s and, while requests wait, takes every other turn:
+    // five maps in 10 s, or half of them on a machine slow enough to make fewer than
+    // ten, less the one that straddles either end.
+    let due = (maps.len() / 2).min(5);
     assert!(
-        scheduled >= 4,
-        "{scheduled} scheduled maps in 10 s at a 2 s interval"
+        scheduled + 1 >= due,
+        "{scheduled} scheduled of {} maps in 10 s at a 2 s interval",
+        maps.len()
     );
     assert!(daemon.terminate().success());
 }
@@ -156,16 +198,29 @@ fn a_retained_5_mib_command_costs_at_most_one_reconnect() {
     pump.join().unwrap();
     std::thread::sleep(Duration::from_secs(30) - sent.elapsed());
     let window = sent..sent + Duration::from_secs(30);
-    let predictions = observer
+    let received: Vec<Received> = observer
         .on(&topic("prediction"))
-        .iter()
+        .into_iter()
         .filter(|m| window.contains(&m.at))
-        .count();
+        .collect();
+    // Predictions flow on throughout: the longest silence is at most one reconnect's.
+    let arrivals: Vec<Instant> = std::iter::once(sent)
+        .chain(received.iter().map(|m| m.at))
+        .chain(std::iter::once(sent + Duration::from_secs(30)))
+        .collect();
+    let silence = arrivals.windows(2).map(|w| w[1] - w[0]).max().unwrap();
     let log = daemon.log_text();
     let reconnects = log.matches("lost the broker").count();
-    eprintln!("retained 5 MiB command: {reconnects} reconnect(s), {predictions} predictions in 30 s at 5 fps");
+    eprintln!(
+        "retained 5 MiB command: {reconnects} reconnect(s), {} predictions in 30 s at 5 fps, \
+         longest silence {silence:?}",
+        received.len()
+    );
     assert!(reconnects <= 1, "{reconnects} reconnects:\n{log}");
-    assert!(predictions >= 135, "{predictions} of 150 predictions");
+    assert!(
+        silence < Duration::from_secs(5),
+        "{silence:?} without a prediction"
+    );
     assert_eq!(
         retained(broker.port, &topic("cmd")),
         None,

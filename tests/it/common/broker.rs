@@ -121,7 +121,7 @@ pub fn wait_for_port(port: u16) {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Received {
     pub topic: String,
     pub payload: Vec<u8>,
@@ -141,6 +141,20 @@ impl Received {
     }
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.payload).into_owned()
+    }
+}
+
+/// The payload as text when it is UTF-8 (JSON), else its length (images): a failing
+/// assertion shows messages a person can read.
+impl std::fmt::Debug for Received {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut d = f.debug_struct("Received");
+        d.field("topic", &self.topic).field("retain", &self.retain);
+        match std::str::from_utf8(&self.payload) {
+            Ok(text) => d.field("payload", &text),
+            Err(_) => d.field("payload_bytes", &self.payload.len()),
+        };
+        d.finish()
     }
 }
 
