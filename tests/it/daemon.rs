@@ -564,11 +564,13 @@ fn the_embedded_broker_asks_for_the_login_and_keeps_the_daemons_client_id() {
             "the daemon's client id is the daemon's"
         );
     }
+    // Predictions go on: the daemon's own connection was not taken over.
     let before = observer.on(&topic("prediction")).len();
-    std::thread::sleep(Duration::from_secs(2));
-    assert!(
-        observer.on(&topic("prediction")).len() >= before + 5,
-        "predictions go on"
+    observer.wait_for(
+        &topic("prediction"),
+        Duration::from_secs(10),
+        "five more predictions",
+        |m| m.len() >= before + 5,
     );
     let log = daemon.log_text();
     assert!(
