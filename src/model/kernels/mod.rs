@@ -20,11 +20,17 @@
 
 mod cache;
 mod choice;
+#[cfg(any(target_arch = "aarch64", target_arch = "x86_64"))]
+mod generic_steps;
 #[cfg(target_arch = "aarch64")]
 mod neon_i8;
 mod ops;
+#[cfg(test)]
+mod own_kernel_tests;
 mod settings;
 mod split;
+#[cfg(target_arch = "x86_64")]
+mod vnni_i8;
 
 use std::cell::Cell;
 use std::path::PathBuf;
@@ -52,7 +58,9 @@ pub const TIER_NAME: &str = "iscamd-measured";
 /// false), measured as candidates like tract's tiers.
 #[cfg(target_arch = "aarch64")]
 pub const OWN_TIERS: &[&str] = &[neon_i8::TIER];
-#[cfg(not(target_arch = "aarch64"))]
+#[cfg(target_arch = "x86_64")]
+pub const OWN_TIERS: &[&str] = &[vnni_i8::TIER];
+#[cfg(not(any(target_arch = "aarch64", target_arch = "x86_64")))]
 pub const OWN_TIERS: &[&str] = &[];
 
 /// Whose kernels and ops a model's plans run.

@@ -33,6 +33,8 @@ use tract_onnx::tract_core::tract_linalg::mmm::{
 use tract_onnx::tract_core::tract_linalg::pack::{PackedI8K4, Packing};
 use tract_onnx::tract_core::tract_linalg::{self, WeightType};
 
+use super::generic_steps;
+
 /// The tier iscamd asks for this kernel.
 pub const TIER: &str = "iscamd-neon-i8";
 
@@ -219,70 +221,20 @@ unsafe fn store_tile(tile: &Tile, store: OutputStoreKer) {
     }
 }
 
-/// Runs `step` on `tile` with tract's generic 4×4 kernel, four rows at a time: each half
-/// loaded into it, the step's row pointers moved to that half, and the result stored back.
+/// Runs `step` on `tile` with tract's generic kernel ([`generic_steps`]).
 unsafe fn on_generic_kernel(tile: &mut Tile, step: FusedKerSpec<i32>) -> isize {
-    let generic = &*tract_linalg::generic::mmm::generic_i32_4x4;
-    for half in 0..MR / 4 {
-        let rows = &mut tile[half * 4..][..4];
-        let mut values = [0i32; 16];
-        // SAFETY (block): NEON stores and loads of four rows of four i32 each; the step's
-        // pointers moved by at most MR − 4 rows inside their tile; a step list of the
-        // generic kernel's own tile and kinds, ending in Done.
-        unsafe {
-            for (r, row) in rows.iter().enumerate() {
-                let mut four = [0i32; NR];
-                vst1q_s32(four.as_mut_ptr(), *row);
-                for (c, v) in four.into_iter().enumerate() {
-                    values[c * 4 + r] = v;
-                }
-            }
-            let at = values.as_mut_ptr();
-            let tile_store = OutputStoreKer {
-                ptr: at.cast(),
-                row_byte_stride: 4,
-                col_byte_stride: 16,
-                item_size: 4,
-            };
-            let list = [
-                FusedKerSpec::LoadTile(at, std::ptr::null()),
-                for_rows(step, half * 4),
-                FusedKerSpec::Store(tile_store),
-                FusedKerSpec::Done,
-            ];
-            let err = (generic.kernel)(&list);
-            if err != 0 {
-                return err;
-            }
-            for (r, row) in rows.iter_mut().enumerate() {
-                let four: [i32; NR] = std::array::from_fn(|c| values[c * 4 + r]);
-                *row = vld1q_s32(four.as_ptr());
-            }
+    let mut values = [[0i32; NR]; MR];
+    // SAFETY (block): NEON stores and loads of the tile's rows of NR i32; the step is
+    // tract's for this tile.
+    unsafe {
+        for (row, values) in tile.iter().zip(&mut values) {
+            vst1q_s32(values.as_mut_ptr(), *row);
         }
-    }
-    0
-}
-
-/// `step` for the four rows of the tile that start at row `first`.
-fn for_rows(step: FusedKerSpec<i32>, first: usize) -> FusedKerSpec<i32> {
-    use FusedKerSpec as S;
-    let moved = |store: OutputStoreKer| OutputStoreKer {
-        ptr: store
-            .ptr
-            .wrapping_offset(store.row_byte_stride * first as isize),
-        ..store
-    };
-    match step {
-        S::PerRowMin(p) => S::PerRowMin(p.wrapping_add(first)),
-        S::PerRowMax(p) => S::PerRowMax(p.wrapping_add(first)),
-        S::PerRowAdd(p) => S::PerRowAdd(p.wrapping_add(first)),
-        S::PerRowMul(p) => S::PerRowMul(p.wrapping_add(first)),
-        S::PerRowSub(p) => S::PerRowSub(p.wrapping_add(first)),
-        S::PerRowSubF(p) => S::PerRowSubF(p.wrapping_add(first)),
-        S::AddRowColProducts(rows, cols) => S::AddRowColProducts(rows.wrapping_add(first), cols),
-        S::AddUnicast(store) => S::AddUnicast(moved(store)),
-        S::Store(store) => S::Store(moved(store)),
-        other => other,
+        let err = generic_steps::on_generic_kernel(&mut values, step);
+        for (row, values) in tile.iter_mut().zip(&values) {
+            *row = vld1q_s32(values.as_ptr());
+        }
+        err
     }
 }
 
@@ -495,131 +447,18 @@ impl MMMInputFormat for PairedA {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::model::kernels::{optimising_with, Candidate, Choice, Policy};
-    use std::sync::Arc;
-    use tract_onnx::tract_core::ops::binary::TypedBinOp;
-    use tract_onnx::tract_core::ops::matmul::optimized::OptMatMul;
-    use tract_onnx::tract_core::ops::{cast::cast, einsum::EinSum, math, quant::scale};
-
-    const M: usize = 19;
-    const K: usize = 41;
-    const N: usize = 23;
-
-    /// `W·x + bias`, then, with `requantise`, scaled, clamped and cast to bytes as a
-    /// per-tensor int8 convolution ends: what tract fuses into the kernel's tile.
-    fn model(w: &Tensor, requantise: bool) -> TypedModel {
-        let mut model = TypedModel::default();
-        let x = model
-            .add_source("x", i8::datum_type().fact([K, N]))
-            .unwrap();
-        let w = model.add_const("w", w.clone()).unwrap();
-        let axes: AxesMapping = "mk,kn->mn".parse().unwrap();
-        let op = EinSum::new(axes, i32::datum_type());
-        let mut c = model.wire_node("matmul", op, &[w, x]).unwrap()[0];
-        let bias: Vec<i32> = (0..M as i32).map(|i| 1000 * i - 9000).collect();
-        let bias = tract_ndarray::Array2::from_shape_vec((M, 1), bias).unwrap();
-        let bias = model.add_const("bias", bias.into_tensor()).unwrap();
-        c = model.wire_node("add", math::add(), &[c, bias]).unwrap()[0];
-        if requantise {
-            let mut wire = |name: &str, op: TypedBinOp, operand: Tensor| {
-                let operand = model.add_const(format!("{name}.k"), operand).unwrap();
-                let inputs = match name {
-                    "scale" => [operand, c],
-                    _ => [c, operand],
-                };
-                c = model.wire_node(name, op, &inputs).unwrap()[0];
-            };
-            wire("scale", scale(), tensor2(&[[0.0007f32]]));
-            wire("max", math::max(), tensor2(&[[-128i32]]));
-            wire("min", math::min(), tensor2(&[[127i32]]));
-            c = model
-                .wire_node("cast", cast(i8::datum_type()), &[c])
-                .unwrap()[0];
-        }
-        model.select_output_outlets(&[c]).unwrap();
-        model
-    }
-
-    /// The model's plan with this kernel, checked to run it, and tract's own plan.
-    fn plans(model: TypedModel) -> (Arc<TypedRunnableModel>, Arc<TypedRunnableModel>) {
-        let ours = Candidate {
-            tier: TIER,
-            widest: false,
-        };
-        let choice = Choice::default().with(DatumType::I32, Some(ours));
-        let (optimised, _) =
-            optimising_with(Policy::Tuned, choice, || model.clone().into_optimized());
-        let optimised = optimised.unwrap();
-        let runs_ours = optimised.nodes.iter().any(|node| {
-            node.op_as::<OptMatMul>()
-                .is_some_and(|op| op.mmm.iter().any(|k| k.name() == NAME))
-        });
-        assert!(runs_ours, "the plan does not run {NAME}:\n{optimised}");
-        let tracts = model.into_optimized().unwrap();
-        (
-            optimised.into_runnable().unwrap(),
-            tracts.into_runnable().unwrap(),
-        )
-    }
-
-    fn bytes(shape: [usize; 2], seed: u64, low: i8) -> Tensor {
-        use rand::{Rng, SeedableRng};
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let values = (0..shape[0] * shape[1])
-            .map(|_| rng.random_range(low..=i8::MAX))
-            .collect();
-        tract_ndarray::Array2::from_shape_vec(shape, values)
-            .unwrap()
-            .into_tensor()
-    }
-
-    fn run(plan: &Arc<TypedRunnableModel>, x: &Tensor) -> Tensor {
-        plan.run(tvec!(x.clone().into_tvalue()))
-            .unwrap()
-            .remove(0)
-            .into_tensor()
-    }
-
-    /// `W·x + bias` computed plainly.
-    fn product(w: &Tensor, x: &Tensor) -> Tensor {
-        let (w, x) = (
-            w.to_plain_array_view::<i8>().unwrap(),
-            x.to_plain_array_view::<i8>().unwrap(),
-        );
-        let c = tract_ndarray::Array2::from_shape_fn((M, N), |(m, n)| {
-            let dot: i32 = (0..K).map(|k| w[[m, k]] as i32 * x[[k, n]] as i32).sum();
-            dot + 1000 * m as i32 - 9000
-        });
-        c.into_tensor()
-    }
+    use super::{NAME, TIER};
+    use crate::model::kernels::own_kernel_tests as own;
 
     #[test]
     fn products_and_fused_steps_equal_tracts() {
-        // Weights without −128 (every panel sums block pairs), then with −128 in the second
-        // panel only (rows 8–15: one block at a time there); M, K, N not multiples of the
-        // tile (8 × 4) or of a block pair (K = 41: ten blocks and one).
-        let x = bytes([K, N], 1, i8::MIN);
-        let clean = bytes([M, K], 2, -127);
-        let mut mixed = clean.clone();
-        mixed.to_plain_array_view_mut::<i8>().unwrap()[[9, 3]] = i8::MIN;
-        for (name, w) in [("pairs", &clean), ("mixed", &mixed)] {
-            let (ours, tracts) = plans(model(w, false));
-            let expected = product(w, &x);
-            assert_eq!(run(&tracts, &x), expected, "{name}: tract's own plan");
-            assert_eq!(run(&ours, &x), expected, "{name}");
-            let (ours, tracts) = plans(model(w, true));
-            assert_eq!(run(&ours, &x), run(&tracts, &x), "{name}, requantised");
-        }
+        own::products_and_fused_steps_equal_tracts(TIER, NAME);
     }
 
     #[test]
     fn pairs_of_the_largest_products_do_not_overflow() {
         // −127 × −128 twice is 32 512, the largest sum of two products a paired panel can
         // hold in 16 bits.
-        let w = tract_ndarray::Array2::from_elem((M, K), -127i8).into_tensor();
-        let x = tract_ndarray::Array2::from_elem((K, N), i8::MIN).into_tensor();
-        let (ours, _) = plans(model(&w, false));
-        assert_eq!(run(&ours, &x), product(&w, &x));
+        own::the_largest_products_do_not_overflow(TIER, NAME);
     }
 }

@@ -1,0 +1,133 @@
+//! The checks every one of iscamd's own int8 matrix kernels passes: its products, and the
+//! steps tract fuses into its tiles, equal tract's own plan and plain Rust, on shapes off
+//! its tile.
+
+use std::sync::Arc;
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::binary::TypedBinOp;
+use tract_onnx::tract_core::ops::matmul::optimized::OptMatMul;
+use tract_onnx::tract_core::ops::{cast::cast, einsum::EinSum, math, quant::scale};
+
+use super::{optimising_with, Candidate, Choice, Policy};
+
+const M: usize = 19;
+const K: usize = 41;
+const N: usize = 23;
+
+/// `W·x + bias`, then, with `requantise`, scaled, clamped and cast to bytes as a
+/// per-tensor int8 convolution ends: what tract fuses into the kernel's tile.
+fn model(w: &Tensor, requantise: bool) -> TypedModel {
+    let mut model = TypedModel::default();
+    let x = model
+        .add_source("x", i8::datum_type().fact([K, N]))
+        .unwrap();
+    let w = model.add_const("w", w.clone()).unwrap();
+    let axes: AxesMapping = "mk,kn->mn".parse().unwrap();
+    let op = EinSum::new(axes, i32::datum_type());
+    let mut c = model.wire_node("matmul", op, &[w, x]).unwrap()[0];
+    let bias: Vec<i32> = (0..M as i32).map(|i| 1000 * i - 9000).collect();
+    let bias = tract_ndarray::Array2::from_shape_vec((M, 1), bias).unwrap();
+    let bias = model.add_const("bias", bias.into_tensor()).unwrap();
+    c = model.wire_node("add", math::add(), &[c, bias]).unwrap()[0];
+    if requantise {
+        let mut wire = |name: &str, op: TypedBinOp, operand: Tensor| {
+            let operand = model.add_const(format!("{name}.k"), operand).unwrap();
+            let inputs = match name {
+                "scale" => [operand, c],
+                _ => [c, operand],
+            };
+            c = model.wire_node(name, op, &inputs).unwrap()[0];
+        };
+        wire("scale", scale(), tensor2(&[[0.0007f32]]));
+        wire("max", math::max(), tensor2(&[[-128i32]]));
+        wire("min", math::min(), tensor2(&[[127i32]]));
+        c = model
+            .wire_node("cast", cast(i8::datum_type()), &[c])
+            .unwrap()[0];
+    }
+    model.select_output_outlets(&[c]).unwrap();
+    model
+}
+
+/// The model's plan with the kernel `name` of `tier`, checked to run it, and tract's own.
+fn plans(
+    model: TypedModel,
+    tier: &'static str,
+    name: &str,
+) -> (Arc<TypedRunnableModel>, Arc<TypedRunnableModel>) {
+    let ours = Candidate {
+        tier,
+        widest: false,
+    };
+    let choice = Choice::default().with(DatumType::I32, Some(ours));
+    let (optimised, _) = optimising_with(Policy::Tuned, choice, || model.clone().into_optimized());
+    let optimised = optimised.unwrap();
+    let runs_ours = optimised.nodes.iter().any(|node| {
+        node.op_as::<OptMatMul>()
+            .is_some_and(|op| op.mmm.iter().any(|k| k.name() == name))
+    });
+    assert!(runs_ours, "the plan does not run {name}:\n{optimised}");
+    let tracts = model.into_optimized().unwrap();
+    (
+        optimised.into_runnable().unwrap(),
+        tracts.into_runnable().unwrap(),
+    )
+}
+
+fn bytes(shape: [usize; 2], seed: u64, low: i8) -> Tensor {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let values = (0..shape[0] * shape[1])
+        .map(|_| rng.random_range(low..=i8::MAX))
+        .collect();
+    tract_ndarray::Array2::from_shape_vec(shape, values)
+        .unwrap()
+        .into_tensor()
+}
+
+fn run(plan: &Arc<TypedRunnableModel>, x: &Tensor) -> Tensor {
+    plan.run(tvec!(x.clone().into_tvalue()))
+        .unwrap()
+        .remove(0)
+        .into_tensor()
+}
+
+/// `W·x + bias` computed plainly.
+fn product(w: &Tensor, x: &Tensor) -> Tensor {
+    let (w, x) = (
+        w.to_plain_array_view::<i8>().unwrap(),
+        x.to_plain_array_view::<i8>().unwrap(),
+    );
+    let c = tract_ndarray::Array2::from_shape_fn((M, N), |(m, n)| {
+        let dot: i32 = (0..K).map(|k| w[[m, k]] as i32 * x[[k, n]] as i32).sum();
+        dot + 1000 * m as i32 - 9000
+    });
+    c.into_tensor()
+}
+
+/// Weights without −128, then with one −128 in rows 8–15; M, K, N not multiples of a
+/// tile or of a pair of K-blocks (K = 41: ten blocks and one).
+pub fn products_and_fused_steps_equal_tracts(tier: &'static str, name: &str) {
+    let x = bytes([K, N], 1, i8::MIN);
+    let clean = bytes([M, K], 2, -127);
+    let mut mixed = clean.clone();
+    mixed.to_plain_array_view_mut::<i8>().unwrap()[[9, 3]] = i8::MIN;
+    for (case, w) in [("without -128", &clean), ("with -128", &mixed)] {
+        let (ours, tracts) = plans(model(w, false), tier, name);
+        let expected = product(w, &x);
+        assert_eq!(run(&tracts, &x), expected, "{case}: tract's own plan");
+        assert_eq!(run(&ours, &x), expected, "{case}");
+        let (ours, tracts) = plans(model(w, true), tier, name);
+        assert_eq!(run(&ours, &x), run(&tracts, &x), "{case}, requantised");
+    }
+}
+
+/// −127 × −128 everywhere: the largest products, summed over every K.
+pub fn the_largest_products_do_not_overflow(tier: &'static str, name: &str) {
+    let w = tract_ndarray::Array2::from_elem((M, K), -127i8).into_tensor();
+    let x = tract_ndarray::Array2::from_elem((K, N), i8::MIN).into_tensor();
+    let (ours, _) = plans(model(&w, false), tier, name);
+    assert_eq!(run(&ours, &x), product(&w, &x));
+}

@@ -1,0 +1,418 @@
+//! iscamd's int8 matrix kernel for x86-64 cores with AVX-512 VNNI (Intel since Cascade
+//! Lake, AMD since Zen 4).
+//!
+//! `vpdpbusd` multiplies unsigned bytes by signed ones, four pairs to a 32-bit lane. tract's
+//! VNNI kernels make A's bytes unsigned (+128) after broadcasting each row's four, so every
+//! `vpdpbusd` of their inner loop comes with a broadcast and a byte add on the same vector
+//! ports. This one makes B's bytes unsigned instead — one `vpxor` per block of sixteen
+//! columns — and broadcasts A's rows straight from memory into `vpdpbusd` itself: 16
+//! `vpdpbusd`, a load and a `vpxor` per 1,024 multiply-adds. The +128 on B adds
+//! 128 · Σₖ A[m, k] to row m, which A's packer ([`BiasedA`]) writes into each panel's
+//! header, so the kernel takes it off once per tile.
+//!
+//! Never in tract's ladder: iscamd measures it against tract's kernels as one more candidate
+//! ([`TIER`]), per model, and runs it where it was faster.
+
+use std::arch::x86_64::*;
+use std::sync::LazyLock;
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::tract_linalg::isa::{Arch, Isa, IsaReq};
+use tract_onnx::tract_core::tract_linalg::mmm::{
+    DynKernel, EagerPackedInput, FusedKerSpec, MMMInputFormat, MMMInputValue, OutputStoreKer,
+    PackedExoticFact, PackedMatrixStorage, RoundingPolicy,
+};
+use tract_onnx::tract_core::tract_linalg::pack::{PackedI8K4, Packing};
+use tract_onnx::tract_core::tract_linalg::{self, WeightType};
+
+use super::generic_steps;
+
+/// The tier iscamd asks for this kernel.
+pub const TIER: &str = "iscamd-avx512-vnni";
+
+/// The kernel's name in tract's registry.
+const NAME: &str = "iscamd_avx512vnni_mmm_i32_16x16";
+
+/// Rows of A per tile (and per panel of A), columns of B.
+const MR: usize = 16;
+const NR: usize = 16;
+
+/// Bytes before each panel of A: its rows' 128 · Σₖ A[m, k], as i32.
+const HEADER: usize = 4 * MR;
+
+static KERNEL: LazyLock<DynKernel<MR, NR, i32>> = LazyLock::new(|| {
+    let mut kernel =
+        DynKernel::<MR, NR, i32>::new(NAME, kernel, i32::packing(MR), i32::packing(NR))
+            .with_packing(BiasedA, PackedI8K4::new(NR))
+            .with_store::<i8>()
+            .with_isa(IsaReq::ANY.needing(&[Isa::X86_64Avx512f, Isa::X86_64Avx512Vnni]));
+    kernel.arch = Some(Arch::X86_64);
+    // Below tract's own kernels wherever tract ranks the suitable ones itself.
+    kernel.boost = || -1000;
+    kernel
+});
+
+/// The index of (`BiasedA`, `PackedI8K4`) in the kernel's packings (0 is `new`'s i32 pair).
+const PACKING: usize = 1;
+
+inventory::submit! {
+    tract_linalg::mmm_routines::MmmRoutine { make: || KERNEL.mmm() }
+}
+
+inventory::submit! {
+    tract_linalg::mmm_tiers::MmmTier {
+        arch: Some(Arch::X86_64),
+        // Unused by tract's x86-64 tiers (1–8); never in its ladder anyway (`applies`).
+        precedence: 9,
+        name: TIER,
+        applies: |_| false,
+        preferred: |_, accumulator, query, _| {
+            let bytes = query.weight == WeightType::Plain(DatumType::I8)
+                && query.activation.unquantized() == DatumType::I8;
+            // A product with one column is tract's matrix-vector kernel's.
+            let fits = accumulator == DatumType::I32 && bytes && query.n != Some(1);
+            (fits && runs_here()).then_some(NAME)
+        },
+    }
+}
+
+fn runs_here() -> bool {
+    is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni")
+}
+
+/// A tile of C: row r's sixteen columns in `[r]`.
+type Tile = [__m512i; MR];
+
+/// `tile[r] = $f` for every row `r`, `$v` the row (a loop, not a closure: closures would
+/// not inline the AVX-512 intrinsics).
+macro_rules! each {
+    ($tile:ident, |$v:ident, $r:ident| $f:expr) => {
+        for $r in 0..MR {
+            let $v = $tile[$r];
+            $tile[$r] = $f;
+        }
+    };
+}
+
+/// Runs a tile's steps, the common ones here with AVX-512; the others on tract's generic
+/// kernel ([`generic_steps`]). Returns 0, or tract's error code of the step that failed.
+#[target_feature(enable = "avx512f,avx512vnni")]
+unsafe fn kernel(specs: &[FusedKerSpec<i32>]) -> isize {
+    use FusedKerSpec as S;
+    // SAFETY (whole body): tract's steps for one tile, their pointers to MR rows, NR
+    // columns, or a tile's stores, as its kernels receive them; the tier is only offered
+    // where AVX-512 VNNI runs.
+    unsafe {
+        let mut tile: Tile = [_mm512_setzero_si512(); MR];
+        for spec in specs {
+            match *spec {
+                S::Done => return 0,
+                S::Clear => tile = [_mm512_setzero_si512(); MR],
+                S::LoadTile(col_major, _) => each!(tile, |_v, r| {
+                    let row: [i32; NR] = std::array::from_fn(|c| *col_major.add(c * MR + r));
+                    _mm512_loadu_si512(row.as_ptr().cast())
+                }),
+                S::AddMatMul { k, pa, pb, packing } => {
+                    if packing != PACKING {
+                        return 1;
+                    }
+                    add_mat_mul(&mut tile, k, pa, pb);
+                }
+                S::ScalarMin(x) => each!(tile, |v, _r| _mm512_min_epi32(v, _mm512_set1_epi32(x))),
+                S::ScalarMax(x) => each!(tile, |v, _r| _mm512_max_epi32(v, _mm512_set1_epi32(x))),
+                S::ScalarAdd(x) => each!(tile, |v, _r| _mm512_add_epi32(v, _mm512_set1_epi32(x))),
+                S::ScalarMul(x) => {
+                    each!(tile, |v, _r| _mm512_mullo_epi32(v, _mm512_set1_epi32(x)))
+                }
+                S::ScalarSub(x) => each!(tile, |v, _r| _mm512_sub_epi32(_mm512_set1_epi32(x), v)),
+                S::ScalarSubF(x) => {
+                    each!(tile, |v, _r| _mm512_sub_epi32(v, _mm512_set1_epi32(x)))
+                }
+                S::PerRowMin(p) => each!(tile, |v, r| _mm512_min_epi32(v, row_value(p, r))),
+                S::PerRowMax(p) => each!(tile, |v, r| _mm512_max_epi32(v, row_value(p, r))),
+                S::PerRowAdd(p) => each!(tile, |v, r| _mm512_add_epi32(v, row_value(p, r))),
+                S::PerRowMul(p) => each!(tile, |v, r| _mm512_mullo_epi32(v, row_value(p, r))),
+                S::PerRowSub(p) => each!(tile, |v, r| _mm512_sub_epi32(row_value(p, r), v)),
+                S::PerRowSubF(p) => each!(tile, |v, r| _mm512_sub_epi32(v, row_value(p, r))),
+                S::PerColMin(p) => {
+                    let c = _mm512_loadu_si512(p.cast());
+                    each!(tile, |v, _r| _mm512_min_epi32(v, c))
+                }
+                S::PerColMax(p) => {
+                    let c = _mm512_loadu_si512(p.cast());
+                    each!(tile, |v, _r| _mm512_max_epi32(v, c))
+                }
+                S::PerColAdd(p) => {
+                    let c = _mm512_loadu_si512(p.cast());
+                    each!(tile, |v, _r| _mm512_add_epi32(v, c))
+                }
+                S::PerColMul(p) => {
+                    let c = _mm512_loadu_si512(p.cast());
+                    each!(tile, |v, _r| _mm512_mullo_epi32(v, c))
+                }
+                S::PerColSub(p) => {
+                    let c = _mm512_loadu_si512(p.cast());
+                    each!(tile, |v, _r| _mm512_sub_epi32(c, v))
+                }
+                S::PerColSubF(p) => {
+                    let c = _mm512_loadu_si512(p.cast());
+                    each!(tile, |v, _r| _mm512_sub_epi32(v, c))
+                }
+                S::AddRowColProducts(rows, cols) => {
+                    let c = _mm512_loadu_si512(cols.cast());
+                    each!(tile, |v, r| _mm512_add_epi32(
+                        v,
+                        _mm512_mullo_epi32(c, row_value(rows, r))
+                    ))
+                }
+                S::QScale(shift, RoundingPolicy::Even, mult) => {
+                    each!(tile, |v, _r| scale_even(v, shift, mult))
+                }
+                S::Store(store) if [1, 4].contains(&store.item_size) => store_tile(&tile, store),
+                other => {
+                    let mut values = [[0i32; NR]; MR];
+                    for (row, values) in tile.iter().zip(&mut values) {
+                        _mm512_storeu_si512(values.as_mut_ptr().cast(), *row);
+                    }
+                    let err = generic_steps::on_generic_kernel(&mut values, other);
+                    if err != 0 {
+                        return err;
+                    }
+                    for (row, values) in tile.iter_mut().zip(&values) {
+                        *row = _mm512_loadu_si512(values.as_ptr().cast());
+                    }
+                }
+            }
+        }
+        0
+    }
+}
+
+/// Row `r`'s value of a per-row step, in every lane.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn row_value(p: *const i32, r: usize) -> __m512i {
+    // SAFETY: the caller's pointer to MR values.
+    _mm512_set1_epi32(unsafe { *p.add(r) })
+}
+
+/// `tile += A·B` over `k`, A's panel at `pa` (header first), B's at `pb`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512vnni")]
+unsafe fn add_mat_mul(tile: &mut Tile, k: usize, pa: *const u8, pb: *const u8) {
+    let flip = _mm512_set1_epi8(i8::MIN);
+    // SAFETY (whole body): the panels hold ⌈k/4⌉ blocks of 64 bytes each, A's after its
+    // header of MR i32.
+    unsafe {
+        let mut a = pa.add(HEADER);
+        let mut b = pb;
+        for _ in 0..k.div_ceil(4) {
+            let unsigned_b = _mm512_xor_si512(_mm512_loadu_si512(b.cast()), flip);
+            for (m, row) in tile.iter_mut().enumerate() {
+                let a_row = _mm512_set1_epi32(a.add(4 * m).cast::<i32>().read_unaligned());
+                *row = _mm512_dpbusd_epi32(*row, unsigned_b, a_row);
+            }
+            a = a.add(4 * MR);
+            b = b.add(4 * NR);
+        }
+        let bias = pa.cast::<i32>();
+        each!(tile, |v, r| _mm512_sub_epi32(
+            v,
+            _mm512_set1_epi32(bias.add(r).read_unaligned())
+        ));
+    }
+}
+
+/// tract's `QScale` with round-half-to-even (its rounding for ONNX models): `v · mult ·
+/// 2^-(31 + shift)` computed exactly in 64 bits, as its generic kernel does.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn scale_even(v: __m512i, shift: isize, mult: i32) -> __m512i {
+    let m = _mm512_set1_epi64(mult as i64);
+    // Even lanes, then odd ones, each widened to 64 bits.
+    let even = _mm512_mul_epi32(v, m);
+    let odd = _mm512_mul_epi32(_mm512_srli_epi64::<32>(v), m);
+    let s = shift + 31;
+    let (even, odd) = (round_even(even, s), round_even(odd, s));
+    _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64::<32>(odd))
+}
+
+/// `p · 2^-s` rounded half to even (a left shift for `s ≤ 0`).
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn round_even(p: __m512i, s: isize) -> __m512i {
+    if s <= 0 {
+        return _mm512_sllv_epi64(p, _mm512_set1_epi64(-s as i64));
+    }
+    // |p| + half − 1 + (bit s of |p|), shifted: ties go to the even neighbour.
+    let right = _mm512_set1_epi64(s as i64);
+    let a = _mm512_abs_epi64(p);
+    let odd = _mm512_and_si512(_mm512_srlv_epi64(a, right), _mm512_set1_epi64(1));
+    let half = _mm512_set1_epi64((1i64 << (s - 1)) - 1);
+    let r = _mm512_srlv_epi64(_mm512_add_epi64(_mm512_add_epi64(a, half), odd), right);
+    let negative = _mm512_cmplt_epi64_mask(p, _mm512_setzero_si512());
+    _mm512_mask_sub_epi64(r, negative, _mm512_setzero_si512(), r)
+}
+
+/// Stores the tile's 32- or 8-bit values (the low byte, as tract's kernels store them)
+/// where `store` says: a row at once when its columns are contiguous.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn store_tile(tile: &Tile, store: OutputStoreKer) {
+    // SAFETY: tract's store of MR × NR items of `item_size` bytes at these strides.
+    unsafe {
+        let contiguous = store.col_byte_stride == store.item_size as isize;
+        for (r, &row) in tile.iter().enumerate() {
+            let at = store.ptr.offset(store.row_byte_stride * r as isize);
+            match (store.item_size, contiguous) {
+                (4, true) => _mm512_storeu_si512(at.cast(), row),
+                (1, true) => _mm_storeu_si128(at.cast(), _mm512_cvtepi32_epi8(row)),
+                (size, _) => {
+                    let mut values = [0i32; NR];
+                    _mm512_storeu_si512(values.as_mut_ptr().cast(), row);
+                    for (c, v) in values.into_iter().enumerate() {
+                        let to = at.offset(store.col_byte_stride * c as isize);
+                        match size {
+                            4 => to.cast::<i32>().write_unaligned(v),
+                            _ => *to = v as u8,
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A's packing: tract's `PackedI8K4` layout of MR rows, each panel after a [`HEADER`] of
+/// its rows' 128 · Σₖ A[m, k].
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct BiasedA;
+
+impl BiasedA {
+    fn panel_bytes(k: usize) -> usize {
+        HEADER + PackedI8K4::new(MR).single_panel_len(k)
+    }
+}
+
+impl std::fmt::Display for BiasedA {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "I8K4+row-sums[{MR}]")
+    }
+}
+
+impl MMMInputFormat for BiasedA {
+    fn prepare_tensor(&self, t: &Tensor, k_axis: usize, mn_axis: usize) -> TractResult<Tensor> {
+        Ok(
+            PackedMatrixStorage::new(self.prepare_one(t, k_axis, mn_axis)?)
+                .into_tensor(t.datum_type()),
+        )
+    }
+
+    fn prepare_one_view(
+        &self,
+        t: &TensorView,
+        k_axis: usize,
+        mn_axis: usize,
+    ) -> TractResult<Box<dyn MMMInputValue>> {
+        // tract's own packer lays out the body (it is what the kernel's B takes too); each
+        // panel then goes after its header of row sums.
+        let tracts = PackedI8K4::new(MR).pack_view(t, k_axis, mn_axis)?;
+        let body = tracts
+            .downcast_ref::<EagerPackedInput>()
+            .context("tract's I8K4 packer returns an eager input")?;
+        let (k, mn) = (t.shape()[k_axis], t.shape()[mn_axis]);
+        let panel_bytes = HEADER + body.panel_bytes;
+        let panels = mn.div_ceil(MR);
+        // SAFETY: a fresh blob, written whole below before it is read.
+        let mut blob = unsafe { Blob::new_for_size_and_align(panels * panel_bytes, 64) };
+        let bodies = body.packed.as_bytes().chunks_exact(body.panel_bytes);
+        for (panel, body) in blob
+            .as_bytes_mut()
+            .chunks_exact_mut(panel_bytes)
+            .zip(bodies)
+        {
+            let (header, packed) = panel.split_at_mut(HEADER);
+            packed.copy_from_slice(body);
+            let mut sums = [0i32; MR];
+            for block in body.chunks_exact(4 * MR) {
+                for (sum, row) in sums.iter_mut().zip(block.chunks_exact(4)) {
+                    *sum += row.iter().map(|&b| b as i8 as i32).sum::<i32>();
+                }
+            }
+            for (at, sum) in header.chunks_exact_mut(4).zip(sums) {
+                at.copy_from_slice(&(128 * sum).to_ne_bytes());
+            }
+        }
+        Ok(Box::new(EagerPackedInput {
+            fact: PackedExoticFact {
+                format: Box::new(self.clone()),
+                mn: mn.to_dim(),
+                k,
+            },
+            packed: blob.into(),
+            panel_bytes,
+            mn,
+        }))
+    }
+
+    fn precursor(&self) -> WeightType {
+        WeightType::Plain(DatumType::I8)
+    }
+
+    fn r(&self) -> usize {
+        MR
+    }
+
+    fn k_alignment(&self) -> usize {
+        4
+    }
+
+    fn merge_with<'o, 'a: 'o, 'b: 'o>(
+        &'a self,
+        other: &'b dyn MMMInputFormat,
+    ) -> Option<&'o dyn MMMInputFormat> {
+        other.downcast_ref::<BiasedA>().map(|_| self as _)
+    }
+
+    fn mem_size(&self, k: TDim, mn: TDim) -> TDim {
+        mn.divceil(MR) * Self::panel_bytes(k.to_usize().unwrap_or(0))
+    }
+
+    fn extract_at_mn_f16(&self, _: &EagerPackedInput, _: usize, _: &mut [f16]) -> TractResult<()> {
+        bail!("{self} has no f16 extraction")
+    }
+
+    fn extract_at_mn_f32(&self, _: &EagerPackedInput, _: usize, _: &mut [f32]) -> TractResult<()> {
+        bail!("{self} has no f32 extraction")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{runs_here, NAME, TIER};
+    use crate::model::kernels::own_kernel_tests as own;
+
+    /// Where the machine has no AVX-512 VNNI the kernel cannot run: said, not skipped
+    /// silently, and the other tests of the kernel choice still cover the machine.
+    fn here() -> bool {
+        if !runs_here() {
+            eprintln!("{NAME}: this CPU has no AVX-512 VNNI; the kernel is never offered here");
+        }
+        runs_here()
+    }
+
+    #[test]
+    fn products_and_fused_steps_equal_tracts() {
+        if here() {
+            own::products_and_fused_steps_equal_tracts(TIER, NAME);
+        }
+    }
+
+    #[test]
+    fn the_largest_products_do_not_overflow() {
+        if here() {
+            own::the_largest_products_do_not_overflow(TIER, NAME);
+        }
+    }
+}
