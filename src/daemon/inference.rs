@@ -158,16 +158,25 @@ impl Inference {
         self.explain_peaks(ended.into_iter().collect())
     }
 
-    /// At shutdown: the open episode ends, and ends that wait for a map go without one
-    /// (the CAM worker stops too).
+    /// At shutdown: the open episode ends, ends that wait for a map go without one, and
+    /// commands that wait are told (the CAM worker stops too).
     fn stop_events(&mut self) -> Result<()> {
         self.end_episode()?;
         for request in self.scheduler.take_requests() {
-            self.end_without_map(request)?;
+            match request.asker {
+                Asker::Command(id) => {
+                    let why = "the daemon is stopping: the map was not started".to_string();
+                    let reply =
+                        command_result(&self.parts.topics, &self.parts.origin, id.0, Some(why));
+                    self.send(reply)?;
+                }
+                Asker::Event(_) => self.end_without_map(request)?,
+            }
         }
         Ok(())
     }
 
+    /// Sends an episode's end without a snapshot (a command's request is not asked here).
     fn end_without_map(&self, request: Request) -> Result<()> {
         match request.asker {
             Asker::Event(ended) => self.parts.events.end(&ended, Snapshot::none()),
