@@ -22,6 +22,8 @@ mod cache;
 mod choice;
 #[cfg(any(target_arch = "aarch64", target_arch = "x86_64"))]
 mod generic_steps;
+#[cfg(any(target_arch = "aarch64", target_arch = "x86_64"))]
+mod headed;
 #[cfg(target_arch = "aarch64")]
 mod neon_i8;
 mod ops;

@@ -13,7 +13,7 @@
 //! block are rotated (`ext`) so that one `smull` meets every row with every column. Two
 //! products of −128 × −128 overflow a 16-bit sum, so blocks are summed in pairs only over
 //! panels of A without a −128 — weights from symmetric quantizers have none — which A's
-//! packer ([`PairedA`]) records in each panel's header; other panels take one block at a
+//! packer records in each panel's header ([`Pairs`]); other panels take one block at a
 //! time. The kernel computes the products; every other step fused into a tile (bias, zero
 //! points, requantisation, the store) runs tract's own generic kernel on each half of it, so
 //! those steps are tract's to the bit.
@@ -24,16 +24,15 @@
 use std::arch::aarch64::*;
 use std::sync::LazyLock;
 
-use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::tract_linalg;
 use tract_onnx::tract_core::tract_linalg::mmm::{
-    DynKernel, EagerPackedInput, FusedKerSpec, MMMInputFormat, MMMInputValue, OutputStoreKer,
-    PackedExoticFact, PackedMatrixStorage, RoundingPolicy,
+    DynKernel, FusedKerSpec, OutputStoreKer, RoundingPolicy,
 };
 use tract_onnx::tract_core::tract_linalg::pack::{PackedI8K4, Packing};
-use tract_onnx::tract_core::tract_linalg::{self, WeightType};
 
 use super::generic_steps;
+use super::headed::{self, HeadedI8K4, PanelHeader};
 
 /// The tier iscamd asks for this kernel.
 pub const TIER: &str = "iscamd-neon-i8";
@@ -51,7 +50,7 @@ const HEADER: usize = 16;
 static KERNEL: LazyLock<DynKernel<MR, NR, i32>> = LazyLock::new(|| {
     let mut kernel =
         DynKernel::<MR, NR, i32>::new(NAME, kernel, i32::packing(MR), i32::packing(NR))
-            .with_packing(PairedA, PackedI8K4::new(NR))
+            .with_packing(HeadedI8K4::<Pairs>::new(), PackedI8K4::new(NR))
             .with_store::<i8>();
     kernel.arch = Some(tract_linalg::isa::Arch::Aarch64);
     // Below tract's own kernels wherever tract ranks the suitable ones itself.
@@ -59,7 +58,8 @@ static KERNEL: LazyLock<DynKernel<MR, NR, i32>> = LazyLock::new(|| {
     kernel
 });
 
-/// The index of (`PairedA`, `PackedI8K4`) in the kernel's packings (0 is `new`'s i32 pair).
+/// The index of (A's `HeadedI8K4<Pairs>`, `PackedI8K4`) in the kernel's packings (0 is
+/// `new`'s i32 pair).
 const PACKING: usize = 1;
 
 inventory::submit! {
@@ -73,12 +73,7 @@ inventory::submit! {
         precedence: 9,
         name: TIER,
         applies: |_| false,
-        preferred: |_, accumulator, query, _| {
-            let bytes = query.weight == WeightType::Plain(DatumType::I8)
-                && query.activation.unquantized() == DatumType::I8;
-            // A product with one column is tract's matrix-vector kernel's.
-            (accumulator == DatumType::I32 && bytes && query.n != Some(1)).then_some(NAME)
-        },
+        preferred: |_, accumulator, query, _| headed::takes(accumulator, query).then_some(NAME),
     }
 }
 
@@ -340,108 +335,17 @@ unsafe fn single<const SHIFT: i32>(acc: &mut [[int32x4_t; 2]; 2], a: [int8x16_t;
     }
 }
 
-/// A's packing: tract's `PackedI8K4` layout of MR rows, each panel after a [`HEADER`]
-/// whose first byte is 1 when the panel holds no −128.
+/// A's panel header: its first byte is 1 when the panel holds no −128.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
-pub struct PairedA;
+pub struct Pairs;
 
-impl PairedA {
-    fn panel_bytes(k: usize) -> usize {
-        HEADER + k.div_ceil(4) * 4 * MR
-    }
-}
+impl PanelHeader for Pairs {
+    const R: usize = MR;
+    const BYTES: usize = HEADER;
+    const NAME: &'static str = "pairs";
 
-impl std::fmt::Display for PairedA {
-    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        write!(f, "I8K4+pairs[{MR}]")
-    }
-}
-
-impl MMMInputFormat for PairedA {
-    fn prepare_tensor(&self, t: &Tensor, k_axis: usize, mn_axis: usize) -> TractResult<Tensor> {
-        Ok(
-            PackedMatrixStorage::new(self.prepare_one(t, k_axis, mn_axis)?)
-                .into_tensor(t.datum_type()),
-        )
-    }
-
-    fn prepare_one_view(
-        &self,
-        t: &TensorView,
-        k_axis: usize,
-        mn_axis: usize,
-    ) -> TractResult<Box<dyn MMMInputValue>> {
-        ensure!(k_axis != mn_axis, "k and mn axes are both {k_axis}");
-        ensure!(
-            t.datum_type().size_of() == 1,
-            "{self} packs bytes, not {:?}",
-            t.datum_type()
-        );
-        let (k, mn) = (t.shape()[k_axis], t.shape()[mn_axis]);
-        let (ks, ms) = (t.strides()[k_axis], t.strides()[mn_axis]);
-        let panel_bytes = Self::panel_bytes(k);
-        let panels = mn.div_ceil(MR);
-        // SAFETY: a fresh blob, written whole by the fill before it is read.
-        let mut blob = unsafe { Blob::new_for_size_and_align(panels * panel_bytes, 16) };
-        let bytes = blob.as_bytes_mut();
-        bytes.fill(0);
-        // SAFETY: the view's elements are bytes (checked) at these strides.
-        let src = unsafe { t.as_ptr_unchecked::<i8>() };
-        for (p, panel) in bytes.chunks_exact_mut(panel_bytes).enumerate() {
-            let (header, body) = panel.split_at_mut(HEADER);
-            let mut pairs = true;
-            for m in 0..MR.min(mn - p * MR) {
-                for kk in 0..k {
-                    let at = ((p * MR + m) as isize) * ms + (kk as isize) * ks;
-                    // SAFETY: m < mn and kk < k: inside the view.
-                    let v = unsafe { *src.offset(at) };
-                    pairs &= v != i8::MIN;
-                    body[(kk / 4) * 4 * MR + m * 4 + kk % 4] = v as u8;
-                }
-            }
-            header[0] = pairs as u8;
-        }
-        Ok(Box::new(EagerPackedInput {
-            fact: PackedExoticFact {
-                format: Box::new(self.clone()),
-                mn: mn.to_dim(),
-                k,
-            },
-            packed: blob.into(),
-            panel_bytes,
-            mn,
-        }))
-    }
-
-    fn precursor(&self) -> WeightType {
-        WeightType::Plain(DatumType::I8)
-    }
-
-    fn r(&self) -> usize {
-        MR
-    }
-
-    fn k_alignment(&self) -> usize {
-        4
-    }
-
-    fn merge_with<'o, 'a: 'o, 'b: 'o>(
-        &'a self,
-        other: &'b dyn MMMInputFormat,
-    ) -> Option<&'o dyn MMMInputFormat> {
-        other.downcast_ref::<PairedA>().map(|_| self as _)
-    }
-
-    fn mem_size(&self, k: TDim, mn: TDim) -> TDim {
-        mn.divceil(MR) * Self::panel_bytes(k.to_usize().unwrap_or(0))
-    }
-
-    fn extract_at_mn_f16(&self, _: &EagerPackedInput, _: usize, _: &mut [f16]) -> TractResult<()> {
-        bail!("{self} has no f16 extraction")
-    }
-
-    fn extract_at_mn_f32(&self, _: &EagerPackedInput, _: usize, _: &mut [f32]) -> TractResult<()> {
-        bail!("{self} has no f32 extraction")
+    fn write(body: &[u8], header: &mut [u8]) {
+        header[0] = !body.contains(&(i8::MIN as u8)) as u8;
     }
 }
 

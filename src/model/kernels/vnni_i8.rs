@@ -7,8 +7,8 @@
 //! ports. This one makes B's bytes unsigned instead — one `vpxor` per block of sixteen
 //! columns — and broadcasts A's rows straight from memory into `vpdpbusd` itself: 16
 //! `vpdpbusd`, a load and a `vpxor` per 1,024 multiply-adds. The +128 on B adds
-//! 128 · Σₖ A[m, k] to row m, which A's packer ([`BiasedA`]) writes into each panel's
-//! header, so the kernel takes it off once per tile.
+//! 128 · Σₖ A[m, k] to row m, which A's packer writes into each panel's header
+//! ([`RowSums`]), so the kernel takes it off once per tile.
 //!
 //! Never in tract's ladder: iscamd measures it against tract's kernels as one more candidate
 //! ([`TIER`]), per model, and runs it where it was faster.
@@ -16,17 +16,16 @@
 use std::arch::x86_64::*;
 use std::sync::LazyLock;
 
-use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::tract_linalg;
 use tract_onnx::tract_core::tract_linalg::isa::{Arch, Isa, IsaReq};
 use tract_onnx::tract_core::tract_linalg::mmm::{
-    DynKernel, EagerPackedInput, FusedKerSpec, MMMInputFormat, MMMInputValue, OutputStoreKer,
-    PackedExoticFact, PackedMatrixStorage, RoundingPolicy,
+    DynKernel, FusedKerSpec, OutputStoreKer, RoundingPolicy,
 };
 use tract_onnx::tract_core::tract_linalg::pack::{PackedI8K4, Packing};
-use tract_onnx::tract_core::tract_linalg::{self, WeightType};
 
 use super::generic_steps;
+use super::headed::{self, HeadedI8K4, PanelHeader};
 
 /// The tier iscamd asks for this kernel.
 pub const TIER: &str = "iscamd-avx512-vnni";
@@ -44,7 +43,7 @@ const HEADER: usize = 4 * MR;
 static KERNEL: LazyLock<DynKernel<MR, NR, i32>> = LazyLock::new(|| {
     let mut kernel =
         DynKernel::<MR, NR, i32>::new(NAME, kernel, i32::packing(MR), i32::packing(NR))
-            .with_packing(BiasedA, PackedI8K4::new(NR))
+            .with_packing(HeadedI8K4::<RowSums>::new(), PackedI8K4::new(NR))
             .with_store::<i8>()
             .with_isa(IsaReq::ANY.needing(&[Isa::X86_64Avx512f, Isa::X86_64Avx512Vnni]));
     kernel.arch = Some(Arch::X86_64);
@@ -53,7 +52,8 @@ static KERNEL: LazyLock<DynKernel<MR, NR, i32>> = LazyLock::new(|| {
     kernel
 });
 
-/// The index of (`BiasedA`, `PackedI8K4`) in the kernel's packings (0 is `new`'s i32 pair).
+/// The index of (A's `HeadedI8K4<RowSums>`, `PackedI8K4`) in the kernel's packings (0 is
+/// `new`'s i32 pair).
 const PACKING: usize = 1;
 
 inventory::submit! {
@@ -68,11 +68,7 @@ inventory::submit! {
         name: TIER,
         applies: |_| false,
         preferred: |_, accumulator, query, _| {
-            let bytes = query.weight == WeightType::Plain(DatumType::I8)
-                && query.activation.unquantized() == DatumType::I8;
-            // A product with one column is tract's matrix-vector kernel's.
-            let fits = accumulator == DatumType::I32 && bytes && query.n != Some(1);
-            (fits && runs_here()).then_some(NAME)
+            (headed::takes(accumulator, query) && runs_here()).then_some(NAME)
         },
     }
 }
@@ -284,107 +280,25 @@ unsafe fn store_tile(tile: &Tile, store: OutputStoreKer) {
     }
 }
 
-/// A's packing: tract's `PackedI8K4` layout of MR rows, each panel after a [`HEADER`] of
-/// its rows' 128 · Σₖ A[m, k].
+/// A's panel header: its rows' 128 · Σₖ A[m, k], as i32.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
-pub struct BiasedA;
+pub struct RowSums;
 
-impl BiasedA {
-    fn panel_bytes(k: usize) -> usize {
-        HEADER + PackedI8K4::new(MR).single_panel_len(k)
-    }
-}
+impl PanelHeader for RowSums {
+    const R: usize = MR;
+    const BYTES: usize = HEADER;
+    const NAME: &'static str = "row-sums";
 
-impl std::fmt::Display for BiasedA {
-    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        write!(f, "I8K4+row-sums[{MR}]")
-    }
-}
-
-impl MMMInputFormat for BiasedA {
-    fn prepare_tensor(&self, t: &Tensor, k_axis: usize, mn_axis: usize) -> TractResult<Tensor> {
-        Ok(
-            PackedMatrixStorage::new(self.prepare_one(t, k_axis, mn_axis)?)
-                .into_tensor(t.datum_type()),
-        )
-    }
-
-    fn prepare_one_view(
-        &self,
-        t: &TensorView,
-        k_axis: usize,
-        mn_axis: usize,
-    ) -> TractResult<Box<dyn MMMInputValue>> {
-        // tract's own packer lays out the body (it is what the kernel's B takes too); each
-        // panel then goes after its header of row sums.
-        let tracts = PackedI8K4::new(MR).pack_view(t, k_axis, mn_axis)?;
-        let body = tracts
-            .downcast_ref::<EagerPackedInput>()
-            .context("tract's I8K4 packer returns an eager input")?;
-        let (k, mn) = (t.shape()[k_axis], t.shape()[mn_axis]);
-        let panel_bytes = HEADER + body.panel_bytes;
-        let panels = mn.div_ceil(MR);
-        // SAFETY: a fresh blob, written whole below before it is read.
-        let mut blob = unsafe { Blob::new_for_size_and_align(panels * panel_bytes, 64) };
-        let bodies = body.packed.as_bytes().chunks_exact(body.panel_bytes);
-        for (panel, body) in blob
-            .as_bytes_mut()
-            .chunks_exact_mut(panel_bytes)
-            .zip(bodies)
-        {
-            let (header, packed) = panel.split_at_mut(HEADER);
-            packed.copy_from_slice(body);
-            let mut sums = [0i32; MR];
-            for block in body.chunks_exact(4 * MR) {
-                for (sum, row) in sums.iter_mut().zip(block.chunks_exact(4)) {
-                    *sum += row.iter().map(|&b| b as i8 as i32).sum::<i32>();
-                }
-            }
-            for (at, sum) in header.chunks_exact_mut(4).zip(sums) {
-                at.copy_from_slice(&(128 * sum).to_ne_bytes());
+    fn write(body: &[u8], header: &mut [u8]) {
+        let mut sums = [0i32; MR];
+        for block in body.chunks_exact(4 * MR) {
+            for (sum, row) in sums.iter_mut().zip(block.chunks_exact(4)) {
+                *sum += row.iter().map(|&b| b as i8 as i32).sum::<i32>();
             }
         }
-        Ok(Box::new(EagerPackedInput {
-            fact: PackedExoticFact {
-                format: Box::new(self.clone()),
-                mn: mn.to_dim(),
-                k,
-            },
-            packed: blob.into(),
-            panel_bytes,
-            mn,
-        }))
-    }
-
-    fn precursor(&self) -> WeightType {
-        WeightType::Plain(DatumType::I8)
-    }
-
-    fn r(&self) -> usize {
-        MR
-    }
-
-    fn k_alignment(&self) -> usize {
-        4
-    }
-
-    fn merge_with<'o, 'a: 'o, 'b: 'o>(
-        &'a self,
-        other: &'b dyn MMMInputFormat,
-    ) -> Option<&'o dyn MMMInputFormat> {
-        other.downcast_ref::<BiasedA>().map(|_| self as _)
-    }
-
-    fn mem_size(&self, k: TDim, mn: TDim) -> TDim {
-        mn.divceil(MR) * Self::panel_bytes(k.to_usize().unwrap_or(0))
-    }
-
-    fn extract_at_mn_f16(&self, _: &EagerPackedInput, _: usize, _: &mut [f16]) -> TractResult<()> {
-        bail!("{self} has no f16 extraction")
-    }
-
-    fn extract_at_mn_f32(&self, _: &EagerPackedInput, _: usize, _: &mut [f32]) -> TractResult<()> {
-        bail!("{self} has no f32 extraction")
+        for (at, sum) in header.chunks_exact_mut(4).zip(sums) {
+            at.copy_from_slice(&(128 * sum).to_ne_bytes());
+        }
     }
 }
 
