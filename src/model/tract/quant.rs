@@ -1,11 +1,12 @@
-//! A vectorised `QuantizeLinear` to u8, for the f32 input of int8 models.
+//! A vectorised `QuantizeLinear` to u8: the f32 input of int8 models, and every float step
+//! of a QDQ model that stays float (an EfficientNet's SiLU is three of them).
 //!
 //! tract 0.23 quantises element by element with a branchy rounding function the compiler does
 //! not vectorise: 7 % of an int8 forward pass on this project's x86, for the one 3×227×227
 //! input (perf; docs/benchmarks.md, "Speed"). [`QuantizeU8`] computes the same bytes — round half to
 //! even, add the zero point, saturate — over whole SIMD registers: the rounding is the
-//! classic add-and-subtract of 1.5·2²³, exact for |x| < 2²², and any chunk holding a value
-//! outside that (or a NaN) takes tract's own formula instead.
+//! classic addition of 1.5·2²³, exact for |x| < 2²², read off the sum's bits; any chunk
+//! holding a value outside that (or a NaN) takes tract's own formula instead.
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
@@ -69,7 +70,9 @@ impl QuantizeU8 {
     #[inline(always)]
     fn quantize_any(&self, xs: &[f32], ys: &mut [u8]) {
         const CHUNK: usize = 32;
-        // 1.5·2²³: adding and subtracting it rounds any |v| < 2²² half to even.
+        // 1.5·2²³: adding it to any |v| < 2²² rounds v half to even and leaves the integer
+        // in the low bits of the sum, so the rounded value is read off the bits — no
+        // float-to-int conversion, whose saturating form compiles to scalar code.
         const ROUND: f32 = 12_582_912.0;
         const EXACT: f32 = 4_194_304.0;
         let zero_point = self.zero_point as i32;
@@ -81,18 +84,24 @@ impl QuantizeU8 {
         };
         let mut chunks = xs.chunks_exact(CHUNK).zip(ys.chunks_exact_mut(CHUNK));
         for (x, y) in &mut chunks {
-            let v: [f32; CHUNK] = std::array::from_fn(|i| x[i] * self.scale);
-            // NaN takes tract's formula too, which maps it to the zero point.
-            if v.iter()
-                .fold(false, |out, v| out | v.is_nan() | (v.abs() >= EXACT))
-            {
+            let x: &[f32; CHUNK] = x.try_into().expect("chunks_exact");
+            let y: &mut [u8; CHUNK] = y.try_into().expect("chunks_exact");
+            let mut v = [0f32; CHUNK];
+            // NaN fails `<` too, and takes tract's formula, which maps it to the zero point.
+            let mut outside = false;
+            for (v, x) in v.iter_mut().zip(x) {
+                *v = x * self.scale;
+                outside |= !(v.abs() < EXACT);
+            }
+            if outside {
                 for (y, &x) in y.iter_mut().zip(x) {
                     *y = tracts(x);
                 }
                 continue;
             }
             for (y, v) in y.iter_mut().zip(v) {
-                *y = (((v + ROUND) - ROUND) as i32 + zero_point).clamp(0, 255) as u8;
+                let rounded = (v + ROUND).to_bits() as i32 - ROUND.to_bits() as i32;
+                *y = (rounded + zero_point).clamp(0, 255) as u8;
             }
         }
         let rest = xs.len() / CHUNK * CHUNK;
