@@ -22,31 +22,36 @@ use tract_onnx::tract_core::ops::quant::{
 };
 use tract_onnx::tract_core::tract_linalg::lut::Lut;
 
+use std::collections::HashMap;
+
 use super::swap::Swapped;
 
-/// Replaces every `DQ → … → Q` chain of a decluttered `model` whose links are unary
-/// element-wise ops or binary ones with a scalar constant, used once each; says how many
-/// chains through a binary op it found (tract folds the others itself) and replaced.
+/// Replaces every QuantizeLinear of a decluttered `model` whose float input is computed
+/// element by element from one byte tensor — through DequantizeLinears, unary ops and binary
+/// ones whose other input is that tensor too or a scalar constant — and through at least
+/// one binary op; says how many it found and replaced. An int8 SiLU (`x · σ(x)` with a
+/// quantize between σ and the product) is one, as a ReLU6 (`min(max(x, 0), 6)`) is; a
+/// chain of unary ops alone tract folds itself.
 pub fn install(model: &mut TypedModel) -> TractResult<Swapped> {
     #[cfg(target_arch = "aarch64")]
     let mut swapped = retable(model)?;
     #[cfg(not(target_arch = "aarch64"))]
     let mut swapped = Swapped::default();
     // Patches append nodes: the ones present now are all that can be candidates.
-    for dq in 0..model.nodes.len() {
-        if !model.nodes[dq].op_is::<DequantizeLinearF32>() {
+    for q in 0..model.nodes.len() {
+        if quantizes_to(&model.nodes[q]).is_none() {
             continue;
         }
-        let Some((links, q)) = chain(model, dq)? else {
+        let Some(function) = ByteFunction::of(model, q)? else {
             continue;
         };
         swapped.candidates += 1;
-        let Some(table) = table(model, dq, &links, q)? else {
+        let Some(table) = function.table(model, q)? else {
             continue;
         };
         let mut patch = TypedModelPatch::default();
-        let input = patch.tap_model(model, model.nodes[dq].inputs[0])?;
-        let name = format!("{}.lookup", model.nodes[dq].name);
+        let input = patch.tap_model(model, function.bytes)?;
+        let name = format!("{}.lookup", model.nodes[q].name);
         let wire = patch.wire_node(name, table, &[input])?;
         patch.shunt_outside(model, OutletId::new(q, 0), wire[0])?;
         patch.apply(model)?;
@@ -66,87 +71,144 @@ fn quantizes_to(node: &TypedNode) -> Option<DatumType> {
     }
 }
 
-/// The links after the DequantizeLinear `dq` up to a QuantizeLinear, and that node, when
-/// one of them is a binary op with a scalar constant (a chain of unary ops alone is
-/// tract's to fold).
-fn chain(model: &TypedModel, dq: usize) -> TractResult<Option<(Vec<usize>, usize)>> {
-    let mut links = Vec::new();
-    let mut from = OutletId::new(dq, 0);
-    let mut binary = false;
-    while let Some(next) = model.single_succ(from.node)? {
-        if quantizes_to(next).is_some() {
-            return Ok(binary.then_some((links, next.id)));
+/// The nodes that compute a QuantizeLinear's input from the bytes of one tensor, element
+/// by element.
+struct ByteFunction {
+    /// The byte tensor every DequantizeLinear of the function reads.
+    bytes: OutletId,
+    /// The function's nodes, each after its inputs.
+    nodes: Vec<usize>,
+}
+
+impl ByteFunction {
+    /// More nodes than any activation quantizers write (SiLU is five).
+    const MOST_NODES: usize = 16;
+
+    /// The function feeding the QuantizeLinear `q`, when there is one with a binary op.
+    fn of(model: &TypedModel, q: usize) -> TractResult<Option<ByteFunction>> {
+        let mut walk = Walk {
+            model,
+            bytes: None,
+            nodes: Vec::new(),
+            binary: false,
+        };
+        let found = walk.visit(model.nodes[q].inputs[0].node)?;
+        Ok(match (found, walk.bytes) {
+            (true, Some(bytes)) if walk.binary => Some(ByteFunction {
+                bytes,
+                nodes: walk.nodes,
+            }),
+            _ => None,
+        })
+    }
+
+    /// tract's table op for the function and `q`: the nodes themselves, run on the 256
+    /// bytes.
+    fn table(&self, model: &TypedModel, q: usize) -> TractResult<Option<ElementWiseOp>> {
+        let dt = model.outlet_fact(self.bytes)?.datum_type;
+        if quantizes_to(&model.nodes[q]) != Some(dt) {
+            return Ok(None);
         }
-        let (inputs, outputs) = model.node_facts(next.id)?;
-        let unary = next.inputs.len() == 1
-            && next
+        let mut adhoc = TypedModel::default();
+        let source = adhoc.add_source("bytes", dt.fact([256]))?;
+        let mut wires: HashMap<OutletId, OutletId> = HashMap::new();
+        for &id in self.nodes.iter().chain([&q]) {
+            let node = &model.nodes[id];
+            let mut inputs = TVec::new();
+            for (i, outlet) in node.inputs.iter().enumerate() {
+                let wire = match (wires.get(outlet), &model.outlet_fact(*outlet)?.konst) {
+                    (Some(wire), _) => *wire,
+                    (None, Some(k)) => {
+                        let scalar = k.clone().into_tensor().into_shape(&[1])?;
+                        adhoc.add_const(format!("{}.{i}", node.name), scalar)?
+                    }
+                    // A DequantizeLinear's input: the bytes.
+                    (None, None) => source,
+                };
+                inputs.push(wire);
+            }
+            let output = adhoc.wire_node(&*node.name, node.op.clone(), &inputs)?[0];
+            wires.insert(OutletId::new(id, 0), output);
+        }
+        adhoc.select_output_outlets(&[wires[&OutletId::new(q, 0)]])?;
+        let bytes: Vec<u8> = (0..=255).collect();
+        let input = match dt {
+            DatumType::U8 => tensor1(&bytes),
+            _ => tensor1(&bytes.iter().map(|&b| b as i8).collect::<Vec<_>>()),
+        };
+        let output = SimplePlan::new(adhoc)?
+            .run(tvec!(input.into_tvalue()))?
+            .remove(0);
+        let output = output.into_tensor();
+        let table: Vec<u8> = match dt {
+            DatumType::U8 => output.try_as_plain_ram()?.as_slice::<u8>()?.to_vec(),
+            _ => {
+                let plain = output.try_as_plain_ram()?;
+                plain.as_slice::<i8>()?.iter().map(|&v| v as u8).collect()
+            }
+        };
+        Ok(Some(lookup_table(byte_table(&table)?)))
+    }
+}
+
+/// A depth-first walk up from a QuantizeLinear's input.
+struct Walk<'a> {
+    model: &'a TypedModel,
+    bytes: Option<OutletId>,
+    /// Visited nodes, each after its inputs.
+    nodes: Vec<usize>,
+    binary: bool,
+}
+
+impl Walk<'_> {
+    /// Adds `id` and what it reads; false where that is not a function of the bytes.
+    fn visit(&mut self, id: usize) -> TractResult<bool> {
+        if self.nodes.contains(&id) {
+            return Ok(true);
+        }
+        if self.nodes.len() == ByteFunction::MOST_NODES {
+            return Ok(false);
+        }
+        let node = &self.model.nodes[id];
+        let (inputs, outputs) = self.model.node_facts(id)?;
+        if node.op_is::<DequantizeLinearF32>() {
+            // Bytes the function quantized itself (σ's, in a SiLU) are read through; the
+            // others are its input.
+            let mark = (self.nodes.len(), self.bytes, self.binary);
+            if !self.visit(node.inputs[0].node)? {
+                (self.bytes, self.binary) = (mark.1, mark.2);
+                self.nodes.truncate(mark.0);
+                let bytes = node.inputs[0];
+                if *self.bytes.get_or_insert(bytes) != bytes {
+                    return Ok(false);
+                }
+            }
+            self.nodes.push(id);
+            return Ok(true);
+        }
+        if outputs.len() != 1 {
+            return Ok(false);
+        }
+        let unary = node.inputs.len() == 1
+            && node
                 .op
                 .axes_mapping(&inputs, &outputs)
                 .is_ok_and(|m| m.is_element_wise_unary());
-        let with_scalar = next.op_is::<TypedBinOp>()
-            && next.inputs.len() == 2
-            && next.inputs.iter().zip(&inputs).all(|(outlet, fact)| {
-                *outlet == from || fact.konst.as_ref().is_some_and(|k| k.len() == 1)
-            })
-            && outputs[0].shape == model.outlet_fact(from)?.shape;
-        if !unary && !with_scalar {
-            return Ok(None);
+        let binary = node.op_is::<TypedBinOp>() && node.inputs.len() == 2;
+        if !unary && !binary {
+            return Ok(false);
         }
-        binary |= with_scalar && !unary;
-        links.push(next.id);
-        from = OutletId::new(next.id, 0);
-    }
-    Ok(None)
-}
-
-/// tract's table op for the chain: the chain itself, run on the 256 bytes.
-fn table(
-    model: &TypedModel,
-    dq: usize,
-    links: &[usize],
-    q: usize,
-) -> TractResult<Option<ElementWiseOp>> {
-    let dt = model.outlet_fact(model.nodes[dq].inputs[0])?.datum_type;
-    if quantizes_to(&model.nodes[q]) != Some(dt) {
-        return Ok(None);
-    }
-    let mut adhoc = TypedModel::default();
-    let mut wire = adhoc.add_source("bytes", dt.fact([256]))?;
-    wire = adhoc.wire_node("dq", model.nodes[dq].op.clone(), &[wire])?[0];
-    for &link in links {
-        let node = &model.nodes[link];
-        let mut inputs = TVec::new();
-        for (i, outlet) in node.inputs.iter().enumerate() {
-            match &model.outlet_fact(*outlet)?.konst {
-                // The chain's own input is the one that is not a constant.
-                Some(k) if node.inputs.len() == 2 => {
-                    let scalar = k.clone().into_tensor().into_shape(&[1])?;
-                    inputs.push(adhoc.add_const(format!("{}.{i}", node.name), scalar)?);
-                }
-                _ => inputs.push(wire),
+        self.binary |= binary;
+        // Each tensor read has the output's shape (no broadcast: one value per byte).
+        for (outlet, fact) in node.inputs.iter().zip(&inputs) {
+            let scalar = fact.konst.as_ref().is_some_and(|k| k.len() == 1);
+            if !scalar && (fact.shape != outputs[0].shape || !self.visit(outlet.node)?) {
+                return Ok(false);
             }
         }
-        wire = adhoc.wire_node(&*node.name, node.op.clone(), &inputs)?[0];
+        self.nodes.push(id);
+        Ok(true)
     }
-    wire = adhoc.wire_node("q", model.nodes[q].op.clone(), &[wire])?[0];
-    adhoc.select_output_outlets(&[wire])?;
-    let bytes: Vec<u8> = (0..=255).collect();
-    let input = match dt {
-        DatumType::U8 => tensor1(&bytes),
-        _ => tensor1(&bytes.iter().map(|&b| b as i8).collect::<Vec<_>>()),
-    };
-    let output = SimplePlan::new(adhoc)?
-        .run(tvec!(input.into_tvalue()))?
-        .remove(0);
-    let output = output.into_tensor();
-    let table: Vec<u8> = match dt {
-        DatumType::U8 => output.try_as_plain_ram()?.as_slice::<u8>()?.to_vec(),
-        _ => {
-            let plain = output.try_as_plain_ram()?;
-            plain.as_slice::<i8>()?.iter().map(|&v| v as u8).collect()
-        }
-    };
-    Ok(Some(lookup_table(byte_table(&table)?)))
 }
 
 /// The 256-byte table `table` as a lookup the table op runs: NEON's on aarch64, tract's
@@ -226,7 +288,8 @@ impl Lut for NeonTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tract_onnx::tract_core::ops::math::{max, min};
+    use tract_onnx::tract_core::ops::math::{max, min, mul};
+    use tract_onnx::tract_core::ops::nn::sigmoid;
     use tract_onnx::tract_core::ops::quant::{quantize_linear_i8, quantize_linear_u8};
 
     /// `Q(min(max(DQ(x), 0), 6))` of `[2, 256]` bytes (every value, twice): an int8
@@ -245,6 +308,38 @@ mod tests {
             DatumType::U8 => quantize_linear_u8(0.0239, 2),
             _ => quantize_linear_i8(0.0239, -128),
         };
+        let y = model.wire_node("q", q, &y).unwrap();
+        model.select_output_outlets(&y).unwrap();
+        model
+    }
+
+    /// `Q(DQ(x) · DQ(Q(σ(DQ(x)))))` of `[2, 256]` bytes: an int8 SiLU as a QDQ file has
+    /// it, the dequantized `x` read twice.
+    fn silu(dt: DatumType) -> TypedModel {
+        let mut model = TypedModel::default();
+        let x = model.add_source("x", dt.fact([2, 256])).unwrap();
+        let (zero_point, q_zero_point) = if dt == DatumType::U8 {
+            (131, 0)
+        } else {
+            (3, -128)
+        };
+        let dq = DequantizeLinearF32::new(0.061, zero_point);
+        let x = model.wire_node("dq", dq, &[x]).unwrap()[0];
+        let sigmoid = model.wire_node("sigmoid", sigmoid(), &[x]).unwrap();
+        let (q, q_sigmoid) = match dt {
+            DatumType::U8 => (
+                quantize_linear_u8(0.0417, 2),
+                quantize_linear_u8(1.0 / 255.0, 0),
+            ),
+            _ => (
+                quantize_linear_i8(0.0417, -126),
+                quantize_linear_i8(1.0 / 255.0, -128),
+            ),
+        };
+        let s = model.wire_node("q.sigmoid", q_sigmoid, &sigmoid).unwrap();
+        let dq_sigmoid = DequantizeLinearF32::new(1.0 / 255.0, q_zero_point);
+        let s = model.wire_node("dq.sigmoid", dq_sigmoid, &s).unwrap()[0];
+        let y = model.wire_node("mul", mul(), &[x, s]).unwrap();
         let y = model.wire_node("q", q, &y).unwrap();
         model.select_output_outlets(&y).unwrap();
         model
@@ -292,6 +387,32 @@ mod tests {
                 !ours.nodes.iter().any(|n| n.op_is::<TypedBinOp>()),
                 "{dt:?}"
             );
+            assert_eq!(run(ours, &x), expected, "{dt:?}");
+        }
+    }
+
+    #[test]
+    fn a_silu_reading_the_bytes_twice_becomes_one_table_of_the_same_bytes() {
+        for dt in [DatumType::U8, DatumType::I8] {
+            let bytes: Vec<u8> = (0..=255u8).chain((0..=255u8).rev()).collect();
+            let x = tract_ndarray::Array2::from_shape_vec([2, 256], bytes)
+                .unwrap()
+                .into_tensor();
+            let x = x.cast_to_dt(dt).unwrap().into_owned();
+            let model = silu(dt).into_decluttered().unwrap();
+            let expected = run(model.clone(), &x);
+            let mut ours = model;
+            let swapped = install(&mut ours).unwrap();
+            ours.compact().unwrap();
+            assert_eq!(
+                swapped,
+                Swapped {
+                    candidates: 1,
+                    replaced: 1
+                },
+                "{dt:?}"
+            );
+            assert_eq!(ours.nodes.len(), 2, "{dt:?}: {ours}");
             assert_eq!(run(ours, &x), expected, "{dt:?}");
         }
     }

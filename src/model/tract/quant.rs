@@ -87,11 +87,11 @@ impl QuantizeU8 {
             let x: &[f32; CHUNK] = x.try_into().expect("chunks_exact");
             let y: &mut [u8; CHUNK] = y.try_into().expect("chunks_exact");
             let mut v = [0f32; CHUNK];
-            // NaN fails `<` too, and takes tract's formula, which maps it to the zero point.
+            // NaN takes tract's formula too, which maps it to the zero point.
             let mut outside = false;
             for (v, x) in v.iter_mut().zip(x) {
                 *v = x * self.scale;
-                outside |= !(v.abs() < EXACT);
+                outside |= v.is_nan() | (v.abs() >= EXACT);
             }
             if outside {
                 for (y, &x) in y.iter_mut().zip(x) {
