@@ -186,9 +186,13 @@ pub fn candidates(accumulator: DatumType) -> Vec<Candidate> {
                 widest,
             };
             let picks = answers(&candidate);
-            // "f16" also catches bf16 kernels.
+            // "f16" also catches bf16 kernels; AMX kernels are never run (see
+            // `ladder_without_amx`).
             let usable = picks.iter().any(Option::is_some)
-                && !picks.iter().flatten().any(|k| k.contains("f16"));
+                && !picks
+                    .iter()
+                    .flatten()
+                    .any(|k| k.contains("f16") || k.starts_with(super::AMX));
             if usable && seen.insert(picks) {
                 found.push(candidate);
             }

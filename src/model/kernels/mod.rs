@@ -240,10 +240,38 @@ fn preferred(
     if now.policy == Policy::Stock {
         return None;
     }
-    now.choice
-        .for_accumulator(accumulator)?
-        .answer(isa, accumulator, query, suitable)
+    match now.choice.for_accumulator(accumulator) {
+        Some(candidate) => candidate.answer(isa, accumulator, query, suitable),
+        None => ladder_without_amx(isa, accumulator, query, suitable),
+    }
 }
+
+/// What tract's ladder picks with its AMX tiers left out, where it would pick an AMX kernel
+/// (`None` otherwise: the ladder's own answer stands). On a Xeon with AMX, tract's AMX int8
+/// kernels ran the models measured here at half the speed of its VNNI ones, and
+/// `avx512amx_mmm_i32_16x16` (tract 0.23.9) faulted at random under load (SIGSEGV on a tile
+/// load from mapped memory, KVM): a tuned plan never runs them. A forced choice
+/// (`ISCAMD_MATMUL=i32=avx512amx-int8`) and the stock policy still can.
+fn ladder_without_amx(
+    isa: &tract_linalg::isa::IsaSet,
+    accumulator: DatumType,
+    query: &tract_linalg::mmm::Query,
+    suitable: &[tract_linalg::mmm::Suitable],
+) -> Option<&'static str> {
+    let tiers = tract_linalg::MmmDispatch::native().tiers();
+    let mut answers = tiers
+        .iter()
+        .filter(|t| t.name != TIER_NAME)
+        .filter_map(|t| (t.preferred)(isa, accumulator, query, suitable))
+        .filter(|&name| suitable.iter().any(|(k, _, _)| k.name() == name));
+    if !answers.next()?.starts_with(AMX) {
+        return None;
+    }
+    answers.find(|name| !name.starts_with(AMX))
+}
+
+/// The prefix of tract's AMX kernels' names.
+const AMX: &str = "avx512amx";
 
 inventory::submit! {
     tract_linalg::mmm_tiers::MmmTier {
@@ -260,6 +288,27 @@ inventory::submit! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// On a CPU with AMX (where tract's ladder picks its AMX kernels) this compares an
+    /// answer with the ladder's; elsewhere the two are the same kernel.
+    #[test]
+    fn tuned_plans_run_no_amx_kernel() {
+        let dispatch = tract_linalg::MmmDispatch::native();
+        for (m, k, n) in [(64, 144, 3025), (16, 128, 729), (1000, 512, 169)] {
+            let query = tract_linalg::mmm::Query::plain(DatumType::I32, Some(m), Some(k), Some(n));
+            let pick = |policy| {
+                let (pick, _) = optimising_with(policy, Choice::default(), || {
+                    dispatch.pick(&query).map(|(k, _, _)| k.name().to_string())
+                });
+                pick.expect("a kernel for every int8 product")
+            };
+            let (tuned, stock) = (pick(Policy::Tuned), pick(Policy::Stock));
+            assert!(!tuned.starts_with(AMX), "{m}×{k}×{n}: {tuned}");
+            if !stock.starts_with(AMX) {
+                assert_eq!(tuned, stock, "{m}×{k}×{n}: the ladder's answer stands");
+            }
+        }
+    }
 
     #[test]
     fn policies_parse_and_reject_unknown_names() {
