@@ -3,20 +3,11 @@
 //! would otherwise only show as a slower device: here it fails.
 
 use crate::common::{F32_MODEL, INT8_MODEL};
-use iscamd::model::kernels::{Choice, Matmul};
 use iscamd::model::{BackendOptions, Classifier, ModelOptions, TractOptions};
 
 /// The model with every one of iscamd's ops put in (a measured choice may leave some out).
 fn with_every_op(name: &str) -> Classifier {
-    Classifier::load(&ModelOptions {
-        path: crate::common::model_path(name),
-        backend: BackendOptions::Tract(TractOptions {
-            matmul: Matmul::Forced(Choice::default()),
-            ..Default::default()
-        }),
-        ..Default::default()
-    })
-    .expect("model loads")
+    crate::common::load_with_every_op(&crate::common::model_path(name))
 }
 
 #[test]

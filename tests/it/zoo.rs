@@ -220,7 +220,7 @@ mod int8 {
     use std::process::Command;
 
     use super::{model, zoo_dir, Model};
-    use crate::common::{images_dir, labelled_images, load_path};
+    use crate::common::{images_dir, labelled_images, load_with_every_op};
     use crate::ort_backend::ort_library;
     use iscamd::analysis::Analysis;
     use iscamd::model::{top_k, BackendOptions, Classifier, ModelOptions, OrtOptions, Provider};
@@ -282,7 +282,7 @@ mod int8 {
         let m = model(file);
         let dir = tempfile::tempdir().unwrap();
         let int8 = quantized(&m, dir.path(), args);
-        let tract = load_path(&int8);
+        let tract = load_with_every_op(&int8);
         let described = tract.backend();
         println!("{file} {args:?}: {described}");
         for op in ["depthwise", "lookup-table"] {

@@ -125,6 +125,7 @@ pub fn cpu_model() -> String {
 
 /// The instruction sets tract found (and may use), e.g. `x86_64,avx,avx2,fma,avx512f,…`.
 pub fn instruction_sets() -> String {
+    super::leave_out_amx();
     format!("{:?}", tract_onnx::tract_core::tract_linalg::isa::native())
 }
 

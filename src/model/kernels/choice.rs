@@ -133,6 +133,7 @@ impl fmt::Display for Choice {
 
 /// The tiers tract has for this machine, by name.
 fn tier_names() -> String {
+    super::leave_out_amx();
     tract_linalg::MmmDispatch::native()
         .tiers()
         .iter()
@@ -153,6 +154,7 @@ const PROBES: [(usize, usize, usize); 4] =
 /// picks other kernels. Candidates that pick the same kernels as
 /// tract's ladder or an earlier candidate are left out.
 pub fn candidates(accumulator: DatumType) -> Vec<Candidate> {
+    super::leave_out_amx();
     let dispatch = tract_linalg::MmmDispatch::native();
     let isa = tract_linalg::isa::native();
     let queries: Vec<(Query, Vec<Suitable>)> = PROBES
@@ -186,13 +188,9 @@ pub fn candidates(accumulator: DatumType) -> Vec<Candidate> {
                 widest,
             };
             let picks = answers(&candidate);
-            // "f16" also catches bf16 kernels; AMX kernels are never run (see
-            // `ladder_without_amx`).
+            // "f16" also catches bf16 kernels.
             let usable = picks.iter().any(Option::is_some)
-                && !picks
-                    .iter()
-                    .flatten()
-                    .any(|k| k.contains("f16") || k.starts_with(super::AMX));
+                && !picks.iter().flatten().any(|k| k.contains("f16"));
             if usable && seen.insert(picks) {
                 found.push(candidate);
             }

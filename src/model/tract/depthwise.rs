@@ -213,8 +213,7 @@ impl QuantDepthwise {
         &self,
         c: usize,
         xs: &[X],
-        phases: &mut [f32],
-        acc: &mut [f32],
+        (phases, columns, acc): (&mut [f32], &mut [f32], &mut [f32]),
         ys: &mut [Y],
         cast: impl Fn(i32) -> Y,
     ) {
@@ -222,26 +221,23 @@ impl QuantDepthwise {
         let (rows, cols) = (h.phase_len(), w.phase_len());
         let plane = rows * cols;
         phases.fill(0.0);
+        let per_group = w.input.div_ceil(w.stride);
         for (row_phase, (first_row, first_y)) in h.phase_starts().enumerate() {
             let ys_in = (first_y..h.input).step_by(h.stride);
             for (r, y) in (first_row..rows).zip(ys_in) {
                 let line = &xs[y * w.input..][..w.input];
+                split_columns(line, self.x0, w.stride, columns);
                 for (col_phase, (first_col, first_x)) in w.phase_starts().enumerate() {
+                    if first_x >= w.input {
+                        continue;
+                    }
                     let at = (row_phase * w.stride + col_phase) * plane + r * cols;
                     let to = &mut phases[at..at + cols][first_col.min(cols)..];
-                    let from = &line[first_x.min(w.input)..];
-                    let x0 = self.x0;
-                    if w.stride == 1 {
-                        // Contiguous on both sides: a loop the compiler vectorises.
-                        to.iter_mut()
-                            .zip(from)
-                            .for_each(|(t, v)| *t = ((*v).into() - x0) as f32);
-                    } else {
-                        let from = from.iter().step_by(w.stride);
-                        to.iter_mut()
-                            .zip(from)
-                            .for_each(|(t, v)| *t = ((*v).into() - x0) as f32);
-                    }
+                    let group = first_x % w.stride;
+                    let group_len = (w.input - group).div_ceil(w.stride);
+                    let from = &columns[group * per_group..][first_x / w.stride..group_len];
+                    let n = from.len().min(to.len());
+                    to[..n].copy_from_slice(&from[..n]);
                 }
             }
         }
@@ -255,14 +251,10 @@ impl QuantDepthwise {
             })
         });
         let taps: Vec<(usize, f32)> = starts.zip(weights.iter().copied()).collect();
-        let acc = &mut acc[..h.output * cols];
-        // 64 sums at a time keep enough independent chains for the multiply-adds, then 16,
-        // then one by one.
-        let wide = sum_taps::<64, FMA>(phases, &taps, acc, 0);
-        let narrow = sum_taps::<16, FMA>(phases, &taps, acc, wide);
-        for (o, a) in acc.iter_mut().enumerate().skip(narrow) {
-            *a = taps.iter().map(|&(at, w)| phases[at + o] * w).sum();
-        }
+        // 4·LANES sums at a time keep enough independent chains for the multiply-adds, then
+        // LANES (`acc` is whole chunks: the sums past the outputs are scratch).
+        let wide = sum_taps::<{ 4 * LANES }, FMA>(phases, &taps, acc, 0);
+        sum_taps::<LANES, FMA>(phases, &taps, acc, wide);
         let scale = self.scales[c % self.scales.len()];
         let (lo, hi) = self.range();
         let (y0, lo, hi) = (self.y0 as f32, lo as f32, hi as f32);
@@ -341,9 +333,11 @@ impl QuantDepthwise {
         let plain = input.try_as_plain_ram()?;
         let xs = plain.as_slice::<X>()?;
         let plane = h.phase_len() * w.phase_len();
-        // The last tap's run ends up to a row past its phase: in the next phase, or here.
-        let mut phases = vec![0f32; (plane * h.stride + w.phase_len()) * w.stride];
-        let mut acc = vec![0f32; h.output * w.phase_len()];
+        // The last tap's run ends up to a row past its phase, and the last chunk of sums up
+        // to LANES − 1 values past the outputs: in the next phase, or here.
+        let mut phases = vec![0f32; (plane * h.stride + w.phase_len()) * w.stride + LANES];
+        let mut columns = vec![0f32; w.input.div_ceil(w.stride) * w.stride];
+        let mut acc = vec![0f32; (h.output * w.phase_len()).next_multiple_of(LANES)];
         let out_plane = h.output * w.output;
         // The view's borrow of `output` ends with the block.
         {
@@ -352,10 +346,49 @@ impl QuantDepthwise {
             let planes = xs.chunks(h.input * w.input).zip(ys.chunks_mut(out_plane));
             for (i, (x, y)) in planes.enumerate() {
                 let c = i % self.channels;
-                self.channel::<X, Y, FMA>(c, x, &mut phases, &mut acc, y, cast);
+                let scratch = (&mut phases[..], &mut columns[..], &mut acc[..]);
+                self.channel::<X, Y, FMA>(c, x, scratch, y, cast);
             }
         }
         Ok(output)
+    }
+}
+
+/// Sums computed at once in one register's worth of lanes.
+const LANES: usize = 16;
+
+/// `line`'s values less `x0`, in f32, grouped by column modulo `stride`: group `g` (columns
+/// `g`, `g + stride`, …) from `g · ⌈len / stride⌉` on. A stride of 2 reads the line in pairs,
+/// which the compiler vectorises, where a strided read is one value at a time.
+#[inline(always)]
+fn split_columns<X: Copy + Into<i32>>(line: &[X], x0: i32, stride: usize, columns: &mut [f32]) {
+    let value = |v: X| (v.into() - x0) as f32;
+    let per_group = line.len().div_ceil(stride);
+    match stride {
+        1 => columns
+            .iter_mut()
+            .zip(line)
+            .for_each(|(c, &v)| *c = value(v)),
+        2 => {
+            let (even, odd) = columns.split_at_mut(per_group);
+            let pairs = even
+                .iter_mut()
+                .zip(odd.iter_mut())
+                .zip(line.chunks_exact(2));
+            for ((e, o), pair) in pairs {
+                (*e, *o) = (value(pair[0]), value(pair[1]));
+            }
+            if let [.., last] = line {
+                if line.len() % 2 == 1 {
+                    even[per_group - 1] = value(*last);
+                }
+            }
+        }
+        _ => {
+            for (x, &v) in line.iter().enumerate() {
+                columns[(x % stride) * per_group + x / stride] = value(v);
+            }
+        }
     }
 }
 
@@ -363,7 +396,11 @@ impl QuantDepthwise {
 /// that f32 multiply-adds compute it exactly — at twice the rate of i32 multiplies on x86
 /// (`vpmulld` is two µops) and with no widening of the bytes.
 fn sums_are_exact_in_f32(x: DatumType, x0: i32, weights: &[i32], taps: usize) -> bool {
-    let (lo, hi) = if x == DatumType::U8 { (0, 255) } else { (-128, 127) };
+    let (lo, hi) = if x == DatumType::U8 {
+        (0, 255)
+    } else {
+        (-128, 127)
+    };
     let most_x = (x0 - lo).abs().max((hi - x0).abs()) as i64;
     weights.chunks(taps.max(1)).all(|channel| {
         let most = channel.iter().map(|w| w.unsigned_abs() as i64).sum::<i64>() * most_x;

@@ -65,6 +65,7 @@ impl TractBackend {
         input_size: usize,
         options: &TractOptions,
     ) -> Result<Self> {
+        kernels::leave_out_amx();
         let mut proto = std::borrow::Cow::Borrowed(proto);
         let (folded, int8_concats, scalar_zero_points) =
             match (options.kernels, proto.graph.is_some()) {

@@ -78,6 +78,21 @@ pub fn load_path(path: &Path) -> Classifier {
     .expect("model loads")
 }
 
+/// The model at `path` with every one of iscamd's ops put in and tract's kernel ladder (a
+/// measured choice may leave an op out, and takes seconds).
+pub fn load_with_every_op(path: &Path) -> Classifier {
+    use iscamd::model::kernels::{Choice, Matmul};
+    Classifier::load(&ModelOptions {
+        path: path.to_owned(),
+        backend: BackendOptions::Tract(TractOptions {
+            matmul: Matmul::Forced(Choice::default()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .expect("model loads")
+}
+
 /// Top-1 and top-5 correct over the 250 labelled images, and each image's top-1 class.
 pub fn accuracy(classifier: &Classifier) -> (usize, usize, Vec<(String, usize)>) {
     let (mut top1, mut top5, mut predictions) = (0, 0, Vec::new());
