@@ -209,11 +209,12 @@ impl QuantDepthwise {
     /// strides, each phase as wide as `acc`'s rows: every tap then reads one contiguous run
     /// over all output rows at once (`acc`'s columns past the output width are scratch).
     #[inline(always)]
-    fn channel<X: Copy + Into<i32>, Y: Copy, const FMA: bool>(
+    fn channel<X: Copy + Into<i32>, Y: Copy, const FMA: bool, const WIDE: usize>(
         &self,
         c: usize,
         xs: &[X],
         (phases, columns, acc): (&mut [f32], &mut [f32], &mut [f32]),
+        quantized: &mut [Y],
         ys: &mut [Y],
         cast: impl Fn(i32) -> Y,
     ) {
@@ -221,23 +222,29 @@ impl QuantDepthwise {
         let (rows, cols) = (h.phase_len(), w.phase_len());
         let plane = rows * cols;
         phases.fill(0.0);
+        // Per column phase: where in a row its inputs go, and where they are in `columns`.
         let per_group = w.input.div_ceil(w.stride);
+        let runs: Vec<(usize, std::ops::Range<usize>)> = w
+            .phase_starts()
+            .enumerate()
+            .filter(|&(_, (_, first_x))| first_x < w.input)
+            .map(|(col_phase, (first_col, first_x))| {
+                let group = first_x % w.stride;
+                let group_len = (w.input - group).div_ceil(w.stride);
+                let from = group * per_group + first_x / w.stride..group * per_group + group_len;
+                let to = col_phase * plane + first_col.min(cols);
+                let n = from.len().min(cols - first_col.min(cols));
+                (to, from.start..from.start + n)
+            })
+            .collect();
         for (row_phase, (first_row, first_y)) in h.phase_starts().enumerate() {
             let ys_in = (first_y..h.input).step_by(h.stride);
             for (r, y) in (first_row..rows).zip(ys_in) {
                 let line = &xs[y * w.input..][..w.input];
                 split_columns(line, self.x0, w.stride, columns);
-                for (col_phase, (first_col, first_x)) in w.phase_starts().enumerate() {
-                    if first_x >= w.input {
-                        continue;
-                    }
-                    let at = (row_phase * w.stride + col_phase) * plane + r * cols;
-                    let to = &mut phases[at..at + cols][first_col.min(cols)..];
-                    let group = first_x % w.stride;
-                    let group_len = (w.input - group).div_ceil(w.stride);
-                    let from = &columns[group * per_group..][first_x / w.stride..group_len];
-                    let n = from.len().min(to.len());
-                    to[..n].copy_from_slice(&from[..n]);
+                let row = row_phase * w.stride * plane + r * cols;
+                for (to, from) in &runs {
+                    phases[row + to..][..from.len()].copy_from_slice(&columns[from.clone()]);
                 }
             }
         }
@@ -251,27 +258,30 @@ impl QuantDepthwise {
             })
         });
         let taps: Vec<(usize, f32)> = starts.zip(weights.iter().copied()).collect();
-        // 4·LANES sums at a time keep enough independent chains for the multiply-adds, then
-        // LANES (`acc` is whole chunks: the sums past the outputs are scratch).
-        let wide = sum_taps::<{ 4 * LANES }, FMA>(phases, &taps, acc, 0);
+        // WIDE sums at a time keep eight registers of independent multiply-adds in flight,
+        // then LANES (`acc` is whole chunks: the sums past the outputs are scratch).
+        let wide = sum_taps::<WIDE, FMA>(phases, &taps, acc, 0);
         sum_taps::<LANES, FMA>(phases, &taps, acc, wide);
         let scale = self.scales[c % self.scales.len()];
         let (lo, hi) = self.range();
         let (y0, lo, hi) = (self.y0 as f32, lo as f32, hi as f32);
         let bias = self.bias[c];
-        for (y, a) in ys.chunks_mut(w.output).zip(acc.chunks(cols)) {
-            for (y, &a) in y.iter_mut().zip(a) {
-                // tract's `scale_by` (round half to even of |a|·s, the sign put back), then
-                // its zero point and clamp, in f32: exact, as the rounded value is an
-                // integer and any sum beyond 2²⁴ clamps to the same end.
-                // SAFETY: `a` is an integer below 2²⁴ in magnitude (`sums_are_exact_in_f32`).
-                let a = unsafe { a.to_int_unchecked::<i32>() }.wrapping_add(bias);
-                let f = a as f32;
-                let scaled = (f.abs() * scale).round_ties_even() * f.signum();
-                let clamped = (scaled + y0).clamp(lo, hi);
-                // SAFETY: `clamped` is an integer within the output type's range.
-                *y = cast(unsafe { clamped.to_int_unchecked::<i32>() });
-            }
+        // All of `acc` at once, scratch columns too: whole registers, where a row of a
+        // small plane (7 or 14 outputs) is mostly remainder.
+        for (q, &a) in quantized.iter_mut().zip(acc.iter()) {
+            // tract's `scale_by` (round half to even of |a|·s, the sign put back), then its
+            // zero point and clamp, in f32: exact, as the rounded value is an integer and any
+            // sum beyond 2²⁴ clamps to the same end.
+            // SAFETY: `a` is an integer below 2²⁴ in magnitude (`sums_are_exact_in_f32`).
+            let a = unsafe { a.to_int_unchecked::<i32>() }.wrapping_add(bias);
+            let f = a as f32;
+            let scaled = (f.abs() * scale).round_ties_even() * f.signum();
+            let clamped = (scaled + y0).clamp(lo, hi);
+            // SAFETY: `clamped` is an integer within the output type's range.
+            *q = cast(unsafe { clamped.to_int_unchecked::<i32>() });
+        }
+        for (y, q) in ys.chunks_mut(w.output).zip(quantized.chunks(cols)) {
+            y.copy_from_slice(&q[..w.output]);
         }
     }
 
@@ -296,7 +306,8 @@ impl QuantDepthwise {
             }
         }
         // aarch64's baseline has the fused multiply-add.
-        self.planes_any::<X, Y, { cfg!(target_arch = "aarch64") }>(input, cast)
+        // Eight registers of sums: 4 lanes each on SSE2 and NEON.
+        self.planes_any::<X, Y, { cfg!(target_arch = "aarch64") }, 32>(input, cast)
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -306,7 +317,7 @@ impl QuantDepthwise {
         input: &Tensor,
         cast: impl Fn(i32) -> Y + Copy,
     ) -> TractResult<Tensor> {
-        self.planes_any::<X, Y, true>(input, cast)
+        self.planes_any::<X, Y, true, 128>(input, cast)
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -316,11 +327,16 @@ impl QuantDepthwise {
         input: &Tensor,
         cast: impl Fn(i32) -> Y + Copy,
     ) -> TractResult<Tensor> {
-        self.planes_any::<X, Y, true>(input, cast)
+        self.planes_any::<X, Y, true, 64>(input, cast)
     }
 
     #[inline(always)]
-    fn planes_any<X: Datum + Copy + Into<i32>, Y: Datum + Copy, const FMA: bool>(
+    fn planes_any<
+        X: Datum + Copy + Into<i32>,
+        Y: Datum + Copy,
+        const FMA: bool,
+        const WIDE: usize,
+    >(
         &self,
         input: &Tensor,
         cast: impl Fn(i32) -> Y + Copy,
@@ -338,6 +354,7 @@ impl QuantDepthwise {
         let mut phases = vec![0f32; (plane * h.stride + w.phase_len()) * w.stride + LANES];
         let mut columns = vec![0f32; w.input.div_ceil(w.stride) * w.stride];
         let mut acc = vec![0f32; (h.output * w.phase_len()).next_multiple_of(LANES)];
+        let mut quantized = vec![cast(0); acc.len()];
         let out_plane = h.output * w.output;
         // The view's borrow of `output` ends with the block.
         {
@@ -347,7 +364,7 @@ impl QuantDepthwise {
             for (i, (x, y)) in planes.enumerate() {
                 let c = i % self.channels;
                 let scratch = (&mut phases[..], &mut columns[..], &mut acc[..]);
-                self.channel::<X, Y, FMA>(c, x, scratch, y, cast);
+                self.channel::<X, Y, FMA, WIDE>(c, x, scratch, &mut quantized, y, cast);
             }
         }
         Ok(output)
