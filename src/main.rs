@@ -14,6 +14,8 @@ fn main() -> ExitCode {
         eprintln!("error: {}", iscamd::error::with_causes(e));
         return ExitCode::from(2);
     }
+    // Before any command reaches tract's kernels (the library's entry points do it too).
+    iscamd::model::kernels::leave_out_amx();
     match cli::run(args) {
         Ok(code) => code,
         Err(e) => {

@@ -1,24 +1,24 @@
-//! Element-wise float steps between a DequantizeLinear and a QuantizeLinear as one 8-bit
+//! Element-wise float steps between DequantizeLinears and a QuantizeLinear as one 8-bit
 //! lookup table.
 //!
 //! tract turns `DQ → (unary element-wise op)* → Q` into a 256-entry table, but stops at an
 //! op with a second input: a Clip is a `Max` and a `Min` with constants, so an int8
 //! MobileNet's ReLU6 after every convolution (`DQ → Clip → Q` in the files quantizers
 //! write) runs as three float passes over the activations — a quarter of its int8 pass
-//! was the quantisation alone (perf, docs/benchmarks.md "Model zoo"). [`install`]
-//! also walks through binary ops whose other input is a scalar constant, runs the chain
-//! on the 256 possible bytes, and puts tract's table op in its place: the same bytes, as
-//! the table is the chain's own output. On aarch64 every table op, tract's own too, looks
-//! up sixteen bytes per step ([`NeonTable`]) where tract's lookup takes one.
+//! was the quantisation alone (perf, docs/benchmarks.md "Model zoo"); and a QDQ SiLU reads
+//! its bytes twice (`DQ(x) · DQ(Q(σ(DQ(x))))`), five float passes. [`install`] finds every
+//! QuantizeLinear whose input is such a function of one byte tensor, runs the function on
+//! the 256 possible bytes, and puts tract's table op in its place: the same bytes, as the
+//! table is the function's own output. Every table op, tract's own too, looks up sixteen
+//! bytes per step on aarch64 ([`NeonTable`]) and sixty-four on x86-64 with AVX-512 VBMI
+//! (`VbmiTable`), where tract's lookup takes one.
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
-#[cfg(target_arch = "aarch64")]
-use tract_onnx::tract_core::ops::quant::LookupTable;
 use tract_onnx::tract_core::ops::quant::{
-    lookup_table, DequantizeLinearF32, QuantizeLinearI8, QuantizeLinearU8,
+    lookup_table, DequantizeLinearF32, LookupTable, QuantizeLinearI8, QuantizeLinearU8,
 };
 use tract_onnx::tract_core::tract_linalg::lut::Lut;
 
@@ -33,10 +33,7 @@ use super::swap::Swapped;
 /// quantize between σ and the product) is one, as a ReLU6 (`min(max(x, 0), 6)`) is; a
 /// chain of unary ops alone tract folds itself.
 pub fn install(model: &mut TypedModel) -> TractResult<Swapped> {
-    #[cfg(target_arch = "aarch64")]
     let mut swapped = retable(model)?;
-    #[cfg(not(target_arch = "aarch64"))]
-    let mut swapped = Swapped::default();
     // Patches append nodes: the ones present now are all that can be candidates.
     for q in 0..model.nodes.len() {
         if quantizes_to(&model.nodes[q]).is_none() {
@@ -211,20 +208,30 @@ impl Walk<'_> {
     }
 }
 
-/// The 256-byte table `table` as a lookup the table op runs: NEON's on aarch64, tract's
-/// elsewhere.
+/// The 256-byte table `table` as a lookup the table op runs: iscamd's where it has one for
+/// this CPU ([`own_lookup`]), tract's byte-at-a-time one elsewhere.
 fn byte_table(table: &[u8]) -> TractResult<Box<dyn Lut>> {
-    #[cfg(target_arch = "aarch64")]
-    return Ok(Box::new(NeonTable(
-        table.try_into().context("a byte table has 256 entries")?,
-    )));
-    #[cfg(not(target_arch = "aarch64"))]
-    tract_linalg::routines::lut_u8(table)
+    let bytes: [u8; 256] = table.try_into().context("a byte table has 256 entries")?;
+    match own_lookup(bytes) {
+        Some(lut) => Ok(lut),
+        None => tract_linalg::routines::lut_u8(table),
+    }
 }
 
-/// Puts NEON's lookup in every table op tract made itself (its own folding of
-/// `DQ → unary ops → Q`); says how many it found and replaced.
-#[cfg(target_arch = "aarch64")]
+/// iscamd's lookup of `table`: sixteen bytes a step with NEON on aarch64, sixty-four with
+/// AVX-512 VBMI on x86-64 CPUs that have it.
+fn own_lookup(table: [u8; 256]) -> Option<Box<dyn Lut>> {
+    #[cfg(target_arch = "aarch64")]
+    return Some(Box::new(NeonTable(table)));
+    #[cfg(target_arch = "x86_64")]
+    return VbmiTable::runs_here().then(|| Box::new(VbmiTable(table)) as Box<dyn Lut>);
+    #[allow(unreachable_code)]
+    None
+}
+
+/// Puts iscamd's lookup in every table op tract made itself (its own folding of
+/// `DQ → unary ops → Q`) where iscamd has one for this CPU; says how many it found and
+/// replaced.
 fn retable(model: &mut TypedModel) -> TractResult<Swapped> {
     let mut swapped = Swapped::default();
     for id in 0..model.nodes.len() {
@@ -282,6 +289,56 @@ impl Lut for NeonTable {
         for b in blocks.into_remainder() {
             *b = self.0[*b as usize];
         }
+    }
+}
+
+/// A 256-byte table looked up sixty-four bytes at a time: `vpermi2b` over each half of the
+/// table (it reads an index's low seven bits), the index's top bit picking the half.
+#[cfg(target_arch = "x86_64")]
+#[derive(Debug, Clone)]
+struct VbmiTable([u8; 256]);
+
+#[cfg(target_arch = "x86_64")]
+impl VbmiTable {
+    fn runs_here() -> bool {
+        std::arch::is_x86_feature_detected!("avx512vbmi")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+    fn look_up(&self, buf: &mut [u8]) {
+        use std::arch::x86_64::*;
+        let mut blocks = buf.chunks_exact_mut(64);
+        // SAFETY: the table loads read its 256 bytes, each block's load and store its 64.
+        unsafe {
+            let t = self.0.as_ptr();
+            let t0 = _mm512_loadu_si512(t.cast());
+            let t1 = _mm512_loadu_si512(t.add(64).cast());
+            let t2 = _mm512_loadu_si512(t.add(128).cast());
+            let t3 = _mm512_loadu_si512(t.add(192).cast());
+            for block in &mut blocks {
+                let x = _mm512_loadu_si512(block.as_ptr().cast());
+                let low = _mm512_permutex2var_epi8(t0, x, t1);
+                let high = _mm512_permutex2var_epi8(t2, x, t3);
+                let y = _mm512_mask_blend_epi8(_mm512_movepi8_mask(x), low, high);
+                _mm512_storeu_si512(block.as_mut_ptr().cast(), y);
+            }
+        }
+        for b in blocks.into_remainder() {
+            *b = self.0[*b as usize];
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Lut for VbmiTable {
+    fn table(&self) -> &[u8] {
+        &self.0
+    }
+
+    fn run(&self, buf: &mut [u8]) {
+        // SAFETY: made only where the CPU has AVX-512 VBMI and BW (`own_lookup`).
+        unsafe { self.look_up(buf) }
     }
 }
 
@@ -347,9 +404,9 @@ mod tests {
 
     use super::super::run_optimized as run;
 
-    #[cfg(target_arch = "aarch64")]
+    /// iscamd's lookup where this CPU has one (NEON; AVX-512 VBMI), else tract's.
     #[test]
-    fn neon_looks_up_every_byte_as_the_table_says() {
+    fn the_lookup_reads_every_byte_as_the_table_says() {
         let table: Vec<u8> = (0..=255u8)
             .map(|b| b.wrapping_mul(167).wrapping_add(13))
             .collect();
