@@ -252,18 +252,19 @@ fn preferred(
 /// tract's own `TRACT_CPU_ISA` knob, as a value below the environment (a `TRACT_CPU_ISA`
 /// set by the user wins); before tract first reads the machine's instruction sets, which it
 /// does once: every iscamd path into tract's kernels calls this first.
+/// Only on x86-64: tract refuses (panics on) a feature of another architecture.
 pub fn leave_out_amx() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let knob = "TRACT_CPU_ISA";
-        if let Err(e) = tract_onnx::tract_core::knobs::set_config_global(knob, AMX_LEFT_OUT) {
-            tracing::warn!("tract's AMX kernels stay in: {e}");
-        }
-    });
+    #[cfg(target_arch = "x86_64")]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            let (knob, edit) = ("TRACT_CPU_ISA", "-amx-int8,-amx-bf16");
+            if let Err(e) = tract_onnx::tract_core::knobs::set_config_global(knob, edit) {
+                tracing::warn!("tract's AMX kernels stay in: {e}");
+            }
+        });
+    }
 }
-
-/// The `TRACT_CPU_ISA` edit that leaves out tract's AMX kernels.
-const AMX_LEFT_OUT: &str = "-amx-int8,-amx-bf16";
 
 inventory::submit! {
     tract_linalg::mmm_tiers::MmmTier {
