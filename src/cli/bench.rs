@@ -8,7 +8,7 @@ use iscamd::bench::{
 };
 use iscamd::cam::{spec, CamParams};
 use iscamd::model::kernels::Policy;
-use iscamd::model::{BackendKind, BatchPlan};
+use iscamd::model::{BackendKind, BatchPlan, NodeTime};
 use iscamd::source::decode_image;
 
 use super::ModelArgs;
@@ -59,6 +59,10 @@ pub struct BenchArgs {
     /// (one thread, mean of --images passes).
     #[arg(long)]
     pub profile: bool,
+    /// With --profile: also the N nodes that took longest, each with what its op says of
+    /// itself (kernel, packing, shapes)
+    #[arg(long, value_name = "N", default_value_t = 0, requires = "profile")]
+    pub profile_nodes: usize,
     #[command(flatten)]
     pub model: ModelArgs,
 }
@@ -104,7 +108,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         if !backends.contains(&BackendKind::Tract) {
             anyhow::bail!("--profile times the ops of tract's plans: add tract to --backends");
         }
-        bench.profiles(print_profile)?;
+        bench.profiles(|profile| print_profile(profile, args.profile_nodes))?;
         return Ok(ExitCode::SUCCESS);
     }
     let costs = bench.costs().context("cannot load the model")?;
@@ -138,7 +142,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_profile(profile: &OpProfile) {
+fn print_profile(profile: &OpProfile, slowest_nodes: usize) {
     let total: f64 = profile.ops.iter().map(|o| o.seconds_per_pass).sum();
     println!(
         "\n# {} on {}, one thread: {:.3} ms per pass ({:.3} ms in the ops below)",
@@ -158,6 +162,26 @@ fn print_profile(profile: &OpProfile) {
             op.nodes,
             op.seconds_per_pass * 1e3,
             100.0 * op.seconds_per_pass / total
+        );
+    }
+    if slowest_nodes == 0 {
+        return;
+    }
+    let mut nodes: Vec<(&str, &NodeTime)> = profile
+        .ops
+        .iter()
+        .flat_map(|op| op.by_node.iter().map(|node| (op.op.as_str(), node)))
+        .collect();
+    nodes.sort_by(|a, b| b.1.seconds_per_pass.total_cmp(&a.1.seconds_per_pass));
+    println!("\n# the {slowest_nodes} slowest nodes");
+    println!("{:>12} {:<28} {:<40} info", "ms/pass", "op", "node");
+    for (op, node) in nodes.into_iter().take(slowest_nodes) {
+        println!(
+            "{:>12.4} {:<28} {:<40} {}",
+            node.seconds_per_pass * 1e3,
+            op,
+            node.name,
+            node.info
         );
     }
 }

@@ -50,6 +50,18 @@ pub struct OpTime {
     /// How many nodes of the plan run it.
     pub nodes: usize,
     pub seconds_per_pass: f64,
+    /// Each of those nodes, slowest first.
+    pub by_node: Vec<NodeTime>,
+}
+
+/// One node of a plan and the time it takes in a pass.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct NodeTime {
+    /// The node's name in the plan.
+    pub name: String,
+    /// What the op says of itself (its kernel, shapes, packing).
+    pub info: String,
+    pub seconds_per_pass: f64,
 }
 
 /// Which backend loads the model (`[model] backend`, `--backend`).

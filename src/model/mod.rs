@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 
 use tract_onnx::prelude::tract_ndarray::{Array2, Array4, ArrayD, ArrayView4, Ix4};
 
-pub use backend::{Backend, BackendKind, OpTime, OrtOptions, Provider};
+pub use backend::{Backend, BackendKind, NodeTime, OpTime, OrtOptions, Provider};
 pub use graph::{find_cam_layer, FoundLayer};
 pub use head::{HeadError, LinearHead};
 pub use labels::Labels;

@@ -9,7 +9,7 @@ use std::fmt;
 use super::SettingError;
 
 /// iscamd's ops, by the names logs, `check` and the choice's text use.
-pub const OWN_OPS: [&str; 8] = [
+pub const OWN_OPS: [&str; 9] = [
     "max-pool",
     "im2col",
     "row-packing",
@@ -18,6 +18,7 @@ pub const OWN_OPS: [&str; 8] = [
     "requantize",
     "depthwise",
     "lookup-table",
+    "spatial-merge",
 ];
 
 /// The instruction set iscamd's max-pooling is compiled for (one loop, compiled once per
@@ -87,7 +88,7 @@ impl PoolIsa {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct OwnOps {
     /// Bit i set: [`OWN_OPS`]`[i]` is left to tract.
-    left_out: u8,
+    left_out: u16,
     /// `None`: [`PoolIsa::widest`].
     pool: Option<PoolIsa>,
 }

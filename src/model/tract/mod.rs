@@ -23,6 +23,7 @@ mod profile;
 mod quant;
 mod relu;
 mod requant;
+mod spatial;
 mod swap;
 
 pub use swap::{Swapped, Swaps};
@@ -291,9 +292,10 @@ fn parse(
 /// those that replace an op before tract lowers it to its kernels, then those that
 /// replace steps of the lowered plan.
 type Install = fn(&mut TypedModel, &kernels::OwnOps) -> TractResult<Swapped>;
-const BEFORE_LOWERING: [(&str, Install); 2] = [
+const BEFORE_LOWERING: [(&str, Install); 3] = [
     ("depthwise", |m, _| depthwise::install(m)),
     ("lookup-table", |m, _| lut::install(m)),
+    ("spatial-merge", |m, _| spatial::install(m)),
 ];
 const INSTALLS: [(&str, Install); 6] = [
     ("max-pool", |m, ops| maxpool::install(m, ops.pool())),

@@ -2,44 +2,58 @@
 //! run node by node with a clock around each. In an emulated machine whose clock counts
 //! executed instructions (cross/arm-estimate.sh), the same table counts instructions.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::plan::eval;
 
 use super::Plan;
-use crate::model::OpTime;
+use crate::model::{NodeTime, OpTime};
 
 /// Runs `input` through `plan` once to warm up, then `passes` times, timing every node;
 /// the ops by their total time, largest first, per pass.
 pub fn profile(plan: &Plan, input: &Tensor, passes: usize) -> TractResult<Vec<OpTime>> {
     let mut state = TypedSimpleState::new(plan)?;
     state.run(tvec!(input.clone().into_tvalue()))?;
-    let mut spent: HashMap<String, (BTreeSet<usize>, Duration)> = HashMap::new();
+    let mut spent: HashMap<usize, Duration> = HashMap::new();
     for _ in 0..passes {
         state.run_plan_with_eval(
             tvec!(input.clone().into_tvalue()),
             |ctx, op_state, node: &TypedNode, inputs| {
                 let start = Instant::now();
                 let outputs = eval(ctx, op_state, node, inputs);
-                let (nodes, time) = spent.entry(node.op().name().to_string()).or_default();
-                nodes.insert(node.id);
-                *time += start.elapsed();
+                *spent.entry(node.id).or_default() += start.elapsed();
                 outputs
             },
         )?;
     }
     let passes = passes.max(1) as f64;
-    let mut ops: Vec<OpTime> = spent
+    let mut ops: HashMap<String, Vec<NodeTime>> = HashMap::new();
+    for (id, time) in spent {
+        let node = plan.model().node(id);
+        ops.entry(node.op().name().to_string())
+            .or_default()
+            .push(NodeTime {
+                name: node.name.clone(),
+                info: node.op().info()?.join("; "),
+                seconds_per_pass: time.as_secs_f64() / passes,
+            });
+    }
+    let slowest_first = |a: f64, b: f64| b.total_cmp(&a);
+    let mut ops: Vec<OpTime> = ops
         .into_iter()
-        .map(|(op, (nodes, time))| OpTime {
-            op,
-            nodes: nodes.len(),
-            seconds_per_pass: time.as_secs_f64() / passes,
+        .map(|(op, mut by_node)| {
+            by_node.sort_by(|a, b| slowest_first(a.seconds_per_pass, b.seconds_per_pass));
+            OpTime {
+                op,
+                nodes: by_node.len(),
+                seconds_per_pass: by_node.iter().map(|n| n.seconds_per_pass).sum(),
+                by_node,
+            }
         })
         .collect();
-    ops.sort_by(|a, b| b.seconds_per_pass.total_cmp(&a.seconds_per_pass));
+    ops.sort_by(|a, b| slowest_first(a.seconds_per_pass, b.seconds_per_pass));
     Ok(ops)
 }
 
@@ -62,6 +76,10 @@ mod tests {
         let nodes = |name: &str| ops.iter().find(|o| o.op == name).map(|o| o.nodes);
         assert_eq!(nodes("Add"), Some(2), "{ops:?}");
         assert_eq!(nodes("Mul"), Some(1), "{ops:?}");
+        let add = ops.iter().find(|o| o.op == "Add").unwrap();
+        let mut names: Vec<&str> = add.by_node.iter().map(|n| n.name.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["a", "b"]);
         assert!(ops.iter().all(|o| o.seconds_per_pass >= 0.0));
         assert!(ops
             .windows(2)
