@@ -9,7 +9,7 @@ use std::fmt;
 use super::SettingError;
 
 /// iscamd's ops, by the names logs, `check` and the choice's text use.
-pub const OWN_OPS: [&str; 9] = [
+pub const OWN_OPS: [&str; 10] = [
     "max-pool",
     "im2col",
     "row-packing",
@@ -19,6 +19,7 @@ pub const OWN_OPS: [&str; 9] = [
     "depthwise",
     "lookup-table",
     "spatial-merge",
+    "row-terms",
 ];
 
 /// The instruction set iscamd's max-pooling is compiled for (one loop, compiled once per

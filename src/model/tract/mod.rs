@@ -23,6 +23,7 @@ mod profile;
 mod quant;
 mod relu;
 mod requant;
+mod row_terms;
 mod spatial;
 mod swap;
 
@@ -297,7 +298,8 @@ const BEFORE_LOWERING: [(&str, Install); 3] = [
     ("lookup-table", |m, _| lut::install(m)),
     ("spatial-merge", |m, _| spatial::install(m)),
 ];
-const INSTALLS: [(&str, Install); 6] = [
+const INSTALLS: [(&str, Install); 7] = [
+    ("row-terms", |m, _| row_terms::install(m)),
     ("max-pool", |m, ops| maxpool::install(m, ops.pool())),
     ("im2col", |m, _| im2col::install(m)),
     ("row-packing", |m, _| packing::install(m)),
