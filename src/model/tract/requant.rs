@@ -175,6 +175,14 @@ impl Requantize {
         ys: &mut [T],
         cast: impl Fn(i32) -> T,
     ) {
+        #[cfg(target_arch = "aarch64")]
+        if let Some(clamp) = self.clamp_within(self.to).filter(|_| size_of::<T>() == 1) {
+            // SAFETY: T is one byte — u8 or i8, the only types `chain` casts to — and every
+            // bit pattern is one of its values.
+            let bytes = unsafe { std::slice::from_raw_parts_mut(ys.as_mut_ptr().cast(), ys.len()) };
+            let done = requantize_neon(xs, scale, &clamp, bytes);
+            return self.run_any(&xs[done..], scale, &mut ys[done..], cast);
+        }
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: this CPU has AVX2, checked just above.
@@ -281,6 +289,18 @@ impl Requantize {
         })
     }
 
+    /// The steps as a [`Clamp`] whose bounds are ordered and within `to`'s values, so that
+    /// saturating to 16 bits on the way keeps the result.
+    #[cfg(target_arch = "aarch64")]
+    fn clamp_within(&self, to: DatumType) -> Option<Clamp> {
+        let (min, max) = match to {
+            DatumType::U8 => (0, 255),
+            _ => (-128, 127),
+        };
+        self.clamp()
+            .filter(|c| min <= c.low && c.low <= c.high && c.high <= max)
+    }
+
     fn eval_as<T: Datum + Copy + Default>(
         &self,
         input: &Tensor,
@@ -299,6 +319,41 @@ impl Requantize {
         }
         Ok(output)
     }
+}
+
+/// `clamp(rne(x · scale) + add)` of sixteen values a step into bytes, as
+/// [`Requantize::run_any`] computes them: `fcvtns` rounds half to even and saturates as
+/// tract's cast does, the addition wraps as tract's does, and the 16-bit saturation on the
+/// way to bytes keeps every value the clamp keeps (its bounds are within a byte's). Returns
+/// how many values it wrote, a multiple of sixteen.
+#[cfg(target_arch = "aarch64")]
+fn requantize_neon(xs: &[i32], scale: f32, clamp: &Clamp, out: &mut [u8]) -> usize {
+    use std::arch::aarch64::*;
+    let n = xs.len().min(out.len()) / 16 * 16;
+    // SAFETY: NEON is aarch64's baseline; every load and store is within the first n
+    // values of `xs` and bytes of `out`; the bounds fit i16 (`clamp_within`).
+    unsafe {
+        let add = vdupq_n_s32(clamp.add);
+        let (low, high) = (
+            vdupq_n_s16(clamp.low as i16),
+            vdupq_n_s16(clamp.high as i16),
+        );
+        for at in (0..n).step_by(16) {
+            let x = xs.as_ptr().add(at);
+            let [a, b, c, d] = [0, 4, 8, 12].map(|i| {
+                let scaled = vmulq_n_f32(vcvtq_f32_s32(vld1q_s32(x.add(i))), scale);
+                vaddq_s32(vcvtnq_s32_f32(scaled), add)
+            });
+            let halves = [
+                vqmovn_high_s32(vqmovn_s32(a), b),
+                vqmovn_high_s32(vqmovn_s32(c), d),
+            ];
+            let [first, second] = halves.map(|h| vminq_s16(vmaxq_s16(h, low), high));
+            let bytes = vmovn_high_s16(vmovn_s16(first), second);
+            vst1q_u8(out.as_mut_ptr().add(at), vreinterpretq_u8_s8(bytes));
+        }
+    }
+    n
 }
 
 impl Op for Requantize {

@@ -109,14 +109,15 @@ fn per_line(spec: &ProtoFusedSpec, op: BinOp) -> Option<(usize, bool)> {
 /// 32-bit additions do.
 fn difference(add: &Tensor, sub: &Tensor) -> TractResult<Tensor> {
     let mut folded = add.clone();
-    let subtracted = sub.try_as_plain_ram()?;
-    let mut values = folded.try_as_plain_ram_mut()?;
-    let pairs = values
-        .as_slice_mut::<i32>()?
-        .iter_mut()
-        .zip(subtracted.as_slice::<i32>()?);
-    pairs.for_each(|(a, s)| *a = a.wrapping_sub(*s));
-    drop(values);
+    {
+        let subtracted = sub.try_as_plain_ram()?;
+        let mut values = folded.try_as_plain_ram_mut()?;
+        let pairs = values
+            .as_slice_mut::<i32>()?
+            .iter_mut()
+            .zip(subtracted.as_slice::<i32>()?);
+        pairs.for_each(|(a, s)| *a = a.wrapping_sub(*s));
+    }
     Ok(folded)
 }
 
