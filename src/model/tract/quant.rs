@@ -50,9 +50,14 @@ pub fn install(model: &mut TypedModel) -> TractResult<super::swap::Swapped> {
 }
 
 impl QuantizeU8 {
-    /// Quantises `xs` into `ys`: compiled twice on x86-64, for its SSE2 baseline and for
-    /// AVX2, picked at run time.
+    /// Quantises `xs` into `ys`: with NEON on aarch64; compiled twice on x86-64, for its
+    /// SSE2 baseline and for AVX2, picked at run time.
     fn quantize(&self, xs: &[f32], ys: &mut [u8]) {
+        #[cfg(target_arch = "aarch64")]
+        let done = self.quantize_neon(xs, ys);
+        #[cfg(not(target_arch = "aarch64"))]
+        let done = 0;
+        let (xs, ys) = (&xs[done..], &mut ys[done..]);
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: this CPU has AVX2, checked just above.
@@ -65,6 +70,35 @@ impl QuantizeU8 {
     #[target_feature(enable = "avx2")]
     fn quantize_avx2(&self, xs: &[f32], ys: &mut [u8]) {
         self.quantize_any(xs, ys)
+    }
+
+    /// Sixteen values a step with NEON: `fcvtns` rounds half to even and saturates as
+    /// tract's cast does (a NaN gives 0, as there), the zero point's addition wraps as
+    /// tract's does, and the two saturating narrowings clamp to 0–255. Returns how many
+    /// values it wrote, a multiple of sixteen.
+    #[cfg(target_arch = "aarch64")]
+    fn quantize_neon(&self, xs: &[f32], ys: &mut [u8]) -> usize {
+        use std::arch::aarch64::*;
+        let n = xs.len().min(ys.len()) / 16 * 16;
+        // SAFETY: NEON is aarch64's baseline; every load and store is within the first n
+        // values of `xs` and bytes of `ys`.
+        unsafe {
+            let zero_point = vdupq_n_s32(self.zero_point as i32);
+            for at in (0..n).step_by(16) {
+                let x = xs.as_ptr().add(at);
+                let [a, b, c, d] = [0, 4, 8, 12].map(|i| {
+                    let rounded = vcvtnq_s32_f32(vmulq_n_f32(vld1q_f32(x.add(i)), self.scale));
+                    vaddq_s32(rounded, zero_point)
+                });
+                let low = vqmovun_high_s32(vqmovun_s32(a), b);
+                let high = vqmovun_high_s32(vqmovun_s32(c), d);
+                vst1q_u8(
+                    ys.as_mut_ptr().add(at),
+                    vqmovn_high_u16(vqmovn_u16(low), high),
+                );
+            }
+        }
+        n
     }
 
     #[inline(always)]
