@@ -14,6 +14,7 @@
 #                                       (ORT_VERSION, default 1.32.0) or ARM_ORT_LIBRARY
 #   ARM_PROFILE=1 …                     also `iscamd bench --profile` of each model on tract:
 #                                       its "ms" are millions of instructions there
+#   ARM_PROFILE_NODES=N …               and its N costliest nodes (`--profile-nodes`)
 #   ARM_FRAMES=1 …                      also frames: a pass with decoding and preprocessing
 #   ISCAMD_MATMUL=i32=iscamd-neon-i8 …  other kernels than tract's ladder (the default,
 #                                       f32=tract,i32=tract)
@@ -103,7 +104,7 @@ for model in ${model_files[*]}; do
     echo "COUNT \$model \$backend \$(((c - b - b + a) * 10000000 / 8)) \$frame"
   done
   if [ "${ARM_PROFILE:-}" = 1 ]; then
-    iscamd bench --profile --images 3 --image /images/$image.JPEG --model /models/\$model \
+    iscamd bench --profile --profile-nodes ${ARM_PROFILE_NODES:-0} --images 3 --image /images/$image.JPEG --model /models/\$model \
       | sed 's/^/PROFILE /'
   fi
 done

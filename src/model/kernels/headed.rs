@@ -15,6 +15,8 @@ use tract_onnx::tract_core::tract_linalg::mmm::{
 use tract_onnx::tract_core::tract_linalg::pack::PackedI8K4;
 use tract_onnx::tract_core::tract_linalg::WeightType;
 
+use crate::model::tract::HeadedLayout;
+
 /// Whether a product is what iscamd's int8 kernels take: bytes times bytes into i32, with
 /// more than one column (one column is tract's matrix-vector kernel's).
 pub fn takes(accumulator: DatumType, query: &Query) -> bool {
@@ -43,6 +45,17 @@ pub struct HeadedI8K4<H>(PhantomData<H>);
 impl<H: PanelHeader> HeadedI8K4<H> {
     pub fn new() -> Self {
         HeadedI8K4(PhantomData)
+    }
+
+    /// This packing, as iscamd's packing ops write it.
+    pub fn layout() -> HeadedLayout {
+        HeadedLayout {
+            r: H::R,
+            bytes: H::BYTES,
+            name: H::NAME,
+            write: H::write,
+            format: || Box::new(Self::new()),
+        }
     }
 
     fn panel_bytes(k: usize) -> usize {
@@ -78,7 +91,7 @@ impl<H: PanelHeader> MMMInputFormat for HeadedI8K4<H> {
         let panel_bytes = H::BYTES + body.panel_bytes;
         let panels = mn.div_ceil(H::R);
         // SAFETY: a fresh blob, written whole below before it is read.
-        let mut blob = unsafe { Blob::new_for_size_and_align(panels * panel_bytes, 64) };
+        let mut blob = unsafe { Blob::new_for_size_and_align(panels * panel_bytes, HeadedLayout::ALIGNMENT) };
         let bodies = body.packed.as_bytes().chunks_exact(body.panel_bytes);
         for (panel, body) in blob
             .as_bytes_mut()

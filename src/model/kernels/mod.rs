@@ -56,6 +56,30 @@ pub const CHOICE_VAR: &str = "ISCAMD_MATMUL";
 /// The name iscamd's tier goes by in tract's dispatch ladder.
 pub const TIER_NAME: &str = "iscamd-measured";
 
+#[cfg(target_arch = "aarch64")]
+type OwnHeaded = headed::HeadedI8K4<neon_i8::Pairs>;
+#[cfg(target_arch = "x86_64")]
+type OwnHeaded = headed::HeadedI8K4<vnni_i8::RowSums>;
+
+/// The packing of A of iscamd's own int8 kernel on this CPU architecture, if it has one.
+pub fn own_headed_layout() -> Option<crate::model::tract::HeadedLayout> {
+    #[cfg(any(target_arch = "aarch64", target_arch = "x86_64"))]
+    return Some(OwnHeaded::layout());
+    #[cfg(not(any(target_arch = "aarch64", target_arch = "x86_64")))]
+    return None;
+}
+
+/// `format`'s layout when it is that packing, so that iscamd's packing ops can write it.
+pub fn own_headed_packing(
+    format: &dyn tract_linalg::mmm::MMMInputFormat,
+) -> Option<crate::model::tract::HeadedLayout> {
+    #[cfg(any(target_arch = "aarch64", target_arch = "x86_64"))]
+    let own = format.downcast_ref::<OwnHeaded>().is_some();
+    #[cfg(not(any(target_arch = "aarch64", target_arch = "x86_64")))]
+    let own = false;
+    own_headed_layout().filter(|_| own)
+}
+
 /// The tiers of iscamd's own matrix kernels: never in tract's ladder (their `applies` is
 /// false), measured as candidates like tract's tiers.
 #[cfg(target_arch = "aarch64")]

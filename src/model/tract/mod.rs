@@ -27,6 +27,7 @@ mod row_terms;
 mod spatial;
 mod swap;
 
+pub use packing::HeadedLayout;
 pub use swap::{Swapped, Swaps};
 
 type Plan = Arc<TypedRunnableModel>;

@@ -22,18 +22,60 @@ use tract_onnx::tract_core::tract_linalg::mmm::{
 };
 use tract_onnx::tract_core::tract_linalg::pack::{PackedFormat, PackedI8K4};
 
-/// An 8-bit packing of tract's that iscamd's packing ops write.
+/// An 8-bit packing that iscamd's packing ops write: tract's two, and iscamd's kernels'.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Packing {
     K4(PackedI8K4),
     Plain(PackedFormat),
+    /// `PackedI8K4` panels, each after a header its kernel reads.
+    Headed(HeadedLayout),
+}
+
+/// The layout of an iscamd kernel's headed packing (`kernels/headed.rs`): `r`-lane
+/// `PackedI8K4` panels, each after `bytes` of header that `write` makes from the panel.
+/// Layouts are told apart by their name, width and header size.
+#[derive(Clone, Debug)]
+pub struct HeadedLayout {
+    pub r: usize,
+    pub bytes: usize,
+    pub name: &'static str,
+    /// Writes a panel's header from its packed body.
+    pub write: fn(&[u8], &mut [u8]),
+    /// The packing itself, as tract's plans name it.
+    pub format: fn() -> Box<dyn MMMInputFormat>,
+}
+
+impl PartialEq for HeadedLayout {
+    fn eq(&self, other: &Self) -> bool {
+        (self.name, self.r, self.bytes) == (other.name, other.r, other.bytes)
+    }
+}
+
+impl Eq for HeadedLayout {}
+
+impl std::hash::Hash for HeadedLayout {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (self.name, self.r, self.bytes).hash(state);
+    }
+}
+
+impl HeadedLayout {
+    /// The alignment of a headed packing's panels: a cache line.
+    pub const ALIGNMENT: usize = 64;
+
+    fn body(&self) -> PackedI8K4 {
+        PackedI8K4::new(self.r)
+    }
 }
 
 impl Packing {
-    /// `format` if it is one of the two, for 8-bit values.
+    /// `format` if it is one of them, for 8-bit values.
     pub fn of(format: &dyn MMMInputFormat) -> Option<Packing> {
         if let Some(k4) = format.downcast_ref::<PackedI8K4>() {
             return Some(Packing::K4(k4.clone()));
+        }
+        if let Some(headed) = crate::model::kernels::own_headed_packing(format) {
+            return Some(Packing::Headed(headed));
         }
         let plain = format.downcast_ref::<PackedFormat>()?;
         [DatumType::I8, DatumType::U8]
@@ -46,6 +88,7 @@ impl Packing {
         match self {
             Packing::K4(f) => f.r,
             Packing::Plain(f) => f.r,
+            Packing::Headed(h) => h.r,
         }
     }
 
@@ -54,6 +97,15 @@ impl Packing {
         match self {
             Packing::K4(f) => f.single_panel_len(k),
             Packing::Plain(f) => f.single_panel_len(k),
+            Packing::Headed(h) => h.bytes + h.body().single_panel_len(k),
+        }
+    }
+
+    /// Where a panel's values start: after its header.
+    fn header_len(&self) -> usize {
+        match self {
+            Packing::Headed(h) => h.bytes,
+            Packing::K4(_) | Packing::Plain(_) => 0,
         }
     }
 
@@ -61,6 +113,7 @@ impl Packing {
         match self {
             Packing::K4(f) => f.alignment(),
             Packing::Plain(f) => f.alignment(),
+            Packing::Headed(_) => HeadedLayout::ALIGNMENT,
         }
     }
 
@@ -68,6 +121,7 @@ impl Packing {
         match self {
             Packing::K4(f) => Box::new(f.clone()),
             Packing::Plain(f) => Box::new(f.clone()),
+            Packing::Headed(h) => (h.format)(),
         }
     }
 }
@@ -77,6 +131,7 @@ impl std::fmt::Display for Packing {
         match self {
             Packing::K4(format) => write!(f, "{format}"),
             Packing::Plain(format) => write!(f, "{format}"),
+            Packing::Headed(h) => write!(f, "I8K4+{}[{}]", h.name, h.r),
         }
     }
 }
@@ -132,7 +187,7 @@ impl Panels {
         assert_eq!(block, self.next_block, "K=4 blocks are written in order");
         self.next_block += 1;
         match self.packing {
-            Packing::K4(_) => self.write_k4_block(block, rows),
+            Packing::K4(_) | Packing::Headed(_) => self.write_k4_block(block, rows),
             Packing::Plain(_) => {
                 for (j, row) in rows.into_iter().enumerate().take(self.k - 4 * block) {
                     self.write_plain_row(4 * block + j, row);
@@ -158,7 +213,7 @@ impl Panels {
         let (r, mn) = (self.packing.r(), self.mn);
         let panel_len = self.packing.panel_len(self.k);
         let packed = self.blob.as_bytes_mut();
-        let (full, at) = (mn / r, block * 4 * r);
+        let (full, at) = (mn / r, self.packing.header_len() + block * 4 * r);
         match r {
             4 => {
                 // Four-lane panels sixteen lanes at a time: one SIMD interleave for four
@@ -190,7 +245,7 @@ impl Panels {
                 self.tail[j * r..][..width].copy_from_slice(&row[full * r..]);
             }
             let tail = &self.tail;
-            let out = &mut packed[full * panel_len + block * 4 * r..][..4 * r];
+            let out = &mut packed[full * panel_len + at..][..4 * r];
             interleave4(std::array::from_fn(|j| &tail[j * r..][..r]), 0, out);
         }
     }
@@ -232,13 +287,20 @@ impl Panels {
             "every K=4 block is written before the panels are read"
         );
         let panel_bytes = self.packing.panel_len(self.k);
+        let mut blob = self.blob;
+        if let Packing::Headed(h) = &self.packing {
+            for panel in blob.as_bytes_mut().chunks_exact_mut(panel_bytes) {
+                let (header, body) = panel.split_at_mut(h.bytes);
+                (h.write)(body, header);
+            }
+        }
         EagerPackedInput {
             fact: PackedExoticFact {
                 format: self.packing.boxed(),
                 mn: self.mn.to_dim(),
                 k: self.k,
             },
-            packed: Arc::new(self.blob),
+            packed: Arc::new(blob),
             panel_bytes,
             mn: self.mn,
         }
@@ -499,6 +561,7 @@ mod tests {
                 let packed = match format {
                     Packing::K4(f) => f.pack_view(&t.view(), 0, 1).unwrap(),
                     Packing::Plain(f) => f.pack_tensor(&t, 0, 1).unwrap(),
+                    Packing::Headed(h) => (h.format)().prepare_one_view(&t.view(), 0, 1).unwrap(),
                 };
                 let eager = packed.downcast_ref::<EagerPackedInput>().unwrap();
                 eager.packed.as_bytes().to_vec()
@@ -532,6 +595,20 @@ mod tests {
             .collect()
     }
 
+    /// Packed matrices with the plain layout's padding after row K zeroed: tract's packer
+    /// leaves it as the allocator gave it (the kernels read it only into products that are
+    /// thrown away), iscamd's zeroes it.
+    fn values_only(format: &Packing, k: usize, mut packed: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+        if let Packing::Plain(f) = format {
+            for matrix in &mut packed {
+                for panel in matrix.chunks_exact_mut(f.single_panel_len(k)) {
+                    panel[k * f.r..].fill(0);
+                }
+            }
+        }
+        packed
+    }
+
     #[test]
     fn packs_the_bytes_tracts_packer_packs() {
         // SqueezeNet's 1×1 convolutions as tract runs them (K = channels, MN = a row), then
@@ -551,11 +628,16 @@ mod tests {
                     Packing::Plain(PackedFormat::new(DatumType::I8, r, 16)),
                     Packing::Plain(PackedFormat::new(DatumType::I8, r, 32)),
                 ];
-                for format in formats {
-                    let expected = tracts(&format, &input, k_axis);
+                // iscamd's own kernel's packing, headers and all, at its width.
+                let own = crate::model::kernels::own_headed_layout()
+                    .filter(|h| h.r == r)
+                    .map(Packing::Headed);
+                for format in formats.into_iter().chain(own) {
+                    let k = shape[k_axis];
+                    let expected = values_only(&format, k, tracts(&format, &input, k_axis));
                     assert!(!expected.is_empty());
                     assert_eq!(
-                        ours(&format, &input, k_axis),
+                        values_only(&format, k, ours(&format, &input, k_axis)),
                         expected,
                         "{shape:?} k axis {k_axis}, {format:?}"
                     );
