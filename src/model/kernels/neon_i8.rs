@@ -236,45 +236,38 @@ unsafe fn on_generic_kernel(tile: &mut Tile, step: FusedKerSpec<i32>) -> isize {
 /// `tile += A·B` over `k`, A's panel at `pa` (header first), B's at `pb`.
 #[inline(never)]
 unsafe fn add_mat_mul(tile: &mut Tile, k: usize, pa: *const u8, pb: *const u8) {
-    // acc[s][h]: rotation s of B, rows 4h..4h+4 of A; [0] rows 4h, 4h+1, [1] 4h+2, 4h+3,
-    // two 32-bit partial sums per (row, column).
-    let zero = vdupq_n_s32(0);
-    let mut acc = [[[zero; 2]; 2]; 4];
+    // acc[4s + 2h + j]: rotation s of B, rows 4h..4h+4 of A; j = 0 rows 4h, 4h+1, j = 1
+    // rows 4h+2, 4h+3, two 32-bit partial sums per (row, column).
+    let mut acc = [vdupq_n_s32(0); 16];
     let mut blocks = k.div_ceil(4);
     // SAFETY (whole body): the panels hold `blocks` blocks of 32 (A) and 16 (B) bytes.
     unsafe {
         let pairs = *pa == 1;
         let mut a = pa.add(HEADER).cast::<i8>();
         let mut b = pb.cast::<i8>();
-        if pairs {
-            while blocks >= 2 {
-                let a4 = vld1q_s8_x4(a);
-                let b2 = vld1q_s8_x2(b);
-                let (a0, a1) = ([a4.0, a4.1], [a4.2, a4.3]);
-                pair::<0>(&mut acc[0], a0, a1, b2.0, b2.1);
-                pair::<4>(&mut acc[1], a0, a1, b2.0, b2.1);
-                pair::<8>(&mut acc[2], a0, a1, b2.0, b2.1);
-                pair::<12>(&mut acc[3], a0, a1, b2.0, b2.1);
-                a = a.add(2 * 4 * MR);
-                b = b.add(2 * 4 * NR);
-                blocks -= 2;
-            }
+        if pairs && blocks >= 2 {
+            let n = blocks / 2;
+            block_pairs(&mut acc, a, b, n);
+            a = a.add(n * 2 * 4 * MR);
+            b = b.add(n * 2 * 4 * NR);
+            blocks -= 2 * n;
         }
         while blocks > 0 {
             let a2 = vld1q_s8_x2(a);
             let b1 = vld1q_s8(b);
             let a0 = [a2.0, a2.1];
-            single::<0>(&mut acc[0], a0, b1);
-            single::<4>(&mut acc[1], a0, b1);
-            single::<8>(&mut acc[2], a0, b1);
-            single::<12>(&mut acc[3], a0, b1);
+            single::<0>(&mut acc[0..4], a0, b1);
+            single::<4>(&mut acc[4..8], a0, b1);
+            single::<8>(&mut acc[8..12], a0, b1);
+            single::<12>(&mut acc[12..16], a0, b1);
             a = a.add(4 * MR);
             b = b.add(4 * NR);
             blocks -= 1;
         }
         for h in 0..2 {
             // Diagonal s: lane i is row 4h + i, column (i + s) mod 4.
-            let [d0, d1, d2, d3] = [0, 1, 2, 3].map(|s| vpaddq_s32(acc[s][h][0], acc[s][h][1]));
+            let [d0, d1, d2, d3] =
+                [0, 1, 2, 3].map(|s| vpaddq_s32(acc[4 * s + 2 * h], acc[4 * s + 2 * h + 1]));
             // Transposed, row i holds its columns i, i + 1, … (mod 4): rotated into place.
             let (t01, t23) = (vtrnq_s32(d0, d1), vtrnq_s32(d2, d3));
             let rows = [
@@ -296,41 +289,124 @@ unsafe fn add_mat_mul(tile: &mut Tile, k: usize, pa: *const u8, pb: *const u8) {
     }
 }
 
-/// Two K-blocks with B rotated by `SHIFT` bytes: A's blocks `a0`, `a1` (rows 0–3, 4–7),
-/// B's `b0`, `b1`; each product of block 0 summed with block 1's in 16 bits.
+/// `n` ≥ 1 pairs of K-blocks from `a` and `b`, each product of a pair's first block summed
+/// with the second's in 16 bits: per pair, two loads, six rotations of B, 32 multiplies and
+/// 16 widening adds (`acc` as in [`add_mat_mul`]). Written out because the compiler's own
+/// schedule of the same intrinsics spilled two accumulators and rotated A as well as B: 66
+/// instructions per pair instead of these 56 and the loop's two.
 #[inline(always)]
-unsafe fn pair<const SHIFT: i32>(
-    acc: &mut [[int32x4_t; 2]; 2],
-    a0: [int8x16_t; 2],
-    a1: [int8x16_t; 2],
-    b0: int8x16_t,
-    b1: int8x16_t,
-) {
-    // SAFETY: NEON is part of aarch64's baseline.
+unsafe fn block_pairs(acc: &mut [int32x4_t; 16], a: *const i8, b: *const i8, n: usize) {
+    // SAFETY: the caller's panels hold `n` pairs of blocks of 32 (A) and 16 (B) bytes at
+    // `a` and `b`; v8–v11 are declared clobbered, so the compiler saves what it keeps there.
     unsafe {
-        let (b0, b1) = (vextq_s8::<SHIFT>(b0, b0), vextq_s8::<SHIFT>(b1, b1));
-        for h in 0..2 {
-            let (x0, x1) = (a0[h], a1[h]);
-            let low = vmull_s8(vget_low_s8(x0), vget_low_s8(b0));
-            let low = vmlal_s8(low, vget_low_s8(x1), vget_low_s8(b1));
-            let high = vmlal_high_s8(vmull_high_s8(x0, b0), x1, b1);
-            acc[h][0] = vpadalq_s16(acc[h][0], low);
-            acc[h][1] = vpadalq_s16(acc[h][1], high);
-        }
+        std::arch::asm!(
+            "2:",
+            // v0, v1: A's first block (rows 0–3, 4–7), v2, v3 its second; v4, v5: B's.
+            "ld1 {{v0.16b, v1.16b, v2.16b, v3.16b}}, [{a}], #64",
+            "ld1 {{v4.16b, v5.16b}}, [{b}], #32",
+            "smull  v8.8h,  v0.8b,  v4.8b",
+            "smull2 v9.8h,  v0.16b, v4.16b",
+            "smull  v10.8h, v1.8b,  v4.8b",
+            "smull2 v11.8h, v1.16b, v4.16b",
+            "ext    v6.16b, v4.16b, v4.16b, #4",
+            "ext    v7.16b, v5.16b, v5.16b, #4",
+            "smlal  v8.8h,  v2.8b,  v5.8b",
+            "smlal2 v9.8h,  v2.16b, v5.16b",
+            "smlal  v10.8h, v3.8b,  v5.8b",
+            "smlal2 v11.8h, v3.16b, v5.16b",
+            "sadalp v16.4s, v8.8h",
+            "sadalp v17.4s, v9.8h",
+            "sadalp v18.4s, v10.8h",
+            "sadalp v19.4s, v11.8h",
+            "smull  v8.8h,  v0.8b,  v6.8b",
+            "smull2 v9.8h,  v0.16b, v6.16b",
+            "smull  v10.8h, v1.8b,  v6.8b",
+            "smull2 v11.8h, v1.16b, v6.16b",
+            "ext    v6.16b, v4.16b, v4.16b, #8",
+            "smlal  v8.8h,  v2.8b,  v7.8b",
+            "smlal2 v9.8h,  v2.16b, v7.16b",
+            "smlal  v10.8h, v3.8b,  v7.8b",
+            "smlal2 v11.8h, v3.16b, v7.16b",
+            "ext    v7.16b, v5.16b, v5.16b, #8",
+            "sadalp v20.4s, v8.8h",
+            "sadalp v21.4s, v9.8h",
+            "sadalp v22.4s, v10.8h",
+            "sadalp v23.4s, v11.8h",
+            "smull  v8.8h,  v0.8b,  v6.8b",
+            "smull2 v9.8h,  v0.16b, v6.16b",
+            "smull  v10.8h, v1.8b,  v6.8b",
+            "smull2 v11.8h, v1.16b, v6.16b",
+            "ext    v6.16b, v4.16b, v4.16b, #12",
+            "smlal  v8.8h,  v2.8b,  v7.8b",
+            "smlal2 v9.8h,  v2.16b, v7.16b",
+            "smlal  v10.8h, v3.8b,  v7.8b",
+            "smlal2 v11.8h, v3.16b, v7.16b",
+            "ext    v7.16b, v5.16b, v5.16b, #12",
+            "sadalp v24.4s, v8.8h",
+            "sadalp v25.4s, v9.8h",
+            "sadalp v26.4s, v10.8h",
+            "sadalp v27.4s, v11.8h",
+            "smull  v8.8h,  v0.8b,  v6.8b",
+            "smull2 v9.8h,  v0.16b, v6.16b",
+            "smull  v10.8h, v1.8b,  v6.8b",
+            "smull2 v11.8h, v1.16b, v6.16b",
+            "smlal  v8.8h,  v2.8b,  v7.8b",
+            "smlal2 v9.8h,  v2.16b, v7.16b",
+            "smlal  v10.8h, v3.8b,  v7.8b",
+            "smlal2 v11.8h, v3.16b, v7.16b",
+            "subs   {n}, {n}, #1",
+            "sadalp v28.4s, v8.8h",
+            "sadalp v29.4s, v9.8h",
+            "sadalp v30.4s, v10.8h",
+            "sadalp v31.4s, v11.8h",
+            "b.ne   2b",
+            a = inout(reg) a => _,
+            b = inout(reg) b => _,
+            n = inout(reg) n => _,
+            inout("v16") acc[0],
+            inout("v17") acc[1],
+            inout("v18") acc[2],
+            inout("v19") acc[3],
+            inout("v20") acc[4],
+            inout("v21") acc[5],
+            inout("v22") acc[6],
+            inout("v23") acc[7],
+            inout("v24") acc[8],
+            inout("v25") acc[9],
+            inout("v26") acc[10],
+            inout("v27") acc[11],
+            inout("v28") acc[12],
+            inout("v29") acc[13],
+            inout("v30") acc[14],
+            inout("v31") acc[15],
+            out("v0") _,
+            out("v1") _,
+            out("v2") _,
+            out("v3") _,
+            out("v4") _,
+            out("v5") _,
+            out("v6") _,
+            out("v7") _,
+            out("v8") _,
+            out("v9") _,
+            out("v10") _,
+            out("v11") _,
+            options(nostack, readonly),
+        );
     }
 }
 
 /// One K-block with B rotated by `SHIFT` bytes.
 #[inline(always)]
-unsafe fn single<const SHIFT: i32>(acc: &mut [[int32x4_t; 2]; 2], a: [int8x16_t; 2], b: int8x16_t) {
+unsafe fn single<const SHIFT: i32>(acc: &mut [int32x4_t], a: [int8x16_t; 2], b: int8x16_t) {
     // SAFETY: NEON is part of aarch64's baseline.
     unsafe {
         let b = vextq_s8::<SHIFT>(b, b);
         for h in 0..2 {
             let low = vmull_s8(vget_low_s8(a[h]), vget_low_s8(b));
             let high = vmull_high_s8(a[h], b);
-            acc[h][0] = vpadalq_s16(acc[h][0], low);
-            acc[h][1] = vpadalq_s16(acc[h][1], high);
+            acc[2 * h] = vpadalq_s16(acc[2 * h], low);
+            acc[2 * h + 1] = vpadalq_s16(acc[2 * h + 1], high);
         }
     }
 }
@@ -345,6 +421,7 @@ impl PanelHeader for Pairs {
     const NAME: &'static str = "pairs";
 
     fn write(body: &[u8], header: &mut [u8]) {
+        header.fill(0);
         header[0] = !body.contains(&(i8::MIN as u8)) as u8;
     }
 }
