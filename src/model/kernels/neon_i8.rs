@@ -186,12 +186,16 @@ unsafe fn scale_even(v: int32x4_t, shift: isize, mult: i32) -> int32x4_t {
 }
 
 /// Stores the tile's 32- or 8-bit values (the low byte, as tract's kernels store them)
-/// where `store` says: a row's four at once when they are contiguous.
+/// where `store` says: a row's four at once when they are contiguous, a column's eight
+/// when those are (the 1×1 convolutions whose activations are A write their output so).
 #[inline(always)]
 unsafe fn store_tile(tile: &Tile, store: OutputStoreKer) {
     // SAFETY: tract's store of MR × NR items of `item_size` bytes at these strides.
     unsafe {
         let contiguous = store.col_byte_stride == store.item_size as isize;
+        if !contiguous && store.row_byte_stride == store.item_size as isize {
+            return store_columns(tile, store);
+        }
         for (r, &row) in tile.iter().enumerate() {
             let at = store.ptr.offset(store.row_byte_stride * r as isize);
             match (store.item_size, contiguous) {
@@ -211,6 +215,35 @@ unsafe fn store_tile(tile: &Tile, store: OutputStoreKer) {
                         }
                     }
                 }
+            }
+        }
+    }
+}
+
+/// [`store_tile`] where each column's MR values are contiguous: the tile transposed, four
+/// rows at a time.
+#[inline(always)]
+unsafe fn store_columns(tile: &Tile, store: OutputStoreKer) {
+    // SAFETY: as `store_tile`'s, rows `item_size` bytes apart.
+    unsafe {
+        let transposed = |r: &[int32x4_t]| -> [int32x4_t; NR] {
+            let (t0, t1) = (vtrn1q_s32(r[0], r[1]), vtrn2q_s32(r[0], r[1]));
+            let (t2, t3) = (vtrn1q_s32(r[2], r[3]), vtrn2q_s32(r[2], r[3]));
+            let pairs = |x: int32x4_t, y: int32x4_t, high: bool| {
+                let (x, y) = (vreinterpretq_s64_s32(x), vreinterpretq_s64_s32(y));
+                vreinterpretq_s32_s64(if high { vtrn2q_s64(x, y) } else { vtrn1q_s64(x, y) })
+            };
+            [pairs(t0, t2, false), pairs(t1, t3, false), pairs(t0, t2, true), pairs(t1, t3, true)]
+        };
+        let (top, bottom) = (transposed(&tile[..4]), transposed(&tile[4..]));
+        for c in 0..NR {
+            let at = store.ptr.offset(store.col_byte_stride * c as isize);
+            if store.item_size == 4 {
+                vst1q_s32(at.cast(), top[c]);
+                vst1q_s32(at.add(16).cast(), bottom[c]);
+            } else {
+                let halves = vcombine_s16(vmovn_s32(top[c]), vmovn_s32(bottom[c]));
+                vst1_s8(at.cast(), vmovn_s16(halves));
             }
         }
     }

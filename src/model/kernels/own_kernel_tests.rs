@@ -12,23 +12,28 @@ use tract_onnx::tract_core::ops::{cast::cast, einsum::EinSum, math, quant::scale
 
 use super::{optimising_with, Candidate, Choice, Policy};
 
-const M: usize = 19;
 const K: usize = 41;
-const N: usize = 23;
+
+/// (M, N) of the products: tract puts the longer of M and N on the A side, so the first
+/// has the weights as A (the kernel's panel header from constants, rows contiguous in C),
+/// the second the activations (packed at run time, columns contiguous in C), as 1×1
+/// convolutions over a large image have them. Neither is a multiple of a tile.
+const SHAPES: [(usize, usize); 2] = [(29, 13), (19, 23)];
 
 /// `W·x + bias`, then, with `requantise`, scaled, clamped and cast to bytes as a
 /// per-tensor int8 convolution ends: what tract fuses into the kernel's tile.
-fn model(w: &Tensor, requantise: bool) -> TypedModel {
+fn model(w: &Tensor, n: usize, requantise: bool) -> TypedModel {
+    let m = w.shape()[0];
     let mut model = TypedModel::default();
     let x = model
-        .add_source("x", i8::datum_type().fact([K, N]))
+        .add_source("x", i8::datum_type().fact([K, n]))
         .unwrap();
     let w = model.add_const("w", w.clone()).unwrap();
     let axes: AxesMapping = "mk,kn->mn".parse().unwrap();
     let op = EinSum::new(axes, i32::datum_type());
     let mut c = model.wire_node("matmul", op, &[w, x]).unwrap()[0];
-    let bias: Vec<i32> = (0..M as i32).map(|i| 1000 * i - 9000).collect();
-    let bias = tract_ndarray::Array2::from_shape_vec((M, 1), bias).unwrap();
+    let bias: Vec<i32> = (0..m as i32).map(|i| 1000 * i - 9000).collect();
+    let bias = tract_ndarray::Array2::from_shape_vec((m, 1), bias).unwrap();
     let bias = model.add_const("bias", bias.into_tensor()).unwrap();
     c = model.wire_node("add", math::add(), &[c, bias]).unwrap()[0];
     if requantise {
@@ -100,34 +105,44 @@ fn product(w: &Tensor, x: &Tensor) -> Tensor {
         w.to_plain_array_view::<i8>().unwrap(),
         x.to_plain_array_view::<i8>().unwrap(),
     );
-    let c = tract_ndarray::Array2::from_shape_fn((M, N), |(m, n)| {
+    let (rows, columns) = (w.shape()[0], x.shape()[1]);
+    let c = tract_ndarray::Array2::from_shape_fn((rows, columns), |(m, n)| {
         let dot: i32 = (0..K).map(|k| w[[m, k]] as i32 * x[[k, n]] as i32).sum();
         dot + 1000 * m as i32 - 9000
     });
     c.into_tensor()
 }
 
-/// Weights without −128, then with one −128 in rows 8–15; M, K, N not multiples of a
-/// tile or of a pair of K-blocks (K = 41: ten blocks and one).
+/// Each of [`SHAPES`], with and without a −128 among the activations, and weights without
+/// −128, then with one in rows 8–15; K = 41: ten blocks of four and one, so five pairs
+/// and one block alone where a kernel pairs them.
 pub fn products_and_fused_steps_equal_tracts(tier: &'static str, name: &str) {
-    let x = bytes([K, N], 1, i8::MIN);
-    let clean = bytes([M, K], 2, -127);
-    let mut mixed = clean.clone();
-    mixed.to_plain_array_view_mut::<i8>().unwrap()[[9, 3]] = i8::MIN;
-    for (case, w) in [("without -128", &clean), ("with -128", &mixed)] {
-        let (ours, tracts) = plans(model(w, false), tier, name);
-        let expected = product(w, &x);
-        assert_eq!(run(&tracts, &x), expected, "{case}: tract's own plan");
-        assert_eq!(run(&ours, &x), expected, "{case}");
-        let (ours, tracts) = plans(model(w, true), tier, name);
-        assert_eq!(run(&ours, &x), run(&tracts, &x), "{case}, requantised");
+    for (m, n) in SHAPES {
+        let clean = bytes([m, K], 2, -127);
+        let mut mixed = clean.clone();
+        mixed.to_plain_array_view_mut::<i8>().unwrap()[[9, 3]] = i8::MIN;
+        for (activations, low) in [("any", i8::MIN), ("no -128", -127)] {
+            let x = bytes([K, n], 1, low);
+            for (weights, w) in [("no -128", &clean), ("one -128", &mixed)] {
+                let case = format!("{m}×{n}, activations {activations}, weights {weights}");
+                let (ours, tracts) = plans(model(w, n, false), tier, name);
+                let expected = product(w, &x);
+                assert_eq!(run(&tracts, &x), expected, "{case}: tract's own plan");
+                assert_eq!(run(&ours, &x), expected, "{case}");
+                let (ours, tracts) = plans(model(w, n, true), tier, name);
+                assert_eq!(run(&ours, &x), run(&tracts, &x), "{case}, requantised");
+            }
+        }
     }
 }
 
-/// −127 × −128 everywhere: the largest products, summed over every K.
+/// −127 × −128 everywhere: the largest products, summed over every K, with the weights on
+/// either side.
 pub fn the_largest_products_do_not_overflow(tier: &'static str, name: &str) {
-    let w = tract_ndarray::Array2::from_elem((M, K), -127i8).into_tensor();
-    let x = tract_ndarray::Array2::from_elem((K, N), i8::MIN).into_tensor();
-    let (ours, _) = plans(model(&w, false), tier, name);
-    assert_eq!(run(&ours, &x), product(&w, &x));
+    for (m, n) in SHAPES {
+        let w = tract_ndarray::Array2::from_elem((m, K), -127i8).into_tensor();
+        let x = tract_ndarray::Array2::from_elem((K, n), i8::MIN).into_tensor();
+        let (ours, _) = plans(model(&w, n, false), tier, name);
+        assert_eq!(run(&ours, &x), product(&w, &x), "{m}×{n}");
+    }
 }
