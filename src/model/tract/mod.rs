@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use tract_onnx::prelude::tract_ndarray::{Array4, ArrayD};
 use tract_onnx::prelude::*;
 
-use super::{kernels, qdq, qdq_concat, zero_points, Backend, BatchPlan, TractOptions};
+use super::{kernels, qdq, qdq_concat, qdq_weights, zero_points, Backend, BatchPlan, TractOptions};
 use crate::error::{Error, Result};
 
 // iscamd's own ops, swapped into tract's optimised plans under `kernels::Policy::Tuned`.
@@ -51,12 +51,51 @@ pub struct TractBackend {
     symbolic: Option<Plan>,
     /// What iscamd's ops replaced in the plan for one image at the model's input size.
     swaps: Mutex<Option<Swaps>>,
-    /// QDQ convolutions folded into `QLinearConv` (tuned kernels only).
+    /// What iscamd rewrote in the ONNX graph before tract read it (tuned kernels only).
+    rewrites: Rewrites,
+}
+
+/// The rewrites of an ONNX graph that let tract run it faster, each counted.
+#[derive(Clone, Copy, Debug, Default)]
+struct Rewrites {
+    /// QDQ convolutions folded into `QLinearConv`.
     folded: qdq::Folded,
-    /// Concatenations between DequantizeLinear and QuantizeLinear made 8-bit (tuned only).
+    /// Concatenations between DequantizeLinear and QuantizeLinear made 8-bit.
     int8_concats: usize,
-    /// Per-channel weight zero points made one scalar (tuned kernels only).
+    /// DequantizeLinear nodes of constants made float constants.
+    float_weights: usize,
+    /// Per-channel weight zero points made one scalar.
     scalar_zero_points: usize,
+}
+
+impl Rewrites {
+    fn of(graph: &mut tract_onnx::pb::GraphProto, outputs: &[String]) -> Self {
+        Rewrites {
+            folded: qdq::fold(graph, outputs),
+            int8_concats: qdq_concat::fold(graph, outputs),
+            float_weights: qdq_weights::dequantize_constants(graph, outputs),
+            scalar_zero_points: zero_points::make_uniform_scalar(graph),
+        }
+    }
+}
+
+impl std::fmt::Display for Rewrites {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.folded != qdq::Folded::default() {
+            write!(f, "{}; ", self.folded)?;
+        }
+        if self.int8_concats > 0 {
+            write!(f, "QDQ Concat → int8 {}; ", self.int8_concats)?;
+        }
+        if self.float_weights > 0 {
+            write!(f, "QDQ weights → float constants {}; ", self.float_weights)?;
+        }
+        if self.scalar_zero_points > 0 {
+            let n = self.scalar_zero_points;
+            write!(f, "per-channel zero points → scalar {n}; ")?;
+        }
+        Ok(())
+    }
 }
 
 impl TractBackend {
@@ -70,16 +109,12 @@ impl TractBackend {
     ) -> Result<Self> {
         kernels::leave_out_amx();
         let mut proto = std::borrow::Cow::Borrowed(proto);
-        let (folded, int8_concats, scalar_zero_points) =
-            match (options.kernels, proto.graph.is_some()) {
-                (kernels::Policy::Tuned, true) => {
-                    let graph = proto.to_mut().graph.as_mut().expect("checked");
-                    let folded = qdq::fold(graph, outputs);
-                    let concats = qdq_concat::fold(graph, outputs);
-                    (folded, concats, zero_points::make_uniform_scalar(graph))
-                }
-                _ => (qdq::Folded::default(), 0, 0),
-            };
+        let rewrites = match (options.kernels, proto.graph.is_some()) {
+            (kernels::Policy::Tuned, true) => {
+                Rewrites::of(proto.to_mut().graph.as_mut().expect("checked"), outputs)
+            }
+            _ => Rewrites::default(),
+        };
         let graph = parse(&path, &proto, outputs)?;
         let mut backend = TractBackend {
             path,
@@ -97,9 +132,7 @@ impl TractBackend {
             plans: Mutex::new(HashMap::new()),
             symbolic: None,
             swaps: Mutex::new(None),
-            folded,
-            int8_concats,
-            scalar_zero_points,
+            rewrites,
         };
         backend.chosen = match (options.kernels, &options.matmul) {
             (kernels::Policy::Stock, _) => kernels::Chosen::Stock,
@@ -327,17 +360,7 @@ fn install_ops(
 
 impl Backend for TractBackend {
     fn describe(&self) -> String {
-        let mut folded = match self.folded {
-            qdq::Folded { convs: 0, left: 0 } => String::new(),
-            folded => format!("{folded}; "),
-        };
-        if self.int8_concats > 0 {
-            folded += &format!("QDQ Concat → int8 {}; ", self.int8_concats);
-        }
-        if self.scalar_zero_points > 0 {
-            let n = self.scalar_zero_points;
-            folded += &format!("per-channel zero points → scalar {n}; ");
-        }
+        let folded = self.rewrites;
         match self.swaps() {
             Some(swaps) => format!(
                 "tract ({folded}iscamd's ops, replaced/found: {swaps}; {})",
