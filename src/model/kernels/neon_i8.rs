@@ -101,8 +101,7 @@ unsafe fn kernel(specs: &[FusedKerSpec<i32>]) -> isize {
                     if packing != PACKING {
                         return 1;
                     }
-                    let products = products(k, pa, pb);
-                    each(&mut tile, |v, r| vaddq_s32(v, products[r]));
+                    add_mat_mul(&mut tile, k, pa, pb);
                 }
                 S::ScalarMin(x) => each(&mut tile, |v, _| vminq_s32(v, vdupq_n_s32(x))),
                 S::ScalarMax(x) => each(&mut tile, |v, _| vmaxq_s32(v, vdupq_n_s32(x))),
@@ -130,10 +129,12 @@ unsafe fn kernel(specs: &[FusedKerSpec<i32>]) -> isize {
                     each(&mut tile, |v, _| scale_even(v, shift, mult))
                 }
                 S::Store(store) if [1, 4].contains(&store.item_size) => store_tile(&tile, store),
-                other => match on_generic_kernel(tile, other) {
-                    Ok(done) => tile = done,
-                    Err(err) => return err,
-                },
+                other => {
+                    let err = on_generic_kernel(&mut tile, other);
+                    if err != 0 {
+                        return err;
+                    }
+                }
             }
         }
         0
@@ -248,11 +249,8 @@ unsafe fn store_columns(tile: &Tile, store: OutputStoreKer) {
     }
 }
 
-/// Runs `step` on `tile` with tract's generic kernel ([`generic_steps`]): the tile after
-/// it, or tract's error code. By value, so that the tile can stay in registers between
-/// the steps run here.
-#[inline(never)]
-unsafe fn on_generic_kernel(tile: Tile, step: FusedKerSpec<i32>) -> Result<Tile, isize> {
+/// Runs `step` on `tile` with tract's generic kernel ([`generic_steps`]).
+unsafe fn on_generic_kernel(tile: &mut Tile, step: FusedKerSpec<i32>) -> isize {
     let mut values = [[0i32; NR]; MR];
     // SAFETY (block): NEON stores and loads of the tile's rows of NR i32; the step is
     // tract's for this tile.
@@ -260,20 +258,20 @@ unsafe fn on_generic_kernel(tile: Tile, step: FusedKerSpec<i32>) -> Result<Tile,
         for (row, values) in tile.iter().zip(&mut values) {
             vst1q_s32(values.as_mut_ptr(), *row);
         }
-        match generic_steps::on_generic_kernel(&mut values, step) {
-            0 => Ok(values.map(|row| vld1q_s32(row.as_ptr()))),
-            err => Err(err),
+        let err = generic_steps::on_generic_kernel(&mut values, step);
+        for (row, values) in tile.iter_mut().zip(&values) {
+            *row = vld1q_s32(values.as_ptr());
         }
+        err
     }
 }
 
-/// A·B over `k`, A's panel at `pa` (header first), B's at `pb`.
-#[inline(always)]
-unsafe fn products(k: usize, pa: *const u8, pb: *const u8) -> Tile {
+/// `tile += A·B` over `k`, A's panel at `pa` (header first), B's at `pb`.
+#[inline(never)]
+unsafe fn add_mat_mul(tile: &mut Tile, k: usize, pa: *const u8, pb: *const u8) {
     // acc[4s + 2h + j]: rotation s of B, rows 4h..4h+4 of A; j = 0 rows 4h, 4h+1, j = 1
     // rows 4h+2, 4h+3, two 32-bit partial sums per (row, column).
     let mut acc = [vdupq_n_s32(0); 16];
-    let mut tile: Tile = [vdupq_n_s32(0); MR];
     let mut blocks = k.div_ceil(4);
     // SAFETY (whole body): the panels hold `blocks` blocks of 32 (A) and 16 (B) bytes.
     unsafe {
@@ -317,15 +315,16 @@ unsafe fn products(k: usize, pa: *const u8, pb: *const u8) -> Tile {
                 vextq_s32::<2>(rows[2], rows[2]),
                 vextq_s32::<1>(rows[3], rows[3]),
             ];
-            tile[4 * h..4 * h + 4].copy_from_slice(&rows);
+            for (i, row) in rows.into_iter().enumerate() {
+                tile[4 * h + i] = vaddq_s32(tile[4 * h + i], row);
+            }
         }
-        tile
     }
 }
 
 /// `n` ≥ 1 pairs of K-blocks from `a` and `b`, each product of a pair's first block summed
 /// with the second's in 16 bits: per pair, two loads, six rotations of B, 32 multiplies and
-/// 16 widening adds (`acc` as in [`products`]). Written out because the compiler's own
+/// 16 widening adds (`acc` as in [`add_mat_mul`]). Written out because the compiler's own
 /// schedule of the same intrinsics spilled two accumulators and rotated A as well as B: 66
 /// instructions per pair instead of these 56 and the loop's two.
 #[inline(always)]
