@@ -88,6 +88,9 @@ unsafe fn kernel(specs: &[FusedKerSpec<i32>]) -> isize {
     // SAFETY (whole body): tract's steps for one tile, their pointers to MR rows, NR
     // columns, or a tile's stores, as its kernels receive them; NEON is aarch64's baseline.
     unsafe {
+        if common_tile(specs) {
+            return 0;
+        }
         let mut tile: Tile = [vdupq_n_s32(0); MR];
         for spec in specs {
             match *spec {
@@ -101,7 +104,8 @@ unsafe fn kernel(specs: &[FusedKerSpec<i32>]) -> isize {
                     if packing != PACKING {
                         return 1;
                     }
-                    add_mat_mul(&mut tile, k, pa, pb);
+                    let products = products_apart(k, pa, pb);
+                    each(&mut tile, |v, r| vaddq_s32(v, products[r]));
                 }
                 S::ScalarMin(x) => each(&mut tile, |v, _| vminq_s32(v, vdupq_n_s32(x))),
                 S::ScalarMax(x) => each(&mut tile, |v, _| vmaxq_s32(v, vdupq_n_s32(x))),
@@ -138,6 +142,52 @@ unsafe fn kernel(specs: &[FusedKerSpec<i32>]) -> isize {
             }
         }
         0
+    }
+}
+
+/// The tile of nearly every product (a 1×1 or im2col convolution whose requantisation runs
+/// apart): the product, one constant per row or column added, stored. Run start to end
+/// with the tile in registers, where the loop over steps keeps it in memory. False, and
+/// nothing done, for any other list of steps.
+#[inline(always)]
+unsafe fn common_tile(specs: &[FusedKerSpec<i32>]) -> bool {
+    use FusedKerSpec as S;
+    let [S::Clear, S::AddMatMul { k, pa, pb, packing: PACKING }, ref rest @ ..] = *specs else {
+        return false;
+    };
+    let (added, store) = match *rest {
+        [S::Store(store), S::Done] => (Added::Nothing, store),
+        [S::PerRowAdd(p), S::Store(store), S::Done] => (Added::PerRow(p), store),
+        [S::PerColAdd(p), S::Store(store), S::Done] => (Added::PerCol(p), store),
+        _ => return false,
+    };
+    if ![1, 4].contains(&store.item_size) {
+        return false;
+    }
+    // SAFETY: tract's panels, constants and store for this tile.
+    unsafe { one_tile(k, pa, pb, added, store) };
+    true
+}
+
+/// What [`common_tile`] adds to the product.
+#[derive(Clone, Copy)]
+enum Added {
+    Nothing,
+    PerRow(*const i32),
+    PerCol(*const i32),
+}
+
+#[inline(never)]
+unsafe fn one_tile(k: usize, pa: *const u8, pb: *const u8, added: Added, store: OutputStoreKer) {
+    // SAFETY: as `common_tile`'s.
+    unsafe {
+        let mut tile = products(k, pa, pb);
+        match added {
+            Added::Nothing => {}
+            Added::PerRow(p) => each(&mut tile, |v, r| vaddq_s32(v, vdupq_n_s32(*p.add(r)))),
+            Added::PerCol(p) => per_col(&mut tile, p, |v, c| vaddq_s32(v, c)),
+        }
+        store_tile(&tile, store);
     }
 }
 
@@ -266,12 +316,20 @@ unsafe fn on_generic_kernel(tile: &mut Tile, step: FusedKerSpec<i32>) -> isize {
     }
 }
 
-/// `tile += A·B` over `k`, A's panel at `pa` (header first), B's at `pb`.
+/// [`products`] in a function of its own, for the loop over a tile's steps.
 #[inline(never)]
-unsafe fn add_mat_mul(tile: &mut Tile, k: usize, pa: *const u8, pb: *const u8) {
+unsafe fn products_apart(k: usize, pa: *const u8, pb: *const u8) -> Tile {
+    // SAFETY: the caller's.
+    unsafe { products(k, pa, pb) }
+}
+
+/// A·B over `k`, A's panel at `pa` (header first), B's at `pb`.
+#[inline(always)]
+unsafe fn products(k: usize, pa: *const u8, pb: *const u8) -> Tile {
     // acc[4s + 2h + j]: rotation s of B, rows 4h..4h+4 of A; j = 0 rows 4h, 4h+1, j = 1
     // rows 4h+2, 4h+3, two 32-bit partial sums per (row, column).
     let mut acc = [vdupq_n_s32(0); 16];
+    let mut tile: Tile = [vdupq_n_s32(0); MR];
     let mut blocks = k.div_ceil(4);
     // SAFETY (whole body): the panels hold `blocks` blocks of 32 (A) and 16 (B) bytes.
     unsafe {
@@ -315,16 +373,15 @@ unsafe fn add_mat_mul(tile: &mut Tile, k: usize, pa: *const u8, pb: *const u8) {
                 vextq_s32::<2>(rows[2], rows[2]),
                 vextq_s32::<1>(rows[3], rows[3]),
             ];
-            for (i, row) in rows.into_iter().enumerate() {
-                tile[4 * h + i] = vaddq_s32(tile[4 * h + i], row);
-            }
+            tile[4 * h..4 * h + 4].copy_from_slice(&rows);
         }
+        tile
     }
 }
 
 /// `n` ≥ 1 pairs of K-blocks from `a` and `b`, each product of a pair's first block summed
 /// with the second's in 16 bits: per pair, two loads, six rotations of B, 32 multiplies and
-/// 16 widening adds (`acc` as in [`add_mat_mul`]). Written out because the compiler's own
+/// 16 widening adds (`acc` as in [`products`]). Written out because the compiler's own
 /// schedule of the same intrinsics spilled two accumulators and rotated A as well as B: 66
 /// instructions per pair instead of these 56 and the loop's two.
 #[inline(always)]
