@@ -173,8 +173,14 @@ mod tests {
         let left: Vec<&str> = graph.node.iter().map(|n| n.output[0].as_str()).collect();
         assert_eq!(left, ["x.f", "asked"]);
         let constant = |name: &str| graph.initializer.iter().find(|t| t.name == name).unwrap();
-        assert_eq!(float_values(constant("w.f")), [-64.5, -0.5, 63.0, 0.0, 0.5, 1.0]);
-        assert_eq!(float_values(constant("pc.f")), [-10.0, 0.0, 10.0, 0.0, 2.5, 5.0]);
+        assert_eq!(
+            float_values(constant("w.f")),
+            [-64.5, -0.5, 63.0, 0.0, 0.5, 1.0]
+        );
+        assert_eq!(
+            float_values(constant("pc.f")),
+            [-10.0, 0.0, 10.0, 0.0, 2.5, 5.0]
+        );
         assert_eq!(constant("pc.f").dims, [2, 3]);
     }
 

@@ -91,7 +91,8 @@ impl<H: PanelHeader> MMMInputFormat for HeadedI8K4<H> {
         let panel_bytes = H::BYTES + body.panel_bytes;
         let panels = mn.div_ceil(H::R);
         // SAFETY: a fresh blob, written whole below before it is read.
-        let mut blob = unsafe { Blob::new_for_size_and_align(panels * panel_bytes, HeadedLayout::ALIGNMENT) };
+        let mut blob =
+            unsafe { Blob::new_for_size_and_align(panels * panel_bytes, HeadedLayout::ALIGNMENT) };
         let bodies = body.packed.as_bytes().chunks_exact(body.panel_bytes);
         for (panel, body) in blob
             .as_bytes_mut()

@@ -151,7 +151,13 @@ unsafe fn kernel(specs: &[FusedKerSpec<i32>]) -> isize {
 #[inline(always)]
 unsafe fn common_tile(specs: &[FusedKerSpec<i32>]) -> bool {
     use FusedKerSpec as S;
-    let [S::Clear, S::AddMatMul { k, pa, pb, packing: PACKING }, ref rest @ ..] = *specs else {
+    let [S::Clear, S::AddMatMul {
+        k,
+        pa,
+        pb,
+        packing: PACKING,
+    }, ref rest @ ..] = *specs
+    else {
         return false;
     };
     let (added, store) = match *rest {
@@ -176,6 +182,7 @@ enum Added {
     PerCol(*const i32),
 }
 
+/// [`common_tile`]'s work, in a function small enough to keep the tile in registers.
 #[inline(never)]
 unsafe fn one_tile(k: usize, pa: *const u8, pb: *const u8, added: Added, store: OutputStoreKer) {
     // SAFETY: as `common_tile`'s.
@@ -280,9 +287,18 @@ unsafe fn store_columns(tile: &Tile, store: OutputStoreKer) {
             let (t2, t3) = (vtrn1q_s32(r[2], r[3]), vtrn2q_s32(r[2], r[3]));
             let pairs = |x: int32x4_t, y: int32x4_t, high: bool| {
                 let (x, y) = (vreinterpretq_s64_s32(x), vreinterpretq_s64_s32(y));
-                vreinterpretq_s32_s64(if high { vtrn2q_s64(x, y) } else { vtrn1q_s64(x, y) })
+                vreinterpretq_s32_s64(if high {
+                    vtrn2q_s64(x, y)
+                } else {
+                    vtrn1q_s64(x, y)
+                })
             };
-            [pairs(t0, t2, false), pairs(t1, t3, false), pairs(t0, t2, true), pairs(t1, t3, true)]
+            [
+                pairs(t0, t2, false),
+                pairs(t1, t3, false),
+                pairs(t0, t2, true),
+                pairs(t1, t3, true),
+            ]
         };
         let (top, bottom) = (transposed(&tile[..4]), transposed(&tile[4..]));
         for c in 0..NR {
