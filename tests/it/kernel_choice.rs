@@ -179,3 +179,70 @@ fn append_metadata(model: &Path) {
         .unwrap();
     file.write_all(&bytes).unwrap();
 }
+
+/// iscamd's own int8 kernels compute tract's bytes: the shipped int8 model with each of them
+/// forced gives the logits of tract's own kernels to the bit, on real photographs. A kernel
+/// this CPU cannot run (no AVX-512 VNNI, no AMX) is said, not skipped silently: the plan
+/// then runs tract's kernels, and the comparison is trivially equal.
+#[test]
+fn own_int8_kernels_give_the_logits_of_tracts() {
+    use crate::common::{images_dir, INT8_MODEL};
+    use iscamd::model::kernels::OWN_TIERS;
+    let open = |tier: &str| {
+        Classifier::load(&ModelOptions {
+            path: model_path(INT8_MODEL),
+            backend: BackendOptions::Tract(TractOptions {
+                matmul: Matmul::Forced(Choice::parse(&format!("i32={tier}")).unwrap()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .expect("model loads")
+    };
+    let frames: Vec<image::RgbImage> = ["n01440764_tench", "n03325584_feather_boa"]
+        .iter()
+        .map(|name| {
+            image::open(images_dir().join(format!("{name}.JPEG")))
+                .unwrap()
+                .to_rgb8()
+        })
+        .collect();
+    let logits = |classifier: &Classifier| -> Vec<Vec<f32>> {
+        frames
+            .iter()
+            .map(|frame| {
+                let input = classifier
+                    .preprocess()
+                    .tensor(frame)
+                    .insert_axis(tract_onnx::prelude::tract_ndarray::Axis(0));
+                classifier
+                    .forward(input.view())
+                    .unwrap()
+                    .logits
+                    .iter()
+                    .copied()
+                    .collect()
+            })
+            .collect()
+    };
+    let tracts = logits(&open("tract"));
+    for tier in OWN_TIERS {
+        let ours = open(tier);
+        let profile = ours
+            .profile(&frames[0], 1)
+            .unwrap()
+            .expect("tract profiles");
+        let kernels: Vec<&str> = profile
+            .iter()
+            .flat_map(|op| &op.by_node)
+            .filter(|node| node.info.contains("with [iscamd_"))
+            .map(|node| node.name.as_str())
+            .collect();
+        if kernels.is_empty() {
+            eprintln!("{tier}: not run by this CPU; tract's kernels ran instead");
+        } else {
+            eprintln!("{tier}: runs {} products", kernels.len());
+        }
+        assert_eq!(logits(&ours), tracts, "{tier}");
+    }
+}

@@ -18,6 +18,8 @@
 //! while it optimises a plan, on the thread that optimises it: `optimising_with` tells the
 //! tier which model's policy and choice hold there.
 
+#[cfg(target_arch = "x86_64")]
+mod amx_i8;
 mod cache;
 mod choice;
 #[cfg(any(target_arch = "aarch64", target_arch = "x86_64"))]
@@ -85,7 +87,7 @@ pub fn own_headed_packing(
 #[cfg(target_arch = "aarch64")]
 pub const OWN_TIERS: &[&str] = &[neon_i8::TIER];
 #[cfg(target_arch = "x86_64")]
-pub const OWN_TIERS: &[&str] = &[vnni_i8::TIER];
+pub const OWN_TIERS: &[&str] = &[vnni_i8::TIER, amx_i8::TIER];
 #[cfg(not(any(target_arch = "aarch64", target_arch = "x86_64")))]
 pub const OWN_TIERS: &[&str] = &[];
 

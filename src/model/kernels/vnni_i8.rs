@@ -224,7 +224,7 @@ unsafe fn add_mat_mul(tile: &mut Tile, k: usize, pa: *const u8, pb: *const u8) {
 /// 2^-(31 + shift)` computed exactly in 64 bits, as its generic kernel does.
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn scale_even(v: __m512i, shift: isize, mult: i32) -> __m512i {
+pub(super) unsafe fn scale_even(v: __m512i, shift: isize, mult: i32) -> __m512i {
     let m = _mm512_set1_epi64(mult as i64);
     // Even lanes, then odd ones, each widened to 64 bits.
     let even = _mm512_mul_epi32(v, m);
