@@ -6,11 +6,14 @@
 //! products. AMX reads A as rows of 64 bytes of K (iscamd's [`AmxRows`], written once, at
 //! load, for the weights) and B as tract's `PackedI8K4` with 32 columns.
 //!
-//! Only for the products of tract's convolution lowering, where the weights are A and the
-//! output channels the rows of C: tract's einsum lowering may put the activations on A,
-//! which would then be packed into rows at every pass, and store C column by column; those
-//! products stay with tract's ladder. tract's own AMX kernels are left out of its pool
-//! (see `leave_out_amx`): they read past the end of B's last panel.
+//! AMX puts the rows of its A tiles in the rows of C's tile: the weights, written as rows
+//! once at load, are the kernel's A where tract's convolution lowering makes them A, and
+//! its B ([`NAME_T`], computing Cᵀ's tile) where tract's einsum lowering puts the
+//! activations on A (a 1×1 convolution over an image larger than its output channels).
+//! The activations then stay in tract's `PackedI8K4`, cheap to pack at every pass, and
+//! the rows of the tile are the output's channels, contiguous where C's are. tract's own
+//! AMX kernels are left out of its pool (see `leave_out_amx`): they read past the end of
+//! B's last panel.
 //!
 //! Never in tract's ladder: iscamd measures it against tract's kernels as one more
 //! candidate ([`TIER`]), per model, and runs it where it was faster.
@@ -35,8 +38,12 @@ use super::vnni_i8::scale_even;
 /// The tier iscamd asks for this kernel.
 pub const TIER: &str = "iscamd-amx";
 
-/// The kernel's name in tract's registry.
+/// The kernel's name in tract's registry: the weights are A, rows of 64 bytes.
 const NAME: &str = "iscamd_amx_mmm_i32_32x32";
+
+/// The same kernel with the weights as B ([`AmxRows`]) and the activations as A
+/// (`PackedI8K4`): it computes Cᵀ's tile, whose rows are C's columns.
+const NAME_T: &str = "iscamd_amx_t_mmm_i32_32x32";
 
 /// Rows of A per tile (and per panel of A), columns of B.
 const MR: usize = 32;
@@ -49,22 +56,36 @@ const KB: usize = 64;
 /// K for 32 columns).
 const BLOCK: usize = MR * KB;
 
-static KERNEL: LazyLock<DynKernel<MR, NR, i32>> = LazyLock::new(|| {
+static KERNEL: LazyLock<DynKernel<MR, NR, i32>> =
+    LazyLock::new(|| with_packing(NAME, kernel::<false>, AmxRows, PackedI8K4::new(NR)));
+static KERNEL_T: LazyLock<DynKernel<MR, NR, i32>> =
+    LazyLock::new(|| with_packing(NAME_T, kernel::<true>, PackedI8K4::new(MR), AmxRows));
+
+fn with_packing(
+    name: &'static str,
+    kernel: unsafe fn(&[FusedKerSpec<i32>]) -> isize,
+    a: impl MMMInputFormat,
+    b: impl MMMInputFormat,
+) -> DynKernel<MR, NR, i32> {
     let mut kernel =
-        DynKernel::<MR, NR, i32>::new(NAME, kernel, i32::packing(MR), i32::packing(NR))
-            .with_packing(AmxRows, PackedI8K4::new(NR))
+        DynKernel::<MR, NR, i32>::new(name, kernel, i32::packing(MR), i32::packing(NR))
+            .with_packing(a, b)
             .with_store::<i8>()
             .with_isa(IsaReq::ANY.needing(&[Isa::X86_64Avx512f]));
     kernel.arch = Some(Arch::X86_64);
     kernel.boost = || -1000;
     kernel
-});
+}
 
-/// The index of (A's [`AmxRows`], B's `PackedI8K4`) in the kernel's packings.
+/// The index of the byte packings in the kernels' packings (0 is `new`'s i32 pair).
 const PACKING: usize = 1;
 
 inventory::submit! {
     tract_linalg::mmm_routines::MmmRoutine { make: || KERNEL.mmm() }
+}
+
+inventory::submit! {
+    tract_linalg::mmm_routines::MmmRoutine { make: || KERNEL_T.mmm() }
 }
 
 inventory::submit! {
@@ -73,11 +94,12 @@ inventory::submit! {
         precedence: 10,
         name: TIER,
         applies: |_| false,
-        // tract's convolution lowering asks without a store type (its weights are A); its
-        // einsum lowering names one.
+        // tract's convolution lowering asks without a store type, and its weights are A;
+        // its einsum lowering names one, and puts the longer side on A: the activations
+        // of a 1×1 convolution over a larger image than it has output channels.
         preferred: |_, accumulator, query, _| {
-            (super::headed::takes(accumulator, query) && query.store.is_none() && runs_here())
-                .then_some(NAME)
+            (super::headed::takes(accumulator, query) && runs_here())
+                .then_some(if query.store.is_none() { NAME } else { NAME_T })
         },
     }
 }
@@ -172,9 +194,10 @@ macro_rules! each {
 }
 
 /// Runs a tile's steps, the common ones here; the others on tract's generic kernel
-/// ([`generic_steps`]). Returns 0, or tract's error code of the step that failed.
+/// ([`generic_steps`]). Returns 0, or tract's error code of the step that failed. With
+/// `T`, the tile is Cᵀ's: every step is [`transposed`] first.
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn kernel(specs: &[FusedKerSpec<i32>]) -> isize {
+unsafe fn kernel<const T: bool>(specs: &[FusedKerSpec<i32>]) -> isize {
     use FusedKerSpec as S;
     // SAFETY (whole body): tract's steps for one tile, their pointers to MR rows, NR
     // columns, or a tile's stores, as its kernels receive them; the tier is only offered
@@ -185,6 +208,7 @@ unsafe fn kernel(specs: &[FusedKerSpec<i32>]) -> isize {
         let tile = storage.as_mut_ptr();
         let mut zero = true;
         for spec in specs {
+            let spec = &if T { transposed(*spec) } else { *spec };
             let reads_tile = !matches!(spec, S::Clear | S::AddMatMul { .. } | S::LoadTile(..));
             if zero && reads_tile {
                 tile.write(Tile([[0; NR]; MR]));
@@ -193,11 +217,15 @@ unsafe fn kernel(specs: &[FusedKerSpec<i32>]) -> isize {
             match *spec {
                 S::Done => return 0,
                 S::Clear => zero = true,
+                // Column-major C is Cᵀ row-major.
                 S::LoadTile(col_major, _) => {
                     zero = false;
                     for r in 0..MR {
                         for c in 0..NR {
-                            *row(tile, r).add(c) = *col_major.add(c * MR + r);
+                            *row(tile, r).add(c) = match T {
+                                false => *col_major.add(c * MR + r),
+                                true => *col_major.add(r * NR + c),
+                            };
                         }
                     }
                 }
@@ -205,7 +233,10 @@ unsafe fn kernel(specs: &[FusedKerSpec<i32>]) -> isize {
                     if packing != PACKING {
                         return 1;
                     }
-                    add_mat_mul(tile, zero, k, pa, pb);
+                    match T {
+                        false => add_mat_mul(tile, zero, k, pa, pb),
+                        true => add_mat_mul(tile, zero, k, pb, pa),
+                    }
                     zero = false;
                 }
                 S::ScalarMin(x) => {
@@ -262,6 +293,34 @@ unsafe fn kernel(specs: &[FusedKerSpec<i32>]) -> isize {
             }
         }
         0
+    }
+}
+
+/// `spec` for the tile of Cᵀ: rows for columns, stores with their strides swapped.
+fn transposed(spec: FusedKerSpec<i32>) -> FusedKerSpec<i32> {
+    use FusedKerSpec as S;
+    let swap = |s: OutputStoreKer| OutputStoreKer {
+        row_byte_stride: s.col_byte_stride,
+        col_byte_stride: s.row_byte_stride,
+        ..s
+    };
+    match spec {
+        S::PerRowMin(p) => S::PerColMin(p),
+        S::PerRowMax(p) => S::PerColMax(p),
+        S::PerRowAdd(p) => S::PerColAdd(p),
+        S::PerRowMul(p) => S::PerColMul(p),
+        S::PerRowSub(p) => S::PerColSub(p),
+        S::PerRowSubF(p) => S::PerColSubF(p),
+        S::PerColMin(p) => S::PerRowMin(p),
+        S::PerColMax(p) => S::PerRowMax(p),
+        S::PerColAdd(p) => S::PerRowAdd(p),
+        S::PerColMul(p) => S::PerRowMul(p),
+        S::PerColSub(p) => S::PerRowSub(p),
+        S::PerColSubF(p) => S::PerRowSubF(p),
+        S::AddRowColProducts(rows, cols) => S::AddRowColProducts(cols, rows),
+        S::AddUnicast(store) => S::AddUnicast(swap(store)),
+        S::Store(store) => S::Store(swap(store)),
+        other => other,
     }
 }
 
