@@ -36,6 +36,12 @@ pub trait PanelHeader: Clone + Debug + Hash + PartialEq + Eq + Send + Sync + 'st
     const NAME: &'static str;
     /// Writes a panel's header from its packed body (tract's `PackedI8K4` layout).
     fn write(body: &[u8], header: &mut [u8]);
+    /// Writes the header of a panel whose product's other operand holds no −128 (constant
+    /// weights, checked when the plan is built): as [`Self::write`] unless what the header
+    /// says depends on both operands.
+    fn write_beside_clean(body: &[u8], header: &mut [u8]) {
+        Self::write(body, header)
+    }
 }
 
 /// Panels of `H::R` rows of bytes in tract's `PackedI8K4` layout, each after its header.
@@ -54,6 +60,7 @@ impl<H: PanelHeader> HeadedI8K4<H> {
             bytes: H::BYTES,
             name: H::NAME,
             write: H::write,
+            write_beside_clean: H::write_beside_clean,
             format: || Box::new(Self::new()),
         }
     }

@@ -519,7 +519,9 @@ unsafe fn single<const SHIFT: i32>(acc: &mut [int32x4_t], a: [int8x16_t; 2], b: 
     }
 }
 
-/// A's panel header: its first byte is 1 when the panel holds no −128.
+/// A's panel header: its first byte is 1 when the panel may sum block pairs — it holds no
+/// −128, or the weights it is multiplied by hold none (−128 × −128 is the only product two
+/// of which overflow 16 bits).
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct Pairs;
 
@@ -531,6 +533,11 @@ impl PanelHeader for Pairs {
     fn write(body: &[u8], header: &mut [u8]) {
         header.fill(0);
         header[0] = !body.contains(&(i8::MIN as u8)) as u8;
+    }
+
+    fn write_beside_clean(_: &[u8], header: &mut [u8]) {
+        header.fill(0);
+        header[0] = 1;
     }
 }
 

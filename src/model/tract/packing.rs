@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::matmul::optimized::{MatMulOperand, OptMatMul, ProtoFusedSpec};
 use tract_onnx::tract_core::ops::matmul::pack::{DynPackedExoticFact, OptMatMulPack};
 use tract_onnx::tract_core::tract_linalg::mmm::{
     EagerPackedInput, MMMInputFormat, MMMInputValue, PackedExoticFact, PackedMatrixStorage,
@@ -41,6 +42,8 @@ pub struct HeadedLayout {
     pub name: &'static str,
     /// Writes a panel's header from its packed body.
     pub write: fn(&[u8], &mut [u8]),
+    /// The same where the product's other operand holds no −128.
+    pub write_beside_clean: fn(&[u8], &mut [u8]),
     /// The packing itself, as tract's plans name it.
     pub format: fn() -> Box<dyn MMMInputFormat>,
 }
@@ -281,6 +284,12 @@ impl Panels {
 
     /// The packed matrix, as tract's matrix product takes it.
     pub fn finish(self) -> EagerPackedInput {
+        self.finish_beside(false)
+    }
+
+    /// The packed panels, their headers written knowing whether the product's other
+    /// operand holds no −128 (`beside_clean`).
+    pub fn finish_beside(self, beside_clean: bool) -> EagerPackedInput {
         assert_eq!(
             self.next_block,
             self.blocks(),
@@ -291,7 +300,10 @@ impl Panels {
         if let Packing::Headed(h) = &self.packing {
             for panel in blob.as_bytes_mut().chunks_exact_mut(panel_bytes) {
                 let (header, body) = panel.split_at_mut(h.bytes);
-                (h.write)(body, header);
+                match beside_clean {
+                    true => (h.write_beside_clean)(body, header),
+                    false => (h.write)(body, header),
+                }
             }
         }
         EagerPackedInput {
@@ -383,16 +395,63 @@ pub fn interleave4(rows: [&[u8]; 4], from: usize, out: &mut [u8]) {
 pub struct PackedRows {
     format: Packing,
     k_axis: usize,
+    /// The product multiplies these rows by constant weights that hold no −128.
+    beside_clean: bool,
 }
 
 /// Replaces every `OptMatMulPack` of `model` that [`PackedRows`] computes identically; says
 /// how many it found and replaced.
 pub fn install(model: &mut TypedModel) -> TractResult<super::swap::Swapped> {
-    super::swap::replace_ops::<OptMatMulPack>(model, |pack, input, output| {
+    super::swap::replace_nodes::<OptMatMulPack>(model, |model, node, pack, input, output| {
         if !super::swap::is_8bit(input) {
             return super::swap::Swap::NotMine;
         }
-        PackedRows::replacing(pack, input, output).into()
+        let op = PackedRows::replacing(pack, input, output);
+        op.map(|op| PackedRows {
+            beside_clean: beside_clean_weights(model, node),
+            ..op
+        })
+        .into()
+    })
+}
+
+/// Whether the one product `pack` feeds multiplies it by constant packed weights without a
+/// −128 byte (padding included: a −128 there only costs speed).
+fn beside_clean_weights(model: &TypedModel, pack: &TypedNode) -> bool {
+    let [to] = pack.outputs[0].successors.as_slice() else {
+        return false;
+    };
+    let product = model.node(to.node);
+    let Some(op) = product.op_as::<OptMatMul>() else {
+        return false;
+    };
+    let clean = |value: &dyn MMMInputValue| {
+        value
+            .downcast_ref::<EagerPackedInput>()
+            .is_some_and(|e| !e.packed.as_bytes().contains(&(i8::MIN as u8)))
+    };
+    let input_clean = |slot: usize| {
+        let konst = model
+            .outlet_fact(product.inputs[slot])
+            .ok()
+            .and_then(|f| f.konst.clone());
+        konst.is_some_and(|t| {
+            t.try_storage_as::<PackedMatrixStorage>()
+                .is_ok_and(|s| s.values().iter().all(|v| clean(&**v)))
+        })
+    };
+    let operand_clean = |operand: &MatMulOperand| match operand {
+        MatMulOperand::Const(value) => clean(&**value),
+        MatMulOperand::Input(slot) => input_clean(*slot),
+    };
+    let from_pack = |operand: &MatMulOperand| matches!(operand, MatMulOperand::Input(slot) if product.inputs[*slot].node == pack.id);
+    op.micro_ops.iter().all(|spec| match spec {
+        ProtoFusedSpec::AddMatMul { a, b, .. } => match (from_pack(a), from_pack(b)) {
+            (true, false) => operand_clean(b),
+            (false, true) => operand_clean(a),
+            _ => false,
+        },
+        _ => true,
     })
 }
 
@@ -415,7 +474,11 @@ impl PackedRows {
         let [mn_axis] = axes.axis('M').ok()?.inputs[0][..] else {
             return None;
         };
-        (mn_axis + 1 == input.rank() && k_axis != mn_axis).then_some(PackedRows { format, k_axis })
+        (mn_axis + 1 == input.rank() && k_axis != mn_axis).then_some(PackedRows {
+            format,
+            k_axis,
+            beside_clean: false,
+        })
     }
 }
 
@@ -425,8 +488,12 @@ impl Op for PackedRows {
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
+        let beside = match self.beside_clean {
+            true => ", weights without −128",
+            false => "",
+        };
         Ok(vec![format!(
-            "k axis {}, {} (iscamd)",
+            "k axis {}, {}{beside} (iscamd)",
             self.k_axis, self.format
         )])
     }
@@ -466,7 +533,7 @@ impl EvalOp for PackedRows {
                 });
                 panels.write_block(block, rows);
             }
-            values.push(Box::new(panels.finish()));
+            values.push(Box::new(panels.finish_beside(self.beside_clean)));
         }
         let output =
             PackedMatrixStorage::new_batched(&outer, values).into_tensor(input.datum_type());
@@ -506,6 +573,38 @@ impl TypedOp for PackedRows {
 mod tests {
     use super::*;
     use tract_onnx::prelude::tract_ndarray::{ArrayD, Axis, Dimension, IxDyn};
+
+    /// The activations of a product whose weights hold no −128 are packed knowing it (their
+    /// panels may then sum pairs of blocks on aarch64), those beside weights with one not.
+    #[test]
+    fn rows_beside_weights_without_minus_128_are_marked() {
+        use tract_onnx::tract_core::ops::einsum::EinSum;
+        crate::model::kernels::leave_out_amx();
+        let (m, k, n) = (8, 16, 40);
+        for (low, expected) in [(-127i8, true), (i8::MIN, false)] {
+            let mut weights = random_bytes(&[m, k], 3).mapv(|v| v.max(-127));
+            weights[[5, 7]] = low;
+            let mut model = TypedModel::default();
+            let x = model.add_source("x", i8::fact([k, n])).unwrap();
+            let w = model.add_const("w", weights.into_tensor()).unwrap();
+            let op = EinSum::new("mk,kn->mn".parse().unwrap(), i32::datum_type());
+            let c = model.wire_node("product", op, &[w, x]).unwrap();
+            model.select_output_outlets(&c).unwrap();
+            let mut plan = model.into_optimized().unwrap();
+            let swapped = install(&mut plan).unwrap();
+            assert_eq!(
+                swapped.replaced, 1,
+                "the activations, on A (n > m), packed by iscamd"
+            );
+            let marks: Vec<bool> = plan
+                .nodes
+                .iter()
+                .filter_map(|node| node.op_as::<PackedRows>())
+                .map(|op| op.beside_clean)
+                .collect();
+            assert_eq!(marks, [expected], "weights down to {low}");
+        }
+    }
 
     #[test]
     fn interleaves_any_number_of_lanes_from_any_column() {
@@ -573,6 +672,7 @@ mod tests {
         let op = PackedRows {
             format: format.clone(),
             k_axis,
+            beside_clean: false,
         };
         let tensor = input.clone().into_tensor();
         let mut model = TypedModel::default();

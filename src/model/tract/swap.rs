@@ -72,6 +72,14 @@ pub fn replace_ops<O: TypedOp>(
     model: &mut TypedModel,
     swap: impl Fn(&O, &TypedFact, &TypedFact) -> Swap,
 ) -> TractResult<Swapped> {
+    replace_nodes(model, |_, _, op: &O, input, output| swap(op, input, output))
+}
+
+/// As [`replace_ops`], `swap` also seeing the model and the node (its neighbours).
+pub fn replace_nodes<O: TypedOp>(
+    model: &mut TypedModel,
+    swap: impl Fn(&TypedModel, &TypedNode, &O, &TypedFact, &TypedFact) -> Swap,
+) -> TractResult<Swapped> {
     let mut swapped = Swapped::default();
     // Patches append nodes: the ones present now are all that can be candidates.
     for id in 0..model.nodes.len() {
@@ -81,7 +89,7 @@ pub fn replace_ops<O: TypedOp>(
         };
         let input = model.outlet_fact(node.inputs[0])?;
         let output = model.outlet_fact(OutletId::new(id, 0))?;
-        let new = match swap(op, input, output) {
+        let new = match swap(model, node, op, input, output) {
             Swap::NotMine => continue,
             Swap::Keep => {
                 swapped.candidates += 1;
