@@ -16,8 +16,9 @@ const K: usize = 41;
 
 /// (M, N) of the products: tract puts the longer of M and N on the A side, so the first
 /// has the weights as A (the kernel's panel header from constants, rows contiguous in C),
-/// the second the activations (packed at run time, columns contiguous in C), as 1×1
-/// convolutions over a large image have them. Neither is a multiple of a tile.
+/// the second the activations (packed at run time by iscamd's packer, which marks their
+/// panels when the weights hold no −128; columns contiguous in C), as 1×1 convolutions
+/// over a large image have them. Neither is a multiple of a tile.
 const SHAPES: [(usize, usize); 2] = [(29, 13), (19, 23)];
 
 /// `W·x + bias`, then, with `requantise`, scaled, clamped and cast to bytes as a
@@ -68,7 +69,9 @@ fn plans(
     };
     let choice = Choice::default().with(DatumType::I32, Some(ours));
     let (optimised, _) = optimising_with(Policy::Tuned, choice, || model.clone().into_optimized());
-    let optimised = optimised.unwrap();
+    // iscamd's packer of activations, which knows whether the weights hold a −128.
+    let mut optimised = optimised.unwrap();
+    crate::model::tract::install_row_packing(&mut optimised).unwrap();
     let runs_ours = optimised.nodes.iter().any(|node| {
         node.op_as::<OptMatMul>()
             .is_some_and(|op| op.mmm.iter().any(|k| k.name() == name))

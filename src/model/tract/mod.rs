@@ -27,6 +27,8 @@ mod row_terms;
 mod spatial;
 mod swap;
 
+#[cfg(test)]
+pub(crate) use packing::install as install_row_packing;
 pub use packing::HeadedLayout;
 pub use swap::{Swapped, Swaps};
 
