@@ -11,7 +11,9 @@
 //! its B ([`NAME_T`], computing Cᵀ's tile) where tract's einsum lowering puts the
 //! activations on A (a 1×1 convolution over an image larger than its output channels).
 //! The activations then stay in tract's `PackedI8K4`, cheap to pack at every pass, and
-//! the rows of the tile are the output's channels, contiguous where C's are. tract's own
+//! the rows of the tile are the output's channels, contiguous where C's are. (An einsum
+//! whose weights are the longer side gets [`NAME_T`] too: its activations are then packed
+//! as rows at every pass; the measured choice weighs that.) tract's own
 //! AMX kernels are left out of its pool (see `leave_out_amx`): they read past the end of
 //! B's last panel.
 //!
