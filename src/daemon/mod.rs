@@ -96,6 +96,7 @@ pub fn run(
         .thread_name(format!("{}io", shutdown::STAGE_THREAD_PREFIX))
         .build()
         .map_err(|e| Error::Stage(format!("cannot start the I/O runtime: {e}")))?;
+    let mut signals = runtime.block_on(async { StopSignals::listen() });
     let board = runtime.block_on(serve_endpoints(&config))?;
     let (requests, mut reload_requests) = mpsc::channel(RELOAD_QUEUE);
     let reloads = Reloads {
@@ -112,7 +113,7 @@ pub fn run(
             let mut parts = parts(config, classifier, running, &broker, reloads.clone())?;
             parts.board = board.clone();
             let topology = Topology::start(parts)?;
-            let stopped = wait_for_shutdown(stop.clone());
+            let stopped = wait_for_shutdown(stop.clone(), &mut signals);
             match topology
                 .run_until_stopped(stopped, &mut reload_requests)
                 .await?
@@ -265,7 +266,60 @@ fn handle_other_signals(reloads: mpsc::Sender<ReloadRequest>) {
     }
 }
 
-async fn wait_for_shutdown(stop: Option<watch::Receiver<bool>>) {
+/// SIGINT and SIGTERM, listened to from before the first stage starts: one that arrives
+/// while the stages start (tokio registers a handler when it is first asked, and the
+/// default action ends the process) still shuts the daemon down cleanly.
+struct StopSignals {
+    #[cfg(unix)]
+    interrupt: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    terminate: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    /// Must run inside the runtime.
+    fn listen() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let listen = |kind: SignalKind, name: &str| {
+                signal(kind)
+                    .map_err(|e| tracing::warn!("cannot handle {name}: {e}"))
+                    .ok()
+            };
+            StopSignals {
+                interrupt: listen(SignalKind::interrupt(), "SIGINT"),
+                terminate: listen(SignalKind::terminate(), "SIGTERM"),
+            }
+        }
+        #[cfg(not(unix))]
+        StopSignals {}
+    }
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        {
+            async fn one(signal: &mut Option<tokio::signal::unix::Signal>) {
+                match signal {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            }
+            tokio::select! {
+                _ = one(&mut self.interrupt) => {}
+                _ = one(&mut self.terminate) => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+async fn wait_for_shutdown(stop: Option<watch::Receiver<bool>>, signals: &mut StopSignals) {
     let external = async move {
         match stop {
             Some(mut rx) => {
@@ -278,20 +332,8 @@ async fn wait_for_shutdown(stop: Option<watch::Receiver<bool>>) {
             None => std::future::pending::<()>().await,
         }
     };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate => {}
+        _ = signals.recv() => {}
         _ = external => {}
     }
 }
