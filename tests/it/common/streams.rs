@@ -125,14 +125,34 @@ pub fn encode_video(frames: &Path, fps: u32, out: &Path) {
 
 /// CPU time (user + system) the process has used, from /proc.
 pub fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
+    stat_cpu(&format!("/proc/{pid}/stat"))
+        .expect("the process runs")
         .1
-        .split_whitespace()
-        .collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    Duration::from_millis(ticks * 10)
+}
+
+/// CPU time by thread name (threads of one name summed), from /proc: what names the thread
+/// that spent it when a process uses more than it should.
+pub fn cpu_by_thread(pid: u32) -> std::collections::BTreeMap<String, Duration> {
+    let mut threads = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return threads;
+    };
+    for task in tasks.flatten() {
+        // A thread may end between the listing and the read.
+        if let Some((name, cpu)) = stat_cpu(&format!("{}/stat", task.path().display())) {
+            *threads.entry(name).or_default() += cpu;
+        }
+    }
+    threads
+}
+
+/// The command name and the user + system CPU time of a /proc `stat` file.
+fn stat_cpu(path: &str) -> Option<(String, Duration)> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    // The command name is in parentheses and may hold spaces.
+    let (head, rest) = stat.rsplit_once(')')?;
+    let name = head.split_once('(')?.1.to_string();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some((name, Duration::from_millis(ticks * 10)))
 }
