@@ -14,9 +14,9 @@
 //! products of −128 × −128 overflow a 16-bit sum, so blocks are summed in pairs only over
 //! panels of A without a −128 — weights from symmetric quantizers have none — which A's
 //! packer records in each panel's header ([`Pairs`]); other panels take one block at a
-//! time. The kernel computes the products; every other step fused into a tile (bias, zero
-//! points, requantisation, the store) runs tract's own generic kernel on each half of it, so
-//! those steps are tract's to the bit.
+//! time. The steps tract fuses after a convolution's product (bias, zero-point terms, its
+//! per-tensor rescaling, the clamp, the store) run with the tile in registers, computed as
+//! tract computes them, to the bit; rarer steps run tract's own generic kernel.
 //!
 //! Never in tract's ladder: iscamd measures it against tract's kernels as one more candidate
 //! ([`TIER`]), per model, and runs it where it was faster.
@@ -128,7 +128,7 @@ unsafe fn kernel(specs: &[FusedKerSpec<i32>]) -> isize {
                     let c = vld1q_s32(cols);
                     each(&mut tile, |v, r| vmlaq_n_s32(v, c, *rows.add(r)))
                 }
-                S::QScale(shift, RoundingPolicy::Even, mult) => {
+                S::QScale(shift, RoundingPolicy::Even, mult) if scales_exactly(shift) => {
                     each(&mut tile, |v, _| scale_even(v, shift, mult))
                 }
                 S::Store(store) if [1, 4].contains(&store.item_size) => store_tile(&tile, store),
@@ -144,14 +144,14 @@ unsafe fn kernel(specs: &[FusedKerSpec<i32>]) -> isize {
     }
 }
 
-/// The tile of nearly every product (a 1×1 or im2col convolution whose requantisation runs
-/// apart): the product, one constant per row or column added, stored. Run start to end
-/// with the tile in registers, where the loop over steps keeps it in memory. False, and
-/// nothing done, for any other list of steps.
+/// The tile of nearly every product, run start to end with the tile in registers, where
+/// the loop over steps keeps it in memory: the product, a constant per row or column added
+/// (the bias) and one subtracted (the zero points' term), then, for a per-tensor int8
+/// convolution, tract's rescaling and clamp, stored. False, and nothing done, for any other
+/// list of steps.
 #[inline(always)]
 unsafe fn common_tile(specs: &[FusedKerSpec<i32>]) -> bool {
-    use FusedKerSpec as S;
-    let [S::Clear, S::AddMatMul {
+    let [FusedKerSpec::Clear, FusedKerSpec::AddMatMul {
         k,
         pa,
         pb,
@@ -160,38 +160,113 @@ unsafe fn common_tile(specs: &[FusedKerSpec<i32>]) -> bool {
     else {
         return false;
     };
-    let (added, store) = match *rest {
-        [S::Store(store), S::Done] => (Added::Nothing, store),
-        [S::PerRowAdd(p), S::Store(store), S::Done] => (Added::PerRow(p), store),
-        [S::PerColAdd(p), S::Store(store), S::Done] => (Added::PerCol(p), store),
-        _ => return false,
-    };
-    if ![1, 4].contains(&store.item_size) {
+    let Some((after, store)) = After::of(rest) else {
         return false;
-    }
+    };
     // SAFETY: tract's panels, constants and store for this tile.
-    unsafe { one_tile(k, pa, pb, added, store) };
+    unsafe { one_tile(k, pa, pb, after, store) };
     true
 }
 
-/// What [`common_tile`] adds to the product.
+/// A constant per row or per column of the tile.
 #[derive(Clone, Copy)]
-enum Added {
+enum PerLine {
     Nothing,
-    PerRow(*const i32),
-    PerCol(*const i32),
+    Row(*const i32),
+    Col(*const i32),
+}
+
+impl PerLine {
+    /// `row = f(row, constants)` for every row of the tile.
+    #[inline(always)]
+    unsafe fn apply(self, tile: &mut Tile, f: impl Fn(int32x4_t, int32x4_t) -> int32x4_t) {
+        // SAFETY: tract's pointer to MR (row) or NR (column) values.
+        unsafe {
+            match self {
+                PerLine::Nothing => {}
+                PerLine::Row(p) => each(tile, |v, r| f(v, vdupq_n_s32(*p.add(r)))),
+                PerLine::Col(p) => per_col(tile, p, f),
+            }
+        }
+    }
+}
+
+/// The steps [`common_tile`] runs after the product, in this order.
+#[derive(Clone, Copy)]
+struct After {
+    add: PerLine,
+    subtract: PerLine,
+    /// tract's `QScale` (shift, multiplier), round half to even.
+    scale: Option<(isize, i32)>,
+    low: i32,
+    high: i32,
+}
+
+impl After {
+    /// The steps after the product and the store, when they are the common ones: tract's
+    /// lowering of a convolution and of its per-tensor requantisation.
+    fn of(mut rest: &[FusedKerSpec<i32>]) -> Option<(After, OutputStoreKer)> {
+        use FusedKerSpec as S;
+        let mut after = After {
+            add: PerLine::Nothing,
+            subtract: PerLine::Nothing,
+            scale: None,
+            low: i32::MIN,
+            high: i32::MAX,
+        };
+        match *rest {
+            [S::PerRowAdd(p), ref tail @ ..] => (after.add, rest) = (PerLine::Row(p), tail),
+            [S::PerColAdd(p), ref tail @ ..] => (after.add, rest) = (PerLine::Col(p), tail),
+            _ => {}
+        }
+        match *rest {
+            [S::PerRowSubF(p), ref tail @ ..] => (after.subtract, rest) = (PerLine::Row(p), tail),
+            [S::PerColSubF(p), ref tail @ ..] => (after.subtract, rest) = (PerLine::Col(p), tail),
+            _ => {}
+        }
+        if let [S::QScale(shift, RoundingPolicy::Even, mult), ref tail @ ..] = *rest {
+            if !scales_exactly(shift) {
+                return None;
+            }
+            (after.scale, rest) = (Some((shift, mult)), tail);
+        }
+        // A clamp: min then max, or max then min, the same while low ≤ high.
+        for _ in 0..2 {
+            match *rest {
+                [S::ScalarMin(x), ref tail @ ..] if after.high == i32::MAX => {
+                    (after.high, rest) = (x, tail)
+                }
+                [S::ScalarMax(x), ref tail @ ..] if after.low == i32::MIN => {
+                    (after.low, rest) = (x, tail)
+                }
+                _ => {}
+            }
+        }
+        match *rest {
+            [S::Store(store), S::Done] if [1, 4].contains(&store.item_size) => {
+                (after.low <= after.high).then_some((after, store))
+            }
+            _ => None,
+        }
+    }
 }
 
 /// [`common_tile`]'s work, in a function small enough to keep the tile in registers.
 #[inline(never)]
-unsafe fn one_tile(k: usize, pa: *const u8, pb: *const u8, added: Added, store: OutputStoreKer) {
+unsafe fn one_tile(k: usize, pa: *const u8, pb: *const u8, after: After, store: OutputStoreKer) {
     // SAFETY: as `common_tile`'s.
     unsafe {
         let mut tile = products(k, pa, pb);
-        match added {
-            Added::Nothing => {}
-            Added::PerRow(p) => each(&mut tile, |v, r| vaddq_s32(v, vdupq_n_s32(*p.add(r)))),
-            Added::PerCol(p) => per_col(&mut tile, p, |v, c| vaddq_s32(v, c)),
+        after.add.apply(&mut tile, |v, c| vaddq_s32(v, c));
+        after.subtract.apply(&mut tile, |v, c| vsubq_s32(v, c));
+        if let Some((shift, mult)) = after.scale {
+            each(&mut tile, |v, _| scale_even(v, shift, mult));
+        }
+        if after.low != i32::MIN {
+            each(&mut tile, |v, _| vmaxq_s32(v, vdupq_n_s32(after.low)));
+        }
+        if after.high != i32::MAX {
+            each(&mut tile, |v, _| vminq_s32(v, vdupq_n_s32(after.high)));
         }
         store_tile(&tile, store);
     }
@@ -213,29 +288,33 @@ fn each(tile: &mut Tile, f: impl Fn(int32x4_t, usize) -> int32x4_t) {
     }
 }
 
+/// Whether [`scale_even`] computes tract's `QScale` with this shift: 64-bit products
+/// shifted right by at most 62 bits, as any scale of an int8 model has them.
+fn scales_exactly(shift: isize) -> bool {
+    shift + 31 <= 62
+}
+
 /// tract's `QScale` with round-half-to-even (its rounding for ONNX models): `v · mult ·
-/// 2^-(31 + shift)` computed exactly in 64 bits, as its generic kernel does.
+/// 2^-(31 + shift)` computed exactly in 64 bits, as its generic kernel does — a rounding
+/// shift (ties upwards), less one where a tie was rounded to an odd value.
 #[inline(always)]
 unsafe fn scale_even(v: int32x4_t, shift: isize, mult: i32) -> int32x4_t {
     // SAFETY: NEON is part of aarch64's baseline.
     unsafe {
-        let m = vdup_n_s32(mult);
         let (low, high) = (
-            vmull_s32(vget_low_s32(v), m),
+            vmull_s32(vget_low_s32(v), vdup_n_s32(mult)),
             vmull_high_s32(v, vdupq_n_s32(mult)),
         );
-        let s = shift + 31;
+        let s = (shift + 31) as i64;
         let round = |p: int64x2_t| -> int32x2_t {
             if s <= 0 {
-                return vmovn_s64(vshlq_s64(p, vdupq_n_s64(-s as i64)));
+                return vmovn_s64(vshlq_s64(p, vdupq_n_s64(-s)));
             }
-            // |p| + half − 1 + (bit s of |p|), shifted: ties go to the even neighbour.
-            let right = vdupq_n_s64(-s as i64);
-            let a = vabsq_s64(p);
-            let odd = vandq_s64(vshlq_s64(a, right), vdupq_n_s64(1));
-            let nudged = vaddq_s64(vaddq_s64(a, vdupq_n_s64((1i64 << (s - 1)) - 1)), odd);
-            let r = vshlq_s64(nudged, right);
-            vmovn_s64(vbslq_s64(vcltzq_s64(p), vnegq_s64(r), r))
+            let up = vrshlq_s64(p, vdupq_n_s64(-s));
+            let fraction = vandq_s64(p, vdupq_n_s64((1 << s) - 1));
+            let tie = vreinterpretq_s64_u64(vceqq_s64(fraction, vdupq_n_s64(1 << (s - 1))));
+            let odd_tie = vandq_s64(tie, vandq_s64(up, vdupq_n_s64(1)));
+            vmovn_s64(vsubq_s64(up, odd_tie))
         };
         vcombine_s32(round(low), round(high))
     }
@@ -543,8 +622,54 @@ impl PanelHeader for Pairs {
 
 #[cfg(test)]
 mod tests {
-    use super::{NAME, TIER};
+    use super::{scale_even, scales_exactly, NAME, TIER};
     use crate::model::kernels::own_kernel_tests as own;
+    use std::arch::aarch64::{vld1q_s32, vst1q_s32};
+    use tract_onnx::tract_core::tract_linalg::{mmm::RoundingPolicy, Scaler};
+
+    #[test]
+    fn rescaling_rounds_as_tracts_scaler() {
+        let mut values: Vec<i32> = (-5000..5000).collect();
+        values.extend([
+            i32::MIN + 1,
+            i32::MAX,
+            1 << 24,
+            -(1 << 24),
+            123_456_789,
+            -987_654_321,
+        ]);
+        values.resize(values.len().next_multiple_of(4), 0);
+        // 2^30 puts ties within the values (v / 2^(shift + 1)); the others are scales of
+        // the SqueezeNet files; −31 and 31 are the ends of the shifts rescaled here.
+        let scalings = [
+            (-31, 0x4000_0000),
+            (0, 0x4000_0000),
+            (3, 0x4000_0000),
+            (7, 0x5d79_8700),
+            (9, 0x6e63_1d80),
+            (31, 0x7fff_ff80),
+        ];
+        for (shift, mult) in scalings {
+            assert!(scales_exactly(shift));
+            let scaler = Scaler::from_fuse_params(shift, RoundingPolicy::Even, mult);
+            for four in values.chunks(4) {
+                let mut ours = [0i32; 4];
+                // SAFETY: NEON loads and stores of four i32.
+                unsafe {
+                    vst1q_s32(
+                        ours.as_mut_ptr(),
+                        scale_even(vld1q_s32(four.as_ptr()), shift, mult),
+                    )
+                };
+                let tracts: Vec<i32> = four.iter().map(|&v| scaler * v).collect();
+                assert_eq!(
+                    ours[..],
+                    tracts[..],
+                    "{four:?} scaled by ({shift}, {mult:#x})"
+                );
+            }
+        }
+    }
 
     #[test]
     fn products_and_fused_steps_equal_tracts() {
