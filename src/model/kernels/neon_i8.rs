@@ -146,12 +146,13 @@ unsafe fn kernel(specs: &[FusedKerSpec<i32>]) -> isize {
 
 /// The tile of nearly every product, run start to end with the tile in registers, where
 /// the loop over steps keeps it in memory: the product, a constant per row or column added
-/// (the bias) and one subtracted (the zero points' term), then, for a per-tensor int8
-/// convolution, tract's rescaling and clamp, stored. False, and nothing done, for any other
-/// list of steps.
+/// (the bias), stored; or that, a constant subtracted (the zero points' term), tract's
+/// per-tensor rescaling and the clamp (a per-tensor int8 convolution). False, and nothing
+/// done, for any other list of steps.
 #[inline(always)]
 unsafe fn common_tile(specs: &[FusedKerSpec<i32>]) -> bool {
-    let [FusedKerSpec::Clear, FusedKerSpec::AddMatMul {
+    use FusedKerSpec as S;
+    let [S::Clear, S::AddMatMul {
         k,
         pa,
         pb,
@@ -160,12 +161,37 @@ unsafe fn common_tile(specs: &[FusedKerSpec<i32>]) -> bool {
     else {
         return false;
     };
-    let Some((after, store)) = After::of(rest) else {
-        return false;
+    let (added, store) = match *rest {
+        [S::Store(store), S::Done] => (PerLine::Nothing, store),
+        [S::PerRowAdd(p), S::Store(store), S::Done] => (PerLine::Row(p), store),
+        [S::PerColAdd(p), S::Store(store), S::Done] => (PerLine::Col(p), store),
+        _ => {
+            let Some((after, store)) = After::of(rest) else {
+                return false;
+            };
+            // SAFETY: tract's panels, constants and store for this tile.
+            unsafe { requantised_tile(k, pa, pb, after, store) };
+            return true;
+        }
     };
-    // SAFETY: tract's panels, constants and store for this tile.
-    unsafe { one_tile(k, pa, pb, after, store) };
+    if ![1, 4].contains(&store.item_size) {
+        return false;
+    }
+    // SAFETY: as above.
+    unsafe { one_tile(k, pa, pb, added, store) };
     true
+}
+
+/// [`common_tile`]'s product with a constant per row or column added, in a function small
+/// enough to keep the tile in registers.
+#[inline(never)]
+unsafe fn one_tile(k: usize, pa: *const u8, pb: *const u8, added: PerLine, store: OutputStoreKer) {
+    // SAFETY: as `common_tile`'s.
+    unsafe {
+        let mut tile = products(k, pa, pb);
+        added.apply(&mut tile, |v, c| vaddq_s32(v, c));
+        store_tile(&tile, store);
+    }
 }
 
 /// A constant per row or per column of the tile.
@@ -251,9 +277,16 @@ impl After {
     }
 }
 
-/// [`common_tile`]'s work, in a function small enough to keep the tile in registers.
+/// [`common_tile`]'s requantised product, apart from [`one_tile`] so that neither's
+/// registers crowd the other's.
 #[inline(never)]
-unsafe fn one_tile(k: usize, pa: *const u8, pb: *const u8, after: After, store: OutputStoreKer) {
+unsafe fn requantised_tile(
+    k: usize,
+    pa: *const u8,
+    pb: *const u8,
+    after: After,
+    store: OutputStoreKer,
+) {
     // SAFETY: as `common_tile`'s.
     unsafe {
         let mut tile = products(k, pa, pb);
