@@ -328,12 +328,26 @@ fn scales_exactly(shift: isize) -> bool {
 }
 
 /// tract's `QScale` with round-half-to-even (its rounding for ONNX models): `v · mult ·
-/// 2^-(31 + shift)` computed exactly in 64 bits, as its generic kernel does — a rounding
-/// shift (ties upwards), less one where a tie was rounded to an odd value.
+/// 2^-(31 + shift)`, exact as its generic kernel computes it in 64 bits — a rounding shift
+/// (ties upwards), less one where a tie was rounded to an odd value. The shifts of int8
+/// models (1–30) take four lanes at once in 32 bits.
 #[inline(always)]
 unsafe fn scale_even(v: int32x4_t, shift: isize, mult: i32) -> int32x4_t {
     // SAFETY: NEON is part of aarch64's baseline.
     unsafe {
+        if (1..=30).contains(&shift) && mult > 0 {
+            // v · mult = high · 2^31 + low, low in [0, 2^31): the doubling high half
+            // (truncated; no saturation with a positive multiplier) and the low bits.
+            let m = vdupq_n_s32(mult);
+            let high = vqdmulhq_s32(v, m);
+            let low = vandq_s32(vmulq_s32(v, m), vdupq_n_s32(i32::MAX));
+            let up = vrshlq_s32(high, vdupq_n_s32(-(shift as i32)));
+            // Rounded up from half way by `high`'s bits: a tie only if `low` is zero.
+            let fraction = vandq_s32(high, vdupq_n_s32((1 << shift) - 1));
+            let half_way = vceqq_s32(fraction, vdupq_n_s32(1 << (shift - 1)));
+            let tie = vreinterpretq_s32_u32(vandq_u32(half_way, vceqzq_s32(low)));
+            return vsubq_s32(up, vandq_s32(tie, vandq_s32(up, vdupq_n_s32(1))));
+        }
         let (low, high) = (
             vmull_s32(vget_low_s32(v), vdup_n_s32(mult)),
             vmull_high_s32(v, vdupq_n_s32(mult)),
@@ -673,11 +687,13 @@ mod tests {
         ]);
         values.resize(values.len().next_multiple_of(4), 0);
         // 2^30 puts ties within the values (v / 2^(shift + 1)); the others are scales of
-        // the SqueezeNet files; −31 and 31 are the ends of the shifts rescaled here.
+        // the SqueezeNet files; 1 and 30 the ends of the 32-bit path, −31, 0 and 31 the 64-bit one.
         let scalings = [
             (-31, 0x4000_0000),
             (0, 0x4000_0000),
+            (1, 0x4000_0000),
             (3, 0x4000_0000),
+            (30, 0x5d79_8700),
             (7, 0x5d79_8700),
             (9, 0x6e63_1d80),
             (31, 0x7fff_ff80),
