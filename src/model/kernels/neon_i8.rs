@@ -687,7 +687,8 @@ mod tests {
         ]);
         values.resize(values.len().next_multiple_of(4), 0);
         // 2^30 puts ties within the values (v / 2^(shift + 1)); the others are scales of
-        // the SqueezeNet files; 1 and 30 the ends of the 32-bit path, −31, 0 and 31 the 64-bit one.
+        // the SqueezeNet files. Shifts 1 and 30 are the ends of the 32-bit path; −31, 0
+        // and 31 take the 64-bit one.
         let scalings = [
             (-31, 0x4000_0000),
             (0, 0x4000_0000),
