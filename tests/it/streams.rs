@@ -39,12 +39,14 @@ fn runs(predictions: &[Received]) -> Vec<u64> {
     runs
 }
 
+/// Frames of each image in `panda_then_macaw`.
+const FRAMES_EACH: usize = 10;
 /// The frames `panda_then_macaw` writes.
-const CLIP_FRAMES: u64 = 20;
+const CLIP_FRAMES: u64 = 2 * FRAMES_EACH as u64;
 
 /// Panda for 2 s, macaw for 2 s, looped, at 5 fps.
 fn panda_then_macaw(dir: &Path) -> std::path::PathBuf {
-    frames(dir, &[(PANDA.0, 10), (MACAW.0, 10)])
+    frames(dir, &[(PANDA.0, FRAMES_EACH), (MACAW.0, FRAMES_EACH)])
 }
 
 fn last_stats(observer: &Observer) -> serde_json::Value {
