@@ -132,8 +132,7 @@ impl RowMaxPool {
         let Some(&any) = input.first() else {
             return Ok(output);
         };
-        #[cfg(target_arch = "aarch64")]
-        if std::mem::size_of::<T>() == 1 && [kh, kw, sw] == [3, 3, 2] && w >= 16 {
+        if let Some(pool_plane) = self.byte_plane_pooling::<T>(w) {
             let signed = T::datum_type().unquantized() == DatumType::I8;
             // SAFETY: T is one byte (u8 or i8, `eval` checked), every bit pattern a value;
             // the views cover exactly the two tensors' elements.
@@ -143,12 +142,8 @@ impl RowMaxPool {
                     std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<u8>(), out.len()),
                 )
             };
-            let planes = input.chunks_exact(h * w).zip(out.chunks_exact_mut(oh * ow));
-            for (plane, out_plane) in planes {
-                match signed {
-                    true => neon::pool_3_by_2_plane::<true>(plane, w, sh, out_plane, ow),
-                    false => neon::pool_3_by_2_plane::<false>(plane, w, sh, out_plane, ow),
-                }
+            for (plane, out_plane) in input.chunks_exact(h * w).zip(out.chunks_exact_mut(oh * ow)) {
+                pool_plane(signed, plane, w, sh, out_plane, ow);
             }
             return Ok(output);
         }
@@ -169,6 +164,127 @@ impl RowMaxPool {
             }
         }
         Ok(output)
+    }
+}
+
+/// SqueezeNet's 3×3, stride-2 pooling of one plane of bytes: `(signed, plane, w, sh, out,
+/// ow)`.
+type BytePlanePooling = fn(bool, &[u8], usize, usize, &mut [u8], usize);
+
+impl RowMaxPool {
+    /// The SIMD pooling of whole planes of bytes for this geometry, row width and CPU, if
+    /// there is one.
+    #[cfg_attr(not(target_arch = "aarch64"), allow(unused_variables))]
+    fn byte_plane_pooling<T>(&self, w: usize) -> Option<BytePlanePooling> {
+        if std::mem::size_of::<T>() != 1 || self.kernel != [3, 3] || self.stride[1] != 2 {
+            return None;
+        }
+        #[cfg(target_arch = "aarch64")]
+        if w >= 16 {
+            return Some(|signed, plane, w, sh, out, ow| match signed {
+                true => neon::pool_3_by_2_plane::<true>(plane, w, sh, out, ow),
+                false => neon::pool_3_by_2_plane::<false>(plane, w, sh, out, ow),
+            });
+        }
+        #[cfg(target_arch = "x86_64")]
+        if self.isa == PoolIsa::Avx512 && PoolIsa::available().contains(&PoolIsa::Avx512) {
+            return Some(|signed, plane, w, sh, out, ow| {
+                // SAFETY: AVX-512 F and BW are there: `PoolIsa::available` checked them.
+                unsafe {
+                    match signed {
+                        true => avx512::pool_3_by_2_plane::<true>(plane, w, sh, out, ow),
+                        false => avx512::pool_3_by_2_plane::<false>(plane, w, sh, out, ow),
+                    }
+                }
+            });
+        }
+        None
+    }
+}
+
+/// SqueezeNet's 3×3, stride-2 pooling of bytes with AVX-512 BW, 32 outputs per block: the
+/// three rows' maximum taken in registers at the block's start and two bytes on (a folded
+/// row stored and loaded back at those offsets would wait on store forwarding), then, as
+/// 16-bit lanes, even bytes low and odd ones high, which `vpmovwb` splits; masked loads and
+/// stores instead of scalar tails.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// Pools one `w`-wide plane whose rows `sh` apart start each output row.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F and BW.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub unsafe fn pool_3_by_2_plane<const SIGNED: bool>(
+        plane: &[u8],
+        w: usize,
+        sh: usize,
+        out: &mut [u8],
+        ow: usize,
+    ) {
+        assert!(w > 2 * ow);
+        for (oy, out_row) in out.chunks_exact_mut(ow).enumerate() {
+            let window = &plane[oy * sh * w..][..3 * w];
+            let rows = [0, w, 2 * w].map(|at| window[at..].as_ptr());
+            // SAFETY: the caller's promise; the rows are w > 2·ow long.
+            unsafe { pool_rows::<SIGNED>(rows, out_row) };
+        }
+    }
+
+    /// The lanes below `n` (at most 64).
+    fn first(n: usize) -> u64 {
+        u64::MAX >> (64 - n)
+    }
+
+    #[inline(always)]
+    unsafe fn max<const SIGNED: bool>(a: __m512i, b: __m512i) -> __m512i {
+        // SAFETY: AVX-512 BW, as every caller's target features say.
+        unsafe {
+            match SIGNED {
+                true => _mm512_max_epi8(a, b),
+                false => _mm512_max_epu8(a, b),
+            }
+        }
+    }
+
+    /// `out[x] = max over the three rows of row[2x], row[2x + 1], row[2x + 2]`.
+    ///
+    /// # Safety
+    /// AVX-512 F and BW; each row holds more than `2·out.len()` bytes.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn pool_rows<const SIGNED: bool>(rows: [*const u8; 3], out: &mut [u8]) {
+        let n = out.len();
+        for x in (0..n).step_by(32) {
+            let count = (n - x).min(32);
+            // SAFETY: each row's loads read [2x, 2x + 2·count) and [2x + 2, 2x + 2·count +
+            // 1), masked; 2x + 2·count ≤ 2n < the row's length. The store writes out[x ..
+            // x + count).
+            unsafe {
+                let (mut here, mut next) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+                for (i, &row) in rows.iter().enumerate() {
+                    let at = row.add(2 * x);
+                    let h = _mm512_maskz_loadu_epi8(first(2 * count), at.cast());
+                    let n = _mm512_maskz_loadu_epi8(first(2 * count - 1), at.add(2).cast());
+                    (here, next) = match i {
+                        0 => (h, n),
+                        _ => (max::<SIGNED>(here, h), max::<SIGNED>(next, n)),
+                    };
+                }
+                let even = _mm512_cvtepi16_epi8(here);
+                let odd = _mm512_cvtepi16_epi8(_mm512_srli_epi16::<8>(here));
+                let after = _mm512_cvtepi16_epi8(next);
+                let pooled = match SIGNED {
+                    true => _mm256_max_epi8(_mm256_max_epi8(even, odd), after),
+                    false => _mm256_max_epu8(_mm256_max_epu8(even, odd), after),
+                };
+                _mm512_mask_storeu_epi8(
+                    out.as_mut_ptr().add(x).cast(),
+                    first(count),
+                    _mm512_castsi256_si512(pooled),
+                );
+            }
+        }
     }
 }
 
@@ -449,12 +565,14 @@ mod tests {
     #[test]
     fn pools_quantized_integers_as_tract_does() {
         // Rows with blocks of sixteen outputs and an overlapping last one, of eight, of
-        // fewer, and too narrow for NEON (its paths on aarch64).
+        // fewer, and too narrow for NEON (its paths on aarch64); with AVX-512, rows of one
+        // block and more and blocks of every length.
         let qp = QParams::ZpScale {
             zero_point: 3,
             scale: 0.05,
         };
         let shapes = [
+            [1, 4, 9, 111],
             [1, 8, 13, 55],
             [2, 5, 27, 27],
             [1, 3, 9, 17],
