@@ -172,22 +172,25 @@ fn int8_maps_follow_f32_maps() {
     );
 }
 
-/// iscamd's replacements inside tract's plans (max-pooling, int8 packing and quantisation, ReLU
-/// folding; src/model/tract/) change no value: the int8 model's logits and activations are bit for
-/// bit tract's own, the f32 model's equal up to the summation order of the matrix kernels
-/// (which iscamd's measured choice may change), in every way of running a batch (the batched
-/// plans pack several images per op).
+/// iscamd's replacements inside tract's plans (max-pooling, int8 packing, quantisation and
+/// requantisation, ReLU folding; src/model/tract/) change no value: the int8 model's logits
+/// and activations are bit for bit tract's own, the f32 model's equal up to the summation
+/// order of the matrix kernels (which iscamd's measured choice may change), in every way of
+/// running a batch (the batched plans pack several images per op) — with the kernels and ops
+/// measured fastest here, and with every own op on tract's kernels (a measured choice may
+/// leave an op out).
 #[test]
 fn tuned_plans_compute_what_stock_tract_computes() {
-    use iscamd::model::kernels::Policy;
+    use iscamd::model::kernels::{Choice, Matmul, Policy};
     use iscamd::model::{BackendOptions, BatchPlan, Classifier, ModelOptions, TractOptions};
 
-    let forward = |model, kernels, batch_plan, batch: &Array4<f32>| {
+    let forward = |model, kernels, matmul, batch_plan, batch: &Array4<f32>| {
         let classifier = Classifier::load(&ModelOptions {
             path: crate::common::model_path(model),
             backend: BackendOptions::Tract(TractOptions {
                 batch_plan,
                 kernels,
+                matmul,
                 ..Default::default()
             }),
             ..Default::default()
@@ -196,32 +199,37 @@ fn tuned_plans_compute_what_stock_tract_computes() {
         classifier.forward(batch.view()).unwrap()
     };
     let (_, batch) = three_images(&load(F32_MODEL));
+    let every_op = Matmul::Forced(Choice::default());
     for (model, tolerance) in [(INT8_MODEL, 0.0), (F32_MODEL, 1e-4)] {
         for plan in [BatchPlan::Split, BatchPlan::Batched, BatchPlan::Symbolic] {
-            let stock = forward(model, Policy::Stock, plan, &batch);
-            let tuned = forward(model, Policy::Tuned, plan, &batch);
-            let (stock_activations, tuned_activations) =
-                (stock.activations.unwrap(), tuned.activations.unwrap());
-            for (what, stock, tuned) in [
-                (
-                    "logits",
-                    stock.logits.view().into_dyn(),
-                    tuned.logits.view().into_dyn(),
-                ),
-                (
-                    "activations",
-                    stock_activations.view().into_dyn(),
-                    tuned_activations.view().into_dyn(),
-                ),
-            ] {
-                let scale = stock.iter().fold(0f32, |m, v| m.max(v.abs()));
-                let diff = (&tuned - &stock).iter().fold(0f32, |m, d| m.max(d.abs()));
-                println!("{model} {plan:?} {what}: max |Δ| {diff:e} of max |v| {scale}");
-                assert!(scale > 0.0, "{model} {plan:?}: all-zero {what}");
-                assert!(
-                    diff <= tolerance * scale,
-                    "{model} {plan:?}: {what} differ by {diff}"
-                );
+            for matmul in [Matmul::default(), every_op.clone()] {
+                let stock = forward(model, Policy::Stock, Matmul::default(), plan, &batch);
+                let tuned = forward(model, Policy::Tuned, matmul.clone(), plan, &batch);
+                let (stock_activations, tuned_activations) =
+                    (stock.activations.unwrap(), tuned.activations.unwrap());
+                for (what, stock, tuned) in [
+                    (
+                        "logits",
+                        stock.logits.view().into_dyn(),
+                        tuned.logits.view().into_dyn(),
+                    ),
+                    (
+                        "activations",
+                        stock_activations.view().into_dyn(),
+                        tuned_activations.view().into_dyn(),
+                    ),
+                ] {
+                    let scale = stock.iter().fold(0f32, |m, v| m.max(v.abs()));
+                    let diff = (&tuned - &stock).iter().fold(0f32, |m, d| m.max(d.abs()));
+                    println!(
+                        "{model} {plan:?} {matmul:?} {what}: max |Δ| {diff:e} of max |v| {scale}"
+                    );
+                    assert!(scale > 0.0, "{model} {plan:?}: all-zero {what}");
+                    assert!(
+                        diff <= tolerance * scale,
+                        "{model} {plan:?} {matmul:?}: {what} differ by {diff}"
+                    );
+                }
             }
         }
     }

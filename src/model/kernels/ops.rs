@@ -9,13 +9,14 @@ use std::fmt;
 use super::SettingError;
 
 /// iscamd's ops, by the names logs, `check` and the choice's text use.
-pub const OWN_OPS: [&str; 10] = [
+pub const OWN_OPS: [&str; 11] = [
     "max-pool",
     "im2col",
     "row-packing",
     "relu-fold",
     "quantize",
     "requantize",
+    "requantized-product",
     "depthwise",
     "lookup-table",
     "spatial-merge",

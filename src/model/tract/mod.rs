@@ -23,6 +23,7 @@ mod profile;
 mod quant;
 mod relu;
 mod requant;
+mod requantized_product;
 mod row_terms;
 mod spatial;
 mod swap;
@@ -334,7 +335,7 @@ const BEFORE_LOWERING: [(&str, Install); 3] = [
     ("lookup-table", |m, _| lut::install(m)),
     ("spatial-merge", |m, _| spatial::install(m)),
 ];
-const INSTALLS: [(&str, Install); 7] = [
+const INSTALLS: [(&str, Install); 8] = [
     ("row-terms", |m, _| row_terms::install(m)),
     ("max-pool", |m, ops| maxpool::install(m, ops.pool())),
     ("im2col", |m, _| im2col::install(m)),
@@ -342,6 +343,9 @@ const INSTALLS: [(&str, Install); 7] = [
     ("relu-fold", |m, _| relu::install(m)),
     ("quantize", |m, _| quant::install(m)),
     ("requantize", |m, _| requant::install(m)),
+    ("requantized-product", |m, _| {
+        requantized_product::install(m)
+    }),
 ];
 
 /// Swaps the ops of `installs` that `ops` runs into `model`, each through tract's patch

@@ -301,6 +301,62 @@ impl Requantize {
             .filter(|c| min <= c.low && c.low <= c.high && c.high <= max)
     }
 
+    /// Elements per channel run.
+    pub fn inner(&self) -> usize {
+        self.inner
+    }
+
+    /// Requantises the columns `pixels` of `output`, `[channels, row]` in memory, from
+    /// `products`, `[channels, stride]`: a block of a product, its first column that of
+    /// `pixels`.
+    pub fn block(
+        &self,
+        products: &[i32],
+        stride: usize,
+        output: &mut Tensor,
+        pixels: std::ops::Range<usize>,
+        row: usize,
+    ) -> TractResult<()> {
+        let mut out = output.try_as_plain_ram_mut()?;
+        if self.to == u8::datum_type() {
+            self.block_as(
+                products,
+                stride,
+                out.as_slice_mut::<u8>()?,
+                pixels,
+                row,
+                |v| v as u8,
+            )
+        } else {
+            self.block_as(
+                products,
+                stride,
+                out.as_slice_mut::<i8>()?,
+                pixels,
+                row,
+                |v| v as i8,
+            )
+        }
+        Ok(())
+    }
+
+    fn block_as<T: Copy + Default>(
+        &self,
+        products: &[i32],
+        stride: usize,
+        ys: &mut [T],
+        pixels: std::ops::Range<usize>,
+        row: usize,
+        cast: impl Fn(i32) -> T + Copy,
+    ) {
+        let rows = products.chunks(stride).zip(ys.chunks_mut(row));
+        for (c, (xs, ys)) in rows.enumerate() {
+            let xs = &xs[..pixels.len()];
+            let scale = self.scales[c % self.scales.len()];
+            self.run(xs, scale, &mut ys[pixels.clone()], cast);
+        }
+    }
+
     fn eval_as<T: Datum + Copy + Default>(
         &self,
         input: &Tensor,
