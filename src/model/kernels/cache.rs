@@ -91,14 +91,15 @@ fn entry_path(dir: &Path, cpu: &str, model: &str) -> PathBuf {
 }
 
 /// The CPU as the kernels see it: its model, the instruction sets tract found, and
-/// iscamd's version and own ops (a plan with another set of ops measures differently).
+/// iscamd's version, own ops and own kernels (another set of them measures differently).
 pub fn cpu_identity() -> String {
     format!(
-        "{}; {}; iscamd {} (own ops: {})",
+        "{}; {}; iscamd {} (own ops: {}; own kernels: {})",
         cpu_model(),
         instruction_sets(),
         env!("CARGO_PKG_VERSION"),
-        super::OWN_OPS.join(", ")
+        super::OWN_OPS.join(", "),
+        super::OWN_TIERS.join(", ")
     )
 }
 

@@ -20,6 +20,8 @@
 
 #[cfg(target_arch = "x86_64")]
 mod amx_i8;
+#[cfg(target_arch = "x86_64")]
+mod avx512_f32;
 mod cache;
 mod choice;
 #[cfg(any(target_arch = "aarch64", target_arch = "x86_64"))]
@@ -87,7 +89,7 @@ pub fn own_headed_packing(
 #[cfg(target_arch = "aarch64")]
 pub const OWN_TIERS: &[&str] = &[neon_i8::TIER];
 #[cfg(target_arch = "x86_64")]
-pub const OWN_TIERS: &[&str] = &[vnni_i8::TIER, amx_i8::TIER];
+pub const OWN_TIERS: &[&str] = &[vnni_i8::TIER, amx_i8::TIER, avx512_f32::TIER];
 #[cfg(not(any(target_arch = "aarch64", target_arch = "x86_64")))]
 pub const OWN_TIERS: &[&str] = &[];
 
