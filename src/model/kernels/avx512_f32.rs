@@ -9,11 +9,13 @@
 //! step of K, three loads of X's panel and eight broadcasts for 24 `vfmadd231ps`, and a
 //! tile stored as 24 whole vectors.
 //!
-//! Only for tract's convolution lowering, which asks for a kernel without a store type
-//! (its einsum lowering names one, and may put the activations on A: a 1×1 convolution
-//! over an image larger than its output channels): there the tier declines and tract's
-//! ladder picks. Never in tract's ladder: iscamd measures it against tract's kernels as one
-//! more candidate ([`TIER`]), per model, and runs it where it was faster.
+//! tract's convolution lowering (which asks for a kernel without a store type) makes the
+//! weights A. Its einsum lowering (1×1 convolutions) puts the longer side on A — the
+//! activations of a 1×1 convolution over an image larger than its output channels, whose
+//! pixels then run down C's columns: there the same kernel computes Cᵀ's tile ([`NAME_T`],
+//! 48 × 8, the activations' 48 rows in the registers, the weights broadcast), stored as
+//! whole columns. Never in tract's ladder: iscamd measures it against tract's kernels as
+//! one more candidate ([`TIER`]), per model, and runs it where it was faster.
 
 use std::arch::x86_64::*;
 use std::sync::LazyLock;
@@ -31,6 +33,9 @@ pub const TIER: &str = "iscamd-avx512-f32";
 /// The kernel's name in tract's registry.
 const NAME: &str = "iscamd_avx512_mmm_f32_8x48";
 
+/// The same kernel computing Cᵀ's tile: 48 rows of A (the activations), 8 columns of B.
+const NAME_T: &str = "iscamd_avx512_t_mmm_f32_48x8";
+
 /// Rows of A per tile (and per panel of A), columns of B.
 const MR: usize = 8;
 const NR: usize = 48;
@@ -39,17 +44,38 @@ const NR: usize = 48;
 const V: usize = NR / 16;
 
 static KERNEL: LazyLock<DynKernel<MR, NR, f32>> = LazyLock::new(|| {
-    let mut kernel =
-        DynKernel::<MR, NR, f32>::new(NAME, kernel, f32::packing(MR), f32::packing(NR))
-            .with_isa(IsaReq::ANY.needing(&[Isa::X86_64Avx512f]));
+    registered(DynKernel::new(
+        NAME,
+        kernel::<false>,
+        f32::packing(MR),
+        f32::packing(NR),
+    ))
+});
+static KERNEL_T: LazyLock<DynKernel<NR, MR, f32>> = LazyLock::new(|| {
+    registered(DynKernel::new(
+        NAME_T,
+        kernel::<true>,
+        f32::packing(NR),
+        f32::packing(MR),
+    ))
+});
+
+fn registered<const R: usize, const C: usize>(
+    kernel: DynKernel<R, C, f32>,
+) -> DynKernel<R, C, f32> {
+    let mut kernel = kernel.with_isa(IsaReq::ANY.needing(&[Isa::X86_64Avx512f]));
     kernel.arch = Some(Arch::X86_64);
     // Below tract's own kernels wherever tract ranks the suitable ones itself.
     kernel.boost = || -1000;
     kernel
-});
+}
 
 inventory::submit! {
     tract_linalg::mmm_routines::MmmRoutine { make: || KERNEL.mmm() }
+}
+
+inventory::submit! {
+    tract_linalg::mmm_routines::MmmRoutine { make: || KERNEL_T.mmm() }
 }
 
 inventory::submit! {
@@ -62,9 +88,8 @@ inventory::submit! {
         preferred: |_, accumulator, query, _| {
             let plain = query.weight == WeightType::Plain(DatumType::F32)
                 && query.activation == DatumType::F32;
-            let convolution = query.store.is_none() && query.n != Some(1);
-            (accumulator == DatumType::F32 && plain && convolution && runs_here())
-                .then_some(NAME)
+            let here = accumulator == DatumType::F32 && plain && query.n != Some(1) && runs_here();
+            here.then_some(if query.store.is_none() { NAME } else { NAME_T })
         },
     }
 }
@@ -73,7 +98,7 @@ fn runs_here() -> bool {
     is_x86_feature_detected!("avx512f")
 }
 
-/// A tile of C: row r's columns in `[r][0..V]`.
+/// A tile of C (of Cᵀ for [`NAME_T`]): row r's columns in `[r][0..V]`.
 type Tile = [[__m512; V]; MR];
 
 /// `tile[r][v] = $f` for every register, `$x` its value, `$r` its row, `$v` its index in
@@ -89,31 +114,36 @@ macro_rules! each {
     };
 }
 
-/// Runs a tile's steps. Returns 0, or 1 for a step an f32 kernel is never given.
+/// Runs a tile's steps — of Cᵀ's tile with `T`, each step turned to it by [`transposed`].
+/// Returns 0, or 1 for a step an f32 kernel is never given.
 #[target_feature(enable = "avx512f")]
-unsafe fn kernel(specs: &[FusedKerSpec<f32>]) -> isize {
+unsafe fn kernel<const T: bool>(specs: &[FusedKerSpec<f32>]) -> isize {
     use FusedKerSpec as S;
-    // SAFETY (whole body): tract's steps for one tile, their pointers to MR rows, NR
+    // SAFETY (whole body): tract's steps for one tile, their pointers to its rows,
     // columns, or a tile's stores, as its kernels receive them; the tier is only offered
     // where AVX-512 runs.
     unsafe {
         let zero = _mm512_setzero_ps();
         let mut tile: Tile = [[zero; V]; MR];
-        for spec in specs {
-            match *spec {
+        for &spec in specs {
+            match if T { transposed(spec) } else { spec } {
                 S::Done => return 0,
                 S::Clear => tile = [[zero; V]; MR],
+                // Column-major C is row-major Cᵀ.
+                S::LoadTile(col_major, _) if T => each!(tile, |_x, r, v| {
+                    _mm512_loadu_ps(col_major.add(r * NR + 16 * v))
+                }),
                 S::LoadTile(col_major, _) => each!(tile, |_x, r, v| {
                     let row: [f32; 16] =
                         std::array::from_fn(|c| *col_major.add((16 * v + c) * MR + r));
                     _mm512_loadu_ps(row.as_ptr())
                 }),
-                S::AddMatMul { k, pa, pb, packing } => {
-                    if packing != 0 {
-                        return 1;
-                    }
-                    add_mat_mul(&mut tile, k, pa.cast(), pb.cast());
+                S::AddMatMul { packing, .. } if packing != 0 => return 1,
+                // Cᵀ = Bᵀ·Aᵀ: B's panel holds the broadcast values, A's the vectors.
+                S::AddMatMul { k, pa, pb, .. } if T => {
+                    add_mat_mul(&mut tile, k, pb.cast(), pa.cast())
                 }
+                S::AddMatMul { k, pa, pb, .. } => add_mat_mul(&mut tile, k, pa.cast(), pb.cast()),
                 S::ScalarMin(s) => each!(tile, |x, _r, _v| _mm512_min_ps(x, _mm512_set1_ps(s))),
                 S::ScalarMax(s) => each!(tile, |x, _r, _v| _mm512_max_ps(x, _mm512_set1_ps(s))),
                 S::ScalarAdd(s) => each!(tile, |x, _r, _v| _mm512_add_ps(x, _mm512_set1_ps(s))),
@@ -147,6 +177,34 @@ unsafe fn kernel(specs: &[FusedKerSpec<f32>]) -> isize {
             }
         }
         0
+    }
+}
+
+/// The step for Cᵀ's tile: rows and columns swapped.
+fn transposed(spec: FusedKerSpec<f32>) -> FusedKerSpec<f32> {
+    use FusedKerSpec as S;
+    let swap = |s: OutputStoreKer| OutputStoreKer {
+        row_byte_stride: s.col_byte_stride,
+        col_byte_stride: s.row_byte_stride,
+        ..s
+    };
+    match spec {
+        S::PerRowMin(p) => S::PerColMin(p),
+        S::PerRowMax(p) => S::PerColMax(p),
+        S::PerRowAdd(p) => S::PerColAdd(p),
+        S::PerRowMul(p) => S::PerColMul(p),
+        S::PerRowSub(p) => S::PerColSub(p),
+        S::PerRowSubF(p) => S::PerColSubF(p),
+        S::PerColMin(p) => S::PerRowMin(p),
+        S::PerColMax(p) => S::PerRowMax(p),
+        S::PerColAdd(p) => S::PerRowAdd(p),
+        S::PerColMul(p) => S::PerRowMul(p),
+        S::PerColSub(p) => S::PerRowSub(p),
+        S::PerColSubF(p) => S::PerRowSubF(p),
+        S::AddRowColProducts(rows, cols) => S::AddRowColProducts(cols, rows),
+        S::AddUnicast(store) => S::AddUnicast(swap(store)),
+        S::Store(store) => S::Store(swap(store)),
+        other => other,
     }
 }
 
@@ -250,19 +308,23 @@ mod tests {
             .into_tensor()
     }
 
-    /// A 3×3 convolution with a bias, then a ReLU: what tract fuses into the tile.
-    fn convolution(channels: usize, outputs: usize, side: usize) -> TypedModel {
+    /// A `kernel`×`kernel` convolution with a bias, then a ReLU: what tract fuses into the
+    /// tile.
+    fn convolution(channels: usize, outputs: usize, side: usize, kernel: usize) -> TypedModel {
         let mut model = TypedModel::default();
         let x = model
             .add_source("x", f32::fact([1, channels, side, side]))
             .unwrap();
-        let w = random(&[outputs, channels, 3, 3], 1);
+        let w = random(&[outputs, channels, kernel, kernel], 1);
         let w = model.add_const("w", w).unwrap();
         let bias = model.add_const("bias", random(&[outputs], 2)).unwrap();
         let spec = PoolSpec {
             data_format: DataFormat::NCHW,
-            kernel_shape: tvec!(3, 3),
-            padding: PaddingSpec::Explicit(tvec!(1, 1), tvec!(1, 1)),
+            kernel_shape: tvec!(kernel, kernel),
+            padding: PaddingSpec::Explicit(
+                tvec!(kernel / 2, kernel / 2),
+                tvec!(kernel / 2, kernel / 2),
+            ),
             dilations: None,
             strides: None,
             input_channels: channels,
@@ -281,15 +343,25 @@ mod tests {
         model
     }
 
-    /// Shapes off the tile: output channels not a multiple of 8, pixels not of 48.
+    /// Shapes off the tile: output channels not a multiple of 8, pixels not of 48; 3×3
+    /// convolutions (the weights A: [`NAME`]), 1×1 ones over more pixels than output
+    /// channels (the activations A: [`NAME_T`], stored by columns) and over fewer (the
+    /// weights A: [`NAME_T`] again, stored value by value).
     #[test]
     fn convolutions_equal_tracts() {
         if !runs_here() {
             eprintln!("{NAME}: this CPU has no AVX-512; the kernel is never offered here");
             return;
         }
-        for (channels, outputs, side) in [(5, 13, 9), (16, 24, 14), (3, 8, 7)] {
-            let model = convolution(channels, outputs, side);
+        let shapes = [
+            (5, 13, 9, 3, NAME),
+            (16, 24, 14, 3, NAME),
+            (3, 8, 7, 3, NAME),
+            (24, 8, 9, 1, NAME_T),
+            (24, 40, 3, 1, NAME_T),
+        ];
+        for (channels, outputs, side, kernel, name) in shapes {
+            let model = convolution(channels, outputs, side, kernel);
             let ours = Candidate {
                 tier: TIER,
                 widest: false,
@@ -300,9 +372,9 @@ mod tests {
             let optimised = optimised.unwrap();
             let runs_ours = optimised.nodes.iter().any(|node| {
                 node.op_as::<OptMatMul>()
-                    .is_some_and(|op| op.mmm.iter().any(|k| k.name() == NAME))
+                    .is_some_and(|op| op.mmm.iter().any(|k| k.name() == name))
             });
-            assert!(runs_ours, "the plan does not run {NAME}:\n{optimised}");
+            assert!(runs_ours, "the plan does not run {name}:\n{optimised}");
             let x = random(&[1, channels, side, side], 3);
             let run = |plan: TypedModel| {
                 let plan = plan.into_runnable().unwrap();
