@@ -35,6 +35,7 @@ use tract_onnx::tract_core::tract_linalg::pack::{PackedI8K4, Packing};
 use tract_onnx::tract_core::tract_linalg::WeightType;
 
 use super::generic_steps;
+use super::registry::{outside_tracts_ranking, transposed};
 use super::vnni_i8::scale_even;
 
 /// The tier iscamd asks for this kernel.
@@ -69,14 +70,12 @@ fn with_packing(
     a: impl MMMInputFormat,
     b: impl MMMInputFormat,
 ) -> DynKernel<MR, NR, i32> {
-    let mut kernel =
+    let kernel =
         DynKernel::<MR, NR, i32>::new(name, kernel, i32::packing(MR), i32::packing(NR))
             .with_packing(a, b)
             .with_store::<i8>()
             .with_isa(IsaReq::ANY.needing(&[Isa::X86_64Avx512f]));
-    kernel.arch = Some(Arch::X86_64);
-    kernel.boost = || -1000;
-    kernel
+    outside_tracts_ranking(kernel, Arch::X86_64)
 }
 
 /// The index of the byte packings in the kernels' packings (0 is `new`'s i32 pair).
@@ -295,34 +294,6 @@ unsafe fn kernel<const T: bool>(specs: &[FusedKerSpec<i32>]) -> isize {
             }
         }
         0
-    }
-}
-
-/// `spec` for the tile of Cᵀ: rows for columns, stores with their strides swapped.
-fn transposed(spec: FusedKerSpec<i32>) -> FusedKerSpec<i32> {
-    use FusedKerSpec as S;
-    let swap = |s: OutputStoreKer| OutputStoreKer {
-        row_byte_stride: s.col_byte_stride,
-        col_byte_stride: s.row_byte_stride,
-        ..s
-    };
-    match spec {
-        S::PerRowMin(p) => S::PerColMin(p),
-        S::PerRowMax(p) => S::PerColMax(p),
-        S::PerRowAdd(p) => S::PerColAdd(p),
-        S::PerRowMul(p) => S::PerColMul(p),
-        S::PerRowSub(p) => S::PerColSub(p),
-        S::PerRowSubF(p) => S::PerColSubF(p),
-        S::PerColMin(p) => S::PerRowMin(p),
-        S::PerColMax(p) => S::PerRowMax(p),
-        S::PerColAdd(p) => S::PerRowAdd(p),
-        S::PerColMul(p) => S::PerRowMul(p),
-        S::PerColSub(p) => S::PerRowSub(p),
-        S::PerColSubF(p) => S::PerRowSubF(p),
-        S::AddRowColProducts(rows, cols) => S::AddRowColProducts(cols, rows),
-        S::AddUnicast(store) => S::AddUnicast(swap(store)),
-        S::Store(store) => S::Store(swap(store)),
-        other => other,
     }
 }
 

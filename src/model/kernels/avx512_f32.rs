@@ -27,6 +27,8 @@ use tract_onnx::tract_core::tract_linalg::mmm::{DynKernel, FusedKerSpec, OutputS
 use tract_onnx::tract_core::tract_linalg::pack::Packing;
 use tract_onnx::tract_core::tract_linalg::WeightType;
 
+use super::registry::{outside_tracts_ranking, transposed};
+
 /// The tier iscamd asks for this kernel.
 pub const TIER: &str = "iscamd-avx512-f32";
 
@@ -63,11 +65,8 @@ static KERNEL_T: LazyLock<DynKernel<NR, MR, f32>> = LazyLock::new(|| {
 fn registered<const R: usize, const C: usize>(
     kernel: DynKernel<R, C, f32>,
 ) -> DynKernel<R, C, f32> {
-    let mut kernel = kernel.with_isa(IsaReq::ANY.needing(&[Isa::X86_64Avx512f]));
-    kernel.arch = Some(Arch::X86_64);
-    // Below tract's own kernels wherever tract ranks the suitable ones itself.
-    kernel.boost = || -1000;
-    kernel
+    let kernel = kernel.with_isa(IsaReq::ANY.needing(&[Isa::X86_64Avx512f]));
+    outside_tracts_ranking(kernel, Arch::X86_64)
 }
 
 inventory::submit! {
@@ -177,34 +176,6 @@ unsafe fn kernel<const T: bool>(specs: &[FusedKerSpec<f32>]) -> isize {
             }
         }
         0
-    }
-}
-
-/// The step for Cᵀ's tile: rows and columns swapped.
-fn transposed(spec: FusedKerSpec<f32>) -> FusedKerSpec<f32> {
-    use FusedKerSpec as S;
-    let swap = |s: OutputStoreKer| OutputStoreKer {
-        row_byte_stride: s.col_byte_stride,
-        col_byte_stride: s.row_byte_stride,
-        ..s
-    };
-    match spec {
-        S::PerRowMin(p) => S::PerColMin(p),
-        S::PerRowMax(p) => S::PerColMax(p),
-        S::PerRowAdd(p) => S::PerColAdd(p),
-        S::PerRowMul(p) => S::PerColMul(p),
-        S::PerRowSub(p) => S::PerColSub(p),
-        S::PerRowSubF(p) => S::PerColSubF(p),
-        S::PerColMin(p) => S::PerRowMin(p),
-        S::PerColMax(p) => S::PerRowMax(p),
-        S::PerColAdd(p) => S::PerRowAdd(p),
-        S::PerColMul(p) => S::PerRowMul(p),
-        S::PerColSub(p) => S::PerRowSub(p),
-        S::PerColSubF(p) => S::PerRowSubF(p),
-        S::AddRowColProducts(rows, cols) => S::AddRowColProducts(cols, rows),
-        S::AddUnicast(store) => S::AddUnicast(swap(store)),
-        S::Store(store) => S::Store(swap(store)),
-        other => other,
     }
 }
 

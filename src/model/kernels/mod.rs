@@ -33,6 +33,8 @@ mod neon_i8;
 mod ops;
 #[cfg(test)]
 mod own_kernel_tests;
+#[cfg(any(target_arch = "aarch64", target_arch = "x86_64"))]
+mod registry;
 mod settings;
 mod split;
 #[cfg(target_arch = "x86_64")]

@@ -33,6 +33,7 @@ use tract_onnx::tract_core::tract_linalg::pack::{PackedI8K4, Packing};
 
 use super::generic_steps;
 use super::headed::{self, HeadedI8K4, PanelHeader};
+use super::registry::outside_tracts_ranking;
 
 /// The tier iscamd asks for this kernel.
 pub const TIER: &str = "iscamd-neon-i8";
@@ -48,14 +49,10 @@ const NR: usize = 4;
 const HEADER: usize = 16;
 
 static KERNEL: LazyLock<DynKernel<MR, NR, i32>> = LazyLock::new(|| {
-    let mut kernel =
-        DynKernel::<MR, NR, i32>::new(NAME, kernel, i32::packing(MR), i32::packing(NR))
-            .with_packing(HeadedI8K4::<Pairs>::new(), PackedI8K4::new(NR))
-            .with_store::<i8>();
-    kernel.arch = Some(tract_linalg::isa::Arch::Aarch64);
-    // Below tract's own kernels wherever tract ranks the suitable ones itself.
-    kernel.boost = || -1000;
-    kernel
+    let kernel = DynKernel::<MR, NR, i32>::new(NAME, kernel, i32::packing(MR), i32::packing(NR))
+        .with_packing(HeadedI8K4::<Pairs>::new(), PackedI8K4::new(NR))
+        .with_store::<i8>();
+    outside_tracts_ranking(kernel, tract_linalg::isa::Arch::Aarch64)
 });
 
 /// The index of (A's `HeadedI8K4<Pairs>`, `PackedI8K4`) in the kernel's packings (0 is

@@ -26,6 +26,7 @@ use tract_onnx::tract_core::tract_linalg::pack::{PackedI8K4, Packing};
 
 use super::generic_steps;
 use super::headed::{self, HeadedI8K4, PanelHeader};
+use super::registry::outside_tracts_ranking;
 
 /// The tier iscamd asks for this kernel.
 pub const TIER: &str = "iscamd-avx512-vnni";
@@ -41,15 +42,11 @@ const NR: usize = 16;
 const HEADER: usize = 4 * MR;
 
 static KERNEL: LazyLock<DynKernel<MR, NR, i32>> = LazyLock::new(|| {
-    let mut kernel =
-        DynKernel::<MR, NR, i32>::new(NAME, kernel, i32::packing(MR), i32::packing(NR))
-            .with_packing(HeadedI8K4::<RowSums>::new(), PackedI8K4::new(NR))
-            .with_store::<i8>()
-            .with_isa(IsaReq::ANY.needing(&[Isa::X86_64Avx512f, Isa::X86_64Avx512Vnni]));
-    kernel.arch = Some(Arch::X86_64);
-    // Below tract's own kernels wherever tract ranks the suitable ones itself.
-    kernel.boost = || -1000;
-    kernel
+    let kernel = DynKernel::<MR, NR, i32>::new(NAME, kernel, i32::packing(MR), i32::packing(NR))
+        .with_packing(HeadedI8K4::<RowSums>::new(), PackedI8K4::new(NR))
+        .with_store::<i8>()
+        .with_isa(IsaReq::ANY.needing(&[Isa::X86_64Avx512f, Isa::X86_64Avx512Vnni]));
+    outside_tracts_ranking(kernel, Arch::X86_64)
 });
 
 /// The index of (A's `HeadedI8K4<RowSums>`, `PackedI8K4`) in the kernel's packings (0 is
