@@ -70,11 +70,10 @@ fn with_packing(
     a: impl MMMInputFormat,
     b: impl MMMInputFormat,
 ) -> DynKernel<MR, NR, i32> {
-    let kernel =
-        DynKernel::<MR, NR, i32>::new(name, kernel, i32::packing(MR), i32::packing(NR))
-            .with_packing(a, b)
-            .with_store::<i8>()
-            .with_isa(IsaReq::ANY.needing(&[Isa::X86_64Avx512f]));
+    let kernel = DynKernel::<MR, NR, i32>::new(name, kernel, i32::packing(MR), i32::packing(NR))
+        .with_packing(a, b)
+        .with_store::<i8>()
+        .with_isa(IsaReq::ANY.needing(&[Isa::X86_64Avx512f]));
     outside_tracts_ranking(kernel, Arch::X86_64)
 }
 
