@@ -1,15 +1,21 @@
-//! Quantized depthwise convolutions (one filter per channel: MobileNet, EfficientNet,
-//! ShuffleNet) as one direct loop per channel.
+//! Depthwise convolutions (one filter per channel: MobileNet, EfficientNet, ShuffleNet),
+//! quantized or float, as one direct loop per channel.
 //!
-//! tract runs a float depthwise convolution with its own direct op, but an int8 one through
-//! im2col and its matrix kernels with one output row per group: a kernel made for 8 or 16
-//! rows computes one, and the im2col copy is as large as the product. perf on an int8
-//! MobileNetV2 put that path over half of a pass (docs/benchmarks.md, "Model zoo").
-//! [`install`] replaces each such convolution, before tract lowers it, with
-//! [`QuantDepthwise`], which computes the same bytes: the exact integer sums
-//! `bias + Σ (x − x₀)(w − w₀)` (padding is x₀, so it adds nothing), then tract's
-//! requantisation — `scale_by` with the factor `w_scale · x_scale / y_scale` tract
+//! tract runs an int8 depthwise convolution through im2col and its matrix kernels with one
+//! output row per group: a kernel made for 8 or 16 rows computes one, and the im2col copy
+//! is as large as the product. perf on an int8 MobileNetV2 put that path over half of a
+//! pass (docs/benchmarks.md, "Model zoo"). [`install`] replaces each such convolution,
+//! before tract lowers it, with [`QuantDepthwise`], which computes the same bytes: the
+//! exact integer sums `bias + Σ (x − x₀)(w − w₀)` (padding is x₀, so it adds nothing), then
+//! tract's requantisation — `scale_by` with the factor `w_scale · x_scale / y_scale` tract
 //! computes, plus y₀, clamped, cast.
+//!
+//! A float one tract runs with its own direct op (`DepthWise`), which walks each output
+//! pixel's taps with bounds checks and made a third of an f32 MobileNetV2's pass; it
+//! becomes [`FloatDepthwise`], the same loop without the integers: each plane padded and
+//! split by stride phase once, then every tap one run of vector multiply-adds over the
+//! whole plane, starting from the bias. Its sums are in another order than tract's, so
+//! equal to them within f32 rounding.
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
@@ -59,13 +65,286 @@ impl Axis {
     }
 }
 
+/// The planes of a depthwise convolution: its channels and its two spatial axes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Planes {
+    channels: usize,
+    h: Axis,
+    w: Axis,
+}
+
+/// Scratch for one plane at a time: the padded input split by phases, one input row split
+/// by columns, and the sums.
+struct Scratch {
+    phases: Vec<f32>,
+    columns: Vec<f32>,
+    acc: Vec<f32>,
+}
+
+/// Where a plane's values go: per column phase, where a row of it starts in a phase row
+/// and which of the row's split columns it holds; each phase row's start and input row;
+/// each tap's start in the phases.
+struct Layout {
+    runs: Vec<(usize, std::ops::Range<usize>)>,
+    rows: Vec<(usize, usize)>,
+    taps: Vec<usize>,
+}
+
+impl Planes {
+    /// The planes of `conv` on an input of `shape`, when its layout is NCHW/CHW with an OIHW
+    /// kernel, two spatial axes and one filter per channel, and its output is not empty.
+    fn of(conv: &Conv, shape: &[usize]) -> Option<Planes> {
+        let depthwise = conv.group > 1
+            && conv.group == conv.input_channels()
+            && conv.group == conv.output_channels();
+        let layout_ok = [DataFormat::NCHW, DataFormat::CHW].contains(&conv.pool_spec.data_format)
+            && conv.kernel_fmt == KernelFormat::OIHW
+            && conv.pool_spec.rank() == 2;
+        if !depthwise || !layout_ok || shape.len() < 3 {
+            return None;
+        }
+        let spatial = &shape[shape.len() - 2..];
+        let padding = conv.pool_spec.computed_padding(spatial);
+        let axis = |i: usize| Axis {
+            input: spatial[i],
+            output: padding[i].convoluted,
+            kernel: conv.pool_spec.kernel_shape[i],
+            stride: conv.pool_spec.stride(i),
+            dilation: conv.pool_spec.dilation(i),
+            pad_before: padding[i].pad_before,
+        };
+        let (h, w) = (axis(0), axis(1));
+        let channels = conv.input_channels();
+        (h.output > 0 && w.output > 0).then_some(Planes { channels, h, w })
+    }
+
+    fn taps(&self) -> usize {
+        self.h.kernel * self.w.kernel
+    }
+
+    /// Sums per plane: whole chunks of `LANES`, each output row as wide as a column phase
+    /// (the sums past the output width are scratch).
+    fn sums_len(&self) -> usize {
+        (self.h.output * self.w.phase_len()).next_multiple_of(LANES)
+    }
+
+    fn scratch(&self) -> Scratch {
+        let (h, w) = (&self.h, &self.w);
+        let plane = h.phase_len() * w.phase_len();
+        // The last tap's run ends up to a row past its phase, and the last chunk of sums up
+        // to LANES − 1 values past the outputs: in the next phase, or here.
+        Scratch {
+            phases: vec![0f32; (plane * h.stride + w.phase_len()) * w.stride + LANES],
+            columns: vec![0f32; w.input.div_ceil(w.stride) * w.stride],
+            acc: vec![0f32; self.sums_len()],
+        }
+    }
+
+    fn output_facts(&self, input: &TypedFact, to: DatumType) -> TVec<TypedFact> {
+        let mut shape = input.shape.to_tvec();
+        let rank = shape.len();
+        shape[rank - 2] = self.h.output.into();
+        shape[rank - 1] = self.w.output.into();
+        tvec!(TypedFact::dt_shape(to, shape))
+    }
+
+    fn info(&self) -> String {
+        let (h, w) = (&self.h, &self.w);
+        format!(
+            "{} channels, {}x{} kernel, stride {}x{}",
+            self.channels, h.kernel, w.kernel, h.stride, w.stride
+        )
+    }
+
+    /// Where a plane's values go in the phases, and where each tap reads them: the same for
+    /// every plane.
+    fn layout(&self) -> Layout {
+        let (h, w) = (&self.h, &self.w);
+        let (rows, cols) = (h.phase_len(), w.phase_len());
+        let plane = rows * cols;
+        let per_group = w.input.div_ceil(w.stride);
+        let runs = w
+            .phase_starts()
+            .enumerate()
+            .filter(|&(_, (_, first_x))| first_x < w.input)
+            .map(|(col_phase, (first_col, first_x))| {
+                let group = first_x % w.stride;
+                let group_len = (w.input - group).div_ceil(w.stride);
+                let from = group * per_group + first_x / w.stride..group * per_group + group_len;
+                let to = col_phase * plane + first_col.min(cols);
+                let n = from.len().min(cols - first_col.min(cols));
+                (to, from.start..from.start + n)
+            })
+            .collect();
+        let rows = h
+            .phase_starts()
+            .enumerate()
+            .flat_map(|(row_phase, (first_row, first_y))| {
+                let at = (first_row..rows).map(move |r| row_phase * w.stride * plane + r * cols);
+                at.zip((first_y..h.input).step_by(h.stride))
+            })
+            .collect();
+        let taps = (0..h.kernel)
+            .flat_map(|ky| {
+                let (row_phase, dy) = h.tap(ky);
+                (0..w.kernel).map(move |kx| {
+                    let (col_phase, dx) = w.tap(kx);
+                    (row_phase * w.stride + col_phase) * plane + dy * cols + dx
+                })
+            })
+            .collect();
+        Layout { runs, rows, taps }
+    }
+
+    /// One plane's sums `init + Σ_taps w · value(x)` into `scratch.acc`, zero padding:
+    /// `scratch`'s phases hold the padded input split by row and column modulo the strides,
+    /// each phase as wide as the sums' rows, so that every tap reads one contiguous run over
+    /// all output rows at once. Every plane writes the same places of the phases: the
+    /// padding, zero from [`Self::scratch`] on, stays zero.
+    #[inline(always)]
+    fn sums<X: Copy, const FMA: bool, const WIDE: usize>(
+        &self,
+        layout: &Layout,
+        xs: &[X],
+        value: impl Fn(X) -> f32,
+        (weights, init): (&[f32], f32),
+        scratch: &mut Scratch,
+    ) {
+        let w = &self.w;
+        let Scratch {
+            phases,
+            columns,
+            acc,
+        } = scratch;
+        for &(row, y) in &layout.rows {
+            let line = &xs[y * w.input..][..w.input];
+            if let ([(to, from)], 1) = (&layout.runs[..], w.stride) {
+                let out = &mut phases[row + to..][..from.len()];
+                out.iter_mut()
+                    .zip(&line[from.clone()])
+                    .for_each(|(o, &v)| *o = value(v));
+                continue;
+            }
+            split_columns(line, &value, w.stride, columns);
+            for (to, from) in &layout.runs {
+                phases[row + to..][..from.len()].copy_from_slice(&columns[from.clone()]);
+            }
+        }
+        let taps = (&layout.taps[..], weights, init);
+        // WIDE sums at a time keep eight registers of independent multiply-adds in flight,
+        // then LANES (`acc` is whole chunks: the sums past the outputs are scratch).
+        let wide = sum_taps::<WIDE, FMA>(phases, taps, acc, 0);
+        sum_taps::<LANES, FMA>(phases, taps, acc, wide);
+    }
+
+    /// Every plane of `input`: its sums (channel `c`'s weights from `weights[c · taps..]`,
+    /// starting from `start[c]` — from 0 if `start` is empty —, each input value as `value`
+    /// gives it), then `finish(c, sums, output plane)`. Compiled
+    /// three times on x86-64, for its SSE2 baseline, for AVX2 with FMA and for AVX-512,
+    /// picked at run time.
+    fn run<X: Datum + Copy, Y: Datum + Copy>(
+        &self,
+        input: &Tensor,
+        to: DatumType,
+        (weights, start): (&[f32], &[f32]),
+        value: impl Fn(X) -> f32 + Copy,
+        finish: &mut impl FnMut(usize, &[f32], &mut [Y]),
+    ) -> TractResult<Tensor> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: this CPU has AVX-512 F, checked just above.
+                return unsafe { self.run_avx512(input, to, (weights, start), value, finish) };
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                // SAFETY: this CPU has AVX2 and FMA, checked just above.
+                return unsafe { self.run_avx2(input, to, (weights, start), value, finish) };
+            }
+        }
+        // aarch64's baseline has the fused multiply-add.
+        // Eight registers of sums: 4 lanes each on SSE2 and NEON.
+        self.run_any::<X, Y, { cfg!(target_arch = "aarch64") }, 32>(
+            input,
+            to,
+            (weights, start),
+            value,
+            finish,
+        )
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    fn run_avx512<X: Datum + Copy, Y: Datum + Copy>(
+        &self,
+        input: &Tensor,
+        to: DatumType,
+        (weights, start): (&[f32], &[f32]),
+        value: impl Fn(X) -> f32 + Copy,
+        finish: &mut impl FnMut(usize, &[f32], &mut [Y]),
+    ) -> TractResult<Tensor> {
+        self.run_any::<X, Y, true, 128>(input, to, (weights, start), value, finish)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn run_avx2<X: Datum + Copy, Y: Datum + Copy>(
+        &self,
+        input: &Tensor,
+        to: DatumType,
+        (weights, start): (&[f32], &[f32]),
+        value: impl Fn(X) -> f32 + Copy,
+        finish: &mut impl FnMut(usize, &[f32], &mut [Y]),
+    ) -> TractResult<Tensor> {
+        self.run_any::<X, Y, true, 64>(input, to, (weights, start), value, finish)
+    }
+
+    #[inline(always)]
+    fn run_any<X: Datum + Copy, Y: Datum + Copy, const FMA: bool, const WIDE: usize>(
+        &self,
+        input: &Tensor,
+        to: DatumType,
+        (weights, start): (&[f32], &[f32]),
+        value: impl Fn(X) -> f32 + Copy,
+        finish: &mut impl FnMut(usize, &[f32], &mut [Y]),
+    ) -> TractResult<Tensor> {
+        let (h, w) = (&self.h, &self.w);
+        let mut shape = input.shape().to_vec();
+        let rank = shape.len();
+        shape[rank - 2..].copy_from_slice(&[h.output, w.output]);
+        let mut output = Tensor::zero_dt(to, &shape)?;
+        let plain = input.try_as_plain_ram()?;
+        let xs = plain.as_slice::<X>()?;
+        let mut scratch = self.scratch();
+        let layout = self.layout();
+        let taps = self.taps();
+        // The view's borrow of `output` ends with the block.
+        {
+            let mut out = output.try_as_plain_ram_mut()?;
+            let ys = out.as_slice_mut::<Y>()?;
+            let planes = xs
+                .chunks(h.input * w.input)
+                .zip(ys.chunks_mut(h.output * w.output));
+            for (i, (x, y)) in planes.enumerate() {
+                let c = i % self.channels;
+                let weights = (
+                    &weights[c * taps..][..taps],
+                    start.get(c).map_or(0.0, |s| *s),
+                );
+                self.sums::<X, FMA, WIDE>(&layout, x, value, weights, &mut scratch);
+                finish(c, &scratch.acc, y);
+            }
+        }
+        Ok(output)
+    }
+}
+
 /// A depthwise convolution of 8-bit `[N, C, H, W]` or `[C, H, W]` to 8 bits, its constants
 /// folded in.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QuantDepthwise {
-    channels: usize,
-    h: Axis,
-    w: Axis,
+    planes: Planes,
     /// `w − w₀`, `[C, kh·kw]`, exact in f32.
     weights: Vec<f32>,
     bias: Vec<i32>,
@@ -80,16 +359,37 @@ impl Eq for QuantDepthwise {}
 
 impl std::hash::Hash for QuantDepthwise {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        (self.channels, self.h, self.w, &self.bias).hash(state);
+        (self.planes, &self.bias).hash(state);
         let floats = self.weights.iter().chain(&self.scales);
         floats.for_each(|s| s.to_bits().hash(state));
         (self.x0, self.y0, self.to).hash(state);
     }
 }
 
-/// Replaces every quantized depthwise convolution of a decluttered `model` that has
-/// constant weights and parameters and a known input shape; says how many quantized
-/// depthwise convolutions it found and replaced.
+/// A float depthwise convolution of `[N, C, H, W]` or `[C, H, W]`, its weights and bias
+/// folded in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FloatDepthwise {
+    planes: Planes,
+    /// `[C, kh·kw]`.
+    weights: Vec<f32>,
+    /// One per channel.
+    bias: Vec<f32>,
+}
+
+impl Eq for FloatDepthwise {}
+
+impl std::hash::Hash for FloatDepthwise {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.planes.hash(state);
+        let floats = self.weights.iter().chain(&self.bias);
+        floats.for_each(|s| s.to_bits().hash(state));
+    }
+}
+
+/// Replaces every depthwise convolution of a decluttered `model` that has constant weights
+/// and parameters and a known input shape — 8-bit ones by [`QuantDepthwise`], f32 ones by
+/// [`FloatDepthwise`]; says how many depthwise convolutions it found and replaced.
 pub fn install(model: &mut TypedModel) -> TractResult<Swapped> {
     let mut swapped = Swapped::default();
     // Patches append nodes: the ones present now are all that can be candidates.
@@ -101,12 +401,19 @@ pub fn install(model: &mut TypedModel) -> TractResult<Swapped> {
         let depthwise = conv.group > 1
             && conv.group == conv.input_channels()
             && conv.group == conv.output_channels();
-        if conv.q_params.is_none() || !depthwise {
+        if !depthwise {
             continue;
         }
         swapped.candidates += 1;
-        let Some(op) = QuantDepthwise::of(model, node, conv)? else {
-            continue;
+        let op: Box<dyn TypedOp> = match conv.q_params {
+            Some(_) => match QuantDepthwise::of(model, node, conv)? {
+                Some(op) => Box::new(op),
+                None => continue,
+            },
+            None => match FloatDepthwise::of(model, node, conv)? {
+                Some(op) => Box::new(op),
+                None => continue,
+            },
         };
         let mut patch = TypedModelPatch::default();
         let input = patch.tap_model(model, node.inputs[0])?;
@@ -119,8 +426,8 @@ pub fn install(model: &mut TypedModel) -> TractResult<Swapped> {
 }
 
 impl QuantDepthwise {
-    /// The op for `conv`, when its layout is NCHW/OIHW with two spatial axes, its input
-    /// shape known, its input and output 8-bit and every other input a constant.
+    /// The op for `conv`, when its planes are ones [`Planes`] has, its input shape known,
+    /// its input and output 8-bit and every other input a constant.
     fn of(model: &TypedModel, node: &TypedNode, conv: &Conv) -> TractResult<Option<Self>> {
         let facts = model.node_input_facts(node.id)?;
         let Some(to) = conv
@@ -129,39 +436,21 @@ impl QuantDepthwise {
         else {
             return Ok(None);
         };
-        let layout_ok = [DataFormat::NCHW, DataFormat::CHW].contains(&conv.pool_spec.data_format)
-            && conv.kernel_fmt == KernelFormat::OIHW
-            && conv.pool_spec.rank() == 2
-            && facts.len() == 9
-            && is_8bit(facts[0])
-            && is_8bit(facts[1]);
-        let Some(shape) = facts[0].shape.as_concrete().filter(|_| layout_ok) else {
+        let types_ok = facts.len() == 9 && is_8bit(facts[0]) && is_8bit(facts[1]);
+        let shape = facts[0].shape.as_concrete().filter(|_| types_ok);
+        let Some(planes) = shape.and_then(|shape| Planes::of(conv, shape)) else {
             return Ok(None);
         };
         let consts: Option<Vec<&Tensor>> = facts[1..].iter().map(|f| f.konst.as_deref()).collect();
         let Some(&[kernel, bias, x0, x_scale, w0, w_scale, y0, y_scale]) = consts.as_deref() else {
             return Ok(None);
         };
-        let channels = conv.input_channels();
+        let channels = planes.channels;
         let per_channel = |t: &Tensor| t.len() == 1 || t.len() == channels;
         if ![bias, w0, w_scale].into_iter().all(per_channel) {
             return Ok(None);
         }
-        let spatial = &shape[shape.len() - 2..];
-        let padding = conv.pool_spec.computed_padding(spatial);
-        let axis = |i: usize| Axis {
-            input: spatial[i],
-            output: padding[i].convoluted,
-            kernel: conv.pool_spec.kernel_shape[i],
-            stride: conv.pool_spec.stride(i),
-            dilation: conv.pool_spec.dilation(i),
-            pad_before: padding[i].pad_before,
-        };
-        let (h, w) = (axis(0), axis(1));
-        if h.output == 0 || w.output == 0 {
-            return Ok(None);
-        }
-        let taps = h.kernel * w.kernel;
+        let taps = planes.taps();
         let kernel = values::<i32>(kernel)?;
         if kernel.len() != channels * taps {
             return Ok(None);
@@ -183,9 +472,7 @@ impl QuantDepthwise {
         let scales = values::<f32>(w_scale)?;
         let scales = scales.iter().map(|s| s * x_scale / y_scale).collect();
         Ok(Some(QuantDepthwise {
-            channels,
-            h,
-            w,
+            planes,
             weights,
             bias,
             x0,
@@ -204,182 +491,103 @@ impl QuantDepthwise {
         }
     }
 
-    /// One channel's plane: `acc` gets the integer sums, then `ys` their requantised bytes.
-    /// `phases` is scratch for the padded input, split by row and column modulo the
-    /// strides, each phase as wide as `acc`'s rows: every tap then reads one contiguous run
-    /// over all output rows at once (`acc`'s columns past the output width are scratch).
-    #[inline(always)]
-    fn channel<X: Copy + Into<i32>, Y: Copy, const FMA: bool, const WIDE: usize>(
+    /// Every plane of `input`: the exact integer sums, then their requantised bytes.
+    fn compute<X: Datum + Copy + Into<i32>, Y: Datum + Copy>(
         &self,
-        c: usize,
-        xs: &[X],
-        (phases, columns, acc): (&mut [f32], &mut [f32], &mut [f32]),
-        quantized: &mut [Y],
-        ys: &mut [Y],
-        cast: impl Fn(i32) -> Y,
-    ) {
-        let (h, w) = (&self.h, &self.w);
-        let (rows, cols) = (h.phase_len(), w.phase_len());
-        let plane = rows * cols;
-        phases.fill(0.0);
-        // Per column phase: where in a row its inputs go, and where they are in `columns`.
-        let per_group = w.input.div_ceil(w.stride);
-        let runs: Vec<(usize, std::ops::Range<usize>)> = w
-            .phase_starts()
-            .enumerate()
-            .filter(|&(_, (_, first_x))| first_x < w.input)
-            .map(|(col_phase, (first_col, first_x))| {
-                let group = first_x % w.stride;
-                let group_len = (w.input - group).div_ceil(w.stride);
-                let from = group * per_group + first_x / w.stride..group * per_group + group_len;
-                let to = col_phase * plane + first_col.min(cols);
-                let n = from.len().min(cols - first_col.min(cols));
-                (to, from.start..from.start + n)
-            })
-            .collect();
-        for (row_phase, (first_row, first_y)) in h.phase_starts().enumerate() {
-            let ys_in = (first_y..h.input).step_by(h.stride);
-            for (r, y) in (first_row..rows).zip(ys_in) {
-                let line = &xs[y * w.input..][..w.input];
-                split_columns(line, self.x0, w.stride, columns);
-                let row = row_phase * w.stride * plane + r * cols;
-                for (to, from) in &runs {
-                    phases[row + to..][..from.len()].copy_from_slice(&columns[from.clone()]);
-                }
-            }
-        }
-        let taps = h.kernel * w.kernel;
-        let weights = &self.weights[c * taps..][..taps];
-        let starts = (0..h.kernel).flat_map(|ky| {
-            let (row_phase, dy) = h.tap(ky);
-            (0..w.kernel).map(move |kx| {
-                let (col_phase, dx) = w.tap(kx);
-                (row_phase * w.stride + col_phase) * plane + dy * cols + dx
-            })
-        });
-        let taps: Vec<(usize, f32)> = starts.zip(weights.iter().copied()).collect();
-        // WIDE sums at a time keep eight registers of independent multiply-adds in flight,
-        // then LANES (`acc` is whole chunks: the sums past the outputs are scratch).
-        let wide = sum_taps::<WIDE, FMA>(phases, &taps, acc, 0);
-        sum_taps::<LANES, FMA>(phases, &taps, acc, wide);
-        let scale = self.scales[c % self.scales.len()];
+        input: &Tensor,
+        cast: impl Fn(i32) -> Y + Copy,
+    ) -> TractResult<Tensor> {
+        let x0 = self.x0;
+        let mut quantized = vec![cast(0); self.planes.sums_len()];
+        let cols = self.planes.w.phase_len();
+        let width = self.planes.w.output;
         let (lo, hi) = self.range();
         let (y0, lo, hi) = (self.y0 as f32, lo as f32, hi as f32);
-        let bias = self.bias[c];
-        // All of `acc` at once, scratch columns too: whole registers, where a row of a
-        // small plane (7 or 14 outputs) is mostly remainder.
-        for (q, &a) in quantized.iter_mut().zip(acc.iter()) {
-            // tract's `scale_by` (round half to even of |a|·s, the sign put back), then its
-            // zero point and clamp, in f32: exact, as the rounded value is an integer and any
-            // sum beyond 2²⁴ clamps to the same end.
-            // SAFETY: `a` is an integer below 2²⁴ in magnitude (`sums_are_exact_in_f32`).
-            let a = unsafe { a.to_int_unchecked::<i32>() }.wrapping_add(bias);
-            let f = a as f32;
-            let scaled = (f.abs() * scale).round_ties_even() * f.signum();
-            let clamped = (scaled + y0).clamp(lo, hi);
-            // SAFETY: `clamped` is an integer within the output type's range.
-            *q = cast(unsafe { clamped.to_int_unchecked::<i32>() });
-        }
-        for (y, q) in ys.chunks_mut(w.output).zip(quantized.chunks(cols)) {
-            y.copy_from_slice(&q[..w.output]);
-        }
-    }
-
-    /// Every plane of `input`: compiled three times on x86-64, for its SSE2 baseline, for
-    /// AVX2 with FMA and for AVX-512, picked at run time.
-    fn planes<X: Datum + Copy + Into<i32>, Y: Datum + Copy>(
-        &self,
-        input: &Tensor,
-        cast: impl Fn(i32) -> Y + Copy,
-    ) -> TractResult<Tensor> {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                // SAFETY: this CPU has AVX-512 F, checked just above.
-                return unsafe { self.planes_avx512::<X, Y>(input, cast) };
+        let mut finish = |c: usize, acc: &[f32], ys: &mut [Y]| {
+            let scale = self.scales[c % self.scales.len()];
+            let bias = self.bias[c];
+            // All of `acc` at once, scratch columns too: whole registers, where a row of a
+            // small plane (7 or 14 outputs) is mostly remainder.
+            for (q, &a) in quantized.iter_mut().zip(acc.iter()) {
+                // tract's `scale_by` (round half to even of |a|·s, the sign put back), then
+                // its zero point and clamp, in f32: exact, as the rounded value is an integer
+                // and any sum beyond 2²⁴ clamps to the same end.
+                // SAFETY: `a` is an integer below 2²⁴ in magnitude (`sums_are_exact_in_f32`).
+                let a = unsafe { a.to_int_unchecked::<i32>() }.wrapping_add(bias);
+                let f = a as f32;
+                let scaled = (f.abs() * scale).round_ties_even() * f.signum();
+                let clamped = (scaled + y0).clamp(lo, hi);
+                // SAFETY: `clamped` is an integer within the output type's range.
+                *q = cast(unsafe { clamped.to_int_unchecked::<i32>() });
             }
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                // SAFETY: this CPU has AVX2 and FMA, checked just above.
-                return unsafe { self.planes_avx2::<X, Y>(input, cast) };
+            for (y, q) in ys.chunks_mut(width).zip(quantized.chunks(cols)) {
+                y.copy_from_slice(&q[..width]);
             }
+        };
+        let value = move |v: X| (v.into() - x0) as f32;
+        let filters = (&self.weights[..], &[][..]);
+        self.planes.run(input, self.to, filters, value, &mut finish)
+    }
+}
+
+impl FloatDepthwise {
+    /// The op for `conv`, when its planes are ones [`Planes`] has, its input shape known,
+    /// its input and weights f32 and its weights and bias constants.
+    fn of(model: &TypedModel, node: &TypedNode, conv: &Conv) -> TractResult<Option<Self>> {
+        let facts = model.node_input_facts(node.id)?;
+        let types_ok = facts.len() == 3
+            && facts[..2]
+                .iter()
+                .all(|f| f.datum_type == DatumType::F32 && !f.is_exotic());
+        let shape = facts[0].shape.as_concrete().filter(|_| types_ok);
+        let Some(planes) = shape.and_then(|shape| Planes::of(conv, shape)) else {
+            return Ok(None);
+        };
+        let (Some(kernel), Some(bias)) = (&facts[1].konst, &facts[2].konst) else {
+            return Ok(None);
+        };
+        let channels = planes.channels;
+        let weights = values::<f32>(kernel)?;
+        let bias = values::<f32>(bias)?;
+        if weights.len() != channels * planes.taps() || ![1, channels].contains(&bias.len()) {
+            return Ok(None);
         }
-        // aarch64's baseline has the fused multiply-add.
-        // Eight registers of sums: 4 lanes each on SSE2 and NEON.
-        self.planes_any::<X, Y, { cfg!(target_arch = "aarch64") }, 32>(input, cast)
+        let bias = (0..channels).map(|c| bias[c % bias.len()]).collect();
+        Ok(Some(FloatDepthwise {
+            planes,
+            weights,
+            bias,
+        }))
     }
 
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    fn planes_avx512<X: Datum + Copy + Into<i32>, Y: Datum + Copy>(
-        &self,
-        input: &Tensor,
-        cast: impl Fn(i32) -> Y + Copy,
-    ) -> TractResult<Tensor> {
-        self.planes_any::<X, Y, true, 128>(input, cast)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    fn planes_avx2<X: Datum + Copy + Into<i32>, Y: Datum + Copy>(
-        &self,
-        input: &Tensor,
-        cast: impl Fn(i32) -> Y + Copy,
-    ) -> TractResult<Tensor> {
-        self.planes_any::<X, Y, true, 64>(input, cast)
-    }
-
-    #[inline(always)]
-    fn planes_any<
-        X: Datum + Copy + Into<i32>,
-        Y: Datum + Copy,
-        const FMA: bool,
-        const WIDE: usize,
-    >(
-        &self,
-        input: &Tensor,
-        cast: impl Fn(i32) -> Y + Copy,
-    ) -> TractResult<Tensor> {
-        let (h, w) = (&self.h, &self.w);
-        let mut shape = input.shape().to_vec();
-        let rank = shape.len();
-        shape[rank - 2..].copy_from_slice(&[h.output, w.output]);
-        let mut output = Tensor::zero_dt(self.to, &shape)?;
-        let plain = input.try_as_plain_ram()?;
-        let xs = plain.as_slice::<X>()?;
-        let plane = h.phase_len() * w.phase_len();
-        // The last tap's run ends up to a row past its phase, and the last chunk of sums up
-        // to LANES − 1 values past the outputs: in the next phase, or here.
-        let mut phases = vec![0f32; (plane * h.stride + w.phase_len()) * w.stride + LANES];
-        let mut columns = vec![0f32; w.input.div_ceil(w.stride) * w.stride];
-        let mut acc = vec![0f32; (h.output * w.phase_len()).next_multiple_of(LANES)];
-        let mut quantized = vec![cast(0); acc.len()];
-        let out_plane = h.output * w.output;
-        // The view's borrow of `output` ends with the block.
-        {
-            let mut out = output.try_as_plain_ram_mut()?;
-            let ys = out.as_slice_mut::<Y>()?;
-            let planes = xs.chunks(h.input * w.input).zip(ys.chunks_mut(out_plane));
-            for (i, (x, y)) in planes.enumerate() {
-                let c = i % self.channels;
-                let scratch = (&mut phases[..], &mut columns[..], &mut acc[..]);
-                self.channel::<X, Y, FMA, WIDE>(c, x, scratch, &mut quantized, y, cast);
+    /// Every plane of `input`: the sums, from the channel's bias on.
+    fn compute(&self, input: &Tensor) -> TractResult<Tensor> {
+        let cols = self.planes.w.phase_len();
+        let width = self.planes.w.output;
+        let mut finish = |_, acc: &[f32], ys: &mut [f32]| {
+            for (y, a) in ys.chunks_mut(width).zip(acc.chunks(cols)) {
+                y.copy_from_slice(&a[..width]);
             }
-        }
-        Ok(output)
+        };
+        let filters = (&self.weights[..], &self.bias[..]);
+        self.planes
+            .run(input, DatumType::F32, filters, |v: f32| v, &mut finish)
     }
 }
 
 /// Sums computed at once in one register's worth of lanes.
 const LANES: usize = 16;
 
-/// `line`'s values less `x0`, in f32, grouped by column modulo `stride`: group `g` (columns
-/// `g`, `g + stride`, …) from `g · ⌈len / stride⌉` on. A stride of 2 reads the line in pairs,
-/// which the compiler vectorises, where a strided read is one value at a time.
+/// `line`'s values as `value` gives them, grouped by column modulo `stride`: group `g`
+/// (columns `g`, `g + stride`, …) from `g · ⌈len / stride⌉` on. A stride of 2 reads the line
+/// in pairs, which the compiler vectorises, where a strided read is one value at a time.
 #[inline(always)]
-fn split_columns<X: Copy + Into<i32>>(line: &[X], x0: i32, stride: usize, columns: &mut [f32]) {
-    let value = |v: X| (v.into() - x0) as f32;
+fn split_columns<X: Copy>(
+    line: &[X],
+    value: &impl Fn(X) -> f32,
+    stride: usize,
+    columns: &mut [f32],
+) {
     let per_group = line.len().div_ceil(stride);
     match stride {
         1 => columns
@@ -425,24 +633,24 @@ fn sums_are_exact_in_f32(x: DatumType, x0: i32, weights: &[i32], taps: usize) ->
     })
 }
 
-/// `acc[o] = Σ_taps w · phases[at + o]` for the chunks of `LANES` sums from `from` on;
-/// returns where the chunks end. The chunk's sums stay in registers across the taps.
+/// `acc[o] = init + Σ_taps w · phases[at + o]` for the chunks of `LANES` sums from `from`
+/// on; returns where the chunks end. The chunk's sums stay in registers across the taps.
 #[inline(always)]
 fn sum_taps<const LANES: usize, const FMA: bool>(
     phases: &[f32],
-    taps: &[(usize, f32)],
+    (taps, weights, init): (&[usize], &[f32], f32),
     acc: &mut [f32],
     from: usize,
 ) -> usize {
     let end = from + (acc.len() - from) / LANES * LANES;
     for (i, chunk) in acc[from..end].chunks_exact_mut(LANES).enumerate() {
         let o = from + i * LANES;
-        let mut sums = [0f32; LANES];
-        for &(at, w) in taps {
+        let mut sums = [init; LANES];
+        for (&at, &w) in taps.iter().zip(weights) {
             let xs: &[f32; LANES] = phases[at + o..][..LANES].try_into().expect("LANES");
             for (s, &x) in sums.iter_mut().zip(xs) {
-                // Exact either way (integers below 2²⁴): the fused form where it is one
-                // instruction, not a call.
+                // The fused form where it is one instruction, not a call (exact either way
+                // for the integer sums of 8-bit inputs, below 2²⁴).
                 *s = if FMA { x.mul_add(w, *s) } else { *s + x * w };
             }
         }
@@ -457,14 +665,9 @@ impl Op for QuantDepthwise {
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
-        let (h, w) = (&self.h, &self.w);
         Ok(vec![format!(
-            "{} channels, {}x{} kernel, stride {}x{}, {} factor(s), to {:?} (iscamd)",
-            self.channels,
-            h.kernel,
-            w.kernel,
-            h.stride,
-            w.stride,
+            "{}, {} factor(s), to {:?} (iscamd)",
+            self.planes.info(),
             self.scales.len(),
             self.to
         )])
@@ -480,10 +683,10 @@ impl EvalOp for QuantDepthwise {
         let input = args_1!(inputs);
         // `as`: what tract's Cast does; the value is already clamped to the type's range.
         let output = match (input.datum_type(), self.to) {
-            (DatumType::U8, DatumType::U8) => self.planes::<u8, u8>(&input, |v| v as u8),
-            (DatumType::U8, _) => self.planes::<u8, i8>(&input, |v| v as i8),
-            (DatumType::I8, DatumType::U8) => self.planes::<i8, u8>(&input, |v| v as u8),
-            (DatumType::I8, _) => self.planes::<i8, i8>(&input, |v| v as i8),
+            (DatumType::U8, DatumType::U8) => self.compute::<u8, u8>(&input, |v| v as u8),
+            (DatumType::U8, _) => self.compute::<u8, i8>(&input, |v| v as i8),
+            (DatumType::I8, DatumType::U8) => self.compute::<i8, u8>(&input, |v| v as u8),
+            (DatumType::I8, _) => self.compute::<i8, i8>(&input, |v| v as i8),
             (dt, _) => bail!("QuantDepthwise: input of {dt:?}, expected 8-bit integers"),
         }?;
         Ok(tvec!(output.into_tvalue()))
@@ -492,11 +695,41 @@ impl EvalOp for QuantDepthwise {
 
 impl TypedOp for QuantDepthwise {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let mut shape = inputs[0].shape.to_tvec();
-        let rank = shape.len();
-        shape[rank - 2] = self.h.output.into();
-        shape[rank - 1] = self.w.output.into();
-        Ok(tvec!(TypedFact::dt_shape(self.to, shape)))
+        Ok(self.planes.output_facts(inputs[0], self.to))
+    }
+
+    as_op!();
+}
+
+impl Op for FloatDepthwise {
+    fn name(&self) -> StaticName {
+        "FloatDepthwise".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!("{} (iscamd)", self.planes.info())])
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for FloatDepthwise {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let input = args_1!(inputs);
+        ensure!(
+            input.datum_type() == DatumType::F32,
+            "FloatDepthwise: input of {:?}, expected f32",
+            input.datum_type()
+        );
+        Ok(tvec!(self.compute(&input)?.into_tvalue()))
+    }
+}
+
+impl TypedOp for FloatDepthwise {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        Ok(self.planes.output_facts(inputs[0], DatumType::F32))
     }
 
     as_op!();
@@ -592,6 +825,75 @@ mod tests {
                 assert_eq!(got.shape(), expected.shape(), "{case}");
                 assert_eq!(got, expected, "{case}");
             }
+        }
+    }
+
+    /// One float depthwise convolution of a `[1, 6, 13, 10]` input with a bias, its kernel
+    /// `kernel`², `stride` and `dilation`, padded unevenly.
+    fn float_model(kernel: usize, stride: usize, dilation: usize) -> TypedModel {
+        let c = 6;
+        let mut model = TypedModel::default();
+        let x = model.add_source("x", f32::fact([1, c, 13, 10])).unwrap();
+        let w = tract_ndarray::Array4::from_shape_fn([c, 1, kernel, kernel], |(c, _, y, x)| {
+            ((c * 31 + y * 7 + x * 3) % 17) as f32 * 0.125 - 1.0
+        });
+        let bias = tract_ndarray::Array1::from_shape_fn(c, |c| c as f32 * 0.5 - 1.25);
+        let w = model.add_const("w", w.into_tensor()).unwrap();
+        let bias = model.add_const("bias", bias.into_tensor()).unwrap();
+        let pad = kernel / 2;
+        let conv = Conv {
+            pool_spec: PoolSpec {
+                data_format: DataFormat::NCHW,
+                kernel_shape: tvec![kernel, kernel],
+                padding: PaddingSpec::Explicit(tvec![pad, pad + 1], tvec![pad + 1, 0]),
+                dilations: Some(tvec![dilation, dilation]),
+                strides: Some(tvec![stride, stride]),
+                input_channels: c,
+                output_channels: c,
+            },
+            kernel_fmt: KernelFormat::OIHW,
+            group: c,
+            q_params: None,
+        };
+        let y = model.wire_node("conv", conv, &[x, w, bias]).unwrap();
+        model.select_output_outlets(&y).unwrap();
+        model
+    }
+
+    /// Within f32 rounding of tract's own `DepthWise` (another order of the same sums), for
+    /// 3×3 and 5×5 kernels, strides 1 and 2, a dilation.
+    #[test]
+    fn computes_what_tracts_float_depthwise_computes() {
+        let x = tract_ndarray::Array4::from_shape_fn([1, 6, 13, 10], |(_, c, y, x)| {
+            ((c * 13 + y * 5 + x * 11) % 23) as f32 * 0.25 - 2.5
+        })
+        .into_tensor();
+        for (kernel, stride, dilation) in [(3, 1, 1), (3, 2, 1), (5, 1, 1), (5, 2, 1), (3, 1, 2)] {
+            let model = float_model(kernel, stride, dilation);
+            let expected = run(model.clone(), &x);
+            let mut ours = model.into_decluttered().unwrap();
+            let swapped = install(&mut ours).unwrap();
+            let case = format!("{kernel}x{kernel}, stride {stride}, dilation {dilation}");
+            assert_eq!(
+                swapped,
+                Swapped {
+                    candidates: 1,
+                    replaced: 1
+                },
+                "{case}"
+            );
+            let got = run(ours, &x);
+            assert_eq!(got.shape(), expected.shape(), "{case}");
+            let (got, expected) = (
+                got.to_plain_array_view::<f32>().unwrap().to_owned(),
+                expected.to_plain_array_view::<f32>().unwrap().to_owned(),
+            );
+            let largest = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let differ = (&got - &expected).iter().fold(0f32, |m, d| m.max(d.abs()));
+            assert!(
+                largest > 1.0 && differ <= 1e-5 * largest,
+                "{case}: {differ}"
+            );
         }
     }
 }
