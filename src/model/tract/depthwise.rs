@@ -239,7 +239,7 @@ impl Planes {
 
     /// Every plane of `input`: its sums (channel `c`'s weights from `weights[c · taps..]`,
     /// starting from `start[c]` — from 0 if `start` is empty —, each input value as `value`
-    /// gives it), then `finish(c, sums, output plane)`. Compiled
+    /// gives it), then `finish.plane(c, sums, output plane)`. Compiled
     /// three times on x86-64, for its SSE2 baseline, for AVX2 with FMA and for AVX-512,
     /// picked at run time.
     fn run<X: Datum + Copy, Y: Datum + Copy>(
@@ -248,7 +248,7 @@ impl Planes {
         to: DatumType,
         (weights, start): (&[f32], &[f32]),
         value: impl Fn(X) -> f32 + Copy,
-        finish: &mut impl FnMut(usize, &[f32], &mut [Y]),
+        finish: &mut impl Finish<Y>,
     ) -> TractResult<Tensor> {
         #[cfg(target_arch = "x86_64")]
         {
@@ -282,7 +282,7 @@ impl Planes {
         to: DatumType,
         (weights, start): (&[f32], &[f32]),
         value: impl Fn(X) -> f32 + Copy,
-        finish: &mut impl FnMut(usize, &[f32], &mut [Y]),
+        finish: &mut impl Finish<Y>,
     ) -> TractResult<Tensor> {
         self.run_any::<X, Y, true, 128>(input, to, (weights, start), value, finish)
     }
@@ -295,7 +295,7 @@ impl Planes {
         to: DatumType,
         (weights, start): (&[f32], &[f32]),
         value: impl Fn(X) -> f32 + Copy,
-        finish: &mut impl FnMut(usize, &[f32], &mut [Y]),
+        finish: &mut impl Finish<Y>,
     ) -> TractResult<Tensor> {
         self.run_any::<X, Y, true, 64>(input, to, (weights, start), value, finish)
     }
@@ -307,7 +307,7 @@ impl Planes {
         to: DatumType,
         (weights, start): (&[f32], &[f32]),
         value: impl Fn(X) -> f32 + Copy,
-        finish: &mut impl FnMut(usize, &[f32], &mut [Y]),
+        finish: &mut impl Finish<Y>,
     ) -> TractResult<Tensor> {
         let (h, w) = (&self.h, &self.w);
         let mut shape = input.shape().to_vec();
@@ -333,7 +333,7 @@ impl Planes {
                     start.get(c).map_or(0.0, |s| *s),
                 );
                 self.sums::<X, FMA, WIDE>(&layout, x, value, weights, &mut scratch);
-                finish(c, &scratch.acc, y);
+                finish.plane(c, &scratch.acc, y);
             }
         }
         Ok(output)
@@ -498,35 +498,75 @@ impl QuantDepthwise {
         cast: impl Fn(i32) -> Y + Copy,
     ) -> TractResult<Tensor> {
         let x0 = self.x0;
-        let mut quantized = vec![cast(0); self.planes.sums_len()];
-        let cols = self.planes.w.phase_len();
-        let width = self.planes.w.output;
-        let (lo, hi) = self.range();
-        let (y0, lo, hi) = (self.y0 as f32, lo as f32, hi as f32);
-        let mut finish = |c: usize, acc: &[f32], ys: &mut [Y]| {
-            let scale = self.scales[c % self.scales.len()];
-            let bias = self.bias[c];
-            // All of `acc` at once, scratch columns too: whole registers, where a row of a
-            // small plane (7 or 14 outputs) is mostly remainder.
-            for (q, &a) in quantized.iter_mut().zip(acc.iter()) {
-                // tract's `scale_by` (round half to even of |a|·s, the sign put back), then
-                // its zero point and clamp, in f32: exact, as the rounded value is an integer
-                // and any sum beyond 2²⁴ clamps to the same end.
-                // SAFETY: `a` is an integer below 2²⁴ in magnitude (`sums_are_exact_in_f32`).
-                let a = unsafe { a.to_int_unchecked::<i32>() }.wrapping_add(bias);
-                let f = a as f32;
-                let scaled = (f.abs() * scale).round_ties_even() * f.signum();
-                let clamped = (scaled + y0).clamp(lo, hi);
-                // SAFETY: `clamped` is an integer within the output type's range.
-                *q = cast(unsafe { clamped.to_int_unchecked::<i32>() });
-            }
-            for (y, q) in ys.chunks_mut(width).zip(quantized.chunks(cols)) {
-                y.copy_from_slice(&q[..width]);
-            }
+        let mut finish = Requantised {
+            op: self,
+            quantized: vec![cast(0); self.planes.sums_len()],
+            cast,
         };
         let value = move |v: X| (v.into() - x0) as f32;
         let filters = (&self.weights[..], &[][..]);
         self.planes.run(input, self.to, filters, value, &mut finish)
+    }
+}
+
+/// What a depthwise op makes of each plane's sums. A trait, not a closure, so that its
+/// always-inlined method is compiled for the instruction set of the loop that calls it
+/// (a closure was not inlined there: its rounding became a call per value).
+trait Finish<Y> {
+    /// Channel `c`'s output plane `ys` from its sums `acc` (rows as wide as a column
+    /// phase, [`Planes::sums_len`] of them in all).
+    fn plane(&mut self, c: usize, acc: &[f32], ys: &mut [Y]);
+}
+
+/// [`QuantDepthwise`]'s sums requantised as tract does.
+struct Requantised<'a, Y, C> {
+    op: &'a QuantDepthwise,
+    /// Scratch: a plane's bytes, rows as wide as the sums'.
+    quantized: Vec<Y>,
+    cast: C,
+}
+
+impl<Y: Copy, C: Fn(i32) -> Y> Finish<Y> for Requantised<'_, Y, C> {
+    #[inline(always)]
+    fn plane(&mut self, c: usize, acc: &[f32], ys: &mut [Y]) {
+        let op = self.op;
+        let (cols, width) = (op.planes.w.phase_len(), op.planes.w.output);
+        let (lo, hi) = op.range();
+        let (y0, lo, hi) = (op.y0 as f32, lo as f32, hi as f32);
+        let scale = op.scales[c % op.scales.len()];
+        let bias = op.bias[c];
+        // All of `acc` at once, scratch columns too: whole registers, where a row of a
+        // small plane (7 or 14 outputs) is mostly remainder.
+        for (q, &a) in self.quantized.iter_mut().zip(acc.iter()) {
+            // tract's `scale_by` (round half to even of |a|·s, the sign put back), then its
+            // zero point and clamp, in f32: exact, as the rounded value is an integer and
+            // any sum beyond 2²⁴ clamps to the same end.
+            // SAFETY: `a` is an integer below 2²⁴ in magnitude (`sums_are_exact_in_f32`).
+            let a = unsafe { a.to_int_unchecked::<i32>() }.wrapping_add(bias);
+            let f = a as f32;
+            let scaled = (f.abs() * scale).round_ties_even() * f.signum();
+            let clamped = (scaled + y0).clamp(lo, hi);
+            // SAFETY: `clamped` is an integer within the output type's range.
+            *q = (self.cast)(unsafe { clamped.to_int_unchecked::<i32>() });
+        }
+        for (y, q) in ys.chunks_mut(width).zip(self.quantized.chunks(cols)) {
+            y.copy_from_slice(&q[..width]);
+        }
+    }
+}
+
+/// [`FloatDepthwise`]'s sums as they are (they start from the bias).
+struct Sums {
+    cols: usize,
+    width: usize,
+}
+
+impl Finish<f32> for Sums {
+    #[inline(always)]
+    fn plane(&mut self, _: usize, acc: &[f32], ys: &mut [f32]) {
+        for (y, a) in ys.chunks_mut(self.width).zip(acc.chunks(self.cols)) {
+            y.copy_from_slice(&a[..self.width]);
+        }
     }
 }
 
@@ -562,12 +602,9 @@ impl FloatDepthwise {
 
     /// Every plane of `input`: the sums, from the channel's bias on.
     fn compute(&self, input: &Tensor) -> TractResult<Tensor> {
-        let cols = self.planes.w.phase_len();
-        let width = self.planes.w.output;
-        let mut finish = |_, acc: &[f32], ys: &mut [f32]| {
-            for (y, a) in ys.chunks_mut(width).zip(acc.chunks(cols)) {
-                y.copy_from_slice(&a[..width]);
-            }
+        let mut finish = Sums {
+            cols: self.planes.w.phase_len(),
+            width: self.planes.w.output,
         };
         let filters = (&self.weights[..], &self.bias[..]);
         self.planes
