@@ -2,7 +2,9 @@
 //! tract's own ranking, and, for those that compute Cᵀ's tile, the steps turned to it.
 
 use tract_onnx::tract_core::tract_linalg::isa::Arch;
-use tract_onnx::tract_core::tract_linalg::mmm::{DynKernel, FusedKerSpec, OutputStoreKer};
+use tract_onnx::tract_core::tract_linalg::mmm::DynKernel;
+#[cfg(target_arch = "x86_64")]
+use tract_onnx::tract_core::tract_linalg::mmm::{FusedKerSpec, OutputStoreKer};
 use tract_onnx::tract_core::tract_linalg::LADatum;
 
 /// `kernel` for `arch`, below tract's own kernels wherever tract ranks the suitable ones
