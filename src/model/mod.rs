@@ -17,6 +17,7 @@ mod ort;
 mod preprocess;
 mod qdq;
 mod qdq_concat;
+mod qdq_moves;
 mod qdq_weights;
 pub mod randomise;
 pub mod tail;

@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use tract_onnx::prelude::tract_ndarray::{Array4, ArrayD};
 use tract_onnx::prelude::*;
 
-use super::{kernels, qdq, qdq_concat, qdq_weights, zero_points, Backend, BatchPlan, TractOptions};
+use super::{
+    kernels, qdq, qdq_concat, qdq_moves, qdq_weights, zero_points, Backend, BatchPlan, TractOptions,
+};
 use crate::error::{Error, Result};
 
 // iscamd's own ops, swapped into tract's optimised plans under `kernels::Policy::Tuned`.
@@ -65,6 +67,8 @@ struct Rewrites {
     folded: qdq::Folded,
     /// Concatenations between DequantizeLinear and QuantizeLinear made 8-bit.
     int8_concats: usize,
+    /// Reshapes, transposes, slices… between DequantizeLinear and QuantizeLinear made 8-bit.
+    int8_moves: usize,
     /// DequantizeLinear nodes of constants made float constants.
     float_weights: usize,
     /// Per-channel weight zero points made one scalar.
@@ -76,6 +80,7 @@ impl Rewrites {
         Rewrites {
             folded: qdq::fold(graph, outputs),
             int8_concats: qdq_concat::fold(graph, outputs),
+            int8_moves: qdq_moves::fold(graph, outputs),
             float_weights: qdq_weights::dequantize_constants(graph, outputs),
             scalar_zero_points: zero_points::make_uniform_scalar(graph),
         }
@@ -89,6 +94,9 @@ impl std::fmt::Display for Rewrites {
         }
         if self.int8_concats > 0 {
             write!(f, "QDQ Concat → int8 {}; ", self.int8_concats)?;
+        }
+        if self.int8_moves > 0 {
+            write!(f, "QDQ moves → int8 {}; ", self.int8_moves)?;
         }
         if self.float_weights > 0 {
             write!(f, "QDQ weights → float constants {}; ", self.float_weights)?;
