@@ -101,17 +101,21 @@ fn runs_here() -> bool {
 type Tile = [[__m512; V]; MR];
 
 /// `tile[r][v] = $f` for every register, `$x` its value, `$r` its row, `$v` its index in
-/// the row (loops, not closures: closures would not inline the AVX-512 intrinsics).
+/// the row (unrolled, not a closure: closures would not inline the AVX-512 intrinsics).
 macro_rules! each {
     ($tile:ident, |$x:ident, $r:ident, $v:ident| $f:expr) => {
-        for $r in 0..MR {
-            for $v in 0..V {
+        unrolled!($r in [0 1 2 3 4 5 6 7] {
+            unrolled!($v in [0 1 2] {
                 let $x = $tile[$r][$v];
                 $tile[$r][$v] = $f;
-            }
-        }
+            })
+        })
     };
 }
+const _: () = assert!(
+    MR == 8 && V == 3,
+    "`each!` lists the tile's rows and registers"
+);
 
 /// Runs a tile's steps — of Cᵀ's tile with `T`, each step turned to it by [`transposed`].
 /// Returns 0, or 1 for a step an f32 kernel is never given.
@@ -140,9 +144,9 @@ unsafe fn kernel<const T: bool>(specs: &[FusedKerSpec<f32>]) -> isize {
                 S::AddMatMul { packing, .. } if packing != 0 => return 1,
                 // Cᵀ = Bᵀ·Aᵀ: B's panel holds the broadcast values, A's the vectors.
                 S::AddMatMul { k, pa, pb, .. } if T => {
-                    add_mat_mul(&mut tile, k, pb.cast(), pa.cast())
+                    tile = add_mat_mul(tile, k, pb.cast(), pa.cast())
                 }
-                S::AddMatMul { k, pa, pb, .. } => add_mat_mul(&mut tile, k, pa.cast(), pb.cast()),
+                S::AddMatMul { k, pa, pb, .. } => tile = add_mat_mul(tile, k, pa.cast(), pb.cast()),
                 S::ScalarMin(s) => each!(tile, |x, _r, _v| _mm512_min_ps(x, _mm512_set1_ps(s))),
                 S::ScalarMax(s) => each!(tile, |x, _r, _v| _mm512_max_ps(x, _mm512_set1_ps(s))),
                 S::ScalarAdd(s) => each!(tile, |x, _r, _v| _mm512_add_ps(x, _mm512_set1_ps(s))),
@@ -171,7 +175,7 @@ unsafe fn kernel<const T: bool>(specs: &[FusedKerSpec<f32>]) -> isize {
                 S::AddUnicast(other) if other.item_size == 4 => {
                     each!(tile, |x, r, v| _mm512_add_ps(x, load(other, r, v)))
                 }
-                S::Store(store) if store.item_size == 4 => store_tile(&tile, store),
+                S::Store(store) if store.item_size == 4 => store_tile(tile, store),
                 _ => return 1,
             }
         }
@@ -213,24 +217,27 @@ unsafe fn load(at: OutputStoreKer, r: usize, v: usize) -> __m512 {
     }
 }
 
-/// `tile += A·B` over `k`: A's panel at `pa` (MR values per step of K), B's at `pb` (NR).
+/// `tile + A·B` over `k`: A's panel at `pa` (MR values per step of K), B's at `pb` (NR).
+/// The tile comes and goes by value: a copy of it local to the loop stays in registers
+/// even where this function is not inlined.
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn add_mat_mul(tile: &mut Tile, k: usize, pa: *const f32, pb: *const f32) {
+unsafe fn add_mat_mul(mut tile: Tile, k: usize, pa: *const f32, pb: *const f32) -> Tile {
     // SAFETY: the panels hold k steps of MR and NR values.
     unsafe {
         let (mut a, mut b) = (pa, pb);
         for _ in 0..k {
-            let bs: [__m512; V] = std::array::from_fn(|v| _mm512_loadu_ps(b.add(16 * v)));
-            for (r, row) in tile.iter_mut().enumerate() {
-                let weight = _mm512_set1_ps(*a.add(r));
-                for (x, b) in row.iter_mut().zip(bs) {
-                    *x = _mm512_fmadd_ps(weight, b, *x);
-                }
-            }
+            let mut bs = [_mm512_setzero_ps(); V];
+            unrolled!(v in [0 1 2] { bs[v] = _mm512_loadu_ps(b.add(16 * v)) });
+            each!(tile, |x, r, v| _mm512_fmadd_ps(
+                _mm512_set1_ps(*a.add(r)),
+                bs[v],
+                x
+            ));
             a = a.add(MR);
             b = b.add(NR);
         }
+        tile
     }
 }
 
@@ -238,24 +245,24 @@ unsafe fn add_mat_mul(tile: &mut Tile, k: usize, pa: *const f32, pb: *const f32)
 /// contiguous (a convolution's output), else value by value.
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn store_tile(tile: &Tile, store: OutputStoreKer) {
+unsafe fn store_tile(tile: Tile, store: OutputStoreKer) {
     // SAFETY: tract's store of MR × NR f32 at these strides.
     unsafe {
-        for (r, registers) in tile.iter().enumerate() {
+        unrolled!(r in [0 1 2 3 4 5 6 7] {
             let at = store.ptr.offset(store.row_byte_stride * r as isize);
-            for (v, &x) in registers.iter().enumerate() {
+            unrolled!(v in [0 1 2] {
                 if store.col_byte_stride == 4 {
-                    _mm512_storeu_ps(at.cast::<f32>().add(16 * v), x);
-                    continue;
+                    _mm512_storeu_ps(at.cast::<f32>().add(16 * v), tile[r][v]);
+                } else {
+                    let mut values = [0f32; 16];
+                    _mm512_storeu_ps(values.as_mut_ptr(), tile[r][v]);
+                    for (c, value) in values.into_iter().enumerate() {
+                        let to = at.offset(store.col_byte_stride * (16 * v + c) as isize);
+                        to.cast::<f32>().write_unaligned(value);
+                    }
                 }
-                let mut values = [0f32; 16];
-                _mm512_storeu_ps(values.as_mut_ptr(), x);
-                for (c, value) in values.into_iter().enumerate() {
-                    let to = at.offset(store.col_byte_stride * (16 * v + c) as isize);
-                    to.cast::<f32>().write_unaligned(value);
-                }
-            }
-        }
+            })
+        })
     }
 }
 

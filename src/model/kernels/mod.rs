@@ -18,6 +18,21 @@
 //! while it optimises a plan, on the thread that optimises it: `optimising_with` tells the
 //! tier which model's policy and choice hold there.
 
+/// Repeats `$body` once per listed index, `$i` a constant in each copy. A kernel's tile
+/// indexed only by constants lives in registers at any optimisation level; a loop over it
+/// keeps it in memory wherever loops are not unrolled (the tests' build, opt-level 1),
+/// around every multiply-add.
+#[cfg(any(target_arch = "aarch64", target_arch = "x86_64"))]
+macro_rules! unrolled {
+    ($i:ident in [$($n:literal)*] $body:block) => {{
+        $({
+            #[allow(non_upper_case_globals)]
+            const $i: usize = $n;
+            $body
+        })*
+    }};
+}
+
 #[cfg(target_arch = "x86_64")]
 mod amx_i8;
 #[cfg(target_arch = "x86_64")]

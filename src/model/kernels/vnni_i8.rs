@@ -77,16 +77,17 @@ fn runs_here() -> bool {
 /// A tile of C: row r's sixteen columns in `[r]`.
 type Tile = [__m512i; MR];
 
-/// `tile[r] = $f` for every row `r`, `$v` the row (a loop, not a closure: closures would
+/// `tile[r] = $f` for every row `r`, `$v` the row (unrolled, not a closure: closures would
 /// not inline the AVX-512 intrinsics).
 macro_rules! each {
     ($tile:ident, |$v:ident, $r:ident| $f:expr) => {
-        for $r in 0..MR {
+        unrolled!($r in [0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15] {
             let $v = $tile[$r];
             $tile[$r] = $f;
-        }
+        })
     };
 }
+const _: () = assert!(MR == 16, "`each!` lists the tile's rows");
 
 /// Runs a tile's steps, the common ones here with AVX-512; the others on tract's generic
 /// kernel ([`generic_steps`]). Returns 0, or tract's error code of the step that failed.
@@ -110,7 +111,7 @@ unsafe fn kernel(specs: &[FusedKerSpec<i32>]) -> isize {
                     if packing != PACKING {
                         return 1;
                     }
-                    add_mat_mul(&mut tile, k, pa, pb);
+                    tile = add_mat_mul(tile, k, pa, pb);
                 }
                 S::ScalarMin(x) => each!(tile, |v, _r| _mm512_min_epi32(v, _mm512_set1_epi32(x))),
                 S::ScalarMax(x) => each!(tile, |v, _r| _mm512_max_epi32(v, _mm512_set1_epi32(x))),
@@ -190,10 +191,12 @@ unsafe fn row_value(p: *const i32, r: usize) -> __m512i {
     _mm512_set1_epi32(unsafe { *p.add(r) })
 }
 
-/// `tile += A·B` over `k`, A's panel at `pa` (header first), B's at `pb`.
+/// `tile + A·B` over `k`, A's panel at `pa` (header first), B's at `pb`. The tile comes
+/// and goes by value: a copy of it local to the loop stays in registers even where this
+/// function is not inlined.
 #[inline]
 #[target_feature(enable = "avx512f,avx512vnni")]
-unsafe fn add_mat_mul(tile: &mut Tile, k: usize, pa: *const u8, pb: *const u8) {
+unsafe fn add_mat_mul(mut tile: Tile, k: usize, pa: *const u8, pb: *const u8) -> Tile {
     let flip = _mm512_set1_epi8(i8::MIN);
     // SAFETY (whole body): the panels hold ⌈k/4⌉ blocks of 64 bytes each, A's after its
     // header of MR i32.
@@ -202,10 +205,10 @@ unsafe fn add_mat_mul(tile: &mut Tile, k: usize, pa: *const u8, pb: *const u8) {
         let mut b = pb;
         for _ in 0..k.div_ceil(4) {
             let unsigned_b = _mm512_xor_si512(_mm512_loadu_si512(b.cast()), flip);
-            for (m, row) in tile.iter_mut().enumerate() {
+            each!(tile, |row, m| {
                 let a_row = _mm512_set1_epi32(a.add(4 * m).cast::<i32>().read_unaligned());
-                *row = _mm512_dpbusd_epi32(*row, unsigned_b, a_row);
-            }
+                _mm512_dpbusd_epi32(row, unsigned_b, a_row)
+            });
             a = a.add(4 * MR);
             b = b.add(4 * NR);
         }
@@ -214,6 +217,7 @@ unsafe fn add_mat_mul(tile: &mut Tile, k: usize, pa: *const u8, pb: *const u8) {
             v,
             _mm512_set1_epi32(bias.add(r).read_unaligned())
         ));
+        tile
     }
 }
 
