@@ -2,7 +2,8 @@
 //! what its VNNI and dot-product kernels read), four K rows at a time, and the plain one
 //! (`PackedFormat`: `r` lanes per K row, what its SMLAL and AVX2 kernels read); and
 //! [`PackedRows`], which packs a plain activation tensor so for tract's 1×1 convolutions
-//! and matrix products.
+//! and matrix products — f32 ones too, at the panel widths above 32 lanes (iscamd's
+//! 48-lane AVX-512 kernel, tract's 80-lane one) that tract's packer fills value by value.
 //!
 //! tract 0.23 writes these layouts one byte at a time, each through a strided store: its
 //! `PackedI8K4::pack_view` (behind `OptMatMulPack`) was 8 % of an int8 forward pass on this
@@ -389,21 +390,49 @@ pub fn interleave4(rows: [&[u8]; 4], from: usize, out: &mut [u8]) {
     }
 }
 
-/// Packs an 8-bit tensor whose MN axis is its last, for tract's matrix product: one matrix
-/// per index of the other axes but K, as `OptMatMulPack` does.
+/// Packs an 8-bit or f32 tensor whose MN axis is its last, for tract's matrix product: one
+/// matrix per index of the other axes but K, as `OptMatMulPack` does.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PackedRows {
-    format: Packing,
+    format: RowsFormat,
     k_axis: usize,
     /// The product multiplies these rows by constant weights that hold no −128.
     beside_clean: bool,
+}
+
+/// What [`PackedRows`] writes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum RowsFormat {
+    Bytes(Packing),
+    /// tract's plain packing of f32 (`r` values of each K row per panel). tract copies a
+    /// panel's rows with moves of a fixed size only up to 32 lanes; iscamd's 48-lane f32
+    /// kernel's panels it packs one value at a time.
+    F32(PackedFormat),
+}
+
+impl RowsFormat {
+    fn boxed(&self) -> Box<dyn MMMInputFormat> {
+        match self {
+            RowsFormat::Bytes(packing) => packing.boxed(),
+            RowsFormat::F32(format) => Box::new(format.clone()),
+        }
+    }
+}
+
+impl std::fmt::Display for RowsFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RowsFormat::Bytes(packing) => packing.fmt(f),
+            RowsFormat::F32(format) => write!(f, "{format}"),
+        }
+    }
 }
 
 /// Replaces every `OptMatMulPack` of `model` that [`PackedRows`] computes identically; says
 /// how many it found and replaced.
 pub fn install(model: &mut TypedModel) -> TractResult<super::swap::Swapped> {
     super::swap::replace_nodes::<OptMatMulPack>(model, |model, node, pack, input, output| {
-        if !super::swap::is_8bit(input) {
+        if !super::swap::is_8bit(input) && input.datum_type != DatumType::F32 {
             return super::swap::Swap::NotMine;
         }
         let op = PackedRows::replacing(pack, input, output);
@@ -463,10 +492,16 @@ impl PackedRows {
         let [format] = packed.packers.as_slice() else {
             return None;
         };
-        let format = Packing::of(&**format)?;
-        if ![DatumType::I8, DatumType::U8].contains(&input.datum_type) {
-            return None;
-        }
+        let format = match input.datum_type {
+            DatumType::I8 | DatumType::U8 => RowsFormat::Bytes(Packing::of(&**format)?),
+            // tract's own packer moves whole panel rows of up to 32 lanes.
+            DatumType::F32 => {
+                let plain = format.downcast_ref::<PackedFormat>()?;
+                (plain.dt == DatumType::F32 && plain.r > 32)
+                    .then(|| RowsFormat::F32(plain.clone()))?
+            }
+            _ => return None,
+        };
         let axes = pack.axes_mapping(&[input], &[output]).ok()?;
         let [k_axis] = axes.axis('K').ok()?.inputs[0][..] else {
             return None;
@@ -509,13 +544,12 @@ impl EvalOp for PackedRows {
         let shape = input.shape();
         let (k, mn) = (shape[self.k_axis], shape[shape.len() - 1]);
         let k_stride: usize = shape[self.k_axis + 1..].iter().product();
-        let bytes = input.try_as_plain_ram()?.as_bytes();
+        let plain = input.try_as_plain_ram()?;
         let outer: TVec<usize> = self.output_shape(shape);
         let outer_strides: TVec<usize> = (0..shape.len() - 1)
             .filter(|&a| a != self.k_axis)
             .map(|a| shape[a + 1..].iter().product())
             .collect();
-        let zeros = vec![0u8; mn];
         let mut values: TVec<Box<dyn MMMInputValue>> = tvec!();
         for coords in tract_ndarray::indices(&*outer) {
             use tract_ndarray::Dimension;
@@ -525,19 +559,99 @@ impl EvalOp for PackedRows {
                 .zip(&outer_strides)
                 .map(|(c, s)| c * s)
                 .sum();
-            let mut panels = Panels::new(&self.format, k, mn);
-            for block in 0..panels.blocks() {
-                let rows = std::array::from_fn(|j| match 4 * block + j {
-                    kk if kk < k => &bytes[offset + kk * k_stride..][..mn],
-                    _ => &zeros[..],
-                });
-                panels.write_block(block, rows);
-            }
-            values.push(Box::new(panels.finish_beside(self.beside_clean)));
+            let packed = match &self.format {
+                RowsFormat::Bytes(format) => {
+                    let (bytes, zeros) = (plain.as_bytes(), vec![0u8; mn]);
+                    let mut panels = Panels::new(format, k, mn);
+                    for block in 0..panels.blocks() {
+                        let rows = std::array::from_fn(|j| match 4 * block + j {
+                            kk if kk < k => &bytes[offset + kk * k_stride..][..mn],
+                            _ => &zeros[..],
+                        });
+                        panels.write_block(block, rows);
+                    }
+                    panels.finish_beside(self.beside_clean)
+                }
+                RowsFormat::F32(format) => {
+                    let values = &plain.as_slice::<f32>()?[offset..];
+                    pack_f32(format, k, mn, values, k_stride)
+                }
+            };
+            values.push(Box::new(packed));
         }
         let output =
             PackedMatrixStorage::new_batched(&outer, values).into_tensor(input.datum_type());
         Ok(tvec!(output.into_tvalue()))
+    }
+}
+
+/// A K × MN matrix of f32, row `kk` at `values[kk · k_stride..]`, packed as `format`: each
+/// panel holds `r` values of every row, zero past MN, then zeros to its end (the kernels'
+/// padding record).
+fn pack_f32(
+    format: &PackedFormat,
+    k: usize,
+    mn: usize,
+    values: &[f32],
+    k_stride: usize,
+) -> EagerPackedInput {
+    let (r, panel_len) = (format.r, format.single_panel_len(k));
+    let panels = mn.div_ceil(r);
+    let size = size_of::<f32>();
+    // SAFETY: a valid layout (tract's power-of-two alignments of at least 4 bytes, a size
+    // far below isize::MAX); every value is written below before the blob is read.
+    let mut blob =
+        unsafe { Blob::new_for_size_and_align(panels * panel_len * size, format.alignment()) };
+    // SAFETY: the blob holds `panels · panel_len` f32, aligned for them.
+    let packed: &mut [f32] = unsafe {
+        std::slice::from_raw_parts_mut(blob.as_bytes_mut().as_mut_ptr().cast(), panels * panel_len)
+    };
+    let full = mn / r;
+    for kk in 0..k {
+        let row = &values[kk * k_stride..][..mn];
+        match r {
+            48 => scatter_f32::<48>(row, packed, panel_len, kk, full),
+            80 => scatter_f32::<80>(row, packed, panel_len, kk, full),
+            _ => {
+                let lanes = row.chunks_exact(r).zip(packed.chunks_exact_mut(panel_len));
+                lanes.for_each(|(lanes, panel)| panel[kk * r..][..r].copy_from_slice(lanes));
+            }
+        }
+        if full < panels {
+            let width = mn - full * r;
+            let out = &mut packed[full * panel_len + kk * r..][..r];
+            out[..width].copy_from_slice(&row[full * r..]);
+            out[width..].fill(0.0);
+        }
+    }
+    for panel in packed.chunks_exact_mut(panel_len) {
+        panel[k * r..].fill(0.0);
+    }
+    EagerPackedInput {
+        fact: PackedExoticFact {
+            format: Box::new(format.clone()),
+            mn: mn.to_dim(),
+            k,
+        },
+        packed: Arc::new(blob),
+        panel_bytes: panel_len * size,
+        mn,
+    }
+}
+
+/// Row `kk`'s `R` values into each of the `full` whole panels: moves of a size known at
+/// compile time, not a `memcpy` call per panel.
+fn scatter_f32<const R: usize>(
+    row: &[f32],
+    packed: &mut [f32],
+    panel_len: usize,
+    kk: usize,
+    full: usize,
+) {
+    let panels = packed.chunks_exact_mut(panel_len).take(full);
+    for (lanes, panel) in row.chunks_exact(R).zip(panels) {
+        let lanes: &[f32; R] = lanes.try_into().expect("R lanes");
+        panel[kk * R..][..R].copy_from_slice(lanes);
     }
 }
 
@@ -638,9 +752,13 @@ mod tests {
         ArrayD::from_shape_fn(IxDyn(shape), |_| rng.random())
     }
 
-    /// tract's packing of every K×MN matrix of `input`, as `OptMatMulPack` takes them: the
-    /// other axes in row-major order.
-    fn tracts(format: &Packing, input: &ArrayD<i8>, k_axis: usize) -> Vec<Vec<u8>> {
+    /// `pack` of every K×MN matrix of `input`, as `OptMatMulPack` takes them: the other axes
+    /// in row-major order.
+    fn tracts<T: Datum + Copy>(
+        pack: impl Fn(&Tensor) -> Box<dyn MMMInputValue>,
+        input: &ArrayD<T>,
+        k_axis: usize,
+    ) -> Vec<Vec<u8>> {
         let mn_axis = input.ndim() - 1;
         let outer: Vec<usize> = (0..mn_axis).filter(|&a| a != k_axis).collect();
         let outer_shape: Vec<usize> = outer.iter().map(|&a| input.shape()[a]).collect();
@@ -656,27 +774,31 @@ mod tests {
         matrices
             .into_iter()
             .map(|m| {
-                let t = m.to_owned().into_tensor();
-                let packed = match format {
-                    Packing::K4(f) => f.pack_view(&t.view(), 0, 1).unwrap(),
-                    Packing::Plain(f) => f.pack_tensor(&t, 0, 1).unwrap(),
-                    Packing::Headed(h) => (h.format)().prepare_one_view(&t.view(), 0, 1).unwrap(),
-                };
+                let packed = pack(&m.to_owned().into_tensor());
                 let eager = packed.downcast_ref::<EagerPackedInput>().unwrap();
                 eager.packed.as_bytes().to_vec()
             })
             .collect()
     }
 
-    fn ours(format: &Packing, input: &ArrayD<i8>, k_axis: usize) -> Vec<Vec<u8>> {
+    fn tracts_bytes(format: &Packing, input: &ArrayD<i8>, k_axis: usize) -> Vec<Vec<u8>> {
+        let pack = |t: &Tensor| match format {
+            Packing::K4(f) => f.pack_view(&t.view(), 0, 1).unwrap(),
+            Packing::Plain(f) => f.pack_tensor(t, 0, 1).unwrap(),
+            Packing::Headed(h) => (h.format)().prepare_one_view(&t.view(), 0, 1).unwrap(),
+        };
+        tracts(pack, input, k_axis)
+    }
+
+    fn ours<T: Datum + Copy>(format: RowsFormat, input: &ArrayD<T>, k_axis: usize) -> Vec<Vec<u8>> {
         let op = PackedRows {
-            format: format.clone(),
+            format,
             k_axis,
             beside_clean: false,
         };
         let tensor = input.clone().into_tensor();
         let mut model = TypedModel::default();
-        let source = model.add_source("input", i8::fact(input.shape())).unwrap();
+        let source = model.add_source("input", T::fact(input.shape())).unwrap();
         let packed = model.wire_node("pack", op, &[source]).unwrap();
         model.select_output_outlets(&packed).unwrap();
         let output = model
@@ -698,12 +820,20 @@ mod tests {
     /// Packed matrices with the plain layout's padding after row K zeroed: tract's packer
     /// leaves it as the allocator gave it (the kernels read it only into products that are
     /// thrown away), iscamd's zeroes it.
-    fn values_only(format: &Packing, k: usize, mut packed: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
-        if let Packing::Plain(f) = format {
-            for matrix in &mut packed {
-                for panel in matrix.chunks_exact_mut(f.single_panel_len(k)) {
-                    panel[k * f.r..].fill(0);
-                }
+    /// `packed` with the bytes of a plain packing's panels past row K zeroed: tract leaves
+    /// some of them unwritten.
+    fn values_only(format: &Packing, k: usize, packed: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+        match format {
+            Packing::Plain(f) => plain_values_only(f, k, packed),
+            _ => packed,
+        }
+    }
+
+    fn plain_values_only(f: &PackedFormat, k: usize, mut packed: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+        let size = f.dt.size_of();
+        for matrix in &mut packed {
+            for panel in matrix.chunks_exact_mut(f.single_panel_len(k) * size) {
+                panel[k * f.r * size..].fill(0);
             }
         }
         packed
@@ -734,14 +864,41 @@ mod tests {
                     .map(Packing::Headed);
                 for format in formats.into_iter().chain(own) {
                     let k = shape[k_axis];
-                    let expected = values_only(&format, k, tracts(&format, &input, k_axis));
+                    let expected = values_only(&format, k, tracts_bytes(&format, &input, k_axis));
                     assert!(!expected.is_empty());
+                    let ours = ours(RowsFormat::Bytes(format.clone()), &input, k_axis);
                     assert_eq!(
-                        values_only(&format, k, ours(&format, &input, k_axis)),
+                        values_only(&format, k, ours),
                         expected,
                         "{shape:?} k axis {k_axis}, {format:?}"
                     );
                 }
+            }
+        }
+    }
+
+    /// f32 rows at the panel widths tract's packer writes value by value: iscamd's 48-lane
+    /// kernel's, tract's 80-lane one's, and another; MN off the width, K odd.
+    #[test]
+    fn packs_the_floats_tracts_packer_packs() {
+        for (shape, k_axis) in [
+            (vec![1, 16, 300], 1),
+            (vec![7, 97], 0),
+            (vec![2, 3, 5, 48], 2),
+        ] {
+            let input = random_bytes(&shape, 9).mapv(|b| b as f32 * 0.37);
+            for r in [48, 80, 40] {
+                let format = PackedFormat::new(DatumType::F32, r, 64);
+                let k = shape[k_axis];
+                let pack = |t: &Tensor| format.pack_tensor(t, 0, 1).unwrap();
+                let expected = plain_values_only(&format, k, tracts(pack, &input, k_axis));
+                assert!(!expected.is_empty());
+                let ours = ours(RowsFormat::F32(format.clone()), &input, k_axis);
+                assert_eq!(
+                    plain_values_only(&format, k, ours),
+                    expected,
+                    "{shape:?} k axis {k_axis}, {r} lanes"
+                );
             }
         }
     }
