@@ -639,8 +639,8 @@ fn pack_f32(
     }
 }
 
-/// Row `kk`'s `R` values into each of the `full` whole panels: moves of a size known at
-/// compile time, not a `memcpy` call per panel.
+/// Row `kk`'s `R` values into each of the `full` whole panels: moves of 16 values (a
+/// fixed-size copy of a whole row of lanes compiles to a `memcpy` call per panel).
 fn scatter_f32<const R: usize>(
     row: &[f32],
     packed: &mut [f32],
@@ -650,8 +650,11 @@ fn scatter_f32<const R: usize>(
 ) {
     let panels = packed.chunks_exact_mut(panel_len).take(full);
     for (lanes, panel) in row.chunks_exact(R).zip(panels) {
-        let lanes: &[f32; R] = lanes.try_into().expect("R lanes");
-        panel[kk * R..][..R].copy_from_slice(lanes);
+        let to = &mut panel[kk * R..][..R];
+        for (to, from) in to.chunks_exact_mut(16).zip(lanes.chunks_exact(16)) {
+            let from: &[f32; 16] = from.try_into().expect("16 lanes");
+            to.copy_from_slice(from);
+        }
     }
 }
 
