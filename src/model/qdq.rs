@@ -126,6 +126,36 @@ struct QLinearConv {
     bias: Option<TensorProto>,
 }
 
+/// Puts each of `rewrites`' nodes in place of the node at its index and drops the nodes
+/// at `removed`: the passes that run ops on bytes build their edits against the graph as
+/// it was, then make them at once.
+pub(super) fn splice(
+    graph: &mut GraphProto,
+    mut rewrites: HashMap<usize, Vec<NodeProto>>,
+    removed: &[usize],
+) {
+    let nodes = std::mem::take(&mut graph.node);
+    graph.node = nodes
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| !removed.contains(i))
+        .flat_map(|(i, n)| rewrites.remove(&i).unwrap_or_else(|| vec![n]))
+        .collect();
+}
+
+/// `Q(input)` into the scale and zero point named: the bytes of a dequantized tensor in
+/// another scale (tract turns `Q(DQ(x))` into a 256-entry lookup table).
+pub(super) fn requantize(input: &str, scale: &str, zero_point: &str) -> NodeProto {
+    let requantized = format!("{input}.requantized");
+    NodeProto {
+        name: requantized.clone(),
+        op_type: "QuantizeLinear".into(),
+        input: vec![input.into(), scale.into(), zero_point.into()],
+        output: vec![requantized],
+        ..Default::default()
+    }
+}
+
 /// The graph's producers, readers and constants, by tensor name.
 pub(super) struct View<'a> {
     producers: HashMap<&'a str, (usize, &'a NodeProto)>,

@@ -22,12 +22,12 @@ use std::collections::HashMap;
 
 use tract_onnx::pb::{GraphProto, NodeProto};
 
-use super::qdq::View;
+use super::qdq::{requantize, splice, View};
 
 /// Rewrites the float concatenations of `graph` that sit between DequantizeLinear and
 /// QuantizeLinear, leaving the tensors named in `keep` computed as before; says how many.
 pub fn fold(graph: &mut GraphProto, keep: &[String]) -> usize {
-    let mut rewrites: HashMap<usize, Vec<NodeProto>> = HashMap::new();
+    let mut rewrites = HashMap::new();
     let mut removed = Vec::new();
     let mut folded = 0;
     {
@@ -44,13 +44,7 @@ pub fn fold(graph: &mut GraphProto, keep: &[String]) -> usize {
             }
         }
     }
-    let nodes = std::mem::take(&mut graph.node);
-    graph.node = nodes
-        .into_iter()
-        .enumerate()
-        .filter(|(i, _)| !removed.contains(i))
-        .flat_map(|(i, n)| rewrites.remove(&i).unwrap_or_else(|| vec![n]))
-        .collect();
+    splice(graph, rewrites, &removed);
     folded
 }
 
@@ -95,15 +89,9 @@ fn rewrite(view: &View<'_>, index: usize, concat: &NodeProto) -> Option<Rewrite>
             removed.push(dq.node);
             inputs.push(dq.quantized.to_string());
         } else {
-            let requantized = format!("{input}.requantized");
-            nodes.push(NodeProto {
-                name: requantized.clone(),
-                op_type: "QuantizeLinear".into(),
-                input: vec![input.clone(), scale.clone(), zero_point.clone()],
-                output: vec![requantized.clone()],
-                ..Default::default()
-            });
-            inputs.push(requantized);
+            let requantized = requantize(input, scale, zero_point);
+            inputs.push(requantized.output[0].clone());
+            nodes.push(requantized);
         }
     }
     let quantized = next.output.first()?.clone();

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 
 use tract_onnx::pb::{GraphProto, NodeProto};
 
-use super::qdq::View;
+use super::qdq::{requantize, splice, View};
 
 /// The ops whose output holds values of their first input only, unchanged; their other
 /// inputs (shapes, axes, bounds) are not data. A MaxPool's output is the largest value of
@@ -40,7 +40,7 @@ const MOVES: [&str; 8] = [
 /// Rewrites the moves of `graph` that sit between a DequantizeLinear and a QuantizeLinear,
 /// leaving the tensors named in `keep` computed as before; says how many.
 pub fn fold(graph: &mut GraphProto, keep: &[String]) -> usize {
-    let mut rewrites: HashMap<usize, Vec<NodeProto>> = HashMap::new();
+    let mut rewrites = HashMap::new();
     let mut removed = Vec::new();
     {
         let view = View::new(graph, keep);
@@ -55,13 +55,7 @@ pub fn fold(graph: &mut GraphProto, keep: &[String]) -> usize {
         }
     }
     let folded = rewrites.len();
-    let nodes = std::mem::take(&mut graph.node);
-    graph.node = nodes
-        .into_iter()
-        .enumerate()
-        .filter(|(i, _)| !removed.contains(i))
-        .flat_map(|(i, n)| rewrites.remove(&i).unwrap_or_else(|| vec![n]))
-        .collect();
+    splice(graph, rewrites, &removed);
     folded
 }
 
@@ -97,15 +91,10 @@ fn rewrite(view: &View<'_>, index: usize, node: &NodeProto) -> Option<Rewrite> {
         removed.push(dq.node);
         dq.quantized.to_string()
     } else {
-        let requantized = format!("{input}.requantized");
-        nodes.push(NodeProto {
-            name: requantized.clone(),
-            op_type: "QuantizeLinear".into(),
-            input: vec![input.clone(), scale.clone(), zero_point.clone()],
-            output: vec![requantized.clone()],
-            ..Default::default()
-        });
-        requantized
+        let requantized = requantize(input, scale, zero_point);
+        let bytes = requantized.output[0].clone();
+        nodes.push(requantized);
+        bytes
     };
     let mut inputs = node.input.clone();
     inputs[0] = bytes;

@@ -94,9 +94,7 @@ impl Planes {
     /// The planes of `conv` on an input of `shape`, when its layout is NCHW/CHW with an OIHW
     /// kernel, two spatial axes and one filter per channel, and its output is not empty.
     fn of(conv: &Conv, shape: &[usize]) -> Option<Planes> {
-        let depthwise = conv.group > 1
-            && conv.group == conv.input_channels()
-            && conv.group == conv.output_channels();
+        let depthwise = is_depthwise(conv);
         let layout_ok = [DataFormat::NCHW, DataFormat::CHW].contains(&conv.pool_spec.data_format)
             && conv.kernel_fmt == KernelFormat::OIHW
             && conv.pool_spec.rank() == 2;
@@ -387,6 +385,11 @@ impl std::hash::Hash for FloatDepthwise {
     }
 }
 
+/// One filter per channel, more than one channel.
+fn is_depthwise(conv: &Conv) -> bool {
+    conv.group > 1 && conv.group == conv.input_channels() && conv.group == conv.output_channels()
+}
+
 /// Replaces every depthwise convolution of a decluttered `model` that has constant weights
 /// and parameters and a known input shape — 8-bit ones by [`QuantDepthwise`], f32 ones by
 /// [`FloatDepthwise`]; says how many depthwise convolutions it found and replaced.
@@ -398,10 +401,7 @@ pub fn install(model: &mut TypedModel) -> TractResult<Swapped> {
         let Some(conv) = node.op_as::<Conv>() else {
             continue;
         };
-        let depthwise = conv.group > 1
-            && conv.group == conv.input_channels()
-            && conv.group == conv.output_channels();
-        if !depthwise {
+        if !is_depthwise(conv) {
             continue;
         }
         swapped.candidates += 1;
