@@ -92,18 +92,18 @@ fn entry_path(dir: &Path, cpu: &str, model: &str) -> PathBuf {
 
 /// The CPU as the kernels see it: its model, the instruction sets tract found, and
 /// iscamd's version, own ops and own kernels (another set of them measures differently),
-/// and whether this is a debug build (its own code runs at another speed than a release
-/// build's, tract's at the same: a choice measured by one does not hold for the other).
+/// and its build (a debug build runs iscamd's own code at another speed than a release
+/// build, tract's at the same: a choice measured by one does not hold for the other).
 pub fn cpu_identity() -> String {
     format!(
-        "{}; {}; iscamd {}{} (own ops: {}; own kernels: {})",
+        "{}; {}; iscamd {} {} build (own ops: {}; own kernels: {})",
         cpu_model(),
         instruction_sets(),
         env!("CARGO_PKG_VERSION"),
         if cfg!(debug_assertions) {
-            " debug build"
+            "debug"
         } else {
-            ""
+            "release"
         },
         super::OWN_OPS.join(", "),
         super::OWN_TIERS.join(", ")
