@@ -19,7 +19,9 @@
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
+use tract_onnx::tract_core::ops::math;
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
 use super::swap::{is_8bit, Swapped};
@@ -373,6 +375,9 @@ pub struct FloatDepthwise {
     weights: Vec<f32>,
     /// One per channel.
     bias: Vec<f32>,
+    /// The bounds of the Max and Min after the convolution (MobileNet's ReLU6), folded in:
+    /// taken while the sums are copied out, not in passes of their own.
+    clamp: (f32, f32),
 }
 
 impl Eq for FloatDepthwise {}
@@ -380,7 +385,8 @@ impl Eq for FloatDepthwise {}
 impl std::hash::Hash for FloatDepthwise {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         self.planes.hash(state);
-        let floats = self.weights.iter().chain(&self.bias);
+        let (lo, hi) = self.clamp;
+        let floats = self.weights.iter().chain(&self.bias).chain([&lo, &hi]);
         floats.for_each(|s| s.to_bits().hash(state));
     }
 }
@@ -405,20 +411,22 @@ pub fn install(model: &mut TypedModel) -> TractResult<Swapped> {
             continue;
         }
         swapped.candidates += 1;
+        // The node whose output the op's replaces: the convolution, or what it folds in.
+        let mut last = id;
         let op: Box<dyn TypedOp> = match conv.q_params {
             Some(_) => match QuantDepthwise::of(model, node, conv)? {
                 Some(op) => Box::new(op),
                 None => continue,
             },
             None => match FloatDepthwise::of(model, node, conv)? {
-                Some(op) => Box::new(op),
+                Some(op) => Box::new(op.clamped(model, &mut last)?),
                 None => continue,
             },
         };
         let mut patch = TypedModelPatch::default();
         let input = patch.tap_model(model, node.inputs[0])?;
         let wire = patch.wire_node(format!("{}.depthwise", node.name), op, &[input])?;
-        patch.shunt_outside(model, OutletId::new(id, 0), wire[0])?;
+        patch.shunt_outside(model, OutletId::new(last, 0), wire[0])?;
         patch.apply(model)?;
         swapped.replaced += 1;
     }
@@ -559,13 +567,17 @@ impl<Y: Copy, C: Fn(i32) -> Y> Finish<Y> for Requantised<'_, Y, C> {
 struct Sums {
     cols: usize,
     width: usize,
+    clamp: (f32, f32),
 }
 
 impl Finish<f32> for Sums {
     #[inline(always)]
     fn plane(&mut self, _: usize, acc: &[f32], ys: &mut [f32]) {
+        let (lo, hi) = self.clamp;
         for (y, a) in ys.chunks_mut(self.width).zip(acc.chunks(self.cols)) {
-            y.copy_from_slice(&a[..self.width]);
+            for (y, &a) in y.iter_mut().zip(&a[..self.width]) {
+                *y = a.max(lo).min(hi);
+            }
         }
     }
 }
@@ -597,7 +609,23 @@ impl FloatDepthwise {
             planes,
             weights,
             bias,
+            clamp: (f32::NEG_INFINITY, f32::INFINITY),
         }))
+    }
+
+    /// The op with the Max and Min by a constant that follow node `last` folded in, `last`
+    /// moved to the last one folded. Only the node's one reader, not a model output, and
+    /// with the output's shape, is folded: nothing else reads the values it changes.
+    fn clamped(mut self, model: &TypedModel, last: &mut usize) -> TractResult<Self> {
+        while let Some((next, bound)) = clamp_after(model, *last)? {
+            let (lo, hi) = &mut self.clamp;
+            match bound {
+                Bound::Below(b) => (*lo, *hi) = (lo.max(b), hi.max(b)),
+                Bound::Above(b) => (*lo, *hi) = (lo.min(b), hi.min(b)),
+            }
+            *last = next;
+        }
+        Ok(self)
     }
 
     /// Every plane of `input`: the sums, from the channel's bias on.
@@ -605,11 +633,44 @@ impl FloatDepthwise {
         let mut finish = Sums {
             cols: self.planes.w.phase_len(),
             width: self.planes.w.output,
+            clamp: self.clamp,
         };
         let filters = (&self.weights[..], &self.bias[..]);
         self.planes
             .run(input, DatumType::F32, filters, |v: f32| v, &mut finish)
     }
+}
+
+/// A Max (a bound below) or a Min (above) by a constant.
+enum Bound {
+    Below(f32),
+    Above(f32),
+}
+
+/// The node after `id` when it bounds `id`'s output by a constant, alone reading it.
+fn clamp_after(model: &TypedModel, id: usize) -> TractResult<Option<(usize, Bound)>> {
+    let outlet = OutletId::new(id, 0);
+    let Some(next) = model.single_succ(id)? else {
+        return Ok(None);
+    };
+    let Some(op) = next.op_as::<TypedBinOp>() else {
+        return Ok(None);
+    };
+    let [a, b] = next.inputs[..] else {
+        return Ok(None);
+    };
+    let other = if a == outlet { b } else { a };
+    let constant = model.outlet_fact(other)?.konst.as_ref();
+    let bound = constant
+        .and_then(|c| c.as_uniform())
+        .and_then(|c| c.cast_to_scalar::<f32>().ok());
+    let same_shape = model.outlet_fact(outlet)?.shape == model.outlet_fact(next.id.into())?.shape;
+    let alone = !model.outputs.contains(&outlet) && [a, b].contains(&outlet) && a != b;
+    Ok(match bound.filter(|_| same_shape && alone) {
+        Some(b) if op.0.is::<math::Max>() => Some((next.id, Bound::Below(b))),
+        Some(b) if op.0.is::<math::Min>() => Some((next.id, Bound::Above(b))),
+        _ => None,
+    })
 }
 
 /// Sums computed at once in one register's worth of lanes.
@@ -744,7 +805,11 @@ impl Op for FloatDepthwise {
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
-        Ok(vec![format!("{} (iscamd)", self.planes.info())])
+        let clamp = match self.clamp {
+            (f32::NEG_INFINITY, f32::INFINITY) => String::new(),
+            (lo, hi) => format!(", clamped to [{lo}, {hi}]"),
+        };
+        Ok(vec![format!("{}{clamp} (iscamd)", self.planes.info())])
     }
 
     op_as_typed_op!();
@@ -931,6 +996,59 @@ mod tests {
                 largest > 1.0 && differ <= 1e-5 * largest,
                 "{case}: {differ}"
             );
+        }
+    }
+
+    /// A Max and a Min by constants after the convolution (a ReLU6's shape, with bounds
+    /// the values cross) fold into the op when nothing else reads what they bound.
+    #[test]
+    fn folds_the_clamp_after_it_when_it_alone_reads_the_convolution() {
+        use tract_onnx::tract_core::ops::math;
+        let x = tract_ndarray::Array4::from_shape_fn([1, 6, 13, 10], |(_, c, y, x)| {
+            ((c * 13 + y * 5 + x * 11) % 23) as f32 * 0.25 - 2.5
+        })
+        .into_tensor();
+        for conv_is_an_output in [false, true] {
+            let mut model = float_model(3, 2, 1);
+            let conv = model.outputs[0];
+            let bound = |model: &mut TypedModel, name: &str, v: f32| {
+                model.add_const(name, tensor4(&[[[[v]]]])).unwrap()
+            };
+            let lo = bound(&mut model, "lo", -1.0);
+            let hi = bound(&mut model, "hi", 1.5);
+            let y = model.wire_node("max", math::max(), &[conv, lo]).unwrap();
+            let y = model.wire_node("min", math::min(), &[hi, y[0]]).unwrap();
+            let outputs = if conv_is_an_output {
+                vec![y[0], conv]
+            } else {
+                y.to_vec()
+            };
+            model.select_output_outlets(&outputs).unwrap();
+            let expected = run(model.clone(), &x);
+            let mut ours = model.into_decluttered().unwrap();
+            install(&mut ours).unwrap();
+            let bin_ops = ours
+                .nodes
+                .iter()
+                .filter(|n| n.op_is::<TypedBinOp>())
+                .count();
+            let op = ours
+                .nodes
+                .iter()
+                .find_map(|n| n.op_as::<FloatDepthwise>())
+                .unwrap();
+            match conv_is_an_output {
+                false => assert_eq!((bin_ops, op.clamp), (0, (-1.0, 1.5))),
+                true => assert_eq!((bin_ops, op.clamp), (2, (f32::NEG_INFINITY, f32::INFINITY))),
+            }
+            let got = run(ours, &x);
+            let (got, expected) = (
+                got.to_plain_array_view::<f32>().unwrap().to_owned(),
+                expected.to_plain_array_view::<f32>().unwrap().to_owned(),
+            );
+            assert!(expected.iter().any(|&v| v == -1.0) && expected.iter().any(|&v| v == 1.5));
+            let differ = (&got - &expected).iter().fold(0f32, |m, d| m.max(d.abs()));
+            assert!(differ <= 1e-5, "{conv_is_an_output}: {differ}");
         }
     }
 }
