@@ -1,5 +1,5 @@
-//! A faster max-pooling for optimised tract plans, for the pooling SqueezeNet has: NCHW,
-//! unpadded, undilated, any kernel and stride.
+//! A faster max-pooling for optimised tract plans: NCHW, undilated, any kernel and stride,
+//! padded or not (SqueezeNet's pools are not; ResNet's and ShuffleNet's stem pool is).
 //!
 //! tract 0.23's `OptMaxPool` folds each of the k×k taps into an output row through a
 //! strided iterator, which the compiler does not vectorise: on this project's x86 it took
@@ -19,15 +19,36 @@ use tract_onnx::tract_core::ops::nn::DataFormat;
 
 use crate::model::kernels::PoolIsa;
 
-/// Max-pooling of an NCHW tensor without padding or dilation.
+/// Max-pooling of an NCHW tensor without dilation.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RowMaxPool {
     /// Kernel height and width.
     pub kernel: [usize; 2],
     /// Stride along height and width.
     pub stride: [usize; 2],
+    /// Padding before and after, along height then width. Padding takes no part in a
+    /// window's maximum (ONNX's semantics, and tract's): the type's lowest value stands
+    /// there, and every window holds at least one value of the input.
+    pub padding: [[usize; 2]; 2],
     /// The compiled form that runs.
     pub isa: PoolIsa,
+}
+
+/// The value padding holds: no value of the type is below it.
+pub trait Lowest: Copy {
+    const LOWEST: Self;
+}
+
+impl Lowest for f32 {
+    const LOWEST: f32 = f32::NEG_INFINITY;
+}
+
+impl Lowest for u8 {
+    const LOWEST: u8 = u8::MIN;
+}
+
+impl Lowest for i8 {
+    const LOWEST: i8 = i8::MIN;
 }
 
 /// Replaces every `OptMaxPool` of `model` that [`RowMaxPool`] computes identically, with
@@ -47,25 +68,32 @@ impl RowMaxPool {
         isa: PoolIsa,
     ) -> Option<RowMaxPool> {
         let spec = &pool.pool_spec;
-        let unpadded = match &spec.padding {
-            PaddingSpec::Valid => true,
-            PaddingSpec::Explicit(before, after)
-            | PaddingSpec::ExplicitOnnxPool(before, after, _) => {
-                before.iter().chain(after).all(|&p| p == 0)
-            }
-            _ => false,
-        };
         if pool.with_index_outputs.is_some()
             || spec.data_format != DataFormat::NCHW
             || spec.kernel_shape.len() != 2
-            || !unpadded
             || spec.dilations().iter().any(|&d| d != 1)
         {
             return None;
         }
+        let kernel = [spec.kernel_shape[0], spec.kernel_shape[1]];
+        let padding = match &spec.padding {
+            PaddingSpec::Valid => [[0; 2]; 2],
+            PaddingSpec::Explicit(before, after)
+            | PaddingSpec::ExplicitOnnxPool(before, after, _)
+                if before.len() == 2 && after.len() == 2 =>
+            {
+                [[before[0], after[0]], [before[1], after[1]]]
+            }
+            _ => return None,
+        };
+        // A window of padding alone would hold no value of the input.
+        if (0..2).any(|axis| padding[axis].iter().any(|&p| p >= kernel[axis])) {
+            return None;
+        }
         let op = RowMaxPool {
-            kernel: [spec.kernel_shape[0], spec.kernel_shape[1]],
+            kernel,
             stride: [spec.strides()[0], spec.strides()[1]],
+            padding,
             isa,
         };
         let shape = input.shape.as_concrete()?;
@@ -73,10 +101,18 @@ impl RowMaxPool {
         (op.output_shape(shape).ok()?.as_slice() == output.shape.as_concrete()?).then_some(op)
     }
 
-    fn output_shape(&self, input: &[usize]) -> TractResult<[usize; 4]> {
-        let &[n, c, h, w] = input else {
+    /// The height and width of a plane of `input` with its padding.
+    fn padded(&self, input: &[usize]) -> TractResult<[usize; 2]> {
+        let &[_, _, h, w] = input else {
             bail!("RowMaxPool expects an NCHW input, got shape {input:?}");
         };
+        let [[top, bottom], [left, right]] = self.padding;
+        Ok([top + h + bottom, left + w + right])
+    }
+
+    fn output_shape(&self, input: &[usize]) -> TractResult<[usize; 4]> {
+        let [h, w] = self.padded(input)?;
+        let (n, c) = (input[0], input[1]);
         let [kh, kw] = self.kernel;
         let [sh, sw] = self.stride;
         ensure!(
@@ -88,7 +124,7 @@ impl RowMaxPool {
 
     /// Pools `input` with the loop compiled for `self.isa` (on x86-64: the SSE2 baseline,
     /// AVX2 or AVX-512 — more lanes per instruction, not always faster: measured per CPU).
-    fn eval_t<T: Datum + Copy + PartialOrd>(&self, input: &Tensor) -> TractResult<Tensor> {
+    fn eval_t<T: Datum + Lowest + PartialOrd>(&self, input: &Tensor) -> TractResult<Tensor> {
         #[cfg(target_arch = "x86_64")]
         match self.isa {
             // SAFETY (both): the CPU has the instruction set — `PoolIsa::available` checked
@@ -106,50 +142,54 @@ impl RowMaxPool {
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    fn eval_avx2<T: Datum + Copy + PartialOrd>(&self, input: &Tensor) -> TractResult<Tensor> {
+    fn eval_avx2<T: Datum + Lowest + PartialOrd>(&self, input: &Tensor) -> TractResult<Tensor> {
         self.eval_any::<T>(input)
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512bw")]
-    fn eval_avx512<T: Datum + Copy + PartialOrd>(&self, input: &Tensor) -> TractResult<Tensor> {
+    fn eval_avx512<T: Datum + Lowest + PartialOrd>(&self, input: &Tensor) -> TractResult<Tensor> {
         self.eval_any::<T>(input)
     }
 
     #[inline(always)]
-    fn eval_any<T: Datum + Copy + PartialOrd>(&self, input: &Tensor) -> TractResult<Tensor> {
+    fn eval_any<T: Datum + Lowest + PartialOrd>(&self, input: &Tensor) -> TractResult<Tensor> {
         let [n, c, oh, ow] = self.output_shape(input.shape())?;
-        let (h, w) = (input.shape()[2], input.shape()[3]);
+        let [_, w] = self.padded(input.shape())?;
         let [kh, kw] = self.kernel;
         let [sh, sw] = self.stride;
         let mut output = Tensor::zero_dt(input.datum_type(), &[n, c, oh, ow])?;
         let input_plain = input.try_as_plain_ram()?;
-        let input = input_plain.as_slice::<T>()?;
+        let planes = Planes {
+            input: input_plain.as_slice::<T>()?,
+            shape: [input.shape()[2], input.shape()[3]],
+            padding: self.padding,
+        };
         let mut output_plain = output.try_as_plain_ram_mut()?;
         let out = output_plain.as_slice_mut::<T>()?;
-        // One output row's window folded down its rows, then across its columns: both
-        // passes run over contiguous memory, so they vectorise; the stride is taken last.
-        let Some(&any) = input.first() else {
-            return Ok(output);
-        };
         if let Some(pool_plane) = self.byte_plane_pooling::<T>(w) {
             let signed = T::datum_type().unquantized() == DatumType::I8;
-            // SAFETY: T is one byte (u8 or i8, `eval` checked), every bit pattern a value;
-            // the views cover exactly the two tensors' elements.
-            let (input, out) = unsafe {
-                (
-                    std::slice::from_raw_parts(input.as_ptr().cast::<u8>(), input.len()),
-                    std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<u8>(), out.len()),
-                )
-            };
-            for (plane, out_plane) in input.chunks_exact(h * w).zip(out.chunks_exact_mut(oh * ow)) {
+            planes.each(out, oh * ow, |plane, out_plane| {
+                // SAFETY: T is one byte (u8 or i8, `eval` checked), every bit pattern a
+                // value; the views cover exactly the two planes' elements.
+                let (plane, out_plane) = unsafe {
+                    (
+                        std::slice::from_raw_parts(plane.as_ptr().cast::<u8>(), plane.len()),
+                        std::slice::from_raw_parts_mut(
+                            out_plane.as_mut_ptr().cast::<u8>(),
+                            out_plane.len(),
+                        ),
+                    )
+                };
                 pool_plane(signed, plane, w, sh, out_plane, ow);
-            }
+            });
             return Ok(output);
         }
-        let mut rows = vec![any; w];
-        let mut windows = vec![any; w - kw + 1];
-        for (plane, out_plane) in input.chunks_exact(h * w).zip(out.chunks_exact_mut(oh * ow)) {
+        // One output row's window folded down its rows, then across its columns: both
+        // passes run over contiguous memory, so they vectorise; the stride is taken last.
+        let mut rows = vec![T::LOWEST; w];
+        let mut windows = vec![T::LOWEST; w - kw + 1];
+        planes.each(out, oh * ow, |plane, out_plane| {
             for (oy, out_row) in out_plane.chunks_exact_mut(ow).enumerate() {
                 let window = &plane[oy * sh * w..][..kh * w];
                 fold(kh, |ky| &window[ky * w..][..w], &mut rows);
@@ -162,8 +202,42 @@ impl RowMaxPool {
                     *o = m;
                 }
             }
-        }
+        });
         Ok(output)
+    }
+}
+
+/// The planes of an NCHW tensor, each `shape` high and wide, padded as a pool's padding says.
+struct Planes<'a, T> {
+    input: &'a [T],
+    shape: [usize; 2],
+    padding: [[usize; 2]; 2],
+}
+
+impl<T: Lowest> Planes<'_, T> {
+    /// Calls `pool` with each plane, padded, and its `out_len` values of `out`. Padded
+    /// planes are copied into one buffer whose border stays the lowest value.
+    #[inline(always)]
+    fn each(&self, out: &mut [T], out_len: usize, mut pool: impl FnMut(&[T], &mut [T])) {
+        let [h, w] = self.shape;
+        let [[top, bottom], [left, right]] = self.padding;
+        let planes = self
+            .input
+            .chunks_exact(h * w)
+            .zip(out.chunks_exact_mut(out_len));
+        if self.padding == [[0; 2]; 2] {
+            planes.for_each(|(plane, out_plane)| pool(plane, out_plane));
+            return;
+        }
+        let padded_w = left + w + right;
+        let mut padded = vec![T::LOWEST; (top + h + bottom) * padded_w];
+        for (plane, out_plane) in planes {
+            let rows = padded[top * padded_w..].chunks_exact_mut(padded_w);
+            for (to, from) in rows.zip(plane.chunks_exact(w)) {
+                to[left..][..w].copy_from_slice(from);
+            }
+            pool(&padded, out_plane);
+        }
     }
 }
 
@@ -457,8 +531,12 @@ impl Op for RowMaxPool {
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
+        let padding = match self.padding {
+            [[0, 0], [0, 0]] => String::new(),
+            p => format!(", padding {p:?}"),
+        };
         Ok(vec![format!(
-            "kernel {:?}, stride {:?}, {} (iscamd)",
+            "kernel {:?}, stride {:?}{padding}, {} (iscamd)",
             self.kernel,
             self.stride,
             self.isa.name()
@@ -594,11 +672,72 @@ mod tests {
         }
     }
 
+    /// ResNet's and ShuffleNet's stem pool (3×3, stride 2, padding 1 all round), uneven
+    /// padding, and bytes padded (their lowest value, not the zero point, stands there).
     #[test]
-    fn padded_pooling_is_left_to_tract() {
+    fn pools_padded_planes_as_tract_does() {
+        let qp = QParams::ZpScale {
+            zero_point: 3,
+            scale: 0.05,
+        };
+        let padded = |before: [usize; 2], after: [usize; 2]| {
+            PaddingSpec::Explicit(before.into_iter().collect(), after.into_iter().collect())
+        };
+        let cases = [
+            (
+                [1, 64, 112, 112],
+                3,
+                2,
+                padded([1, 1], [1, 1]),
+                f32::datum_type(),
+            ),
+            (
+                [1, 3, 9, 10],
+                3,
+                2,
+                padded([1, 0], [2, 1]),
+                f32::datum_type(),
+            ),
+            (
+                [1, 4, 7, 8],
+                2,
+                1,
+                padded([0, 1], [1, 0]),
+                f32::datum_type(),
+            ),
+            (
+                [1, 24, 112, 112],
+                3,
+                2,
+                padded([1, 1], [1, 1]),
+                u8::datum_type().quantize(qp),
+            ),
+            (
+                [1, 5, 9, 17],
+                3,
+                2,
+                padded([1, 1], [1, 1]),
+                i8::datum_type().quantize(qp),
+            ),
+        ];
+        for (shape, kernel, stride, padding, dt) in cases {
+            // Values below the zero point where they are bytes: padding with it would show.
+            let input = random_nchw(shape, 3).cast_to_dt(dt).unwrap().into_owned();
+            let reference = run(tracts(&input, kernel, stride, padding.clone()), &input);
+            for isa in PoolIsa::available() {
+                let mut model = tracts(&input, kernel, stride, padding.clone());
+                assert_eq!(install(&mut model, isa).unwrap().replaced, 1, "{shape:?}");
+                let ours = run(model, &input);
+                assert_eq!(ours, reference, "{shape:?} {padding:?} {dt:?} {isa:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_window_of_padding_alone_is_left_to_tract() {
         let input = random_nchw([1, 2, 7, 7], 1);
-        let padding = PaddingSpec::Explicit(tvec!(1, 1), tvec!(1, 1));
-        let mut model = tracts(&input, 3, 2, padding);
+        let padding = PaddingSpec::Explicit(tvec!(2, 0), tvec!(0, 0));
+        let mut model = tracts(&input, 2, 1, padding);
         assert_eq!(install(&mut model, PoolIsa::widest()).unwrap().replaced, 0);
     }
 }
