@@ -22,7 +22,7 @@
 /// indexed only by constants lives in registers at any optimisation level; a loop over it
 /// keeps it in memory wherever loops are not unrolled (the tests' build, opt-level 1),
 /// around every multiply-add.
-#[cfg(any(target_arch = "aarch64", target_arch = "x86_64"))]
+#[cfg(target_arch = "x86_64")]
 macro_rules! unrolled {
     ($i:ident in [$($n:literal)*] $body:block) => {{
         $({
