@@ -411,7 +411,8 @@ pub fn install(model: &mut TypedModel) -> TractResult<Swapped> {
             continue;
         }
         swapped.candidates += 1;
-        // The node whose output the op's replaces: the convolution, or what it folds in.
+        // The node whose output the op's output replaces: the convolution, or the last
+        // activation it folds in.
         let mut last = id;
         let op: Box<dyn TypedOp> = match conv.q_params {
             Some(_) => match QuantDepthwise::of(model, node, conv)? {
@@ -1003,7 +1004,6 @@ mod tests {
     /// the values cross) fold into the op when nothing else reads what they bound.
     #[test]
     fn folds_the_clamp_after_it_when_it_alone_reads_the_convolution() {
-        use tract_onnx::tract_core::ops::math;
         let x = tract_ndarray::Array4::from_shape_fn([1, 6, 13, 10], |(_, c, y, x)| {
             ((c * 13 + y * 5 + x * 11) % 23) as f32 * 0.25 - 2.5
         })

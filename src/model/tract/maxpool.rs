@@ -35,7 +35,7 @@ pub struct RowMaxPool {
 }
 
 /// The value padding holds: no value of the type is below it.
-pub trait Lowest: Copy {
+trait Lowest: Copy {
     const LOWEST: Self;
 }
 
