@@ -9,9 +9,10 @@ use std::fmt;
 use super::SettingError;
 
 /// iscamd's ops, by the names logs, `check` and the choice's text use.
-pub const OWN_OPS: [&str; 11] = [
+pub const OWN_OPS: [&str; 12] = [
     "max-pool",
     "im2col",
+    "float-im2col",
     "row-packing",
     "relu-fold",
     "quantize",

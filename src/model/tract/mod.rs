@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 
 // iscamd's own ops, swapped into tract's optimised plans under `kernels::Policy::Tuned`.
 mod depthwise;
+mod float_im2col;
 mod im2col;
 mod lut;
 mod maxpool;
@@ -343,10 +344,11 @@ const BEFORE_LOWERING: [(&str, Install); 3] = [
     ("lookup-table", |m, _| lut::install(m)),
     ("spatial-merge", |m, _| spatial::install(m)),
 ];
-const INSTALLS: [(&str, Install); 8] = [
+const INSTALLS: [(&str, Install); 9] = [
     ("row-terms", |m, _| row_terms::install(m)),
     ("max-pool", |m, ops| maxpool::install(m, ops.pool())),
     ("im2col", |m, _| im2col::install(m)),
+    ("float-im2col", |m, _| float_im2col::install(m)),
     ("row-packing", |m, _| packing::install(m)),
     ("relu-fold", |m, _| relu::install(m)),
     ("quantize", |m, _| quant::install(m)),

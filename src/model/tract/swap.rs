@@ -75,21 +75,49 @@ pub fn replace_ops<O: TypedOp>(
     replace_nodes(model, |_, _, op: &O, input, output| swap(op, input, output))
 }
 
+/// As [`replace_ops`], for an op tract does not export: its nodes found by the op's name.
+pub fn replace_named(
+    model: &mut TypedModel,
+    name: &str,
+    swap: impl Fn(&TypedNode, &TypedFact, &TypedFact) -> Swap,
+) -> TractResult<Swapped> {
+    replace_each(model, |_, node, input, output| {
+        match node.op().name() == name {
+            true => swap(node, input, output),
+            false => Swap::NotMine,
+        }
+    })
+}
+
 /// As [`replace_ops`], `swap` also seeing the model and the node (its neighbours).
 pub fn replace_nodes<O: TypedOp>(
     model: &mut TypedModel,
     swap: impl Fn(&TypedModel, &TypedNode, &O, &TypedFact, &TypedFact) -> Swap,
 ) -> TractResult<Swapped> {
+    replace_each(model, |model, node, input, output| {
+        match node.op_as::<O>() {
+            Some(op) => swap(model, node, op, input, output),
+            None => Swap::NotMine,
+        }
+    })
+}
+
+/// Gives every node of `model` the op `swap` makes of it.
+fn replace_each(
+    model: &mut TypedModel,
+    swap: impl Fn(&TypedModel, &TypedNode, &TypedFact, &TypedFact) -> Swap,
+) -> TractResult<Swapped> {
     let mut swapped = Swapped::default();
     // Patches append nodes: the ones present now are all that can be candidates.
     for id in 0..model.nodes.len() {
         let node = &model.nodes[id];
-        let Some(op) = node.op_as::<O>() else {
+        // Every op a swap is for reads something.
+        let Some(&first) = node.inputs.first() else {
             continue;
         };
-        let input = model.outlet_fact(node.inputs[0])?;
+        let input = model.outlet_fact(first)?;
         let output = model.outlet_fact(OutletId::new(id, 0))?;
-        let new = match swap(model, node, op, input, output) {
+        let new = match swap(model, node, input, output) {
             Swap::NotMine => continue,
             Swap::Keep => {
                 swapped.candidates += 1;
