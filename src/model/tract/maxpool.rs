@@ -185,6 +185,23 @@ impl RowMaxPool {
             });
             return Ok(output);
         }
+        if let Some(pool_plane) = self.float_plane_pooling::<T>() {
+            planes.each(out, oh * ow, |plane, out_plane| {
+                // SAFETY: T is f32 (`float_plane_pooling` checked); the views cover exactly
+                // the two planes' elements.
+                let (plane, out_plane) = unsafe {
+                    (
+                        std::slice::from_raw_parts(plane.as_ptr().cast::<f32>(), plane.len()),
+                        std::slice::from_raw_parts_mut(
+                            out_plane.as_mut_ptr().cast::<f32>(),
+                            out_plane.len(),
+                        ),
+                    )
+                };
+                pool_plane(plane, w, sh, out_plane, ow);
+            });
+            return Ok(output);
+        }
         // One output row's window folded down its rows, then across its columns: both
         // passes run over contiguous memory, so they vectorise; the stride is taken last.
         let mut rows = vec![T::LOWEST; w];
@@ -245,7 +262,26 @@ impl<T: Lowest> Planes<'_, T> {
 /// ow)`.
 type BytePlanePooling = fn(bool, &[u8], usize, usize, &mut [u8], usize);
 
+/// The same of one plane of f32 values: `(plane, w, sh, out, ow)`.
+type FloatPlanePooling = fn(&[f32], usize, usize, &mut [f32], usize);
+
 impl RowMaxPool {
+    /// The AVX-512 pooling of whole planes of f32 values for this geometry and CPU, if
+    /// there is one.
+    fn float_plane_pooling<T: Datum>(&self) -> Option<FloatPlanePooling> {
+        if T::datum_type() != DatumType::F32 || self.kernel != [3, 3] || self.stride[1] != 2 {
+            return None;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if self.isa == PoolIsa::Avx512 && PoolIsa::available().contains(&PoolIsa::Avx512) {
+            return Some(|plane, w, sh, out, ow| {
+                // SAFETY: AVX-512 F is there: `PoolIsa::available` checked it.
+                unsafe { avx512::pool_3_by_2_float_plane(plane, w, sh, out, ow) }
+            });
+        }
+        None
+    }
+
     /// The SIMD pooling of whole planes of bytes for this geometry, row width and CPU, if
     /// there is one.
     #[cfg_attr(not(target_arch = "aarch64"), allow(unused_variables))]
@@ -357,6 +393,77 @@ mod avx512 {
                     first(count),
                     _mm512_castsi256_si512(pooled),
                 );
+            }
+        }
+    }
+
+    /// [`pool_3_by_2_plane`] for f32, 16 outputs per block: the three rows' maximum at
+    /// the block's start and one value on, whose even and odd lanes a permute gathers.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn pool_3_by_2_float_plane(
+        plane: &[f32],
+        w: usize,
+        sh: usize,
+        out: &mut [f32],
+        ow: usize,
+    ) {
+        assert!(w > 2 * ow);
+        for (oy, out_row) in out.chunks_exact_mut(ow).enumerate() {
+            let window = &plane[oy * sh * w..][..3 * w];
+            let rows = [0, w, 2 * w].map(|at| window[at..].as_ptr());
+            // SAFETY: the caller's promise; the rows are w > 2·ow long.
+            unsafe { pool_float_rows(rows, out_row) };
+        }
+    }
+
+    /// `out[x] = max over the three rows of row[2x], row[2x + 1], row[2x + 2]`, each
+    /// maximum taken as `super::max` takes it (NaNs as tract's pooling keeps them).
+    ///
+    /// # Safety
+    /// AVX-512 F; each row holds more than `2·out.len()` values.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn pool_float_rows(rows: [*const f32; 3], out: &mut [f32]) {
+        // `super::max(a, b)`: b where a < b, else a — `vmaxps` with its operands swapped.
+        let max = |a, b| _mm512_max_ps(b, a);
+        let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let odds = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+        let n = out.len();
+        for x in (0..n).step_by(16) {
+            let count = (n - x).min(16);
+            // The lanes of two loads of sixteen that hold `values` values.
+            let split = |values: usize| {
+                let masks = [values.min(16), values.saturating_sub(16)];
+                masks.map(|m| ((1u32 << m) - 1) as __mmask16)
+            };
+            // From 2x: values up to 2x + 2·count − 1; from 2x + 2, the even ones up to
+            // 2x + 2·count.
+            let ([low_here, high_here], [low_next, high_next]) =
+                (split(2 * count), split(2 * count - 1));
+            // SAFETY: the masked loads read below 2x + 2·count + 1 ≤ 2n + 1 ≤ the row's
+            // length; the store writes out[x .. x + count).
+            unsafe {
+                let mut folded = [_mm512_setzero_ps(); 4];
+                for (i, &row) in rows.iter().enumerate() {
+                    let at = row.add(2 * x);
+                    let loads = [
+                        _mm512_maskz_loadu_ps(low_here, at),
+                        _mm512_maskz_loadu_ps(high_here, at.wrapping_add(16)),
+                        _mm512_maskz_loadu_ps(low_next, at.add(2)),
+                        _mm512_maskz_loadu_ps(high_next, at.wrapping_add(18)),
+                    ];
+                    for (f, l) in folded.iter_mut().zip(loads) {
+                        *f = if i == 0 { l } else { max(*f, l) };
+                    }
+                }
+                let [low, high, next_low, next_high] = folded;
+                let even = _mm512_permutex2var_ps(low, evens, high);
+                let odd = _mm512_permutex2var_ps(low, odds, high);
+                let after = _mm512_permutex2var_ps(next_low, evens, next_high);
+                let pooled = max(max(even, odd), after);
+                _mm512_mask_storeu_ps(out.as_mut_ptr().add(x), first(count) as __mmask16, pooled);
             }
         }
     }
