@@ -42,6 +42,12 @@ const NAME_T: &str = "iscamd_avx512_t_mmm_f32_48x8";
 const MR: usize = 8;
 const NR: usize = 48;
 
+/// How many steps of K ahead the loop asks for its panels' next cache lines: about 770
+/// cycles of multiply-adds at two per cycle, more than a load from memory takes. Panels of a
+/// large K (ResNet's 4,608) stream from L3 or memory faster than the hardware's
+/// prefetchers fetch them (docs/benchmarks.md).
+const PREFETCH_STEPS: usize = 64;
+
 /// Registers per row of the tile.
 const V: usize = NR / 16;
 
@@ -227,6 +233,14 @@ unsafe fn add_mat_mul(mut tile: Tile, k: usize, pa: *const f32, pb: *const f32) 
     unsafe {
         let (mut a, mut b) = (pa, pb);
         for _ in 0..k {
+            // B's step is three cache lines, A's half of one. A prefetch past a panel's
+            // end is a hint, never a fault: `wrapping_add`.
+            let (b_ahead, a_ahead) = (
+                b.wrapping_add(NR * PREFETCH_STEPS),
+                a.wrapping_add(MR * PREFETCH_STEPS),
+            );
+            unrolled!(v in [0 1 2] { _mm_prefetch::<_MM_HINT_T0>(b_ahead.wrapping_add(16 * v).cast()) });
+            _mm_prefetch::<_MM_HINT_T0>(a_ahead.cast());
             let mut bs = [_mm512_setzero_ps(); V];
             unrolled!(v in [0 1 2] { bs[v] = _mm512_loadu_ps(b.add(16 * v)) });
             each!(tile, |x, r, v| _mm512_fmadd_ps(
