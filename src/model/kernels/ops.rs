@@ -9,7 +9,7 @@ use std::fmt;
 use super::SettingError;
 
 /// iscamd's ops, by the names logs, `check` and the choice's text use.
-pub const OWN_OPS: [&str; 12] = [
+pub const OWN_OPS: [&str; 13] = [
     "max-pool",
     "im2col",
     "float-im2col",
@@ -22,6 +22,7 @@ pub const OWN_OPS: [&str; 12] = [
     "lookup-table",
     "spatial-merge",
     "row-terms",
+    "constant-chains",
 ];
 
 /// The instruction set iscamd's max-pooling is compiled for (one loop, compiled once per

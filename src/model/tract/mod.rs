@@ -15,6 +15,7 @@ use super::{
 use crate::error::{Error, Result};
 
 // iscamd's own ops, swapped into tract's optimised plans under `kernels::Policy::Tuned`.
+mod constant_chains;
 mod depthwise;
 mod float_im2col;
 mod im2col;
@@ -344,7 +345,8 @@ const BEFORE_LOWERING: [(&str, Install); 3] = [
     ("lookup-table", |m, _| lut::install(m)),
     ("spatial-merge", |m, _| spatial::install(m)),
 ];
-const INSTALLS: [(&str, Install); 9] = [
+const INSTALLS: [(&str, Install); 10] = [
+    ("constant-chains", |m, _| constant_chains::install(m)),
     ("row-terms", |m, _| row_terms::install(m)),
     ("max-pool", |m, ops| maxpool::install(m, ops.pool())),
     ("im2col", |m, _| im2col::install(m)),
