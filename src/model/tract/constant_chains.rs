@@ -56,7 +56,7 @@ fn next_chain(
         else {
             continue;
         };
-        let budget: usize = inputs.iter().map(|t| bytes(t)).sum();
+        let budget: usize = inputs.iter().map(bytes).sum();
         return Ok(Some((node.id, chain_end(model, node, inputs, budget)?)));
     }
     Ok(None)
