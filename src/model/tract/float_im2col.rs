@@ -116,7 +116,17 @@ impl Gather {
             }
             starts.push(runs.len());
         }
-        let mut gather = Gather {
+        #[cfg(target_arch = "x86_64")]
+        let (moves, move_starts) = {
+            let (mut moves, mut move_starts) = (Vec::new(), vec![0]);
+            for (p, span) in starts.windows(2).enumerate() {
+                let width = r.min(mn - p * r);
+                moves.extend(avx512::moves(&runs[span[0]..span[1]], width, r));
+                move_starts.push(moves.len());
+            }
+            (moves, move_starts)
+        };
+        Some(Gather {
             r,
             mn,
             rows,
@@ -124,18 +134,10 @@ impl Gather {
             starts,
             input_len: 0,
             #[cfg(target_arch = "x86_64")]
-            moves: Vec::new(),
+            moves,
             #[cfg(target_arch = "x86_64")]
-            move_starts: vec![0],
-        };
-        #[cfg(target_arch = "x86_64")]
-        for p in 0..gather.panels() {
-            let runs = &gather.runs[gather.starts[p]..gather.starts[p + 1]];
-            let width = r.min(mn - p * r);
-            gather.moves.extend(avx512::moves(runs, width, r));
-            gather.move_starts.push(gather.moves.len());
-        }
-        Some(gather)
+            move_starts,
+        })
     }
 
     fn panels(&self) -> usize {
