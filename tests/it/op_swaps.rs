@@ -45,6 +45,12 @@ fn every_swap_replaces_nodes_on_the_shipped_models() {
                 assert_eq!(f32_swap.candidates, 0);
                 continue;
             }
+            // Nor weights so large that tract leaves their sums to every pass (ResNet's
+            // last convolutions): its unit test runs tract's own optimiser on such a plan.
+            "constant-chains" => {
+                assert_eq!(f32_swap.candidates + int8_swap.candidates, 0);
+                continue;
+            }
             _ => {}
         }
         assert!(
