@@ -28,6 +28,7 @@ use tract_onnx::tract_core::tract_linalg::pack::Packing;
 use tract_onnx::tract_core::tract_linalg::WeightType;
 
 use super::registry::{outside_tracts_ranking, transposed};
+use super::walk::Walked;
 
 /// The tier iscamd asks for this kernel.
 pub const TIER: &str = "iscamd-avx512-f32";
@@ -76,11 +77,11 @@ fn registered<const R: usize, const C: usize>(
 }
 
 inventory::submit! {
-    tract_linalg::mmm_routines::MmmRoutine { make: || KERNEL.mmm() }
+    tract_linalg::mmm_routines::MmmRoutine { make: || Box::new(Walked::new(KERNEL.clone())) }
 }
 
 inventory::submit! {
-    tract_linalg::mmm_routines::MmmRoutine { make: || KERNEL_T.mmm() }
+    tract_linalg::mmm_routines::MmmRoutine { make: || Box::new(Walked::new(KERNEL_T.clone())) }
 }
 
 inventory::submit! {
@@ -337,7 +338,8 @@ mod tests {
 
     /// Shapes off the tile: output channels not a multiple of 8, pixels not of 48; 3×3
     /// convolutions (the weights A: [`NAME`]), 1×1 ones over more pixels than output
-    /// channels (the activations A: [`NAME_T`], stored by columns) and over fewer (the
+    /// channels (the activations A: [`NAME_T`], stored by columns, its tiles walked down
+    /// C's columns — over 5,776 pixels, in three blocks of A's panels) and over fewer (the
     /// weights A: [`NAME_T`] again, stored value by value).
     #[test]
     fn convolutions_equal_tracts() {
@@ -350,6 +352,7 @@ mod tests {
             (16, 24, 14, 3, NAME),
             (3, 8, 7, 3, NAME),
             (24, 8, 9, 1, NAME_T),
+            (24, 16, 76, 1, NAME_T),
             (24, 40, 3, 1, NAME_T),
         ];
         for (channels, outputs, side, kernel, name) in shapes {

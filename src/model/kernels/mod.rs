@@ -54,6 +54,8 @@ mod settings;
 mod split;
 #[cfg(target_arch = "x86_64")]
 mod vnni_i8;
+#[cfg(target_arch = "x86_64")]
+mod walk;
 
 use std::cell::Cell;
 use std::path::PathBuf;
