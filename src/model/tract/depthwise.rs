@@ -577,7 +577,10 @@ impl Finish<f32> for Sums {
         let (lo, hi) = self.clamp;
         for (y, a) in ys.chunks_mut(self.width).zip(acc.chunks(self.cols)) {
             for (y, &a) in y.iter_mut().zip(&a[..self.width]) {
-                *y = a.max(lo).min(hi);
+                // `a.max(lo).min(hi)`, NaN to `lo` as there, in one `max` and one `min`
+                // instruction: `f32::max` adds a compare and a blend for NaN.
+                let a = if a > lo { a } else { lo };
+                *y = if a < hi { a } else { hi };
             }
         }
     }
