@@ -1,14 +1,15 @@
-//! The order in which iscamd's kernels compute a product's tiles.
+//! The order in which iscamd's f32 kernel computes a product's tiles.
 //!
 //! tract walks the tiles of C = A·B one panel of A at a time, every panel of B for each,
 //! unless one operand is packed lazily. Where A holds the activations of a 1×1
-//! convolution (the Cᵀ kernels), C's contiguous axis runs along A's panels: each tile
-//! stores a few dozen values into each of its columns, then the walk moves to the next
-//! columns, so a product with 96 output channels writes to 96 rows 50 KB apart at once.
-//! MobileNetV2's first expansion (12,544 pixels × 96 channels, K = 16) ran at 14 GMAC/s
-//! that way and at 32 with its tiles walked along C's rows (docs/benchmarks.md).
-//! [`Walked`] runs a kernel with the tiles walked along C's contiguous axis, in blocks of
-//! A's panels small enough to stay in L2 while every panel of B passes over them.
+//! convolution (the kernel's Cᵀ form), C's contiguous lines run along A's panels: each
+//! tile stores 48 values into each of 8 output channels, then the walk moves to the next
+//! 8 channels, so a product with 96 output channels writes to 96 lines 50 KB apart at
+//! once. MobileNetV2's first expansion (12,544 pixels × 96 channels, K = 16) ran at
+//! 14 GMAC/s that way and at 32 with its tiles walked down C's columns
+//! (docs/benchmarks.md). [`Walked`] runs a kernel with the tiles walked along C's
+//! contiguous lines, in blocks of A's panels small enough to stay in L2 while every panel
+//! of B passes over them. (The int8 kernels' products, walked so, were no faster.)
 
 use std::borrow::Cow;
 use std::cell::Cell;
@@ -20,13 +21,13 @@ use tract_onnx::tract_core::tract_linalg::mmm::{
     ScratchSpaceImpl,
 };
 use tract_onnx::tract_core::tract_linalg::multithread::{current_tract_executor, Executor};
-use tract_onnx::tract_core::tract_linalg::{LADatum, WeightType};
+use tract_onnx::tract_core::tract_linalg::LADatum;
 
 /// Bytes of A's panels one block of the walk keeps in L2: half of the smallest L2 of the
 /// x86-64 and aarch64 cores iscamd runs on (512 KiB), the rest for B's panel and C's lines.
 const BLOCK_BYTES: usize = 256 * 1024;
 
-/// `kernel`, its tiles walked along C's contiguous axis.
+/// `kernel`, its tiles walked along C's contiguous lines.
 #[derive(Clone)]
 pub struct Walked<const MR: usize, const NR: usize, TI: LADatum> {
     kernel: DynKernel<MR, NR, TI>,
@@ -100,20 +101,11 @@ impl<const MR: usize, const NR: usize, TI: LADatum> Walked<MR, NR, TI> {
         (m, n): (usize, usize),
         specs: &[FusedSpec],
     ) -> TractResult<()> {
-        let panel_bytes = specs
-            .iter()
-            .find_map(|spec| match spec {
-                FusedSpec::AddMatMul { a, .. } => {
-                    let item = match a.format().precursor() {
-                        WeightType::Plain(dt) => dt.size_of(),
-                        _ => TI::datum_type().size_of(),
-                    };
-                    Some(MR * a.k() * item)
-                }
-                _ => None,
-            })
-            .unwrap_or(0)
-            .max(1);
+        let k = specs.iter().find_map(|spec| match spec {
+            FusedSpec::AddMatMul { a, .. } => Some(a.k()),
+            _ => None,
+        });
+        let panel_bytes = (MR * k.unwrap_or(0) * TI::datum_type().size_of()).max(1);
         let block = (BLOCK_BYTES / panel_bytes).max(1);
         let (m_panels, n_panels) = (m.div_ceil(MR), n.div_ceil(NR));
         for from in (0..m_panels).step_by(block) {
