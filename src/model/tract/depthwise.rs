@@ -15,7 +15,9 @@
 //! becomes [`FloatDepthwise`], the same loop without the integers: each plane padded and
 //! split by stride phase once, then every tap one run of vector multiply-adds over the
 //! whole plane, starting from the bias. Its sums are in another order than tract's, so
-//! equal to them within f32 rounding.
+//! equal to them within f32 rounding. Where the CPU has AVX-512 and the stride along rows
+//! is 1 or 2, [`super::depthwise_rows`] computes the same sums row by row with masked
+//! loads instead, without the copies.
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
@@ -24,6 +26,8 @@ use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
 use tract_onnx::tract_core::ops::math;
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
+#[cfg(target_arch = "x86_64")]
+use super::depthwise_rows::Rows;
 use super::swap::{is_8bit, Swapped};
 
 /// A constant's values as `T`.
@@ -634,6 +638,10 @@ impl FloatDepthwise {
 
     /// Every plane of `input`: the sums, from the channel's bias on.
     fn compute(&self, input: &Tensor) -> TractResult<Tensor> {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(rows) = self.rows() {
+            return self.compute_by_rows(&rows, input);
+        }
         let mut finish = Sums {
             cols: self.planes.w.phase_len(),
             width: self.planes.w.output,
@@ -642,6 +650,53 @@ impl FloatDepthwise {
         let filters = (&self.weights[..], &self.bias[..]);
         self.planes
             .run(input, DatumType::F32, filters, |v: f32| v, &mut finish)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl FloatDepthwise {
+    /// The planes' geometry for [`super::depthwise_rows`], where the CPU has AVX-512 F and
+    /// the stride along rows is 1 or 2.
+    fn rows(&self) -> Option<Rows> {
+        let (h, w) = (&self.planes.h, &self.planes.w);
+        let fits = w.stride <= 2 && std::arch::is_x86_feature_detected!("avx512f");
+        fits.then_some(Rows {
+            height: h.input,
+            width: w.input,
+            out_height: h.output,
+            out_width: w.output,
+            kernel: (h.kernel, w.kernel),
+            stride: (h.stride, w.stride),
+            dilation: (h.dilation, w.dilation),
+            pad: (h.pad_before, w.pad_before),
+        })
+    }
+
+    fn compute_by_rows(&self, rows: &Rows, input: &Tensor) -> TractResult<Tensor> {
+        let mut shape = input.shape().to_vec();
+        let rank = shape.len();
+        shape[rank - 2..].copy_from_slice(&[rows.out_height, rows.out_width]);
+        let mut output = Tensor::zero::<f32>(&shape)?;
+        let plain = input.try_as_plain_ram()?;
+        let xs = plain.as_slice::<f32>()?;
+        let taps = self.planes.taps();
+        let blocks = rows.blocks();
+        // The view's borrow of `output` ends with the block.
+        {
+            let mut out = output.try_as_plain_ram_mut()?;
+            let ys = out.as_slice_mut::<f32>()?;
+            let planes = xs
+                .chunks_exact(rows.height * rows.width)
+                .zip(ys.chunks_exact_mut(rows.out_height * rows.out_width));
+            for (i, (x, y)) in planes.enumerate() {
+                let c = i % self.planes.channels;
+                let weights = &self.weights[c * taps..][..taps];
+                // SAFETY: this CPU has AVX-512 F (`rows`); each plane, its weights and its
+                // output have the sizes `rows` gives.
+                unsafe { rows.plane(&blocks, x, weights, self.bias[c], self.clamp, y) };
+            }
+        }
+        Ok(output)
     }
 }
 
@@ -936,10 +991,17 @@ mod tests {
 
     /// One float depthwise convolution of a `[1, 6, 13, 10]` input with a bias, its kernel
     /// `kernel`², `stride` and `dilation`, padded unevenly.
-    fn float_model(kernel: usize, stride: usize, dilation: usize) -> TypedModel {
+    fn float_model(
+        kernel: usize,
+        stride: usize,
+        dilation: usize,
+        side: (usize, usize),
+    ) -> TypedModel {
         let c = 6;
         let mut model = TypedModel::default();
-        let x = model.add_source("x", f32::fact([1, c, 13, 10])).unwrap();
+        let x = model
+            .add_source("x", f32::fact([1, c, side.0, side.1]))
+            .unwrap();
         let w = tract_ndarray::Array4::from_shape_fn([c, 1, kernel, kernel], |(c, _, y, x)| {
             ((c * 31 + y * 7 + x * 3) % 17) as f32 * 0.125 - 1.0
         });
@@ -967,19 +1029,24 @@ mod tests {
     }
 
     /// Within f32 rounding of tract's own `DepthWise` (another order of the same sums), for
-    /// 3×3 and 5×5 kernels, strides 1 and 2, a dilation.
+    /// 3×3 and 5×5 kernels, strides 1 and 2, a dilation; on planes of 13 × 10 and of 5 × 300
+    /// (with AVX-512, rows of three blocks of registers, the last partial).
     #[test]
     fn computes_what_tracts_float_depthwise_computes() {
-        let x = tract_ndarray::Array4::from_shape_fn([1, 6, 13, 10], |(_, c, y, x)| {
-            ((c * 13 + y * 5 + x * 11) % 23) as f32 * 0.25 - 2.5
-        })
-        .into_tensor();
-        for (kernel, stride, dilation) in [(3, 1, 1), (3, 2, 1), (5, 1, 1), (5, 2, 1), (3, 1, 2)] {
-            let model = float_model(kernel, stride, dilation);
+        let geometries = [(3, 1, 1), (3, 2, 1), (5, 1, 1), (5, 2, 1), (3, 1, 2)];
+        for ((kernel, stride, dilation), side) in geometries
+            .into_iter()
+            .flat_map(|g| [(g, (13, 10)), (g, (5, 300))])
+        {
+            let x = tract_ndarray::Array4::from_shape_fn([1, 6, side.0, side.1], |(_, c, y, x)| {
+                ((c * 13 + y * 5 + x * 11) % 23) as f32 * 0.25 - 2.5
+            })
+            .into_tensor();
+            let model = float_model(kernel, stride, dilation, side);
             let expected = run(model.clone(), &x);
             let mut ours = model.into_decluttered().unwrap();
             let swapped = install(&mut ours).unwrap();
-            let case = format!("{kernel}x{kernel}, stride {stride}, dilation {dilation}");
+            let case = format!("{kernel}x{kernel}, stride {stride}, dilation {dilation}, {side:?}");
             assert_eq!(
                 swapped,
                 Swapped {
@@ -1011,8 +1078,8 @@ mod tests {
             ((c * 13 + y * 5 + x * 11) % 23) as f32 * 0.25 - 2.5
         })
         .into_tensor();
-        for conv_is_an_output in [false, true] {
-            let mut model = float_model(3, 2, 1);
+        for (conv_is_an_output, stride) in [(false, 1), (false, 2), (true, 2)] {
+            let mut model = float_model(3, stride, 1, (13, 10));
             let conv = model.outputs[0];
             let bound = |model: &mut TypedModel, name: &str, v: f32| {
                 model.add_const(name, tensor4(&[[[[v]]]])).unwrap()

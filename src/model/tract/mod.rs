@@ -17,6 +17,8 @@ use crate::error::{Error, Result};
 // iscamd's own ops, swapped into tract's optimised plans under `kernels::Policy::Tuned`.
 mod constant_chains;
 mod depthwise;
+#[cfg(target_arch = "x86_64")]
+mod depthwise_rows;
 mod float_im2col;
 mod im2col;
 mod lut;
