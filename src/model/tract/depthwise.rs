@@ -904,10 +904,17 @@ mod tests {
     /// One quantized depthwise convolution of a `[1, C, 11, 9]` 8-bit input: `C` channels,
     /// a 3×3 kernel with `stride`, one output zero point and as many weight scales and
     /// zero points as `per_channel` says.
-    fn conv_model(x_dt: DatumType, to: DatumType, stride: usize, per_channel: bool) -> TypedModel {
+    fn conv_model(
+        x_dt: DatumType,
+        to: DatumType,
+        (stride, per_channel): (usize, bool),
+        side: (usize, usize),
+    ) -> TypedModel {
         let c = 5;
         let mut model = TypedModel::default();
-        let x = model.add_source("x", x_dt.fact([1, c, 11, 9])).unwrap();
+        let x = model
+            .add_source("x", x_dt.fact([1, c, side.0, side.1]))
+            .unwrap();
         let kernel: Vec<i8> = (0..c * 9).map(|i| (i as i8).wrapping_mul(37)).collect();
         let kernel = tract_ndarray::Array4::from_shape_vec([c, 1, 3, 3], kernel).unwrap();
         let channels = |f: &dyn Fn(usize) -> f32| -> Tensor {
@@ -956,13 +963,19 @@ mod tests {
 
     use super::super::run_optimized as run;
 
+    /// The same bytes as tract's own lowering, on planes of 11 × 9 and of 5 × 300 (rows
+    /// of several chunks of sums, the last partial).
     #[test]
     fn computes_the_bytes_tracts_lowering_computes() {
-        for (x_dt, to) in [
+        let types = [
             (DatumType::U8, DatumType::U8),
             (DatumType::I8, DatumType::I8),
-        ] {
-            let x = tract_ndarray::Array4::from_shape_fn([1, 5, 11, 9], |(_, c, y, x)| {
+        ];
+        for ((x_dt, to), side) in types
+            .into_iter()
+            .flat_map(|t| [(t, (11, 9)), (t, (5, 300))])
+        {
+            let x = tract_ndarray::Array4::from_shape_fn([1, 5, side.0, side.1], |(_, c, y, x)| {
                 ((c * 99 + y * 9 + x) * 73 % 256) as u8
             })
             .into_tensor()
@@ -970,7 +983,7 @@ mod tests {
             .unwrap()
             .into_owned();
             for (stride, per_channel) in [(1, false), (1, true), (2, false), (2, true)] {
-                let model = conv_model(x_dt, to, stride, per_channel);
+                let model = conv_model(x_dt, to, (stride, per_channel), side);
                 let expected = run(model.clone(), &x);
                 let mut ours = model.into_decluttered().unwrap();
                 let swapped = install(&mut ours).unwrap();
@@ -982,7 +995,9 @@ mod tests {
                     }
                 );
                 let got = run(ours, &x);
-                let case = format!("{x_dt:?}→{to:?}, stride {stride}, per channel {per_channel}");
+                let case = format!(
+                    "{x_dt:?}→{to:?}, stride {stride}, per channel {per_channel}, {side:?}"
+                );
                 assert_eq!(got.shape(), expected.shape(), "{case}");
                 assert_eq!(got, expected, "{case}");
             }
