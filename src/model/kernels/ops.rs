@@ -9,7 +9,7 @@ use std::fmt;
 use super::SettingError;
 
 /// iscamd's ops, by the names logs, `check` and the choice's text use.
-pub const OWN_OPS: [&str; 13] = [
+pub const OWN_OPS: [&str; 14] = [
     "max-pool",
     "im2col",
     "float-im2col",
@@ -23,6 +23,7 @@ pub const OWN_OPS: [&str; 13] = [
     "spatial-merge",
     "row-terms",
     "constant-chains",
+    "hard-swish",
 ];
 
 /// The instruction set iscamd's max-pooling is compiled for (one loop, compiled once per

@@ -20,6 +20,7 @@ mod depthwise;
 #[cfg(target_arch = "x86_64")]
 mod depthwise_rows;
 mod float_im2col;
+mod hard_swish;
 mod im2col;
 mod lut;
 mod maxpool;
@@ -342,10 +343,12 @@ fn parse(
 /// those that replace an op before tract lowers it to its kernels, then those that
 /// replace steps of the lowered plan.
 type Install = fn(&mut TypedModel, &kernels::OwnOps) -> TractResult<Swapped>;
-const BEFORE_LOWERING: [(&str, Install); 3] = [
+const BEFORE_LOWERING: [(&str, Install); 4] = [
     ("depthwise", |m, _| depthwise::install(m)),
     ("lookup-table", |m, _| lut::install(m)),
     ("spatial-merge", |m, _| spatial::install(m)),
+    // After the lookup tables, which take a chain between 8-bit tensors whole.
+    ("hard-swish", |m, _| hard_swish::install(m)),
 ];
 const INSTALLS: [(&str, Install); 10] = [
     ("constant-chains", |m, _| constant_chains::install(m)),
