@@ -16,7 +16,7 @@ use tract_onnx::tract_core::ops::math;
 
 use super::swap::Swapped;
 
-/// `min(max(x · alpha + beta, lo), hi)`, times `x` when `times_input`.
+/// `max(min(x · alpha + beta, hi), lo)`, times `x` when `times_input`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HardSwish {
     alpha: f32,
@@ -93,11 +93,10 @@ fn chain(model: &TypedModel, id: usize) -> TractResult<Option<(HardSwish, Outlet
     let [beta, hi, lo] = scalars;
     let times = alone_after(model, last)?.filter(|&mul| {
         let node = &model.nodes[mul];
-        let mut inputs = node.inputs.clone();
-        inputs.sort();
-        let mut by_input = vec![input, OutletId::new(last, 0)];
-        by_input.sort();
-        inputs == by_input
+        let by_input = node.inputs.len() == 2
+            && node.inputs.contains(&input)
+            && node.inputs.contains(&OutletId::new(last, 0));
+        by_input
             && node
                 .op_as::<TypedBinOp>()
                 .is_some_and(|op| op.0.is::<math::Mul>())
