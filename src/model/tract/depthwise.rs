@@ -901,7 +901,7 @@ mod tests {
     use super::*;
     use tract_onnx::tract_core::ops::cnn::{PaddingSpec, PoolSpec};
 
-    /// One quantized depthwise convolution of a `[1, C, 11, 9]` 8-bit input: `C` channels,
+    /// One quantized depthwise convolution of a `[1, C, side]` 8-bit input: `C` channels,
     /// a 3×3 kernel with `stride`, one output zero point and as many weight scales and
     /// zero points as `per_channel` says.
     fn conv_model(
@@ -1004,7 +1004,7 @@ mod tests {
         }
     }
 
-    /// One float depthwise convolution of a `[1, 6, 13, 10]` input with a bias, its kernel
+    /// One float depthwise convolution of a `[1, 6, side]` input with a bias, its kernel
     /// `kernel`², `stride` and `dilation`, padded unevenly.
     fn float_model(
         kernel: usize,
