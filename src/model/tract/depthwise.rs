@@ -313,6 +313,28 @@ impl Planes {
         value: impl Fn(X) -> f32 + Copy,
         finish: &mut impl Finish<Y>,
     ) -> TractResult<Tensor> {
+        let mut scratch = self.scratch();
+        let layout = self.layout();
+        let taps = self.taps();
+        self.each_plane(input, to, |c, x: &[X], y: &mut [Y]| {
+            let weights = (
+                &weights[c * taps..][..taps],
+                start.get(c).map_or(0.0, |s| *s),
+            );
+            self.sums::<X, FMA, WIDE>(&layout, x, value, weights, &mut scratch);
+            finish.plane(c, &scratch.acc, y);
+        })
+    }
+
+    /// The output of type `to` for `input`, each of its planes from `plane(c, input plane,
+    /// output plane)`, `c` the plane's channel.
+    #[inline(always)]
+    fn each_plane<X: Datum, Y: Datum>(
+        &self,
+        input: &Tensor,
+        to: DatumType,
+        mut plane: impl FnMut(usize, &[X], &mut [Y]),
+    ) -> TractResult<Tensor> {
         let (h, w) = (&self.h, &self.w);
         let mut shape = input.shape().to_vec();
         let rank = shape.len();
@@ -320,24 +342,15 @@ impl Planes {
         let mut output = Tensor::zero_dt(to, &shape)?;
         let plain = input.try_as_plain_ram()?;
         let xs = plain.as_slice::<X>()?;
-        let mut scratch = self.scratch();
-        let layout = self.layout();
-        let taps = self.taps();
         // The view's borrow of `output` ends with the block.
         {
             let mut out = output.try_as_plain_ram_mut()?;
             let ys = out.as_slice_mut::<Y>()?;
             let planes = xs
-                .chunks(h.input * w.input)
-                .zip(ys.chunks_mut(h.output * w.output));
+                .chunks_exact(h.input * w.input)
+                .zip(ys.chunks_exact_mut(h.output * w.output));
             for (i, (x, y)) in planes.enumerate() {
-                let c = i % self.channels;
-                let weights = (
-                    &weights[c * taps..][..taps],
-                    start.get(c).map_or(0.0, |s| *s),
-                );
-                self.sums::<X, FMA, WIDE>(&layout, x, value, weights, &mut scratch);
-                finish.plane(c, &scratch.acc, y);
+                plane(i % self.channels, x, y);
             }
         }
         Ok(output)
@@ -673,30 +686,14 @@ impl FloatDepthwise {
     }
 
     fn compute_by_rows(&self, rows: &Rows, input: &Tensor) -> TractResult<Tensor> {
-        let mut shape = input.shape().to_vec();
-        let rank = shape.len();
-        shape[rank - 2..].copy_from_slice(&[rows.out_height, rows.out_width]);
-        let mut output = Tensor::zero::<f32>(&shape)?;
-        let plain = input.try_as_plain_ram()?;
-        let xs = plain.as_slice::<f32>()?;
         let taps = self.planes.taps();
         let blocks = rows.blocks();
-        // The view's borrow of `output` ends with the block.
-        {
-            let mut out = output.try_as_plain_ram_mut()?;
-            let ys = out.as_slice_mut::<f32>()?;
-            let planes = xs
-                .chunks_exact(rows.height * rows.width)
-                .zip(ys.chunks_exact_mut(rows.out_height * rows.out_width));
-            for (i, (x, y)) in planes.enumerate() {
-                let c = i % self.planes.channels;
-                let weights = &self.weights[c * taps..][..taps];
-                // SAFETY: this CPU has AVX-512 F (`rows`); each plane, its weights and its
-                // output have the sizes `rows` gives.
-                unsafe { rows.plane(&blocks, x, weights, self.bias[c], self.clamp, y) };
-            }
-        }
-        Ok(output)
+        self.planes.each_plane(input, DatumType::F32, |c, x, y| {
+            let weights = &self.weights[c * taps..][..taps];
+            // SAFETY: this CPU has AVX-512 F (`rows`); each plane, its weights and its
+            // output have the sizes `rows` gives.
+            unsafe { rows.plane(&blocks, x, weights, self.bias[c], self.clamp, y) };
+        })
     }
 }
 

@@ -183,14 +183,8 @@ impl Op for HardSwish {
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
-        let Self {
-            alpha,
-            beta,
-            hi,
-            lo,
-            times_input,
-        } = self;
-        let times = if *times_input { "x · " } else { "" };
+        let times = if self.times_input { "x · " } else { "" };
+        let (alpha, beta, hi, lo) = (self.alpha, self.beta, self.hi, self.lo);
         Ok(vec![format!(
             "{times}max(min(x · {alpha} + {beta}, {hi}), {lo}) (iscamd)"
         )])
