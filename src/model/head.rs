@@ -334,6 +334,12 @@ impl<'a> Graph<'a> {
         let q = input(0).unwrap_or_else(|| Err(not_constant()))?;
         let scale = input(1).unwrap_or_else(|| Err(not_constant()))?;
         let zero = input(2).transpose()?.map_or(vec![0.0], |z| z.values);
+        // One scale and zero point for all: ONNX ignores `axis` then (a Gemm's bias of
+        // `[classes]` comes with the default axis, 1).
+        if let ([scale], [zero]) = (&scale.values[..], &zero[..]) {
+            let values = q.values.iter().map(|&v| (v - zero) * scale).collect();
+            return Ok(Constant { values, ..q });
+        }
         // Per-channel parameters run along `axis` (ONNX's default: 1).
         let axis = node
             .attribute

@@ -319,6 +319,13 @@ mod int8 {
             ..Default::default()
         })
         .expect("the int8 file loads on ONNX Runtime");
+        // The classifier's weights read through its quantization, for `cam`: every linear
+        // head; MobileNetV3's MLP head refused by name.
+        match (tract.linear_head(), file.starts_with("mobilenet_v3")) {
+            (Ok(_), false) => {}
+            (Err(e), true) if e.to_string().contains("HardSigmoid") => {}
+            (head, _) => panic!("{file} {args:?}: head {:?}", head.map(|_| "linear")),
+        }
         let images: Vec<_> = labelled_images().into_iter().step_by(12).collect();
         let top1 = |c: &Classifier, path: &Path| {
             let analysis = Analysis::of_frame(c, decode_image(path).unwrap()).unwrap();
