@@ -11,7 +11,7 @@ use ort::value::TensorRef;
 use prost::Message;
 use tract_onnx::pb;
 
-use super::{Backend, OrtOptions, Provider};
+use super::{qdq, Backend, OrtOptions, Provider};
 use crate::error::{with_causes, Error, Result};
 
 /// ONNX Runtime once loaded, with its environment: the first library loaded serves the
@@ -29,7 +29,7 @@ pub struct OrtBackend {
 impl OrtBackend {
     /// Builds a session for `path` whose outputs are `outputs` (graph outputs or any
     /// intermediate tensor, which is made a graph output here: ONNX Runtime can only
-    /// return those).
+    /// return those; in a QDQ graph, as the model reads it: [`qdq::outputs_as_read`]).
     pub fn load(
         path: &Path,
         mut proto: pb::ModelProto,
@@ -45,7 +45,8 @@ impl OrtBackend {
             .graph
             .as_mut()
             .ok_or_else(|| Error::model(path, "has no graph"))?;
-        for name in outputs {
+        let outputs = qdq::outputs_as_read(graph, outputs);
+        for name in &outputs {
             if !graph.output.iter().any(|o| &o.name == name) {
                 graph.output.push(pb::ValueInfoProto {
                     name: name.clone(),
@@ -84,7 +85,7 @@ impl OrtBackend {
         Ok(OrtBackend {
             session: Mutex::new(session),
             input: input.to_string(),
-            outputs: outputs.to_vec(),
+            outputs,
             providers,
         })
     }

@@ -88,6 +88,32 @@ pub fn fold(graph: &mut GraphProto, keep: &[String]) -> Folded {
     folded
 }
 
+/// `outputs` as a backend asks a QDQ graph for them: a tensor that only a QuantizeLinear
+/// reads, whose bytes only a DequantizeLinear of the same scale and zero point reads, as
+/// that DequantizeLinear's output — the values the model goes on with, where the float
+/// tensor may hold the sums before a Relu or Clip that the quantizer dropped because the
+/// Q saturates as they did (MobileNetV2's last convolution: half its values negative). The
+/// graph's own outputs and every other tensor as they are. Asked so, the convolution
+/// before a CAM layer folds into an integer op like the others.
+pub fn outputs_as_read(graph: &GraphProto, outputs: &[String]) -> Vec<String> {
+    let view = View::new(graph, &[]);
+    let as_read = |tensor: &str| {
+        let (_, q) = view
+            .sole_reader(tensor)
+            .filter(|(_, q)| q.op_type == "QuantizeLinear" && q.input.len() == 3)?;
+        let (_, dq) = view.sole_reader(q.output.first()?)?;
+        let same = dq.op_type == "DequantizeLinear" && dq.input[1..] == q.input[1..];
+        same.then(|| dq.output.first().cloned()).flatten()
+    };
+    outputs
+        .iter()
+        .map(|name| match view.graph_outputs.contains(name.as_str()) {
+            true => name.clone(),
+            false => as_read(name).unwrap_or_else(|| name.clone()),
+        })
+        .collect()
+}
+
 /// The DequantizeLinear nodes of weights that no op reads any more.
 fn drop_unread_dequantize(graph: &mut GraphProto, keep: &[String]) {
     let read: HashSet<String> = graph
@@ -163,6 +189,7 @@ pub(super) struct View<'a> {
     constants: HashMap<&'a str, &'a TensorProto>,
     /// Tensors that must stay: graph outputs and the outputs asked for.
     kept: HashSet<&'a str>,
+    graph_outputs: HashSet<&'a str>,
 }
 
 /// A DequantizeLinear's index and inputs: the quantized tensor, its scale and zero point.
@@ -190,10 +217,10 @@ impl<'a> View<'a> {
             .iter()
             .map(|t| (t.name.as_str(), t))
             .collect();
-        let kept = graph
-            .output
+        let graph_outputs: HashSet<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
+        let kept = graph_outputs
             .iter()
-            .map(|o| o.name.as_str())
+            .copied()
             .chain(keep.iter().map(String::as_str))
             .collect();
         View {
@@ -201,6 +228,7 @@ impl<'a> View<'a> {
             readers,
             constants,
             kept,
+            graph_outputs,
         }
     }
 
@@ -249,6 +277,11 @@ impl<'a> View<'a> {
         if self.kept.contains(tensor) {
             return None;
         }
+        self.sole_reader(tensor)
+    }
+
+    /// The one op reading `tensor`, kept or not.
+    fn sole_reader(&self, tensor: &str) -> Option<(usize, &'a NodeProto)> {
         match self.readers.get(tensor).map(Vec::as_slice) {
             Some([one]) => Some(*one),
             _ => None,
@@ -510,6 +543,27 @@ mod tests {
                 .input[8],
             bias.name
         );
+    }
+
+    #[test]
+    fn a_tensor_is_asked_for_as_its_quantized_values_are_read() {
+        let g = graph(false, 0.0, false);
+        let asked = |g: &GraphProto, names: &[&str]| {
+            outputs_as_read(g, &names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+        };
+        assert_eq!(asked(&g, &["c", "x"]), ["y", "x"]);
+        let mut g = graph(true, -128.0, false);
+        assert_eq!(asked(&g, &["r", "c"]), ["y", "c"]);
+        assert_eq!(fold(&mut g, &["y".into()]).convs, 1);
+        let mut other_scale = graph(false, 0.0, false);
+        other_scale.node.last_mut().unwrap().input[1] = "x_s".into();
+        assert_eq!(asked(&other_scale, &["c"]), ["c"]);
+        let mut graph_output = graph(false, 0.0, false);
+        graph_output.output.push(tract_onnx::pb::ValueInfoProto {
+            name: "c".into(),
+            ..Default::default()
+        });
+        assert_eq!(asked(&graph_output, &["c"]), ["c"]);
     }
 
     #[test]

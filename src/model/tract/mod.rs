@@ -124,14 +124,18 @@ impl TractBackend {
         options: &TractOptions,
     ) -> Result<Self> {
         kernels::leave_out_amx();
+        let outputs = match &proto.graph {
+            Some(graph) => qdq::outputs_as_read(graph, outputs),
+            None => outputs.to_vec(),
+        };
         let mut proto = std::borrow::Cow::Borrowed(proto);
         let rewrites = match (options.kernels, proto.graph.is_some()) {
             (kernels::Policy::Tuned, true) => {
-                Rewrites::of(proto.to_mut().graph.as_mut().expect("checked"), outputs)
+                Rewrites::of(proto.to_mut().graph.as_mut().expect("checked"), &outputs)
             }
             _ => Rewrites::default(),
         };
-        let graph = parse(&path, &proto, outputs)?;
+        let graph = parse(&path, &proto, &outputs)?;
         let mut backend = TractBackend {
             path,
             graph,
