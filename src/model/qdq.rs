@@ -96,6 +96,7 @@ pub fn fold(graph: &mut GraphProto, keep: &[String]) -> Folded {
 /// graph's own outputs and every other tensor as they are. Asked so, the convolution
 /// before a CAM layer folds into an integer op like the others.
 pub fn outputs_as_read(graph: &GraphProto, outputs: &[String]) -> Vec<String> {
+    // Nothing asked for yet: what the view keeps is the graph's outputs.
     let view = View::new(graph, &[]);
     let as_read = |tensor: &str| {
         let (_, q) = view
@@ -107,7 +108,7 @@ pub fn outputs_as_read(graph: &GraphProto, outputs: &[String]) -> Vec<String> {
     };
     outputs
         .iter()
-        .map(|name| match view.graph_outputs.contains(name.as_str()) {
+        .map(|name| match view.kept.contains(name.as_str()) {
             true => name.clone(),
             false => as_read(name).unwrap_or_else(|| name.clone()),
         })
@@ -189,7 +190,6 @@ pub(super) struct View<'a> {
     constants: HashMap<&'a str, &'a TensorProto>,
     /// Tensors that must stay: graph outputs and the outputs asked for.
     kept: HashSet<&'a str>,
-    graph_outputs: HashSet<&'a str>,
 }
 
 /// A DequantizeLinear's index and inputs: the quantized tensor, its scale and zero point.
@@ -217,10 +217,10 @@ impl<'a> View<'a> {
             .iter()
             .map(|t| (t.name.as_str(), t))
             .collect();
-        let graph_outputs: HashSet<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
-        let kept = graph_outputs
+        let kept = graph
+            .output
             .iter()
-            .copied()
+            .map(|o| o.name.as_str())
             .chain(keep.iter().map(String::as_str))
             .collect();
         View {
@@ -228,7 +228,6 @@ impl<'a> View<'a> {
             readers,
             constants,
             kept,
-            graph_outputs,
         }
     }
 
