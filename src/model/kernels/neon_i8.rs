@@ -669,53 +669,30 @@ mod tests {
     use super::{scale_even, scales_exactly, NAME, TIER};
     use crate::model::kernels::own_kernel_tests as own;
     use std::arch::aarch64::{vld1q_s32, vst1q_s32};
-    use tract_onnx::tract_core::tract_linalg::{mmm::RoundingPolicy, Scaler};
 
     #[test]
     fn rescaling_rounds_as_tracts_scaler() {
-        let mut values: Vec<i32> = (-5000..5000).collect();
-        values.extend([
+        let extremes = [
             i32::MIN + 1,
             i32::MAX,
             1 << 24,
             -(1 << 24),
             123_456_789,
             -987_654_321,
-        ]);
-        values.resize(values.len().next_multiple_of(4), 0);
-        // 2^30 puts ties within the values (v / 2^(shift + 1)); the others are scales of
-        // the SqueezeNet files. Shifts 1 and 30 are the ends of the 32-bit path; −31, 0
-        // and 31 take the 64-bit one.
-        let scalings = [
-            (-31, 0x4000_0000),
-            (0, 0x4000_0000),
-            (1, 0x4000_0000),
-            (3, 0x4000_0000),
-            (30, 0x5d79_8700),
-            (7, 0x5d79_8700),
-            (9, 0x6e63_1d80),
-            (31, 0x7fff_ff80),
         ];
-        for (shift, mult) in scalings {
+        // Shifts 1 to 30 take the 32-bit path; −31, 0 and 31 the 64-bit one.
+        own::rescaling_equals_tracts::<4>(&extremes, |four, shift, mult| {
+            let mut ours = [0i32; 4];
             assert!(scales_exactly(shift));
-            let scaler = Scaler::from_fuse_params(shift, RoundingPolicy::Even, mult);
-            for four in values.chunks(4) {
-                let mut ours = [0i32; 4];
-                // SAFETY: NEON loads and stores of four i32.
-                unsafe {
-                    vst1q_s32(
-                        ours.as_mut_ptr(),
-                        scale_even(vld1q_s32(four.as_ptr()), shift, mult),
-                    )
-                };
-                let tracts: Vec<i32> = four.iter().map(|&v| scaler * v).collect();
-                assert_eq!(
-                    ours[..],
-                    tracts[..],
-                    "{four:?} scaled by ({shift}, {mult:#x})"
-                );
-            }
-        }
+            // SAFETY: NEON loads and stores of four i32.
+            unsafe {
+                vst1q_s32(
+                    ours.as_mut_ptr(),
+                    scale_even(vld1q_s32(four.as_ptr()), shift, mult),
+                )
+            };
+            ours
+        });
     }
 
     #[test]

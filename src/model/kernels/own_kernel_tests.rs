@@ -11,6 +11,7 @@ use tract_onnx::tract_core::ops::matmul::optimized::OptMatMul;
 use tract_onnx::tract_core::ops::{cast::cast, einsum::EinSum, math, quant::scale};
 
 use super::{optimising_with, Candidate, Choice, Policy};
+use tract_onnx::tract_core::tract_linalg::{mmm::RoundingPolicy, Scaler};
 
 const K: usize = 41;
 
@@ -147,5 +148,40 @@ pub fn the_largest_products_do_not_overflow(tier: &'static str, name: &str) {
         let x = tract_ndarray::Array2::from_elem((K, n), i8::MIN).into_tensor();
         let (ours, _) = plans(model(&w, n, false), tier, name);
         assert_eq!(run(&ours, &x), product(&w, &x), "{m}×{n}");
+    }
+}
+
+/// A kernel's rescaling of `LANES` values at a time (`scale(values, shift, mult)`) equals
+/// tract's `Scaler` with round-half-to-even, on −5000..5000 and `extremes`, for shifts that
+/// shrink, keep and grow the values: 2^30 puts ties within them; the others are scales of
+/// int8 files.
+pub fn rescaling_equals_tracts<const LANES: usize>(
+    extremes: &[i32],
+    scale: impl Fn(&[i32], isize, i32) -> [i32; LANES],
+) {
+    let mut values: Vec<i32> = (-5000..5000).collect();
+    values.extend(extremes);
+    values.resize(values.len().next_multiple_of(LANES), 0);
+    let scalings = [
+        (-31, 0x4000_0000),
+        (0, 0x4000_0000),
+        (1, 0x4000_0000),
+        (3, 0x4000_0000),
+        (30, 0x5d79_8700),
+        (7, 0x5d79_8700),
+        (9, 0x6e63_1d80),
+        (31, 0x7fff_ff80),
+    ];
+    for (shift, mult) in scalings {
+        let scaler = Scaler::from_fuse_params(shift, RoundingPolicy::Even, mult);
+        for chunk in values.chunks(LANES) {
+            let tracts: Vec<i32> = chunk.iter().map(|&v| scaler * v).collect();
+            let ours = scale(chunk, shift, mult);
+            assert_eq!(
+                ours[..],
+                tracts[..],
+                "{chunk:?} scaled by ({shift}, {mult:#x})"
+            );
+        }
     }
 }

@@ -340,7 +340,6 @@ mod tests {
     use super::{runs_here, scale_even, EXACT_IN_F64, NAME, TIER};
     use crate::model::kernels::own_kernel_tests as own;
     use std::arch::x86_64::{_mm512_loadu_si512, _mm512_storeu_si512};
-    use tract_onnx::tract_core::tract_linalg::{mmm::RoundingPolicy, Scaler};
 
     #[test]
     fn rescaling_rounds_as_tracts_scaler() {
@@ -348,47 +347,25 @@ mod tests {
             eprintln!("this CPU has no AVX-512 F: the rescaling never runs here");
             return;
         }
-        let mut values: Vec<i32> = (-5000..5000).collect();
-        // Both ends of the f64 path and past them (a vector with one of these takes the
-        // 64-bit one).
+        // Both ends of the f64 path and past them, sixteen at once (a vector with one past
+        // them takes the 64-bit path).
         let ends = [
             EXACT_IN_F64,
             -EXACT_IN_F64,
             EXACT_IN_F64 + 1,
             -EXACT_IN_F64 - 1,
         ];
-        values.extend(ends.iter().flat_map(|&e| [e; 16]));
-        values.extend([i32::MIN, i32::MIN + 1, i32::MAX, 123_456_789, -987_654_321]);
-        values.resize(values.len().next_multiple_of(16), 0);
-        // 2^30 puts ties within the values; the others are scales of int8 files; −31 and
-        // 0 keep or grow the values (the 64-bit path).
-        let scalings = [
-            (-31, 0x4000_0000),
-            (0, 0x4000_0000),
-            (1, 0x4000_0000),
-            (3, 0x4000_0000),
-            (30, 0x5d79_8700),
-            (7, 0x5d79_8700),
-            (9, 0x6e63_1d80),
-            (31, 0x7fff_ff80),
-        ];
-        for (shift, mult) in scalings {
-            let scaler = Scaler::from_fuse_params(shift, RoundingPolicy::Even, mult);
-            for sixteen in values.chunks(16) {
-                let mut ours = [0i32; 16];
-                // SAFETY: AVX-512 F, checked above; loads and stores of sixteen i32.
-                unsafe {
-                    let v = _mm512_loadu_si512(sixteen.as_ptr().cast());
-                    _mm512_storeu_si512(ours.as_mut_ptr().cast(), scale_even(v, shift, mult));
-                }
-                let tracts: Vec<i32> = sixteen.iter().map(|&v| scaler * v).collect();
-                assert_eq!(
-                    ours[..],
-                    tracts[..],
-                    "{sixteen:?} scaled by ({shift}, {mult:#x})"
-                );
+        let mut extremes: Vec<i32> = ends.iter().flat_map(|&e| [e; 16]).collect();
+        extremes.extend([i32::MIN, i32::MIN + 1, i32::MAX, 123_456_789, -987_654_321]);
+        own::rescaling_equals_tracts::<16>(&extremes, |sixteen, shift, mult| {
+            let mut ours = [0i32; 16];
+            // SAFETY: AVX-512 F, checked above; loads and stores of sixteen i32.
+            unsafe {
+                let v = _mm512_loadu_si512(sixteen.as_ptr().cast());
+                _mm512_storeu_si512(ours.as_mut_ptr().cast(), scale_even(v, shift, mult));
             }
-        }
+            ours
+        });
     }
 
     /// Where the machine has no AVX-512 VNNI the kernel cannot run: said, not skipped
